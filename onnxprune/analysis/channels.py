@@ -1,0 +1,167 @@
+"""The channel-dependency analysis: run every node's op rule, then solve atoms into groups."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import defaultdict
+from collections.abc import Iterable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..metrics import node_macs
+from ..rules import RuleRegistry, default_registry
+from .env import Env
+from .model import ChannelAnalysis, Gate, Group, Member, ParamSlice
+
+
+def analyze_channels(
+    graph: gs.Graph,
+    registry: RuleRegistry | None = None,
+    exclude: Iterable[str] = (),
+) -> ChannelAnalysis:
+    """Find the coupled channel groups of ``graph`` (which is not modified)."""
+    registry = registry or default_registry()
+    env = Env(graph)
+    for node in graph.nodes:
+        registry.lookup(node.op, node.domain or "").propagate(node, env)
+    _freeze_boundaries(graph, env)
+    _freeze_excluded(graph, env, list(exclude))
+    param_atoms = _join_shared_params(graph, env)
+    labels, frozen, reasons = env.atoms.solve()
+    return _build(graph, env, labels, frozen, reasons, param_atoms)
+
+
+def _freeze_boundaries(graph: gs.Graph, env: Env) -> None:
+    for t in graph.outputs:
+        env.freeze_tensor(t, f"reaches graph output {t.name}")
+    for node in graph.nodes:
+        for sub in node.subgraphs():
+            for name in _outer_refs(sub):
+                if name in env.slots:
+                    env.freeze_tensor(graph.tensors()[name], f"used inside subgraph of {node.name}")
+
+
+def _outer_refs(sub: gs.Graph) -> set[str]:
+    produced = {o.name for n in sub.nodes for o in n.outputs} | {t.name for t in sub.inputs}
+    refs = {t.name for n in sub.nodes for t in n.inputs if t.name and t.name not in produced}
+    for n in sub.nodes:
+        for inner in n.subgraphs():
+            refs |= _outer_refs(inner)
+    return refs
+
+
+def _freeze_excluded(graph: gs.Graph, env: Env, patterns: list[str]) -> None:
+    if not patterns:
+        return
+    for node in graph.nodes:
+        if any(fnmatch.fnmatchcase(node.name, p) for p in patterns):
+            reason = f"node {node.name} is excluded"
+            for t in list(node.inputs) + list(node.outputs):
+                env.freeze_tensor(t, reason)
+            for c in env.claims:
+                if c.node == node.name:
+                    env.freeze(c.atoms, reason)
+
+
+def _join_shared_params(graph: gs.Graph, env: Env) -> dict[tuple[str, int], np.ndarray]:
+    """Claims on one parameter axis are joined (shared weights); unclaimed users freeze."""
+    by_key: dict[tuple[str, int], np.ndarray] = {}
+    claimers: dict[str, set[tuple[str, int]]] = defaultdict(set)
+    for c in env.claims:
+        key = (c.param, c.axis)
+        if key in by_key:
+            env.union(by_key[key], c.atoms)
+        else:
+            by_key[key] = c.atoms
+        claimers[c.param].add((c.node, c.axis))
+    tensors = graph.tensors()
+    out_names = {t.name for t in graph.outputs}
+    for (param, axis), atoms in by_key.items():
+        tensor = tensors[param]
+        users = {n.name for n in tensor.outputs}
+        claimed_by = {node for node, ax in claimers[param] if ax == axis}
+        if users - claimed_by or param in out_names:
+            env.freeze(atoms, f"parameter {param} is also used where it cannot be sliced")
+    return by_key
+
+
+def _build(graph, env: Env, labels, frozen, reasons, param_atoms) -> ChannelAnalysis:
+    slots = {(t, ax): labels[a] for t, axes in env.slots.items() for ax, a in axes.items()}
+    params = {key: labels[a] for key, a in param_atoms.items()}
+    n_units = int(labels.max()) + 1 if labels.size else 0
+
+    # A unit's signature: every slot and parameter axis it appears on. Equal signature = one group.
+    keys = list(slots) + [("param", k) for k in params]
+    pairs_u, pairs_k = [], []
+    for i, key in enumerate(keys):
+        units = slots[key] if i < len(slots) else params[key[1]]
+        u = np.unique(units)
+        pairs_u.append(u)
+        pairs_k.append(np.full(u.size, i))
+    unit_group = np.full(n_units, -1, dtype=np.int64)
+    if not keys:
+        return ChannelAnalysis(n_units, unit_group, frozen, tuple(reasons), slots, params, (), ())
+    all_u, all_k = np.concatenate(pairs_u), np.concatenate(pairs_k)
+    order = np.lexsort((all_k, all_u))
+    all_u, all_k = all_u[order], all_k[order]
+    bounds = np.flatnonzero(np.diff(all_u)) + 1
+    signature_of: dict[tuple, list[int]] = {}
+    in_slot = np.zeros(n_units, dtype=bool)
+    for seg_u, seg_k in zip(np.split(all_u, bounds), np.split(all_k, bounds), strict=True):
+        unit = int(seg_u[0])
+        if seg_k[0] >= len(slots):
+            continue  # only on parameters (a frozen leftover): not a channel of any tensor
+        in_slot[unit] = True
+        signature_of.setdefault(tuple(seg_k.tolist()), []).append(unit)
+
+    macs = {n.name: node_macs(n) for n in graph.nodes}
+    groups = []
+    # Groups in graph order: by the first tensor they appear on.
+    for gid, (sig, units) in enumerate(sorted(signature_of.items(), key=lambda kv: kv[0])):
+        first_units, first_pos = np.unique(slots[keys[sig[0]]], return_index=True)
+        pos = dict(zip(first_units.tolist(), first_pos.tolist(), strict=True))
+        units = np.array(sorted(units, key=pos.__getitem__), dtype=np.int64)
+        unit_group[units] = gid
+        groups.append(_make_group(gid, units, sig, keys, slots, params, frozen, reasons, env, macs, graph))
+    gates = tuple(
+        Gate(g.node, g.input_index, g.axis, labels[g.atoms]) for g in env.gates
+    )
+    return ChannelAnalysis(
+        n_units, unit_group, frozen, tuple(reasons), slots, params, gates, tuple(groups), macs
+    )
+
+
+def _make_group(gid, units, sig, keys, slots, params, frozen, reasons, env, macs, graph) -> Group:
+    unit_set = np.zeros(len(frozen), dtype=bool)
+    unit_set[units] = True
+    members, pslices = [], []
+    n_params = 0
+    node_fraction: dict[str, float] = {}
+    layers: dict[str, None] = {}
+    tensors = graph.tensors()
+    for k in sig:
+        key = keys[k]
+        if key[0] != "param":
+            arr = slots[key]
+            members.append(Member(key[0], key[1], int(unit_set[arr].sum()), int(arr.size)))
+            continue
+        pname, axis = key[1]
+        arr = params[key[1]]
+        count = int(unit_set[arr].sum())
+        shape = tensors[pname].values.shape
+        per_slice = int(np.prod(shape)) // shape[axis] if shape[axis] else 0
+        n_params += count * per_slice
+        pslices.append(ParamSlice(pname, axis, count, int(arr.size)))
+        for user in tensors[pname].outputs:
+            layers.setdefault(user.name, None)
+            f = count / arr.size
+            node_fraction[user.name] = 1 - (1 - node_fraction.get(user.name, 0.0)) * (1 - f)
+    group_macs = int(sum(macs.get(n, 0) * f for n, f in node_fraction.items()))
+    n_frozen = int(frozen[units].sum())
+    reason = next((reasons[u] for u in units if frozen[u]), None)
+    return Group(
+        id=gid, units=units, members=tuple(members), params=tuple(pslices),
+        frozen=n_frozen == units.size, reason=reason, frozen_units=n_frozen,
+        n_params=n_params, macs=group_macs, layers=tuple(layers),
+    )

@@ -1,0 +1,88 @@
+"""The environment op rules work in while channels are propagated through the graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..graph import Dim, const_value, shape_of
+from .atoms import AtomTable, Claim, GatePoint
+
+
+class Env:
+    """Tracked channel axes per tensor, plus the claims, gates and freezes rules record."""
+
+    def __init__(self, graph: gs.Graph):
+        self.graph = graph
+        self.opset = int(graph.opset)
+        self.atoms = AtomTable()
+        self.slots: dict[str, dict[int, np.ndarray]] = {}
+        self.claims: list[Claim] = []
+        self.gates: list[GatePoint] = []
+
+    # -- reading the graph -------------------------------------------------------------
+    def shape(self, tensor: gs.Tensor | None) -> list[Dim] | None:
+        return None if tensor is None else shape_of(tensor)
+
+    def rank(self, tensor: gs.Tensor) -> int | None:
+        s = self.shape(tensor)
+        return None if s is None else len(s)
+
+    def const(self, tensor: gs.Tensor | None) -> np.ndarray | None:
+        return const_value(tensor)
+
+    def dim(self, tensor: gs.Tensor, axis: int) -> Dim:
+        s = self.shape(tensor)
+        if s is None or not -len(s) <= axis < len(s):
+            return None
+        return s[axis]
+
+    # -- tracked channels --------------------------------------------------------------
+    def tracked(self, tensor: gs.Tensor | None) -> dict[int, np.ndarray]:
+        if tensor is None:
+            return {}
+        return self.slots.get(tensor.name, {})
+
+    def get(self, tensor: gs.Tensor | None, axis: int) -> np.ndarray | None:
+        return self.tracked(tensor).get(axis)
+
+    def set(self, tensor: gs.Tensor, axis: int, atoms: np.ndarray) -> None:
+        atoms = np.asarray(atoms, dtype=np.int64)
+        slot = self.slots.setdefault(tensor.name, {})
+        if axis in slot:
+            # A second producer mapping onto the same slot joins the two (e.g. shared outputs).
+            self.atoms.union(slot[axis], atoms)
+            return
+        slot[axis] = atoms
+
+    def fresh(self, n: int) -> np.ndarray:
+        return self.atoms.fresh(n)
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        self.atoms.union(a, b)
+
+    def freeze(self, atoms: np.ndarray, reason: str) -> None:
+        self.atoms.freeze(atoms, reason)
+
+    def freeze_tensor(self, tensor: gs.Tensor | None, reason: str) -> None:
+        for atoms in self.tracked(tensor).values():
+            self.freeze(atoms, reason)
+
+    def freeze_inputs(self, node: gs.Node, reason: str) -> None:
+        for t in node.inputs:
+            self.freeze_tensor(t, reason)
+
+    # -- parameters and gates -------------------------------------------------------------
+    def claim(self, node: gs.Node, param: gs.Tensor, axis: int, atoms: np.ndarray) -> None:
+        """Declare that slice i of ``param`` on ``axis`` belongs to ``atoms[i]``."""
+        self.claims.append(Claim(node.name, param.name, axis, np.asarray(atoms, dtype=np.int64)))
+
+    def gate(self, node: gs.Node, input_index: int, axis: int) -> None:
+        atoms = self.get(node.inputs[input_index], axis)
+        if atoms is not None:
+            self.gates.append(GatePoint(node.name, input_index, axis, atoms))
+
+    def pass_through(self, node: gs.Node, src: int = 0, dst: int = 0) -> None:
+        """Output ``dst`` carries the tracked channels of input ``src`` on the same axes."""
+        for axis, atoms in self.tracked(node.inputs[src]).items():
+            self.set(node.outputs[dst], axis, atoms)

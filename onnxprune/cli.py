@@ -1,0 +1,168 @@
+"""Command line: ``onnxprune analyze | prune | demo``. A thin layer over ``onnxprune.api``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+from rich.console import Console
+
+from . import __version__
+from .errors import EXIT_INTERNAL, EXIT_OK, OnnxPruneError, UnsupportedModelError, UsageError
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def _providers(spec: str) -> list[str]:
+    import onnxruntime as ort
+
+    out = []
+    for name in [s.strip().lower() for s in spec.split(",") if s.strip()]:
+        if name not in PROVIDERS:
+            raise UsageError(f"unknown provider {name!r}; choose from {', '.join(PROVIDERS)}")
+        if PROVIDERS[name] not in ort.get_available_providers():
+            raise UnsupportedModelError(
+                f"execution provider {name} is not available here (onnxruntime offers "
+                f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu for cuda"
+            )
+        out.append(PROVIDERS[name])
+    return out
+
+
+def _shapes(items: list[str] | None) -> dict[str, list[int]] | None:
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        name, _, dims = item.partition("=")
+        try:
+            out[name] = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            raise UsageError(f"--input-shape {item!r}: expected NAME=DxDx..., e.g. input=1x3x224x224") from None
+    return out
+
+
+def cmd_analyze(args, console: Console) -> int:
+    from .api import analyze
+    from .report import analysis_json, print_analysis
+
+    result = analyze(args.model, exclude=args.exclude or ())
+    if args.json:
+        print(json.dumps(analysis_json(result, str(args.model)), indent=2))
+    else:
+        print_analysis(console, result, str(args.model))
+    return EXIT_OK
+
+
+def cmd_prune(args, console: Console) -> int:
+    from .api import prune
+    from .report import print_prune, prune_json
+
+    result = prune(
+        args.model, args.output, ratio=args.ratio, criterion=args.criterion,
+        round_to=args.round_to, min_width=args.min_width, exclude=args.exclude or (),
+        providers=_providers(args.provider), force=args.force,
+        input_shapes=_shapes(args.input_shape),
+    )
+    if args.json:
+        print(json.dumps(prune_json(result, str(args.model)), indent=2))
+    else:
+        print_prune(console, result, str(args.model))
+    return EXIT_OK
+
+
+def cmd_demo(args, console: Console) -> int:
+    import onnx
+
+    from .api import prune
+    from .report import print_prune
+    from .zoo.builder import demo_cnn
+
+    out_dir = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="onnxprune-demo-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    src = out_dir / "demo_cnn.onnx"
+    onnx.save(demo_cnn(), str(src))
+    console.print(f"built {src}: a small CNN (BN, residual add, concat, depthwise conv, flatten)")
+    result = prune(src, out_dir / "demo_cnn.pruned.onnx", ratio=args.ratio)
+    print_prune(console, result, str(src))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="onnxprune",
+        description="Structured pruning of ONNX models, verified against a mask oracle.",
+    )
+    p.add_argument("--version", action="version", version=f"onnxprune {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    a = sub.add_parser("analyze", help="show the coupled channel groups of a model")
+    a.add_argument("model", type=Path, help="input .onnx file")
+    a.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    a.add_argument("--exclude", action="append", metavar="GLOB",
+                   help="freeze every channel touching nodes whose name matches (repeatable)")
+    a.set_defaults(func=cmd_analyze)
+
+    r = sub.add_parser("prune", help="remove channels, verify, and write the smaller model")
+    r.add_argument("model", type=Path, help="input .onnx file (never modified)")
+    r.add_argument("-o", "--output", type=Path, required=True, help="where to write the pruned model")
+    r.add_argument("--ratio", type=float, default=0.5,
+                   help="fraction of channels removed from every prunable group (default 0.5)")
+    r.add_argument("--criterion", choices=("l1", "l2"), default="l2",
+                   help="channel importance: L1 or L2 norm of its weights over the group (default l2)")
+    r.add_argument("--round-to", type=int, default=1, metavar="N",
+                   help="keep a multiple of N channels in every group (default 1)")
+    r.add_argument("--min-width", type=int, default=1, metavar="N",
+                   help="never keep fewer than N channels in a group (default 1)")
+    r.add_argument("--exclude", action="append", metavar="GLOB",
+                   help="leave nodes whose name matches untouched (repeatable)")
+    r.add_argument("--provider", default="cpu",
+                   help="execution providers to verify on, comma separated: cpu,cuda,tensorrt (default cpu)")
+    r.add_argument("--input-shape", action="append", metavar="NAME=DxD...",
+                   help="shape for an input with dynamic dimensions, used by verification")
+    r.add_argument("--force", action="store_true", help="allow the output to replace the input file")
+    r.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    r.set_defaults(func=cmd_prune)
+
+    d = sub.add_parser("demo", help="build a small CNN in code, prune it and show before/after")
+    d.add_argument("--ratio", type=float, default=0.5, help="fraction of channels removed (default 0.5)")
+    d.add_argument("--out-dir", type=Path, help="folder for the demo models (default: a temp folder)")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console(stderr=False)
+    err = Console(stderr=True)
+    try:
+        return args.func(args, console)
+    except OnnxPruneError as e:
+        if args.debug:
+            traceback.print_exc()
+        err.print(f"onnxprune: error: {e}", markup=False, highlight=False, soft_wrap=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        err.print("onnxprune: interrupted; nothing was written", markup=False)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line for the user, a traceback with --debug
+        if args.debug:
+            traceback.print_exc()
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        err.print(f"onnxprune: internal error: {type(e).__name__}: {first} (rerun with --debug)",
+                  markup=False, highlight=False, soft_wrap=True)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

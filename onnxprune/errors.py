@@ -1,0 +1,43 @@
+"""User-facing errors: one clear line and a documented exit code."""
+
+from __future__ import annotations
+
+# Exit codes (documented in the README).
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_INPUT_MISSING = 3
+EXIT_INVALID_MODEL = 4
+EXIT_UNSUPPORTED = 5
+EXIT_VERIFY_FAILED = 6
+EXIT_OUTPUT = 7
+
+
+class OnnxPruneError(Exception):
+    """An error a user can act on. ``str(err)`` is the one line shown."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class UsageError(OnnxPruneError):
+    exit_code = EXIT_USAGE
+
+
+class InputMissingError(OnnxPruneError):
+    exit_code = EXIT_INPUT_MISSING
+
+
+class InvalidModelError(OnnxPruneError):
+    exit_code = EXIT_INVALID_MODEL
+
+
+class UnsupportedModelError(OnnxPruneError):
+    exit_code = EXIT_UNSUPPORTED
+
+
+class VerificationError(OnnxPruneError):
+    exit_code = EXIT_VERIFY_FAILED
+
+
+class OutputError(OnnxPruneError):
+    exit_code = EXIT_OUTPUT

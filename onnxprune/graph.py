@@ -1,0 +1,155 @@
+"""Helpers on the onnx-graphsurgeon IR. The one module that owns graph mutation helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+Dim = int | str | None
+
+
+def import_model(model: onnx.ModelProto) -> gs.Graph:
+    return gs.import_onnx(model)
+
+
+def export_model(graph: gs.Graph, ir_version: int | None = None) -> onnx.ModelProto:
+    model = gs.export_onnx(graph, do_type_check=False)
+    if ir_version is not None:
+        model.ir_version = ir_version
+    return model
+
+
+def infer_shapes(graph: gs.Graph) -> gs.Graph:
+    """Re-run ONNX shape inference (with data propagation) and return a fresh graph."""
+    model = export_model(graph)
+    for vi in list(model.graph.value_info):
+        model.graph.value_info.remove(vi)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # inference is best effort; the analysis freezes what it cannot see
+        pass
+    return gs.import_onnx(model)
+
+
+def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
+    """The value of a constant tensor (initializer or Constant node output), else None."""
+    if tensor is None:
+        return None
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
+        node = tensor.inputs[0]
+        if "value" in node.attrs:
+            value = node.attrs["value"]
+            return np.asarray(value.values if isinstance(value, gs.Constant) else value)
+        for key in ("value_float", "value_int"):
+            if key in node.attrs:
+                return np.asarray(node.attrs[key])
+        for key in ("value_floats", "value_ints"):
+            if key in node.attrs:
+                return np.asarray(list(node.attrs[key]))
+    return None
+
+
+def is_initializer(tensor: gs.Tensor | None) -> bool:
+    return isinstance(tensor, gs.Constant)
+
+
+def shape_of(tensor: gs.Tensor) -> list[Dim] | None:
+    """Shape with ints for static dims, strings for symbolic ones, None for unknown."""
+    if isinstance(tensor, gs.Constant):
+        return list(tensor.values.shape) if hasattr(tensor.values, "shape") else None
+    if tensor.shape is None:
+        return None
+    dims: list[Dim] = []
+    for d in tensor.shape:
+        if isinstance(d, (int, np.integer)) and d >= 0:
+            dims.append(int(d))
+        elif isinstance(d, str) and d:
+            dims.append(d)
+        else:
+            dims.append(None)
+    return dims
+
+
+def input_or_none(node: gs.Node, index: int) -> gs.Tensor | None:
+    """The node's i-th input, or None if absent or the empty (optional) name."""
+    if index >= len(node.inputs):
+        return None
+    t = node.inputs[index]
+    if t is None or (isinstance(t, gs.Variable) and t.is_empty()):
+        return None
+    return t
+
+
+def consumers(tensor: gs.Tensor) -> list[gs.Node]:
+    return list(tensor.outputs)
+
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    return tensor.inputs[0] if tensor.inputs else None
+
+
+def replace_input(node: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:
+    for i, t in enumerate(node.inputs):
+        if t is old:
+            node.inputs[i] = new
+
+
+def replace_all_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Point every consumer (and graph output slot) of ``old`` at ``new``."""
+    for node in list(old.outputs):
+        replace_input(node, old, new)
+    graph.outputs = [new if t is old else t for t in graph.outputs]
+
+
+def new_constant(graph: gs.Graph, hint: str, values: np.ndarray) -> gs.Constant:
+    name = unique_name(graph, hint)
+    return gs.Constant(name, np.ascontiguousarray(values))
+
+
+def unique_name(graph: gs.Graph, hint: str) -> str:
+    existing = graph.tensors().keys() | {n.name for n in graph.nodes}
+    if hint not in existing:
+        return hint
+    i = 1
+    while f"{hint}_{i}" in existing:
+        i += 1
+    return f"{hint}_{i}"
+
+
+def graph_io_names(graph: gs.Graph) -> tuple[set[str], set[str]]:
+    return {t.name for t in graph.inputs}, {t.name for t in graph.outputs}
+
+
+def subgraph_references(graph: gs.Graph) -> set[str]:
+    """Names of outer-scope tensors referenced from inside control-flow subgraphs."""
+    refs: set[str] = set()
+    for node in graph.nodes:
+        for sub in node.subgraphs():
+            local = {t for t in sub.tensors()}
+            produced = {o.name for n in sub.nodes for o in n.outputs}
+            inner_inputs = {t.name for t in sub.inputs}
+            for name in local:
+                if name not in produced and name not in inner_inputs:
+                    refs.add(name)
+            refs |= subgraph_references(sub)
+    return refs
+
+
+def normalize_axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def prod(dims: Sequence[int]) -> int:
+    out = 1
+    for d in dims:
+        out *= int(d)
+    return out
+
+
+def default_opset(graph: gs.Graph) -> int:
+    return int(graph.opset)

@@ -1,0 +1,88 @@
+"""Fold inference-mode BatchNormalization into the Conv/ConvTranspose/Gemm before it (exact)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..graph import const_value, input_or_none
+
+FOLDABLE = ("Conv", "ConvTranspose", "Gemm")
+
+
+def fold_batchnorms(graph: gs.Graph) -> int:
+    """Fold every foldable BN; returns how many were folded."""
+    folded = 0
+    outputs = set(id(t) for t in graph.outputs)
+    for bn in [n for n in graph.nodes if n.op == "BatchNormalization"]:
+        x = bn.inputs[0]
+        layer = x.inputs[0] if x.inputs else None
+        if layer is None or layer.op not in FOLDABLE or layer.domain not in ("", None):
+            continue
+        if len(x.outputs) != 1 or id(x) in outputs:
+            continue
+        if any(o.outputs or id(o) in outputs for o in bn.outputs[1:]):
+            continue
+        stats = [const_value(t) for t in bn.inputs[1:5]]
+        if any(s is None for s in stats) or not isinstance(layer.inputs[1], gs.Constant):
+            continue
+        scale, shift = _affine(*stats, float(bn.attrs.get("epsilon", 1e-5)))
+        if not _fold_into(layer, scale, shift):
+            continue
+        layer.outputs = [bn.outputs[0]]
+        bn.inputs.clear()
+        bn.outputs.clear()
+        folded += 1
+    if folded:
+        graph.cleanup()
+    return folded
+
+
+def _affine(gamma, beta, mean, var, eps):
+    scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
+    return scale, beta.astype(np.float64) - mean.astype(np.float64) * scale
+
+
+def _fold_into(layer: gs.Node, scale: np.ndarray, shift: np.ndarray) -> bool:
+    w = np.asarray(layer.inputs[1].values)
+    dtype = w.dtype
+    w64 = w.astype(np.float64)
+    if layer.op == "Conv":
+        w_new = w64 * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+    elif layer.op == "ConvTranspose":
+        g = int(layer.attrs.get("group", 1))
+        cin, cout_g = w.shape[0], w.shape[1]
+        blocks = w64.reshape((g, cin // g, cout_g) + w.shape[2:])
+        w_new = (blocks * scale.reshape((g, 1, cout_g) + (1,) * (w.ndim - 2))).reshape(w.shape)
+    else:  # Gemm: output features are B's columns (rows with transB)
+        w_new = w64 * (scale[:, None] if int(layer.attrs.get("transB", 0)) else scale[None, :])
+        beta = float(layer.attrs.get("beta", 1.0))
+        c = input_or_none(layer, 2)
+        c_val = const_value(c) if c is not None else None
+        if c is not None and c_val is None:
+            return False
+        if c_val is None or beta == 0.0:
+            bias = shift
+            layer.attrs["beta"] = 1.0
+        else:  # beta * C' = beta * C * s + shift
+            bias = c_val.astype(np.float64) * scale + shift / beta
+        _set(layer, 1, w_new.astype(dtype))
+        _set(layer, 2, bias.astype(dtype))
+        return True
+    b = input_or_none(layer, 2)
+    b_val = np.zeros(scale.size) if b is None else const_value(b)
+    if b_val is None:
+        return False
+    _set(layer, 1, w_new.astype(dtype))
+    _set(layer, 2, (b_val.astype(np.float64) * scale + shift).astype(dtype))
+    return True
+
+
+def _set(node: gs.Node, index: int, values: np.ndarray) -> None:
+    const = gs.Constant(f"{node.name}_folded_in{index}", np.ascontiguousarray(values))
+    if index < len(node.inputs):
+        node.inputs[index] = const
+    else:
+        while len(node.inputs) < index:
+            node.inputs.append(gs.Variable.empty())
+        node.inputs.append(const)

@@ -1,0 +1,96 @@
+"""The mask oracle: the reference graph with a gate multiplying every mixed channel.
+
+Gates are one graph input (a vector with one entry per unit), gathered per gate point, so any
+candidate mask is one onnxruntime run in one session. A physically pruned model must equal
+the gated reference with the removed units' gates at zero.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from .analysis.model import ChannelAnalysis
+
+GATES = "onnxprune_gates"
+
+
+def build_gated_model(reference: onnx.ModelProto, analysis: ChannelAnalysis) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    model.CopyFrom(reference)
+    g = model.graph
+    ranks = _ranks(model)
+    nodes = {n.name: n for n in g.node}
+    g.input.append(helper.make_tensor_value_info(GATES, TensorProto.FLOAT, [analysis.num_units]))
+    new_nodes: dict[str, list[onnx.NodeProto]] = {}
+    for i, gate in enumerate(analysis.gates):
+        node = nodes[gate.node]
+        x = node.input[gate.input_index]
+        rank = ranks.get(x)
+        if rank is None:
+            raise ValueError(f"oracle: rank of {x} unknown (gate for {gate.node})")
+        shape = [1] * rank
+        shape[gate.axis] = gate.units.size
+        p = f"onnxprune_gate{i}"
+        g.initializer.append(numpy_helper.from_array(gate.units.astype(np.int64), p + "_idx"))
+        g.initializer.append(numpy_helper.from_array(np.array(shape, dtype=np.int64), p + "_shape"))
+        elem = _elem_type(model, x)
+        new_nodes.setdefault(node.name, []).extend([
+            helper.make_node("Gather", [GATES, p + "_idx"], [p + "_g"], name=p + "_gather"),
+            helper.make_node("Reshape", [p + "_g", p + "_shape"], [p + "_r"], name=p + "_reshape"),
+            helper.make_node("Cast", [p + "_r"], [p + "_c"], to=elem, name=p + "_cast"),
+            helper.make_node("Mul", [x, p + "_c"], [p + "_y"], name=p + "_mul"),
+        ])
+        node.input[gate.input_index] = p + "_y"
+    ordered = []
+    for n in g.node:
+        ordered.extend(new_nodes.get(n.name, []))
+        ordered.append(n)
+    del g.node[:]
+    g.node.extend(ordered)
+    return model
+
+
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    ranks = {}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        if vi.type.tensor_type.HasField("shape"):
+            ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
+    for init in model.graph.initializer:
+        ranks[init.name] = len(init.dims)
+    return ranks
+
+
+def _elem_type(model: onnx.ModelProto, name: str) -> int:
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        if vi.name == name and vi.type.tensor_type.elem_type:
+            return vi.type.tensor_type.elem_type
+    return TensorProto.FLOAT
+
+
+def session(model: onnx.ModelProto, providers: list[str] | None = None) -> ort.InferenceSession:
+    """An onnxruntime session with graph optimizations off (exact reference arithmetic)."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(
+        model.SerializeToString(), opts, providers=providers or ["CPUExecutionProvider"]
+    )
+
+
+class Oracle:
+    """One session over the gated reference; ``run`` evaluates any unit mask."""
+
+    def __init__(self, reference: onnx.ModelProto, analysis: ChannelAnalysis):
+        self.analysis = analysis
+        self.model = build_gated_model(reference, analysis)
+        self.session = session(self.model)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray], keep: np.ndarray | None = None) -> list[np.ndarray]:
+        gates = np.ones(self.analysis.num_units, dtype=np.float32)
+        if keep is not None:
+            gates = np.asarray(keep, dtype=np.float32)
+        return self.session.run(self.output_names, {**feeds, GATES: gates})

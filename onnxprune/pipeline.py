@@ -1,0 +1,116 @@
+"""Pass infrastructure: passes with names and options, a context, a timed pipeline, fixpoints.
+
+Modelled on onnx-ir's pass infra and kept as small: a pass is ``run(ctx) -> PassResult``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import onnx
+import onnx_graphsurgeon as gs
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """What a pass did: whether it changed the graph, and what it learned."""
+
+    modified: bool
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    """Everything passes share: the working graph and the analyses computed on it."""
+
+    graph: gs.Graph | None = None
+    source: onnx.ModelProto | None = None  # the model as loaded (never modified)
+    source_path: Path | None = None
+    source_ir: int | None = None
+    analysis: Any = None  # analysis.ChannelAnalysis
+    scores: Any = None  # np.ndarray, one importance per unit
+    plan: Any = None  # select.PrunePlan
+    reference: onnx.ModelProto | None = None  # normalized graph before removal (for the oracle)
+    verification: Any = None  # verify.VerifyReport
+    output_path: Path | None = None
+    timings: list[tuple[str, float]] = field(default_factory=list)
+    log: list[tuple[str, PassResult]] = field(default_factory=list)
+    progress: Callable[[str], None] | None = None
+
+    def require(self, attr: str, by: str) -> Any:
+        value = getattr(self, attr)
+        if value is None:
+            raise RuntimeError(f"pass {by!r} needs {attr!r}; run the pass that computes it first")
+        return value
+
+
+class Pass:
+    """Base class. Subclasses set ``name``/``description`` and implement ``run``."""
+
+    name: ClassVar[str] = "pass"
+    description: ClassVar[str] = ""
+
+    def run(self, ctx: Context) -> PassResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, ctx: Context) -> PassResult:
+        if ctx.progress is not None:
+            ctx.progress(self.name)
+        start = time.perf_counter()
+        result = self.run(ctx)
+        ctx.timings.append((self.name, time.perf_counter() - start))
+        ctx.log.append((self.name, result))
+        return result
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({opts})"
+
+
+class Pipeline(Pass):
+    """Run passes in order; modified if any pass modified the graph."""
+
+    name = "pipeline"
+
+    def __init__(self, passes: Iterable[Pass]):
+        self.passes = list(passes)
+
+    def run(self, ctx: Context) -> PassResult:
+        modified = False
+        for p in self.passes:
+            modified |= p(ctx).modified
+        return PassResult(modified)
+
+    def __call__(self, ctx: Context) -> PassResult:  # a container is not timed as a pass itself
+        return self.run(ctx)
+
+
+class Fixpoint(Pipeline):
+    """Repeat the passes until none of them modifies the graph (or ``max_rounds`` is hit)."""
+
+    name = "fixpoint"
+
+    def __init__(self, passes: Iterable[Pass], max_rounds: int = 10):
+        super().__init__(passes)
+        self.max_rounds = max_rounds
+
+    def run(self, ctx: Context) -> PassResult:
+        any_change = False
+        for _ in range(self.max_rounds):
+            changed = super().run(ctx).modified
+            any_change |= changed
+            if not changed:
+                break
+        return PassResult(any_change)
+
+
+def total_time(ctx: Context) -> dict[str, float]:
+    """Seconds per pass name (summed over repeats)."""
+    out: dict[str, float] = {}
+    for name, secs in ctx.timings:
+        out[name] = out.get(name, 0.0) + secs
+    return out

@@ -1,0 +1,134 @@
+"""Turning results into JSON objects and rich tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .analysis.model import Group
+from .api import Analysis, PruneResult
+
+
+def group_json(g: Group) -> dict[str, Any]:
+    return {
+        "id": g.id,
+        "channels": g.channels,
+        "prunable": 0 if g.frozen else g.prunable,
+        "members": [
+            {"tensor": m.tensor, "axis": m.axis, "positions": m.positions, "size": m.size}
+            for m in g.members
+        ],
+        "layers": list(g.layers),
+        "param_slices": [
+            {"param": p.param, "axis": p.axis, "count": p.count, "size": p.size} for p in g.params
+        ],
+        "params": g.n_params,
+        "macs": g.macs,
+        "frozen": g.frozen,
+        "reason": g.reason,
+        "component": g.component,
+    }
+
+
+def analysis_json(result: Analysis, model: str) -> dict[str, Any]:
+    groups = result.channels.groups
+    prunable = [g for g in groups if not g.frozen]
+    return {
+        "model": model,
+        "nodes": result.nodes,
+        "params": result.params,
+        "macs": result.macs,
+        "groups": [group_json(g) for g in groups],
+        "totals": {
+            "groups": len(groups),
+            "prunable_groups": len(prunable),
+            "frozen_groups": len(groups) - len(prunable),
+            "channels": sum(g.channels for g in groups),
+            "prunable_channels": sum(g.prunable for g in prunable),
+        },
+        "timings": result.timings,
+    }
+
+
+def _short(names: list[str], limit: int = 3) -> str:
+    more = f" (+{len(names) - limit})" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def print_analysis(console: Console, result: Analysis, model: str, limit: int = 60) -> None:
+    data = analysis_json(result, model)
+    table = Table(title=f"channel groups of {model}", title_justify="left")
+    for col, just in (("id", "right"), ("channels", "right"), ("layers", "left"),
+                      ("params", "right"), ("MACs", "right"), ("status", "left")):
+        table.add_column(col, justify=just)
+    for g in result.channels.groups[:limit]:
+        status = f"frozen: {g.reason}" if g.frozen else (
+            f"{g.frozen_units} frozen" if g.frozen_units else "prunable")
+        table.add_row(str(g.id), str(g.channels), _short(list(g.layers) or [m.tensor for m in g.members]),
+                      f"{g.n_params:,}", f"{g.macs:,}", status)
+    console.print(table)
+    if len(result.channels.groups) > limit:
+        console.print(f"... {len(result.channels.groups) - limit} more groups (use --json for all)")
+    t = data["totals"]
+    console.print(
+        f"{t['groups']} groups ({t['prunable_groups']} prunable, {t['frozen_groups']} frozen), "
+        f"{t['prunable_channels']:,} of {t['channels']:,} channels prunable; model: "
+        f"{result.params:,} params, {result.macs:,} MACs per sample"
+    )
+
+
+def prune_json(r: PruneResult, model: str) -> dict[str, Any]:
+    v = r.verification
+    return {
+        "input": model,
+        "output": str(r.output) if r.output else None,
+        "params_before": r.params_before,
+        "params_after": r.params_after,
+        "macs_before": r.macs_before,
+        "macs_after": r.macs_after,
+        "removed_channels": r.plan.removed_units,
+        "groups": [
+            {"id": gid, "before": b, "after": a} for gid, (b, a) in sorted(r.plan.widths.items())
+        ],
+        "verification": None if v is None else {
+            "passed": v.passed, "checker": v.checker, "providers": list(v.providers),
+            "oracle_max_abs_diff": v.max_abs_diff, "oracle_max_rel_diff": v.max_rel_diff,
+            "normalize_rel_diff": v.normalize_rel_diff, "messages": list(v.messages),
+        },
+        "timings": r.timings,
+    }
+
+
+def _ratio(before: int, after: int) -> str:
+    return f"{after / before:.1%}" if before else "-"
+
+
+def print_prune(console: Console, r: PruneResult, model: str) -> None:
+    table = Table(title=f"pruned {model}", title_justify="left")
+    for col in ("", "before", "after", "kept"):
+        table.add_column(col, justify="right")
+    table.add_row("parameters", f"{r.params_before:,}", f"{r.params_after:,}",
+                  _ratio(r.params_before, r.params_after))
+    table.add_row("MACs / sample", f"{r.macs_before:,}", f"{r.macs_after:,}",
+                  _ratio(r.macs_before, r.macs_after))
+    widths = r.plan.widths
+    ch_b = sum(b for b, _ in widths.values())
+    ch_a = sum(a for _, a in widths.values())
+    table.add_row("channels (all groups)", f"{ch_b:,}", f"{ch_a:,}", _ratio(ch_b, ch_a))
+    console.print(table)
+    v = r.verification
+    if v is not None:
+        console.print(
+            f"verified: checker ok, onnxruntime {', '.join(v.providers)}, mask oracle max abs "
+            f"diff {v.max_abs_diff:.3g} (relative {v.max_rel_diff:.3g})"
+        )
+    times = Table(title="time per pass", title_justify="left")
+    times.add_column("pass")
+    times.add_column("seconds", justify="right")
+    for name, secs in r.timings.items():
+        times.add_row(name, f"{secs:.3f}")
+    console.print(times)
+    if r.output:
+        console.print(f"wrote {r.output}")

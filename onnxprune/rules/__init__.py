@@ -1,0 +1,49 @@
+"""The op-rule registry: every supported op type, registered explicitly in this one place."""
+
+from __future__ import annotations
+
+from .base import FreezeRule, OpRule, Rewriter
+from .conv import Conv, ConvTranspose
+from .elementwise import Broadcast, Unary
+from .linear import Gemm, MatMul
+from .norm import BatchNormalization, InstanceNormalization, LayerNormalization, Softmax
+from .pool import ArgReduce, Pool, Reduce
+from .reshape import Flatten, Reshape, Squeeze, Transpose, Unsqueeze
+from .slicing import Concat, Gather, Pad, Resize, Shape, Slice, Split
+
+__all__ = ["OpRule", "Rewriter", "RuleRegistry", "default_registry"]
+
+
+class RuleRegistry:
+    """Op type (default ONNX domain) -> rule. Ops of other domains have no rule."""
+
+    def __init__(self, rules: list[OpRule] = ()):
+        self._rules: dict[str, OpRule] = {}
+        self._freeze = FreezeRule()
+        for rule in rules:
+            self.add(rule)
+
+    def add(self, rule: OpRule) -> None:
+        for op in rule.ops:
+            if op in self._rules:
+                raise ValueError(f"two rules for op {op}")
+            self._rules[op] = rule
+
+    def lookup(self, op: str, domain: str = "") -> OpRule:
+        if domain not in ("", "ai.onnx"):
+            return self._freeze
+        return self._rules.get(op, self._freeze)
+
+    def supported(self) -> list[str]:
+        return sorted(self._rules)
+
+
+def default_registry() -> RuleRegistry:
+    return RuleRegistry([
+        Conv(), ConvTranspose(), Gemm(), MatMul(),
+        Unary(), Broadcast(),
+        BatchNormalization(), InstanceNormalization(), LayerNormalization(), Softmax(),
+        Pool(), Reduce(), ArgReduce(),
+        Reshape(), Flatten(), Transpose(), Squeeze(), Unsqueeze(),
+        Concat(), Split(), Slice(), Gather(), Pad(), Resize(), Shape(),
+    ])

@@ -1,0 +1,68 @@
+"""The op-rule contract.
+
+A rule says, for one node, how tracked channel axes map from inputs to outputs, which
+parameter slices belong to which channel, where channels are mixed (gates), and how to fix
+the node's attributes or constant inputs once channels are removed. A node whose op has no
+rule freezes every channel that touches it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..analysis.env import Env
+from ..graph import new_constant
+
+Keep = Callable[[gs.Tensor, int], "np.ndarray | None"]
+
+
+class Rewriter:
+    """What a rule may do while channels are removed."""
+
+    def __init__(self, graph: gs.Graph, keep: Keep):
+        self.graph = graph
+        self.keep = keep
+
+    def set_const_input(self, node: gs.Node, index: int, values: np.ndarray) -> None:
+        """Give ``node`` its own new constant at ``index`` (constants may be shared)."""
+        hint = f"{node.name}_in{index}" if node.name else f"onnxprune_in{index}"
+        node.inputs[index] = new_constant(self.graph, hint, np.asarray(values))
+
+
+class OpRule:
+    """Base class; ``ops`` lists the op types (default domain) the rule covers."""
+
+    ops: tuple[str, ...] = ()
+
+    def propagate(self, node: gs.Node, env: Env) -> None:
+        raise NotImplementedError
+
+    def rewrite(self, node: gs.Node, rw: Rewriter) -> None:
+        """Fix attributes/constant inputs after removal. Parameters are sliced elsewhere."""
+
+
+def freeze_all(node: gs.Node, env: Env, why: str) -> None:
+    env.freeze_inputs(node, f"{node.op} {node.name}: {why}")
+
+
+class FreezeRule(OpRule):
+    """Used for ops without a rule: channels touching them stay."""
+
+    def propagate(self, node: gs.Node, env: Env) -> None:
+        freeze_all(node, env, f"no channel rule for op {node.op}")
+
+
+def attr_or_input_ints(node: gs.Node, env: Env, attr: str, index: int) -> list[int] | None:
+    """An int list given as an attribute (older opsets) or as a constant input (newer)."""
+    if attr in node.attrs and node.attrs[attr] is not None:
+        return [int(v) for v in np.asarray(node.attrs[attr]).ravel()]
+    if index < len(node.inputs):
+        value = env.const(node.inputs[index])
+        if value is not None:
+            return [int(v) for v in np.asarray(value).ravel()]
+        if not (isinstance(node.inputs[index], gs.Variable) and node.inputs[index].is_empty()):
+            return None  # a dynamic input: unknown
+    return []

@@ -1,0 +1,85 @@
+"""Conv and ConvTranspose, any ``group`` (depthwise included).
+
+With ``group == 1`` a conv mixes its input channels (a gate point) and creates new output
+channels. With ``group > 1`` group j maps input block j to output block j, so a whole group
+is one unit: the input channels of a block are joined and the output block follows them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..analysis.env import Env
+from ..graph import input_or_none
+from .base import OpRule, Rewriter, freeze_all
+
+
+class _ConvBase(OpRule):
+    transposed = False
+
+    def propagate(self, node: gs.Node, env: Env) -> None:
+        x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+        b = input_or_none(node, 2)
+        if not isinstance(w, gs.Constant) or (b is not None and not isinstance(b, gs.Constant)):
+            freeze_all(node, env, "weight or bias is not a constant")
+            return
+        wshape = w.values.shape
+        groups = int(node.attrs.get("group", 1))
+        # Axes of the weight that hold input and output channels.
+        in_ax, out_ax = (0, 1) if self.transposed else (1, 0)
+        n_out = wshape[out_ax] * (groups if self.transposed else 1)
+        n_in = wshape[in_ax] * (1 if self.transposed else groups)
+        for ax in env.tracked(x):
+            if ax != 1:
+                env.freeze(env.get(x, ax), f"{node.op} {node.name}: mixes spatial axis {ax}")
+        xin = env.get(x, 1)
+        if groups == 1:
+            if xin is not None:
+                env.claim(node, w, in_ax, xin)
+                env.gate(node, 0, 1)
+            out = env.fresh(n_out)
+            env.claim(node, w, out_ax, out)
+        else:
+            per_in, per_out = n_in // groups, n_out // groups
+            if xin is None:
+                out = env.fresh(n_out)
+                env.freeze(out, f"{node.op} {node.name}: grouped conv whose input channels are not prunable")
+            else:
+                reps = env.atoms.union_blocks(xin, per_in)
+                out = np.repeat(reps, per_out)
+                # Regular conv: weight axis 0 is output channels; transposed: axis 0 is input.
+                env.claim(node, w, 0, out if not self.transposed else xin)
+        if b is not None:
+            env.claim(node, b, 0, out)
+        env.set(y, 1, out)
+
+    def rewrite(self, node: gs.Node, rw: Rewriter) -> None:
+        groups = int(node.attrs.get("group", 1))
+        if groups == 1:
+            return
+        keep = rw.keep(node.outputs[0], 1)
+        if keep is not None:
+            per_out = keep.size // groups
+            node.attrs["group"] = int(keep.sum()) // per_out
+
+
+class Conv(_ConvBase):
+    """Weight [Cout, Cin/group, k...]."""
+
+    ops = ("Conv",)
+
+
+class ConvTranspose(_ConvBase):
+    """Weight [Cin, Cout/group, k...]."""
+
+    ops = ("ConvTranspose",)
+    transposed = True
+
+    def propagate(self, node: gs.Node, env: Env) -> None:
+        shape = node.attrs.get("output_shape")
+        rank = env.rank(node.inputs[0])
+        if shape is not None and rank is not None and len(shape) > rank - 2:
+            freeze_all(node, env, "output_shape names channels")
+            return
+        super().propagate(node, env)

@@ -1,0 +1,89 @@
+"""Elementwise ops: unary (channels pass through) and broadcasting n-ary ops."""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from ..analysis.env import Env
+from .base import OpRule
+
+UNARY = (
+    "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+    "Clip", "Gelu", "Erf", "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Abs", "Neg",
+    "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Tan",
+    "Sinh", "Cosh", "Asin", "Acos", "Atan", "Asinh", "Acosh", "Atanh", "Shrink", "Not",
+    "IsNaN", "IsInf", "Identity", "Dropout", "Cast", "CastLike",
+)
+BROADCAST = (
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where",
+    "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "And", "Or", "Xor", "Mod",
+)
+
+
+class Unary(OpRule):
+    """y = f(x) elementwise (extra inputs such as Clip's bounds are scalars)."""
+
+    ops = UNARY
+
+    def propagate(self, node: gs.Node, env: Env) -> None:
+        env.pass_through(node)
+        # Dropout's mask output has the same layout as the data.
+        if node.op == "Dropout" and len(node.outputs) > 1:
+            env.pass_through(node, 0, 1)
+
+
+class Broadcast(OpRule):
+    """Numpy-broadcasting ops: channel i of every operand is one unit; constants are sliced."""
+
+    ops = BROADCAST
+
+    def propagate(self, node: gs.Node, env: Env) -> None:
+        operands = [t for t in node.inputs if t is not None]
+        join_broadcast(node, env, operands, node.outputs[0])
+
+
+def join_broadcast(
+    node: gs.Node, env: Env, operands: list[gs.Tensor], out: gs.Tensor, skip_axis: int | None = None
+) -> None:
+    """Align operands right (numpy rules), join tracked channels, claim per-channel constants.
+
+    ``skip_axis`` (an output axis) is left to the caller, e.g. Concat's concatenation axis.
+    """
+    ranks = [env.rank(t) for t in operands]
+    tracked_axes = [(i, ax) for i, t in enumerate(operands) for ax in env.tracked(t)]
+    if not tracked_axes:
+        return
+    if any(r is None for r in ranks):
+        env.freeze_inputs(node, f"{node.op} {node.name}: operand rank unknown")
+        return
+    rank = max(ranks)
+    by_out_axis: dict[int, list] = {}
+    for i, ax in tracked_axes:
+        by_out_axis.setdefault(ax + rank - ranks[i], []).append(env.get(operands[i], ax))
+    for oax, atom_lists in sorted(by_out_axis.items()):
+        if oax == skip_axis:
+            continue
+        base = max(atom_lists, key=len)
+        n = len(base)
+        for i, t in enumerate(operands):
+            ax = oax - (rank - ranks[i])
+            if ax < 0:
+                continue
+            atoms = env.get(t, ax)
+            if atoms is not None:
+                if len(atoms) == n:
+                    if atoms is not base:
+                        env.union(base, atoms)
+                elif len(atoms) != 1:
+                    env.freeze(base, f"{node.op} {node.name}: channel counts disagree")
+                continue
+            dim = env.dim(t, ax)
+            if dim == 1 and n > 1:
+                continue
+            if dim == n and isinstance(t, gs.Constant):
+                env.claim(node, t, ax, base)
+            else:
+                env.freeze(
+                    base, f"{node.op} {node.name}: operand {t.name} has no channel map on axis {ax}"
+                )
+        env.set(out, oax, base)

@@ -1,0 +1,81 @@
+"""Pooling and reductions: channels pass through; reduced axes cannot hold tracked channels."""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from ..analysis.env import Env
+from ..graph import normalize_axis
+from .base import OpRule, attr_or_input_ints, freeze_all
+
+
+class Pool(OpRule):
+    """Pools work per sample and channel over the spatial axes (>= 2)."""
+
+    ops = (
+        "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
+        "GlobalLpPool",
+    )
+
+    def propagate(self, node: gs.Node, env: Env) -> None:
+        if len(node.outputs) > 1 and node.outputs[1].outputs:
+            freeze_all(node, env, "MaxPool indices depend on the channel count")
+            return
+        for ax, atoms in env.tracked(node.inputs[0]).items():
+            if ax >= 2:
+                env.freeze(atoms, f"{node.op} {node.name}: pools over axis {ax}")
+            else:
+                env.set(node.outputs[0], ax, atoms)
+
+
+REDUCE = (
+    "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
+    "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
+)
+
+
+class Reduce(OpRule):
+    """Reduce over ``axes`` (attribute before opset 18, ReduceSum before 13; input after)."""
+
+    ops = REDUCE
+
+    def propagate(self, node: gs.Node, env: Env) -> None:
+        x = node.inputs[0]
+        rank = env.rank(x)
+        axes = attr_or_input_ints(node, env, "axes", 1)
+        if rank is None or axes is None:
+            freeze_all(node, env, "reduced axes unknown")
+            return
+        if not axes:
+            if int(node.attrs.get("noop_with_empty_axes", 0)):
+                env.pass_through(node)
+                return
+            axes = list(range(rank))
+        reduced = {normalize_axis(a, rank) for a in axes}
+        keepdims = int(node.attrs.get("keepdims", 1))
+        for ax, atoms in env.tracked(x).items():
+            if ax in reduced:
+                env.freeze(atoms, f"{node.op} {node.name}: reduces over channel axis {ax}")
+            else:
+                shift = 0 if keepdims else sum(1 for r in reduced if r < ax)
+                env.set(node.outputs[0], ax - shift, atoms)
+
+
+class ArgReduce(OpRule):
+    """ArgMax/ArgMin along one axis: the indices depend on the channel count there."""
+
+    ops = ("ArgMax", "ArgMin")
+
+    def propagate(self, node: gs.Node, env: Env) -> None:
+        x = node.inputs[0]
+        rank = env.rank(x)
+        if rank is None:
+            freeze_all(node, env, "rank unknown")
+            return
+        axis = normalize_axis(int(node.attrs.get("axis", 0)), rank)
+        keepdims = int(node.attrs.get("keepdims", 1))
+        for ax, atoms in env.tracked(x).items():
+            if ax == axis:
+                env.freeze(atoms, f"{node.op} {node.name}: indexes along channel axis {ax}")
+            else:
+                env.set(node.outputs[0], ax - (0 if keepdims or ax < axis else 1), atoms)

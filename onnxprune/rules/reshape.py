@@ -1,0 +1,204 @@
+"""Ops that move channels between axes: Reshape, Flatten, Transpose, Squeeze, Unsqueeze.
+
+Reshape and Flatten map a channel axis onto an output axis with the same outer extent:
+either one-to-one, or each channel becomes a block of features (flatten), or blocks of
+features become one channel (unflatten: the block's producers are joined into one unit).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..analysis.env import Env
+from ..graph import Dim, const_value, normalize_axis
+from .base import OpRule, Rewriter, attr_or_input_ints, freeze_all
+
+Mono = tuple[int, tuple[str, ...]]  # a dimension as static factor x symbolic factors
+
+
+def _mono(d: Dim) -> Mono | None:
+    if d is None:
+        return None
+    return (1, (d,)) if isinstance(d, str) else (int(d), ())
+
+
+def _product(monos: list[Mono | None]) -> Mono | None:
+    static, syms = 1, []
+    for m in monos:
+        if m is None:
+            return None
+        static *= m[0]
+        syms.extend(m[1])
+    return static, tuple(sorted(syms))
+
+
+def _static(m: Mono | None) -> int | None:
+    return m[0] if m is not None and not m[1] else None
+
+
+def map_axis(in_shape: list[Mono | None], out_shape: list[Mono | None], a: int):
+    """Where channel axis ``a`` lands: (out axis, 'same'|'spread'|'join', factor) or None.
+
+    'spread': each channel becomes ``factor`` consecutive output positions (flatten).
+    'join': ``factor`` consecutive channels become one output position (unflatten).
+    """
+    n_in = _static(in_shape[a])
+    outer = _product(in_shape[:a])
+    inner_in = _static(_product(in_shape[a + 1:]))
+    if n_in is None or outer is None or inner_in is None:
+        return None
+    for b in reversed(range(len(out_shape))):
+        if _product(out_shape[:b]) != outer:
+            continue
+        n_out, inner_out = _static(out_shape[b]), _static(_product(out_shape[b + 1:]))
+        if n_out is None or inner_out is None:
+            continue
+        if inner_in == inner_out and n_in == n_out:
+            return b, "same", 1
+        if inner_in % inner_out == 0 and n_out == n_in * (inner_in // inner_out):
+            return b, "spread", inner_in // inner_out
+        if inner_out % inner_in == 0 and n_in == n_out * (inner_out // inner_in):
+            return b, "join", inner_out // inner_in
+    return None
+
+
+def _apply(env: Env, atoms: np.ndarray, kind: str, factor: int) -> np.ndarray:
+    if kind == "spread":
+        return np.repeat(atoms, factor)
+    if kind == "join":
+        return env.atoms.union_blocks(atoms, factor)
+    return atoms
+
+
+def resolve_target(in_shape: list[Mono | None], target: list[int], allowzero: bool):
+    """Reshape's output dims from its input dims and constant target (0 copies, -1 infers)."""
+    out: list[Mono | None] = []
+    for i, v in enumerate(target):
+        if v == 0 and not allowzero:
+            out.append(in_shape[i] if i < len(in_shape) else None)
+        else:
+            out.append(None if v == -1 else (int(v), ()))
+    if -1 in target:
+        total = _product(in_shape)
+        known = _product([m for m, v in zip(out, target, strict=True) if v != -1])
+        if total is None or known is None or known[0] == 0 or total[0] % known[0]:
+            return None
+        rest = list(total[1])
+        for s in known[1]:
+            if s not in rest:
+                return None
+            rest.remove(s)
+        out[target.index(-1)] = (total[0] // known[0], tuple(rest))
+    return out
+
+
+class Reshape(OpRule):
+    ops = ("Reshape",)
+
+    def propagate(self, node: gs.Node, env: Env) -> None:
+        x, y = node.inputs[0], node.outputs[0]
+        if not env.tracked(x):
+            return
+        target = env.const(node.inputs[1])
+        in_shape = env.shape(x)
+        if target is None or in_shape is None:
+            freeze_all(node, env, "target shape is not a known constant")
+            return
+        target = [int(v) for v in np.asarray(target).ravel()]
+        in_monos = [_mono(d) for d in in_shape]
+        out_monos = resolve_target(in_monos, target, bool(node.attrs.get("allowzero", 0)))
+        for a, atoms in env.tracked(x).items():
+            where = map_axis(in_monos, out_monos, a) if out_monos is not None else None
+            if where is None or (target[where[0]] == 0 and where[0] != a):
+                env.freeze(atoms, f"Reshape {node.name}: channel axis {a} is scattered")
+                continue
+            b, kind, factor = where
+            env.set(y, b, _apply(env, atoms, kind, factor))
+
+    def rewrite(self, node: gs.Node, rw: Rewriter) -> None:
+        y = node.outputs[0]
+        target = np.array(const_value(node.inputs[1]), dtype=np.int64).ravel()
+        changed = False
+        for b in range(len(target)):
+            keep = rw.keep(y, b)
+            if keep is not None and target[b] > 0:
+                target[b] = int(keep.sum())
+                changed = True
+        if changed:
+            rw.set_const_input(node, 1, target)
+
+
+class Flatten(OpRule):
+    ops = ("Flatten",)
+
+    def propagate(self, node: gs.Node, env: Env) -> None:
+        x, y = node.inputs[0], node.outputs[0]
+        in_shape = env.shape(x)
+        if not env.tracked(x):
+            return
+        if in_shape is None:
+            freeze_all(node, env, "input shape unknown")
+            return
+        axis = normalize_axis(int(node.attrs.get("axis", 1)), len(in_shape))
+        in_monos = [_mono(d) for d in in_shape]
+        out_monos = [_product(in_monos[:axis]), _product(in_monos[axis:])]
+        for a, atoms in env.tracked(x).items():
+            where = map_axis(in_monos, out_monos, a)
+            if where is None:
+                env.freeze(atoms, f"Flatten {node.name}: channel axis {a} is scattered")
+                continue
+            b, kind, factor = where
+            env.set(y, b, _apply(env, atoms, kind, factor))
+
+
+class Transpose(OpRule):
+    ops = ("Transpose",)
+
+    def propagate(self, node: gs.Node, env: Env) -> None:
+        x = node.inputs[0]
+        rank = env.rank(x)
+        if rank is None:
+            freeze_all(node, env, "rank unknown")
+            return
+        perm = list(node.attrs.get("perm", list(reversed(range(rank)))))
+        for a, atoms in env.tracked(x).items():
+            env.set(node.outputs[0], perm.index(a), atoms)
+
+
+class Squeeze(OpRule):
+    ops = ("Squeeze",)
+
+    def propagate(self, node: gs.Node, env: Env) -> None:
+        x = node.inputs[0]
+        shape = env.shape(x)
+        axes = attr_or_input_ints(node, env, "axes", 1)
+        if shape is None or axes is None:
+            freeze_all(node, env, "squeezed axes unknown")
+            return
+        rank = len(shape)
+        gone = {normalize_axis(a, rank) for a in axes} if axes else {
+            i for i, d in enumerate(shape) if d == 1
+        }
+        for a, atoms in env.tracked(x).items():
+            if a in gone:
+                env.freeze(atoms, f"Squeeze {node.name}: squeezes channel axis {a}")
+            else:
+                env.set(node.outputs[0], a - sum(1 for g in gone if g < a), atoms)
+
+
+class Unsqueeze(OpRule):
+    ops = ("Unsqueeze",)
+
+    def propagate(self, node: gs.Node, env: Env) -> None:
+        x = node.inputs[0]
+        rank = env.rank(x)
+        axes = attr_or_input_ints(node, env, "axes", 1)
+        if rank is None or not axes:
+            freeze_all(node, env, "unsqueezed axes unknown")
+            return
+        out_rank = rank + len(axes)
+        new = {normalize_axis(a, out_rank) for a in axes}
+        kept = [i for i in range(out_rank) if i not in new]
+        for a, atoms in env.tracked(x).items():
+            env.set(node.outputs[0], kept[a], atoms)

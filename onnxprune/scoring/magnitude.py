@@ -1,0 +1,25 @@
+"""Weight-magnitude importance: L1 or L2 norm of every parameter slice a unit owns."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..analysis.model import ChannelAnalysis
+
+CRITERIA = ("l1", "l2")
+
+
+def magnitude_scores(graph: gs.Graph, analysis: ChannelAnalysis, criterion: str = "l2") -> np.ndarray:
+    """One score per unit, reduced over the whole group (every member's slices)."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    tensors = graph.tensors()
+    scores = np.zeros(analysis.num_units, dtype=np.float64)
+    for (pname, axis), units in analysis.params.items():
+        values = np.asarray(tensors[pname].values, dtype=np.float64)
+        other = tuple(i for i in range(values.ndim) if i != axis)
+        per_slice = np.abs(values).sum(axis=other) if criterion == "l1" else (values**2).sum(axis=other)
+        owned = units >= 0
+        np.add.at(scores, units[owned], per_slice[owned])
+    return np.sqrt(scores) if criterion == "l2" else scores

@@ -1,0 +1,80 @@
+"""The oracle check used by the tests: random channel masks, physically removed, must give
+the same outputs as the gated reference with those gates closed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from .analysis.channels import analyze_channels
+from .analysis.model import ChannelAnalysis
+from .graph import export_model, import_model
+from .oracle import Oracle, session
+from .passes import Normalize, UseModel
+from .pipeline import Context, Pipeline
+from .rewrite.remove import remove_units
+from .verify import close, max_diffs, random_feeds
+
+
+def normalized(model: onnx.ModelProto) -> onnx.ModelProto:
+    ctx = Context()
+    Pipeline([UseModel(model), Normalize()])(ctx)
+    return export_model(ctx.graph)
+
+
+def random_removal(analysis: ChannelAnalysis, rng: np.random.Generator,
+                   fraction: float | None = None) -> np.ndarray:
+    """Remove a random subset of every prunable group (at least one unit of each stays)."""
+    removed = np.zeros(analysis.num_units, dtype=bool)
+    for g in analysis.groups:
+        if g.frozen:
+            continue
+        free = g.units[~analysis.unit_frozen[g.units]]
+        limit = min(free.size, g.channels - 1)
+        if limit <= 0:
+            continue
+        k = int(rng.integers(1, limit + 1)) if fraction is None else int(limit * fraction)
+        removed[rng.choice(free, size=k, replace=False)] = True
+    return removed
+
+
+@dataclass(frozen=True)
+class OracleCheck:
+    analysis: ChannelAnalysis
+    trials: int
+    max_abs_diff: float
+    removed_fraction: float  # mean fraction of prunable units removed per trial
+
+
+def check_oracle(
+    model: onnx.ModelProto, seed: int = 0, trials: int = 3, exclude: Sequence[str] = (),
+    feeds: dict[str, np.ndarray] | None = None,
+) -> OracleCheck:
+    """Raise AssertionError unless every random removal matches the oracle."""
+    reference = normalized(model)
+    analysis = analyze_channels(import_model(reference), exclude=exclude)
+    oracle = Oracle(reference, analysis)
+    feeds = feeds or random_feeds(reference, seed=seed)
+    base = session(reference).run(None, feeds)
+    ones = oracle.run(feeds)
+    assert all(np.array_equal(a, b) for a, b in zip(base, ones, strict=True)), \
+        "gated model with all gates open differs from the reference"
+    rng = np.random.default_rng(seed)
+    worst, fractions = 0.0, []
+    prunable = max(1, sum(g.prunable for g in analysis.groups if not g.frozen))
+    for _ in range(trials):
+        removed = random_removal(analysis, rng)
+        graph = import_model(reference)
+        remove_units(graph, analysis, removed)
+        pruned = export_model(graph)
+        onnx.checker.check_model(pruned, full_check=True)
+        got = session(pruned).run(None, feeds)
+        want = oracle.run(feeds, ~removed)
+        diff = max_diffs(got, want)[0]
+        assert close(got, want), f"pruned model differs from the oracle (max abs diff {diff})"
+        worst = max(worst, diff)
+        fractions.append(removed.sum() / prunable)
+    return OracleCheck(analysis, trials, worst, float(np.mean(fractions)) if fractions else 0.0)

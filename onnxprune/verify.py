@@ -1,0 +1,150 @@
+"""Verification: the checker, an onnxruntime session per provider, and the mask oracle."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .analysis.model import ChannelAnalysis
+from .errors import UsageError
+from .oracle import Oracle, session
+
+RTOL, ATOL = 1e-4, 1e-5
+
+_NP_TYPES = {
+    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_,
+    onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8,
+}
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    checker: bool
+    providers: tuple[str, ...]
+    max_abs_diff: float  # pruned vs gated reference, worst output element
+    max_rel_diff: float  # the same, relative to the largest reference magnitude
+    normalize_rel_diff: float | None  # normalized vs input model (None: not compared)
+    passed: bool
+    messages: tuple[str, ...]
+
+
+def random_feeds(
+    model: onnx.ModelProto, seed: int = 0, batch: int = 2,
+    shapes: dict[str, Sequence[int]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Random inputs for every graph input; symbolic batch dims get ``batch``."""
+    rng = np.random.default_rng(seed)
+    inits = {i.name for i in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dims = list(shapes[vi.name]) if shapes and vi.name in shapes else _dims(vi.name, tt, batch)
+        dtype = _NP_TYPES.get(tt.elem_type, np.float32)
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(dims).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[vi.name] = rng.integers(0, 2, dims).astype(bool)
+        else:
+            feeds[vi.name] = rng.integers(0, 2, dims).astype(dtype)
+    return feeds
+
+
+def _dims(name: str, tt, batch: int) -> list[int]:
+    dims = []
+    for i, d in enumerate(tt.shape.dim):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(d.dim_value)
+        elif i == 0:
+            dims.append(batch)
+        else:
+            raise UsageError(
+                f"input {name} has a dynamic dimension {i}; give its shape with --input-shape"
+            )
+    return dims
+
+
+def available_providers(requested: Sequence[str]) -> list[str]:
+    have = set(ort.get_available_providers())
+    return [p for p in requested if p in have]
+
+
+def max_diffs(got: list[np.ndarray], want: list[np.ndarray]) -> tuple[float, float]:
+    abs_diff, scale = 0.0, 0.0
+    for g, w in zip(got, want, strict=True):
+        if g.shape != w.shape:
+            return float("inf"), float("inf")
+        g64, w64 = g.astype(np.float64), w.astype(np.float64)
+        abs_diff = max(abs_diff, float(np.max(np.abs(g64 - w64), initial=0.0)))
+        scale = max(scale, float(np.max(np.abs(w64), initial=0.0)))
+    return abs_diff, abs_diff / max(scale, 1e-12)
+
+
+def close(got: list[np.ndarray], want: list[np.ndarray], rtol: float = RTOL, atol: float = ATOL) -> bool:
+    for g, w in zip(got, want, strict=True):
+        if g.shape != w.shape:
+            return False
+        scale = max(1.0, float(np.max(np.abs(w.astype(np.float64)), initial=0.0)))
+        if not np.allclose(g, w, rtol=rtol, atol=atol * scale, equal_nan=False):
+            return False
+    return True
+
+
+def verify_pruned(
+    pruned: onnx.ModelProto,
+    reference: onnx.ModelProto,
+    analysis: ChannelAnalysis,
+    removed: np.ndarray,
+    *,
+    source: onnx.ModelProto | None = None,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    seed: int = 0,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+    shapes: dict[str, Sequence[int]] | None = None,
+) -> VerifyReport:
+    messages: list[str] = []
+    try:
+        onnx.checker.check_model(pruned, full_check=True)
+        checker = True
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        checker = False
+        messages.append(f"onnx.checker: {str(err).splitlines()[0]}")
+    feeds = random_feeds(reference, seed=seed, shapes=shapes)
+    ran = []
+    outputs = None
+    for provider in providers:
+        try:
+            outputs = session(pruned, [provider]).run(None, feeds)
+            ran.append(provider)
+        except Exception as err:  # noqa: BLE001 - any runtime failure fails verification
+            messages.append(f"onnxruntime {provider}: {str(err).splitlines()[0]}")
+    abs_diff = rel_diff = float("inf")
+    oracle_ok = False
+    if outputs is not None:
+        expected = Oracle(reference, analysis).run(feeds, ~removed)
+        abs_diff, rel_diff = max_diffs(outputs, expected)
+        oracle_ok = close(outputs, expected, rtol, atol)
+        if not oracle_ok:
+            messages.append(f"mask oracle mismatch: max abs diff {abs_diff:.3g}")
+    norm_diff = None
+    if source is not None:
+        try:
+            want = session(source).run(None, feeds)
+            got = session(reference).run(None, feeds)
+            norm_diff = max_diffs(got, want)[1]
+            if not close(got, want, rtol=1e-3, atol=1e-4):
+                messages.append(f"normalized graph differs from the input model ({norm_diff:.3g})")
+        except Exception as err:  # noqa: BLE001 - e.g. custom ops onnxruntime cannot run
+            messages.append(f"input model not compared: {str(err).splitlines()[0]}")
+    passed = checker and len(ran) == len(providers) and oracle_ok and not any(
+        m.startswith("normalized graph differs") for m in messages
+    )
+    return VerifyReport(checker, tuple(ran), abs_diff, rel_diff, norm_diff, passed, tuple(messages))

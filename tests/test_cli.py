@@ -1,0 +1,95 @@
+"""The command line contract: analyze/prune/demo, JSON shapes, exit codes, one-line errors."""
+
+import json
+
+import onnx
+import pytest
+
+from onnxprune.cli import main
+from onnxprune.errors import EXIT_INPUT_MISSING, EXIT_INVALID_MODEL, EXIT_OUTPUT, EXIT_USAGE
+from onnxprune.zoo.builder import demo_cnn
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(demo_cnn(), str(path))
+    return path
+
+
+def test_analyze_json(model_file, capsys):
+    assert main(["analyze", str(model_file), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {"groups", "totals", "params", "macs"} <= data.keys()
+    groups = data["groups"]
+    assert len(groups) == data["totals"]["groups"] == 7
+    first = groups[0]
+    assert {"id", "members", "channels", "params", "macs", "frozen", "reason"} <= first.keys()
+    assert all({"tensor", "axis"} <= m.keys() for m in first["members"])
+    frozen = [g for g in groups if g["frozen"]]
+    assert len(frozen) == 1 and frozen[0]["reason"].startswith("reaches graph output")
+
+
+def test_analyze_table(model_file, capsys):
+    assert main(["analyze", str(model_file)]) == 0
+    out = capsys.readouterr().out
+    assert "7 groups (6 prunable, 1 frozen)" in out
+
+
+def test_prune_json_and_output(model_file, tmp_path, capsys):
+    out = tmp_path / "small.onnx"
+    before = model_file.read_bytes()
+    code = main(["prune", str(model_file), "-o", str(out), "--ratio", "0.5", "--criterion",
+                 "l1", "--round-to", "4", "--json"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert model_file.read_bytes() == before  # the input is never modified
+    assert data["verification"]["passed"] and data["verification"]["oracle_max_abs_diff"] < 1e-4
+    assert data["params_after"] < 0.5 * data["params_before"]
+    assert all(g["after"] % 4 == 0 or g["after"] == g["before"] for g in data["groups"])
+    assert {"load", "analyze", "remove", "verify", "write"} <= data["timings"].keys()
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+
+
+def test_prune_exclude(model_file, tmp_path, capsys):
+    out = tmp_path / "small.onnx"
+    assert main(["prune", str(model_file), "-o", str(out), "--exclude", "fc*", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    pruned = onnx.load(str(out))
+    fc1 = next(n for n in pruned.graph.node if n.name == "fc1")
+    weight = next(i for i in pruned.graph.initializer if i.name == fc1.input[1])
+    assert list(weight.dims) == [128, 64 * 16]  # fc1's own output channels untouched
+    assert data["params_after"] < data["params_before"]
+
+
+def test_errors_are_one_line_with_exit_codes(tmp_path, capsys, model_file):
+    assert main(["analyze", str(tmp_path / "missing.onnx")]) == EXIT_INPUT_MISSING
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("hello")
+    assert main(["analyze", str(bad)]) == EXIT_INVALID_MODEL
+    assert main(["prune", str(model_file), "-o", str(model_file)]) == EXIT_OUTPUT
+    assert main(["prune", str(model_file), "-o", str(tmp_path / "x.onnx"), "--ratio", "1.5"]) \
+        == EXIT_USAGE
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line]
+    assert len(lines) == 4 and all(line.startswith("onnxprune: error:") for line in lines)
+    assert "Traceback" not in err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_unavailable_provider_is_one_clear_line(model_file, tmp_path, capsys):
+    code = main(["prune", str(model_file), "-o", str(tmp_path / "x.onnx"), "--provider", "cuda"])
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        assert code == 0
+    else:
+        assert code != 0
+        assert "cuda is not available" in capsys.readouterr().err
+
+
+def test_demo(tmp_path, capsys):
+    assert main(["demo", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "parameters" in out and "mask oracle max abs diff" in out
+    assert (tmp_path / "demo_cnn.pruned.onnx").exists()

@@ -1,0 +1,115 @@
+"""Load and normalize: BN folding, Identity/Dropout removal, constant Reshape targets."""
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune.graph import import_model
+from onnxprune.oracle import session
+from onnxprune.testing import check_oracle, normalized
+from onnxprune.verify import max_diffs, random_feeds
+from onnxprune.zoo.builder import GraphBuilder
+
+
+def _ops(model):
+    return [n.op_type for n in model.graph.node]
+
+
+def _same_outputs(a, b, tol=1e-5):
+    feeds = random_feeds(a, seed=1)
+    diff = max_diffs(session(b).run(None, feeds), session(a).run(None, feeds))[1]
+    assert diff < tol, diff
+    return diff
+
+
+@pytest.mark.parametrize("layer", ["conv", "convt", "convt_g2", "gemm", "gemm_nt", "gemm_noc"])
+def test_batchnorm_folds_exactly(layer):
+    b = GraphBuilder(seed=3)
+    if layer.startswith("gemm"):
+        x = b.input("x", [4, 6])
+        if layer == "gemm_noc":
+            h = b.op("Gemm", [x, b.weight(6, 10)], alpha=0.7)
+        else:
+            w = b.weight(10, 6) if layer == "gemm" else b.weight(6, 10)
+            h = b.op("Gemm", [x, w, b.const(np.arange(10, dtype=np.float32))],
+                     transB=int(layer == "gemm"), beta=0.5)
+        c = 10
+    else:
+        x = b.input("x", [2, 4, 6, 6])
+        if layer == "conv":
+            h = b.conv(x, 4, 8)
+        else:
+            h = b.conv_transpose(x, 4, 8, group=2 if layer == "convt_g2" else 1)
+        c = 8
+    y = b.relu(b.batchnorm(h, c))
+    model = b.build([y])
+    norm = normalized(model)
+    assert "BatchNormalization" not in _ops(norm)
+    _same_outputs(model, norm)
+
+
+def test_batchnorm_not_folded_when_conv_output_is_shared():
+    b = GraphBuilder()
+    x = b.input("x", [1, 3, 6, 6])
+    h = b.conv(x, 3, 4)
+    y1 = b.batchnorm(h, 4)
+    y2 = b.relu(h)
+    norm = normalized(b.build([y1, y2]))
+    assert "BatchNormalization" in _ops(norm)
+
+
+def test_identity_and_dropout_are_dropped_and_output_names_kept():
+    b = GraphBuilder()
+    x = b.input("x", [1, 3, 6, 6])
+    h = b.op("Identity", [b.conv(x, 3, 4)])
+    h = b.op("Dropout", [b.relu(h)])
+    y = b.op("Identity", [b.conv(h, 4, 2)], name="final")
+    model = b.build([y])
+    norm = normalized(model)
+    assert "Identity" not in _ops(norm) and "Dropout" not in _ops(norm)
+    assert [o.name for o in norm.graph.output] == [o.name for o in model.graph.output]
+    _same_outputs(model, norm)
+
+
+def _shape_chain_unflatten(opset=17):
+    """What torch's TorchScript exporter writes for a dynamic-batch Unflatten."""
+    b = GraphBuilder(opset=opset)
+    z = b.input("z", ["batch", 8])
+    h = b.relu(b.gemm(z, 8, 6 * 4, name="fc"))
+    shape = b.op("Shape", [h])
+    batch = b.op("Slice", [shape, b.const(np.array([0])), b.const(np.array([1])),
+                           b.const(np.array([0]))])
+    target = b.op("Concat", [batch, b.const(np.array([6, 2, 2]))], axis=0)
+    h = b.op("Reshape", [h, target], name="unflatten")
+    y = b.conv(b.relu(b.conv_transpose(h, 6, 4, name="up")), 4, 1)
+    return b.build([y])
+
+
+def test_shape_chain_reshape_becomes_constant():
+    model = _shape_chain_unflatten()
+    norm = normalized(model)
+    assert "Shape" not in _ops(norm) and "Concat" not in _ops(norm)
+    reshape = next(n for n in norm.graph.node if n.op_type == "Reshape")
+    target = next(i for i in norm.graph.initializer if i.name == reshape.input[1])
+    assert onnx.numpy_helper.to_array(target).tolist() == [0, 6, 2, 2]
+    res = check_oracle(model, trials=3)
+    g = next(g for g in res.analysis.groups if "fc" in g.layers)
+    assert g.channels == 6 and not g.frozen
+
+
+def test_constant_nodes_become_initializers():
+    b = GraphBuilder()
+    x = b.input("x", [1, 3, 4, 4])
+    h = b.conv(x, 3, 4, name="c1")
+    k = b.op("Constant", [], value=onnx.numpy_helper.from_array(
+        np.linspace(1, 2, 4).astype(np.float32).reshape(1, 4, 1, 1)))
+    y = b.conv(b.op("Mul", [h, k]), 4, 2)
+    res = check_oracle(b.build([y]), trials=3)
+    g = next(g for g in res.analysis.groups if "c1" in g.layers)
+    assert not g.frozen and len(g.params) == 4  # c1 rows, c1 bias, Mul constant, next conv
+
+
+def test_normalized_graph_has_shapes_for_analysis():
+    graph = import_model(normalized(_shape_chain_unflatten()))
+    reshape = next(n for n in graph.nodes if n.op == "Reshape")
+    assert reshape.outputs[0].shape[1:] == [6, 2, 2]

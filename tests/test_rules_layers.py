@@ -1,0 +1,152 @@
+"""Op rules for layers that own channels: Conv (any group), ConvTranspose, Gemm, MatMul, norms."""
+
+import numpy as np
+import pytest
+from conftest import cbr, group_with_layer, groups_summary
+
+from onnxprune.testing import check_oracle
+from onnxprune.zoo.builder import GraphBuilder
+
+
+def test_conv_chain_groups_and_oracle(gb):
+    x = gb.input("x", [2, 3, 16, 16])
+    h = cbr(gb, x, 3, 8, name="c1")
+    h = cbr(gb, h, 8, 12, name="c2")
+    y = gb.conv(h, 12, 4, name="c3")
+    res = check_oracle(gb.build([y]), trials=4)
+    assert groups_summary(res.analysis) == [(4, True), (8, False), (12, False)]
+    g = group_with_layer(res.analysis, "c1")
+    assert set(g.layers) == {"c1", "c2"}
+    # c1 out (8 x 3 x 3 x 3 + 8 bias) and c2 in (12 x 8 x 3 x 3)
+    assert g.n_params == 8 * 27 + 8 + 12 * 8 * 9
+
+
+@pytest.mark.parametrize("mult", [1, 2])
+def test_depthwise_conv_follows_its_input(gb, mult):
+    x = gb.input("x", [1, 3, 8, 8])
+    h = cbr(gb, x, 3, 6, name="pw")
+    h = cbr(gb, h, 6, 6 * mult, group=6, name="dw")
+    y = gb.conv(h, 6 * mult, 5, k=1, name="out")
+    res = check_oracle(gb.build([y]), trials=4)
+    g = group_with_layer(res.analysis, "pw")
+    assert g.channels == 6 and set(g.layers) == {"pw", "dw", "out"}
+    dw_out = next(m for m in g.members if m.tensor.startswith("dw"))
+    assert dw_out.size == 6 * mult
+
+
+def test_grouped_conv_prunes_whole_groups(gb):
+    x = gb.input("x", [1, 3, 8, 8])
+    h = cbr(gb, x, 3, 16, name="a")
+    h = cbr(gb, h, 16, 32, group=4, name="grouped")
+    y = gb.conv(h, 32, 5, k=1, name="out")
+    res = check_oracle(gb.build([y]), trials=5)
+    g = group_with_layer(res.analysis, "a")
+    assert g.channels == 4  # one unit per conv group
+    assert set(g.layers) == {"a", "grouped", "out"}
+
+
+def test_grouped_conv_group_attribute_rewritten(gb):
+    from onnxprune.api import prune
+
+    x = gb.input("x", [1, 3, 8, 8])
+    h = cbr(gb, x, 3, 16, name="a")
+    h = cbr(gb, h, 16, 32, group=4, name="grouped")
+    y = gb.conv(h, 32, 5, k=1, name="out")
+    r = prune(gb.build([y]), ratio=0.5)
+    node = next(n for n in r.model.graph.node if n.name == "grouped")
+    group = next(a.i for a in node.attribute if a.name == "group")
+    assert group == 2
+    assert r.verification.passed
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_conv_transpose(gb, group):
+    x = gb.input("x", [1, 4, 7, 7])
+    h = cbr(gb, x, 4, 8, name="enc")
+    h = gb.relu(gb.conv_transpose(h, 8, 6, group=group, name="up"))
+    y = gb.conv(h, 6, 2, name="out")
+    res = check_oracle(gb.build([y]), trials=4)
+    up = group_with_layer(res.analysis, "out")
+    assert "up" in up.layers
+    assert up.channels == (6 if group == 1 else 2)
+    if group == 2:  # the transposed conv's groups join enc's channels in blocks of 4
+        assert group_with_layer(res.analysis, "enc").channels == 2
+
+
+@pytest.mark.parametrize("trans_b", [True, False])
+def test_gemm_chain(gb, trans_b):
+    x = gb.input("x", [3, 10])
+    h = gb.relu(gb.gemm(x, 10, 16, trans_b=trans_b, name="fc1"))
+    h = gb.relu(gb.gemm(h, 16, 12, trans_b=not trans_b, name="fc2"))
+    y = gb.gemm(h, 12, 3, name="fc3")
+    res = check_oracle(gb.build([y]), trials=4)
+    assert groups_summary(res.analysis) == [(3, True), (12, False), (16, False)]
+
+
+def test_gemm_bias_shapes(gb):
+    x = gb.input("x", [2, 6])
+    w1 = gb.weight(8, 6)
+    h = gb.relu(gb.op("Gemm", [x, w1, gb.const(np.ones((1, 8), np.float32))], transB=1))
+    w2 = gb.weight(5, 8)
+    h = gb.relu(gb.op("Gemm", [h, w2, gb.const(np.float32(0.5))], transB=1, alpha=0.5, beta=2.0))
+    y = gb.gemm(h, 5, 2)
+    res = check_oracle(gb.build([y]), trials=4)
+    assert groups_summary(res.analysis) == [(2, True), (5, False), (8, False)]
+
+
+def test_matmul_with_bias_on_3d_input(gb):
+    x = gb.input("x", [2, 5, 8])
+    h = gb.op("Add", [gb.matmul(x, 8, 16, name="mm1"), gb.const(np.ones(16, np.float32))])
+    h = gb.relu(h)
+    y = gb.matmul(h, 16, 4, name="mm2")
+    res = check_oracle(gb.build([y]), trials=4)
+    g = group_with_layer(res.analysis, "mm1")
+    assert g.channels == 16 and not g.frozen
+
+
+def test_matmul_of_two_activations_freezes(gb):
+    x = gb.input("x", [2, 4, 8])
+    q = gb.matmul(x, 8, 8, name="q")
+    k = gb.matmul(x, 8, 8, name="k")
+    s = gb.op("MatMul", [q, gb.op("Transpose", [k], perm=[0, 2, 1])], name="scores")
+    y = gb.matmul(s, 4, 3)
+    res = check_oracle(gb.build([y]), trials=2)
+    assert group_with_layer(res.analysis, "q").frozen
+    assert "scores" in group_with_layer(res.analysis, "q").reason
+
+
+def test_batchnorm_kept_when_not_foldable(gb):
+    x = gb.input("x", [2, 3, 8, 8])
+    h = gb.relu(gb.conv(x, 3, 8, name="c1"))
+    h = gb.relu(gb.batchnorm(h, 8, name="bn"))  # after a Relu: cannot be folded
+    y = gb.conv(h, 8, 2, name="c2")
+    model = gb.build([y])
+    res = check_oracle(model, trials=4)
+    g = group_with_layer(res.analysis, "bn")
+    assert {"c1", "bn", "c2"} <= set(g.layers)
+    # 4 BN vectors, c1's weight rows and bias, c2's weight columns
+    assert len(g.params) == 7 and all(p.size == 8 and p.count == 8 for p in g.params)
+
+
+def test_instance_norm_and_prelu(gb):
+    x = gb.input("x", [2, 3, 8, 8])
+    h = gb.conv(x, 3, 6, name="c1")
+    h = gb.op("InstanceNormalization", [h, gb.const(np.ones(6, np.float32) * 1.5),
+                                        gb.const(np.arange(6, dtype=np.float32))], name="inorm")
+    h = gb.op("PRelu", [h, gb.const(np.full((6, 1, 1), 0.2, np.float32))], name="prelu")
+    y = gb.conv(h, 6, 2, name="c2")
+    res = check_oracle(gb.build([y]), trials=4)
+    g = group_with_layer(res.analysis, "inorm")
+    assert g.channels == 6 and not g.frozen and {"prelu", "c1", "c2"} <= set(g.layers)
+
+
+def test_layer_norm_over_channels_freezes():
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [2, 4, 8])
+    h = b.matmul(x, 8, 12, name="mm1")
+    h = b.op("LayerNormalization", [h, b.const(np.ones(12, np.float32)),
+                                    b.const(np.zeros(12, np.float32))], axis=-1, name="ln")
+    y = b.matmul(h, 12, 3)
+    res = check_oracle(b.build([y]), trials=2)
+    g = group_with_layer(res.analysis, "mm1")
+    assert g.frozen and "ln" in g.reason
