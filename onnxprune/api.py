@@ -12,8 +12,16 @@ from .analysis.model import ChannelAnalysis
 from .graph import export_model
 from .metrics import graph_macs, graph_params
 from .passes import (
-    AnalyzeChannels, Cleanup, LoadModel, Normalize, RemoveChannels, ScoreMagnitude,
-    SelectUniform, UseModel, Verify, WriteModel,
+    AnalyzeChannels,
+    Cleanup,
+    LoadModel,
+    Normalize,
+    RemoveChannels,
+    ScoreMagnitude,
+    SelectUniform,
+    UseModel,
+    Verify,
+    WriteModel,
 )
 from .pipeline import Context, Pass, Pipeline, total_time
 from .select.uniform import PrunePlan

@@ -8,7 +8,10 @@ import pytest
 
 from onnxprune import io
 from onnxprune.errors import (
-    InputMissingError, InvalidModelError, OutputError, UnsupportedModelError,
+    InputMissingError,
+    InvalidModelError,
+    OutputError,
+    UnsupportedModelError,
 )
 from onnxprune.zoo.builder import demo_cnn
 

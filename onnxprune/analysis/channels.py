@@ -26,6 +26,7 @@ def analyze_channels(
     for node in graph.nodes:
         registry.lookup(node.op, node.domain or "").propagate(node, env)
     _freeze_boundaries(graph, env)
+    _freeze_inconsistent(graph, env)
     _freeze_excluded(graph, env, list(exclude))
     param_atoms = _join_shared_params(graph, env)
     labels, frozen, reasons = env.atoms.solve()
@@ -40,6 +41,17 @@ def _freeze_boundaries(graph: gs.Graph, env: Env) -> None:
             for name in _outer_refs(sub):
                 if name in env.slots:
                     env.freeze_tensor(graph.tensors()[name], f"used inside subgraph of {node.name}")
+
+
+def _freeze_inconsistent(graph: gs.Graph, env: Env) -> None:
+    """A safety net: a channel map whose length disagrees with the tensor's shape is frozen."""
+    tensors = graph.tensors()
+    for name, axes in env.slots.items():
+        shape = env.shape(tensors[name]) if name in tensors else None
+        for axis, atoms in axes.items():
+            dim = shape[axis] if shape is not None and axis < len(shape) else None
+            if isinstance(dim, int) and dim != len(atoms):
+                env.freeze(atoms, f"tensor {name}: channel map of axis {axis} disagrees with its shape")
 
 
 def _outer_refs(sub: gs.Graph) -> set[str]:
@@ -116,6 +128,7 @@ def _build(graph, env: Env, labels, frozen, reasons, param_atoms) -> ChannelAnal
         signature_of.setdefault(tuple(seg_k.tolist()), []).append(unit)
 
     macs = {n.name: node_macs(n) for n in graph.nodes}
+    tensors = graph.tensors()
     groups = []
     # Groups in graph order: by the first tensor they appear on.
     for gid, (sig, units) in enumerate(sorted(signature_of.items(), key=lambda kv: kv[0])):
@@ -123,7 +136,9 @@ def _build(graph, env: Env, labels, frozen, reasons, param_atoms) -> ChannelAnal
         pos = dict(zip(first_units.tolist(), first_pos.tolist(), strict=True))
         units = np.array(sorted(units, key=pos.__getitem__), dtype=np.int64)
         unit_group[units] = gid
-        groups.append(_make_group(gid, units, sig, keys, slots, params, frozen, reasons, env, macs, graph))
+        groups.append(
+            _make_group(gid, units, sig, keys, slots, params, frozen, reasons, macs, tensors)
+        )
     gates = tuple(
         Gate(g.node, g.input_index, g.axis, labels[g.atoms]) for g in env.gates
     )
@@ -132,14 +147,13 @@ def _build(graph, env: Env, labels, frozen, reasons, param_atoms) -> ChannelAnal
     )
 
 
-def _make_group(gid, units, sig, keys, slots, params, frozen, reasons, env, macs, graph) -> Group:
+def _make_group(gid, units, sig, keys, slots, params, frozen, reasons, macs, tensors) -> Group:
     unit_set = np.zeros(len(frozen), dtype=bool)
     unit_set[units] = True
     members, pslices = [], []
     n_params = 0
     node_fraction: dict[str, float] = {}
     layers: dict[str, None] = {}
-    tensors = graph.tensors()
     for k in sig:
         key = keys[k]
         if key[0] != "param":
