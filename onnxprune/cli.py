@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -50,11 +51,20 @@ def _shapes(items: list[str] | None) -> dict[str, list[int]] | None:
     return out
 
 
+@contextlib.contextmanager
+def _status(what: str):
+    """A spinner on stderr naming the running pass (silent when stderr is not a terminal)."""
+    console = Console(stderr=True)
+    with console.status(f"{what}...") as status:
+        yield lambda name: status.update(f"{what}: {name}...")
+
+
 def cmd_analyze(args, console: Console) -> int:
     from .api import analyze
     from .report import analysis_json, print_analysis
 
-    result = analyze(args.model, exclude=args.exclude or ())
+    with _status("analyzing") as progress:
+        result = analyze(args.model, exclude=args.exclude or (), progress=progress)
     if args.json:
         print(json.dumps(analysis_json(result, str(args.model)), indent=2))
     else:
@@ -66,12 +76,13 @@ def cmd_prune(args, console: Console) -> int:
     from .api import prune
     from .report import print_prune, prune_json
 
-    result = prune(
-        args.model, args.output, ratio=args.ratio, criterion=args.criterion,
-        round_to=args.round_to, min_width=args.min_width, exclude=args.exclude or (),
-        providers=_providers(args.provider), force=args.force,
-        input_shapes=_shapes(args.input_shape),
-    )
+    providers, shapes = _providers(args.provider), _shapes(args.input_shape)
+    with _status("pruning") as progress:
+        result = prune(
+            args.model, args.output, ratio=args.ratio, criterion=args.criterion,
+            round_to=args.round_to, min_width=args.min_width, exclude=args.exclude or (),
+            providers=providers, force=args.force, input_shapes=shapes, progress=progress,
+        )
     if args.json:
         print(json.dumps(prune_json(result, str(args.model)), indent=2))
     else:

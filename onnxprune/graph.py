@@ -23,15 +23,41 @@ def export_model(graph: gs.Graph, ir_version: int | None = None) -> onnx.ModelPr
 
 
 def infer_shapes(graph: gs.Graph) -> gs.Graph:
-    """Re-run ONNX shape inference (with data propagation) and return a fresh graph."""
-    model = export_model(graph)
-    for vi in list(model.graph.value_info):
-        model.graph.value_info.remove(vi)
+    """Annotate every variable with ONNX shape inference (with data propagation), in place.
+
+    Inference runs on a weight-free skeleton (large constants become typed inputs), so the
+    weights are never serialized; the inferred types and shapes are copied back by name.
+    """
+    skeleton = graph.copy()
+    for tensor in list(skeleton.tensors().values()):
+        if isinstance(tensor, gs.Constant) and int(np.prod(tensor.shape)) > SMALL_CONSTANT:
+            typed = gs.Variable(tensor.name, dtype=tensor.dtype, shape=list(tensor.shape))
+            for node in list(tensor.outputs):
+                replace_input(node, tensor, typed)
+            skeleton.inputs.append(typed)
+    model = gs.export_onnx(skeleton, do_type_check=False)
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # inference is best effort; the analysis freezes what it cannot see
-        pass
-    return gs.import_onnx(model)
+        return graph
+    known = {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.output)}
+    for name, tensor in graph.tensors().items():
+        vi = known.get(name)
+        if vi is None or not isinstance(tensor, gs.Variable) or not vi.type.HasField("tensor_type"):
+            continue
+        tt = vi.type.tensor_type
+        if tt.elem_type:
+            tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        if tt.HasField("shape"):
+            tensor.shape = [
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in tt.shape.dim
+            ]
+    return graph
+
+
+# Constants up to this many elements stay in the skeleton (shape data for data propagation).
+SMALL_CONSTANT = 64
 
 
 def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:

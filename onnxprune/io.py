@@ -52,12 +52,9 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
             "next to the model"
         ) from err
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(str(p))  # from the file: no re-serialization of the weights
     except onnx.checker.ValidationError as err:
         raise InvalidModelError(f"{p}: the model is not valid ONNX ({_first_line(err)})") from err
-    except ValueError:
-        # > 2 GB protos cannot be checked in memory; check the file instead.
-        onnx.checker.check_model(str(p))
     return model
 
 

@@ -179,7 +179,7 @@ class RemoveChannels(Pass):
     def run(self, ctx: Context) -> PassResult:
         graph, analysis = ctx.require("graph", self.name), ctx.require("analysis", self.name)
         plan = ctx.require("plan", self.name)
-        ctx.reference = export_model(graph)
+        ctx.reference = graph.copy()  # shares the weights; removal assigns new arrays
         removed = remove_units(graph, analysis, plan.removed)
         return PassResult(plan.removed_units > 0, {"params_removed": removed})
 
@@ -195,7 +195,7 @@ class Verify(Pass):
 
     def run(self, ctx: Context) -> PassResult:
         graph, analysis = ctx.require("graph", self.name), ctx.require("analysis", self.name)
-        reference = ctx.require("reference", self.name)
+        reference = export_model(ctx.require("reference", self.name))
         plan = ctx.require("plan", self.name)
         pruned = export_model(graph, io.runtime_ir_version(export_model(graph), ctx.source_ir))
         report = verify_pruned(

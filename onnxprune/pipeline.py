@@ -34,7 +34,7 @@ class Context:
     analysis: Any = None  # analysis.ChannelAnalysis
     scores: Any = None  # np.ndarray, one importance per unit
     plan: Any = None  # select.PrunePlan
-    reference: onnx.ModelProto | None = None  # normalized graph before removal (for the oracle)
+    reference: gs.Graph | None = None  # the normalized graph before removal (for the oracle)
     verification: Any = None  # verify.VerifyReport
     output_path: Path | None = None
     timings: list[tuple[str, float]] = field(default_factory=list)

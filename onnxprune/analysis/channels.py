@@ -117,15 +117,13 @@ def _build(graph, env: Env, labels, frozen, reasons, param_atoms) -> ChannelAnal
     all_u, all_k = np.concatenate(pairs_u), np.concatenate(pairs_k)
     order = np.lexsort((all_k, all_u))
     all_u, all_k = all_u[order], all_k[order]
-    bounds = np.flatnonzero(np.diff(all_u)) + 1
+    starts = [0, *(np.flatnonzero(np.diff(all_u)) + 1).tolist(), all_u.size] if all_u.size else [0]
+    units_list, keys_list = all_u.tolist(), all_k.tolist()
     signature_of: dict[tuple, list[int]] = {}
-    in_slot = np.zeros(n_units, dtype=bool)
-    for seg_u, seg_k in zip(np.split(all_u, bounds), np.split(all_k, bounds), strict=True):
-        unit = int(seg_u[0])
-        if seg_k[0] >= len(slots):
+    for lo, hi in zip(starts[:-1], starts[1:], strict=True):
+        if keys_list[lo] >= len(slots):
             continue  # only on parameters (a frozen leftover): not a channel of any tensor
-        in_slot[unit] = True
-        signature_of.setdefault(tuple(seg_k.tolist()), []).append(unit)
+        signature_of.setdefault(tuple(keys_list[lo:hi]), []).append(units_list[lo])
 
     macs = {n.name: node_macs(n) for n in graph.nodes}
     tensors = graph.tensors()

@@ -17,9 +17,10 @@ def magnitude_scores(graph: gs.Graph, analysis: ChannelAnalysis, criterion: str 
     tensors = graph.tensors()
     scores = np.zeros(analysis.num_units, dtype=np.float64)
     for (pname, axis), units in analysis.params.items():
-        values = np.asarray(tensors[pname].values, dtype=np.float64)
+        values = np.asarray(tensors[pname].values, dtype=np.float32)
         other = tuple(i for i in range(values.ndim) if i != axis)
-        per_slice = np.abs(values).sum(axis=other) if criterion == "l1" else (values**2).sum(axis=other)
+        mag = np.abs(values) if criterion == "l1" else np.square(values)
+        per_slice = mag.sum(axis=other, dtype=np.float64)
         owned = units >= 0
         np.add.at(scores, units[owned], per_slice[owned])
     return np.sqrt(scores) if criterion == "l2" else scores
