@@ -134,7 +134,7 @@ def replace_all_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
 
 def new_constant(graph: gs.Graph, hint: str, values: np.ndarray) -> gs.Constant:
     name = unique_name(graph, hint)
-    return gs.Constant(name, np.ascontiguousarray(values))
+    return gs.Constant(name, np.require(values, requirements="C"))  # keeps 0-d arrays 0-d
 
 
 def unique_name(graph: gs.Graph, hint: str) -> str:

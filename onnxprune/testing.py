@@ -38,7 +38,7 @@ def random_removal(analysis: ChannelAnalysis, rng: np.random.Generator,
             continue
         k = int(rng.integers(1, limit + 1)) if fraction is None else int(limit * fraction)
         removed[rng.choice(free, size=k, replace=False)] = True
-    return removed
+    return analysis.enforce_links(removed)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ class AtomTable:
         self.count = 0
         self._edges: list[tuple[np.ndarray, np.ndarray]] = []
         self._frozen: list[tuple[np.ndarray, str]] = []
+        self._links: list[tuple[np.ndarray, np.ndarray]] = []
 
     def fresh(self, n: int) -> np.ndarray:
         out = np.arange(self.count, self.count + n, dtype=np.int64)
@@ -60,6 +61,19 @@ class AtomTable:
         for j in range(1, block):
             self.union(runs[:, 0], runs[:, j])
         return runs[:, 0].copy()
+
+    def link(self, kept: np.ndarray, needs: np.ndarray) -> None:
+        """While atom ``kept[i]`` stays, atom ``needs[i]`` must stay (a gathered copy of it)."""
+        kept, needs = np.asarray(kept, dtype=np.int64), np.asarray(needs, dtype=np.int64)
+        if kept.shape != needs.shape:
+            raise ValueError(f"link of atom arrays with shapes {kept.shape} and {needs.shape}")
+        self._links.append((kept.ravel(), needs.ravel()))
+
+    def links(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self._links:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return (np.concatenate([k for k, _ in self._links]),
+                np.concatenate([n for _, n in self._links]))
 
     def freeze(self, atoms: np.ndarray, reason: str) -> None:
         atoms = np.asarray(atoms, dtype=np.int64).ravel()

@@ -140,8 +140,13 @@ def _build(graph, env: Env, labels, frozen, reasons, param_atoms) -> ChannelAnal
     gates = tuple(
         Gate(g.node, g.input_index, g.axis, labels[g.atoms]) for g in env.gates
     )
+    kept_if, needs = env.atoms.links()
+    pairs = np.stack([labels[kept_if], labels[needs]], axis=1) if kept_if.size else \
+        np.zeros((0, 2), dtype=np.int64)
+    pairs = np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0)
     return ChannelAnalysis(
-        n_units, unit_group, frozen, tuple(reasons), slots, params, gates, tuple(groups), macs
+        n_units, unit_group, frozen, tuple(reasons), slots, params, gates, tuple(groups), macs,
+        pairs,
     )
 
 

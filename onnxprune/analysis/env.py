@@ -64,6 +64,9 @@ class Env:
     def freeze(self, atoms: np.ndarray, reason: str) -> None:
         self.atoms.freeze(atoms, reason)
 
+    def link(self, kept: np.ndarray, needs: np.ndarray) -> None:
+        self.atoms.link(kept, needs)
+
     def freeze_tensor(self, tensor: gs.Tensor | None, reason: str) -> None:
         for atoms in self.tracked(tensor).values():
             self.freeze(atoms, reason)

@@ -78,10 +78,24 @@ class ChannelAnalysis:
     gates: tuple[Gate, ...]
     groups: tuple[Group, ...]
     node_macs: Mapping[str, int] = field(default_factory=dict)
+    # (a, b) rows: while unit a stays, unit b must stay (b's channels are gathered into a's)
+    links: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
 
     def keep_mask(self, key: SlotKey, removed: np.ndarray) -> np.ndarray | None:
         units = self.slots.get(key)
         return None if units is None else ~removed[units]
+
+    def enforce_links(self, removed: np.ndarray) -> np.ndarray:
+        """Keep every unit a kept unit needs (the closure of the links); returns a new mask."""
+        removed = np.array(removed, dtype=bool)
+        if not self.links.size:
+            return removed
+        kept_if, needs = self.links[:, 0], self.links[:, 1]
+        while True:
+            bad = removed[needs] & ~removed[kept_if]
+            if not bad.any():
+                return removed
+            removed[needs[bad]] = False
 
     def prunable_groups(self) -> list[Group]:
         return [g for g in self.groups if not g.frozen and g.prunable > 1]

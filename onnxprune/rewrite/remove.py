@@ -26,6 +26,8 @@ def remove_units(
         raise ValueError(f"removed has shape {removed.shape}, expected ({analysis.num_units},)")
     if (removed & analysis.unit_frozen).any():
         raise ValueError("a frozen unit cannot be removed")
+    if not np.array_equal(analysis.enforce_links(removed), removed):
+        raise ValueError("a removed unit is still gathered by a kept one (see enforce_links)")
 
     def keep(tensor: gs.Tensor, axis: int) -> np.ndarray | None:
         mask = analysis.keep_mask((tensor.name, axis), removed)

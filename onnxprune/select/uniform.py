@@ -48,7 +48,9 @@ def select_uniform(
         keep = kept_width(group.channels, ratio, round_to, min_width)
         drop = _lowest(group, analysis, scores, group.channels - keep)
         removed[drop] = True
-        widths[group.id] = (group.channels, group.channels - drop.size)
+    removed = analysis.enforce_links(removed)
+    for group in analysis.groups:
+        widths[group.id] = (group.channels, group.channels - int(removed[group.units].sum()))
     return PrunePlan(removed, widths)
 
 

@@ -1,0 +1,130 @@
+"""Peak memory of a block of work: host RSS high-water, or CUDA device memory.
+
+Both are deltas: memory at the high-water mark minus memory just before the block. They are
+measured around session creation plus its first run, so they count the weights, the optimized
+graph and the arena the first inference grows to.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+
+import psutil
+
+_STATUS = "/proc/self/status"
+_CLEAR_REFS = "/proc/self/clear_refs"
+
+
+def _kernel_hwm() -> int | None:
+    """The kernel's RSS high-water mark of this process (Linux), in bytes."""
+    try:
+        with open(_STATUS) as f:
+            match = re.search(r"VmHWM:\s+(\d+) kB", f.read())
+    except OSError:
+        return None
+    return int(match.group(1)) * 1024 if match else None
+
+
+def _reset_kernel_hwm() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not possible."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        with open(_CLEAR_REFS, "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return _kernel_hwm() is not None
+
+
+class HostPeak:
+    """``with HostPeak() as m: ...`` then ``m.delta``: peak RSS during the block minus RSS before.
+
+    On Linux the kernel's high-water mark is reset on entry and read on exit (exact). Elsewhere
+    a thread samples RSS with psutil every ``interval`` seconds; the RSS after the block is
+    always included, so what the block keeps allocated is counted even between samples.
+    """
+
+    def __init__(self, interval: float = 0.001):
+        self.interval = interval
+        self.delta = 0
+        self._proc = psutil.Process()
+        self._peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _rss(self) -> int:
+        return int(self._proc.memory_info().rss)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._peak = max(self._peak, self._rss())
+
+    def __enter__(self) -> HostPeak:
+        self._kernel = _reset_kernel_hwm()
+        self._before = self._peak = self._rss()
+        if not self._kernel:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        peak = max(self._peak, self._rss())
+        if self._kernel:
+            peak = max(peak, _kernel_hwm() or 0)
+        self.delta = max(0, peak - self._before)
+
+
+def _nvidia_smi(*query: str) -> list[list[str]] | None:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, *query, "--format=csv,noheader,nounits"], capture_output=True,
+                             text=True, timeout=15, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [[c.strip() for c in line.split(",")] for line in out.splitlines() if line.strip()]
+
+
+def gpu_memory(device: int = 0) -> tuple[int, int] | None:
+    """(bytes this process holds on any GPU, bytes used on ``device``) from nvidia-smi."""
+    apps = _nvidia_smi("--query-compute-apps=pid,used_memory")
+    total = _nvidia_smi("--query-gpu=memory.used", f"--id={device}")
+    if apps is None or not total:
+        return None
+    pid = str(os.getpid())
+    mine = sum(int(row[1]) for row in apps if len(row) == 2 and row[0] == pid and row[1].isdigit())
+    return mine * 2**20, int(total[0][0]) * 2**20
+
+
+class DevicePeak:
+    """``with DevicePeak() as m: ...`` then ``m.delta`` (bytes, None without nvidia-smi).
+
+    onnxruntime's CUDA arena only grows, so the memory held after the block is its high-water
+    mark. The per-process figure is used when nvidia-smi lists this process (it does not in
+    some containers); otherwise the device-wide figure, which other processes can disturb.
+    """
+
+    def __init__(self, device: int = 0):
+        self.device = device
+        self.delta: int | None = None
+
+    def __enter__(self) -> DevicePeak:
+        self._before = gpu_memory(self.device)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        after = gpu_memory(self.device) if self._before is not None else None
+        if self._before is None or after is None:
+            return
+        own = after[0] - self._before[0]
+        self.delta = max(0, own if after[0] > 0 else after[1] - self._before[1])

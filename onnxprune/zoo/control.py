@@ -1,0 +1,402 @@
+"""A TD-MPC-style agent for gymnasium's Pendulum-v1: a multi-component model to prune.
+
+The :class:`Agent` has five components, exported as five ONNX name scopes:
+
+- ``encoder``: observation ``[cos th, sin th, th_dot]`` -> latent ``z``;
+- ``dynamics``: ``(z, a)`` -> next latent, trained to match the encoding of the next observation;
+- ``reward``: ``(z, a)`` -> reward;
+- ``pi``: ``z`` -> action in ``[-2, 2]``;
+- ``q``: ``(z, a)`` -> discounted return of acting with ``a`` and then like the data's policy.
+
+:func:`train_agent` collects rollouts of a hand-written controller (:func:`expert_action`) with
+action noise, behaviour-clones ``pi`` from the controller's clean actions, and trains the
+encoder, dynamics, reward and ``q`` jointly TD-MPC style: the latent is unrolled through
+``dynamics`` for :data:`HORIZON` steps from the first encoding, and at every step the latent is
+pulled to the (gradient-stopped) encoding of the observed next state, the reward head is fitted
+to the observed reward, and ``q`` to the Monte-Carlo discounted return (``gamma =``
+:data:`GAMMA`). Losses are weighted by ``0.5 ** step`` along the unroll.
+
+:func:`closed_loop_return` drives the ONNX model through onnxruntime in the environment:
+
+- ``mode="policy"`` acts with ``pi_action`` (the ``action`` input gets a dummy zero);
+- ``mode="plan"`` is TD-MPC's planner: MPPI over action sequences of :data:`HORIZON` steps in
+  latent space, each sequence scored by the predicted rewards along the ``dynamics`` rollout
+  plus the discounted terminal value ``q(z_H, pi(z_H))``, with the policy's own rollout as one
+  of the candidates. The planner needs latent inputs, which the exported model does not have,
+  so it cuts the one ONNX model it is given into two parts with ``onnx.utils.Extractor``:
+  ``obs -> z`` (the encoder) and ``(z, action) -> (pi_action, next_latent, reward, q)`` (the
+  rest), at the tensor the ``/encoder/`` scope hands to the other components. A pruned model
+  is therefore planned with exactly its own weights; it must keep ``next_latent`` as wide as
+  the encoder's output, since the planner feeds one back as the other.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import gymnasium as gym
+import numpy as np
+import onnx
+import onnx.utils
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from onnxprune.zoo.torch_zoo import _quiet
+
+__all__ = [
+    "COMPONENTS",
+    "GAMMA",
+    "HORIZON",
+    "Agent",
+    "closed_loop_return",
+    "expert_action",
+    "export_agent",
+    "random_policy_return",
+    "train_agent",
+]
+
+ENV_ID = "Pendulum-v1"
+COMPONENTS = ("encoder", "dynamics", "reward", "pi", "q")
+GAMMA = 0.95
+HORIZON = 5
+MAX_TORQUE = 2.0
+
+# Discrete-time LQR gain of Pendulum-v1 linearised at the top (Q = diag(1, 0.1), R = 0.01).
+_LQR_GAIN = np.array([12.966, 3.282])
+_GRAVITY_TERM = 15.0  # 3 g / (2 l): th_ddot = 15 sin th + 3 u
+
+
+def expert_action(obs: np.ndarray) -> np.ndarray:
+    """A known-good Pendulum-v1 controller: energy pumping far from the top, LQR near it.
+
+    With ``E = th_dot**2 / 2 + 15 cos th`` the dynamics give ``dE/dt = 3 u th_dot``, so
+    ``u ~ (E_top - E) th_dot`` drives the energy to that of resting at the top.
+    """
+    cos, sin, th_dot = (float(v) for v in np.asarray(obs).reshape(3))
+    if cos > 0.7:
+        u = -float(_LQR_GAIN @ (np.arctan2(sin, cos), th_dot))
+    else:
+        energy = 0.5 * th_dot**2 + _GRAVITY_TERM * cos
+        u = 0.3 * (_GRAVITY_TERM - energy) * th_dot
+    return np.clip(np.array([u], dtype=np.float32), -MAX_TORQUE, MAX_TORQUE)
+
+
+def _mlp(*sizes: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.ELU())
+    return nn.Sequential(*layers)
+
+
+class _LatentActionHead(nn.Module):
+    """An MLP on ``concat(z, a)``."""
+
+    def __init__(self, *sizes: int):
+        super().__init__()
+        self.net = _mlp(*sizes)
+
+    def forward(self, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([z, action], dim=-1))
+
+
+class _Policy(nn.Module):
+    def __init__(self, *sizes: int):
+        super().__init__()
+        self.net = _mlp(*sizes)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return MAX_TORQUE * torch.tanh(self.net(z))
+
+
+class Agent(nn.Module):
+    """Encoder, latent dynamics, reward, policy and value: ``forward(obs, action)`` returns
+    ``(pi_action, next_latent, reward, q)`` with ``pi_action = pi(encoder(obs))`` and the rest
+    computed from ``(encoder(obs), action)``."""
+
+    def __init__(self, latent: int = 32, hidden: int = 128):
+        super().__init__()
+        self.latent = latent
+        self.encoder = _mlp(3, hidden, hidden, latent)
+        self.dynamics = _LatentActionHead(latent + 1, hidden, hidden, latent)
+        self.reward = _LatentActionHead(latent + 1, hidden, 1)
+        self.pi = _Policy(latent, hidden, hidden, 1)
+        self.q = _LatentActionHead(latent + 1, hidden, hidden, 1)
+
+    def forward(
+        self, obs: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        z = self.encoder(obs)
+        return self.pi(z), self.dynamics(z, action), self.reward(z, action), self.q(z, action)
+
+
+def _rollouts(episodes: int, seed: int) -> dict[str, np.ndarray]:
+    """Episodes of the expert with Gaussian action noise (a noise level per episode)."""
+    env = gym.make(ENV_ID)
+    steps = env.spec.max_episode_steps
+    rng = np.random.default_rng(seed)
+    obs = np.zeros((episodes, steps + 1, 3), np.float32)
+    act = np.zeros((episodes, steps, 1), np.float32)
+    rew = np.zeros((episodes, steps), np.float32)
+    for e in range(episodes):
+        sigma = rng.uniform(0.0, 1.5)
+        obs[e, 0], _ = env.reset(seed=int(rng.integers(2**31)))
+        for t in range(steps):
+            a = expert_action(obs[e, t]) + sigma * rng.standard_normal(1)
+            act[e, t] = np.clip(a, -MAX_TORQUE, MAX_TORQUE)
+            obs[e, t + 1], rew[e, t], *_ = env.step(act[e, t])
+    env.close()
+    ret = np.zeros_like(rew)
+    ret[:, -1] = rew[:, -1]
+    for t in range(steps - 2, -1, -1):
+        ret[:, t] = rew[:, t] + GAMMA * ret[:, t + 1]
+    expert = np.apply_along_axis(expert_action, -1, obs)
+    return {"obs": obs, "act": act, "rew": rew, "ret": ret, "expert": expert}
+
+
+# Optimisation steps per second of budget: about half of what 2 CPU cores manage, so that
+# training is a fixed number of steps (deterministic) and still ends within the budget.
+_STEPS_PER_SECOND = 60
+_REWARD_SCALE = 5.0
+_RETURN_SCALE = 50.0
+# Returns of the last steps of an episode are truncated by the time limit.
+_RETURN_TAIL = 50
+
+
+def train_agent(seconds: float = 120, seed: int = 0, progress: bool = False) -> Agent:
+    """Train an :class:`Agent` on expert rollouts for about ``seconds`` of 2-core CPU time.
+
+    Deterministic for a ``seed``: the number of steps is fixed by ``seconds``. Training stops
+    early only if it overruns the budget (on a machine much slower than 2 modern cores).
+    """
+    start = time.perf_counter()
+    torch.set_num_threads(2)
+    torch.manual_seed(seed)
+    data = {k: torch.from_numpy(v) for k, v in _rollouts(100, seed).items()}
+    agent = Agent()
+    n_episodes, n_steps = data["rew"].shape
+    n_updates = max(1, int(seconds * _STEPS_PER_SECOND))
+    batch, weights = 256, 0.5 ** torch.arange(HORIZON, dtype=torch.float32)
+    opt = torch.optim.Adam(agent.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, n_updates, eta_min=1e-4)
+    gen = torch.Generator().manual_seed(seed)
+    offsets = torch.arange(HORIZON + 1)
+    for step in range(n_updates):
+        e = torch.randint(n_episodes, (batch, 1), generator=gen)
+        t = torch.randint(n_steps - HORIZON + 1, (batch, 1), generator=gen) + offsets
+        obs, act, rew = data["obs"][e, t], data["act"][e, t[:, :-1]], data["rew"][e, t[:, :-1]]
+        ret, expert = data["ret"][e, t[:, :-1]], data["expert"][e, t]
+        q_mask = (t[:, :-1] < n_steps - _RETURN_TAIL).float()
+
+        latents = agent.encoder(obs)
+        targets = latents[:, 1:].detach()
+        z = latents[:, 0]
+        consistency = reward_loss = value_loss = 0.0
+        for k in range(HORIZON):
+            a = act[:, k]
+            reward_loss += weights[k] * (agent.reward(z, a)[:, 0] - rew[:, k] / _REWARD_SCALE).pow(
+                2
+            ).mean()
+            err = (agent.q(z, a)[:, 0] - ret[:, k] / _RETURN_SCALE).pow(2)
+            value_loss += weights[k] * (err * q_mask[:, k]).mean()
+            z = agent.dynamics(z, a)
+            consistency += weights[k] * (z - targets[:, k]).pow(2).mean()
+        bc = (agent.pi(latents) - expert).pow(2).mean()
+        loss = 2.0 * consistency + reward_loss + value_loss + bc
+
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(agent.parameters(), 10.0)
+        opt.step()
+        sched.step()
+        if progress and (step % 500 == 0 or step == n_updates - 1):
+            print(
+                f"step {step:5d}  loss {loss.item():.4f}  consistency {consistency.item():.4f}"
+                f"  reward {reward_loss.item():.4f}  q {value_loss.item():.4f}  bc {bc.item():.4f}"
+                f"  {time.perf_counter() - start:.0f}s"
+            )
+        if time.perf_counter() - start > seconds:
+            break
+    with torch.no_grad():
+        for head, scale in ((agent.reward, _REWARD_SCALE), (agent.q, _RETURN_SCALE)):
+            head.net[-1].weight.mul_(scale)
+            head.net[-1].bias.mul_(scale)
+    return agent.eval()
+
+
+def export_agent(agent: Agent, path: str | os.PathLike, *, dynamic_batch: bool = True) -> str:
+    """Export ``agent`` to ONNX at ``path`` (TorchScript exporter, opset 17); returns the path.
+
+    Inputs ``obs [B, 3]`` and ``action [B, 1]``; outputs ``pi_action``, ``next_latent``,
+    ``reward`` and ``q``. Every node is named under its component's scope (``/encoder/...``).
+    """
+    path = os.fspath(path)
+    agent.eval()
+    inputs, outputs = ["obs", "action"], ["pi_action", "next_latent", "reward", "q"]
+    args = (torch.zeros(1, 3), torch.zeros(1, 1))
+    with _quiet(), torch.no_grad():
+        torch.onnx.export(
+            agent,
+            args,
+            path,
+            dynamo=False,
+            opset_version=17,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes={n: {0: "batch"} for n in inputs + outputs} if dynamic_batch else None,
+        )
+    names = [node.name for node in onnx.load(path).graph.node]
+    missing = [c for c in COMPONENTS if not any(n.startswith(f"/{c}/") for n in names)]
+    if missing:
+        raise RuntimeError(f"exported graph has no nodes in scope(s) {missing}")
+    return path
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(
+        model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+    )
+
+
+def _latent_tensor(graph: onnx.GraphProto) -> str:
+    """The tensor the ``/encoder/`` scope hands to the other components."""
+    inside = [n for n in graph.node if n.name.startswith("/encoder/")]
+    produced = {o for n in inside for o in n.output}
+    used = {i for n in graph.node if not n.name.startswith("/encoder/") for i in n.input}
+    found = sorted(produced & used)
+    if len(found) != 1:
+        raise ValueError(f"expected one tensor leaving the /encoder/ scope, found {found}")
+    return found[0]
+
+
+class _Planner:
+    """MPPI in latent space (TD-MPC): score = sum_t gamma^t r_t + gamma^H q(z_H, pi(z_H))."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        *,
+        seed: int = 0,
+        horizon: int = HORIZON,
+        samples: int = 128,
+        iterations: int = 4,
+        elites: int = 16,
+        temperature: float = 0.5,
+    ):
+        z = _latent_tensor(model.graph)
+        extractor = onnx.utils.Extractor(model)
+        self.encode = _session(extractor.extract_model(["obs"], [z]))
+        self.step = _session(
+            extractor.extract_model([z, "action"], ["pi_action", "next_latent", "reward", "q"])
+        )
+        self.z_name = z
+        self.horizon, self.samples, self.iterations = horizon, samples, iterations
+        self.elites, self.temperature = elites, temperature
+        self.rng = np.random.default_rng(seed)
+        self.mean = np.zeros(horizon, np.float32)
+
+    def reset(self) -> None:
+        self.mean[:] = 0.0
+
+    def _run(self, z: np.ndarray, action: np.ndarray) -> list[np.ndarray]:
+        return self.step.run(None, {self.z_name: z, "action": action.reshape(-1, 1)})
+
+    def _rollout(self, z: np.ndarray, actions: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of action sequences ``[N, H]`` from latent ``z [N, L]``; ``None``: follow pi."""
+        n = z.shape[0]
+        score = np.zeros(n, np.float32)
+        taken = np.zeros((n, self.horizon), np.float32)
+        discount = 1.0
+        for t in range(self.horizon):
+            if actions is None:
+                taken[:, t] = self._run(z, taken[:, t])[0][:, 0]
+            else:
+                taken[:, t] = actions[:, t]
+            _, next_z, reward, _ = self._run(z, taken[:, t])
+            if next_z.shape != z.shape:
+                raise ValueError(
+                    f"next_latent {next_z.shape} does not match the encoder output {z.shape}"
+                )
+            score += discount * reward[:, 0]
+            discount *= GAMMA
+            z = next_z
+        pi_action = self._run(z, np.zeros(n, np.float32))[0]
+        score += discount * self._run(z, pi_action)[3][:, 0]
+        return score, taken
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        z0 = self.encode.run(None, {"obs": obs.reshape(1, 3).astype(np.float32)})[0]
+        pi_score, pi_seq = self._rollout(z0, None)
+        z = np.repeat(z0, self.samples, axis=0)
+        mean, std = self.mean.copy(), np.full(self.horizon, MAX_TORQUE / 2, np.float32)
+        for _ in range(self.iterations):
+            noise = self.rng.standard_normal((self.samples, self.horizon)).astype(np.float32)
+            seqs = np.clip(mean + std * noise, -MAX_TORQUE, MAX_TORQUE)
+            scores, _ = self._rollout(z, seqs)
+            scores, seqs = np.concatenate([scores, pi_score]), np.concatenate([seqs, pi_seq])
+            top = np.argsort(scores)[-self.elites :]
+            w = np.exp(self.temperature * (scores[top] - scores[top].max()))
+            w /= w.sum()
+            mean = w @ seqs[top]
+            std = np.maximum(np.sqrt(w @ (seqs[top] - mean) ** 2), 0.05)
+        self.mean = np.append(mean[1:], mean[-1]).astype(np.float32)
+        return mean[:1].astype(np.float32)
+
+
+def _episode_returns(act, episodes: int, seed: int, reset=None) -> float:
+    env = gym.make(ENV_ID)
+    returns = []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        if reset is not None:
+            reset()
+        total, done = 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(act(obs))
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return float(np.mean(returns))
+
+
+def closed_loop_return(
+    model_path_or_proto: str | os.PathLike | onnx.ModelProto,
+    episodes: int = 10,
+    seed: int = 0,
+    mode: str = "policy",
+) -> float:
+    """Mean return over ``episodes`` Pendulum-v1 episodes (seeds ``seed, seed + 1, ...``)
+    driven by the ONNX agent in onnxruntime: with ``pi_action`` (``mode="policy"``) or with
+    the latent MPPI planner (``mode="plan"``)."""
+    model = model_path_or_proto
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(os.fspath(model))
+    if mode == "policy":
+        sess = _session(model)
+        dummy = np.zeros((1, 1), np.float32)
+
+        def act(obs):
+            feed = {"obs": obs.reshape(1, 3).astype(np.float32), "action": dummy}
+            return sess.run(["pi_action"], feed)[0][0]
+
+        return _episode_returns(act, episodes, seed)
+    if mode == "plan":
+        planner = _Planner(model, seed=seed)
+        return _episode_returns(planner.act, episodes, seed, reset=planner.reset)
+    raise ValueError(f"unknown mode {mode!r}; expected 'policy' or 'plan'")
+
+
+def random_policy_return(episodes: int = 10, seed: int = 0) -> float:
+    """Mean return of uniformly random torques, on the same episode seeds as
+    :func:`closed_loop_return`."""
+    rng = np.random.default_rng(seed)
+    return _episode_returns(
+        lambda obs: rng.uniform(-MAX_TORQUE, MAX_TORQUE, 1).astype(np.float32), episodes, seed
+    )
