@@ -8,12 +8,17 @@ from pathlib import Path
 
 import onnx
 
+from .analysis.channels import analyze_channels
+from .analysis.components import Components, Flow
 from .analysis.model import ChannelAnalysis
 from .graph import export_model
-from .metrics import graph_macs, graph_params
+from .metrics import graph_macs, graph_params, is_param, node_macs
 from .passes import (
     AnalyzeChannels,
     Cleanup,
+    DropAdapters,
+    FindComponents,
+    InsertFlowAdapters,
     LoadModel,
     Normalize,
     RemoveChannels,
@@ -35,27 +40,98 @@ def _entry(model: ModelLike) -> Pass:
 
 
 @dataclass(frozen=True)
+class GroupStats:
+    """Sizes of the prunable groups: in layers (nodes whose weights a group slices) and params."""
+
+    groups: int
+    prunable: int
+    largest_layers: int
+    mean_layers: float
+    largest_params: int
+    mean_params: float
+
+    @classmethod
+    def of(cls, analysis: ChannelAnalysis) -> GroupStats:
+        groups = [g for g in analysis.groups if not g.frozen]
+        layers = [len(g.layers) for g in groups] or [0]
+        params = [g.n_params for g in groups] or [0]
+        return cls(len(analysis.groups), len(groups), max(layers), sum(layers) / len(layers),
+                   max(params), sum(params) / len(params))
+
+
+@dataclass(frozen=True)
 class Analysis:
-    """The channel analysis of a normalized model, with its size."""
+    """The channel analysis of a normalized model, with its size and components."""
 
     channels: ChannelAnalysis
     params: int
     macs: int
     nodes: int
     timings: dict[str, float]
+    components: Components | None = None
+    flows: tuple[Flow, ...] = ()
+    component_stats: dict[str, dict[str, int]] | None = None  # name -> nodes/params/macs
+    plain: GroupStats | None = None  # the same graph without components, for comparison
+    graph: object = None  # the normalized gs.Graph the analysis describes
+
+    @property
+    def stats(self) -> GroupStats:
+        return GroupStats.of(self.channels)
 
 
-def analyze(model: ModelLike, exclude: Sequence[str] = (),
+def _front(model: ModelLike, exclude: Sequence[str], components: str, scope_depth: int | None,
+           flow_policy: str, progress) -> tuple[Context, ChannelAnalysis | None]:
+    """Load, normalize, find components and adapters, analyze. Returns the context and the
+    analysis of the same graph with plain coupling (when components are used)."""
+    ctx = Context(progress=progress)
+    Pipeline([_entry(model), Normalize()])(ctx)
+    plain = None
+    if components != "none":
+        FindComponents(components, scope_depth, flow_policy)(ctx)
+        plain = analyze_channels(ctx.graph, exclude=exclude, component_of=ctx.components.of_node)
+        InsertFlowAdapters()(ctx)
+    AnalyzeChannels(exclude)(ctx)
+    return ctx, plain
+
+
+def analyze(model: ModelLike, exclude: Sequence[str] = (), *, components: str = "none",
+            scope_depth: int | None = None, flow_policy: str = "own",
             progress: Callable[[str], None] | None = None) -> Analysis:
     """Normalize ``model`` and find its coupled channel groups.
 
-    >>> result = analyze("model.onnx")                       # doctest: +SKIP
-    >>> [g.channels for g in result.channels.prunable_groups()]  # doctest: +SKIP
+    ``components``: "none" (one component), "auto" (name scopes) or a TOML map's path;
+    ``flow_policy``: how tensors crossing components are treated (own | freeze | couple).
+
+    >>> result = analyze("agent.onnx", components="auto")      # doctest: +SKIP
+    >>> [(g.component, g.channels) for g in result.channels.prunable_groups()]  # doctest: +SKIP
     """
-    ctx = Context(progress=progress)
-    Pipeline([_entry(model), Normalize(), AnalyzeChannels(exclude)])(ctx)
+    ctx, plain = _front(model, exclude, components, scope_depth, flow_policy, progress)
+    comp_stats = None
+    if ctx.components is not None:
+        comp_stats = component_sizes(ctx.graph, ctx.components, ctx.analysis)
     return Analysis(ctx.analysis, graph_params(ctx.graph), graph_macs(ctx.graph),
-                    len(ctx.graph.nodes), total_time(ctx))
+                    len(ctx.graph.nodes), total_time(ctx), ctx.components,
+                    tuple(ctx.flows or ()), comp_stats,
+                    GroupStats.of(plain) if plain is not None else None, ctx.graph)
+
+
+def component_sizes(graph, components: Components, analysis: ChannelAnalysis) -> dict:
+    out = {name: {"nodes": 0, "params": 0, "macs": 0, "groups": 0} for name in components.names}
+    seen: set[str] = set()
+    for node in graph.nodes:
+        row = out.setdefault(components.of_node.get(node.name, "other"),
+                             {"nodes": 0, "params": 0, "macs": 0, "groups": 0})
+        row["nodes"] += 1
+        row["macs"] += node_macs(node)
+        for t in node.inputs:
+            if is_param(t) and t.name not in seen:
+                seen.add(t.name)
+                row["params"] += int(t.values.size)
+    for g in analysis.groups:
+        for part in (g.component or "").split("+"):
+            if part in out:
+                out[part]["groups"] += 1
+    return out
 
 
 @dataclass(frozen=True)
@@ -76,7 +152,7 @@ def prune(
     model: ModelLike,
     output: str | Path | None = None,
     *,
-    ratio: float = 0.5,
+    ratio: float | str | dict[str, float] = 0.5,
     criterion: str = "l2",
     round_to: int = 1,
     min_width: int = 1,
@@ -85,21 +161,26 @@ def prune(
     force: bool = False,
     verify: bool = True,
     input_shapes: dict[str, Sequence[int]] | None = None,
+    components: str = "none",
+    scope_depth: int | None = None,
+    flow_policy: str = "own",
     progress: Callable[[str], None] | None = None,
 ) -> PruneResult:
     """Prune ``ratio`` of the channels of every prunable group, verify, and write to ``output``.
 
+    ``ratio`` is one number or a per-component budget ("*=0.5,pi=0" or {"*": 0.5, "pi": 0}).
+
     >>> r = prune("model.onnx", "small.onnx", ratio=0.5)   # doctest: +SKIP
     >>> r.params_after / r.params_before                     # doctest: +SKIP
     """
-    ctx = Context(progress=progress)
-    Pipeline([_entry(model), Normalize(), AnalyzeChannels(exclude)])(ctx)
+    ctx, _ = _front(model, exclude, components, scope_depth, flow_policy, progress)
     params_before, macs_before = graph_params(ctx.graph), graph_macs(ctx.graph)
     passes: list[Pass] = [
         ScoreMagnitude(criterion),
         SelectUniform(ratio, round_to, min_width),
         RemoveChannels(),
         Cleanup(),
+        DropAdapters(),
     ]
     if verify:
         passes.append(Verify(providers, shapes=input_shapes))

@@ -64,7 +64,14 @@ def cmd_analyze(args, console: Console) -> int:
     from .report import analysis_json, print_analysis
 
     with _status("analyzing") as progress:
-        result = analyze(args.model, exclude=args.exclude or (), progress=progress)
+        result = analyze(args.model, exclude=args.exclude or (), components=args.components,
+                         scope_depth=args.scope_depth, flow_policy=args.flow_policy,
+                         progress=progress)
+    if args.graph:
+        from .analysis.components import single
+        from .draw import draw
+
+        draw(result.graph, result.components or single(result.graph), args.graph)
     if args.json:
         print(json.dumps(analysis_json(result, str(args.model)), indent=2))
     else:
@@ -82,6 +89,8 @@ def cmd_prune(args, console: Console) -> int:
             args.model, args.output, ratio=args.ratio, criterion=args.criterion,
             round_to=args.round_to, min_width=args.min_width, exclude=args.exclude or (),
             providers=providers, force=args.force, input_shapes=shapes, progress=progress,
+            components=args.components, scope_depth=args.scope_depth,
+            flow_policy=args.flow_policy,
         )
     if args.json:
         print(json.dumps(prune_json(result, str(args.model)), indent=2))
@@ -107,6 +116,19 @@ def cmd_demo(args, console: Console) -> int:
     return EXIT_OK
 
 
+def _component_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--components", default="none", metavar="auto|none|FILE",
+                   help="split the model into components: 'auto' from node name scopes, a TOML "
+                        "map, or 'none' (default: one component)")
+    p.add_argument("--scope-depth", type=int, metavar="N",
+                   help="name-scope depth that defines components with --components auto "
+                        "(default: the first depth giving two or more)")
+    p.add_argument("--flow-policy", choices=("own", "freeze", "couple"), default="own",
+                   help="tensors crossing components: 'own' gives each side its own channels, "
+                        "cut only where both agree (default); 'freeze' keeps them; 'couple' "
+                        "groups across components like a plain dependency graph")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="onnxprune",
@@ -121,13 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     a.add_argument("--exclude", action="append", metavar="GLOB",
                    help="freeze every channel touching nodes whose name matches (repeatable)")
+    _component_flags(a)
+    a.add_argument("--graph", type=Path, metavar="FILE",
+                   help="draw the graph coloured by component (.dot, .svg or .png)")
     a.set_defaults(func=cmd_analyze)
 
     r = sub.add_parser("prune", help="remove channels, verify, and write the smaller model")
     r.add_argument("model", type=Path, help="input .onnx file (never modified)")
     r.add_argument("-o", "--output", type=Path, required=True, help="where to write the pruned model")
-    r.add_argument("--ratio", type=float, default=0.5,
-                   help="fraction of channels removed from every prunable group (default 0.5)")
+    r.add_argument("--ratio", default="0.5", metavar="R|NAME=R,...",
+                   help="fraction of channels removed from every prunable group (default 0.5), "
+                        "or per component: '*=0.5,pi=0' ('*' is every other component)")
     r.add_argument("--criterion", choices=("l1", "l2"), default="l2",
                    help="channel importance: L1 or L2 norm of its weights over the group (default l2)")
     r.add_argument("--round-to", type=int, default=1, metavar="N",
@@ -142,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shape for an input with dynamic dimensions, used by verification")
     r.add_argument("--force", action="store_true", help="allow the output to replace the input file")
     r.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    _component_flags(r)
     r.set_defaults(func=cmd_prune)
 
     d = sub.add_parser("demo", help="build a small CNN in code, prune it and show before/after")

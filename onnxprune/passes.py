@@ -11,13 +11,16 @@ import onnx
 
 from . import io
 from .analysis.channels import analyze_channels
+from .analysis.components import find_components, find_flows
 from .errors import OutputError, UsageError, VerificationError
 from .graph import export_model, import_model, infer_shapes
 from .normalize.cleanup import constant_reshape_targets, drop_identities, name_nodes
 from .normalize.fold_bn import fold_batchnorms
 from .pipeline import Context, Fixpoint, Pass, PassResult, Pipeline
+from .rewrite.flows import drop_identity_gathers, insert_flow_adapters
 from .rewrite.remove import remove_units
 from .scoring.magnitude import CRITERIA, magnitude_scores
+from .select.budget import check_names, parse_ratio
 from .select.uniform import select_uniform
 from .verify import verify_pruned
 
@@ -124,6 +127,42 @@ def Normalize() -> Pipeline:  # noqa: N802 - reads as a pass
     ])
 
 
+class FindComponents(Pass):
+    name = "components"
+    description = "Partition the nodes into components (name scopes, a TOML map) and find flows."
+
+    def __init__(self, spec: str = "auto", depth: int | None = None, policy: str = "own"):
+        self.spec, self.depth, self.policy = spec, depth, policy
+
+    def run(self, ctx: Context) -> PassResult:
+        graph = ctx.require("graph", self.name)
+        ctx.components = find_components(graph, self.spec, self.depth, self.policy)
+        ctx.flows = find_flows(graph, ctx.components)
+        return PassResult(False, {"components": len(ctx.components.names),
+                                  "flows": len(ctx.flows)})
+
+
+class InsertFlowAdapters(Pass):
+    name = "flow-adapters"
+    description = "Give components their own channels where an 'own' flow crosses into them."
+
+    def run(self, ctx: Context) -> PassResult:
+        graph = ctx.require("graph", self.name)
+        if ctx.components is None or not any(f.policy == "own" for f in ctx.flows):
+            return PassResult(False)
+        plain = analyze_channels(graph)
+        n = insert_flow_adapters(graph, ctx.components, ctx.flows, plain)
+        return PassResult(n > 0, {"adapters": n})
+
+
+class DropAdapters(Pass):
+    name = "drop-adapters"
+    description = "Remove flow adapters that ended up selecting every channel."
+
+    def run(self, ctx: Context) -> PassResult:
+        return PassResult(drop_identity_gathers(ctx.require("graph", self.name)) > 0)
+
+
 class AnalyzeChannels(Pass):
     name = "analyze"
     description = "Find coupled channel groups with the op-rule registry."
@@ -132,7 +171,13 @@ class AnalyzeChannels(Pass):
         self.exclude = list(exclude)
 
     def run(self, ctx: Context) -> PassResult:
-        ctx.analysis = analyze_channels(ctx.require("graph", self.name), exclude=self.exclude)
+        freeze, comp_of = {}, None
+        if ctx.components is not None:
+            comp_of = ctx.components.of_node
+            freeze = {f.tensor: f"flow {f.tensor} ({f.src} -> {', '.join(f.dst)}) is frozen"
+                      for f in ctx.flows if f.policy == "freeze"}
+        ctx.analysis = analyze_channels(ctx.require("graph", self.name), exclude=self.exclude,
+                                        freeze=freeze, component_of=comp_of)
         groups = ctx.analysis.groups
         return PassResult(False, {
             "groups": len(groups), "prunable": len(ctx.analysis.prunable_groups()),
@@ -158,15 +203,16 @@ class SelectUniform(Pass):
     name = "select"
     description = "Remove the same fraction of channels from every prunable group."
 
-    def __init__(self, ratio: float = 0.5, round_to: int = 1, min_width: int = 1):
-        if not 0.0 <= ratio < 1.0:
-            raise UsageError(f"--ratio must be in [0, 1), got {ratio}")
+    def __init__(self, ratio: float | str | dict = 0.5, round_to: int = 1, min_width: int = 1):
+        self.ratio = parse_ratio(ratio)
         if round_to < 1 or min_width < 1:
             raise UsageError("--round-to and the minimum width must be >= 1")
-        self.ratio, self.round_to, self.min_width = ratio, round_to, min_width
+        self.round_to, self.min_width = round_to, min_width
 
     def run(self, ctx: Context) -> PassResult:
         analysis = ctx.require("analysis", self.name)
+        names = ctx.components.names if ctx.components is not None else ()
+        check_names(self.ratio, names)
         scores = ctx.scores if ctx.scores is not None else np.zeros(analysis.num_units)
         ctx.plan = select_uniform(analysis, scores, self.ratio, self.round_to, self.min_width)
         return PassResult(False, {"removed_units": ctx.plan.removed_units})

@@ -31,6 +31,8 @@ class Context:
     source: onnx.ModelProto | None = None  # the model as loaded (never modified)
     source_path: Path | None = None
     source_ir: int | None = None
+    components: Any = None  # analysis.components.Components
+    flows: Any = None  # list[analysis.components.Flow]
     analysis: Any = None  # analysis.ChannelAnalysis
     scores: Any = None  # np.ndarray, one importance per unit
     plan: Any = None  # select.PrunePlan

@@ -49,6 +49,37 @@ def analysis_json(result: Analysis, model: str) -> dict[str, Any]:
             "prunable_channels": sum(g.prunable for g in prunable),
         },
         "timings": result.timings,
+        **_components_json(result),
+    }
+
+
+def _stats_json(stats) -> dict[str, Any]:
+    return {"groups": stats.groups, "prunable": stats.prunable,
+            "largest_layers": stats.largest_layers, "mean_layers": round(stats.mean_layers, 3),
+            "largest_params": stats.largest_params, "mean_params": round(stats.mean_params, 1)}
+
+
+def _flow_channels(result: Analysis, tensor: str) -> int | None:
+    sizes = [len(u) for (t, _), u in result.channels.slots.items() if t == tensor]
+    return max(sizes) if sizes else None
+
+
+def _components_json(result: Analysis) -> dict[str, Any]:
+    if result.components is None:
+        return {}
+    return {
+        "components": [
+            {"name": name, **result.component_stats[name]} for name in result.components.names
+        ],
+        "component_source": result.components.source,
+        "scope_depth": result.components.depth,
+        "flows": [
+            {"tensor": f.tensor, "from": f.src, "to": list(f.dst),
+             "channels": _flow_channels(result, f.tensor), "policy": f.policy}
+            for f in result.flows
+        ],
+        "group_sizes": {"component_aware": _stats_json(result.stats),
+                        "plain": _stats_json(result.plain)},
     }
 
 
@@ -60,15 +91,24 @@ def _short(names: list[str], limit: int = 3) -> str:
 def print_analysis(console: Console, result: Analysis, model: str, limit: int = 60) -> None:
     data = analysis_json(result, model)
     table = Table(title=f"channel groups of {model}", title_justify="left")
-    for col, just in (("id", "right"), ("channels", "right"), ("layers", "left"),
-                      ("params", "right"), ("MACs", "right"), ("status", "left")):
+    comp = result.components is not None
+    cols = [("id", "right"), ("channels", "right"), ("layers", "left"), ("params", "right"),
+            ("MACs", "right"), ("status", "left")]
+    if comp:
+        cols.insert(1, ("component", "left"))
+    for col, just in cols:
         table.add_column(col, justify=just)
     for g in result.channels.groups[:limit]:
         status = f"frozen: {g.reason}" if g.frozen else (
             f"{g.frozen_units} frozen" if g.frozen_units else "prunable")
-        table.add_row(str(g.id), str(g.channels), _short(list(g.layers) or [m.tensor for m in g.members]),
-                      f"{g.n_params:,}", f"{g.macs:,}", status)
+        row = [str(g.id), str(g.channels), _short(list(g.layers) or [m.tensor for m in g.members]),
+               f"{g.n_params:,}", f"{g.macs:,}", status]
+        if comp:
+            row.insert(1, g.component or "-")
+        table.add_row(*row)
     console.print(table)
+    if comp:
+        _print_components(console, data)
     if len(result.channels.groups) > limit:
         console.print(f"... {len(result.channels.groups) - limit} more groups (use --json for all)")
     t = data["totals"]
@@ -77,6 +117,32 @@ def print_analysis(console: Console, result: Analysis, model: str, limit: int = 
         f"{t['prunable_channels']:,} of {t['channels']:,} channels prunable; model: "
         f"{result.params:,} params, {result.macs:,} MACs per sample"
     )
+
+
+def _print_components(console: Console, data: dict[str, Any]) -> None:
+    t = Table(title="components", title_justify="left")
+    for col in ("component", "nodes", "params", "MACs", "groups"):
+        t.add_column(col, justify="left" if col == "component" else "right")
+    for c in data["components"]:
+        t.add_row(c["name"], str(c["nodes"]), f"{c['params']:,}", f"{c['macs']:,}", str(c["groups"]))
+    console.print(t)
+    if data["flows"]:
+        f = Table(title="inter-component flows", title_justify="left")
+        for col in ("tensor", "from", "to", "channels", "policy"):
+            f.add_column(col)
+        for row in data["flows"]:
+            f.add_row(row["tensor"], row["from"], ", ".join(row["to"]),
+                      str(row["channels"] or "-"), row["policy"])
+        console.print(f)
+    s = Table(title="prunable group sizes", title_justify="left")
+    for col in ("coupling", "groups", "largest (layers)", "mean (layers)", "largest (params)",
+                "mean (params)"):
+        s.add_column(col, justify="left" if col == "coupling" else "right")
+    for label, key in (("component-aware", "component_aware"), ("plain", "plain")):
+        st = data["group_sizes"][key]
+        s.add_row(label, str(st["prunable"]), str(st["largest_layers"]), f"{st['mean_layers']:.2f}",
+                  f"{st['largest_params']:,}", f"{st['mean_params']:,.0f}")
+    console.print(s)
 
 
 def prune_json(r: PruneResult, model: str) -> dict[str, Any]:

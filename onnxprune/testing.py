@@ -51,11 +51,21 @@ class OracleCheck:
 
 def check_oracle(
     model: onnx.ModelProto, seed: int = 0, trials: int = 3, exclude: Sequence[str] = (),
-    feeds: dict[str, np.ndarray] | None = None,
+    feeds: dict[str, np.ndarray] | None = None, components: str = "none",
+    flow_policy: str = "own",
 ) -> OracleCheck:
-    """Raise AssertionError unless every random removal matches the oracle."""
-    reference = normalized(model)
-    analysis = analyze_channels(import_model(reference), exclude=exclude)
+    """Raise AssertionError unless every random removal matches the oracle.
+
+    With ``components``, the graph gets the flow adapters the component analysis inserts.
+    """
+    if components == "none":
+        reference = normalized(model)
+        analysis = analyze_channels(import_model(reference), exclude=exclude)
+    else:
+        from .api import _front
+
+        ctx, _ = _front(model, exclude, components, None, flow_policy, None)
+        reference, analysis = export_model(ctx.graph), ctx.analysis
     oracle = Oracle(reference, analysis)
     feeds = feeds or random_feeds(reference, seed=seed)
     base = session(reference).run(None, feeds)

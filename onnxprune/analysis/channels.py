@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import fnmatch
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from ..metrics import node_macs
 from ..rules import RuleRegistry, default_registry
@@ -19,18 +21,28 @@ def analyze_channels(
     graph: gs.Graph,
     registry: RuleRegistry | None = None,
     exclude: Iterable[str] = (),
+    freeze: Mapping[str, str] | None = None,
+    component_of: Mapping[str, str] | None = None,
 ) -> ChannelAnalysis:
-    """Find the coupled channel groups of ``graph`` (which is not modified)."""
+    """Find the coupled channel groups of ``graph`` (which is not modified).
+
+    ``freeze`` maps tensor names to a reason their channels must stay; ``component_of`` maps
+    node names to components, to label each group with the component(s) it lives in.
+    """
     registry = registry or default_registry()
     env = Env(graph)
     for node in graph.nodes:
         registry.lookup(node.op, node.domain or "").propagate(node, env)
+    tensors = graph.tensors()
+    for name, reason in (freeze or {}).items():
+        if name in tensors:
+            env.freeze_tensor(tensors[name], reason)
     _freeze_boundaries(graph, env)
     _freeze_inconsistent(graph, env)
     _freeze_excluded(graph, env, list(exclude))
     param_atoms = _join_shared_params(graph, env)
     labels, frozen, reasons = env.atoms.solve()
-    return _build(graph, env, labels, frozen, reasons, param_atoms)
+    return _build(graph, env, labels, frozen, reasons, param_atoms, component_of or {})
 
 
 def _freeze_boundaries(graph: gs.Graph, env: Env) -> None:
@@ -98,10 +110,12 @@ def _join_shared_params(graph: gs.Graph, env: Env) -> dict[tuple[str, int], np.n
     return by_key
 
 
-def _build(graph, env: Env, labels, frozen, reasons, param_atoms) -> ChannelAnalysis:
+def _build(graph, env: Env, labels, frozen, reasons, param_atoms, component_of) -> ChannelAnalysis:
     slots = {(t, ax): labels[a] for t, axes in env.slots.items() for ax, a in axes.items()}
     params = {key: labels[a] for key, a in param_atoms.items()}
     n_units = int(labels.max()) + 1 if labels.size else 0
+    pairs = _unit_links(env, labels)
+    _pin_linked(pairs, frozen, reasons)
 
     # A unit's signature: every slot and parameter axis it appears on. Equal signature = one group.
     keys = list(slots) + [("param", k) for k in params]
@@ -135,22 +149,44 @@ def _build(graph, env: Env, labels, frozen, reasons, param_atoms) -> ChannelAnal
         units = np.array(sorted(units, key=pos.__getitem__), dtype=np.int64)
         unit_group[units] = gid
         groups.append(
-            _make_group(gid, units, sig, keys, slots, params, frozen, reasons, macs, tensors)
+            _make_group(gid, units, sig, keys, slots, params, frozen, reasons, macs, tensors,
+                        component_of)
         )
     gates = tuple(
         Gate(g.node, g.input_index, g.axis, labels[g.atoms]) for g in env.gates
     )
-    kept_if, needs = env.atoms.links()
-    pairs = np.stack([labels[kept_if], labels[needs]], axis=1) if kept_if.size else \
-        np.zeros((0, 2), dtype=np.int64)
-    pairs = np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0)
     return ChannelAnalysis(
         n_units, unit_group, frozen, tuple(reasons), slots, params, gates, tuple(groups), macs,
         pairs,
     )
 
 
-def _make_group(gid, units, sig, keys, slots, params, frozen, reasons, macs, tensors) -> Group:
+def _unit_links(env: Env, labels: np.ndarray) -> np.ndarray:
+    kept_if, needs = env.atoms.links()
+    if not kept_if.size:
+        return np.zeros((0, 2), dtype=np.int64)
+    pairs = np.stack([labels[kept_if], labels[needs]], axis=1)
+    return np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0)
+
+
+def _pin_linked(pairs: np.ndarray, frozen: np.ndarray, reasons: list) -> None:
+    """Cut only where every side agrees: units linked (copies and sources) to a frozen unit
+    are frozen too."""
+    if not pairs.size or not frozen.any():
+        return
+    n = frozen.size
+    adj = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, label = connected_components(adj, directed=False)
+    for comp in np.unique(label[frozen]):
+        members = np.flatnonzero(label == comp)
+        source = members[frozen[members]][0]
+        for u in members[~frozen[members]]:
+            frozen[u] = True
+            reasons[u] = f"linked to frozen channels ({reasons[source]})"
+
+
+def _make_group(gid, units, sig, keys, slots, params, frozen, reasons, macs, tensors,
+                component_of) -> Group:
     unit_set = np.zeros(len(frozen), dtype=bool)
     unit_set[units] = True
     members, pslices = [], []
@@ -181,4 +217,19 @@ def _make_group(gid, units, sig, keys, slots, params, frozen, reasons, macs, ten
         id=gid, units=units, members=tuple(members), params=tuple(pslices),
         frozen=n_frozen == units.size, reason=reason, frozen_units=n_frozen,
         n_params=n_params, macs=group_macs, layers=tuple(layers),
+        component=_component(layers, members, tensors, component_of),
     )
+
+
+def _component(layers, members, tensors, component_of) -> str | None:
+    """The component(s) a group lives in: of the layers it slices, else of its tensors."""
+    if not component_of:
+        return None
+    names = [component_of[n] for n in layers if n in component_of]
+    if not names:
+        for m in members:
+            t = tensors.get(m.tensor)
+            if t is not None and t.inputs and t.inputs[0].name in component_of:
+                names.append(component_of[t.inputs[0].name])
+    names = sorted(set(names))
+    return "+".join(names) if names else None

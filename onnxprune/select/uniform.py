@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..analysis.model import ChannelAnalysis, Group
+from .budget import Budget, parse_ratio, ratio_for
 
 
 @dataclass(frozen=True)
@@ -22,11 +23,14 @@ class PrunePlan:
         return int(self.removed.sum())
 
 
-def kept_width(n: int, ratio: float, round_to: int = 1, min_width: int = 1) -> int:
-    """Channels a group of ``n`` keeps: ``n * (1 - ratio)`` rounded up to a multiple of ``round_to``."""
+def kept_width(n: int, ratio: float, round_to: int = 1, min_width: int = 1,
+               prunable: int | None = None) -> int:
+    """Channels a group of ``n`` keeps when ``ratio`` of its ``prunable`` ones (default all)
+    go, rounded up to a multiple of ``round_to``."""
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"ratio must be in [0, 1), got {ratio}")
-    keep = n - int(math.floor(n * ratio + 1e-9))
+    prunable = n if prunable is None else prunable
+    keep = n - int(math.floor(prunable * ratio + 1e-9))
     if round_to > 1:
         keep = int(math.ceil(keep / round_to) * round_to)
     return max(min(keep, n), min(min_width, n), 1)
@@ -35,17 +39,20 @@ def kept_width(n: int, ratio: float, round_to: int = 1, min_width: int = 1) -> i
 def select_uniform(
     analysis: ChannelAnalysis,
     scores: np.ndarray,
-    ratio: float,
+    ratio: float | Budget,
     round_to: int = 1,
     min_width: int = 1,
 ) -> PrunePlan:
+    """Remove ``ratio`` of every group's channels, lowest scores first. ``ratio`` may be a
+    per-component budget (``{"*": 0.5, "pi": 0.0}``)."""
+    budget = parse_ratio(ratio)
     removed = np.zeros(analysis.num_units, dtype=bool)
     widths: dict[int, tuple[int, int]] = {}
     for group in analysis.groups:
-        widths[group.id] = (group.channels, group.channels)
-        if group.frozen:
+        r = ratio_for(budget, group.component)
+        if group.frozen or r == 0.0:
             continue
-        keep = kept_width(group.channels, ratio, round_to, min_width)
+        keep = kept_width(group.channels, r, round_to, min_width, group.prunable)
         drop = _lowest(group, analysis, scores, group.channels - keep)
         removed[drop] = True
     removed = analysis.enforce_links(removed)
