@@ -28,8 +28,14 @@ from rich.table import Table
 
 from onnxprune.metrics import graph_macs, graph_params
 from onnxprune.passes import (
-    AnalyzeChannels, Cleanup, LoadModel, Normalize, RemoveChannels, ScoreMagnitude,
-    SelectUniform, Verify,
+    AnalyzeChannels,
+    Cleanup,
+    LoadModel,
+    Normalize,
+    RemoveChannels,
+    ScoreChannels,
+    SelectChannels,
+    Verify,
 )
 from onnxprune.pipeline import Context, Pipeline
 from onnxprune.zoo.torch_zoo import ZOO, build, export_onnx
@@ -45,7 +51,8 @@ def time_onnxprune(path: str, ratio: float) -> dict:
     Pipeline([Normalize(), AnalyzeChannels()])(ctx)
     t1 = time.perf_counter()
     params0, macs0 = graph_params(ctx.graph), graph_macs(ctx.graph)
-    Pipeline([ScoreMagnitude("l2"), SelectUniform(ratio), RemoveChannels(), Cleanup()])(ctx)
+    Pipeline([ScoreChannels("l2"), SelectChannels("uniform", ratio), RemoveChannels(),
+              Cleanup()])(ctx)
     t2 = time.perf_counter()
     Verify(compare_input=False)(ctx)
     t3 = time.perf_counter()

@@ -15,15 +15,18 @@ from .graph import export_model
 from .metrics import graph_macs, graph_params, is_param, node_macs
 from .passes import (
     AnalyzeChannels,
+    Calibrate,
     Cleanup,
     DropAdapters,
     FindComponents,
     InsertFlowAdapters,
     LoadModel,
+    MeasureQuality,
     Normalize,
     RemoveChannels,
-    ScoreMagnitude,
-    SelectUniform,
+    ScoreChannels,
+    SelectChannels,
+    UseMetric,
     UseModel,
     Verify,
     WriteModel,
@@ -146,6 +149,8 @@ class PruneResult:
     macs_after: int
     timings: dict[str, float]
     output: Path | None
+    quality: dict | None = None  # application metric before/after on the calibration data
+    selection: dict | None = None  # what the strategy learned (target, steps, coefficients)
 
 
 def prune(
@@ -154,8 +159,20 @@ def prune(
     *,
     ratio: float | str | dict[str, float] = 0.5,
     criterion: str = "l2",
+    reduce: str = "mean",
+    strategy: str = "uniform",
+    target_params: float | None = None,
+    target_macs: float | None = None,
+    constraint: str | None = None,
+    tolerance: float = 0.02,
+    soft_method: str = "gradient",
     round_to: int = 1,
     min_width: int = 1,
+    max_ratio: float = 0.9,
+    normalize: str = "mean",
+    calib: str | Path | dict | None = None,
+    calib_random: int | None = None,
+    metric: str | None = None,
     exclude: Sequence[str] = (),
     providers: Sequence[str] = ("CPUExecutionProvider",),
     force: bool = False,
@@ -166,22 +183,39 @@ def prune(
     flow_policy: str = "own",
     progress: Callable[[str], None] | None = None,
 ) -> PruneResult:
-    """Prune ``ratio`` of the channels of every prunable group, verify, and write to ``output``.
+    """Prune, verify, and write to ``output`` (when given).
 
-    ``ratio`` is one number or a per-component budget ("*=0.5,pi=0" or {"*": 0.5, "pi": 0}).
+    ``ratio``: the fraction of channels every group loses (uniform), one number or a
+    per-component budget ("*=0.5,pi=0"). ``strategy``: uniform | global | sensitivity | soft;
+    the last three aim at ``target_params``/``target_macs`` (fractions removed overall; by
+    default what the uniform ratio would remove), sensitivity can instead maximise the cut
+    under ``constraint`` ("psnr>=20"). ``calib`` (.npz path or dict of arrays keyed by input
+    name, batch first, optional "labels") or ``calib_random`` feed the data-driven criteria,
+    the strategies and the quality report; ``metric`` names the application metric.
 
     >>> r = prune("model.onnx", "small.onnx", ratio=0.5)   # doctest: +SKIP
-    >>> r.params_after / r.params_before                     # doctest: +SKIP
+    >>> r = prune("ae.onnx", strategy="soft", target_params=0.6, calib="digits.npz",
+    ...           metric="psnr")                            # doctest: +SKIP
     """
     ctx, _ = _front(model, exclude, components, scope_depth, flow_policy, progress)
     params_before, macs_before = graph_params(ctx.graph), graph_macs(ctx.graph)
-    passes: list[Pass] = [
-        ScoreMagnitude(criterion),
-        SelectUniform(ratio, round_to, min_width),
-        RemoveChannels(),
-        Cleanup(),
-        DropAdapters(),
+    passes: list[Pass] = []
+    if calib is not None or calib_random is not None:
+        is_dict = isinstance(calib, dict)
+        passes.append(Calibrate(None if is_dict else calib, calib_random,
+                                calib if is_dict else None))
+    if metric is not None:
+        passes.append(UseMetric(metric))
+    passes += [
+        ScoreChannels(criterion, reduce),
+        SelectChannels(strategy, ratio, target_params=target_params, target_macs=target_macs,
+                       constraint=constraint, tolerance=tolerance, soft_method=soft_method,
+                       round_to=round_to, min_width=min_width, max_ratio=max_ratio,
+                       normalize=normalize),
     ]
+    if calib is not None or calib_random is not None:
+        passes.append(MeasureQuality())
+    passes += [RemoveChannels(), Cleanup(), DropAdapters()]
     if verify:
         passes.append(Verify(providers, shapes=input_shapes))
     if output is not None:
@@ -192,5 +226,6 @@ def prune(
         analysis=ctx.analysis, plan=ctx.plan, verification=ctx.verification,
         params_before=params_before, params_after=graph_params(ctx.graph),
         macs_before=macs_before, macs_after=graph_macs(ctx.graph),
-        timings=total_time(ctx), output=ctx.output_path,
+        timings=total_time(ctx), output=ctx.output_path, quality=ctx.quality,
+        selection=ctx.select_info,
     )

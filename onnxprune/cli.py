@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from . import __version__
+from . import progress as progress_bars
 from .errors import EXIT_INTERNAL, EXIT_OK, OnnxPruneError, UnsupportedModelError, UsageError
 
 PROVIDERS = {
@@ -84,10 +85,15 @@ def cmd_prune(args, console: Console) -> int:
     from .report import print_prune, prune_json
 
     providers, shapes = _providers(args.provider), _shapes(args.input_shape)
+    progress_bars.enable(sys.stderr.isatty())
     with _status("pruning") as progress:
         result = prune(
             args.model, args.output, ratio=args.ratio, criterion=args.criterion,
-            round_to=args.round_to, min_width=args.min_width, exclude=args.exclude or (),
+            reduce=args.reduce, strategy=args.strategy, target_params=args.target_params,
+            target_macs=args.target_macs, constraint=args.constraint, tolerance=args.tolerance,
+            soft_method=args.soft_method, round_to=args.round_to, min_width=args.min_width,
+            max_ratio=args.max_ratio, normalize=args.normalize, calib=args.calib,
+            calib_random=args.calib_random, metric=args.metric, exclude=args.exclude or (),
             providers=providers, force=args.force, input_shapes=shapes, progress=progress,
             components=args.components, scope_depth=args.scope_depth,
             flow_policy=args.flow_policy,
@@ -129,6 +135,10 @@ def _component_flags(p: argparse.ArgumentParser) -> None:
                         "groups across components like a plain dependency graph")
 
 
+from .passes import STRATEGIES  # noqa: E402
+from .scoring import CRITERIA  # noqa: E402
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="onnxprune",
@@ -154,8 +164,41 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ratio", default="0.5", metavar="R|NAME=R,...",
                    help="fraction of channels removed from every prunable group (default 0.5), "
                         "or per component: '*=0.5,pi=0' ('*' is every other component)")
-    r.add_argument("--criterion", choices=("l1", "l2"), default="l2",
-                   help="channel importance: L1 or L2 norm of its weights over the group (default l2)")
+    r.add_argument("--criterion", choices=CRITERIA, default="l2",
+                   help="channel importance: l1/l2 weight magnitude, bn (BatchNorm scale), lamp, "
+                        "fpgm, activation (mean |a|), apoz, taylor or metric (drop in --metric "
+                        "when the channel is closed); the last four need calibration data "
+                        "(default l2)")
+    r.add_argument("--reduce", choices=("mean", "sum", "max"), default="mean",
+                   help="how a channel's scores over the group's layers combine (default mean)")
+    r.add_argument("--strategy", choices=STRATEGIES, default="uniform",
+                   help="how many channels each group loses: uniform (--ratio everywhere), "
+                        "global (one threshold over normalized scores), sensitivity (per-group "
+                        "metric curves), soft (optimised per-group coefficients) (default uniform)")
+    r.add_argument("--target-params", type=float, metavar="F",
+                   help="remove fraction F of the parameters (strategies other than uniform "
+                        "default to what uniform --ratio would remove)")
+    r.add_argument("--target-macs", type=float, metavar="F", help="remove fraction F of the MACs")
+    r.add_argument("--constraint", metavar="METRIC>=V",
+                   help="with --strategy sensitivity: the largest cut that keeps e.g. 'psnr>=20' "
+                        "on the calibration data")
+    r.add_argument("--tolerance", type=float, default=0.02,
+                   help="how close soft coefficients must bring the reduction to the target "
+                        "(default 0.02)")
+    r.add_argument("--soft-method", choices=("gradient", "grid"), default="gradient",
+                   help="optimiser for --strategy soft (default gradient)")
+    r.add_argument("--max-ratio", type=float, default=0.9,
+                   help="the most any group may lose under global/sensitivity/soft (default 0.9)")
+    r.add_argument("--normalize", choices=("mean", "max", "sum", "none"), default="mean",
+                   help="per-group score normalization for --strategy global (default mean)")
+    r.add_argument("--calib", metavar="FILE.npz",
+                   help="calibration data: arrays keyed by model input name, batch first "
+                        "(plus 'labels' for --metric accuracy)")
+    r.add_argument("--calib-random", type=int, metavar="N",
+                   help="N random calibration samples from the input shapes (no file needed)")
+    r.add_argument("--metric", metavar="NAME",
+                   help="application metric: psnr, mse, accuracy, cosine, kl or module:function "
+                        "(default cosine: agreement with the original outputs)")
     r.add_argument("--round-to", type=int, default=1, metavar="N",
                    help="keep a multiple of N channels in every group (default 1)")
     r.add_argument("--min-width", type=int, default=1, metavar="N",

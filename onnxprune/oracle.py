@@ -18,12 +18,15 @@ GATES = "onnxprune_gates"
 
 
 def build_gated_model(reference: onnx.ModelProto, analysis: ChannelAnalysis) -> onnx.ModelProto:
+    """The reference with a gate input of shape [G, units]: G = 1 gates the whole batch with
+    one mask; G = batch gives every sample its own mask (when every gated tensor is batch-first)."""
     model = onnx.ModelProto()
     model.CopyFrom(reference)
     g = model.graph
     ranks = _ranks(model)
     nodes = {n.name: n for n in g.node}
-    g.input.append(helper.make_tensor_value_info(GATES, TensorProto.FLOAT, [analysis.num_units]))
+    g.input.append(helper.make_tensor_value_info(GATES, TensorProto.FLOAT,
+                                                 ["gate_rows", analysis.num_units]))
     new_nodes: dict[str, list[onnx.NodeProto]] = {}
     for i, gate in enumerate(analysis.gates):
         node = nodes[gate.node]
@@ -33,12 +36,15 @@ def build_gated_model(reference: onnx.ModelProto, analysis: ChannelAnalysis) -> 
             raise ValueError(f"oracle: rank of {x} unknown (gate for {gate.node})")
         shape = [1] * rank
         shape[gate.axis] = gate.units.size
+        if gate.axis > 0:
+            shape[0] = -1  # the gate rows: 1, or one per sample
         p = f"onnxprune_gate{i}"
         g.initializer.append(numpy_helper.from_array(gate.units.astype(np.int64), p + "_idx"))
         g.initializer.append(numpy_helper.from_array(np.array(shape, dtype=np.int64), p + "_shape"))
         elem = _elem_type(model, x)
         new_nodes.setdefault(node.name, []).extend([
-            helper.make_node("Gather", [GATES, p + "_idx"], [p + "_g"], name=p + "_gather"),
+            helper.make_node("Gather", [GATES, p + "_idx"], [p + "_g"], axis=1,
+                             name=p + "_gather"),
             helper.make_node("Reshape", [p + "_g", p + "_shape"], [p + "_r"], name=p + "_reshape"),
             helper.make_node("Cast", [p + "_r"], [p + "_c"], to=elem, name=p + "_cast"),
             helper.make_node("Mul", [x, p + "_c"], [p + "_y"], name=p + "_mul"),
@@ -90,7 +96,13 @@ class Oracle:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray], keep: np.ndarray | None = None) -> list[np.ndarray]:
-        gates = np.ones(self.analysis.num_units, dtype=np.float32)
+        """Outputs with one gate vector (or a [G, units] array) applied."""
+        gates = np.ones((1, self.analysis.num_units), dtype=np.float32)
         if keep is not None:
-            gates = np.asarray(keep, dtype=np.float32)
+            gates = np.asarray(keep, dtype=np.float32).reshape(-1, self.analysis.num_units)
         return self.session.run(self.output_names, {**feeds, GATES: gates})
+
+    @property
+    def per_sample(self) -> bool:
+        """Whether every gated tensor is batch-first, so rows of gates can differ per sample."""
+        return all(gate.axis > 0 for gate in self.analysis.gates)

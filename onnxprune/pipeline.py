@@ -34,6 +34,12 @@ class Context:
     components: Any = None  # analysis.components.Components
     flows: Any = None  # list[analysis.components.Flow]
     analysis: Any = None  # analysis.ChannelAnalysis
+    bn_scales: dict = field(default_factory=dict)  # tensor -> gamma of a folded BatchNorm
+    calib: Any = None  # dict[str, np.ndarray]: calibration batch (inputs, optional labels)
+    metric: Any = None  # quality.Metric
+    evaluator: Any = None  # evaluate.Evaluator on the current graph (built on demand)
+    select_info: Any = None  # what the selection strategy learned
+    quality: Any = None  # {"metric", "before", "after", "samples"} on the calibration data
     scores: Any = None  # np.ndarray, one importance per unit
     plan: Any = None  # select.PrunePlan
     reference: gs.Graph | None = None  # the normalized graph before removal (for the oracle)

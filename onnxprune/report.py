@@ -163,8 +163,16 @@ def prune_json(r: PruneResult, model: str) -> dict[str, Any]:
             "oracle_max_abs_diff": v.max_abs_diff, "oracle_max_rel_diff": v.max_rel_diff,
             "normalize_rel_diff": v.normalize_rel_diff, "messages": list(v.messages),
         },
+        "quality": r.quality,
+        "selection": _plain(r.selection),
         "timings": r.timings,
     }
+
+
+def _plain(info):
+    if info is None:
+        return None
+    return {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in info.items()}
 
 
 def _ratio(before: int, after: int) -> str:
@@ -184,6 +192,10 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
     ch_a = sum(a for _, a in widths.values())
     table.add_row("channels (all groups)", f"{ch_b:,}", f"{ch_a:,}", _ratio(ch_b, ch_a))
     console.print(table)
+    if r.quality:
+        q = r.quality
+        console.print(f"{q['metric']} on {q['samples']} calibration samples: "
+                      f"{q['before']:.4g} -> {q['after']:.4g}")
     v = r.verification
     if v is not None:
         console.print(

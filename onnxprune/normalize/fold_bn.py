@@ -10,8 +10,9 @@ from ..graph import const_value, input_or_none
 FOLDABLE = ("Conv", "ConvTranspose", "Gemm")
 
 
-def fold_batchnorms(graph: gs.Graph) -> int:
-    """Fold every foldable BN; returns how many were folded."""
+def fold_batchnorms(graph: gs.Graph, scales: dict[str, np.ndarray] | None = None) -> int:
+    """Fold every foldable BN; returns how many were folded. ``scales`` receives each folded
+    BN's gamma, keyed by the tensor that carries its output (for the 'bn' criterion)."""
     folded = 0
     outputs = set(id(t) for t in graph.outputs)
     for bn in [n for n in graph.nodes if n.op == "BatchNormalization"]:
@@ -29,6 +30,8 @@ def fold_batchnorms(graph: gs.Graph) -> int:
         scale, shift = _affine(*stats, float(bn.attrs.get("epsilon", 1e-5)))
         if not _fold_into(layer, scale, shift):
             continue
+        if scales is not None:
+            scales[bn.outputs[0].name] = np.asarray(stats[0], dtype=np.float64)
         layer.outputs = [bn.outputs[0]]
         bn.inputs.clear()
         bn.outputs.clear()

@@ -1,0 +1,81 @@
+"""Fast candidate evaluation: the gated reference (mask oracle) in one onnxruntime session,
+scored with an application metric on calibration data. K candidate masks run as one batch of
+K x N samples when the model has a dynamic batch and every gated tensor is batch-first."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .analysis.model import ChannelAnalysis
+from .errors import UsageError
+from .oracle import GATES, Oracle
+from .quality import Metric
+
+MAX_ROWS = 4096  # samples per onnxruntime call when candidates are batched
+
+
+class Evaluator:
+    def __init__(self, reference: onnx.ModelProto, analysis: ChannelAnalysis,
+                 calib: dict[str, np.ndarray], metric: Metric, max_rows: int = MAX_ROWS):
+        self.analysis, self.metric, self.max_rows = analysis, metric, max_rows
+        self.oracle = Oracle(reference, analysis)
+        ins = [i for i in self.oracle.session.get_inputs() if i.name != GATES]
+        missing = [i.name for i in ins if i.name not in calib]
+        if missing:
+            raise UsageError(f"calibration data lacks model input(s) {', '.join(missing)} "
+                             f"(it has {', '.join(sorted(calib)) or 'nothing'})")
+        self.batch = {k: np.asarray(v) for k, v in calib.items()}
+        self.inputs = {i.name: self.batch[i.name] for i in ins}
+        sizes = {len(v) for v in self.batch.values()}
+        if len(sizes) != 1:
+            raise UsageError(f"calibration arrays differ in length: {sorted(sizes)}")
+        self.n = sizes.pop()
+        dims = [i.shape[0] if i.shape else None for i in ins]
+        self.static_batch = next((d for d in dims if isinstance(d, int)), None)
+        self.batched = self.static_batch is None and self.oracle.per_sample
+        self.evals = 0
+        self.reference = self._forward(self.inputs, np.ones((1, analysis.num_units), np.float32))
+        self.base = metric(self.reference, self.batch, self.reference)
+
+    def _forward(self, inputs: dict[str, np.ndarray], gates: np.ndarray) -> list[np.ndarray]:
+        """Run the gated model, in chunks of the model's static batch size if it has one."""
+        n = len(next(iter(inputs.values())))
+        if self.static_batch is None or self.static_batch == n:
+            return self.oracle.run(inputs, gates)
+        b = self.static_batch
+        chunks = []
+        for lo in range(0, n, b):
+            part = {k: v[lo:lo + b] for k, v in inputs.items()}
+            short = b - len(next(iter(part.values())))
+            if short:
+                part = {k: np.concatenate([v, np.zeros((short, *v.shape[1:]), v.dtype)])
+                        for k, v in part.items()}
+            outs = self.oracle.run(part, gates)
+            chunks.append([o[: b - short] for o in outs])
+        return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+
+    def outputs(self, keep: np.ndarray) -> list[np.ndarray]:
+        return self._forward(self.inputs, np.asarray(keep, np.float32).reshape(1, -1))
+
+    def evaluate(self, keep: np.ndarray) -> float:
+        """The metric with units gated by ``keep`` (1 open, 0 closed; values between allowed)."""
+        return float(self.evaluate_many(np.asarray(keep)[None])[0])
+
+    def evaluate_many(self, masks: np.ndarray) -> np.ndarray:
+        masks = np.asarray(masks, dtype=np.float32).reshape(-1, self.analysis.num_units)
+        self.evals += len(masks)
+        if not self.batched:
+            return np.array([self.metric(self.outputs(m), self.batch, self.reference)
+                             for m in masks])
+        per_call = max(1, self.max_rows // max(self.n, 1))
+        values = []
+        for lo in range(0, len(masks), per_call):
+            chunk = masks[lo:lo + per_call]
+            k = len(chunk)
+            feeds = {name: np.concatenate([v] * k) for name, v in self.inputs.items()}
+            outs = self.oracle.run(feeds, np.repeat(chunk, self.n, axis=0))
+            for i in range(k):
+                part = [o[i * self.n:(i + 1) * self.n] for o in outs]
+                values.append(self.metric(part, self.batch, self.reference))
+        return np.array(values)

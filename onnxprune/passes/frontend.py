@@ -1,0 +1,115 @@
+"""Front-end passes: load a model and normalize it for analysis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from .. import io
+from ..graph import import_model, infer_shapes
+from ..normalize.cleanup import constant_reshape_targets, drop_identities, name_nodes
+from ..normalize.fold_bn import fold_batchnorms
+from ..pipeline import Context, Fixpoint, Pass, PassResult, Pipeline
+
+
+class LoadModel(Pass):
+    name = "load"
+    description = "Load the model (and external data); reject what cannot be handled."
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def run(self, ctx: Context) -> PassResult:
+        model = io.load_model(self.path)
+        ctx.source, ctx.source_path, ctx.source_ir = model, self.path, model.ir_version
+        ctx.graph = import_model(model)
+        return PassResult(True, {"nodes": len(model.graph.node), "ir_version": model.ir_version})
+
+
+class UseModel(Pass):
+    name = "use-model"
+    description = "Start from an in-memory ModelProto (the Python API's entry)."
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+
+    def run(self, ctx: Context) -> PassResult:
+        ctx.source, ctx.source_ir = self.model, self.model.ir_version
+        ctx.graph = import_model(self.model)
+        return PassResult(True)
+
+
+class InferShapes(Pass):
+    name = "infer-shapes"
+    description = "Run ONNX shape inference (with data propagation)."
+
+    def run(self, ctx: Context) -> PassResult:
+        ctx.graph = infer_shapes(ctx.require("graph", self.name))
+        return PassResult(False)
+
+
+class NameNodes(Pass):
+    name = "name-nodes"
+    description = "Give every node a unique name."
+
+    def run(self, ctx: Context) -> PassResult:
+        return PassResult(name_nodes(ctx.require("graph", self.name)) > 0)
+
+
+class FoldConstants(Pass):
+    name = "fold-constants"
+    description = "Fold constant sub-graphs (shape chains included when shapes are static)."
+
+    def run(self, ctx: Context) -> PassResult:
+        graph = ctx.require("graph", self.name)
+        before = len(graph.nodes)
+        graph.fold_constants(fold_shapes=True, error_ok=True).cleanup().toposort()
+        return PassResult(len(graph.nodes) != before)
+
+
+class ConstantReshapeTargets(Pass):
+    name = "reshape-targets"
+    description = "Replace computed Reshape targets (Shape->Slice->Concat) by constants."
+
+    def run(self, ctx: Context) -> PassResult:
+        return PassResult(constant_reshape_targets(ctx.require("graph", self.name)) > 0)
+
+
+class FoldBatchNorm(Pass):
+    name = "fold-batchnorm"
+    description = "Fold BatchNormalization into the Conv/ConvTranspose/Gemm before it."
+
+    def run(self, ctx: Context) -> PassResult:
+        n = fold_batchnorms(ctx.require("graph", self.name), ctx.bn_scales)
+        return PassResult(n > 0, {"folded": n})
+
+
+class DropIdentity(Pass):
+    name = "drop-identity"
+    description = "Remove Identity and inference-mode Dropout nodes."
+
+    def run(self, ctx: Context) -> PassResult:
+        return PassResult(drop_identities(ctx.require("graph", self.name)) > 0)
+
+
+class Cleanup(Pass):
+    name = "cleanup"
+    description = "Remove dead nodes and tensors; sort topologically."
+
+    def run(self, ctx: Context) -> PassResult:
+        graph = ctx.require("graph", self.name)
+        before = (len(graph.nodes), len(graph.tensors()))
+        graph.cleanup().toposort()
+        return PassResult((len(graph.nodes), len(graph.tensors())) != before)
+
+
+def Normalize() -> Pipeline:  # noqa: N802 - reads as a pass
+    """The normalization pipeline every model goes through before analysis."""
+    return Pipeline([
+        NameNodes(),
+        InferShapes(),
+        Fixpoint([FoldConstants(), ConstantReshapeTargets(), FoldBatchNorm(), DropIdentity()]),
+        Cleanup(),
+        InferShapes(),
+    ])

@@ -1,0 +1,67 @@
+"""Structure passes: components, flow adapters, and the channel-dependency analysis."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..analysis.channels import analyze_channels
+from ..analysis.components import find_components, find_flows
+from ..pipeline import Context, Pass, PassResult
+from ..rewrite.flows import drop_identity_gathers, insert_flow_adapters
+
+
+class FindComponents(Pass):
+    name = "components"
+    description = "Partition the nodes into components (name scopes, a TOML map) and find flows."
+
+    def __init__(self, spec: str = "auto", depth: int | None = None, policy: str = "own"):
+        self.spec, self.depth, self.policy = spec, depth, policy
+
+    def run(self, ctx: Context) -> PassResult:
+        graph = ctx.require("graph", self.name)
+        ctx.components = find_components(graph, self.spec, self.depth, self.policy)
+        ctx.flows = find_flows(graph, ctx.components)
+        return PassResult(False, {"components": len(ctx.components.names),
+                                  "flows": len(ctx.flows)})
+
+
+class InsertFlowAdapters(Pass):
+    name = "flow-adapters"
+    description = "Give components their own channels where an 'own' flow crosses into them."
+
+    def run(self, ctx: Context) -> PassResult:
+        graph = ctx.require("graph", self.name)
+        if ctx.components is None or not any(f.policy == "own" for f in ctx.flows):
+            return PassResult(False)
+        plain = analyze_channels(graph)
+        n = insert_flow_adapters(graph, ctx.components, ctx.flows, plain)
+        return PassResult(n > 0, {"adapters": n})
+
+
+class DropAdapters(Pass):
+    name = "drop-adapters"
+    description = "Remove flow adapters that ended up selecting every channel."
+
+    def run(self, ctx: Context) -> PassResult:
+        return PassResult(drop_identity_gathers(ctx.require("graph", self.name)) > 0)
+
+
+class AnalyzeChannels(Pass):
+    name = "analyze"
+    description = "Find coupled channel groups with the op-rule registry."
+
+    def __init__(self, exclude: Sequence[str] = ()):
+        self.exclude = list(exclude)
+
+    def run(self, ctx: Context) -> PassResult:
+        freeze, comp_of = {}, None
+        if ctx.components is not None:
+            comp_of = ctx.components.of_node
+            freeze = {f.tensor: f"flow {f.tensor} ({f.src} -> {', '.join(f.dst)}) is frozen"
+                      for f in ctx.flows if f.policy == "freeze"}
+        ctx.analysis = analyze_channels(ctx.require("graph", self.name), exclude=self.exclude,
+                                        freeze=freeze, component_of=comp_of)
+        groups = ctx.analysis.groups
+        return PassResult(False, {
+            "groups": len(groups), "prunable": len(ctx.analysis.prunable_groups()),
+        })

@@ -1,0 +1,131 @@
+"""Application metrics: how well a (gated or pruned) model still does its job.
+
+Every metric takes the model's outputs, the calibration batch (inputs and optional labels)
+and the original model's outputs on that batch, and returns a float.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UsageError
+
+Outputs = list[np.ndarray]
+Batch = dict[str, np.ndarray]
+LABEL_KEYS = ("labels", "label", "y", "targets")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    higher_is_better: bool
+    fn: Callable[[Outputs, Batch, Outputs], float]
+    needs_labels: bool = False
+
+    def __call__(self, outputs: Outputs, batch: Batch, reference: Outputs) -> float:
+        return float(self.fn(outputs, batch, reference))
+
+    def utility(self, value: float) -> float:
+        """The value oriented so that higher is better."""
+        return value if self.higher_is_better else -value
+
+    def satisfies(self, value: float, op: str, bound: float) -> bool:
+        return value >= bound if op == ">=" else value <= bound
+
+
+def _image_input(batch: Batch) -> np.ndarray:
+    for key, value in batch.items():
+        if key not in LABEL_KEYS and np.issubdtype(value.dtype, np.floating):
+            return value
+    raise UsageError("psnr/mse compare the output with the model's (float) input; none found")
+
+
+def _per_sample_mse(out: np.ndarray, x: np.ndarray) -> np.ndarray:
+    if out.shape != x.shape:
+        raise UsageError(f"psnr/mse need the output shape {out.shape} to equal the input's {x.shape}")
+    diff = out.astype(np.float64) - x.astype(np.float64)
+    return (diff**2).reshape(len(diff), -1).mean(axis=1)
+
+
+def psnr(outputs: Outputs, batch: Batch, reference: Outputs) -> float:
+    """Reconstruction PSNR in dB against the input (peak 1 for data in [0, 1]), mean over samples."""
+    x = _image_input(batch)
+    peak = 1.0 if float(np.max(x)) <= 1.0 + 1e-6 else float(np.max(np.abs(x)))
+    mse = np.maximum(_per_sample_mse(outputs[0], x), 1e-12)
+    return float(np.mean(10.0 * np.log10(peak**2 / mse)))
+
+
+def mse(outputs: Outputs, batch: Batch, reference: Outputs) -> float:
+    return float(np.mean(_per_sample_mse(outputs[0], _image_input(batch))))
+
+
+def labels_of(batch: Batch) -> np.ndarray:
+    for key in LABEL_KEYS:
+        if key in batch:
+            return batch[key]
+    raise UsageError(f"accuracy needs labels in the calibration file (key one of {LABEL_KEYS})")
+
+
+def accuracy(outputs: Outputs, batch: Batch, reference: Outputs) -> float:
+    return float(np.mean(np.argmax(outputs[0], axis=-1) == labels_of(batch).reshape(-1)))
+
+
+def cosine(outputs: Outputs, batch: Batch, reference: Outputs) -> float:
+    """Mean cosine similarity of each output with the original model's, per sample."""
+    sims = []
+    for out, ref in zip(outputs, reference, strict=True):
+        a = out.reshape(len(out), -1).astype(np.float64)
+        b = ref.reshape(len(ref), -1).astype(np.float64)
+        den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        sims.append(np.where(den > 0, (a * b).sum(axis=1) / np.maximum(den, 1e-30), 1.0))
+    return float(np.mean(np.concatenate(sims)))
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def kl(outputs: Outputs, batch: Batch, reference: Outputs) -> float:
+    """KL(original || pruned) of the softmax over the last axis of the first output."""
+    lp, lq = _log_softmax(reference[0]), _log_softmax(outputs[0])
+    return float(np.mean((np.exp(lp) * (lp - lq)).sum(axis=-1)))
+
+
+BUILTIN = {
+    "psnr": Metric("psnr", True, psnr),
+    "mse": Metric("mse", False, mse),
+    "accuracy": Metric("accuracy", True, accuracy, needs_labels=True),
+    "cosine": Metric("cosine", True, cosine),
+    "kl": Metric("kl", False, kl),
+}
+
+
+def get_metric(spec: str) -> Metric:
+    """A built-in name, or ``module:function`` / ``path/to/file.py:function`` returning a float
+    where higher is better; the function is called as ``fn(outputs, batch)``."""
+    if spec in BUILTIN:
+        return BUILTIN[spec]
+    module, sep, func = spec.rpartition(":")
+    if not sep or not module or not func:
+        raise UsageError(f"--metric {spec!r}: use one of {', '.join(BUILTIN)} or module:function")
+    try:
+        if module.endswith(".py"):
+            loc = importlib.util.spec_from_file_location(Path(module).stem, module)
+            if loc is None or loc.loader is None:
+                raise ImportError(module)
+            mod = importlib.util.module_from_spec(loc)
+            loc.loader.exec_module(mod)
+        else:
+            mod = importlib.import_module(module)
+        user = getattr(mod, func)
+    except (ImportError, AttributeError, FileNotFoundError, OSError) as err:
+        raise UsageError(f"--metric {spec!r}: cannot load it ({err})") from None
+    return Metric(spec, True, lambda outputs, batch, reference: user(outputs, batch))

@@ -1,0 +1,76 @@
+"""Data-driven importance from calibration runs: activation statistics, first-order Taylor
+(finite differences over the gates), and the application metric's drop per closed channel."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..analysis.model import ChannelAnalysis
+from ..evaluate import Evaluator
+from ..oracle import session
+from ..progress import task
+
+CHUNK = 64  # candidate masks per evaluation batch
+
+
+def activation_scores(reference: onnx.ModelProto, analysis: ChannelAnalysis,
+                      calib: dict[str, np.ndarray], stat: str = "mean") -> np.ndarray:
+    """Mean |a| (``stat='mean'``) or 1 - APoZ (``'apoz'``: share of non-zero activations) of
+    every channel where it enters a channel-mixing layer, summed over those places."""
+    model = onnx.ModelProto()
+    model.CopyFrom(reference)
+    nodes = {n.name: n for n in model.graph.node}
+    wanted = []
+    for gate in analysis.gates:
+        name = nodes[gate.node].input[gate.input_index]
+        if name not in wanted:
+            wanted.append(name)
+            model.graph.output.append(helper.make_empty_tensor_value_info(name))
+    inputs = {i.name for i in model.graph.input}
+    feeds = {k: v for k, v in calib.items() if k in inputs}
+    outs = dict(zip([o.name for o in model.graph.output], session(model).run(None, feeds),
+                    strict=True))
+    scores = np.zeros(analysis.num_units)
+    for gate in analysis.gates:
+        x = np.moveaxis(outs[nodes[gate.node].input[gate.input_index]], gate.axis, 0)
+        x = x.reshape(x.shape[0], -1).astype(np.float64)
+        per = np.abs(x).mean(1) if stat == "mean" else (x != 0).mean(1)
+        np.add.at(scores, gate.units, per)
+    return scores
+
+
+def _closing(ev: Evaluator, units: np.ndarray, level: float, what: str) -> np.ndarray:
+    """The metric's utility with each unit in ``units`` gated to ``level`` in turn."""
+    out = np.empty(len(units))
+    with task(what, len(units)) as advance:
+        for lo in range(0, len(units), CHUNK):
+            batch = units[lo:lo + CHUNK]
+            masks = np.ones((len(batch), ev.analysis.num_units), np.float32)
+            masks[np.arange(len(batch)), batch] = level
+            out[lo:lo + len(batch)] = [ev.metric.utility(v) for v in ev.evaluate_many(masks)]
+            advance(len(batch))
+    return out
+
+
+def _prunable_units(analysis: ChannelAnalysis) -> np.ndarray:
+    units = [g.units for g in analysis.groups if not g.frozen]
+    units = np.concatenate(units) if units else np.zeros(0, np.int64)
+    return units[~analysis.unit_frozen[units]]
+
+
+def metric_scores(ev: Evaluator) -> np.ndarray:
+    """Loss in the application metric when a channel alone is closed (may be negative)."""
+    units = _prunable_units(ev.analysis)
+    scores = np.zeros(ev.analysis.num_units)
+    scores[units] = ev.metric.utility(ev.base) - _closing(ev, units, 0.0, "metric importance")
+    return scores
+
+
+def taylor_scores(ev: Evaluator, eps: float = 0.05) -> np.ndarray:
+    """|d metric / d gate| at the open model, by a forward difference of size ``eps``."""
+    units = _prunable_units(ev.analysis)
+    scores = np.zeros(ev.analysis.num_units)
+    scores[units] = np.abs(ev.metric.utility(ev.base) - _closing(ev, units, 1.0 - eps, "taylor")) / eps
+    return scores

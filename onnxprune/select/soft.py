@@ -1,0 +1,137 @@
+"""Soft coefficients: one pruning coefficient per group (the fraction of its channels cut),
+optimised so that the reduction hits the target within a tolerance while the application
+metric is kept as high as possible.
+
+Two optimisers, as compared in the application-specific pruning paper:
+
+- ``grid``: coordinate search over a grid of coefficients, one group at a time (all of its
+  grid values scored in one batched evaluation), with a penalty for missing the target;
+- ``gradient``: a continuous relaxation. Each unit's gate is a sigmoid of its position in the
+  group's removal order against ``c_g * n_g``, so the gated model gives the metric for soft
+  masks; its gradient in the coefficients is estimated by finite differences (one batched
+  evaluation per step) and followed with Adam, the reduction held by a quadratic penalty.
+
+Both end with hard masks repaired to the tolerance by shifting all coefficients together.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..evaluate import Evaluator
+from ..progress import task
+from .common import Space, Target
+
+GRID = tuple(np.round(np.arange(0.0, 0.95, 0.1), 2))
+
+
+def _hard(space: Space, c: np.ndarray) -> np.ndarray:
+    return space.mask(space.counts_for_fractions(np.clip(c, 0, 1)))
+
+
+def _repair(space: Space, c: np.ndarray, target: Target, tol: float) -> np.ndarray:
+    """Shift every coefficient by one common offset until the reduction is within ``tol``."""
+    def red(shift: float) -> float:
+        return space.reduction(_hard(space, np.clip(c + shift, 0, 1)), target)
+
+    if abs(red(0.0) - target.fraction) <= tol:
+        return np.clip(c, 0, 1)
+    lo, hi = -1.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if red(mid) < target.fraction else (lo, mid)
+    best = min((lo, hi), key=lambda s: abs(red(s) - target.fraction))
+    return np.clip(c + best, 0, 1)
+
+
+def _shared_start(space: Space, target: Target) -> np.ndarray:
+    from .common import bisect_shared_fraction
+
+    return np.full(len(space.groups), bisect_shared_fraction(space, target))
+
+
+def _rebalance(space: Space, c: np.ndarray, fixed: int, target: Target) -> np.ndarray:
+    """Shift every coefficient but ``fixed`` by one offset so the reduction meets the target."""
+    others = np.arange(len(c)) != fixed
+
+    def red(shift: float) -> float:
+        t = c.copy()
+        t[others] = np.clip(c[others] + shift, 0, 1)
+        return space.reduction(_hard(space, t), target)
+
+    lo, hi = -1.0, 1.0
+    for _ in range(24):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if red(mid) < target.fraction else (lo, mid)
+    out = c.copy()
+    out[others] = np.clip(c[others] + hi, 0, 1)
+    return out
+
+
+def soft_grid(space: Space, ev: Evaluator, target: Target, tol: float = 0.02,
+              sweeps: int = 2) -> tuple[np.ndarray, dict]:
+    """Coordinate search: each group's coefficient over the grid, the others rebalanced so the
+    reduction stays on target; the best measured metric wins each coordinate."""
+    c = _shared_start(space, target)
+    best = ev.metric.utility(ev.evaluate(~_hard(space, c)))
+    with task("soft coefficients (grid)", sweeps * len(space.groups)) as advance:
+        for _ in range(sweeps):
+            for i in range(len(space.groups)):
+                trials = []
+                for v in GRID:
+                    t = c.copy()
+                    t[i] = v
+                    t = _rebalance(space, t, i, target)
+                    if space.reduction(_hard(space, t), target) >= target.fraction - tol:
+                        trials.append(t)
+                if trials:
+                    masks = np.array([_hard(space, t) for t in trials])
+                    utils = [ev.metric.utility(u) for u in ev.evaluate_many(~masks)]
+                    j = int(np.argmax(utils))
+                    if utils[j] > best:
+                        best, c = utils[j], trials[j]
+                advance()
+    c = _repair(space, c, target, tol)
+    return _hard(space, c), {"coefficients": c, "evaluations": ev.evals}
+
+
+def _soft_gates(space: Space, c: np.ndarray, temperature: float) -> np.ndarray:
+    gates = np.ones(space.analysis.num_units, np.float32)
+    for g, ci in zip(space.groups, c, strict=True):
+        pos = np.arange(g.order.size) + 0.5
+        gates[g.order] = 1.0 / (1.0 + np.exp(-(pos - ci * g.order.size) / temperature))
+    return gates
+
+
+def soft_gradient(space: Space, ev: Evaluator, target: Target, tol: float = 0.02,
+                  steps: int = 60, lr: float = 0.05, temperature: float = 1.0,
+                  delta: float = 0.05) -> tuple[np.ndarray, dict]:
+    n = len(space.groups)
+    c = _shared_start(space, target)
+    weights = space.cost.unit_weights("macs" if target.kind == "macs" else "params")
+    per_group = np.array([weights[g.order].sum() for g in space.groups])
+    total = space.cost.params_total if target.kind != "macs" else space.cost.macs_total
+    if target.kind == "channels":
+        per_group = np.array([g.order.size for g in space.groups], float)
+        total = per_group.sum()
+    per_group = per_group / max(total, 1)
+    scale = max(abs(ev.metric.utility(ev.base)), 1.0)
+    m, v = np.zeros(n), np.zeros(n)
+    history = []
+    with task("soft coefficients (gradient)", steps) as advance:
+        for step in range(1, steps + 1):
+            mu = 10.0 * (1 + step / 10)  # the penalty stiffens as the search goes on
+            probes = [c] + [np.clip(c + delta * np.eye(n)[i], 0, 1) for i in range(n)]
+            utils = np.array([ev.metric.utility(u) for u in ev.evaluate_many(
+                np.array([_soft_gates(space, p, temperature) for p in probes]))]) / scale
+            grad_util = (utils[1:] - utils[0]) / delta
+            miss = float(per_group @ c - target.fraction)
+            grad = -grad_util + 2 * mu * miss * per_group  # minimise -utility + mu * miss^2
+            m = 0.9 * m + 0.1 * grad
+            v = 0.999 * v + 0.001 * grad**2
+            c = np.clip(c - lr * (m / (1 - 0.9**step)) / (np.sqrt(v / (1 - 0.999**step)) + 1e-8),
+                        0, 1)
+            history.append(float(utils[0] * scale))
+            advance()
+    c = _repair(space, c, target, tol)
+    return _hard(space, c), {"coefficients": c, "evaluations": ev.evals, "history": history}

@@ -1,0 +1,99 @@
+"""Application metrics and the batched candidate evaluator."""
+
+import numpy as np
+import pytest
+
+from onnxprune.analysis.channels import analyze_channels
+from onnxprune.errors import UsageError
+from onnxprune.evaluate import Evaluator
+from onnxprune.graph import import_model
+from onnxprune.quality import get_metric
+from onnxprune.testing import normalized
+from onnxprune.zoo.builder import GraphBuilder, demo_cnn
+
+
+def test_psnr_and_mse_known_values():
+    x = np.full((2, 1, 4, 4), 0.5, np.float32)
+    y = x + np.float32(0.1)  # mse 0.01 -> psnr 20 dB with peak 1
+    assert get_metric("mse")([y], {"input": x}, []) == pytest.approx(0.01, rel=1e-5)
+    assert get_metric("psnr")([y], {"input": x}, []) == pytest.approx(20.0, abs=1e-4)
+    with pytest.raises(UsageError, match="shape"):
+        get_metric("psnr")([y[:, :, :2]], {"input": x}, [])
+
+
+def test_accuracy_cosine_kl():
+    logits = np.array([[2.0, 0.1], [0.2, 3.0], [1.0, 0.0]])
+    batch = {"x": np.zeros((3, 2), np.float32), "labels": np.array([0, 1, 1])}
+    assert get_metric("accuracy")([logits], batch, [logits]) == pytest.approx(2 / 3)
+    assert get_metric("cosine")([logits], batch, [logits]) == pytest.approx(1.0)
+    assert get_metric("cosine")([-logits], batch, [logits]) == pytest.approx(-1.0)
+    assert get_metric("kl")([logits], batch, [logits]) == pytest.approx(0.0, abs=1e-12)
+    assert get_metric("kl")([logits[:, ::-1]], batch, [logits]) > 0.5
+    with pytest.raises(UsageError, match="labels"):
+        get_metric("accuracy")([logits], {"x": batch["x"]}, [logits])
+    assert not get_metric("kl").higher_is_better and get_metric("kl").utility(2.0) == -2.0
+
+
+def test_user_metric_from_file(tmp_path):
+    f = tmp_path / "mymetric.py"
+    f.write_text("def score(outputs, batch):\n    return float(-abs(outputs[0]).mean())\n")
+    m = get_metric(f"{f}:score")
+    assert m([np.ones((2, 3))], {}, []) == -1.0 and m.higher_is_better
+    with pytest.raises(UsageError, match="cannot load"):
+        get_metric(f"{f}:nope")
+    with pytest.raises(UsageError, match="use one of"):
+        get_metric("bogus")
+
+
+def _evaluator(batch_dim="batch", metric="cosine", n=12):
+    b = GraphBuilder(seed=1)
+    x = b.input("x", [batch_dim, 3, 8, 8])
+    h = b.relu(b.conv(x, 3, 8, name="c1"))
+    y = b.gemm(b.op("Flatten", [b.op("GlobalAveragePool", [b.relu(b.conv(h, 8, 8))])]), 8, 4)
+    ref = normalized(b.build([y]))
+    analysis = analyze_channels(import_model(ref))
+    rng = np.random.default_rng(0)
+    calib = {"x": rng.standard_normal((n, 3, 8, 8)).astype(np.float32)}
+    return Evaluator(ref, analysis, calib, get_metric(metric)), analysis
+
+
+def test_batched_candidates_equal_one_by_one():
+    ev, analysis = _evaluator()
+    assert ev.batched and ev.base == pytest.approx(1.0)
+    masks = (np.random.default_rng(1).random((7, analysis.num_units)) > 0.4).astype(np.float32)
+    batched = ev.evaluate_many(masks)
+    ev.batched = False
+    one_by_one = ev.evaluate_many(masks)
+    assert np.allclose(batched, one_by_one, atol=1e-6)
+    assert ev.evals == 14
+    assert np.all(batched < 1.0)  # closing channels changes the outputs
+
+
+def test_static_batch_model_is_evaluated_in_chunks():
+    ev, analysis = _evaluator(batch_dim=4, n=10)  # 10 samples through a batch-4 model
+    assert not ev.batched and ev.static_batch == 4
+    assert ev.reference[0].shape[0] == 10
+    assert ev.evaluate(np.ones(analysis.num_units)) == pytest.approx(1.0)
+
+
+def test_calibration_must_cover_the_inputs():
+    b = GraphBuilder()
+    x = b.input("x", ["batch", 4])
+    ref = normalized(b.build([b.gemm(b.relu(b.gemm(x, 4, 6)), 6, 2)]))
+    analysis = analyze_channels(import_model(ref))
+    with pytest.raises(UsageError, match="lacks model input"):
+        Evaluator(ref, analysis, {"y": np.zeros((3, 4), np.float32)}, get_metric("cosine"))
+    with pytest.raises(UsageError, match="differ in length"):
+        Evaluator(ref, analysis, {"x": np.zeros((3, 4), np.float32), "labels": np.zeros(2)},
+                  get_metric("cosine"))
+
+
+def test_demo_model_runs_through_the_evaluator():
+    ref = normalized(demo_cnn())
+    analysis = analyze_channels(import_model(ref))
+    calib = {"image": np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)}
+    ev = Evaluator(ref, analysis, calib, get_metric("kl"))
+    assert ev.base == pytest.approx(0.0, abs=1e-9)
+    closed = np.ones(analysis.num_units)
+    closed[analysis.groups[0].units[:16]] = 0
+    assert ev.evaluate(closed) > 0.0
