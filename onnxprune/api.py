@@ -221,11 +221,20 @@ def prune(
     if output is not None:
         passes.append(WriteModel(output, force=force))
     Pipeline(passes)(ctx)
+    return result_of(ctx, params_before, macs_before)
+
+
+def result_of(ctx: Context, params_before: int | None = None,
+              macs_before: int | None = None) -> PruneResult:
+    """A PruneResult from a pipeline's context (sizes before: of the graph before removal)."""
+    before = ctx.reference if ctx.reference is not None else ctx.graph
     return PruneResult(
         model=export_model(ctx.graph, ctx.source_ir and min(ctx.source_ir, 13)),
         analysis=ctx.analysis, plan=ctx.plan, verification=ctx.verification,
-        params_before=params_before, params_after=graph_params(ctx.graph),
-        macs_before=macs_before, macs_after=graph_macs(ctx.graph),
+        params_before=graph_params(before) if params_before is None else params_before,
+        params_after=graph_params(ctx.graph),
+        macs_before=graph_macs(before) if macs_before is None else macs_before,
+        macs_after=graph_macs(ctx.graph),
         timings=total_time(ctx), output=ctx.output_path, quality=ctx.quality,
         selection=ctx.select_info,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import sys
 import tempfile
@@ -98,6 +99,48 @@ def cmd_prune(args, console: Console) -> int:
             components=args.components, scope_depth=args.scope_depth,
             flow_policy=args.flow_policy,
         )
+    if args.json:
+        print(json.dumps(prune_json(result, str(args.model)), indent=2))
+    else:
+        print_prune(console, result, str(args.model))
+    return EXIT_OK
+
+
+def cmd_passes(args, console: Console) -> int:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .recipes import CATALOGUE, options
+
+    table = Table(title=escape("passes (in recipes: [[pass]] name = ...)"), title_justify="left")
+    for col in ("pass", "options (default)", "what it does"):
+        table.add_column(col)
+    for name, cls in CATALOGUE.items():
+        opts = ", ".join(f"{k}" if v is inspect.Parameter.empty else f"{k}={v!r}"
+                         for k, v in options(cls).items())
+        table.add_row(name, opts or "-", cls.description)
+    console.print(table)
+    return EXIT_OK
+
+
+def cmd_run(args, console: Console) -> int:
+    from .api import result_of
+    from .passes import Calibrate, LoadModel, WriteModel
+    from .pipeline import Context, Pipeline
+    from .recipes import load_recipe, parse_sets
+    from .report import print_prune, prune_json
+
+    recipe = load_recipe(args.recipe)
+    steps = recipe.build(parse_sets(args.set))
+    if args.calib or args.calib_random:
+        at = next((i + 1 for i, p in enumerate(steps) if p.name == "normalize"), 0)
+        steps.insert(at, Calibrate(args.calib, args.calib_random))
+    progress_bars.enable(sys.stderr.isatty())
+    ctx = Context()
+    with _status(f"running {recipe.path.stem}") as progress:
+        ctx.progress = progress
+        Pipeline([LoadModel(args.model), *steps, WriteModel(args.output, force=args.force)])(ctx)
+    result = result_of(ctx)
     if args.json:
         print(json.dumps(prune_json(result, str(args.model)), indent=2))
     else:
@@ -213,6 +256,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     _component_flags(r)
     r.set_defaults(func=cmd_prune)
+
+    n = sub.add_parser("run", help="run a pipeline recipe (TOML) on a model")
+    n.add_argument("recipe", help="a recipe file, or the name of one in passes/ "
+                                  "(magnitude-uniform, component-aware, application-soft, ...)")
+    n.add_argument("model", type=Path, help="input .onnx file (never modified)")
+    n.add_argument("-o", "--output", type=Path, required=True, help="where to write the result")
+    n.add_argument("--calib", metavar="FILE.npz", help="calibration data for recipes that need it")
+    n.add_argument("--calib-random", type=int, metavar="N",
+                   help="N random calibration samples from the model's input shapes")
+    n.add_argument("--set", action="append", metavar="PASS.OPTION=VALUE",
+                   help="override a recipe option, e.g. --set select.ratio=0.3 (repeatable)")
+    n.add_argument("--force", action="store_true", help="allow the output to replace the input")
+    n.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    n.set_defaults(func=cmd_run)
+
+    ps = sub.add_parser("passes", help="list every pass with its options")
+    ps.set_defaults(func=cmd_passes)
 
     d = sub.add_parser("demo", help="build a small CNN in code, prune it and show before/after")
     d.add_argument("--ratio", type=float, default=0.5, help="fraction of channels removed (default 0.5)")

@@ -80,14 +80,25 @@ class Pass:
 
 
 class Pipeline(Pass):
-    """Run passes in order; modified if any pass modified the graph."""
+    """Run passes in order; modified if any pass modified the graph.
+
+    ``Pipeline([...]).run(ctx)`` runs on a context (as a pass); ``.run("model.onnx")`` or
+    ``.run(model_proto)`` starts one from a model and returns it.
+    """
 
     name = "pipeline"
 
     def __init__(self, passes: Iterable[Pass]):
         self.passes = list(passes)
 
-    def run(self, ctx: Context) -> PassResult:
+    def run(self, ctx):  # noqa: ANN001 - a Context, a path or a ModelProto
+        if not isinstance(ctx, Context):
+            from .passes import LoadModel, UseModel
+
+            start = UseModel(ctx) if isinstance(ctx, onnx.ModelProto) else LoadModel(ctx)
+            new = Context()
+            Pipeline([start, *self.passes])(new)
+            return new
         modified = False
         for p in self.passes:
             modified |= p(ctx).modified

@@ -104,12 +104,22 @@ class Cleanup(Pass):
         return PassResult((len(graph.nodes), len(graph.tensors())) != before)
 
 
-def Normalize() -> Pipeline:  # noqa: N802 - reads as a pass
-    """The normalization pipeline every model goes through before analysis."""
-    return Pipeline([
-        NameNodes(),
-        InferShapes(),
-        Fixpoint([FoldConstants(), ConstantReshapeTargets(), FoldBatchNorm(), DropIdentity()]),
-        Cleanup(),
-        InferShapes(),
-    ])
+class Normalize(Pipeline):
+    """The normalization every model goes through before analysis."""
+
+    name = "normalize"
+    description = ("Name nodes, infer shapes, fold constants, BatchNorms and shape chains, "
+                   "drop Identity/Dropout (to a fixpoint).")
+
+    def __init__(self):
+        super().__init__([
+            NameNodes(),
+            InferShapes(),
+            Fixpoint([FoldConstants(), ConstantReshapeTargets(), FoldBatchNorm(),
+                      DropIdentity()]),
+            Cleanup(),
+            InferShapes(),
+        ])
+
+    def __repr__(self) -> str:
+        return "Normalize()"
