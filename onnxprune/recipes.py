@@ -23,10 +23,26 @@ from typing import Any
 
 from .errors import UsageError
 from .passes import (
-    AnalyzeChannels, Calibrate, Cleanup, ConstantReshapeTargets, DropAdapters, DropIdentity,
-    FindComponents, FoldBatchNorm, FoldConstants, InferShapes, InsertFlowAdapters,
-    MeasureQuality, NameNodes, Normalize, RemoveChannels, ScoreChannels, SelectChannels,
-    UseMetric, Verify, WriteModel,
+    AnalyzeChannels,
+    Calibrate,
+    Cleanup,
+    ConstantReshapeTargets,
+    DropAdapters,
+    DropIdentity,
+    FindComponents,
+    FoldBatchNorm,
+    FoldConstants,
+    InferShapes,
+    InsertFlowAdapters,
+    MeasureQuality,
+    NameNodes,
+    Normalize,
+    RemoveChannels,
+    ScoreChannels,
+    SelectChannels,
+    UseMetric,
+    Verify,
+    WriteModel,
 )
 from .pipeline import Pass
 
