@@ -53,12 +53,20 @@ def _shapes(items: list[str] | None) -> dict[str, list[int]] | None:
     return out
 
 
+_CURRENT: dict[str, str | None] = {"pass": None}  # the running pass, for interrupts
+
+
 @contextlib.contextmanager
 def _status(what: str):
     """A spinner on stderr naming the running pass (silent when stderr is not a terminal)."""
     console = Console(stderr=True)
+
+    def update(name: str) -> None:
+        _CURRENT["pass"] = name
+        status.update(f"{what}: {name}...")
+
     with console.status(f"{what}...") as status:
-        yield lambda name: status.update(f"{what}: {name}...")
+        yield update
 
 
 def cmd_analyze(args, console: Console) -> int:
@@ -294,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"onnxprune: error: {e}", markup=False, highlight=False, soft_wrap=True)
         return e.exit_code
     except KeyboardInterrupt:
-        err.print("onnxprune: interrupted; nothing was written", markup=False)
+        where = f" during pass {_CURRENT['pass']}" if _CURRENT["pass"] else ""
+        err.print(f"onnxprune: interrupted{where}; nothing was written", markup=False)
         return 130
     except Exception as e:  # noqa: BLE001 - one line for the user, a traceback with --debug
         if args.debug:

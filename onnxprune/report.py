@@ -162,6 +162,7 @@ def prune_json(r: PruneResult, model: str) -> dict[str, Any]:
             "passed": v.passed, "checker": v.checker, "providers": list(v.providers),
             "oracle_max_abs_diff": v.max_abs_diff, "oracle_max_rel_diff": v.max_rel_diff,
             "normalize_rel_diff": v.normalize_rel_diff, "messages": list(v.messages),
+            "oracle": v.oracle,
         },
         "quality": r.quality,
         "selection": _plain(r.selection),
@@ -197,11 +198,13 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
         console.print(f"{q['metric']} on {q['samples']} calibration samples: "
                       f"{q['before']:.4g} -> {q['after']:.4g}")
     v = r.verification
-    if v is not None:
+    if v is not None and v.oracle:
         console.print(
             f"verified: checker ok, onnxruntime {', '.join(v.providers)}, mask oracle max abs "
             f"diff {v.max_abs_diff:.3g} (relative {v.max_rel_diff:.3g})"
         )
+    elif v is not None:
+        console.print("verified by onnx.checker only: " + "; ".join(v.messages))
     times = Table(title="time per pass", title_justify="left")
     times.add_column("pass")
     times.add_column("seconds", justify="right")
