@@ -186,6 +186,7 @@ def _component_flags(p: argparse.ArgumentParser) -> None:
                         "groups across components like a plain dependency graph")
 
 
+from .bench.cli import add_parser as add_bench_parser  # noqa: E402
 from .passes import STRATEGIES  # noqa: E402
 from .scoring import CRITERIA  # noqa: E402
 
@@ -278,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--force", action="store_true", help="allow the output to replace the input")
     n.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     n.set_defaults(func=cmd_run)
+
+    add_bench_parser(sub)
 
     ps = sub.add_parser("passes", help="list every pass with its options")
     ps.set_defaults(func=cmd_passes)

@@ -7,14 +7,16 @@ graph and the arena the first inference grows to.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import gc
 import os
 import re
 import shutil
 import subprocess
 import sys
 import threading
-
-import psutil
 
 _STATUS = "/proc/self/status"
 _CLEAR_REFS = "/proc/self/clear_refs"
@@ -42,18 +44,58 @@ def _reset_kernel_hwm() -> bool:
     return _kernel_hwm() is not None
 
 
-class HostPeak:
-    """``with HostPeak() as m: ...`` then ``m.delta``: peak RSS during the block minus RSS before.
+def host_memory_available() -> bool:
+    """Host memory is measured with psutil (the ``bench`` extra)."""
+    try:
+        import psutil  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
-    On Linux the kernel's high-water mark is reset on entry and read on exit (exact). Elsewhere
-    a thread samples RSS with psutil every ``interval`` seconds; the RSS after the block is
-    always included, so what the block keeps allocated is counted even between samples.
+
+def device_memory_available() -> bool:
+    """Device memory is read from nvidia-smi."""
+    return shutil.which("nvidia-smi") is not None
+
+
+@functools.cache
+def _malloc_trim():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def _release_free_heap() -> None:
+    """Collect garbage and hand free heap pages back to the OS (glibc ``malloc_trim``), so a
+    block reusing memory freed before it is still charged for what it allocates."""
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+class HostPeak:
+    """``with HostPeak() as m: ...`` then ``m.delta``: peak RSS during the block minus RSS before
+    (bytes; None without psutil).
+
+    Free heap is returned to the OS first (glibc), so the block cannot hide allocations in
+    memory freed before it. RSS comes from psutil; on Linux the kernel's high-water mark is
+    also reset on entry and read on exit (exact peak), elsewhere a thread samples RSS every
+    ``interval`` seconds. The RSS after the block is always included, so what the block keeps
+    allocated (weights, the arena) is counted even if a short spike is missed.
     """
 
     def __init__(self, interval: float = 0.001):
         self.interval = interval
-        self.delta = 0
-        self._proc = psutil.Process()
+        self.delta: int | None = None
+        self._proc = None
+        if host_memory_available():
+            import psutil
+
+            self._proc = psutil.Process()
         self._peak = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -66,6 +108,9 @@ class HostPeak:
             self._peak = max(self._peak, self._rss())
 
     def __enter__(self) -> HostPeak:
+        if self._proc is None:
+            return self
+        _release_free_heap()
         self._kernel = _reset_kernel_hwm()
         self._before = self._peak = self._rss()
         if not self._kernel:
@@ -74,6 +119,8 @@ class HostPeak:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._proc is None:
+            return
         if self._thread is not None:
             self._stop.set()
             self._thread.join()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
+from onnx import TensorProto, helper
 
 from ..errors import UnsupportedModelError, UsageError
 from .memory import DevicePeak, HostPeak
@@ -30,8 +31,17 @@ class Provider:
         """A context manager measuring the memory this provider allocates (bytes in ``.delta``)."""
         return DevicePeak(DEVICE_ID) if self.device else HostPeak()
 
-    def prime(self) -> None:
-        """Create the device context up front, so the first model is not charged for it."""
+    def prime(self, threads: int | None = None) -> None:
+        """Run a one-node model first, so the first model measured is not charged for
+        onnxruntime's one-time setup (environment, libraries, device context)."""
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "prime", [x], [y])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 7
+        session = ort.InferenceSession(model.SerializeToString(), session_options(threads),
+                                       providers=list(self.ort_providers))
+        session.run(None, {"x": np.zeros(1, np.float32)})
         if self.device:
             ort.OrtValue.ortvalue_from_numpy(np.zeros(1, np.float32), self.device, DEVICE_ID)
 
@@ -63,11 +73,22 @@ def resolve_providers(names: Sequence[str], notice: Callable[[str], None]) -> li
         if PROVIDERS[name] not in usable and len(wanted) > 1:
             notice(f"skipping provider {name}: not available here ({offers})")
     if not usable:
-        what = f"execution provider {wanted[0]} is" if len(wanted) == 1 else (
+        what = f"execution provider {wanted[0]} is not" if len(wanted) == 1 else (
             f"none of the execution providers {', '.join(wanted)} is")
         raise UnsupportedModelError(f"{what} available here ({offers}); "
                                     "install onnxruntime-gpu for cuda/tensorrt")
     return usable
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """Deployment settings: all graph optimizations (ORT_ENABLE_ALL), ``intra_op_num_threads``
+    when ``threads`` is given, else onnxruntime's default."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return opts
 
 
 def open_session(model: BenchModel, provider: Provider, feeds: Mapping[str, np.ndarray],
@@ -78,20 +99,11 @@ def open_session(model: BenchModel, provider: Provider, feeds: Mapping[str, np.n
 
 
 class Session:
-    """An onnxruntime session with its inputs in place: ``run()`` is one timed inference.
-
-    Deployment settings: all graph optimizations (ORT_ENABLE_ALL), ``intra_op_num_threads``
-    when ``threads`` is given, else onnxruntime's default.
-    """
+    """An onnxruntime session with its inputs in place: ``run()`` is one timed inference."""
 
     def __init__(self, model: BenchModel, provider: Provider, feeds: Mapping[str, np.ndarray],
                  threads: int | None = None):
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(model.source, opts,
+        self.session = ort.InferenceSession(model.source, session_options(threads),
                                             providers=list(provider.ort_providers))
         active = self.session.get_providers()[0]
         if active != provider.ort_providers[0]:

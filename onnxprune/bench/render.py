@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -48,14 +51,46 @@ def _caption(report: BenchReport) -> str:
             "efficiency = speedup / MAC reduction")
 
 
-def rich_table(report: BenchReport) -> Table:
+# Left out, in this order, when the table is wider than the console (JSON/Markdown keep all).
+OPTIONAL = ("mean ms", "MACs ÷", "params", "p90 ms")
+
+
+def rich_table(report: BenchReport, columns: Sequence[str] = COLUMNS) -> Table:
     table = Table(title="benchmark", title_justify="left", caption=_caption(report),
                   caption_justify="left")
-    for col in COLUMNS:
-        table.add_column(col, justify="left" if col in ("model", "provider") else "right")
+    keep = [COLUMNS.index(c) for c in columns]
+    for i in keep:
+        table.add_column(COLUMNS[i], justify="left" if i < 2 else "right", no_wrap=True)
     for r in report.rows:
-        table.add_row(*cells(r), style="bold" if r.model == report.original else None)
+        row = cells(r)
+        table.add_row(*(row[i] for i in keep), style="bold" if r.model == report.original else None)
     return table
+
+
+def print_table(report: BenchReport, console: Console) -> None:
+    """The results as a rich table, never cut: on a terminal optional columns are left out
+    while it is wider than the console; off a terminal (logs, files) all are shown."""
+    columns = list(COLUMNS)
+    table = rich_table(report, columns)
+    for col in OPTIONAL if console.is_terminal else ():
+        if _width(console, table) <= console.width:
+            break
+        columns.remove(col)
+        table = rich_table(report, columns)
+    width, saved = _width(console, table), console.width
+    console.width = max(width, saved)  # print(width=...) would be clamped to the console's
+    try:
+        console.print(table)
+    finally:
+        console.width = saved
+    if len(columns) < len(COLUMNS):
+        hidden = ", ".join(c for c in COLUMNS if c not in columns)
+        console.print(f"(narrow console: {hidden} not shown; see --json or --markdown)",
+                      markup=False, highlight=False)
+
+
+def _width(console: Console, table: Table) -> int:
+    return Measurement.get(console, console.options.update_width(10_000), table).maximum
 
 
 def markdown(report: BenchReport) -> str:
@@ -93,6 +128,9 @@ def plot(report: BenchReport, path: Path) -> Path:
                           marker="o", color=color[model], linestyle=styles[pi % len(styles)],
                           linewidth=2 if model == report.original else 1.3, label=label)
     left.set_xscale("log", base=2)
+    batches = sorted({r.batch for r in report.rows})
+    left.set_xticks(batches, [str(b) for b in batches])
+    left.minorticks_off()
     left.set_yscale("log")
     left.set_xlabel("batch")
     left.set_ylabel("latency per run, ms (p50, bar to p90)")
@@ -105,10 +143,14 @@ def plot(report: BenchReport, path: Path) -> Path:
     top = max([1.0] + [max(r.speedup, r.mac_reduction) for r in points]) * 1.15
     right.plot([0, top], [0, top], color="gray", linestyle="--", label="y = x (speedup = MACs ÷)")
     right.axhline(1.0, color="black", linewidth=0.8)
+    labelled: set[str] = set()
     for r in points:
-        right.scatter(r.mac_reduction, r.speedup, color=color[r.model], zorder=3)
-        right.annotate(f"{r.model}\n{r.provider} b={r.batch}", (r.mac_reduction, r.speedup),
-                       fontsize="x-small", xytext=(4, 4), textcoords="offset points")
+        right.scatter(r.mac_reduction, r.speedup, color=color[r.model], zorder=3,
+                      label=None if r.model in labelled else r.model)
+        labelled.add(r.model)
+        tag = f"b={r.batch}" if len(providers) == 1 else f"{r.provider} b={r.batch}"
+        right.annotate(tag, (r.mac_reduction, r.speedup), fontsize="x-small", xytext=(5, -3),
+                       textcoords="offset points")
     right.set_xlim(0, top)
     right.set_ylim(0, top)
     right.set_xlabel(f"MAC reduction (MACs of {report.original} / MACs)")

@@ -80,9 +80,9 @@ class BenchReport:
         }
 
     def print_table(self, console: Console) -> None:
-        from .render import rich_table
+        from .render import print_table
 
-        console.print(rich_table(self))
+        print_table(self, console)
 
     def to_markdown(self) -> str:
         from .render import markdown

@@ -29,6 +29,7 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import UnsupportedModelError, UsageError
+from .memory import device_memory_available, host_memory_available
 from .providers import Provider, Session, open_session, resolve_providers
 from .report import BenchReport, BenchRow, compare_to_original
 from .stats import summarize
@@ -106,12 +107,17 @@ def run_bench(
         (notice or _stderr_notice)(message)
 
     specs = resolve_providers(providers, note)
+    if any(not p.device for p in specs) and not host_memory_available():
+        note("psutil is not installed: host peak memory is not measured "
+             "(pip install 'onnxprune[bench]')")
+    if any(p.device for p in specs) and not device_memory_available():
+        note("nvidia-smi not found: GPU peak memory is not measured")
     loaded = load_models(models)
     check_shape_names(loaded, input_shapes)
     tick = _Ticker(progress)
     rows: list[BenchRow] = []
     for provider in specs:
-        provider.prime()
+        provider.prime(threads)
         for batch in batches:
             rows += _measure_group(loaded, provider, batch, threads, warmup, repeat, seconds,
                                    input_shapes, tick, note)

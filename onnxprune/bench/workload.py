@@ -118,7 +118,8 @@ def _inputs(model: onnx.ModelProto) -> tuple[ModelInput, ...]:
         tt = vi.type.tensor_type
         dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                      for d in tt.shape.dim)
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type or onnx.TensorProto.FLOAT))
+        elem = tt.elem_type or onnx.TensorProto.FLOAT
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem))
         out.append(ModelInput(vi.name, dims, dtype))
     return tuple(out)
 
