@@ -166,7 +166,7 @@ def prune(
     constraint: str | None = None,
     tolerance: float = 0.02,
     soft_method: str = "gradient",
-    round_to: int = 1,
+    round_to: int | str = 1,
     min_width: int = 1,
     max_ratio: float = 0.9,
     normalize: str = "mean",
@@ -211,7 +211,7 @@ def prune(
         SelectChannels(strategy, ratio, target_params=target_params, target_macs=target_macs,
                        constraint=constraint, tolerance=tolerance, soft_method=soft_method,
                        round_to=round_to, min_width=min_width, max_ratio=max_ratio,
-                       normalize=normalize),
+                       normalize=normalize, latency_provider=providers[0]),
     ]
     if calib is not None or calib_random is not None:
         passes.append(MeasureQuality())

@@ -40,6 +40,15 @@ def _providers(spec: str) -> list[str]:
     return out
 
 
+def _round_to(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
 def _shapes(items: list[str] | None) -> dict[str, list[int]] | None:
     if not items:
         return None
@@ -107,10 +116,22 @@ def cmd_prune(args, console: Console) -> int:
             components=args.components, scope_depth=args.scope_depth,
             flow_policy=args.flow_policy,
         )
+    report = None
+    if args.bench:
+        from .bench.runner import run_bench
+
+        report = run_bench([args.model, args.output], providers=args.provider.split(","),
+                           batches=[int(b) for b in args.bench_batch.split(",")],
+                           seconds=args.bench_seconds, input_shapes=shapes)
     if args.json:
-        print(json.dumps(prune_json(result, str(args.model)), indent=2))
+        data = prune_json(result, str(args.model))
+        if report is not None:
+            data["bench"] = report.to_json()
+        print(json.dumps(data, indent=2))
     else:
         print_prune(console, result, str(args.model))
+        if report is not None:
+            report.print_table(console)
     return EXIT_OK
 
 
@@ -251,8 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--metric", metavar="NAME",
                    help="application metric: psnr, mse, accuracy, cosine, kl or module:function "
                         "(default cosine: agreement with the original outputs)")
-    r.add_argument("--round-to", type=int, default=1, metavar="N",
-                   help="keep a multiple of N channels in every group (default 1)")
+    r.add_argument("--round-to", type=_round_to, default=1, metavar="N|auto",
+                   help="keep a multiple of N channels in every group (default 1); 'auto' "
+                        "measures how the main layer's latency steps with its width on the "
+                        "first --provider and picks the largest multiple that costs no time")
     r.add_argument("--min-width", type=int, default=1, metavar="N",
                    help="never keep fewer than N channels in a group (default 1)")
     r.add_argument("--exclude", action="append", metavar="GLOB",
@@ -262,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--input-shape", action="append", metavar="NAME=DxD...",
                    help="shape for an input with dynamic dimensions, used by verification")
     r.add_argument("--force", action="store_true", help="allow the output to replace the input file")
+    r.add_argument("--bench", action="store_true",
+                   help="measure the original and the pruned model side by side afterwards")
+    r.add_argument("--bench-batch", default="1", metavar="B,...",
+                   help="batch sizes for --bench (default 1)")
+    r.add_argument("--bench-seconds", type=float, default=3.0, metavar="S",
+                   help="seconds per model and batch for --bench (default 3)")
     r.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     _component_flags(r)
     r.set_defaults(func=cmd_prune)

@@ -93,3 +93,19 @@ def test_demo(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "parameters" in out and "mask oracle max abs diff" in out
     assert (tmp_path / "demo_cnn.pruned.onnx").exists()
+
+
+def test_prune_round_to_auto_and_bench(model_file, tmp_path, capsys):
+    out = tmp_path / "small.onnx"
+    code = main(["prune", str(model_file), "-o", str(out), "--round-to", "auto", "--bench",
+                 "--bench-seconds", "0.2", "--json"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    m = data["selection"]["round_to"]
+    assert m in (1, 2, 4, 8, 16, 32)
+    probe = data["selection"]["latency_probe"]
+    assert probe["cost"][str(m)] <= 1.02  # rounding up to it costs (almost) no time
+    assert all(g["after"] % m == 0 or g["after"] == g["before"] for g in data["groups"])
+    rows = data["bench"]["results"]
+    assert [r["model"] for r in rows] == [model_file.name, out.name]
+    assert rows[1]["macs"] < rows[0]["macs"] and rows[0]["speedup"] == 1.0

@@ -14,6 +14,7 @@ from ..select.budget import check_names, parse_ratio
 from ..select.common import Space, Target, bisect_shared_fraction
 from ..select.cost import CostModel
 from ..select.global_threshold import select_global
+from ..select.latency import probe_round_to
 from ..select.sensitivity import Constraint, select_sensitivity
 from ..select.soft import soft_gradient, soft_grid
 from ..select.uniform import PrunePlan, select_uniform
@@ -56,14 +57,15 @@ class SelectChannels(Pass):
     def __init__(self, strategy: str = "uniform", ratio: float | str | dict = 0.5, *,
                  target_params: float | None = None, target_macs: float | None = None,
                  constraint: str | None = None, tolerance: float = 0.02,
-                 soft_method: str = "gradient", round_to: int = 1, min_width: int = 1,
-                 max_ratio: float = 0.9, normalize: str = "mean"):
+                 soft_method: str = "gradient", round_to: int | str = 1, min_width: int = 1,
+                 max_ratio: float = 0.9, normalize: str = "mean",
+                 latency_provider: str = "CPUExecutionProvider"):
         if strategy not in STRATEGIES:
             raise UsageError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
         if soft_method not in SOFT_METHODS:
             raise UsageError(f"--soft-method must be one of {', '.join(SOFT_METHODS)}")
-        if round_to < 1 or min_width < 1:
-            raise UsageError("--round-to and --min-width must be >= 1")
+        if round_to != "auto" and (not isinstance(round_to, int) or round_to < 1) or min_width < 1:
+            raise UsageError("--round-to must be 'auto' or >= 1, --min-width >= 1")
         if target_params is not None and target_macs is not None:
             raise UsageError("give --target-params or --target-macs, not both")
         if not 0.0 < max_ratio < 1.0:
@@ -76,7 +78,7 @@ class SelectChannels(Pass):
             raise UsageError("--constraint works with --strategy sensitivity")
         self.tolerance, self.soft_method = tolerance, soft_method
         self.round_to, self.min_width, self.max_ratio = round_to, min_width, max_ratio
-        self.normalize = normalize
+        self.normalize, self.latency_provider = normalize, latency_provider
 
     def run(self, ctx: Context) -> PassResult:
         analysis = ctx.require("analysis", self.name)
@@ -84,8 +86,15 @@ class SelectChannels(Pass):
         check_names(self.ratio, ctx.components.names if ctx.components is not None else ())
         cost = CostModel(ctx.graph, analysis)
         info: dict = {"strategy": self.strategy}
+        self._round_to = self.round_to
+        if self.round_to == "auto":
+            probe = probe_round_to(ctx.graph, self.latency_provider)
+            self._round_to = probe.choice if probe is not None else 1
+            info["round_to"] = self._round_to
+            if probe is not None:
+                info["latency_probe"] = {"layer": probe.layer, "cost": probe.cost}
         if self.strategy == "uniform" and self.target is None:
-            removed = select_uniform(analysis, scores, self.ratio, self.round_to,
+            removed = select_uniform(analysis, scores, self.ratio, self._round_to,
                                      self.min_width).removed
         else:
             removed = self._search(ctx, analysis, scores, cost, info)
@@ -100,11 +109,11 @@ class SelectChannels(Pass):
     def _search(self, ctx, analysis, scores, cost, info) -> np.ndarray:
         # named components keep their ratio as a cap; every other group may lose max_ratio
         caps = {**self.ratio, "*": self.max_ratio}
-        space = Space(analysis, scores, cost, caps, self.round_to, self.min_width)
+        space = Space(analysis, scores, cost, caps, self._round_to, self.min_width)
         target = self.target
         if target is None and self.constraint is None:
             # the same budget as the uniform ratio would give
-            uniform = select_uniform(analysis, scores, self.ratio, self.round_to, self.min_width)
+            uniform = select_uniform(analysis, scores, self.ratio, self._round_to, self.min_width)
             target = Target("params", cost.reduction(uniform.removed, "params"))
         info["target"] = None if target is None else (target.kind, target.fraction)
         if self.strategy == "uniform":
