@@ -32,6 +32,7 @@ from .passes import (
     WriteModel,
 )
 from .pipeline import Context, Pass, Pipeline, total_time
+from .quality import get_metric
 from .select.uniform import PrunePlan
 from .verify import VerifyReport
 
@@ -213,7 +214,8 @@ def prune(
                        round_to=round_to, min_width=min_width, max_ratio=max_ratio,
                        normalize=normalize, latency_provider=providers[0]),
     ]
-    if calib is not None or calib_random is not None:
+    if calib is not None or calib_random is not None or (
+            metric is not None and get_metric(metric).on_model):
         passes.append(MeasureQuality())
     passes += [RemoveChannels(), Cleanup(), DropAdapters()]
     if verify:

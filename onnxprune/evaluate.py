@@ -17,9 +17,17 @@ MAX_ROWS = 4096  # samples per onnxruntime call when candidates are batched
 
 class Evaluator:
     def __init__(self, reference: onnx.ModelProto, analysis: ChannelAnalysis,
-                 calib: dict[str, np.ndarray], metric: Metric, max_rows: int = MAX_ROWS):
+                 calib: dict[str, np.ndarray] | None, metric: Metric, max_rows: int = MAX_ROWS):
         self.analysis, self.metric, self.max_rows = analysis, metric, max_rows
         self.oracle = Oracle(reference, analysis)
+        self.evals = 0
+        if metric.on_model:  # the metric drives the model itself (e.g. episodes)
+            self.batch, self.inputs, self.n, self.batched = {}, {}, 0, False
+            self.static_batch, self.reference = None, []
+            self.base = self._of_model(np.ones(analysis.num_units, np.float32))
+            return
+        if calib is None:
+            raise UsageError(f"metric {metric.name} needs calibration data (--calib)")
         ins = [i for i in self.oracle.session.get_inputs() if i.name != GATES]
         missing = [i.name for i in ins if i.name not in calib]
         if missing:
@@ -34,7 +42,6 @@ class Evaluator:
         dims = [i.shape[0] if i.shape else None for i in ins]
         self.static_batch = next((d for d in dims if isinstance(d, int)), None)
         self.batched = self.static_batch is None and self.oracle.per_sample
-        self.evals = 0
         self.reference = self._forward(self.inputs, np.ones((1, analysis.num_units), np.float32))
         self.base = metric(self.reference, self.batch, self.reference)
 
@@ -55,6 +62,12 @@ class Evaluator:
             chunks.append([o[: b - short] for o in outs])
         return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
 
+    def _of_model(self, keep: np.ndarray) -> float:
+        if self.metric.on_model == "model":
+            return float(self.metric.fn(self.oracle.baked(keep)))
+        gates = np.asarray(keep, np.float32).reshape(1, -1)
+        return float(self.metric.fn(lambda feeds: self.oracle.run(feeds, gates)))
+
     def outputs(self, keep: np.ndarray) -> list[np.ndarray]:
         return self._forward(self.inputs, np.asarray(keep, np.float32).reshape(1, -1))
 
@@ -65,6 +78,8 @@ class Evaluator:
     def evaluate_many(self, masks: np.ndarray) -> np.ndarray:
         masks = np.asarray(masks, dtype=np.float32).reshape(-1, self.analysis.num_units)
         self.evals += len(masks)
+        if self.metric.on_model:
+            return np.array([self._of_model(m) for m in masks])
         if not self.batched:
             return np.array([self.metric(self.outputs(m), self.batch, self.reference)
                              for m in masks])

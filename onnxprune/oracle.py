@@ -42,12 +42,13 @@ def build_gated_model(reference: onnx.ModelProto, analysis: ChannelAnalysis) -> 
         g.initializer.append(numpy_helper.from_array(gate.units.astype(np.int64), p + "_idx"))
         g.initializer.append(numpy_helper.from_array(np.array(shape, dtype=np.int64), p + "_shape"))
         elem = _elem_type(model, x)
+        q = f"{node.name}/{p}"  # gates carry their layer's name scope
         new_nodes.setdefault(node.name, []).extend([
             helper.make_node("Gather", [GATES, p + "_idx"], [p + "_g"], axis=1,
-                             name=p + "_gather"),
-            helper.make_node("Reshape", [p + "_g", p + "_shape"], [p + "_r"], name=p + "_reshape"),
-            helper.make_node("Cast", [p + "_r"], [p + "_c"], to=elem, name=p + "_cast"),
-            helper.make_node("Mul", [x, p + "_c"], [p + "_y"], name=p + "_mul"),
+                             name=q + "_gather"),
+            helper.make_node("Reshape", [p + "_g", p + "_shape"], [p + "_r"], name=q + "_reshape"),
+            helper.make_node("Cast", [p + "_r"], [p + "_c"], to=elem, name=q + "_cast"),
+            helper.make_node("Mul", [x, p + "_c"], [p + "_y"], name=q + "_mul"),
         ])
         node.input[gate.input_index] = p + "_y"
     ordered = []
@@ -101,6 +102,17 @@ class Oracle:
         if keep is not None:
             gates = np.asarray(keep, dtype=np.float32).reshape(-1, self.analysis.num_units)
         return self.session.run(self.output_names, {**feeds, GATES: gates})
+
+    def baked(self, keep: np.ndarray) -> onnx.ModelProto:
+        """A standalone model: the gated reference with these gates as a constant."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        inputs = [i for i in model.graph.input if i.name != GATES]
+        del model.graph.input[:]
+        model.graph.input.extend(inputs)
+        gates = np.asarray(keep, np.float32).reshape(1, -1)
+        model.graph.initializer.append(numpy_helper.from_array(gates, GATES))
+        return model
 
     @property
     def per_sample(self) -> bool:

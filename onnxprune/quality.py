@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,16 @@ LABEL_KEYS = ("labels", "label", "y", "targets")
 
 @dataclass(frozen=True)
 class Metric:
+    """``fn(outputs, batch, reference)``; or a *model* metric judging the model itself
+    (closed-loop use, e.g. episodes): ``on_model="run"`` calls ``fn(run)`` with
+    ``run(feeds) -> outputs``; ``on_model="model"`` calls ``fn(model)`` with a standalone
+    ``onnx.ModelProto`` equivalent to the candidate."""
+
     name: str
     higher_is_better: bool
-    fn: Callable[[Outputs, Batch, Outputs], float]
+    fn: Callable
     needs_labels: bool = False
+    on_model: str | None = None
 
     def __call__(self, outputs: Outputs, batch: Batch, reference: Outputs) -> float:
         return float(self.fn(outputs, batch, reference))
@@ -110,7 +117,10 @@ BUILTIN = {
 
 def get_metric(spec: str) -> Metric:
     """A built-in name, or ``module:function`` / ``path/to/file.py:function`` returning a float
-    where higher is better; the function is called as ``fn(outputs, batch)``."""
+    where higher is better. The function is called as ``fn(outputs, batch)``; a function whose
+    only parameter is named ``run`` is called as ``fn(run)`` with ``run(feeds) -> outputs``
+    running the model being judged, one whose only parameter is ``model`` gets that model as an
+    ``onnx.ModelProto`` (for closed-loop metrics such as an episode return)."""
     if spec in BUILTIN:
         return BUILTIN[spec]
     module, sep, func = spec.rpartition(":")
@@ -128,4 +138,7 @@ def get_metric(spec: str) -> Metric:
         user = getattr(mod, func)
     except (ImportError, AttributeError, FileNotFoundError, OSError) as err:
         raise UsageError(f"--metric {spec!r}: cannot load it ({err})") from None
+    params = list(inspect.signature(user).parameters)
+    if params in (["run"], ["model"]):
+        return Metric(spec, True, user, on_model=params[0])
     return Metric(spec, True, lambda outputs, batch, reference: user(outputs, batch))

@@ -97,3 +97,25 @@ def test_demo_model_runs_through_the_evaluator():
     closed = np.ones(analysis.num_units)
     closed[analysis.groups[0].units[:16]] = 0
     assert ev.evaluate(closed) > 0.0
+
+
+def test_model_metrics_judge_the_gated_model_itself(tmp_path):
+    f = tmp_path / "loop.py"
+    f.write_text(
+        "import numpy as np, onnxruntime as ort\n"
+        "def by_run(run):\n"
+        "    return float(run({'x': np.ones((1, 3, 8, 8), np.float32)})[0].sum())\n"
+        "def by_model(model):\n"
+        "    s = ort.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])\n"
+        "    return float(s.run(None, {'x': np.ones((1, 3, 8, 8), np.float32)})[0].sum())\n"
+    )
+    ev, analysis = _evaluator()
+    run_metric, model_metric = get_metric(f"{f}:by_run"), get_metric(f"{f}:by_model")
+    assert run_metric.on_model == "run" and model_metric.on_model == "model"
+    ref = ev.oracle.model
+    by_run = Evaluator(ref, analysis, None, run_metric)
+    by_model = Evaluator(ref, analysis, None, model_metric)
+    masks = (np.random.default_rng(2).random((3, analysis.num_units)) > 0.5).astype(np.float32)
+    a, b = by_run.evaluate_many(masks), by_model.evaluate_many(masks)
+    assert np.allclose(a, b, rtol=1e-5) and len(set(np.round(a, 4))) == 3
+    assert by_run.base == pytest.approx(by_model.base, rel=1e-6)

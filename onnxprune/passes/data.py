@@ -70,10 +70,10 @@ class UseMetric(Pass):
 def evaluator(ctx: Context, by: str) -> Evaluator:
     """The mask-oracle evaluator of the current graph, built once per analysis."""
     if ctx.evaluator is None or ctx.evaluator.analysis is not ctx.analysis:
-        if ctx.calib is None:
+        metric = ctx.metric or get_metric("cosine")
+        if ctx.calib is None and not metric.on_model:
             raise UsageError(f"{by} needs calibration data: --calib FILE.npz or --calib-random N")
-        ctx.evaluator = Evaluator(export_model(ctx.graph), ctx.analysis, ctx.calib,
-                                  ctx.metric or get_metric("cosine"))
+        ctx.evaluator = Evaluator(export_model(ctx.graph), ctx.analysis, ctx.calib, metric)
     return ctx.evaluator
 
 

@@ -9,7 +9,7 @@ from ..graph import export_model
 from ..pipeline import Context, Pass, PassResult
 from ..quality import get_metric
 from ..rewrite.remove import remove_units
-from ..scoring import CRITERIA, NEEDS_DATA, REDUCTIONS, normalize, score_units
+from ..scoring import CRITERIA, REDUCTIONS, normalize, score_units
 from ..select.budget import check_names, parse_ratio
 from ..select.common import Space, Target, bisect_shared_fraction
 from ..select.cost import CostModel
@@ -39,7 +39,7 @@ class ScoreChannels(Pass):
         analysis = ctx.require("analysis", self.name)
         ev = evaluator(ctx, f"--criterion {self.criterion}") if self.criterion in (
             "taylor", "metric") else None
-        if self.criterion in NEEDS_DATA and ctx.calib is None:
+        if self.criterion in ("activation", "apoz") and ctx.calib is None:
             raise UsageError(f"--criterion {self.criterion} needs calibration data: "
                              "--calib FILE.npz or --calib-random N")
         ctx.scores = score_units(

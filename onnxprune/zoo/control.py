@@ -58,6 +58,8 @@ __all__ = [
     "closed_loop_return",
     "episode_return",
     "expert_action",
+    "plan_return",
+    "policy_return",
     "export_agent",
     "random_policy_return",
     "train_agent",
@@ -452,6 +454,36 @@ def closed_loop_return(
         planner = _Planner(model, seed=seed)
         return episode_return(planner.act, episodes, seed, reset=planner.reset)
     raise ValueError(f"unknown mode {mode!r}; expected 'policy' or 'plan'")
+
+
+SEARCH_EPISODES, SEARCH_SEED = 5, 1000
+
+
+def policy_return(run: Callable[[dict[str, np.ndarray]], list[np.ndarray]]) -> float:
+    """An onnxprune application metric (``--metric onnxprune.zoo.control:policy_return``):
+    the mean closed-loop return of the model's policy, ``run(feeds) -> outputs`` being the model
+    under evaluation. Uses episodes seeded apart from :func:`closed_loop_return`'s defaults."""
+    dummy = np.zeros((1, 1), np.float32)
+
+    def act(obs):
+        feeds = {"obs": obs.reshape(1, 3).astype(np.float32), "action": dummy}
+        return run(feeds)[0][0]
+
+    return episode_return(act, SEARCH_EPISODES, SEARCH_SEED)
+
+
+def plan_return(model: onnx.ModelProto) -> float:
+    """An onnxprune application metric (``--metric onnxprune.zoo.control:plan_return``): the
+    mean closed-loop return of the latent planner over the candidate model's own dynamics,
+    reward and Q (a few episodes seeded apart from :func:`closed_loop_return`'s defaults)."""
+    try:
+        return closed_loop_return(model, episodes=PLAN_SEARCH_EPISODES, seed=SEARCH_SEED,
+                                  mode="plan")
+    except ValueError:  # the latent no longer fits the planner
+        return -2000.0
+
+
+PLAN_SEARCH_EPISODES = 2
 
 
 def random_policy_return(episodes: int = 10, seed: int = 0) -> float:
