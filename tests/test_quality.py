@@ -45,13 +45,17 @@ def test_user_metric_from_file(tmp_path):
         get_metric("bogus")
 
 
-def _evaluator(batch_dim="batch", metric="cosine", n=12):
+def _reference(batch_dim="batch"):
     b = GraphBuilder(seed=1)
     x = b.input("x", [batch_dim, 3, 8, 8])
     h = b.relu(b.conv(x, 3, 8, name="c1"))
     y = b.gemm(b.op("Flatten", [b.op("GlobalAveragePool", [b.relu(b.conv(h, 8, 8))])]), 8, 4)
     ref = normalized(b.build([y]))
-    analysis = analyze_channels(import_model(ref))
+    return ref, analyze_channels(import_model(ref))
+
+
+def _evaluator(batch_dim="batch", metric="cosine", n=12):
+    ref, analysis = _reference(batch_dim)
     rng = np.random.default_rng(0)
     calib = {"x": rng.standard_normal((n, 3, 8, 8)).astype(np.float32)}
     return Evaluator(ref, analysis, calib, get_metric(metric)), analysis
@@ -109,10 +113,9 @@ def test_model_metrics_judge_the_gated_model_itself(tmp_path):
         "    s = ort.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])\n"
         "    return float(s.run(None, {'x': np.ones((1, 3, 8, 8), np.float32)})[0].sum())\n"
     )
-    ev, analysis = _evaluator()
+    ref, analysis = _reference()
     run_metric, model_metric = get_metric(f"{f}:by_run"), get_metric(f"{f}:by_model")
     assert run_metric.on_model == "run" and model_metric.on_model == "model"
-    ref = ev.oracle.model
     by_run = Evaluator(ref, analysis, None, run_metric)
     by_model = Evaluator(ref, analysis, None, model_metric)
     masks = (np.random.default_rng(2).random((3, analysis.num_units)) > 0.5).astype(np.float32)
