@@ -10,6 +10,7 @@ import functools
 import gzip
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ _IDX_DTYPES = {
 }
 _NPZ_IMAGES, _NPZ_LABELS = ("x", "images"), ("y", "labels")
 _SPLITS = ("train", "test")
+_Set = tuple[np.ndarray, np.ndarray | None]  # images and labels (or None)
 
 
 def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -99,12 +101,15 @@ def _read_idx(path: Path) -> np.ndarray:
     try:
         with _open(path) as f:
             data = f.read()
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:
         if isinstance(err, FileNotFoundError):
             raise
         raise ValueError(f"{path}: cannot be read as an IDX file ({err})") from err
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an IDX file (bad magic number)")
+        raise ValueError(
+            f"{path}: not an IDX file (bad magic number); expected an IDX images file, "
+            "an .npz or a directory of IDX files"
+        )
     dtype, ndim = _IDX_DTYPES[data[2]], data[3]
     header = 4 + 4 * ndim
     if len(data) < header:
@@ -168,10 +173,8 @@ def _load_idx_images(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     return x, None if labels is None else _as_labels(_read_idx(labels), len(x), labels)
 
 
-def _select_split(path: Path, sets: dict[str, tuple[np.ndarray, np.ndarray | None]], split):
+def _select_split(path: Path, sets: dict[str, _Set], split: str | None) -> _Set:
     if split is not None:
-        if split not in _SPLITS:
-            raise ValueError(f"split must be 'train', 'test' or None, not {split!r}")
         if split not in sets:
             raise ValueError(f"{path}: has no {split} set (found {sorted(sets)})")
         return sets[split]
@@ -187,7 +190,7 @@ def _split_of(name: str) -> str | None:
     return "test" if name.startswith(("t10k", "test")) else None
 
 
-def _load_mnist_dir(path: Path, split: str | None):
+def _load_mnist_dir(path: Path, split: str | None) -> _Set:
     sets = {}
     for f in sorted(path.iterdir()):
         if "images-idx3" not in f.name and "images.idx3" not in f.name:
@@ -200,7 +203,7 @@ def _load_mnist_dir(path: Path, split: str | None):
     return _select_split(path, sets, split)
 
 
-def _load_mnist_npz(path: Path, split: str | None):
+def _load_mnist_npz(path: Path, split: str | None) -> _Set:
     arrays = load_npz(path, batch_first=False)
     if "x_train" in arrays or "x_test" in arrays:
         sets = {}
@@ -240,6 +243,8 @@ def load_mnist(
     ``None`` returns both concatenated, train first. Single-set sources take ``split=None``.
     Images may be uint8 (0..255) or float (``[0, 1]`` or ``[0, 255]``).
     """
+    if split is not None and split not in _SPLITS:
+        raise ValueError(f"split must be 'train', 'test' or None, not {split!r}")
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or directory")
@@ -260,12 +265,14 @@ def load_npz(path: str | os.PathLike, *, batch_first: bool = True) -> dict[str, 
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such file")
+        raise FileNotFoundError(f"{p}: " + ("not a file" if p.exists() else "no such file"))
+    if not zipfile.is_zipfile(p):
+        with open(p, "rb") as f:
+            npy = f.read(6) == b"\x93NUMPY"
+        what = "a single .npy array, expected an .npz archive" if npy else "not a zip archive"
+        raise ValueError(f"{p}: not a valid .npz file ({what})")
     try:
-        npz = np.load(p, allow_pickle=False)
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise ValueError("a single .npy array, expected an .npz archive")
-        with npz:
+        with np.load(p, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(f"{p}: not a valid .npz file ({err})") from err

@@ -29,7 +29,10 @@ class Calibrate(Pass):
         if self.arrays is not None:
             ctx.calib = {k: np.asarray(v) for k, v in self.arrays.items()}
         elif self.path is not None:
-            ctx.calib = load_npz(self.path)
+            try:
+                ctx.calib = load_npz(self.path)
+            except (ValueError, OSError) as err:
+                raise UsageError(f"--calib {self.path}: {err}") from None
         else:
             if self.random < 1:
                 raise UsageError("--calib-random needs a positive number of samples")
