@@ -86,11 +86,51 @@ def greedy_path(space: Space, curves: list[Curve], unit_cost: np.ndarray) -> lis
         path.append([int(c.counts[j]) for c, j in zip(curves, level, strict=True)])
 
 
+def measured_path(space: Space, ev: Evaluator, curves: list[Curve], unit_cost: np.ndarray,
+                  done) -> list[list[int]]:
+    """Like :func:`greedy_path`, but every step is chosen by evaluating each group's next
+    level on the *combined* mask (one batched evaluation per step), so interactions between
+    groups count. Stops when ``done(counts, utility)`` says so."""
+    level = [0] * len(curves)
+    path = [[0] * len(curves)]
+    current = ev.metric.utility(ev.base)
+    total = sum(len(c.counts) - 1 for c in curves)
+    with task("sensitivity (measured)", total) as advance:
+        while True:
+            options = [i for i, c in enumerate(curves) if level[i] + 1 < len(c.counts)]
+            if not options:
+                return path
+            masks, saved = [], []
+            for i in options:
+                counts = [int(c.counts[j]) for c, j in zip(curves, level, strict=True)]
+                counts[i] = int(curves[i].counts[level[i] + 1])
+                masks.append(space.mask(counts))
+                order = space.groups[i].order
+                saved.append(unit_cost[order[curves[i].counts[level[i]]:counts[i]]].sum())
+            utils = np.array([ev.metric.utility(v) for v in ev.evaluate_many(~np.array(masks))])
+            loss = np.maximum(current - utils, 0.0) / np.maximum(np.array(saved), 1e-12)
+            k = int(np.argmin(loss))
+            level[options[k]] += 1
+            current = utils[k]
+            path.append([int(c.counts[j]) for c, j in zip(curves, level, strict=True)])
+            advance()
+            if done(path[-1], current):
+                return path
+
+
 def select_sensitivity(space: Space, ev: Evaluator, target: Target | None = None,
                        constraint: Constraint | None = None, constraint_ev: Evaluator | None = None,
-                       cost_kind: str = "params") -> tuple[np.ndarray, dict]:
+                       cost_kind: str = "params", max_evals: int = 3000) -> tuple[np.ndarray, dict]:
     curves = sensitivity_curves(space, ev)
-    path = greedy_path(space, curves, space.cost.unit_weights(cost_kind))
+    steps = sum(len(c.counts) - 1 for c in curves)
+    unit_cost = space.cost.unit_weights(cost_kind)
+    if steps * len(curves) <= max_evals and constraint is None and target is not None:
+        # few enough groups: measure every step on the combined mask
+        path = measured_path(space, ev, curves, unit_cost,
+                             lambda counts, _: space.reduction(space.mask(counts), target)
+                             >= target.fraction)
+    else:
+        path = greedy_path(space, curves, unit_cost)
     if constraint is not None:
         cev = constraint_ev or ev
 
