@@ -11,12 +11,15 @@ import onnx
 from .analysis.channels import analyze_channels
 from .analysis.components import Components, Flow
 from .analysis.model import ChannelAnalysis
+from .errors import UsageError
 from .graph import export_model
 from .metrics import graph_macs, graph_params, is_param, node_macs
 from .passes import (
     AnalyzeChannels,
     Calibrate,
     Cleanup,
+    Compensate,
+    Distill,
     DropAdapters,
     FindComponents,
     InsertFlowAdapters,
@@ -29,6 +32,7 @@ from .passes import (
     UseMetric,
     UseModel,
     Verify,
+    VerifyRecovered,
     WriteModel,
 )
 from .pipeline import Context, Pass, Pipeline, total_time
@@ -152,6 +156,7 @@ class PruneResult:
     output: Path | None
     quality: dict | None = None  # application metric before/after on the calibration data
     selection: dict | None = None  # what the strategy learned (target, steps, coefficients)
+    recovery: dict | None = None  # what compensation / distillation did
 
 
 def prune(
@@ -182,6 +187,10 @@ def prune(
     components: str = "none",
     scope_depth: int | None = None,
     flow_policy: str = "own",
+    compensate: bool = False,
+    ridge: float = 1e-3,
+    recover: str | None = None,
+    distill: dict | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> PruneResult:
     """Prune, verify, and write to ``output`` (when given).
@@ -193,6 +202,10 @@ def prune(
     under ``constraint`` ("psnr>=20"). ``calib`` (.npz path or dict of arrays keyed by input
     name, batch first, optional "labels") or ``calib_random`` feed the data-driven criteria,
     the strategies and the quality report; ``metric`` names the application metric.
+    ``compensate`` refits the layers that lost inputs (least squares on calibration data);
+    ``recover="distill"`` fine-tunes the remaining weights on the original's outputs (options
+    in ``distill``: steps, lr, batch_size, val_fraction, patience, boundaries). Both run after
+    the removal has been verified against the mask oracle.
 
     >>> r = prune("model.onnx", "small.onnx", ratio=0.5)   # doctest: +SKIP
     >>> r = prune("ae.onnx", strategy="soft", target_params=0.6, calib="digits.npz",
@@ -220,6 +233,14 @@ def prune(
     passes += [RemoveChannels(), Cleanup(), DropAdapters()]
     if verify:
         passes.append(Verify(providers, shapes=input_shapes))
+    if recover not in (None, "none", "distill"):
+        raise UsageError(f"--recover must be 'distill' (or none), got {recover!r}")
+    if compensate:
+        passes.append(Compensate(ridge))
+    if recover == "distill":
+        passes.append(Distill(**(distill or {})))
+    if compensate or recover == "distill":
+        passes.append(VerifyRecovered(providers))
     if output is not None:
         passes.append(WriteModel(output, force=force))
     Pipeline(passes)(ctx)
@@ -238,5 +259,5 @@ def result_of(ctx: Context, params_before: int | None = None,
         macs_before=graph_macs(before) if macs_before is None else macs_before,
         macs_after=graph_macs(ctx.graph),
         timings=total_time(ctx), output=ctx.output_path, quality=ctx.quality,
-        selection=ctx.select_info,
+        selection=ctx.select_info, recovery=ctx.recovery or None,
     )

@@ -114,7 +114,11 @@ def cmd_prune(args, console: Console) -> int:
             calib_random=args.calib_random, metric=args.metric, exclude=args.exclude or (),
             providers=providers, force=args.force, input_shapes=shapes, progress=progress,
             components=args.components, scope_depth=args.scope_depth,
-            flow_policy=args.flow_policy,
+            flow_policy=args.flow_policy, compensate=args.compensate, ridge=args.ridge,
+            recover=args.recover, distill={
+                "steps": args.distill_steps, "lr": args.distill_lr,
+                "batch_size": args.distill_batch, "val_fraction": args.distill_val,
+                "patience": args.distill_patience, "boundaries": args.distill_boundaries},
         )
     report = None
     if args.bench:
@@ -272,6 +276,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--metric", metavar="NAME",
                    help="application metric: psnr, mse, accuracy, cosine, kl or module:function "
                         "(default cosine: agreement with the original outputs)")
+    r.add_argument("--compensate", action="store_true",
+                   help="after removal, refit every layer that lost inputs so it reproduces the "
+                        "original on the calibration data (least squares, bias compensation)")
+    r.add_argument("--ridge", type=float, default=1e-3,
+                   help="ridge regularisation of --compensate, relative to the mean input "
+                        "energy (default 1e-3)")
+    r.add_argument("--recover", choices=("none", "distill"), default="none",
+                   help="'distill': fine-tune the remaining weights on the original model's "
+                        "outputs over the calibration data (needs torch)")
+    r.add_argument("--distill-steps", type=int, default=300, metavar="N",
+                   help="optimizer steps of --recover distill (default 300)")
+    r.add_argument("--distill-lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    r.add_argument("--distill-batch", type=int, default=32, help="batch size (default 32)")
+    r.add_argument("--distill-val", type=float, default=0.2, metavar="F",
+                   help="fraction of the calibration data held out for validation and early "
+                        "stopping (default 0.2)")
+    r.add_argument("--distill-patience", type=int, default=5,
+                   help="validations without improvement before stopping (default 5)")
+    r.add_argument("--distill-boundaries", action="store_true",
+                   help="also match the activations at component boundaries (with --components)")
     r.add_argument("--round-to", type=_round_to, default=1, metavar="N|auto",
                    help="keep a multiple of N channels in every group (default 1); 'auto' "
                         "measures how the main layer's latency steps with its width on the "

@@ -40,6 +40,7 @@ class Context:
     evaluator: Any = None  # evaluate.Evaluator on the current graph (built on demand)
     select_info: Any = None  # what the selection strategy learned
     quality: Any = None  # {"metric", "before", "after", "samples"} on the calibration data
+    recovery: dict = field(default_factory=dict)  # what compensation/distillation did
     scores: Any = None  # np.ndarray, one importance per unit
     plan: Any = None  # select.PrunePlan
     reference: gs.Graph | None = None  # the normalized graph before removal (for the oracle)

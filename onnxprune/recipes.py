@@ -26,7 +26,9 @@ from .passes import (
     AnalyzeChannels,
     Calibrate,
     Cleanup,
+    Compensate,
     ConstantReshapeTargets,
+    Distill,
     DropAdapters,
     DropIdentity,
     FindComponents,
@@ -42,6 +44,7 @@ from .passes import (
     SelectChannels,
     UseMetric,
     Verify,
+    VerifyRecovered,
     WriteModel,
 )
 from .pipeline import Pass
@@ -56,7 +59,7 @@ CATALOGUE: dict[str, type[Pass]] = {
         Normalize, NameNodes, InferShapes, FoldConstants, ConstantReshapeTargets,
         FoldBatchNorm, DropIdentity, Cleanup, FindComponents, InsertFlowAdapters,
         AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels, MeasureQuality,
-        RemoveChannels, DropAdapters, Verify, WriteModel,
+        RemoveChannels, DropAdapters, Verify, Compensate, Distill, VerifyRecovered, WriteModel,
     )
 }
 RECIPES = Path(__file__).resolve().parent.parent / "passes"

@@ -166,6 +166,7 @@ def prune_json(r: PruneResult, model: str) -> dict[str, Any]:
         },
         "quality": r.quality,
         "selection": _plain(r.selection),
+        "recovery": r.recovery,
         "timings": r.timings,
     }
 
@@ -195,8 +196,10 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
     console.print(table)
     if r.quality:
         q = r.quality
-        console.print(f"{q['metric']} on {q['samples']} calibration samples: "
-                      f"{q['before']:.4g} -> {q['after']:.4g}")
+        line = f"{q['metric']} on the calibration data: {q['before']:.4g} -> {q['after']:.4g}"
+        if "after_recovery" in q:
+            line += f" -> {q['after_recovery']:.4g} after recovery"
+        console.print(line)
     v = r.verification
     if v is not None and v.oracle:
         console.print(

@@ -16,12 +16,13 @@ from .frontend import (
 )
 from .output import Verify, WriteModel
 from .pruning import STRATEGIES, RemoveChannels, ScoreChannels, SelectChannels
+from .recovery import Compensate, Distill, VerifyRecovered
 from .structure import AnalyzeChannels, DropAdapters, FindComponents, InsertFlowAdapters
 
 __all__ = [
     "STRATEGIES", "AnalyzeChannels", "Calibrate", "Cleanup", "ConstantReshapeTargets",
     "DropAdapters", "DropIdentity", "FindComponents", "FoldBatchNorm", "FoldConstants",
     "InferShapes", "InsertFlowAdapters", "LoadModel", "MeasureQuality", "NameNodes", "Normalize",
-    "RemoveChannels", "ScoreChannels", "SelectChannels", "UseMetric", "UseModel", "Verify",
+    "RemoveChannels", "ScoreChannels", "Compensate", "Distill", "VerifyRecovered", "SelectChannels", "UseMetric", "UseModel", "Verify",
     "WriteModel",
 ]

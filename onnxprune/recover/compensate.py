@@ -1,0 +1,203 @@
+"""Compensation: refit every layer that lost input channels so that, on calibration data, it
+reproduces what the original layer produced (ridge least squares on its remaining inputs,
+with the bias absorbing the removed channels' mean contribution). Layers are refit in graph
+order, each one seeing the outputs of the layers already refit, so errors do not pile up.
+
+Convolutions are solved through their patch matrix ("im2col"), taken from onnxruntime itself:
+a probe Conv/ConvTranspose whose one-hot weights copy every (input channel, kernel position)
+to an output channel gives exactly the columns the layer multiplies with its weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import TensorProto, helper, numpy_helper
+
+from ..analysis.model import ChannelAnalysis
+from ..graph import export_model, input_or_none
+from ..oracle import session
+from ..progress import task
+
+MAX_ROWS = 40_000  # rows of the least-squares problem per layer (sampled)
+MAX_CELLS = 30_000_000  # rows x columns of the patch matrix
+
+
+@dataclass(frozen=True)
+class LayerFit:
+    node: str
+    rows: int
+    error_before: float  # relative error of the pruned layer on calibration data
+    error_after: float  # ... after the refit
+
+
+def _activations(model: onnx.ModelProto, names: list[str], feeds: dict) -> dict[str, np.ndarray]:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in have:
+            m.graph.output.append(helper.make_empty_tensor_value_info(n))
+    outs = session(m).run(names, {k: v for k, v in feeds.items()
+                                  if k in {i.name for i in m.graph.input}})
+    return dict(zip(names, outs, strict=True))
+
+
+def _probe(node: gs.Node, x: np.ndarray) -> np.ndarray:
+    """The patch matrix [rows, Cin * k] of a Conv/ConvTranspose on input ``x``."""
+    w = np.asarray(node.inputs[1].values)
+    cin = x.shape[1]
+    kernel = w.shape[2:]
+    k = int(np.prod(kernel))
+    eye = np.zeros((cin * k, cin, *kernel), np.float32)
+    for c in range(cin):
+        eye[c * k:(c + 1) * k, c] = np.eye(k, dtype=np.float32).reshape(k, *kernel)
+    if node.op == "ConvTranspose":
+        eye = eye.transpose(1, 0, *range(2, eye.ndim)).copy()  # [Cin, Cin*k, ...]
+    attrs = {a: v for a, v in node.attrs.items() if a != "group"}
+    probe = helper.make_node(node.op, ["x", "w"], ["y"], **attrs)
+    graph = helper.make_graph([probe], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(eye, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    y = session(model).run(None, {"x": x.astype(np.float32)})[0]
+    return np.moveaxis(y, 1, -1).reshape(-1, cin * k)
+
+
+def _solve(p: np.ndarray, y: np.ndarray, ridge: float, intercept: bool) -> np.ndarray:
+    """argmin ||[p 1] w - y||^2 + ridge * mean(diag) * ||w_p||^2; rows of w: p's columns (+1)."""
+    a = np.concatenate([p, np.ones((len(p), 1))], axis=1) if intercept else p
+    a = a.astype(np.float64)
+    gram = a.T @ a
+    reg = ridge * np.trace(gram[: p.shape[1], : p.shape[1]]) / max(p.shape[1], 1)
+    gram[np.arange(p.shape[1]), np.arange(p.shape[1])] += reg
+    return np.linalg.solve(gram, a.T @ y.astype(np.float64))
+
+
+def _rel_error(p: np.ndarray, w: np.ndarray, y: np.ndarray, intercept: bool) -> float:
+    pred = p @ w[: p.shape[1]] + (w[-1] if intercept else 0.0)
+    return float(np.linalg.norm(pred - y) / max(np.linalg.norm(y), 1e-12))
+
+
+def _current(node: gs.Node) -> tuple[np.ndarray, np.ndarray | None]:
+    """The layer's weight as a [inputs(*k), outputs] matrix, and its bias as the solver sees it."""
+    w = np.asarray(node.inputs[1].values, np.float64)
+    b = input_or_none(node, 2)
+    bias = None if b is None else np.asarray(b.values, np.float64).reshape(-1)
+    if node.op == "Conv":
+        return w.reshape(w.shape[0], -1).T, bias
+    if node.op == "ConvTranspose":
+        cin, cout = w.shape[:2]
+        k = int(np.prod(w.shape[2:]))
+        return w.reshape(cin, cout, k).transpose(0, 2, 1).reshape(cin * k, cout), bias
+    if node.op == "Gemm":
+        alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
+        mat = (w.T if int(node.attrs.get("transB", 0)) else w) * alpha
+        return mat, None if bias is None else bias * beta
+    return w, None  # MatMul
+
+
+def _store(node: gs.Node, sol: np.ndarray, intercept: bool) -> None:
+    w_old = node.inputs[1].values
+    dtype = w_old.dtype
+    mat = sol[:-1] if intercept else sol
+    bias = sol[-1] if intercept else None
+    if node.op == "Conv":
+        new = mat.T.reshape(w_old.shape)
+    elif node.op == "ConvTranspose":
+        cin, cout = w_old.shape[:2]
+        k = int(np.prod(w_old.shape[2:]))
+        new = mat.reshape(cin, k, cout).transpose(0, 2, 1).reshape(w_old.shape)
+    elif node.op == "Gemm":
+        mat = mat / float(node.attrs.get("alpha", 1.0))
+        new = mat.T if int(node.attrs.get("transB", 0)) else mat
+    else:
+        new = mat
+    node.inputs[1] = gs.Constant(node.inputs[1].name, np.ascontiguousarray(new.astype(dtype)))
+    if bias is None:
+        return
+    if node.op == "Gemm":
+        beta = float(node.attrs.get("beta", 1.0))
+        c = input_or_none(node, 2)
+        if c is None or beta == 0.0:
+            node.attrs["beta"] = beta = 1.0
+        shape = (-1,) if c is None else np.asarray(c.values).shape
+        values = (bias / beta).reshape(shape if np.prod(shape) == bias.size else (-1,))
+    else:
+        values = bias
+    name = node.inputs[2].name if input_or_none(node, 2) is not None else f"{node.name}_bias"
+    const = gs.Constant(name, np.ascontiguousarray(values.astype(dtype)))
+    if len(node.inputs) > 2 and input_or_none(node, 2) is not None:
+        node.inputs[2] = const
+    else:
+        while len(node.inputs) < 2:
+            node.inputs.append(gs.Variable.empty())
+        node.inputs.append(const)
+
+
+def _targets(graph: gs.Graph, analysis: ChannelAnalysis, removed: np.ndarray) -> list[gs.Node]:
+    """Layers that lost input channels and can be refit on their own (weights not shared)."""
+    lost = {g.node for g in analysis.gates if removed[g.units].any()}
+    out = []
+    for node in graph.nodes:
+        if node.name not in lost or node.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            continue
+        w = node.inputs[1]
+        if not isinstance(w, gs.Constant) or len(w.outputs) != 1:
+            continue
+        if node.op in ("Conv", "ConvTranspose") and int(node.attrs.get("group", 1)) != 1:
+            continue
+        if node.op == "Gemm" and int(node.attrs.get("transA", 0)):
+            continue
+        bias = input_or_none(node, 2)
+        if bias is not None and (not isinstance(bias, gs.Constant) or len(bias.outputs) != 1):
+            continue
+        out.append(node)
+    return out
+
+
+def compensate(graph: gs.Graph, reference: onnx.ModelProto, analysis: ChannelAnalysis,
+               removed: np.ndarray, calib: dict[str, np.ndarray], ridge: float = 1e-3,
+               seed: int = 0) -> list[LayerFit]:
+    """Refit, in place, the layers of the pruned ``graph`` that lost input channels."""
+    targets = _targets(graph, analysis, removed)
+    wanted = [n.outputs[0].name for n in targets]
+    original = _activations(reference, wanted, calib) if targets else {}
+    rng = np.random.default_rng(seed)
+    fits = []
+    with task("compensate", len(targets)) as advance:
+        for node in targets:
+            x = _activations(export_model(graph), [node.inputs[0].name], calib)[node.inputs[0].name]
+            y = original[node.outputs[0].name]
+            axis = 1 if node.op != "MatMul" else y.ndim - 1
+            keep = analysis.keep_mask((node.outputs[0].name, axis), removed)
+            if keep is not None:
+                y = np.compress(keep, y, axis=axis)
+            if node.op in ("Conv", "ConvTranspose"):
+                per_sample = int(np.prod(y.shape[2:]))
+                cols = x.shape[1] * int(np.prod(node.inputs[1].values.shape[2:]))
+                n = max(1, min(len(x), MAX_CELLS // max(cols * per_sample, 1)))
+                pick = rng.choice(len(x), size=n, replace=False) if n < len(x) else slice(None)
+                p = _probe(node, x[pick])
+                y = np.moveaxis(y[pick], 1, -1).reshape(-1, y.shape[1])
+            else:
+                p, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+            if len(p) > MAX_ROWS:
+                rows = rng.choice(len(p), size=MAX_ROWS, replace=False)
+                p, y = p[rows], y[rows]
+            intercept = node.op != "MatMul"
+            w0, b0 = _current(node)
+            w0 = np.concatenate([w0, (b0 if b0 is not None else np.zeros(w0.shape[1]))[None]]) \
+                if intercept else w0
+            sol = _solve(p, y, ridge, intercept)
+            before, after = _rel_error(p, w0, y, intercept), _rel_error(p, sol, y, intercept)
+            if after < before:
+                _store(node, sol, intercept)
+            fits.append(LayerFit(node.name, len(p), before, min(before, after)))
+            advance()
+    return fits
