@@ -31,12 +31,12 @@ def build_gated_model(reference: onnx.ModelProto, analysis: ChannelAnalysis) -> 
     for i, gate in enumerate(analysis.gates):
         node = nodes[gate.node]
         x = node.input[gate.input_index]
-        rank = ranks.get(x)
+        rank = ranks.get(x, _rank_from_layer(node, ranks))
         if rank is None:
             raise ValueError(f"oracle: rank of {x} unknown (gate for {gate.node})")
         shape = [1] * rank
         shape[gate.axis] = gate.units.size
-        if gate.axis > 0:
+        if gate.axis > 0 and gate.batched:
             shape[0] = -1  # the gate rows: 1, or one per sample
         p = f"onnxprune_gate{i}"
         g.initializer.append(numpy_helper.from_array(gate.units.astype(np.int64), p + "_idx"))
@@ -58,6 +58,17 @@ def build_gated_model(reference: onnx.ModelProto, analysis: ChannelAnalysis) -> 
     del g.node[:]
     g.node.extend(ordered)
     return model
+
+
+def _rank_from_layer(node: onnx.NodeProto, ranks: dict[str, int]) -> int | None:
+    """The rank of a layer's data input when shape inference could not tell it."""
+    if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1:
+        return ranks.get(node.input[1])  # the weight has the data's rank
+    if node.op_type == "Gemm":
+        return 2
+    if node.op_type in ("RNN", "GRU", "LSTM"):
+        return 3
+    return None
 
 
 def _ranks(model: onnx.ModelProto) -> dict[str, int]:
@@ -117,4 +128,4 @@ class Oracle:
     @property
     def per_sample(self) -> bool:
         """Whether every gated tensor is batch-first, so rows of gates can differ per sample."""
-        return all(gate.axis > 0 for gate in self.analysis.gates)
+        return all(gate.axis > 0 and gate.batched for gate in self.analysis.gates)

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import cbr, group_with_layer, groups_summary
+from conftest import cbr, group_of_tensor, group_with_layer, groups_summary
 
 from onnxprune.testing import check_oracle
 from onnxprune.zoo.builder import GraphBuilder
@@ -34,18 +34,20 @@ def test_depthwise_conv_follows_its_input(gb, mult):
     assert dw_out.size == 6 * mult
 
 
-def test_grouped_conv_prunes_whole_groups(gb):
+def test_grouped_conv_prunes_equal_counts_per_group(gb):
     x = gb.input("x", [1, 3, 8, 8])
     h = cbr(gb, x, 3, 16, name="a")
     h = cbr(gb, h, 16, 32, group=4, name="grouped")
     y = gb.conv(h, 32, 5, k=1, name="out")
     res = check_oracle(gb.build([y]), trials=5)
     g = group_with_layer(res.analysis, "a")
-    assert g.channels == 4  # one unit per conv group
-    assert set(g.layers) == {"a", "grouped", "out"}
+    assert g.channels == 4  # channel j of each of the 4 groups is one unit
+    assert set(g.layers) == {"a", "grouped"}
+    out = group_of_tensor(res.analysis, "grouped_out0")
+    assert out.channels == 8 and set(out.layers) == {"grouped", "out"}
 
 
-def test_grouped_conv_group_attribute_rewritten(gb):
+def test_grouped_conv_keeps_its_group_count(gb):
     from onnxprune.api import prune
 
     x = gb.input("x", [1, 3, 8, 8])
@@ -54,8 +56,9 @@ def test_grouped_conv_group_attribute_rewritten(gb):
     y = gb.conv(h, 32, 5, k=1, name="out")
     r = prune(gb.build([y]), ratio=0.5)
     node = next(n for n in r.model.graph.node if n.name == "grouped")
-    group = next(a.i for a in node.attribute if a.name == "group")
-    assert group == 2
+    assert next(a.i for a in node.attribute if a.name == "group") == 4
+    weight = next(i for i in r.model.graph.initializer if i.name == node.input[1])
+    assert list(weight.dims) == [16, 2, 3, 3]  # 4 groups x 4 outputs, 2 inputs per group
     assert r.verification.passed
 
 
@@ -68,9 +71,9 @@ def test_conv_transpose(gb, group):
     res = check_oracle(gb.build([y]), trials=4)
     up = group_with_layer(res.analysis, "out")
     assert "up" in up.layers
-    assert up.channels == (6 if group == 1 else 2)
-    if group == 2:  # the transposed conv's groups join enc's channels in blocks of 4
-        assert group_with_layer(res.analysis, "enc").channels == 2
+    assert up.channels == (6 if group == 1 else 3)  # grouped: output j of both groups
+    if group == 2:  # input j of both groups of 4 is one unit
+        assert group_with_layer(res.analysis, "enc").channels == 4
 
 
 @pytest.mark.parametrize("trans_b", [True, False])

@@ -33,6 +33,7 @@ class GatePoint:
     input_index: int
     axis: int
     atoms: np.ndarray
+    batched: bool = True  # the gated tensor's axis 0 is the batch (False: a weight)
 
 
 class AtomTable:

@@ -80,10 +80,13 @@ class Env:
         """Declare that slice i of ``param`` on ``axis`` belongs to ``atoms[i]``."""
         self.claims.append(Claim(node.name, param.name, axis, np.asarray(atoms, dtype=np.int64)))
 
-    def gate(self, node: gs.Node, input_index: int, axis: int) -> None:
-        atoms = self.get(node.inputs[input_index], axis)
+    def gate(self, node: gs.Node, input_index: int, axis: int, atoms: np.ndarray | None = None,
+             batched: bool = True) -> None:
+        """The oracle multiplies this input's channels on ``axis`` by their gates (``atoms``:
+        given for weights, else the input's tracked channels)."""
+        atoms = self.get(node.inputs[input_index], axis) if atoms is None else atoms
         if atoms is not None:
-            self.gates.append(GatePoint(node.name, input_index, axis, atoms))
+            self.gates.append(GatePoint(node.name, input_index, axis, atoms, batched))
 
     def pass_through(self, node: gs.Node, src: int = 0, dst: int = 0) -> None:
         """Output ``dst`` carries the tracked channels of input ``src`` on the same axes."""

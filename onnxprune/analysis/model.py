@@ -63,6 +63,7 @@ class Gate:
     input_index: int
     axis: int
     units: np.ndarray
+    batched: bool = True  # the gated tensor is batch-first (False: a weight)
 
 
 @dataclass(frozen=True)

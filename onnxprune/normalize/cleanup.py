@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..graph import const_value, replace_all_uses
@@ -78,4 +79,66 @@ def constant_reshape_targets(graph: gs.Graph) -> int:
         changed += 1
     if changed:
         graph.cleanup()
+    return changed
+
+
+def drop_zero_initial_states(graph: gs.Graph) -> int:
+    """RNN/GRU/LSTM initial states that are all zeros (a ConstantOfShape of 0, as torch
+    exports them) are dropped: an absent initial state is zero by definition."""
+    dropped = 0
+    for node in [n for n in graph.nodes if n.op in ("RNN", "GRU", "LSTM")]:
+        for i in (5, 6):
+            if i >= len(node.inputs):
+                continue
+            t = node.inputs[i]
+            if isinstance(t, gs.Variable) and t.is_empty():
+                continue
+            value = const_value(t)
+            if value is None and t.inputs and t.inputs[0].op == "ConstantOfShape":
+                fill = t.inputs[0].attrs.get("value")
+                fill = np.asarray(fill.values if isinstance(fill, gs.Constant) else 0)
+                value = fill if not np.any(fill) else None
+            if value is not None and not np.any(value):
+                node.inputs[i] = gs.Variable.empty()
+                dropped += 1
+    if dropped:
+        graph.cleanup()
+    return dropped
+
+
+def channel_shuffles_to_gather(graph: gs.Graph) -> int:
+    """Reshape [N, C, ...] -> [N, g, C/g, ...] -> Transpose(1 <-> 2) -> Reshape [N, C, ...]
+    (channel shuffle) becomes one Gather of the permuted channels: the same values, and a
+    channel map the analysis follows without coupling the shuffled groups."""
+    from ..graph import shape_of
+
+    changed = 0
+    for first in [n for n in graph.nodes if n.op == "Reshape"]:
+        if not first.outputs:  # the last Reshape of a shuffle already replaced
+            continue
+        mid = first.outputs[0]
+        if len(mid.outputs) != 1 or mid.outputs[0].op != "Transpose":
+            continue
+        trans = mid.outputs[0]
+        if len(trans.outputs[0].outputs) != 1 or trans.outputs[0].outputs[0].op != "Reshape":
+            continue
+        last = trans.outputs[0].outputs[0]
+        x, y = first.inputs[0], last.outputs[0]
+        xs, ms, ys = shape_of(x), shape_of(mid), shape_of(y)
+        if not xs or not ms or not ys or xs != ys or len(ms) != len(xs) + 1:
+            continue
+        c, g, cg = xs[1] if len(xs) > 1 else None, ms[1], ms[2]
+        perm = list(trans.attrs.get("perm", []))
+        if not all(isinstance(d, int) for d in (c, g, cg)) or g * cg != c:
+            continue
+        if perm != [0, 2, 1, *range(3, len(ms))] or ms[3:] != xs[2:]:
+            continue
+        idx = np.array([(k % g) * cg + k // g for k in range(c)], dtype=np.int64)
+        gather = gs.Node("Gather", first.name + "_shuffle", {"axis": 1},
+                         [x, gs.Constant(first.name + "_shuffle_idx", idx)], [y])
+        last.outputs.clear()
+        graph.nodes.append(gather)
+        changed += 1
+    if changed:
+        graph.cleanup().toposort()
     return changed

@@ -8,7 +8,10 @@ import onnx
 
 from .. import io
 from ..graph import import_model, infer_shapes
-from ..normalize.cleanup import constant_reshape_targets, drop_identities, name_nodes
+from ..normalize.cleanup import (
+    channel_shuffles_to_gather, constant_reshape_targets, drop_identities,
+    drop_zero_initial_states, name_nodes,
+)
 from ..normalize.fold_bn import fold_batchnorms
 from ..pipeline import Context, Fixpoint, Pass, PassResult, Pipeline
 
@@ -85,6 +88,22 @@ class FoldBatchNorm(Pass):
         return PassResult(n > 0, {"folded": n})
 
 
+class DropZeroStates(Pass):
+    name = "drop-zero-states"
+    description = "Drop all-zero initial states of RNN/GRU/LSTM (absent means zero)."
+
+    def run(self, ctx: Context) -> PassResult:
+        return PassResult(drop_zero_initial_states(ctx.require("graph", self.name)) > 0)
+
+
+class ShuffleToGather(Pass):
+    name = "shuffle-to-gather"
+    description = "Turn channel shuffles (Reshape-Transpose-Reshape) into one channel Gather."
+
+    def run(self, ctx: Context) -> PassResult:
+        return PassResult(channel_shuffles_to_gather(ctx.require("graph", self.name)) > 0)
+
+
 class DropIdentity(Pass):
     name = "drop-identity"
     description = "Remove Identity and inference-mode Dropout nodes."
@@ -116,7 +135,7 @@ class Normalize(Pipeline):
             NameNodes(),
             InferShapes(),
             Fixpoint([FoldConstants(), ConstantReshapeTargets(), FoldBatchNorm(),
-                      DropIdentity()]),
+                      DropIdentity(), DropZeroStates(), InferShapes(), ShuffleToGather()]),
             Cleanup(),
             InferShapes(),
         ])

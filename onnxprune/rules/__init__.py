@@ -6,8 +6,11 @@ from .base import FreezeRule, OpRule, Rewriter
 from .conv import Conv, ConvTranspose
 from .elementwise import Broadcast, Unary
 from .linear import Gemm, MatMul
-from .norm import BatchNormalization, InstanceNormalization, LayerNormalization, Softmax
+from .norm import (
+    BatchNormalization, GroupNormalization, InstanceNormalization, LayerNormalization, Softmax,
+)
 from .pool import ArgReduce, Pool, Reduce
+from .recurrent import Recurrent
 from .reshape import Flatten, Reshape, Squeeze, Transpose, Unsqueeze
 from .slicing import Concat, Gather, Pad, Resize, Shape, Slice, Split
 
@@ -42,8 +45,9 @@ def default_registry() -> RuleRegistry:
     return RuleRegistry([
         Conv(), ConvTranspose(), Gemm(), MatMul(),
         Unary(), Broadcast(),
-        BatchNormalization(), InstanceNormalization(), LayerNormalization(), Softmax(),
-        Pool(), Reduce(), ArgReduce(),
+        BatchNormalization(), InstanceNormalization(), GroupNormalization(),
+        LayerNormalization(), Softmax(),
+        Pool(), Reduce(), ArgReduce(), Recurrent(),
         Reshape(), Flatten(), Transpose(), Squeeze(), Unsqueeze(),
         Concat(), Split(), Slice(), Gather(), Pad(), Resize(), Shape(),
     ])

@@ -1,8 +1,10 @@
 """Conv and ConvTranspose, any ``group`` (depthwise included).
 
 With ``group == 1`` a conv mixes its input channels (a gate point) and creates new output
-channels. With ``group > 1`` group j maps input block j to output block j, so a whole group
-is one unit: the input channels of a block are joined and the output block follows them.
+channels. Depthwise-like groups (one input or one output channel per group) map input block
+j to output block j, so a whole group is one unit that follows its input channels. Wider
+groups (ResNeXt) lose the same number of channels in every group: the j-th input channel of
+every group is one unit, and so is the j-th output channel; ``group`` does not change.
 """
 
 from __future__ import annotations
@@ -40,6 +42,19 @@ class _ConvBase(OpRule):
                 env.gate(node, 0, 1)
             out = env.fresh(n_out)
             env.claim(node, w, out_ax, out)
+        elif n_in // groups > 1 and n_out // groups > 1:
+            per_in, per_out = n_in // groups, n_out // groups
+            if xin is not None:  # column j of every group is one unit
+                grid = np.asarray(xin).reshape(groups, per_in)
+                for row in grid[1:]:
+                    env.union(grid[0], row)
+                env.claim(node, w, in_ax if not self.transposed else 0,
+                          grid[0] if not self.transposed else xin)
+                env.gate(node, 0, 1)
+            cols = env.fresh(per_out)
+            out = np.tile(cols, groups)
+            env.claim(node, w, out_ax if not self.transposed else 1,
+                      out if not self.transposed else cols)
         else:
             per_in, per_out = n_in // groups, n_out // groups
             if xin is None:
@@ -56,7 +71,10 @@ class _ConvBase(OpRule):
 
     def rewrite(self, node: gs.Node, rw: Rewriter) -> None:
         groups = int(node.attrs.get("group", 1))
-        if groups == 1:
+        w = node.inputs[1].values.shape
+        per_in = w[1] if not self.transposed else w[0] // groups
+        per_out = w[0] // groups if not self.transposed else w[1]
+        if groups == 1 or (per_in > 1 and per_out > 1):  # width-pruned groups keep their count
             return
         keep = rw.keep(node.outputs[0], 1)
         if keep is not None:

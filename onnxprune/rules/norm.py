@@ -6,7 +6,7 @@ import onnx_graphsurgeon as gs
 
 from ..analysis.env import Env
 from ..graph import normalize_axis
-from .base import OpRule, freeze_all
+from .base import OpRule, Rewriter, freeze_all
 
 
 class BatchNormalization(OpRule):
@@ -45,6 +45,36 @@ class InstanceNormalization(OpRule):
         if atoms is not None:
             for p in node.inputs[1:3]:
                 env.claim(node, p, 0, atoms)
+
+
+class GroupNormalization(OpRule):
+    """Statistics over the channels of a group: only whole groups can go (num_groups shrinks).
+    Scale and bias are per group (opset 18) or per channel (opset 21)."""
+
+    ops = ("GroupNormalization",)
+
+    def propagate(self, node: gs.Node, env: Env) -> None:
+        x = node.inputs[0]
+        groups = int(node.attrs["num_groups"])
+        if not all(isinstance(p, gs.Constant) for p in node.inputs[1:3]):
+            freeze_all(node, env, "non-constant scale or bias")
+            return
+        for ax, atoms in env.tracked(x).items():
+            if ax >= 2:
+                env.freeze(atoms, f"{node.op} {node.name}: normalizes over axis {ax}")
+        xin = env.get(x, 1)
+        env.pass_through(node)
+        if xin is None:
+            return
+        reps = env.atoms.union_blocks(xin, len(xin) // groups)
+        for p in node.inputs[1:3]:
+            env.claim(node, p, 0, reps if p.values.shape[0] == groups else xin)
+
+    def rewrite(self, node: gs.Node, rw: Rewriter) -> None:
+        keep = rw.keep(node.outputs[0], 1)
+        if keep is not None:
+            per_group = keep.size // int(node.attrs["num_groups"])
+            node.attrs["num_groups"] = int(keep.sum()) // per_group
 
 
 class LayerNormalization(OpRule):

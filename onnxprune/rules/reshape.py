@@ -37,11 +37,17 @@ def _static(m: Mono | None) -> int | None:
     return m[0] if m is not None and not m[1] else None
 
 
-def map_axis(in_shape: list[Mono | None], out_shape: list[Mono | None], a: int):
-    """Where channel axis ``a`` lands: (out axis, 'same'|'spread'|'join', factor) or None.
+COLUMN_ROWS = 3  # a split into (rows <= this, columns) keeps the columns as channels
 
-    'spread': each channel becomes ``factor`` consecutive output positions (flatten).
-    'join': ``factor`` consecutive channels become one output position (unflatten).
+
+def map_axis(in_shape: list[Mono | None], out_shape: list[Mono | None], a: int):
+    """Where channel axis ``a`` lands: (out axis, kind, factor) or None.
+
+    'same': one to one. 'spread': each channel becomes ``factor`` consecutive output positions
+    (flatten). 'join': ``factor`` consecutive channels become one output position (unflatten).
+    'column': the axis splits into (rows, columns) with few rows (bidirectional halves, q/k/v):
+    channel c of every row is one unit on the columns axis. 'tile': the axis merges with
+    ``factor[0]`` static positions of the axes before it (each channel ``factor[1]`` wide).
     """
     n_in = _static(in_shape[a])
     outer = _product(in_shape[:a])
@@ -58,16 +64,46 @@ def map_axis(in_shape: list[Mono | None], out_shape: list[Mono | None], a: int):
             return b, "same", 1
         if inner_in % inner_out == 0 and n_out == n_in * (inner_in // inner_out):
             return b, "spread", inner_in // inner_out
+        cols = _static(out_shape[b + 1]) if b + 1 < len(out_shape) else None
+        if (cols is not None and n_out <= COLUMN_ROWS and n_out * cols == n_in
+                and _static(_product(out_shape[b + 2:])) == inner_in):
+            return b + 1, "column", cols
         if inner_out % inner_in == 0 and n_in == n_out * (inner_out // inner_in):
             return b, "join", inner_out // inner_in
+    return _tile(in_shape, out_shape, a, n_in, inner_in)
+
+
+def _tile(in_shape, out_shape, a: int, n_in: int, inner_in: int):
+    """The channel axis merged with static axes before it: [..., 2, H] -> [..., 2H]."""
+    for k in range(a - 1, -1, -1):
+        copies = _static(_product(in_shape[k:a]))
+        outer = _product(in_shape[:k])
+        if copies is None or outer is None:
+            return None
+        for b in range(len(out_shape)):
+            if _product(out_shape[:b]) != outer:
+                continue
+            n_out, inner_out = _static(out_shape[b]), _static(_product(out_shape[b + 1:]))
+            if n_out is None or inner_out is None or inner_in % inner_out:
+                continue
+            if n_out == copies * n_in * (inner_in // inner_out):
+                return b, "tile", (copies, inner_in // inner_out)
     return None
 
 
-def _apply(env: Env, atoms: np.ndarray, kind: str, factor: int) -> np.ndarray:
+def _apply(env: Env, atoms: np.ndarray, kind: str, factor) -> np.ndarray:
     if kind == "spread":
         return np.repeat(atoms, factor)
     if kind == "join":
         return env.atoms.union_blocks(atoms, factor)
+    if kind == "column":
+        grid = atoms.reshape(-1, factor)
+        for row in grid[1:]:
+            env.union(grid[0], row)
+        return grid[0].copy()
+    if kind == "tile":
+        copies, width = factor
+        return np.tile(np.repeat(atoms, width), copies)
     return atoms
 
 
@@ -118,7 +154,10 @@ class Reshape(OpRule):
 
     def rewrite(self, node: gs.Node, rw: Rewriter) -> None:
         y = node.outputs[0]
-        target = np.array(const_value(node.inputs[1]), dtype=np.int64).ravel()
+        value = const_value(node.inputs[1])
+        if value is None:  # a computed target: the analysis froze its channels
+            return
+        target = np.array(value, dtype=np.int64).ravel()
         changed = False
         for b in range(len(target)):
             keep = rw.keep(y, b)

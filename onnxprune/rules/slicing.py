@@ -307,7 +307,8 @@ class Resize(OpRule):
 
 
 class Shape(OpRule):
-    """Shape of a tensor: a channel count read as data cannot change, unless it is not read."""
+    """Shape of a tensor: a channel count read as data cannot change. Dimensions that are
+    read are those its consumers pick (Gather/Slice with constant indices), else all."""
 
     ops = ("Shape",)
 
@@ -320,6 +321,29 @@ class Shape(OpRule):
         start = normalize_axis(int(node.attrs.get("start", 0)), rank)
         end = node.attrs.get("end")
         end = rank if end is None else normalize_axis(int(end), rank)
+        read = _read_dims(node.outputs[0], end - start)
         for a, atoms in env.tracked(x).items():
-            if start <= a < end:
+            if start <= a < end and (read is None or a - start in read):
                 env.freeze(atoms, f"Shape {node.name}: reads the size of channel axis {a}")
+
+
+def _read_dims(shape: gs.Tensor, n: int) -> set[int] | None:
+    """Positions of a shape vector its consumers read, when all of them are Gather/Slice with
+    constant indices; None when unknown (then everything counts as read)."""
+    read: set[int] = set()
+    for c in shape.outputs:
+        if c.op == "Gather" and int(c.attrs.get("axis", 0)) == 0:
+            idx = const_value(c.inputs[1])
+            if idx is None:
+                return None
+            read |= {int(i) % n for i in np.asarray(idx).ravel()}
+        elif c.op == "Slice" and c.inputs[0] is shape:
+            bounds = [const_value(input_or_none(c, i)) for i in range(1, 5)]
+            if bounds[0] is None or bounds[1] is None:
+                return None
+            step = 1 if bounds[3] is None else int(np.asarray(bounds[3]).ravel()[0])
+            lo, hi = int(np.asarray(bounds[0]).ravel()[0]), int(np.asarray(bounds[1]).ravel()[0])
+            read |= set(range(n)[slice(lo, hi, step)])
+        else:
+            return None
+    return read

@@ -23,7 +23,7 @@ def activation_scores(reference: onnx.ModelProto, analysis: ChannelAnalysis,
     model.CopyFrom(reference)
     nodes = {n.name: n for n in model.graph.node}
     wanted = []
-    for gate in analysis.gates:
+    for gate in [g for g in analysis.gates if g.batched]:
         name = nodes[gate.node].input[gate.input_index]
         if name not in wanted:
             wanted.append(name)
@@ -33,7 +33,7 @@ def activation_scores(reference: onnx.ModelProto, analysis: ChannelAnalysis,
     outs = dict(zip([o.name for o in model.graph.output], session(model).run(None, feeds),
                     strict=True))
     scores = np.zeros(analysis.num_units)
-    for gate in analysis.gates:
+    for gate in [g for g in analysis.gates if g.batched]:
         x = np.moveaxis(outs[nodes[gate.node].input[gate.input_index]], gate.axis, 0)
         x = x.reshape(x.shape[0], -1).astype(np.float64)
         per = np.abs(x).mean(1) if stat == "mean" else (x != 0).mean(1)

@@ -87,8 +87,12 @@ class GraphBuilder:
     def reshape(self, x: str, shape: Sequence[int]) -> str:
         return self.op("Reshape", [x, self.const(np.array(shape, dtype=np.int64), "shape")])
 
-    def build(self, outputs: Sequence[str], name: str = "graph") -> onnx.ModelProto:
-        outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs]
+    def build(self, outputs: Sequence[str | tuple[str, Sequence]], name: str = "graph"
+              ) -> onnx.ModelProto:
+        """``outputs``: names, or (name, shape) where shape inference cannot tell."""
+        outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) if isinstance(o, str)
+                else helper.make_tensor_value_info(o[0], TensorProto.FLOAT, list(o[1]))
+                for o in outputs]
         graph = helper.make_graph(self.nodes, name, self.inputs, outs, self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
         model.ir_version = 8

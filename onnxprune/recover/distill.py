@@ -1,0 +1,398 @@
+"""Recover a pruned model by knowledge distillation from the original (framework-agnostic).
+
+The student is the pruned ONNX graph, run with torch by ``TorchGraph`` so that its remaining
+weights train with autograd; the teacher is the original ONNX model, run once with
+onnxruntime. Validation runs the student's current weights with onnxruntime (through
+``write_back``), so the score is the deployed model's. The graph structure never changes.
+
+>>> model, info = distill(pruned, original, {"input": x},
+...                       metric=get_metric("psnr"))        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper
+
+from ..errors import UsageError
+from ..oracle import session
+from ..quality import Metric
+from .torch_bridge import TorchGraph
+
+__all__ = ["distill"]
+
+THREADS = 1  # torch intra-op threads while training (small batches: one is fastest)
+CHUNK = 256  # samples per inference call (onnxruntime or torch) outside training
+
+ModelLike = onnx.ModelProto | str | os.PathLike
+TrainSpec = Callable[[str], bool] | Iterable[str] | str | None
+
+
+def distill(
+    student: ModelLike,
+    teacher: ModelLike,
+    calib: Mapping[str, np.ndarray],
+    *,
+    metric: Metric | None = None,
+    steps: int = 300,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    val_fraction: float = 0.2,
+    patience: int | None = 5,
+    eval_every: int = 20,
+    seed: int = 0,
+    progress: bool = False,
+    boundaries: Sequence[str] = (),
+    boundary_weight: float = 0.1,
+    train: TrainSpec = None,
+) -> tuple[onnx.ModelProto, dict]:
+    """Fine-tune ``student``'s float initializers to reproduce ``teacher``'s outputs.
+
+    ``calib``: arrays keyed by model input name, batch first (other keys, such as
+    ``"labels"``, only reach the metric). A seeded ``val_fraction`` of the samples is held out
+    for validation (with 0, the training samples are also the validation set).
+
+    The loss is the mean over float outputs of MSE(student, teacher) / Var(teacher output),
+    plus ``boundary_weight`` times the same over ``boundaries``: intermediate tensors (by name)
+    present in both graphs with the same shape (others are ignored and not listed in
+    ``info["boundaries"]``). Adam, ``steps`` mini-batches of ``batch_size``.
+
+    Every ``eval_every`` steps the current weights are scored on the validation split:
+    ``metric`` (an ``onnxprune.quality.Metric``, on onnxruntime outputs of the written-back
+    model) or, without one, the negative distillation loss. The best weights win; training
+    stops after ``patience`` evaluations without improvement (``None``: never) or when the loss
+    is not finite. ``train`` restricts which initializers train: a predicate on the name, or
+    names / glob patterns (default: all float initializers).
+
+    Returns the best model (same nodes and initializer names/shapes as ``student``) and
+    ``{"steps", "best_step", "val_before", "val_after", "history": [(step, train_loss,
+    val_value)], "seconds", "stopped" ("budget" | "patience" | "diverged"), "metric",
+    "boundaries", "trained"}``; ``train_loss`` is the mean mini-batch loss since the previous
+    evaluation (at step 0: the loss on the first ``batch_size`` training samples).
+    Deterministic for a ``seed`` (torch runs on one thread meanwhile).
+    """
+    start = time.perf_counter()
+    _check_args(steps, lr, batch_size, val_fraction, eval_every, patience)
+    student, teacher = _load(student), _load(teacher)
+    graph = TorchGraph(student)
+    trained = _select_trainable(graph, train)
+    batch = _calibration(calib, graph, student)
+    n = len(next(iter(batch.values())))
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = _split(n, val_fraction, rng)
+    static = _static_batch(student)
+    size = static or min(batch_size, len(train_idx))
+
+    feeds = {k: batch[k] for k in graph.input_names}
+    targets = _Targets(teacher, feeds, graph, boundaries, train_idx, static)
+    data = _Data(graph, feeds, targets, boundary_weight, static)
+    val_batch = {k: v[val_idx] for k, v in batch.items()}
+    val_teacher = [t[val_idx] for t in targets.outputs_all]
+
+    def evaluate() -> float:
+        if metric is None:
+            return -data.mean_loss(val_idx)
+        return _metric_value(metric, graph.write_back(student), val_batch, val_teacher, static)
+
+    def utility(value: float) -> float:
+        u = value if metric is None else metric.utility(value)
+        return u if np.isfinite(u) else -np.inf
+
+    history: list[tuple[int, float, float]] = []
+    stopped, done = "budget", 0
+    with _torch_threads(THREADS), _progress_bar(progress, steps) as advance:
+        opt = torch.optim.Adam([graph.param(name) for name in trained], lr=lr)
+        val_before = evaluate()
+        history.append((0, data.mean_loss(train_idx[:size]), val_before))
+        best_util, best_step, best_val = utility(val_before), 0, val_before
+        best_state = {k: p.detach().clone() for k, p in graph.params.items()}
+        bad, window, batches = 0, [], _batches(train_idx, size, rng)
+        for step in range(1, steps + 1):
+            loss = data.loss(next(batches))
+            if not torch.isfinite(loss):
+                stopped = "diverged"
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done, window = step, window + [loss.item()]
+            if step % eval_every == 0 or step == steps:
+                value = evaluate()
+                history.append((step, float(np.mean(window)), value))
+                window = []
+                if utility(value) > best_util:
+                    best_util, best_step, best_val, bad = utility(value), step, value, 0
+                    best_state = {k: p.detach().clone() for k, p in graph.params.items()}
+                else:
+                    bad += 1
+                advance(f"loss {history[-1][1]:.4g}  val {value:.4g}")
+                if patience is not None and bad >= patience:
+                    stopped = "patience"
+                    break
+            else:
+                advance(None)
+    with torch.no_grad():  # the best weights (the student's own if nothing beat them)
+        for k, p in graph.params.items():
+            p.copy_(best_state[k])
+    info = {
+        "steps": done, "best_step": best_step, "val_before": val_before, "val_after": best_val,
+        "history": history, "seconds": time.perf_counter() - start, "stopped": stopped,
+        "metric": metric.name if metric is not None else "-distill_loss",
+        "boundaries": list(targets.boundaries), "trained": len(trained),
+    }
+    return graph.write_back(student), info
+
+
+# -- data -------------------------------------------------------------------------------------
+
+
+class _Targets:
+    """The teacher's outputs and boundary activations on every calibration sample
+    (onnxruntime, no graph optimizations), and their variances on the training split."""
+
+    def __init__(self, teacher: onnx.ModelProto, feeds: dict[str, np.ndarray],
+                 graph: TorchGraph, boundaries: Sequence[str], train_idx: np.ndarray,
+                 static: int | None):
+        produced = {o for node in teacher.graph.node for o in node.output}
+        mine = set(graph.node_outputs())
+        wanted = [b for b in dict.fromkeys(boundaries) if b in produced and b in mine]
+        outs = [o.name for o in teacher.graph.output]
+        if len(outs) != len(graph.output_names):
+            raise UsageError(f"the teacher has {len(outs)} outputs, the student "
+                             f"{len(graph.output_names)}")
+        missing = [k for k in _input_names(teacher) if k not in feeds]
+        if missing:
+            raise UsageError(f"calibration data lacks teacher input(s) {', '.join(missing)}")
+        arrays = _run_ort(session(_with_outputs(teacher, wanted)),
+                          {k: feeds[k] for k in _input_names(teacher)}, outs + wanted, static)
+        self.outputs_all = arrays[: len(outs)]
+        # the student's shapes on one sample decide which boundaries are comparable
+        probe = {k: v[np.resize(train_idx[:1], static or 1)] for k, v in feeds.items()}
+        with torch.no_grad():
+            mine_out = graph.run(probe, graph.output_names + wanted)
+        for name, t, s in zip(graph.output_names, self.outputs_all, mine_out, strict=False):
+            if t.shape[1:] != tuple(s.shape[1:]):
+                raise UsageError(f"output {name!r}: teacher shape {t.shape[1:]}, student "
+                                 f"{tuple(s.shape[1:])}")
+        keep = [i for i, (t, s) in enumerate(zip(arrays[len(outs):], mine_out[len(outs):],
+                                                 strict=True))
+                if t.shape[1:] == tuple(s.shape[1:]) and np.issubdtype(t.dtype, np.floating)]
+        self.boundaries = [wanted[i] for i in keep]
+        floats = [i for i, t in enumerate(self.outputs_all) if np.issubdtype(t.dtype, np.floating)]
+        if not floats:
+            raise UsageError("the model has no floating-point output to distill")
+        self.output_names = [graph.output_names[i] for i in floats]
+        self.outputs = [torch.from_numpy(self.outputs_all[i]) for i in floats]
+        self.acts = [torch.from_numpy(arrays[len(outs) + i]) for i in keep]
+        self.scales = [_variance(t[train_idx]) for t in self.outputs + self.acts]
+
+
+class _Data:
+    """Mini-batch losses of the student against the teacher's targets."""
+
+    def __init__(self, graph: TorchGraph, feeds: dict[str, np.ndarray], targets: _Targets,
+                 boundary_weight: float, static: int | None):
+        self.graph, self.feeds, self.t = graph, feeds, targets
+        self.names = targets.output_names + targets.boundaries
+        self.boundary_weight, self.static = boundary_weight, static
+
+    def loss(self, idx: np.ndarray, valid: int | None = None) -> torch.Tensor:
+        """Normalized MSE on samples ``idx`` (only the first ``valid`` count)."""
+        got = self.graph.run({k: torch.from_numpy(v[idx]) for k, v in self.feeds.items()},
+                             self.names)
+        want = [t[idx] for t in self.t.outputs + self.t.acts]
+        terms = [((g[:valid] - w[:valid]) ** 2).mean() / s
+                 for g, w, s in zip(got, want, self.t.scales, strict=True)]
+        n_out = len(self.t.outputs)
+        loss = torch.stack(terms[:n_out]).mean()
+        if n_out < len(terms):
+            loss = loss + self.boundary_weight * torch.stack(terms[n_out:]).mean()
+        return loss
+
+    def mean_loss(self, idx: np.ndarray) -> float:
+        """The loss over all of ``idx`` (inference, in chunks)."""
+        total = 0.0
+        with torch.no_grad():
+            for part, valid in _chunks(idx, self.static):
+                total += self.loss(part, valid).item() * valid
+        return total / len(idx)
+
+
+def _variance(t: torch.Tensor) -> float:
+    v = float(t.double().var(unbiased=False)) if t.numel() else 0.0
+    return v if v > 1e-12 else 1.0  # a constant target: plain MSE
+
+
+def _calibration(calib: Mapping[str, np.ndarray], graph: TorchGraph,
+                 model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    batch = {k: np.asarray(v) for k, v in calib.items()}
+    missing = [k for k in graph.input_names if k not in batch]
+    if missing:
+        raise UsageError(f"calibration data lacks model input(s) {', '.join(missing)} "
+                         f"(it has {', '.join(sorted(batch)) or 'nothing'})")
+    sizes = {len(v) for v in batch.values()}
+    if len(sizes) != 1 or 0 in sizes:
+        raise UsageError(f"calibration arrays must be non-empty and of one length, got {sizes}")
+    types = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    for k in graph.input_names:  # feed each input in its declared type
+        if types.get(k):
+            batch[k] = np.ascontiguousarray(batch[k], helper.tensor_dtype_to_np_dtype(types[k]))
+    return batch
+
+
+def _split(n: int, val_fraction: float, rng: np.random.Generator):
+    perm = rng.permutation(n)
+    n_val = int(round(n * val_fraction)) if val_fraction > 0 else 0
+    n_val = min(max(n_val, 1 if val_fraction > 0 else 0), n - 1)
+    if n_val == 0:
+        return np.sort(perm), np.sort(perm)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _batches(idx: np.ndarray, size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Endless mini-batches of exactly ``size``: seeded permutations, one after another."""
+    queue = np.empty(0, np.int64)
+    while True:
+        while len(queue) < size:
+            queue = np.concatenate([queue, rng.permutation(idx)])
+        yield queue[:size]
+        queue = queue[size:]
+
+
+def _chunks(idx: np.ndarray, static: int | None) -> Iterator[tuple[np.ndarray, int]]:
+    """``idx`` in chunks and the count of real samples in each: of ``CHUNK``, or of exactly
+    a model's ``static`` batch (the last chunk padded with repeats)."""
+    size = static or CHUNK
+    for lo in range(0, len(idx), size):
+        part = idx[lo:lo + size]
+        yield (np.resize(part, size) if static else part), len(part)
+
+
+# -- onnxruntime ------------------------------------------------------------------------------
+
+
+def _input_names(model: onnx.ModelProto) -> list[str]:
+    inits = {i.name for i in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits]
+
+
+def _static_batch(model: onnx.ModelProto) -> int | None:
+    """The fixed leading dimension of the graph inputs, if any."""
+    inits = {i.name for i in model.graph.initializer}
+    for i in model.graph.input:
+        dims = i.type.tensor_type.shape.dim
+        if i.name not in inits and dims and dims[0].HasField("dim_value") and dims[0].dim_value:
+            return int(dims[0].dim_value)
+    return None
+
+
+def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs the tensors ``names``."""
+    if not names:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    present = {o.name for o in out.graph.output}
+    for name in names:
+        if name not in present:
+            out.graph.output.append(helper.make_tensor_value_info(
+                name, types.get(name) or onnx.TensorProto.FLOAT, None))
+    return out
+
+
+def _run_ort(sess, feeds: dict[str, np.ndarray], names: Sequence[str],
+             static: int | None) -> list[np.ndarray]:
+    n = len(next(iter(feeds.values())))
+    parts = []
+    for part, valid in _chunks(np.arange(n), static):
+        outs = sess.run(list(names), {k: v[part] for k, v in feeds.items()})
+        parts.append([o[:valid] for o in outs])
+    return [np.concatenate(p) for p in zip(*parts, strict=True)]
+
+
+def _metric_value(metric: Metric, model: onnx.ModelProto, batch: dict[str, np.ndarray],
+                  reference: list[np.ndarray], static: int | None) -> float:
+    if metric.on_model == "model":
+        return float(metric.fn(model))
+    sess = session(model)
+    if metric.on_model == "run":
+        return float(metric.fn(lambda feeds: sess.run(None, feeds)))
+    feeds = {k: batch[k] for k in _input_names(model)}
+    outs = _run_ort(sess, feeds, [o.name for o in sess.get_outputs()], static)
+    return metric(outs, batch, reference)
+
+
+# -- small helpers ----------------------------------------------------------------------------
+
+
+def _load(model: ModelLike) -> onnx.ModelProto:
+    return model if isinstance(model, onnx.ModelProto) else onnx.load(os.fspath(model))
+
+
+def _check_args(steps, lr, batch_size, val_fraction, eval_every, patience) -> None:
+    if steps < 0 or batch_size < 1 or eval_every < 1 or lr <= 0:
+        raise UsageError("distill: steps >= 0, batch_size >= 1, eval_every >= 1 and lr > 0")
+    if not 0.0 <= val_fraction < 1.0:
+        raise UsageError(f"distill: val_fraction must be in [0, 1), not {val_fraction}")
+    if patience is not None and patience < 1:
+        raise UsageError(f"distill: patience must be >= 1 or None, not {patience}")
+
+
+def _select_trainable(graph: TorchGraph, train: TrainSpec) -> list[str]:
+    """The initializers to train (the others are frozen)."""
+    names = graph.initializer_names()
+    if train is None:
+        chosen = names
+    elif callable(train):
+        chosen = [n for n in names if train(n)]
+    else:
+        patterns = [train] if isinstance(train, str) else list(train)
+        unmatched = [p for p in patterns if not fnmatch.filter(names, p)]
+        if unmatched:
+            raise UsageError(f"distill: train pattern(s) {unmatched} match no float initializer")
+        chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    if not chosen:
+        raise UsageError("distill: no float initializer to train")
+    for n in names:
+        graph.param(n).requires_grad_(n in chosen)
+    return chosen
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[str | None], None]]:
+    """``advance(status)`` moves a transient rich bar on stderr (a no-op when disabled)."""
+    if not enabled:
+        yield lambda status=None: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress("distill", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[status]}"), transient=True,
+                  console=Console(stderr=True)) as bar:
+        tid = bar.add_task("distill", total=total, status="")
+
+        def advance(status: str | None = None) -> None:
+            bar.update(tid, advance=1, **({} if status is None else {"status": status}))
+
+        yield advance
