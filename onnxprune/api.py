@@ -187,6 +187,9 @@ def prune(
     components: str = "none",
     scope_depth: int | None = None,
     flow_policy: str = "own",
+    executor: str = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
     compensate: bool = False,
     ridge: float = 1e-3,
     recover: str | None = None,
@@ -203,6 +206,8 @@ def prune(
     name, batch first, optional "labels") or ``calib_random`` feed the data-driven criteria,
     the strategies and the quality report; ``metric`` names the application metric.
     ``compensate`` refits the layers that lost inputs (least squares on calibration data);
+    ``executor`` (local | process | ray, with ``workers`` and ``ray_address``) says where
+    candidate masks of the searches are scored.
     ``recover="distill"`` fine-tunes the remaining weights on the original's outputs (options
     in ``distill``: steps, lr, batch_size, val_fraction, patience, boundaries). Both run after
     the removal has been verified against the mask oracle.
@@ -212,6 +217,7 @@ def prune(
     ...           metric="psnr")                            # doctest: +SKIP
     """
     ctx, _ = _front(model, exclude, components, scope_depth, flow_policy, progress)
+    ctx.executor = (executor, workers, ray_address)
     params_before, macs_before = graph_params(ctx.graph), graph_macs(ctx.graph)
     passes: list[Pass] = []
     if calib is not None or calib_random is not None:
@@ -243,7 +249,11 @@ def prune(
         passes.append(VerifyRecovered(providers))
     if output is not None:
         passes.append(WriteModel(output, force=force))
-    Pipeline(passes)(ctx)
+    try:
+        Pipeline(passes)(ctx)
+    finally:
+        if ctx.evaluator is not None:
+            ctx.evaluator.close()
     return result_of(ctx, params_before, macs_before)
 
 

@@ -115,6 +115,7 @@ def cmd_prune(args, console: Console) -> int:
             providers=providers, force=args.force, input_shapes=shapes, progress=progress,
             components=args.components, scope_depth=args.scope_depth,
             flow_policy=args.flow_policy, compensate=args.compensate, ridge=args.ridge,
+            executor=args.executor, workers=args.workers, ray_address=args.ray_address,
             recover=args.recover, distill={
                 "steps": args.distill_steps, "lr": args.distill_lr,
                 "batch_size": args.distill_batch, "val_fraction": args.distill_val,
@@ -276,6 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--metric", metavar="NAME",
                    help="application metric: psnr, mse, accuracy, cosine, kl or module:function "
                         "(default cosine: agreement with the original outputs)")
+    r.add_argument("--executor", choices=("local", "process", "ray"), default="local",
+                   help="where search candidates are scored: this process (default), a local "
+                        "process pool, or Ray workers (pip install onnxprune[ray])")
+    r.add_argument("--workers", type=int, metavar="N",
+                   help="workers for --executor process/ray (default: the CPUs available)")
+    r.add_argument("--ray-address", metavar="ADDR",
+                   help="a Ray cluster to join (default: start a local Ray)")
     r.add_argument("--compensate", action="store_true",
                    help="after removal, refit every layer that lost inputs so it reproduces the "
                         "original on the calibration data (least squares, bias compensation)")

@@ -19,8 +19,10 @@ class Evaluator:
     def __init__(self, reference: onnx.ModelProto, analysis: ChannelAnalysis,
                  calib: dict[str, np.ndarray] | None, metric: Metric, max_rows: int = MAX_ROWS):
         self.analysis, self.metric, self.max_rows = analysis, metric, max_rows
+        self.reference_bytes, self.calib = reference.SerializeToString(), calib
         self.oracle = Oracle(reference, analysis)
         self.evals = 0
+        self.pool = None  # an executors pool: candidates are scored by its workers
         if metric.on_model:  # the metric drives the model itself (e.g. episodes)
             self.batch, self.inputs, self.n, self.batched = {}, {}, 0, False
             self.static_batch, self.reference = None, []
@@ -75,9 +77,29 @@ class Evaluator:
         """The metric with units gated by ``keep`` (1 open, 0 closed; values between allowed)."""
         return float(self.evaluate_many(np.asarray(keep)[None])[0])
 
+    def use(self, executor: str = "local", workers: int | None = None,
+            address: str | None = None) -> None:
+        """Score candidates with ``executor``: local, process (a process pool) or ray."""
+        from .executors import make_pool
+
+        self.close()
+        self.pool = make_pool(executor, self, workers, address)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
     def evaluate_many(self, masks: np.ndarray) -> np.ndarray:
         masks = np.asarray(masks, dtype=np.float32).reshape(-1, self.analysis.num_units)
         self.evals += len(masks)
+        if self.pool is not None and len(masks) > 1:
+            return self.pool.map(masks)
+        return self.evaluate_local(masks)
+
+    def evaluate_local(self, masks: np.ndarray) -> np.ndarray:
+        """Score the masks in this process."""
+        masks = np.asarray(masks, dtype=np.float32).reshape(-1, self.analysis.num_units)
         if self.metric.on_model:
             return np.array([self._of_model(m) for m in masks])
         if not self.batched:

@@ -38,6 +38,7 @@ class Context:
     calib: Any = None  # dict[str, np.ndarray]: calibration batch (inputs, optional labels)
     metric: Any = None  # quality.Metric
     evaluator: Any = None  # evaluate.Evaluator on the current graph (built on demand)
+    executor: tuple = ("local", None, None)  # (kind, workers, ray address) for candidates
     select_info: Any = None  # what the selection strategy learned
     quality: Any = None  # {"metric", "before", "after", "samples"} on the calibration data
     recovery: dict = field(default_factory=dict)  # what compensation/distillation did

@@ -76,7 +76,11 @@ def evaluator(ctx: Context, by: str) -> Evaluator:
         metric = ctx.metric or get_metric("cosine")
         if ctx.calib is None and not metric.on_model:
             raise UsageError(f"{by} needs calibration data: --calib FILE.npz or --calib-random N")
+        if ctx.evaluator is not None:
+            ctx.evaluator.close()
         ctx.evaluator = Evaluator(export_model(ctx.graph), ctx.analysis, ctx.calib, metric)
+        if ctx.executor[0] != "local":
+            ctx.evaluator.use(*ctx.executor)
     return ctx.evaluator
 
 

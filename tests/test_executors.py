@@ -1,0 +1,54 @@
+"""Candidate evaluation on a process pool or Ray gives the same answers as locally."""
+
+import numpy as np
+import pytest
+
+from onnxprune.analysis.channels import analyze_channels
+from onnxprune.api import prune
+from onnxprune.errors import UsageError
+from onnxprune.evaluate import Evaluator
+from onnxprune.graph import import_model
+from onnxprune.quality import get_metric
+from onnxprune.testing import normalized
+from onnxprune.zoo.builder import demo_cnn
+
+
+def _evaluator():
+    ref = normalized(demo_cnn())
+    analysis = analyze_channels(import_model(ref))
+    calib = {"image": np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)}
+    return Evaluator(ref, analysis, calib, get_metric("cosine")), analysis
+
+
+def _masks(analysis, n=6):
+    return (np.random.default_rng(3).random((n, analysis.num_units)) > 0.3).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["process", "ray"])
+def test_pools_match_local(kind):
+    if kind == "ray":
+        pytest.importorskip("ray")
+    ev, analysis = _evaluator()
+    masks = _masks(analysis)
+    local = ev.evaluate_many(masks)
+    ev.use(kind, workers=2)
+    try:
+        remote = ev.evaluate_many(masks)
+    finally:
+        ev.close()
+    assert np.array_equal(local, remote)
+    assert ev.evals == 2 * len(masks)
+
+
+def test_search_is_identical_on_a_process_pool():
+    calib = {"image": np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)}
+    runs = [prune(demo_cnn(), strategy="sensitivity", target_params=0.5, calib=calib,
+                  executor=kind, workers=2) for kind in ("local", "process")]
+    assert np.array_equal(runs[0].plan.removed, runs[1].plan.removed)
+    assert runs[0].quality == runs[1].quality
+
+
+def test_unknown_executor():
+    ev, _ = _evaluator()
+    with pytest.raises(UsageError, match="executor"):
+        ev.use("cluster")
