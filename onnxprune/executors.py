@@ -26,8 +26,11 @@ def _payload(ev) -> tuple:
 def _build(payload):
     import onnx
 
+    from . import oracle
     from .evaluate import Evaluator
     from .quality import get_metric
+
+    oracle.THREADS = 1  # one core per worker: workers run side by side
 
     model_bytes, analysis, calib, metric, max_rows = payload
     return Evaluator(onnx.load_from_string(model_bytes), analysis, calib, get_metric(metric),

@@ -88,11 +88,16 @@ def _elem_type(model: onnx.ModelProto, name: str) -> int:
     return TensorProto.FLOAT
 
 
+THREADS: int | None = None  # intra-op threads of oracle sessions (None: onnxruntime's choice)
+
+
 def session(model: onnx.ModelProto, providers: list[str] | None = None) -> ort.InferenceSession:
     """An onnxruntime session with graph optimizations off (exact reference arithmetic)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
+    if THREADS:
+        opts.intra_op_num_threads = THREADS
     return ort.InferenceSession(
         model.SerializeToString(), opts, providers=providers or ["CPUExecutionProvider"]
     )
