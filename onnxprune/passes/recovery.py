@@ -65,10 +65,20 @@ class Distill(Pass):
         calib = _need_calib(ctx, "--recover distill")
         teacher = export_model(ctx.require("reference", self.name))
         bounds = [f.tensor for f in (ctx.flows or [])] if self.boundaries else []
-        model, info = distill(export_model(graph), teacher, calib, metric=ctx.metric,
-                              steps=self.steps, lr=self.lr, batch_size=self.batch_size,
-                              val_fraction=self.val_fraction, patience=self.patience,
-                              boundaries=bounds, seed=self.seed)
+        student = export_model(graph)
+        sign = 1.0 if ctx.metric is None or ctx.metric.higher_is_better else -1.0
+        tries = []
+        for lr in (self.lr, self.lr / 10, self.lr / 100):  # back off when nothing improves
+            model, info = distill(student, teacher, calib, metric=ctx.metric,
+                                  steps=self.steps, lr=lr, batch_size=self.batch_size,
+                                  val_fraction=self.val_fraction, patience=self.patience,
+                                  boundaries=bounds, seed=self.seed)
+            info["lr"] = lr
+            tries.append((sign * (info["val_after"] - info["val_before"]), model, info))
+            if tries[-1][0] > 0 and info["stopped"] != "diverged":
+                break
+        _, model, info = max(tries, key=lambda t: t[0])
+        info["tries"] = len(tries)
         tensors = graph.tensors()
         for init in model.graph.initializer:
             t = tensors.get(init.name)
