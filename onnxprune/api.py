@@ -88,11 +88,12 @@ class Analysis:
 
 
 def _front(model: ModelLike, exclude: Sequence[str], components: str, scope_depth: int | None,
-           flow_policy: str, progress) -> tuple[Context, ChannelAnalysis | None]:
+           flow_policy: str, progress, check: bool = True
+           ) -> tuple[Context, ChannelAnalysis | None]:
     """Load, normalize, find components and adapters, analyze. Returns the context and the
     analysis of the same graph with plain coupling (when components are used)."""
     ctx = Context(progress=progress)
-    Pipeline([_entry(model), Normalize()])(ctx)
+    Pipeline([_entry(model), Normalize(check=check)])(ctx)
     plain = None
     if components != "none":
         FindComponents(components, scope_depth, flow_policy)(ctx)
@@ -113,7 +114,8 @@ def analyze(model: ModelLike, exclude: Sequence[str] = (), *, components: str = 
     >>> result = analyze("agent.onnx", components="auto")      # doctest: +SKIP
     >>> [(g.component, g.channels) for g in result.channels.prunable_groups()]  # doctest: +SKIP
     """
-    ctx, plain = _front(model, exclude, components, scope_depth, flow_policy, progress)
+    ctx, plain = _front(model, exclude, components, scope_depth, flow_policy, progress,
+                        check=False)
     comp_stats = None
     if ctx.components is not None:
         comp_stats = component_sizes(ctx.graph, ctx.components, ctx.analysis)

@@ -17,11 +17,15 @@ from .analysis.model import ChannelAnalysis
 GATES = "onnxprune_gates"
 
 
-def build_gated_model(reference: onnx.ModelProto, analysis: ChannelAnalysis) -> onnx.ModelProto:
+def build_gated_model(reference: onnx.ModelProto, analysis: ChannelAnalysis,
+                      inplace: bool = False) -> onnx.ModelProto:
     """The reference with a gate input of shape [G, units]: G = 1 gates the whole batch with
-    one mask; G = batch gives every sample its own mask (when every gated tensor is batch-first)."""
-    model = onnx.ModelProto()
-    model.CopyFrom(reference)
+    one mask; G = batch gives every sample its own mask (when every gated tensor is batch-first).
+    ``inplace`` edits ``reference`` itself (no copy of the weights)."""
+    model = reference
+    if not inplace:
+        model = onnx.ModelProto()
+        model.CopyFrom(reference)
     g = model.graph
     ranks = _ranks(model)
     nodes = {n.name: n for n in g.node}
@@ -106,9 +110,10 @@ def session(model: onnx.ModelProto, providers: list[str] | None = None) -> ort.I
 class Oracle:
     """One session over the gated reference; ``run`` evaluates any unit mask."""
 
-    def __init__(self, reference: onnx.ModelProto, analysis: ChannelAnalysis):
+    def __init__(self, reference: onnx.ModelProto, analysis: ChannelAnalysis,
+                 inplace: bool = False):
         self.analysis = analysis
-        self.model = build_gated_model(reference, analysis)
+        self.model = build_gated_model(reference, analysis, inplace)
         self.session = session(self.model)
         self.output_names = [o.name for o in self.session.get_outputs()]
 

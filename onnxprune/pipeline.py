@@ -34,6 +34,7 @@ class Context:
     components: Any = None  # analysis.components.Components
     flows: Any = None  # list[analysis.components.Flow]
     analysis: Any = None  # analysis.ChannelAnalysis
+    normalize_diff: float | None = None  # normalized vs input model, relative (when compared)
     bn_scales: dict = field(default_factory=dict)  # tensor -> gamma of a folded BatchNorm
     calib: Any = None  # dict[str, np.ndarray]: calibration batch (inputs, optional labels)
     metric: Any = None  # quality.Metric

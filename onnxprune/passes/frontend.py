@@ -9,8 +9,11 @@ import onnx
 from .. import io
 from ..graph import import_model, infer_shapes
 from ..normalize.cleanup import (
-    channel_shuffles_to_gather, constant_reshape_targets, drop_identities,
-    drop_zero_initial_states, name_nodes,
+    channel_shuffles_to_gather,
+    constant_reshape_targets,
+    drop_identities,
+    drop_zero_initial_states,
+    name_nodes,
 )
 from ..normalize.fold_bn import fold_batchnorms
 from ..pipeline import Context, Fixpoint, Pass, PassResult, Pipeline
@@ -67,8 +70,14 @@ class FoldConstants(Pass):
     def run(self, ctx: Context) -> PassResult:
         graph = ctx.require("graph", self.name)
         before = len(graph.nodes)
-        graph.fold_constants(fold_shapes=True, error_ok=True).cleanup().toposort()
+        graph.fold_constants(fold_shapes=True, error_ok=True,
+                             should_exclude_node=_keeps_quantization).cleanup().toposort()
         return PassResult(len(graph.nodes) != before)
+
+
+def _keeps_quantization(node) -> bool:
+    """Quantized weights stay quantized: (De)QuantizeLinear nodes are never folded."""
+    return node.op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 
 
 class ConstantReshapeTargets(Pass):
@@ -123,14 +132,42 @@ class Cleanup(Pass):
         return PassResult((len(graph.nodes), len(graph.tensors())) != before)
 
 
+class CheckNormalization(Pass):
+    name = "check-normalize"
+    description = "Compare the normalized graph with the input model on random inputs."
+
+    def run(self, ctx: Context) -> PassResult:
+        from ..errors import VerificationError
+        from ..graph import export_model
+        from ..oracle import session
+        from ..verify import close, custom_domains, max_diffs, random_feeds
+
+        if ctx.source is None or custom_domains(ctx.source):
+            return PassResult(False)
+        normalized = export_model(ctx.require("graph", self.name))
+        try:
+            feeds = random_feeds(normalized)
+            want = session(ctx.source).run(None, feeds)
+            got = session(normalized).run(None, feeds)
+        except Exception:  # noqa: BLE001 - e.g. dynamic shapes: verification compares later
+            return PassResult(False)
+        ctx.normalize_diff = max_diffs(got, want)[1]
+        if not close(got, want, rtol=1e-3, atol=1e-4):
+            raise VerificationError(f"normalization changed the model's outputs (relative "
+                                    f"difference {ctx.normalize_diff:.3g}); please report this")
+        return PassResult(False, {"relative_diff": ctx.normalize_diff})
+
+
 class Normalize(Pipeline):
-    """The normalization every model goes through before analysis."""
+    """The normalization every model goes through before analysis; ``check`` compares the
+    result with the input model right away."""
 
     name = "normalize"
     description = ("Name nodes, infer shapes, fold constants, BatchNorms and shape chains, "
-                   "drop Identity/Dropout (to a fixpoint).")
+                   "drop Identity/Dropout (to a fixpoint); compare with the input model.")
 
-    def __init__(self):
+    def __init__(self, check: bool = True):
+        self.check = check
         super().__init__([
             NameNodes(),
             InferShapes(),
@@ -138,7 +175,8 @@ class Normalize(Pipeline):
                       DropIdentity(), DropZeroStates(), InferShapes(), ShuffleToGather()]),
             Cleanup(),
             InferShapes(),
+            *([CheckNormalization()] if check else []),
         ])
 
     def __repr__(self) -> str:
-        return "Normalize()"
+        return f"Normalize(check={self.check})"

@@ -28,7 +28,8 @@ class Verify(Pass):
         pruned = export_model(graph, io.runtime_ir_version(export_model(graph), ctx.source_ir))
         report = verify_pruned(
             pruned, reference, analysis, plan.removed,
-            source=ctx.source if self.compare_input else None,
+            source=ctx.source if self.compare_input and ctx.normalize_diff is None else None,
+            keep_reference=False, normalize_diff=ctx.normalize_diff,
             providers=self.providers, seed=self.seed, shapes=self.shapes,
         )
         ctx.verification = report

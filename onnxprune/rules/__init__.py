@@ -7,7 +7,11 @@ from .conv import Conv, ConvTranspose
 from .elementwise import Broadcast, Unary
 from .linear import Gemm, MatMul
 from .norm import (
-    BatchNormalization, GroupNormalization, InstanceNormalization, LayerNormalization, Softmax,
+    BatchNormalization,
+    GroupNormalization,
+    InstanceNormalization,
+    LayerNormalization,
+    Softmax,
 )
 from .pool import ArgReduce, Pool, Reduce
 from .recurrent import Recurrent

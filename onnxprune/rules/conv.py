@@ -71,10 +71,12 @@ class _ConvBase(OpRule):
 
     def rewrite(self, node: gs.Node, rw: Rewriter) -> None:
         groups = int(node.attrs.get("group", 1))
+        if groups == 1 or not isinstance(node.inputs[1], gs.Constant):
+            return
         w = node.inputs[1].values.shape
         per_in = w[1] if not self.transposed else w[0] // groups
         per_out = w[0] // groups if not self.transposed else w[1]
-        if groups == 1 or (per_in > 1 and per_out > 1):  # width-pruned groups keep their count
+        if per_in > 1 and per_out > 1:  # width-pruned groups keep their count
             return
         keep = rw.keep(node.outputs[0], 1)
         if keep is not None:
