@@ -91,7 +91,7 @@ class Evaluator:
             self.pool = None
 
     def evaluate_many(self, masks: np.ndarray) -> np.ndarray:
-        masks = np.asarray(masks, dtype=np.float32).reshape(-1, self.analysis.num_units)
+        masks = np.asarray(masks, dtype=np.float32).reshape(len(masks), self.analysis.num_units)
         self.evals += len(masks)
         if self.pool is not None and len(masks) > 1:
             return self.pool.map(masks)

@@ -119,9 +119,10 @@ class Oracle:
 
     def run(self, feeds: dict[str, np.ndarray], keep: np.ndarray | None = None) -> list[np.ndarray]:
         """Outputs with one gate vector (or a [G, units] array) applied."""
-        gates = np.ones((1, self.analysis.num_units), dtype=np.float32)
-        if keep is not None:
-            gates = np.asarray(keep, dtype=np.float32).reshape(-1, self.analysis.num_units)
+        n = self.analysis.num_units
+        gates = np.ones((1, n), dtype=np.float32)
+        if keep is not None and n:
+            gates = np.asarray(keep, dtype=np.float32).reshape(-1, n)
         return self.session.run(self.output_names, {**feeds, GATES: gates})
 
     def baked(self, keep: np.ndarray) -> onnx.ModelProto:

@@ -142,3 +142,29 @@ def channel_shuffles_to_gather(graph: gs.Graph) -> int:
     if changed:
         graph.cleanup().toposort()
     return changed
+
+
+def explicit_squeeze_axes(graph: gs.Graph) -> int:
+    """Squeeze without axes drops every size-1 axis, which would include a channel axis
+    pruned down to one channel: name the axes it drops now, while the shapes are original."""
+    from ..graph import shape_of
+
+    changed = 0
+    for node in [n for n in graph.nodes if n.op == "Squeeze"]:
+        has_axes = "axes" in node.attrs or (
+            len(node.inputs) > 1 and not (isinstance(node.inputs[1], gs.Variable)
+                                          and node.inputs[1].is_empty()))
+        shape = shape_of(node.inputs[0])
+        if has_axes or shape is None or None in shape:
+            continue
+        axes = [i for i, d in enumerate(shape) if d == 1]
+        if int(graph.opset) < 13:
+            node.attrs["axes"] = axes
+        else:
+            const = gs.Constant(f"{node.name}_axes", np.array(axes, dtype=np.int64))
+            if len(node.inputs) > 1:
+                node.inputs[1] = const
+            else:
+                node.inputs.append(const)
+        changed += 1
+    return changed

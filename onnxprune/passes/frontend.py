@@ -13,6 +13,7 @@ from ..normalize.cleanup import (
     constant_reshape_targets,
     drop_identities,
     drop_zero_initial_states,
+    explicit_squeeze_axes,
     name_nodes,
 )
 from ..normalize.fold_bn import fold_batchnorms
@@ -105,6 +106,14 @@ class DropZeroStates(Pass):
         return PassResult(drop_zero_initial_states(ctx.require("graph", self.name)) > 0)
 
 
+class ExplicitSqueezeAxes(Pass):
+    name = "squeeze-axes"
+    description = "Give every Squeeze explicit axes (so a channel pruned to one is not dropped)."
+
+    def run(self, ctx: Context) -> PassResult:
+        return PassResult(explicit_squeeze_axes(ctx.require("graph", self.name)) > 0)
+
+
 class ShuffleToGather(Pass):
     name = "shuffle-to-gather"
     description = "Turn channel shuffles (Reshape-Transpose-Reshape) into one channel Gather."
@@ -175,6 +184,7 @@ class Normalize(Pipeline):
                       DropIdentity(), DropZeroStates(), InferShapes(), ShuffleToGather()]),
             Cleanup(),
             InferShapes(),
+            ExplicitSqueezeAxes(),
             *([CheckNormalization()] if check else []),
         ])
 

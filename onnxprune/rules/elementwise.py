@@ -57,6 +57,7 @@ def join_broadcast(
         env.freeze_inputs(node, f"{node.op} {node.name}: operand rank unknown")
         return
     rank = max(ranks)
+    out_shape = env.shape(out)
     by_out_axis: dict[int, list] = {}
     for i, ax in tracked_axes:
         by_out_axis.setdefault(ax + rank - ranks[i], []).append(env.get(operands[i], ax))
@@ -65,6 +66,11 @@ def join_broadcast(
             continue
         base = max(atom_lists, key=len)
         n = len(base)
+        width = _out_dim(out_shape, oax, operands, ranks, rank, env)
+        if width != n:  # a tracked operand broadcast up to more (or unknown) positions
+            for atoms in atom_lists:
+                env.freeze(atoms, f"{node.op} {node.name}: channels broadcast to axis {oax}")
+            continue
         for i, t in enumerate(operands):
             ax = oax - (rank - ranks[i])
             if ax < 0:
@@ -87,3 +93,17 @@ def join_broadcast(
                     base, f"{node.op} {node.name}: operand {t.name} has no channel map on axis {ax}"
                 )
         env.set(out, oax, base)
+
+
+def _out_dim(out_shape, oax: int, operands, ranks, rank: int, env: Env):
+    """The output's size on ``oax``: from its inferred shape, else the operands' largest."""
+    if out_shape is not None and len(out_shape) == rank and isinstance(out_shape[oax], int):
+        return out_shape[oax]
+    dims = []
+    for t, r in zip(operands, ranks, strict=True):
+        ax = oax - (rank - r)
+        if ax >= 0:
+            dims.append(env.dim(t, ax))
+    if any(not isinstance(d, int) for d in dims):
+        return None
+    return max(dims, default=None)
