@@ -132,6 +132,18 @@ def replace_all_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
     graph.outputs = [new if t is old else t for t in graph.outputs]
 
 
+def detach(node: gs.Node) -> None:
+    """Disconnect a node; ``graph.cleanup()`` then removes it."""
+    node.inputs.clear()
+    node.outputs.clear()
+
+
+def bypass(graph: gs.Graph, node: gs.Node, replacement: gs.Tensor) -> None:
+    """Let every reader of ``node``'s first output read ``replacement``, and drop the node."""
+    replace_all_uses(graph, node.outputs[0], replacement)
+    detach(node)
+
+
 def new_constant(graph: gs.Graph, hint: str, values: np.ndarray) -> gs.Constant:
     name = unique_name(graph, hint)
     return gs.Constant(name, np.require(values, requirements="C"))  # keeps 0-d arrays 0-d

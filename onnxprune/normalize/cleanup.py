@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..graph import const_value, replace_all_uses
+from ..graph import bypass, const_value, detach
 from .shape_expr import as_reshape_target, evaluate
 
 
@@ -43,13 +43,10 @@ def drop_identities(graph: gs.Graph) -> int:
                     and len(src.outputs) == 1:
                 producer = src.inputs[0]
                 producer.outputs = [dst if t is src else t for t in producer.outputs]
-                node.inputs.clear()
-                node.outputs.clear()
+                detach(node)
                 dropped += 1
             continue
-        replace_all_uses(graph, dst, src)
-        node.inputs.clear()
-        node.outputs.clear()
+        bypass(graph, node, src)
         dropped += 1
     if dropped:
         graph.cleanup()

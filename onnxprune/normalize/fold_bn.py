@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..graph import const_value, input_or_none
+from ..graph import const_value, detach, input_or_none
 
 FOLDABLE = ("Conv", "ConvTranspose", "Gemm")
 
@@ -33,8 +33,7 @@ def fold_batchnorms(graph: gs.Graph, scales: dict[str, np.ndarray] | None = None
         if scales is not None:
             scales[bn.outputs[0].name] = np.asarray(stats[0], dtype=np.float64)
         layer.outputs = [bn.outputs[0]]
-        bn.inputs.clear()
-        bn.outputs.clear()
+        detach(bn)
         folded += 1
     if folded:
         graph.cleanup()

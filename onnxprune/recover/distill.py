@@ -25,6 +25,7 @@ from onnx import helper
 from ..errors import UsageError
 from ..oracle import session
 from ..quality import Metric
+from ..torch_threads import torch_threads
 from .torch_bridge import TorchGraph
 
 __all__ = ["distill"]
@@ -108,7 +109,7 @@ def distill(
 
     history: list[tuple[int, float, float]] = []
     stopped, done = "budget", 0
-    with _torch_threads(THREADS), _progress_bar(progress, steps) as advance:
+    with torch_threads(THREADS), _progress_bar(progress, steps) as advance:
         opt = torch.optim.Adam([graph.param(name) for name in trained], lr=lr)
         val_before = evaluate()
         history.append((0, data.mean_loss(train_idx[:size]), val_before))
@@ -367,15 +368,6 @@ def _select_trainable(graph: TorchGraph, train: TrainSpec) -> list[str]:
         graph.param(n).requires_grad_(n in chosen)
     return chosen
 
-
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 
 from ..analysis.components import Components, Flow
 from ..analysis.model import ChannelAnalysis
-from ..graph import const_value, replace_all_uses, replace_input, unique_name
+from ..graph import bypass, const_value, replace_input, unique_name
 
 ADAPTER = "onnxprune_flow"
 
@@ -60,9 +60,7 @@ def drop_identity_gathers(graph: gs.Graph) -> int:
         if idx is None or shape is None or not isinstance(shape[axis], int) or id(y) in outputs:
             continue
         if idx.ndim == 1 and np.array_equal(idx, np.arange(shape[axis])):
-            replace_all_uses(graph, y, x)
-            node.inputs.clear()
-            node.outputs.clear()
+            bypass(graph, node, x)
             dropped += 1
     if dropped:
         graph.cleanup()

@@ -6,7 +6,6 @@ classifier's accuracy show what removing channels costs, where random weights sh
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import digits28
+from ..torch_threads import torch_threads
 from .torch_zoo import AutoEncoder, export_onnx
 
 __all__ = [
@@ -97,15 +97,6 @@ def export(module: nn.Module, path: str | os.PathLike, input_shape: Sequence[int
     return export_onnx(module, path, input_shape, dynamic_batch=True)
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
 
 def _train(
     build: Callable[[], nn.Module],
@@ -128,7 +119,7 @@ def _train(
         raise ValueError(f"epochs and batch must be positive, got {epochs} and {batch}")
     start = time.perf_counter()
     xs, ts = torch.from_numpy(x), torch.from_numpy(target)
-    with _torch_threads(threads):
+    with torch_threads(threads):
         torch.manual_seed(seed)
         model = build()
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
