@@ -71,6 +71,9 @@ class FoldConstants(Pass):
     def run(self, ctx: Context) -> PassResult:
         graph = ctx.require("graph", self.name)
         before = len(graph.nodes)
+        import onnxruntime as ort
+
+        ort.set_default_logger_severity(3)  # folding's sessions: no optimizer chatter
         graph.fold_constants(fold_shapes=True, error_ok=True,
                              should_exclude_node=_keeps_quantization).cleanup().toposort()
         return PassResult(len(graph.nodes) != before)

@@ -56,13 +56,18 @@ def _bias(node: gs.Node, env: Env, c: gs.Tensor, out) -> None:
 
 
 class MatMul(OpRule):
-    """A[..., K] @ W[K, N] with W a 2-D constant (a Linear layer without bias)."""
+    """A[..., K] @ W[K, N] with W a 2-D constant (a Linear layer without bias), or a product of
+    two activations (attention): batch axes join, rows and columns pass through, and the
+    contracted axis can only lose channels it loses in both operands."""
 
     ops = ("MatMul",)
 
     def propagate(self, node: gs.Node, env: Env) -> None:
         a, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
         rank = env.rank(a)
+        if not isinstance(w, gs.Constant) and not isinstance(a, gs.Constant):
+            _activation_product(node, env)
+            return
         if not isinstance(w, gs.Constant) or w.values.ndim != 2 or rank is None or rank < 2:
             freeze_all(node, env, "not an activation times a 2-D constant weight")
             return
@@ -76,3 +81,50 @@ class MatMul(OpRule):
         out = env.fresh(w.values.shape[1])
         env.claim(node, w, 1, out)
         env.set(y, last, out)
+
+
+def _activation_product(node: gs.Node, env: Env) -> None:
+    a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    ra, rb, ry = env.rank(a), env.rank(b), env.rank(y)
+    if None in (ra, rb, ry) or ra < 2 or rb < 2:
+        freeze_all(node, env, "operand ranks unknown or below 2")
+        return
+    # contraction: A's last axis with B's second to last
+    ka, kb = env.get(a, ra - 1), env.get(b, rb - 2)
+    if ka is not None and kb is not None and len(ka) == len(kb):
+        env.union(ka, kb)
+    else:
+        for atoms in (ka, kb):
+            if atoms is not None:
+                env.freeze(atoms, f"MatMul {node.name}: channels contracted with untracked ones")
+    rows, cols = env.get(a, ra - 2), env.get(b, rb - 1)
+    if rows is not None:
+        env.set(y, ry - 2, rows)
+    if cols is not None:
+        env.set(y, ry - 1, cols)
+    # batch axes (numpy broadcasting, aligned right)
+    batch = {}
+    for t, r in ((a, ra), (b, rb)):
+        for ax, atoms in env.tracked(t).items():
+            if ax < r - 2:
+                batch.setdefault(ax + ry - r, []).append((t, r, atoms))
+    for oax, entries in batch.items():
+        base = max((atoms for _, _, atoms in entries), key=len)
+        ok = True
+        for t, r in ((a, ra), (b, rb)):
+            ax = oax - (ry - r)
+            if ax < 0:
+                continue
+            atoms = env.get(t, ax)
+            if atoms is not None and len(atoms) == len(base):
+                if atoms is not base:
+                    env.union(base, atoms)
+            elif atoms is None and env.dim(t, ax) == 1:
+                continue
+            else:
+                ok = False
+        if ok:
+            env.set(y, oax, base)
+        else:
+            for _, _, atoms in entries:
+                env.freeze(atoms, f"MatMul {node.name}: batch axis {oax} does not match")

@@ -65,9 +65,15 @@ def map_axis(in_shape: list[Mono | None], out_shape: list[Mono | None], a: int):
         if inner_in % inner_out == 0 and n_out == n_in * (inner_in // inner_out):
             return b, "spread", inner_in // inner_out
         cols = _static(out_shape[b + 1]) if b + 1 < len(out_shape) else None
-        if (cols is not None and n_out <= COLUMN_ROWS and n_out * cols == n_in
-                and _static(_product(out_shape[b + 2:])) == inner_in):
-            return b + 1, "column", cols
+        if cols is not None and n_out <= COLUMN_ROWS:
+            # [.., rows * cols * sub, ..] -> [.., rows, cols, sub.., ..]: e.g. q/k/v x heads x dims
+            for e in range(b + 1, len(out_shape)):
+                span = _static(_product(out_shape[b:e + 1]))
+                if span is None or span > n_in:
+                    break
+                if span == n_in and _static(_product(out_shape[e + 1:])) == inner_in:
+                    sub = span // (n_out * cols)
+                    return b + 1, "column", (cols, sub)
         if inner_out % inner_in == 0 and n_in == n_out * (inner_out // inner_in):
             return b, "join", inner_out // inner_in
     return _tile(in_shape, out_shape, a, n_in, inner_in)
@@ -97,10 +103,14 @@ def _apply(env: Env, atoms: np.ndarray, kind: str, factor) -> np.ndarray:
     if kind == "join":
         return env.atoms.union_blocks(atoms, factor)
     if kind == "column":
-        grid = atoms.reshape(-1, factor)
-        for row in grid[1:]:
-            env.union(grid[0], row)
-        return grid[0].copy()
+        cols, sub = factor
+        grid = atoms.reshape(-1, cols, sub)  # [rows, cols, sub]: one unit per column
+        first = grid[0, :, 0]
+        for r in range(grid.shape[0]):
+            for s in range(sub):
+                if r or s:
+                    env.union(first, grid[r, :, s])
+        return first.copy()
     if kind == "tile":
         copies, width = factor
         return np.tile(np.repeat(atoms, width), copies)
