@@ -107,15 +107,15 @@ def test_matmul_with_bias_on_3d_input(gb):
     assert g.channels == 16 and not g.frozen
 
 
-def test_matmul_of_two_activations_freezes(gb):
+def test_matmul_of_two_activations_joins_the_contracted_channels(gb):
     x = gb.input("x", [2, 4, 8])
     q = gb.matmul(x, 8, 8, name="q")
     k = gb.matmul(x, 8, 8, name="k")
     s = gb.op("MatMul", [q, gb.op("Transpose", [k], perm=[0, 2, 1])], name="scores")
     y = gb.matmul(s, 4, 3)
-    res = check_oracle(gb.build([y]), trials=2)
-    assert group_with_layer(res.analysis, "q").frozen
-    assert "scores" in group_with_layer(res.analysis, "q").reason
+    res = check_oracle(gb.build([y]), trials=4)
+    g = group_with_layer(res.analysis, "q")
+    assert not g.frozen and {"q", "k"} <= set(g.layers)  # q's column j goes with k's
 
 
 def test_batchnorm_kept_when_not_foldable(gb):

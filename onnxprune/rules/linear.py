@@ -93,6 +93,7 @@ def _activation_product(node: gs.Node, env: Env) -> None:
     ka, kb = env.get(a, ra - 1), env.get(b, rb - 2)
     if ka is not None and kb is not None and len(ka) == len(kb):
         env.union(ka, kb)
+        env.gate(node, 0, ra - 1)  # the product mixes these channels: the oracle gates them
     else:
         for atoms in (ka, kb):
             if atoms is not None:
