@@ -181,6 +181,26 @@ def _ratio(before: int, after: int) -> str:
     return f"{after / before:.1%}" if before else "-"
 
 
+def _print_widths(console: Console, r: PruneResult, limit: int = 40) -> None:
+    """The chosen width of every group that changed (the layers it slices, before -> after)."""
+    groups = {g.id: g for g in r.analysis.groups}
+    changed = [(gid, b, a) for gid, (b, a) in sorted(r.plan.widths.items()) if a != b]
+    if not changed:
+        console.print("no group changed width")
+        return
+    t = Table(title=f"group widths ({len(changed)} of {len(groups)} groups changed)",
+              title_justify="left")
+    for col, just in (("group", "right"), ("component", "left"), ("layers", "left"),
+                      ("channels", "right")):
+        t.add_column(col, justify=just)
+    for gid, b, a in changed[:limit]:
+        g = groups[gid]
+        t.add_row(str(gid), g.component or "-", _short(list(g.layers) or ["-"]), f"{b} -> {a}")
+    console.print(t)
+    if len(changed) > limit:
+        console.print(f"... {len(changed) - limit} more (use --json for all)")
+
+
 def print_prune(console: Console, r: PruneResult, model: str) -> None:
     table = Table(title=f"pruned {model}", title_justify="left")
     for col in ("", "before", "after", "kept"):
@@ -194,6 +214,7 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
     ch_a = sum(a for _, a in widths.values())
     table.add_row("channels (all groups)", f"{ch_b:,}", f"{ch_a:,}", _ratio(ch_b, ch_a))
     console.print(table)
+    _print_widths(console, r)
     if r.quality:
         q = r.quality
         line = f"{q['metric']} on the calibration data: {q['before']:.4g} -> {q['after']:.4g}"
