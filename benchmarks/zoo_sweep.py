@@ -1,0 +1,181 @@
+"""Every torchvision classification model, exported to ONNX and pruned at 50% of its channels,
+next to Torch-Pruning on the same model in the same run.
+
+torchvision needs its own environment (it does not import beside torch 2.13):
+
+    python -m venv .venv-tv && .venv-tv/bin/pip install torch==2.14.1 torchvision==0.29.1
+    .venv-tv/bin/pip install -e . torch-pruning onnxscript
+    .venv-tv/bin/python benchmarks/zoo_sweep.py [--workers 1] [--max-params 150e6]
+
+Each model runs in its own process (a crash or a memory blow-up costs one row), `--workers N`
+of them at a time. Per model: onnxprune (uniform L2, verified against the mask oracle) —
+valid, the fraction of channels frozen, parameter and MAC reduction, seconds; Torch-Pruning
+(MagnitudePruner, the same ratio, the classifier ignored) — whether the pruned model still
+runs, its parameter and MAC reduction. Results: benchmarks/results/zoo_sweep.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+SIZES = {"inception_v3": 299}
+
+
+def _classifier_layers(model):
+    import torch
+
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    last = linears[-1:] or convs[-1:]  # squeezenet ends in a 1x1 conv classifier
+    return last
+
+
+def one(name: str, ratio: float) -> dict:
+    import copy
+
+    import numpy as np
+    import torch
+    import torchvision
+
+    from onnxprune.api import prune
+
+    torch.manual_seed(0)
+    row: dict = {"model": name}
+    model = torchvision.models.get_model(name, weights=None).eval()
+    row["params"] = sum(p.numel() for p in model.parameters())
+    size = SIZES.get(name, 224)
+    example = torch.randn(1, 3, size, size)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.onnx"
+        t0 = time.time()
+        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["output"])
+        row["export_s"] = time.time() - t0
+        try:
+            t0 = time.time()
+            r = prune(path, ratio=ratio)
+            a = r.analysis
+            frozen = int(np.sum([g.frozen_units if not g.frozen else g.channels
+                                 for g in a.groups]))
+            total = int(np.sum([g.channels for g in a.groups])) or 1
+            row.update(valid=bool(r.verification.passed), seconds=time.time() - t0,
+                       groups=len(a.groups), frozen_fraction=frozen / total,
+                       params_reduction=1 - r.params_after / r.params_before,
+                       macs_reduction=1 - r.macs_after / max(r.macs_before, 1),
+                       oracle_rel_diff=r.verification.max_rel_diff)
+        except Exception as err:  # noqa: BLE001 - a row per model, whatever happens
+            row.update(valid=False, error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+    print(json.dumps({**row, "tp_ok": False, "tp_error": "timeout"}), flush=True)  # partial
+    try:
+        import torch_pruning as tp
+
+        m = copy.deepcopy(model)
+        macs0, params0 = tp.utils.count_ops_and_params(m, example)
+        pruner = tp.pruner.MagnitudePruner(m, example, tp.importance.MagnitudeImportance(p=2),
+                                           pruning_ratio=ratio, ignored_layers=_classifier_layers(m))
+        pruner.step()
+        with torch.no_grad():
+            out = m(example)
+        assert out.shape[-1] == 1000, out.shape
+        macs1, params1 = tp.utils.count_ops_and_params(m, example)
+        row.update(tp_ok=True, tp_params_reduction=1 - params1 / params0,
+                   tp_macs_reduction=1 - macs1 / macs0)
+    except Exception as err:  # noqa: BLE001
+        row.update(tp_ok=False, tp_error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+    return row
+
+
+def run_one(name: str, ratio: float, timeout: float) -> dict:
+    try:
+        done = subprocess.run([sys.executable, __file__, "--one", name, "--ratio", str(ratio)],
+                              capture_output=True, text=True, timeout=timeout)
+        stdout, stderr = done.stdout, done.stderr
+    except subprocess.TimeoutExpired as err:  # keep what finished (onnxprune's part)
+        stdout = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
+        stderr = f"timeout after {timeout:.0f} s"
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        tail = (stderr or "").strip().splitlines()[-1:] or ["no output"]
+        return {"model": name, "valid": False, "error": f"crashed: {tail[0][:200]}"}
+    return json.loads(lines[-1])
+
+
+def markdown(rows: list[dict]) -> str:
+    out = ["| model | params | onnxprune | frozen | params ÷ | MACs ÷ | Torch-Pruning | params ÷ | MACs ÷ |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ours = "valid" if r.get("valid") else f"fails: {r.get('error', '?')[:60]}"
+        tp = "runs" if r.get("tp_ok") else f"fails: {r.get('tp_error', '?')[:60]}"
+
+        def red(key):
+            v = r.get(key)
+            return f"{1 / (1 - v):.2f}" if v is not None and v < 1 else "-"
+
+        frozen = f"{r['frozen_fraction']:.0%}" if "frozen_fraction" in r else "-"
+        out.append(f"| {r['model']} | {r.get('params', 0) / 1e6:.1f}M | {ours} | {frozen} | "
+                   f"{red('params_reduction')} | {red('macs_reduction')} | {tp} | "
+                   f"{red('tp_params_reduction')} | {red('tp_macs_reduction')} |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--ratio", type=float, default=0.5)
+    ap.add_argument("--models", default="all", help="comma-separated names, or all")
+    ap.add_argument("--max-params", type=float, default=150e6,
+                    help="skip models with more parameters (default 150M)")
+    ap.add_argument("--workers", type=int, default=1, help="models measured at a time")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per model")
+    ap.add_argument("--resume", type=Path, help="a JSON-lines file of rows already measured")
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one, args.ratio)))
+        return 0
+    import torch
+    import torchvision
+
+    names = (torchvision.models.list_models(module=torchvision.models) if args.models == "all"
+             else args.models.split(","))
+    keep = []
+    for n in names:
+        try:
+            with torch.device("meta"):
+                model = torchvision.models.get_model(n, weights=None)
+        except NotImplementedError:  # initialisers that need real data
+            model = torchvision.models.get_model(n, weights=None)
+        params = sum(p.numel() for p in model.parameters())
+        (keep if params <= args.max_params else []).append(n)
+    skipped = sorted(set(names) - set(keep))
+    print(f"{len(keep)} models, skipping {len(skipped)} above {args.max_params / 1e6:.0f}M "
+          f"parameters: {', '.join(skipped)}", flush=True)
+    rows = []
+    if args.resume and args.resume.exists():
+        rows = [json.loads(line) for line in args.resume.read_text().splitlines() if line.strip()]
+        done = {r["model"] for r in rows}
+        keep = [n for n in keep if n not in done]
+    with ThreadPoolExecutor(args.workers) as pool:
+        for row in pool.map(lambda n: run_one(n, args.ratio, args.timeout), keep):
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "zoo_sweep.json").write_text(json.dumps({"ratio": args.ratio, "skipped": skipped,
+                                                        "rows": rows}, indent=2))
+    rows.sort(key=lambda r: r["model"])
+    (RESULTS / "zoo_sweep.md").write_text(markdown(rows))
+    ok = sum(bool(r.get("valid")) for r in rows)
+    tp_ok = sum(bool(r.get("tp_ok")) for r in rows)
+    print(f"onnxprune: {ok}/{len(rows)} valid; Torch-Pruning: {tp_ok}/{len(rows)} run")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
