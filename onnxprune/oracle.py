@@ -32,6 +32,7 @@ def build_gated_model(reference: onnx.ModelProto, analysis: ChannelAnalysis,
     g.input.append(helper.make_tensor_value_info(GATES, TensorProto.FLOAT,
                                                  ["gate_rows", analysis.num_units]))
     new_nodes: dict[str, list[onnx.NodeProto]] = {}
+    replaced: set[str] = set()  # nodes rebuilt with gate-weighted statistics
     for i, gate in enumerate(analysis.gates):
         node = nodes[gate.node]
         x = node.input[gate.input_index]
@@ -52,16 +53,69 @@ def build_gated_model(reference: onnx.ModelProto, analysis: ChannelAnalysis,
                              name=q + "_gather"),
             helper.make_node("Reshape", [p + "_g", p + "_shape"], [p + "_r"], name=q + "_reshape"),
             helper.make_node("Cast", [p + "_r"], [p + "_c"], to=elem, name=q + "_cast"),
-            helper.make_node("Mul", [x, p + "_c"], [p + "_y"], name=q + "_mul"),
         ])
+        if gate.kind == "stats":
+            g.initializer.extend(_stats_constants(p, node, rank, elem))
+            new_nodes[node.name].extend(_weighted_layernorm(node, p, q))
+            replaced.add(node.name)
+            continue
+        new_nodes[node.name].append(
+            helper.make_node("Mul", [x, p + "_c"], [p + "_y"], name=q + "_mul"))
         node.input[gate.input_index] = p + "_y"
     ordered = []
     for n in g.node:
         ordered.extend(new_nodes.get(n.name, []))
-        ordered.append(n)
+        if n.name not in replaced:
+            ordered.append(n)
     del g.node[:]
     g.node.extend(ordered)
     return model
+
+
+def _stats_constants(p: str, node: onnx.NodeProto, rank: int,
+                     elem: int) -> list[onnx.TensorProto]:
+    dtype = helper.tensor_dtype_to_np_dtype(elem)
+    eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+    axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+    axes = list(range(axis % rank, rank))
+    return [numpy_helper.from_array(np.array(axes, np.int64), p + "_axes"),
+            numpy_helper.from_array(np.array(eps, dtype), p + "_eps"),
+            numpy_helper.from_array(np.array(1e-12, dtype), p + "_tiny")]
+
+
+def _weighted_layernorm(node: onnx.NodeProto, p: str, q: str) -> list[onnx.NodeProto]:
+    """LayerNormalization with statistics weighted by the gates ``p_c`` (broadcast over the
+    other normalized axes): closed channels count as absent, as in the pruned node."""
+    x, y = node.input[0], node.output[0]
+    scale = node.input[1]
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+
+    def mk(op, ins, out, **kw):
+        return helper.make_node(op, ins, [p + out], name=f"{q}_{out.lstrip('_')}", **kw)
+
+    nodes = [
+        mk("Shape", [x], "_xs"),
+        mk("Expand", [p + "_c", p + "_xs"], "_w"),
+        mk("ReduceSum", [p + "_w", p + "_axes"], "_n0"),
+        mk("Max", [p + "_n0", p + "_tiny"], "_n"),
+        mk("Mul", [x, p + "_w"], "_wx"),
+        mk("ReduceSum", [p + "_wx", p + "_axes"], "_sx"),
+        mk("Div", [p + "_sx", p + "_n"], "_mean"),
+        mk("Sub", [x, p + "_mean"], "_d"),
+        mk("Mul", [p + "_d", p + "_d"], "_d2"),
+        mk("Mul", [p + "_d2", p + "_w"], "_wd2"),
+        mk("ReduceSum", [p + "_wd2", p + "_axes"], "_sv"),
+        mk("Div", [p + "_sv", p + "_n"], "_var"),
+        mk("Add", [p + "_var", p + "_eps"], "_ve"),
+        mk("Sqrt", [p + "_ve"], "_std"),
+        mk("Div", [p + "_d", p + "_std"], "_z"),
+    ]
+    if bias is None:
+        nodes.append(helper.make_node("Mul", [p + "_z", scale], [y], name=q + "_scale"))
+    else:
+        nodes.append(mk("Mul", [p + "_z", scale], "_zs"))
+        nodes.append(helper.make_node("Add", [p + "_zs", bias], [y], name=q + "_bias"))
+    return nodes
 
 
 def _rank_from_layer(node: onnx.NodeProto, ranks: dict[str, int]) -> int | None:

@@ -70,11 +70,14 @@ def check_oracle(
     feeds = feeds or random_feeds(reference, seed=seed)
     base = session(reference).run(None, feeds)
     ones = oracle.run(feeds)
-    if all(g.batched for g in analysis.gates):  # multiplying activations by 1 is exact
+    if all(g.batched and g.kind == "mul" for g in analysis.gates):  # x * 1 is exact
         assert all(np.array_equal(a, b) for a, b in zip(base, ones, strict=True)), \
             "gated model with all gates open differs from the reference"
-    else:  # gated weights become computed inputs: kernels may sum in another order
+    elif all(g.kind == "mul" for g in analysis.gates):  # gated weights: computed inputs
         assert close(ones, base, rtol=1e-6, atol=1e-7), \
+            "gated model with all gates open differs from the reference"
+    else:  # a norm rebuilt from primitive ops: float rounding of its statistics
+        assert close(ones, base, rtol=1e-5, atol=1e-6), \
             "gated model with all gates open differs from the reference"
     rng = np.random.default_rng(seed)
     worst, fractions = 0.0, []

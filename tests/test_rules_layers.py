@@ -143,13 +143,51 @@ def test_instance_norm_and_prelu(gb):
     assert g.channels == 6 and not g.frozen and {"prelu", "c1", "c2"} <= set(g.layers)
 
 
-def test_layer_norm_over_channels_freezes():
+def _ln_graph(axis: int, scale_shape: tuple[int, ...], stats_out: bool = False):
+    rng = np.random.default_rng(0)
     b = GraphBuilder(opset=17)
     x = b.input("x", [2, 4, 8])
     h = b.matmul(x, 8, 12, name="mm1")
-    h = b.op("LayerNormalization", [h, b.const(np.ones(12, np.float32)),
-                                    b.const(np.zeros(12, np.float32))], axis=-1, name="ln")
-    y = b.matmul(h, 12, 3)
-    res = check_oracle(b.build([y]), trials=2)
+    outs = b.op("LayerNormalization",
+                [h, b.const(rng.uniform(0.5, 1.5, scale_shape).astype(np.float32)),
+                 b.const(rng.normal(0, 0.1, scale_shape).astype(np.float32))],
+                n_out=2, axis=axis, name="ln")
+    y = b.matmul(outs[0], 12, 3)
+    return b.build([y] + (outs[1:] if stats_out else []))
+
+
+@pytest.mark.parametrize("axis,scale_shape", [(-1, (12,)), (1, (4, 12))])
+def test_layer_norm_over_channels_prunes_with_stats_over_kept(axis, scale_shape):
+    res = check_oracle(_ln_graph(axis, scale_shape), trials=4)
     g = group_with_layer(res.analysis, "mm1")
-    assert g.frozen and "ln" in g.reason
+    assert not g.frozen and "ln" in g.layers
+    assert any(gate.kind == "stats" and gate.node == "ln" for gate in res.analysis.gates)
+
+
+def test_layer_norm_with_used_statistics_freezes():
+    res = check_oracle(_ln_graph(-1, (12,), stats_out=True), trials=1)
+    g = group_with_layer(res.analysis, "mm1")
+    assert g.frozen and "Mean/InvStdDev" in g.reason
+
+
+def test_expand_follows_the_kept_channels():
+    """A pooled feature map broadcast back by Expand (a constant target naming the channel
+    count) and a constant expanded to a computed batch size, concatenated on the channels:
+    both targets follow the removal."""
+    b = GraphBuilder(opset=17)
+    x = b.input("x", ["n", 3, 6, 6])
+    h = b.conv(x, 3, 8, 3, name="c1")
+    pooled = b.op("GlobalAveragePool", [h])
+    back = b.op("Expand", [pooled, b.const(np.array([1, 8, 6, 6]))], name="expand_back")
+    s = b.op("Add", [h, back])
+    bias = b.const(np.random.default_rng(0).normal(size=(1, 4, 1, 1)).astype(np.float32))
+    tgt = b.op("Concat", [b.op("Slice", [b.op("Shape", [s]), b.const(np.array([0])),
+                                        b.const(np.array([1]))]),
+                          b.const(np.array([1, 6, 6]))], axis=0)
+    extra = b.op("Expand", [bias, tgt], name="expand_const")
+    y = b.conv(b.op("Concat", [s, extra], axis=1), 12, 2, 1, name="c2")
+    res = check_oracle(b.build([y]), trials=4)
+    g = group_with_layer(res.analysis, "c1")
+    assert not g.frozen and "expand_back" in str(g.members)
+    const = group_of_tensor(res.analysis, "expand_const_out0")
+    assert not const.frozen and "expand_const" in const.layers

@@ -34,6 +34,7 @@ class GatePoint:
     axis: int
     atoms: np.ndarray
     batched: bool = True  # the gated tensor's axis 0 is the batch (False: a weight)
+    kind: str = "mul"  # "stats": the node's statistics are weighted by the gates (norms)
 
 
 class AtomTable:

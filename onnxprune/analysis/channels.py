@@ -153,7 +153,7 @@ def _build(graph, env: Env, labels, frozen, reasons, param_atoms, component_of) 
                         component_of)
         )
     gates = tuple(
-        Gate(g.node, g.input_index, g.axis, labels[g.atoms], g.batched) for g in env.gates
+        Gate(g.node, g.input_index, g.axis, labels[g.atoms], g.batched, g.kind) for g in env.gates
     )
     return ChannelAnalysis(
         n_units, unit_group, frozen, tuple(reasons), slots, params, gates, tuple(groups), macs,

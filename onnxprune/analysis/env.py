@@ -81,12 +81,13 @@ class Env:
         self.claims.append(Claim(node.name, param.name, axis, np.asarray(atoms, dtype=np.int64)))
 
     def gate(self, node: gs.Node, input_index: int, axis: int, atoms: np.ndarray | None = None,
-             batched: bool = True) -> None:
+             batched: bool = True, kind: str = "mul") -> None:
         """The oracle multiplies this input's channels on ``axis`` by their gates (``atoms``:
-        given for weights, else the input's tracked channels)."""
+        given for weights, else the input's tracked channels). ``kind="stats"``: the node
+        instead weights its statistics over ``axis`` by the gates (normalizations)."""
         atoms = self.get(node.inputs[input_index], axis) if atoms is None else atoms
         if atoms is not None:
-            self.gates.append(GatePoint(node.name, input_index, axis, atoms, batched))
+            self.gates.append(GatePoint(node.name, input_index, axis, atoms, batched, kind))
 
     def pass_through(self, node: gs.Node, src: int = 0, dst: int = 0) -> None:
         """Output ``dst`` carries the tracked channels of input ``src`` on the same axes."""

@@ -64,6 +64,9 @@ class Gate:
     axis: int
     units: np.ndarray
     batched: bool = True  # the gated tensor is batch-first (False: a weight)
+    # "mul": the input is multiplied by the gates; "stats": the node (a normalization) takes
+    # its statistics over the gated axis weighted by the gates, as if closed channels were gone
+    kind: str = "mul"
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .base import FreezeRule, OpRule, Rewriter
 from .conv import Conv, ConvTranspose
 from .elementwise import Broadcast, Unary
+from .expand import Expand
 from .linear import Gemm, MatMul
 from .norm import (
     BatchNormalization,
@@ -53,5 +54,5 @@ def default_registry() -> RuleRegistry:
         LayerNormalization(), Softmax(),
         Pool(), Reduce(), ArgReduce(), Recurrent(),
         Reshape(), Flatten(), Transpose(), Squeeze(), Unsqueeze(),
-        Concat(), Split(), Slice(), Gather(), Pad(), Resize(), Shape(),
+        Concat(), Split(), Slice(), Gather(), Pad(), Resize(), Shape(), Expand(),
     ])

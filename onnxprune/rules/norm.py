@@ -15,7 +15,7 @@ class BatchNormalization(OpRule):
     ops = ("BatchNormalization",)
 
     def propagate(self, node: gs.Node, env: Env) -> None:
-        used_stats = any(o.outputs for o in node.outputs[1:])
+        used_stats = any(_used(o, env) for o in node.outputs[1:])
         params = node.inputs[1:5]
         if used_stats or not all(isinstance(p, gs.Constant) for p in params):
             freeze_all(node, env, "training-mode outputs or non-constant statistics")
@@ -78,7 +78,11 @@ class GroupNormalization(OpRule):
 
 
 class LayerNormalization(OpRule):
-    """Statistics over axes >= ``axis``: channels there cannot be removed exactly."""
+    """Statistics over axes >= ``axis``. Removing channels on one of those axes is exact when
+    the statistics are taken over the kept channels only: the pruned node does exactly that,
+    and the oracle weights its statistics by the gates (a ``stats`` gate). Scale and bias are
+    sliced with the channels. Two tracked normalized axes, used Mean/InvStdDev outputs or a
+    non-constant scale/bias freeze."""
 
     ops = ("LayerNormalization",)
 
@@ -89,11 +93,38 @@ class LayerNormalization(OpRule):
             freeze_all(node, env, "rank unknown")
             return
         first = normalize_axis(int(node.attrs.get("axis", -1)), rank)
+        normed = {ax: a for ax, a in env.tracked(x).items() if ax >= first}
+        params = [p for p in node.inputs[1:3] if not _empty(p)]
+        why = None
+        if any(_used(o, env) for o in node.outputs[1:]):
+            why = "Mean/InvStdDev outputs are used"
+        elif not all(isinstance(p, gs.Constant) for p in params):
+            why = "non-constant scale or bias"
+        elif len(normed) > 1:
+            why = "statistics span two tracked axes"
         for ax, atoms in env.tracked(x).items():
-            if ax >= first:
-                env.freeze(atoms, f"{node.op} {node.name}: statistics span axis {ax}")
+            if ax < first:
+                env.set(node.outputs[0], ax, atoms)
+            elif why:
+                env.freeze(atoms, f"{node.op} {node.name}: {why}")
             else:
                 env.set(node.outputs[0], ax, atoms)
+                for p in params:
+                    pax = ax - rank + p.values.ndim
+                    if pax >= 0 and p.values.shape[pax] == atoms.size:
+                        env.claim(node, p, pax, atoms)
+                    elif pax >= 0 and p.values.shape[pax] != 1:
+                        env.freeze(atoms, f"{node.op} {node.name}: parameter shape "
+                                          f"{list(p.values.shape)} does not follow axis {ax}")
+                env.gate(node, 0, ax, atoms, kind="stats")
+
+
+def _used(t: gs.Tensor, env: Env) -> bool:
+    return bool(t.outputs) or any(o is t for o in env.graph.outputs)
+
+
+def _empty(t: gs.Tensor) -> bool:
+    return isinstance(t, gs.Variable) and t.is_empty()
 
 
 class Softmax(OpRule):

@@ -1,0 +1,153 @@
+"""Residual streams through LayerNormalization: the embedding width of a ViT (class token,
+position embedding, pre-norm blocks, final norm, head) and the stage width of a ConvNeXt
+(channels-last LayerNorm2d, layer scale) are prunable, with statistics over the kept channels,
+and every removal equals the oracle whose norms weight their statistics by the gates."""
+
+import contextlib
+import io
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune.api import prune
+from onnxprune.testing import check_oracle
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+
+class TinyViT(nn.Module):
+    def __init__(self, d=24, heads=4, hidden=48, depth=2, classes=5):
+        super().__init__()
+        self.embed = nn.Conv2d(3, d, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, d))
+        self.pos = nn.Parameter(torch.randn(1, 5, d))
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(d, heads, hidden, dropout=0.0, batch_first=True,
+                                       norm_first=True) for _ in range(depth))
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x)[:, 0])
+
+
+class LayerNorm2d(nn.LayerNorm):
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlock(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.dw = nn.Conv2d(d, d, 7, padding=3, groups=d)
+        self.norm = nn.LayerNorm(d)
+        self.fc1, self.fc2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        self.scale = nn.Parameter(torch.rand(d, 1, 1) + 0.5)
+
+    def forward(self, x):
+        h = self.norm(self.dw(x).permute(0, 2, 3, 1))
+        h = self.fc2(nn.functional.gelu(self.fc1(h))).permute(0, 3, 1, 2)
+        return x + self.scale * h
+
+
+class TinyConvNeXt(nn.Module):
+    def __init__(self, dims=(8, 16), classes=5):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, dims[0], 2, stride=2), LayerNorm2d(dims[0]))
+        self.stage1 = ConvNeXtBlock(dims[0])
+        self.down = nn.Sequential(LayerNorm2d(dims[0]), nn.Conv2d(dims[0], dims[1], 2, stride=2))
+        self.stage2 = ConvNeXtBlock(dims[1])
+        self.norm = nn.LayerNorm(dims[1])  # (the dynamo exporter writes a pooled
+        self.head = nn.Linear(dims[1], classes)  # LayerNorm2d as an as_strided Gather)
+
+    def forward(self, x):
+        x = self.stage2(self.down(self.stage1(self.stem(x))))
+        return self.head(self.norm(x.mean((2, 3))))
+
+
+def _export(module, path, dynamo):
+    kw = {"input_names": ["x"], "output_names": ["y"], "opset_version": 18 if dynamo else 17}
+    if dynamo:
+        kw["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
+    else:
+        kw["dynamic_axes"] = {"x": {0: "batch"}, "y": {0: "batch"}}
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(module.eval(), (torch.randn(2, 3, 8, 8),), str(path), dynamo=dynamo,
+                          **kw)
+    return onnx.load(str(path))
+
+
+def _layernorms(model: onnx.ModelProto) -> list[str]:
+    return [n.name for n in model.graph.node if n.op_type == "LayerNormalization"]
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_vit_embedding_width_is_prunable(tmp_path, dynamo):
+    torch.manual_seed(0)
+    model = _export(TinyViT(), tmp_path / "vit.onnx", dynamo)
+    res = check_oracle(model, trials=4)
+    stream = [g for g in res.analysis.groups if g.channels == 24 and not g.frozen]
+    assert len(stream) == 1, [(g.channels, g.frozen, g.reason) for g in res.analysis.groups]
+    norms = set(_layernorms(model))
+    assert len(norms) == 5 and norms <= set(stream[0].layers)  # 2 per block + the final one
+    stats = {g.node for g in res.analysis.gates if g.kind == "stats"}
+    assert stats == norms
+    r = prune(model, ratio=0.5)
+    assert r.verification.passed
+    ln = next(n for n in r.model.graph.node if n.op_type == "LayerNormalization")
+    scale = next(i for i in r.model.graph.initializer if i.name == ln.input[1])
+    assert scale.dims[0] == 12
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_convnext_stage_width_is_prunable(tmp_path, dynamo):
+    torch.manual_seed(0)
+    model = _export(TinyConvNeXt(), tmp_path / "cnx.onnx", dynamo)
+    res = check_oracle(model, trials=4)
+    widths = sorted(g.channels for g in res.analysis.groups if not g.frozen)
+    assert widths == [8, 16, 32, 64], [(g.channels, g.frozen, g.reason)
+                                       for g in res.analysis.groups]
+    r = prune(model, ratio=0.5)
+    assert r.verification.passed and r.params_after < 0.35 * r.params_before
+
+
+def test_gated_norm_weights_statistics_like_removal():
+    """The oracle's weighted LayerNorm with binary gates equals LayerNorm over kept channels."""
+    from onnxprune.zoo.builder import GraphBuilder
+
+    rng = np.random.default_rng(1)
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [3, 10])
+    h = b.matmul(x, 10, 6, name="mm")
+    y = b.op("LayerNormalization", [h, b.const(rng.uniform(0.5, 2, 6).astype(np.float32)),
+                                    b.const(rng.normal(0, 1, 6).astype(np.float32))],
+             axis=-1, epsilon=1e-3, name="ln")
+    out = b.matmul(y, 6, 2, name="head")
+    model = b.build([out])
+    from onnxprune.analysis.channels import analyze_channels
+    from onnxprune.graph import import_model
+    from onnxprune.oracle import Oracle, session
+
+    analysis = analyze_channels(import_model(model))
+    oracle = Oracle(model, analysis)
+    feeds = {"x": rng.normal(size=(3, 10)).astype(np.float32)}
+    keep = np.ones(analysis.num_units, bool)
+    keep[analysis.slots[("mm_out0", 1)][[1, 4]]] = False
+    got = oracle.run(feeds, keep)[0]
+    # by hand: LayerNorm over the 4 kept channels, head reading only those
+    w = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    mm = next(n for n in model.graph.node if n.name == "mm")
+    ln = next(n for n in model.graph.node if n.name == "ln")
+    head = next(n for n in model.graph.node if n.name == "head")
+    k = np.array([0, 2, 3, 5])
+    a = (feeds["x"] @ w[mm.input[1]])[:, k]
+    z = (a - a.mean(1, keepdims=True)) / np.sqrt(a.var(1, keepdims=True) + 1e-3)
+    want = (z * w[ln.input[1]][k] + w[ln.input[2]][k]) @ w[head.input[1]][k]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert session(model).run(None, feeds)[0].shape == want.shape
