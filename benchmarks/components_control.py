@@ -33,7 +33,10 @@ from rich.table import Table
 
 from onnxprune.api import analyze, prune
 from onnxprune.zoo.control import (
-    closed_loop_return, export_agent, random_policy_return, train_agent,
+    closed_loop_return,
+    export_agent,
+    random_policy_return,
+    train_agent,
 )
 
 RESULTS = Path(__file__).parent / "results"

@@ -6,6 +6,7 @@ import onnx_graphsurgeon as gs
 
 from ..analysis.env import Env
 from .base import OpRule
+from .expand import expanded_constant
 
 UNARY = (
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
@@ -88,6 +89,9 @@ def join_broadcast(
                 continue
             if dim == n and isinstance(t, gs.Constant):
                 env.claim(node, t, ax, base)
+            elif (src := expanded_constant(t, ax, n, env)) is not None:
+                env.claim(src[0], src[1], src[2], base)
+                env.set(t, ax, base)  # the Expand's target follows the kept channels
             else:
                 env.freeze(
                     base, f"{node.op} {node.name}: operand {t.name} has no channel map on axis {ax}"

@@ -139,6 +139,17 @@ def resolve_target(in_shape: list[Mono | None], target: list[int], allowzero: bo
     return out
 
 
+def _same_suffix(in_shape: list[Mono | None], target: list[int], a: int):
+    """Axis ``a`` and every axis after it reappear unchanged at the end of a constant target:
+    the outer axes may be regrouped freely (e.g. [(L*N), C] -> [L, N, C] with L*N symbolic)."""
+    tail = [_static(m) for m in in_shape[a:]]
+    if not tail or len(tail) > len(target) or any(t is None for t in tail):
+        return None
+    if target[len(target) - len(tail):] != tail:
+        return None
+    return len(target) - len(tail), "same", 1
+
+
 class Reshape(OpRule):
     ops = ("Reshape",)
 
@@ -156,6 +167,8 @@ class Reshape(OpRule):
         out_monos = resolve_target(in_monos, target, bool(node.attrs.get("allowzero", 0)))
         for a, atoms in env.tracked(x).items():
             where = map_axis(in_monos, out_monos, a) if out_monos is not None else None
+            if where is None:
+                where = _same_suffix(in_monos, target, a)
             if where is None or (target[where[0]] == 0 and where[0] != a):
                 env.freeze(atoms, f"Reshape {node.name}: channel axis {a} is scattered")
                 continue

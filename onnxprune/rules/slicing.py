@@ -10,6 +10,7 @@ from ..analysis.env import Env
 from ..graph import const_value, input_or_none, normalize_axis
 from .base import OpRule, Rewriter, attr_or_input_ints, freeze_all
 from .elementwise import join_broadcast
+from .expand import expanded_constant
 
 
 class Concat(OpRule):
@@ -40,6 +41,9 @@ class Concat(OpRule):
                 atoms = env.fresh(dim)
                 if isinstance(t, gs.Constant):
                     env.claim(node, t, axis, atoms)
+                elif (src := expanded_constant(t, axis, dim, env)) is not None:
+                    env.claim(src[0], src[1], src[2], atoms)
+                    env.set(t, axis, atoms)  # the Expand's target follows the kept channels
                 else:
                     env.freeze(atoms, f"Concat {node.name}: operand {t.name} has no channel map")
             parts.append(atoms)
