@@ -71,15 +71,17 @@ class TinyConvNeXt(nn.Module):
         return self.head(self.norm(x.mean((2, 3))))
 
 
-def _export(module, path, dynamo):
+def _export(module, path, dynamo, static=False):
     kw = {"input_names": ["x"], "output_names": ["y"], "opset_version": 18 if dynamo else 17}
-    if dynamo:
+    if static:
+        pass
+    elif dynamo:
         kw["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
     else:
         kw["dynamic_axes"] = {"x": {0: "batch"}, "y": {0: "batch"}}
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-        torch.onnx.export(module.eval(), (torch.randn(2, 3, 8, 8),), str(path), dynamo=dynamo,
-                          **kw)
+        torch.onnx.export(module.eval(), (torch.randn(1 if static else 2, 3, 8, 8),), str(path),
+                          dynamo=dynamo, **kw)
     return onnx.load(str(path))
 
 
@@ -103,6 +105,19 @@ def test_vit_embedding_width_is_prunable(tmp_path, dynamo):
     ln = next(n for n in r.model.graph.node if n.op_type == "LayerNormalization")
     scale = next(i for i in r.model.graph.initializer if i.name == ln.input[1])
     assert scale.dims[0] == 12
+
+
+def test_multihead_attention_heads_with_batch_one(tmp_path):
+    """nn.MultiheadAttention folds heads into the batch axis: exported for one sample the fold
+    is a known reshape and whole heads are units; under a dynamic batch the head axis is
+    symbolic and q/k/v stay (the stream and MLP widths are still pruned)."""
+    torch.manual_seed(0)
+    static = check_oracle(_export(TinyViT(), tmp_path / "s.onnx", False, static=True), trials=3)
+    widths = sorted(g.channels for g in static.analysis.groups if not g.frozen)
+    assert widths == [4, 4, 24, 48, 48], widths
+    dynamic = check_oracle(_export(TinyViT(), tmp_path / "d.onnx", False), trials=1)
+    widths = sorted(g.channels for g in dynamic.analysis.groups if not g.frozen)
+    assert widths == [24, 48, 48], widths
 
 
 @pytest.mark.parametrize("dynamo", [False, True])
