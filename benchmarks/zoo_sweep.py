@@ -11,7 +11,9 @@ Each model runs in its own process (a crash or a memory blow-up costs one row), 
 of them at a time. Per model: onnxprune (uniform L2, verified against the mask oracle) —
 valid, the fraction of channels frozen, parameter and MAC reduction, seconds; Torch-Pruning
 (MagnitudePruner, the same ratio, the classifier ignored) — whether the pruned model still
-runs, its parameter and MAC reduction. Results: benchmarks/results/zoo_sweep.{json,md}.
+runs, and its parameter and MAC reduction. Both tools' results are counted by onnxprune's
+counter on the exported ONNX graphs (BN folded, statistics included), so the columns compare
+like with like; Torch-Pruning's own counts are kept in the JSON (`tp_own_*`). Results: benchmarks/results/zoo_sweep.{json,md}.
 """
 
 from __future__ import annotations
@@ -38,6 +40,15 @@ def _classifier_layers(model):
     return last
 
 
+def _export(model, example, path: Path) -> float:
+    import torch
+
+    t0 = time.time()
+    torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["output"])
+    return time.time() - t0
+
+
 def one(name: str, ratio: float) -> dict:
     import copy
 
@@ -45,7 +56,7 @@ def one(name: str, ratio: float) -> dict:
     import torch
     import torchvision
 
-    from onnxprune.api import prune
+    from onnxprune.api import analyze, prune
 
     torch.manual_seed(0)
     row: dict = {"model": name}
@@ -53,26 +64,24 @@ def one(name: str, ratio: float) -> dict:
     row["params"] = sum(p.numel() for p in model.parameters())
     size = SIZES.get(name, 224)
     example = torch.randn(1, 3, size, size)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{name}.onnx"
+    tmp = Path(tempfile.mkdtemp(prefix="zoo_"))
+    path = tmp / f"{name}.onnx"
+    row["export_s"] = _export(model, example, path)
+    base = analyze(path)  # one counter (ours, on the normalized graph) for both tools
+    try:
         t0 = time.time()
-        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["output"])
-        row["export_s"] = time.time() - t0
-        try:
-            t0 = time.time()
-            r = prune(path, ratio=ratio)
-            a = r.analysis
-            frozen = int(np.sum([g.frozen_units if not g.frozen else g.channels
-                                 for g in a.groups]))
-            total = int(np.sum([g.channels for g in a.groups])) or 1
-            row.update(valid=bool(r.verification.passed), seconds=time.time() - t0,
-                       groups=len(a.groups), frozen_fraction=frozen / total,
-                       params_reduction=1 - r.params_after / r.params_before,
-                       macs_reduction=1 - r.macs_after / max(r.macs_before, 1),
-                       oracle_rel_diff=r.verification.max_rel_diff)
-        except Exception as err:  # noqa: BLE001 - a row per model, whatever happens
-            row.update(valid=False, error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+        r = prune(path, ratio=ratio)
+        a = r.analysis
+        frozen = int(np.sum([g.frozen_units if not g.frozen else g.channels
+                             for g in a.groups]))
+        total = int(np.sum([g.channels for g in a.groups])) or 1
+        row.update(valid=bool(r.verification.passed), seconds=time.time() - t0,
+                   groups=len(a.groups), frozen_fraction=frozen / total,
+                   params_reduction=1 - r.params_after / base.params,
+                   macs_reduction=1 - r.macs_after / max(base.macs, 1),
+                   oracle_rel_diff=r.verification.max_rel_diff)
+    except Exception as err:  # noqa: BLE001 - a row per model, whatever happens
+        row.update(valid=False, error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
     print(json.dumps({**row, "tp_ok": False, "tp_error": "timeout"}), flush=True)  # partial
     try:
         import torch_pruning as tp
@@ -86,10 +95,18 @@ def one(name: str, ratio: float) -> dict:
             out = m(example)
         assert out.shape[-1] == 1000, out.shape
         macs1, params1 = tp.utils.count_ops_and_params(m, example)
-        row.update(tp_ok=True, tp_params_reduction=1 - params1 / params0,
-                   tp_macs_reduction=1 - macs1 / macs0)
+        row.update(tp_ok=True, tp_own_params_reduction=1 - params1 / params0,
+                   tp_own_macs_reduction=1 - macs1 / macs0)
+        _export(m, example, tmp / "tp.onnx")  # counted like ours: BN stats, folding and all
+        theirs = analyze(tmp / "tp.onnx")
+        row.update(tp_params_reduction=1 - theirs.params / base.params,
+                   tp_macs_reduction=1 - theirs.macs / max(base.macs, 1))
     except Exception as err:  # noqa: BLE001
         row.update(tp_ok=False, tp_error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
     return row
 
 
@@ -108,22 +125,43 @@ def run_one(name: str, ratio: float, timeout: float) -> dict:
     return json.loads(lines[-1])
 
 
+def _ratio(v: float | None) -> str:
+    """A reduction as the factor it divides by: 0.75 fewer -> 4.00."""
+    return f"{1 / (1 - v):.2f}" if v is not None and v < 1 else "-"
+
+
+def at_least_tp(r: dict) -> bool | None:
+    """Whether onnxprune removes at least as much as Torch-Pruning (None: not comparable).
+    Both count parameters and MACs of the same network; 0.1% is rounding between counters."""
+    if not (r.get("valid") and r.get("tp_ok")):
+        return None
+    return (r["params_reduction"] >= r["tp_params_reduction"] - 1e-3
+            and r["macs_reduction"] >= r["tp_macs_reduction"] - 1e-3)
+
+
 def markdown(rows: list[dict]) -> str:
-    out = ["| model | params | onnxprune | frozen | params ÷ | MACs ÷ | Torch-Pruning | params ÷ | MACs ÷ |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| model | params | onnxprune | frozen | params ÷ | MACs ÷ | Torch-Pruning | params ÷ "
+           "| MACs ÷ | ≥ TP |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ours = "valid" if r.get("valid") else f"fails: {r.get('error', '?')[:60]}"
         tp = "runs" if r.get("tp_ok") else f"fails: {r.get('tp_error', '?')[:60]}"
-
-        def red(key):
-            v = r.get(key)
-            return f"{1 / (1 - v):.2f}" if v is not None and v < 1 else "-"
-
         frozen = f"{r['frozen_fraction']:.0%}" if "frozen_fraction" in r else "-"
+        cmp = {True: "yes", False: "**no**", None: "-"}[at_least_tp(r)]
         out.append(f"| {r['model']} | {r.get('params', 0) / 1e6:.1f}M | {ours} | {frozen} | "
-                   f"{red('params_reduction')} | {red('macs_reduction')} | {tp} | "
-                   f"{red('tp_params_reduction')} | {red('tp_macs_reduction')} |")
+                   f"{_ratio(r.get('params_reduction'))} | {_ratio(r.get('macs_reduction'))} | "
+                   f"{tp} | {_ratio(r.get('tp_params_reduction'))} | "
+                   f"{_ratio(r.get('tp_macs_reduction'))} | {cmp} |")
     return "\n".join(out) + "\n"
+
+
+def summary(rows: list[dict]) -> str:
+    ok = sum(bool(r.get("valid")) for r in rows)
+    tp_ok = sum(bool(r.get("tp_ok")) for r in rows)
+    both = [r for r in rows if at_least_tp(r) is not None]
+    ge = sum(bool(at_least_tp(r)) for r in both)
+    return (f"onnxprune: {ok}/{len(rows)} valid and verified; Torch-Pruning: {tp_ok}/{len(rows)} "
+            f"run; where both succeed, onnxprune removes at least as much on {ge}/{len(both)}")
 
 
 def main() -> int:
@@ -135,7 +173,7 @@ def main() -> int:
                     help="skip models with more parameters (default 150M)")
     ap.add_argument("--workers", type=int, default=1, help="models measured at a time")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per model")
-    ap.add_argument("--resume", type=Path, help="a JSON-lines file of rows already measured")
+    ap.add_argument("--resume", type=Path, help="a JSON-lines file: rows in it are skipped, new rows are appended")
     args = ap.parse_args()
     if args.one:
         print(json.dumps(one(args.one, args.ratio)))
@@ -166,14 +204,15 @@ def main() -> int:
         for row in pool.map(lambda n: run_one(n, args.ratio, args.timeout), keep):
             rows.append(row)
             print(json.dumps(row), flush=True)
+            if args.resume:  # every finished row survives an interrupted sweep
+                with args.resume.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "zoo_sweep.json").write_text(json.dumps({"ratio": args.ratio, "skipped": skipped,
                                                         "rows": rows}, indent=2))
     rows.sort(key=lambda r: r["model"])
-    (RESULTS / "zoo_sweep.md").write_text(markdown(rows))
-    ok = sum(bool(r.get("valid")) for r in rows)
-    tp_ok = sum(bool(r.get("tp_ok")) for r in rows)
-    print(f"onnxprune: {ok}/{len(rows)} valid; Torch-Pruning: {tp_ok}/{len(rows)} run")
+    (RESULTS / "zoo_sweep.md").write_text(markdown(rows) + "\n" + summary(rows) + "\n")
+    print(summary(rows))
     return 0
 
 
