@@ -33,6 +33,7 @@ def build_gated_model(reference: onnx.ModelProto, analysis: ChannelAnalysis,
                                                  ["gate_rows", analysis.num_units]))
     new_nodes: dict[str, list[onnx.NodeProto]] = {}
     replaced: set[str] = set()  # nodes rebuilt with gate-weighted statistics
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     for i, gate in enumerate(analysis.gates):
         node = nodes[gate.node]
         x = node.input[gate.input_index]
@@ -55,8 +56,9 @@ def build_gated_model(reference: onnx.ModelProto, analysis: ChannelAnalysis,
             helper.make_node("Cast", [p + "_r"], [p + "_c"], to=elem, name=q + "_cast"),
         ])
         if gate.kind == "stats":
-            g.initializer.extend(_stats_constants(p, node, rank, elem))
-            new_nodes[node.name].extend(_weighted_layernorm(node, p, q))
+            g.initializer.extend(_stats_constants(p, node, rank, elem, opset))
+            build = _weighted_mean if node.op_type == "ReduceMean" else _weighted_layernorm
+            new_nodes[node.name].extend(build(node, p, q, opset))
             replaced.add(node.name)
             continue
         new_nodes[node.name].append(
@@ -72,18 +74,55 @@ def build_gated_model(reference: onnx.ModelProto, analysis: ChannelAnalysis,
     return model
 
 
-def _stats_constants(p: str, node: onnx.NodeProto, rank: int,
-                     elem: int) -> list[onnx.TensorProto]:
+def _stats_constants(p: str, node: onnx.NodeProto, rank: int, elem: int,
+                     opset: int) -> list[onnx.TensorProto]:
     dtype = helper.tensor_dtype_to_np_dtype(elem)
     eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
-    axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
-    axes = list(range(axis % rank, rank))
-    return [numpy_helper.from_array(np.array(axes, np.int64), p + "_axes"),
-            numpy_helper.from_array(np.array(eps, dtype), p + "_eps"),
-            numpy_helper.from_array(np.array(1e-12, dtype), p + "_tiny")]
+    if node.op_type == "ReduceMean":
+        axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+        if axes is None and not (len(node.input) > 1 and node.input[1]):
+            axes = list(range(rank))  # (with an axes input, the node's own is reused)
+    else:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        axes = list(range(axis % rank, rank))
+    out = [numpy_helper.from_array(np.array(eps, dtype), p + "_eps"),
+           numpy_helper.from_array(np.array(1e-12, dtype), p + "_tiny")]
+    if axes is not None:
+        out.append(numpy_helper.from_array(np.array(axes, np.int64), p + "_axes"))
+    return out
 
 
-def _weighted_layernorm(node: onnx.NodeProto, p: str, q: str) -> list[onnx.NodeProto]:
+def _reduce_sum(x: str, y: str, node: onnx.NodeProto, p: str, name: str,
+                opset: int) -> onnx.NodeProto:
+    """ReduceSum over the stats node's axes (its own axes input when it has one), keepdims as
+    the node (LayerNormalization keeps them)."""
+    keep = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+    own = node.op_type == "ReduceMean" and len(node.input) > 1 and node.input[1]
+    axes = node.input[1] if own else p + "_axes"
+    if opset >= 13:
+        return helper.make_node("ReduceSum", [x, axes], [y], name=name, keepdims=keep)
+    attr_axes = next(a.ints for a in node.attribute if a.name == "axes") \
+        if any(a.name == "axes" for a in node.attribute) else None
+    kw = {"axes": list(attr_axes)} if attr_axes is not None else {}
+    return helper.make_node("ReduceSum", [x], [y], name=name, keepdims=keep, **kw)
+
+
+def _weighted_mean(node: onnx.NodeProto, p: str, q: str, opset: int) -> list[onnx.NodeProto]:
+    """ReduceMean with the reduced channels weighted by the gates: the mean over kept ones."""
+    x, y = node.input[0], node.output[0]
+    return [
+        helper.make_node("Shape", [x], [p + "_xs"], name=q + "_xs"),
+        helper.make_node("Expand", [p + "_c", p + "_xs"], [p + "_w"], name=q + "_w"),
+        _reduce_sum(p + "_w", p + "_n0", node, p, q + "_n0", opset),
+        helper.make_node("Max", [p + "_n0", p + "_tiny"], [p + "_n"], name=q + "_n"),
+        helper.make_node("Mul", [x, p + "_w"], [p + "_wx"], name=q + "_wx"),
+        _reduce_sum(p + "_wx", p + "_sx", node, p, q + "_sx", opset),
+        helper.make_node("Div", [p + "_sx", p + "_n"], [y], name=q + "_mean"),
+    ]
+
+
+def _weighted_layernorm(node: onnx.NodeProto, p: str, q: str,
+                        opset: int) -> list[onnx.NodeProto]:
     """LayerNormalization with statistics weighted by the gates ``p_c`` (broadcast over the
     other normalized axes): closed channels count as absent, as in the pruned node."""
     x, y = node.input[0], node.output[0]
@@ -96,15 +135,15 @@ def _weighted_layernorm(node: onnx.NodeProto, p: str, q: str) -> list[onnx.NodeP
     nodes = [
         mk("Shape", [x], "_xs"),
         mk("Expand", [p + "_c", p + "_xs"], "_w"),
-        mk("ReduceSum", [p + "_w", p + "_axes"], "_n0"),
+        _reduce_sum(p + "_w", p + "_n0", node, p, q + "_n0", opset),
         mk("Max", [p + "_n0", p + "_tiny"], "_n"),
         mk("Mul", [x, p + "_w"], "_wx"),
-        mk("ReduceSum", [p + "_wx", p + "_axes"], "_sx"),
+        _reduce_sum(p + "_wx", p + "_sx", node, p, q + "_sx", opset),
         mk("Div", [p + "_sx", p + "_n"], "_mean"),
         mk("Sub", [x, p + "_mean"], "_d"),
         mk("Mul", [p + "_d", p + "_d"], "_d2"),
         mk("Mul", [p + "_d2", p + "_w"], "_wd2"),
-        mk("ReduceSum", [p + "_wd2", p + "_axes"], "_sv"),
+        _reduce_sum(p + "_wd2", p + "_sv", node, p, q + "_sv", opset),
         mk("Div", [p + "_sv", p + "_n"], "_var"),
         mk("Add", [p + "_var", p + "_eps"], "_ve"),
         mk("Sqrt", [p + "_ve"], "_std"),

@@ -703,8 +703,19 @@ class _Gen:
     def reduce_mean(self) -> Live:
         x = self.take(4)
         n, c, h, w = x.shape
-        axes = self.pick([[2, 3], [-2, -1], [2], [1]] + ([[]] if self.opset >= 18 else []))
+        axes = self.pick([[2, 3], [-2, -1], [2], [1], [1, 2]]
+                         + ([[]] if self.opset >= 18 else []))
         keep = self.coin()
+        op = self.pick(["ReduceMean", "ReduceMean", "ReduceSum", "ReduceL2", "ReduceMax"])
+        if axes and op != "ReduceMean":  # over channels: gated sums, frozen max
+            y = self.axes_attr_or_input(op, [x.name], axes, 13 if op == "ReduceSum" else 18,
+                                        keepdims=int(keep))
+            gone = {a % 4 for a in axes}
+            shape = tuple(1 if i in gone else d for i, d in enumerate(x.shape)) if keep else \
+                tuple(d for i, d in enumerate(x.shape) if i not in gone)
+            self.use(x)
+            self.log.append(f"{op}[{axes} keepdims={int(keep)}]")
+            return self.add(y, shape)
         if not axes:  # opset 18: no axes and noop_with_empty_axes is the identity
             y = self.b.op("ReduceMean", [x.name], keepdims=int(keep), noop_with_empty_axes=1)
             self.use(x)

@@ -114,13 +114,17 @@ def test_reduce_mean_over_spatial_then_linear(opset):
     assert not group_with_layer(res.analysis, "c1").frozen
 
 
-def test_reduce_over_channels_freezes(gb):
+def test_reduce_over_channels(gb):
+    """A channel sum feeding the output is gated like a mixing layer (prunable); a channel
+    max freezes."""
     x = gb.input("x", [2, 3, 8, 8])
     h = gb.relu(gb.conv(x, 3, 8, name="c1"))
     y = gb.op("ReduceSum", [h, gb.const(np.array([1], np.int64))], keepdims=1, name="rsum")
-    res = check_oracle(gb.build([y]), trials=1)
-    g = group_with_layer(res.analysis, "c1")
-    assert g.frozen and "rsum" in g.reason
+    m = gb.op("ReduceMax", [gb.relu(gb.conv(x, 3, 8, name="c2"))], axes=[1], name="rmax")
+    res = check_oracle(gb.build([y, m]), trials=2)
+    assert not group_with_layer(res.analysis, "c1").frozen
+    g = group_with_layer(res.analysis, "c2")
+    assert g.frozen and "rmax" in g.reason
 
 
 def test_softmax_axis():

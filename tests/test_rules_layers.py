@@ -191,3 +191,55 @@ def test_expand_follows_the_kept_channels():
     assert not g.frozen and "expand_back" in str(g.members)
     const = group_of_tensor(res.analysis, "expand_const_out0")
     assert not const.frozen and "expand_const" in const.layers
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+@pytest.mark.parametrize("op,keepdims", [("ReduceMean", 1), ("ReduceMean", 0), ("ReduceSum", 1),
+                                         ("ReduceL2", 0), ("ReduceSumSquare", 1)])
+def test_reductions_over_channels(opset, op, keepdims):
+    """Sums over channels are gated like mixing layers; a mean over channels becomes the mean
+    over the kept ones (the oracle weights it by the gates)."""
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", [2, 5, 4])
+    h = b.matmul(x, 4, 10, name="mm1")
+    if op == "ReduceSum" and opset >= 13 or opset >= 18:
+        r = b.op(op, [h, b.const(np.array([-1]))], keepdims=keepdims, name="red")
+    else:
+        r = b.op(op, [h], axes=[-1], keepdims=keepdims, name="red")
+    r = r if keepdims else b.op("Unsqueeze", [r, b.const(np.array([-1]))]) if opset >= 13 \
+        else b.op("Unsqueeze", [r], axes=[-1])
+    y = b.matmul(b.op("Sub", [h, r]), 10, 3)
+    res = check_oracle(b.build([y]), trials=4)
+    g = group_with_layer(res.analysis, "mm1")
+    assert not g.frozen, g.reason
+    kind = {gate.node: gate.kind for gate in res.analysis.gates}["red"]
+    assert kind == ("stats" if op == "ReduceMean" else "mul")
+
+
+def test_reduce_max_over_channels_freezes():
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [2, 4])
+    h = b.matmul(x, 4, 6, name="mm1")
+    r = b.op("ReduceMax", [h], axes=[1], keepdims=1)
+    res = check_oracle(b.build([b.matmul(b.op("Add", [h, r]), 6, 2)]), trials=1)
+    assert group_with_layer(res.analysis, "mm1").frozen
+
+
+@pytest.mark.parametrize("opset", [14, 16])
+def test_torch_layer_norm_below_opset_17(tmp_path, opset):
+    """Exporters below opset 17 spell LayerNorm out (ReduceMean, Sub, Pow, ReduceMean, Sqrt,
+    Div): the width it normalizes is still prunable, exactly."""
+    import contextlib
+    import io
+
+    import onnx
+    torch = pytest.importorskip("torch")
+    net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.LayerNorm(16), torch.nn.GELU(),
+                              torch.nn.Linear(16, 3))
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(net.eval(), (torch.randn(2, 6),), str(tmp_path / "ln.onnx"),
+                          dynamo=False, opset_version=opset)
+    model = onnx.load(str(tmp_path / "ln.onnx"))
+    assert "LayerNormalization" not in {n.op_type for n in model.graph.node}
+    res = check_oracle(model, trials=4)
+    assert [g.channels for g in res.analysis.groups if not g.frozen] == [16]

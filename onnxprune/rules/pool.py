@@ -1,4 +1,7 @@
-"""Pooling and reductions: channels pass through; reduced axes cannot hold tracked channels."""
+"""Pooling and reductions: channels pass through the axes that stay. A sum-like reduction
+over channels (sum, sum of squares, L1, L2) is gated like a layer that mixes them; a mean over
+channels is exact as a mean over the kept ones (a ``stats`` gate); other reductions over
+channels freeze them."""
 
 from __future__ import annotations
 
@@ -34,6 +37,9 @@ REDUCE = (
 )
 
 
+SUM_LIKE = ("ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2")  # zeros add nothing
+
+
 class Reduce(OpRule):
     """Reduce over ``axes`` (attribute before opset 18, ReduceSum before 13; input after)."""
 
@@ -53,9 +59,17 @@ class Reduce(OpRule):
             axes = list(range(rank))
         reduced = {normalize_axis(a, rank) for a in axes}
         keepdims = int(node.attrs.get("keepdims", 1))
+        over = [ax for ax in env.tracked(x) if ax in reduced]
         for ax, atoms in env.tracked(x).items():
             if ax in reduced:
-                env.freeze(atoms, f"{node.op} {node.name}: reduces over channel axis {ax}")
+                # A sum over kept channels is the sum with the others' gates at zero, a mean
+                # over kept channels the gate-weighted mean; max, product, log-sums cannot.
+                if node.op in SUM_LIKE:
+                    env.gate(node, 0, ax, atoms)
+                elif node.op == "ReduceMean" and len(over) == 1:
+                    env.gate(node, 0, ax, atoms, kind="stats")
+                else:
+                    env.freeze(atoms, f"{node.op} {node.name}: reduces over channel axis {ax}")
             else:
                 shift = 0 if keepdims else sum(1 for r in reduced if r < ax)
                 env.set(node.outputs[0], ax - shift, atoms)
