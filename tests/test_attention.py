@@ -50,6 +50,17 @@ class BertSelfAttention(nn.Module):
         return self.norm(x + self.out(ctx))
 
 
+class EinsumAttention(BertSelfAttention):
+    """The same attention written with einsum (as many research codebases do)."""
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
+        att = torch.softmax(torch.einsum("bhqd,bhkd->bhqk", q, k) / (d // self.heads) ** 0.5, -1)
+        ctx = torch.einsum("bhqk,bhkd->bqhd", att, v).reshape(b, n, d)
+        return self.norm(x + self.out(ctx))
+
+
 def _export(module, path, dynamo):
     kw = {"input_names": ["x"], "output_names": ["y"], "opset_version": 18 if dynamo else 17}
     if dynamo:
@@ -63,7 +74,7 @@ def _export(module, path, dynamo):
 
 
 @pytest.mark.parametrize("dynamo", [False, True])
-@pytest.mark.parametrize("block", [ViTBlock, BertSelfAttention])
+@pytest.mark.parametrize("block", [ViTBlock, BertSelfAttention, EinsumAttention])
 def test_heads_are_units(tmp_path, block, dynamo):
     torch.manual_seed(0)
     model = _export(block(), tmp_path / "a.onnx", dynamo)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .base import FreezeRule, OpRule, Rewriter
 from .conv import Conv, ConvTranspose
+from .einsum import Einsum
 from .elementwise import Broadcast, Unary
 from .expand import Expand
 from .linear import Gemm, MatMul
@@ -48,7 +49,7 @@ class RuleRegistry:
 
 def default_registry() -> RuleRegistry:
     return RuleRegistry([
-        Conv(), ConvTranspose(), Gemm(), MatMul(),
+        Conv(), ConvTranspose(), Gemm(), MatMul(), Einsum(),
         Unary(), Broadcast(),
         BatchNormalization(), InstanceNormalization(), GroupNormalization(),
         LayerNormalization(), Softmax(),
