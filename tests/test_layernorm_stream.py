@@ -71,6 +71,36 @@ class TinyConvNeXt(nn.Module):
         return self.head(self.norm(x.mean((2, 3))))
 
 
+class TinySwin(nn.Module):
+    """Patch embedding, then a shifted-window block: roll, window partition (reshape and
+    permute around the spatial axes), windowed attention with explicit heads, window reverse,
+    roll back; pre-norm residuals; a pooled head."""
+
+    def __init__(self, d=16, heads=2, ws=2, classes=5):
+        super().__init__()
+        self.d, self.heads, self.ws = d, heads, ws
+        self.embed = nn.Conv2d(3, d, 2, stride=2)
+        self.norm1, self.norm2, self.norm = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc1, self.fc2 = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x):
+        x = self.embed(x).permute(0, 2, 3, 1)  # B, H, W, C
+        b, h, w, c = x.shape
+        ws, nh = self.ws, self.heads
+        t = torch.roll(self.norm1(x), shifts=(-1, -1), dims=(1, 2))
+        t = t.view(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, c)
+        qkv = self.qkv(t).reshape(t.shape[0], ws * ws, 3, nh, c // nh).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        att = (q @ k.transpose(-2, -1) * (c // nh) ** -0.5).softmax(-1)
+        t = self.proj((att @ v).transpose(1, 2).reshape(t.shape[0], ws * ws, c))
+        t = t.view(b, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        x = x + torch.roll(t, shifts=(1, 1), dims=(1, 2))
+        x = x + self.fc2(nn.functional.gelu(self.fc1(self.norm2(x))))
+        return self.head(self.norm(x).mean((1, 2)))
+
+
 def _export(module, path, dynamo, static=False):
     kw = {"input_names": ["x"], "output_names": ["y"], "opset_version": 18 if dynamo else 17}
     if static:
@@ -118,6 +148,18 @@ def test_multihead_attention_heads_with_batch_one(tmp_path):
     dynamic = check_oracle(_export(TinyViT(), tmp_path / "d.onnx", False), trials=1)
     widths = sorted(g.channels for g in dynamic.analysis.groups if not g.frozen)
     assert widths == [24, 48, 48], widths
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_swin_windows_leave_channels_intact(tmp_path, dynamo):
+    torch.manual_seed(0)
+    model = _export(TinySwin(), tmp_path / "swin.onnx", dynamo)
+    res = check_oracle(model, trials=4)
+    widths = sorted(g.channels for g in res.analysis.groups if not g.frozen)
+    assert widths == [2, 16, 32], [(g.channels, g.frozen, g.reason)
+                                    for g in res.analysis.groups]  # heads, stream, MLP
+    r = prune(model, ratio=0.5)
+    assert r.verification.passed and r.params_after < 0.4 * r.params_before
 
 
 @pytest.mark.parametrize("dynamo", [False, True])
