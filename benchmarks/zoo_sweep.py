@@ -4,16 +4,19 @@ next to Torch-Pruning on the same model in the same run.
 torchvision needs its own environment (it does not import beside torch 2.13):
 
     python -m venv .venv-tv && .venv-tv/bin/pip install torch==2.14.1 torchvision==0.29.1
-    .venv-tv/bin/pip install -e . torch-pruning onnxscript
-    .venv-tv/bin/python benchmarks/zoo_sweep.py [--workers 1] [--max-params 150e6]
+    .venv-tv/bin/pip install -e . torch-pruning onnxscript psutil
+    .venv-tv/bin/python benchmarks/zoo_sweep.py [--workers 1] [--max-params 150e6] \
+        [--timeout 300] [--resume rows.jsonl] [--executor process|ray [--address ADDR]]
 
 Each model runs in its own process (a crash or a memory blow-up costs one row), `--workers N`
-of them at a time. Per model: onnxprune (uniform L2, verified against the mask oracle) —
-valid, the fraction of channels frozen, parameter and MAC reduction, seconds; Torch-Pruning
-(MagnitudePruner, the same ratio, the classifier ignored) — whether the pruned model still
-runs, and its parameter and MAC reduction. Both tools' results are counted by onnxprune's
-counter on the exported ONNX graphs (BN folded, statistics included), so the columns compare
-like with like; Torch-Pruning's own counts are kept in the JSON (`tp_own_*`). Results: benchmarks/results/zoo_sweep.{json,md}.
+of them at a time, as local subprocesses or as Ray tasks (`--executor ray`, with `ray`
+installed in that environment). Per model: onnxprune (uniform L2, verified against the mask
+oracle) — valid, the fraction of channels frozen, parameter and MAC reduction, seconds;
+Torch-Pruning (MagnitudePruner, the same ratio, the classifier ignored) — whether the pruned
+model still runs, and its parameter and MAC reduction. Both tools' results are counted by
+onnxprune's counter on the exported ONNX graphs (BN folded, statistics included), so the
+columns compare like with like; Torch-Pruning's own counts are kept in the JSON (`tp_own_*`).
+Results: benchmarks/results/zoo_sweep.{json,md}.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
@@ -164,6 +168,27 @@ def summary(rows: list[dict]) -> str:
             f"run; where both succeed, onnxprune removes at least as much on {ge}/{len(both)}")
 
 
+def measured(names: list[str], args) -> Iterator[dict]:
+    """Rows as models finish, each measured in its own subprocess."""
+    if args.executor == "ray":
+        import ray
+
+        if args.address:
+            ray.init(address=args.address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=args.workers, log_to_driver=False)
+        task = ray.remote(num_cpus=1)(run_one)
+        pending = [task.remote(n, args.ratio, args.timeout) for n in names]
+        while pending:
+            done, pending = ray.wait(pending)
+            yield ray.get(done[0])
+        return
+    with ThreadPoolExecutor(args.workers) as pool:
+        futures = [pool.submit(run_one, n, args.ratio, args.timeout) for n in names]
+        for future in as_completed(futures):
+            yield future.result()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -172,6 +197,12 @@ def main() -> int:
     ap.add_argument("--max-params", type=float, default=150e6,
                     help="skip models with more parameters (default 150M)")
     ap.add_argument("--workers", type=int, default=1, help="models measured at a time")
+    ap.add_argument("--executor", choices=("process", "ray"), default="process",
+                    help="process: local subprocesses; ray: the same per-model subprocesses "
+                         "as Ray tasks (one CPU each) on a local Ray or the cluster --address "
+                         "names (every node needs this checkout and environment)")
+    ap.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where zoo_sweep.{json,md} go")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per model")
     ap.add_argument("--resume", type=Path, help="a JSON-lines file: rows in it are skipped, new rows are appended")
     args = ap.parse_args()
@@ -200,18 +231,17 @@ def main() -> int:
         rows = [json.loads(line) for line in args.resume.read_text().splitlines() if line.strip()]
         done = {r["model"] for r in rows}
         keep = [n for n in keep if n not in done]
-    with ThreadPoolExecutor(args.workers) as pool:
-        for row in pool.map(lambda n: run_one(n, args.ratio, args.timeout), keep):
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            if args.resume:  # every finished row survives an interrupted sweep
-                with args.resume.open("a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "zoo_sweep.json").write_text(json.dumps({"ratio": args.ratio, "skipped": skipped,
+    for row in measured(keep, args):
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.resume:  # every finished row survives an interrupted sweep
+            with args.resume.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "zoo_sweep.json").write_text(json.dumps({"ratio": args.ratio, "skipped": skipped,
                                                         "rows": rows}, indent=2))
     rows.sort(key=lambda r: r["model"])
-    (RESULTS / "zoo_sweep.md").write_text(markdown(rows) + "\n" + summary(rows) + "\n")
+    (args.out / "zoo_sweep.md").write_text(markdown(rows) + "\n" + summary(rows) + "\n")
     print(summary(rows))
     return 0
 
