@@ -151,11 +151,13 @@ def test_torch_group_norm_export(tmp_path):
     assert g.channels == 4  # whole groups of 3 channels
 
 
-def test_transformer_encoder_prunes_its_mlp(tmp_path):
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_transformer_encoder_prunes_its_mlp(tmp_path, dynamo):
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, dropout=0.0,
                                        batch_first=True)
-    model = _export(nn.TransformerEncoder(layer, num_layers=1), (2, 5, 32), tmp_path / "t.onnx")
+    model = _export(nn.TransformerEncoder(layer, num_layers=1), (2, 5, 32), tmp_path / "t.onnx",
+                    dynamo=dynamo)
     res = check_oracle(model, trials=3)
     prunable = [g for g in res.analysis.groups if not g.frozen]
     assert [g.channels for g in prunable] == [64]  # the feed-forward width
