@@ -107,9 +107,12 @@ def _reduce_sum(x: str, y: str, node: onnx.NodeProto, p: str, name: str,
     return helper.make_node("ReduceSum", [x], [y], name=name, keepdims=keep, **kw)
 
 
-def _weighted_mean(node: onnx.NodeProto, p: str, q: str, opset: int) -> list[onnx.NodeProto]:
-    """ReduceMean with the reduced channels weighted by the gates: the mean over kept ones."""
-    x, y = node.input[0], node.output[0]
+def _weighted_mean(node: onnx.NodeProto, p: str, q: str, opset: int,
+                   y: str | None = None) -> list[onnx.NodeProto]:
+    """The mean over the stats node's axes with channels weighted by the gates ``p_c`` (so,
+    the mean over kept ones), written to ``y`` (default: the node's output); the expanded
+    weights are left in ``p_w`` and their sum in ``p_n``."""
+    x, y = node.input[0], y or node.output[0]
     return [
         helper.make_node("Shape", [x], [p + "_xs"], name=q + "_xs"),
         helper.make_node("Expand", [p + "_c", p + "_xs"], [p + "_w"], name=q + "_w"),
@@ -132,14 +135,7 @@ def _weighted_layernorm(node: onnx.NodeProto, p: str, q: str,
     def mk(op, ins, out, **kw):
         return helper.make_node(op, ins, [p + out], name=f"{q}_{out.lstrip('_')}", **kw)
 
-    nodes = [
-        mk("Shape", [x], "_xs"),
-        mk("Expand", [p + "_c", p + "_xs"], "_w"),
-        _reduce_sum(p + "_w", p + "_n0", node, p, q + "_n0", opset),
-        mk("Max", [p + "_n0", p + "_tiny"], "_n"),
-        mk("Mul", [x, p + "_w"], "_wx"),
-        _reduce_sum(p + "_wx", p + "_sx", node, p, q + "_sx", opset),
-        mk("Div", [p + "_sx", p + "_n"], "_mean"),
+    nodes = _weighted_mean(node, p, q, opset, p + "_mean") + [
         mk("Sub", [x, p + "_mean"], "_d"),
         mk("Mul", [p + "_d", p + "_d"], "_d2"),
         mk("Mul", [p + "_d2", p + "_w"], "_wd2"),

@@ -24,7 +24,7 @@ FULL_AE_PSNR = 31.0  # 30 epochs reach 31.4-32.0 dB over seeds 0-3
 
 
 @pytest.fixture(scope="module")
-def test_set():
+def heldout_digits():
     return digits28("test")
 
 
@@ -56,8 +56,8 @@ def test_psnr_and_accuracy():
         accuracy(logits, np.array([1, 0]))
 
 
-def test_short_autoencoder_beats_mean_image(short_ae, test_set):
-    x_test, _ = test_set
+def test_short_autoencoder_beats_mean_image(short_ae, heldout_digits):
+    x_test, _ = heldout_digits
     x_train, _ = digits28("train")
     baseline = psnr(np.broadcast_to(x_train.mean(0), x_test.shape), x_test)
     assert 13.0 < baseline < 16.0
@@ -76,16 +76,16 @@ def test_training_is_deterministic():
     assert train_autoencoder(epochs=1, seed=4).losses != a.losses
 
 
-def test_short_classifier(short_clf, test_set):
-    x_test, y_test = test_set
+def test_short_classifier(short_clf, heldout_digits):
+    x_test, y_test = heldout_digits
     assert short_clf.score > 0.8
     assert short_clf.score == accuracy(predict(short_clf.model, x_test), y_test)
 
 
 @pytest.mark.parametrize("which", ["short_ae", "short_clf"])
-def test_export_matches_torch(which, request, test_set, tmp_path):
+def test_export_matches_torch(which, request, heldout_digits, tmp_path):
     model = request.getfixturevalue(which).model
-    x = test_set[0][:7]
+    x = heldout_digits[0][:7]
     path = export(model, tmp_path / f"{which}.onnx", (1, 28, 28))
     expected = predict(model, x)
     for batch in (x, x[:1]):

@@ -27,6 +27,18 @@ class BatchNormalization(OpRule):
                 env.claim(node, p, 0, atoms)
 
 
+def _spatial_stats(node: gs.Node, env: Env) -> bool:
+    """Instance/group norms: statistics over the spatial axes (channels there freeze); scale
+    and bias must be constants. False when everything was frozen."""
+    if not all(isinstance(p, gs.Constant) for p in node.inputs[1:3]):
+        freeze_all(node, env, "non-constant scale or bias")
+        return False
+    for ax, atoms in env.tracked(node.inputs[0]).items():
+        if ax >= 2:
+            env.freeze(atoms, f"{node.op} {node.name}: normalizes over axis {ax}")
+    return True
+
+
 class InstanceNormalization(OpRule):
     """Statistics per sample and channel over spatial axes; scale and bias per channel."""
 
@@ -34,12 +46,8 @@ class InstanceNormalization(OpRule):
 
     def propagate(self, node: gs.Node, env: Env) -> None:
         x = node.inputs[0]
-        if not all(isinstance(p, gs.Constant) for p in node.inputs[1:3]):
-            freeze_all(node, env, "non-constant scale or bias")
+        if not _spatial_stats(node, env):
             return
-        for ax, atoms in env.tracked(x).items():
-            if ax >= 2:
-                env.freeze(atoms, f"{node.op} {node.name}: normalizes over axis {ax}")
         env.pass_through(node)
         atoms = env.get(x, 1)
         if atoms is not None:
@@ -56,12 +64,8 @@ class GroupNormalization(OpRule):
     def propagate(self, node: gs.Node, env: Env) -> None:
         x = node.inputs[0]
         groups = int(node.attrs["num_groups"])
-        if not all(isinstance(p, gs.Constant) for p in node.inputs[1:3]):
-            freeze_all(node, env, "non-constant scale or bias")
+        if not _spatial_stats(node, env):
             return
-        for ax, atoms in env.tracked(x).items():
-            if ax >= 2:
-                env.freeze(atoms, f"{node.op} {node.name}: normalizes over axis {ax}")
         xin = env.get(x, 1)
         env.pass_through(node)
         if xin is None:
