@@ -48,7 +48,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from onnxprune.zoo.torch_zoo import _quiet
+from onnxprune.zoo.torch_zoo import quiet
 
 __all__ = [
     "COMPONENTS",
@@ -289,7 +289,7 @@ def export_agent(agent: Agent, path: str | os.PathLike, *, dynamic_batch: bool =
     agent.eval()
     inputs, outputs = ["obs", "action"], ["pi_action", "next_latent", "reward", "q"]
     args = (torch.zeros(1, 3), torch.zeros(1, 1))
-    with _quiet(), torch.no_grad():
+    with quiet(), torch.no_grad():
         torch.onnx.export(
             agent,
             args,
