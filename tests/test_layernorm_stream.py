@@ -101,7 +101,8 @@ class TinySwin(nn.Module):
         return self.head(self.norm(x).mean((1, 2)))
 
 
-def _export(module, path, dynamo, static=False):
+def _export(module, path, dynamo, static: int = 0):
+    """``static``: a fixed batch size (0: a dynamic batch)."""
     kw = {"input_names": ["x"], "output_names": ["y"], "opset_version": 18 if dynamo else 17}
     if static:
         pass
@@ -110,7 +111,7 @@ def _export(module, path, dynamo, static=False):
     else:
         kw["dynamic_axes"] = {"x": {0: "batch"}, "y": {0: "batch"}}
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-        torch.onnx.export(module.eval(), (torch.randn(1 if static else 2, 3, 8, 8),), str(path),
+        torch.onnx.export(module.eval(), (torch.randn(static or 2, 3, 8, 8),), str(path),
                           dynamo=dynamo, **kw)
     return onnx.load(str(path))
 
@@ -137,12 +138,15 @@ def test_vit_embedding_width_is_prunable(tmp_path, dynamo):
     assert scale.dims[0] == 12
 
 
-def test_multihead_attention_heads_with_batch_one(tmp_path):
-    """nn.MultiheadAttention folds heads into the batch axis: exported for one sample the fold
-    is a known reshape and whole heads are units; under a dynamic batch the head axis is
-    symbolic and q/k/v stay (the stream and MLP widths are still pruned)."""
+@pytest.mark.parametrize("batch", [1, 3])
+def test_multihead_attention_heads_with_a_static_batch(tmp_path, batch):
+    """nn.MultiheadAttention folds heads into the batch axis: exported for a fixed batch the
+    fold is a known reshape (heads tiled over the samples) and whole heads are units; under a
+    dynamic batch the head axis is symbolic and q/k/v stay (the stream and MLP widths are
+    still pruned)."""
     torch.manual_seed(0)
-    static = check_oracle(_export(TinyViT(), tmp_path / "s.onnx", False, static=True), trials=3)
+    path = tmp_path / "s.onnx"
+    static = check_oracle(_export(TinyViT(), path, False, static=batch), trials=3)
     widths = sorted(g.channels for g in static.analysis.groups if not g.frozen)
     assert widths == [4, 4, 24, 48, 48], widths
     dynamic = check_oracle(_export(TinyViT(), tmp_path / "d.onnx", False), trials=1)

@@ -40,14 +40,17 @@ def _static(m: Mono | None) -> int | None:
 COLUMN_ROWS = 3  # a split into (rows <= this, columns) keeps the columns as channels
 
 
-def map_axis(in_shape: list[Mono | None], out_shape: list[Mono | None], a: int):
+def map_axis(in_shape: list[Mono | None], out_shape: list[Mono | None], a: int,
+             untile: bool = True):
     """Where channel axis ``a`` lands: (out axis, kind, factor) or None.
 
     'same': one to one. 'spread': each channel becomes ``factor`` consecutive output positions
     (flatten). 'join': ``factor`` consecutive channels become one output position (unflatten).
     'column': the axis splits into (rows, columns) with few rows (bidirectional halves, q/k/v):
     channel c of every row is one unit on the columns axis. 'tile': the axis merges with
-    ``factor[0]`` static positions of the axes before it (each channel ``factor[1]`` wide).
+    ``factor[0]`` static positions of the axes before it (each channel ``factor[1]`` wide, or
+    ``factor[2]`` channels per position). 'untile': ``factor[0]`` copies of the channels move to
+    the outer axes, the rest maps by ``factor[1:]``.
     """
     n_in = _static(in_shape[a])
     outer = _product(in_shape[:a])
@@ -76,11 +79,14 @@ def map_axis(in_shape: list[Mono | None], out_shape: list[Mono | None], a: int):
                     return b + 1, "column", (cols, sub)
         if inner_out % inner_in == 0 and n_in == n_out * (inner_out // inner_in):
             return b, "join", inner_out // inner_in
-    return _tile(in_shape, out_shape, a, n_in, inner_in)
+    return (_tile(in_shape, out_shape, a, n_in, inner_in)
+            or (_untile(in_shape, out_shape, a, n_in) if untile else None))
 
 
 def _tile(in_shape, out_shape, a: int, n_in: int, inner_in: int):
-    """The channel axis merged with static axes before it: [..., 2, H] -> [..., 2H]."""
+    """The channel axis merged with static axes before it: [..., 2, H] -> [..., 2H], or with
+    blocks of channels becoming one position: [N, H * d] -> [N * H, d] (attention heads folded
+    into a static batch)."""
     for k in range(a - 1, -1, -1):
         copies = _static(_product(in_shape[k:a]))
         outer = _product(in_shape[:k])
@@ -90,10 +96,28 @@ def _tile(in_shape, out_shape, a: int, n_in: int, inner_in: int):
             if _product(out_shape[:b]) != outer:
                 continue
             n_out, inner_out = _static(out_shape[b]), _static(_product(out_shape[b + 1:]))
-            if n_out is None or inner_out is None or inner_in % inner_out:
+            if n_out is None or inner_out is None:
                 continue
-            if n_out == copies * n_in * (inner_in // inner_out):
-                return b, "tile", (copies, inner_in // inner_out)
+            if inner_in % inner_out == 0 and n_out == copies * n_in * (inner_in // inner_out):
+                return b, "tile", (copies, inner_in // inner_out, 1)
+            join = inner_out // inner_in
+            if (inner_out % inner_in == 0 and n_in % join == 0
+                    and n_out == copies * (n_in // join)):
+                return b, "tile", (copies, 1, join)
+    return None
+
+
+def _untile(in_shape, out_shape, a: int, n_in: int):
+    """The channel axis is ``c`` copies of ``u`` channels whose copy index moves to the outer
+    axes: [N * H, d] -> [N, H * d] (heads unfolded from a static batch). Position ``k*u + j``
+    is channel ``j`` for every ``k``; the ``u`` channels then map as usual."""
+    for c in range(2, n_in):
+        if n_in % c:
+            continue
+        split = in_shape[:a] + [(c, ()), (n_in // c, ())] + in_shape[a + 1:]
+        where = map_axis(split, out_shape, a + 1, untile=False)
+        if where is not None:
+            return where[0], "untile", (c, where[1], where[2])
     return None
 
 
@@ -112,8 +136,15 @@ def _apply(env: Env, atoms: np.ndarray, kind: str, factor) -> np.ndarray:
                     env.union(first, grid[r, :, s])
         return first.copy()
     if kind == "tile":
-        copies, width = factor
-        return np.tile(np.repeat(atoms, width), copies)
+        copies, width, join = factor
+        units = env.atoms.union_blocks(atoms, join) if join > 1 else atoms
+        return np.tile(np.repeat(units, width), copies)
+    if kind == "untile":
+        copies, inner_kind, inner_factor = factor
+        grid = atoms.reshape(copies, -1)
+        for row in grid[1:]:
+            env.union(grid[0], row)
+        return _apply(env, grid[0].copy(), inner_kind, inner_factor)
     return atoms
 
 
