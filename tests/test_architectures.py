@@ -160,9 +160,9 @@ def test_transformer_encoder_prunes_its_mlp(tmp_path, dynamo):
                     dynamo=dynamo)
     res = check_oracle(model, trials=3)
     prunable = [g for g in res.analysis.groups if not g.frozen]
-    # the feed-forward width; through the dynamo exporter the heads fold into the symbolic
-    # batch with the head dims last, so head dims (the same in every head) are units too
-    assert [g.channels for g in prunable] == ([8, 64] if dynamo else [64])
+    # the feed-forward width; the heads fold into the symbolic batch with the head dims last,
+    # so head dims (the same in every head) are units too
+    assert [g.channels for g in prunable] == [8, 64]
     frozen = [g.reason for g in res.analysis.groups if g.frozen]
     assert any("LayerNormalization" in r or "Add" in r for r in frozen)  # the residual stream
 

@@ -97,6 +97,24 @@ def test_shape_chain_reshape_becomes_constant():
     assert g.channels == 6 and not g.frozen
 
 
+def test_computed_size_in_a_reshape_target_becomes_minus_one():
+    """Attention folds heads into the batch: [N, L, E] -> [N * heads, L, E / heads] with N read
+    from the input. The product is unknown but inferable: -1 (the target becomes constant)."""
+    b = GraphBuilder(opset=17)
+    x = b.input("x", ["n", 5, 8])
+    h = b.matmul(x, 8, 8, name="proj")
+    n = b.op("Gather", [b.op("Shape", [h]), b.const(np.array(0))], name="n")
+    nh = b.op("Unsqueeze", [b.op("Mul", [n, b.const(np.array(4))]), b.const(np.array([0]))])
+    target = b.op("Concat", [nh, b.const(np.array([5])), b.const(np.array([2]))], axis=0)
+    y = b.op("Softmax", [b.op("Reshape", [h, target], name="fold")], axis=1)
+    model = b.build([y])
+    norm = normalized(model)
+    fold = next(n for n in norm.graph.node if n.op_type == "Reshape")
+    value = next(i for i in norm.graph.initializer if i.name == fold.input[1])
+    assert onnx.numpy_helper.to_array(value).tolist() == [-1, 5, 2]
+    _same_outputs(model, norm)
+
+
 def test_constant_nodes_become_initializers():
     b = GraphBuilder()
     x = b.input("x", [1, 3, 4, 4])

@@ -20,7 +20,13 @@ class DimRef:
     dim: int | str | None
 
 
-Elem = int | DimRef
+@dataclass(frozen=True)
+class Unknown:
+    """A size computed from symbolic dimensions (e.g. batch x heads): a Reshape can infer it."""
+
+
+Elem = int | DimRef | Unknown
+ARITHMETIC = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Div": np.floor_divide}
 
 
 def evaluate(tensor: gs.Tensor, depth: int = 0) -> list[Elem] | None:
@@ -60,6 +66,16 @@ def evaluate(tensor: gs.Tensor, depth: int = 0) -> list[Elem] | None:
         if data is None or idx is None:
             return None
         return [data[int(i)] for i in np.asarray(idx).ravel()]
+    if op in ARITHMETIC:
+        a, b = (evaluate(t, depth + 1) for t in node.inputs[:2])
+        if a is None or b is None or (len(a) != len(b) and 1 not in (len(a), len(b))):
+            return None
+        if op == "Div" and 0 in b:
+            return None
+        n = max(len(a), len(b))
+        a, b = a * n if len(a) == 1 else a, b * n if len(b) == 1 else b
+        return [int(ARITHMETIC[op](x, y)) if isinstance(x, int) and isinstance(y, int)
+                else Unknown() for x, y in zip(a, b, strict=True)]
     if op == "Slice":
         data = evaluate(node.inputs[0], depth + 1)
         bounds = [const_value(input_or_none(node, i)) for i in range(1, 5)]
@@ -79,7 +95,7 @@ def as_reshape_target(elems: list[Elem], data: gs.Tensor) -> np.ndarray | None:
     for i, e in enumerate(elems):
         if isinstance(e, int):
             out.append(e)
-        elif i < len(in_shape) and (
+        elif isinstance(e, DimRef) and i < len(in_shape) and (
             (e.tensor == data.name and e.index == i)
             or (isinstance(e.dim, str) and e.dim == in_shape[i])
         ):
