@@ -28,6 +28,13 @@ class Env:
         s = self.shape(tensor)
         return None if s is None else len(s)
 
+    def is_output(self, tensor: gs.Tensor) -> bool:
+        return any(o is tensor for o in self.graph.outputs)
+
+    def used(self, tensor: gs.Tensor) -> bool:
+        """Read by a node or a graph output."""
+        return bool(tensor.outputs) or self.is_output(tensor)
+
     def const(self, tensor: gs.Tensor | None) -> np.ndarray | None:
         return const_value(tensor)
 

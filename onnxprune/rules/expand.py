@@ -73,7 +73,7 @@ def expanded_constant(t: gs.Tensor, axis: int, n: int, env: Env) -> tuple[gs.Nod
     """(Expand node, constant, constant axis) when ``t`` is a constant expanded (e.g. to the
     batch) whose ``axis`` (of ``t``) holds the constant's own ``n`` > 1 entries, and ``t`` has
     no other reader; else None."""
-    if n <= 1 or len(t.inputs) != 1 or len(t.outputs) != 1 or any(o is t for o in env.graph.outputs):
+    if n <= 1 or len(t.inputs) != 1 or len(t.outputs) != 1 or env.is_output(t):
         return None
     node = t.inputs[0]
     if node.op != "Expand" or not isinstance(node.inputs[0], gs.Constant):

@@ -15,7 +15,7 @@ class BatchNormalization(OpRule):
     ops = ("BatchNormalization",)
 
     def propagate(self, node: gs.Node, env: Env) -> None:
-        used_stats = any(_used(o, env) for o in node.outputs[1:])
+        used_stats = any(env.used(o) for o in node.outputs[1:])
         params = node.inputs[1:5]
         if used_stats or not all(isinstance(p, gs.Constant) for p in params):
             freeze_all(node, env, "training-mode outputs or non-constant statistics")
@@ -100,7 +100,7 @@ class LayerNormalization(OpRule):
         normed = {ax: a for ax, a in env.tracked(x).items() if ax >= first}
         params = [p for p in node.inputs[1:3] if not _empty(p)]
         why = None
-        if any(_used(o, env) for o in node.outputs[1:]):
+        if any(env.used(o) for o in node.outputs[1:]):
             why = "Mean/InvStdDev outputs are used"
         elif not all(isinstance(p, gs.Constant) for p in params):
             why = "non-constant scale or bias"
@@ -121,10 +121,6 @@ class LayerNormalization(OpRule):
                         env.freeze(atoms, f"{node.op} {node.name}: parameter shape "
                                           f"{list(p.values.shape)} does not follow axis {ax}")
                 env.gate(node, 0, ax, atoms, kind="stats")
-
-
-def _used(t: gs.Tensor, env: Env) -> bool:
-    return bool(t.outputs) or any(o is t for o in env.graph.outputs)
 
 
 def _empty(t: gs.Tensor) -> bool:
