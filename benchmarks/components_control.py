@@ -32,12 +32,8 @@ from rich.console import Console
 from rich.table import Table
 
 from onnxprune.api import analyze, prune
-from onnxprune.zoo.control import (
-    closed_loop_return,
-    export_agent,
-    random_policy_return,
-    train_agent,
-)
+from onnxprune.zoo.control import closed_loop_return, export_agent, random_policy_return
+from onnxprune.zoo.control_train import train_agent
 
 RESULTS = Path(__file__).parent / "results"
 CONFIGS = {

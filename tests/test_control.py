@@ -9,6 +9,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("gymnasium")
 
 from onnxprune.zoo import control  # noqa: E402
+from onnxprune.zoo.control_train import train_agent  # noqa: E402
 
 OUTPUTS = ["pi_action", "next_latent", "reward", "q"]
 OPS = {"Gemm", "Concat", "Elu", "Tanh", "Mul", "Constant"}
@@ -16,7 +17,7 @@ OPS = {"Gemm", "Concat", "Elu", "Tanh", "Mul", "Constant"}
 
 @pytest.fixture(scope="module")
 def short_agent():
-    return control.train_agent(seconds=20, seed=0)
+    return train_agent(seconds=20, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def test_expert_swings_up_and_balances():
 
 
 def test_training_is_deterministic():
-    a, b = (control.train_agent(seconds=0.5, seed=3) for _ in range(2))
+    a, b = (train_agent(seconds=0.5, seed=3) for _ in range(2))
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y), name
 
@@ -81,5 +82,5 @@ def test_unknown_mode_is_rejected(short_model):
 
 @pytest.mark.slow
 def test_default_budget_policy(tmp_path):
-    path = control.export_agent(control.train_agent(seed=0), tmp_path / "agent.onnx")
+    path = control.export_agent(train_agent(seed=0), tmp_path / "agent.onnx")
     assert control.closed_loop_return(path, episodes=10, seed=0) > -300
