@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+UNFINISHED = "did not finish"  # Torch-Pruning's state in the row printed before it starts
 SIZES = {"inception_v3": 299}
 
 
@@ -86,7 +87,7 @@ def one(name: str, ratio: float) -> dict:
                    oracle_rel_diff=r.verification.max_rel_diff)
     except Exception as err:  # noqa: BLE001 - a row per model, whatever happens
         row.update(valid=False, error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
-    print(json.dumps({**row, "tp_ok": False, "tp_error": "timeout"}), flush=True)  # partial
+    print(json.dumps({**row, "tp_ok": False, "tp_error": UNFINISHED}), flush=True)  # partial
     try:
         import torch_pruning as tp
 
@@ -119,14 +120,18 @@ def run_one(name: str, ratio: float, timeout: float) -> dict:
         done = subprocess.run([sys.executable, __file__, "--one", name, "--ratio", str(ratio)],
                               capture_output=True, text=True, timeout=timeout)
         stdout, stderr = done.stdout, done.stderr
+        why = f"process ended with code {done.returncode}"
     except subprocess.TimeoutExpired as err:  # keep what finished (onnxprune's part)
         stdout = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
-        stderr = f"timeout after {timeout:.0f} s"
+        stderr = why = f"timeout after {timeout:.0f} s"
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    tail = ((stderr or "").strip().splitlines()[-1:] or ["no output"])[0][:160]
     if not lines:
-        tail = (stderr or "").strip().splitlines()[-1:] or ["no output"]
-        return {"model": name, "valid": False, "error": f"crashed: {tail[0][:200]}"}
-    return json.loads(lines[-1])
+        return {"model": name, "valid": False, "error": f"crashed: {tail}"}
+    row = json.loads(lines[-1])
+    if row.get("tp_error") == UNFINISHED:  # Torch-Pruning's part never reported
+        row["tp_error"] = f"{why}: {tail}" if why != tail else why
+    return row
 
 
 def _ratio(v: float | None) -> str:
