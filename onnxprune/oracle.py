@@ -64,6 +64,7 @@ def build_gated_model(reference: onnx.ModelProto, analysis: ChannelAnalysis,
         new_nodes[node.name].append(
             helper.make_node("Mul", [x, p + "_c"], [p + "_y"], name=q + "_mul"))
         node.input[gate.input_index] = p + "_y"
+        ranks[p + "_y"] = rank  # a second gate on this input (two reduced axes) chains on it
     ordered = []
     for n in g.node:
         ordered.extend(new_nodes.get(n.name, []))

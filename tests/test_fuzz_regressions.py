@@ -151,3 +151,16 @@ def test_squeeze_without_axes_prune_api_to_one_channel():
     assert r.verification.passed
     shapes = [list(i.dims) for i in r.model.graph.initializer]
     assert [1, 3, 3, 3] in shapes and [2, 1] in shapes  # c1 keeps 1 channel, fc 1 input
+
+
+def test_sum_over_two_channel_axes_chains_two_gates():
+    """Was: a reduction over two tracked axes puts two gates on one input; the oracle looked up
+    the rank of the first gate's output, which shape inference never saw (oracle.py)."""
+    b = GraphBuilder(opset=12)
+    x = b.input("x", ["n", 3, 4, 4])
+    h = b.conv(x, 3, 6, 1, name="c1")  # channels on axis 1
+    h = b.op("MatMul", [h, b.const(np.random.default_rng(0).normal(size=(4, 5))
+                                   .astype(np.float32))], name="mm")  # and on axis 3
+    y = b.op("ReduceSum", [h], axes=[1, 3], keepdims=0, name="rsum")
+    res = check_oracle(b.build([y]), trials=3)
+    assert sum(g.kind == "mul" and g.node == "rsum" for g in res.analysis.gates) == 2
