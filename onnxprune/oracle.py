@@ -86,8 +86,9 @@ def _stats_constants(p: str, node: onnx.NodeProto, rank: int, elem: int,
     else:
         axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
         axes = list(range(axis % rank, rank))
-    out = [numpy_helper.from_array(np.array(eps, dtype), p + "_eps"),
-           numpy_helper.from_array(np.array(1e-12, dtype), p + "_tiny")]
+    out = [numpy_helper.from_array(np.array(1e-12, dtype), p + "_tiny")]
+    if node.op_type == "LayerNormalization":
+        out.append(numpy_helper.from_array(np.array(eps, dtype), p + "_eps"))
     if axes is not None:
         out.append(numpy_helper.from_array(np.array(axes, np.int64), p + "_axes"))
     return out
