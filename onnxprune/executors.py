@@ -26,15 +26,13 @@ def _payload(ev) -> tuple:
 def _build(payload):
     import onnx
 
-    from . import oracle
     from .evaluate import Evaluator
     from .quality import get_metric
 
-    oracle.THREADS = 1  # one core per worker: workers run side by side
-
     model_bytes, analysis, calib, metric, max_rows = payload
+    # one core per worker: workers run side by side
     return Evaluator(onnx.load_from_string(model_bytes), analysis, calib, get_metric(metric),
-                     max_rows=max_rows)
+                     max_rows=max_rows, threads=1)
 
 
 def _init_worker(payload) -> None:

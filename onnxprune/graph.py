@@ -187,7 +187,3 @@ def prod(dims: Sequence[int]) -> int:
     for d in dims:
         out *= int(d)
     return out
-
-
-def default_opset(graph: gs.Graph) -> int:
-    return int(graph.opset)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from .analysis.model import ChannelAnalysis
+from .runtime import session
 
 GATES = "onnxprune_gates"
 
@@ -183,29 +183,14 @@ def _elem_type(model: onnx.ModelProto, name: str) -> int:
     return TensorProto.FLOAT
 
 
-THREADS: int | None = None  # intra-op threads of oracle sessions (None: onnxruntime's choice)
-
-
-def session(model: onnx.ModelProto, providers: list[str] | None = None) -> ort.InferenceSession:
-    """An onnxruntime session with graph optimizations off (exact reference arithmetic)."""
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    if THREADS:
-        opts.intra_op_num_threads = THREADS
-    return ort.InferenceSession(
-        model.SerializeToString(), opts, providers=providers or ["CPUExecutionProvider"]
-    )
-
-
 class Oracle:
     """One session over the gated reference; ``run`` evaluates any unit mask."""
 
     def __init__(self, reference: onnx.ModelProto, analysis: ChannelAnalysis,
-                 inplace: bool = False):
+                 inplace: bool = False, threads: int | None = None):
         self.analysis = analysis
         self.model = build_gated_model(reference, analysis, inplace)
-        self.session = session(self.model)
+        self.session = session(self.model, threads=threads)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray], keep: np.ndarray | None = None) -> list[np.ndarray]:

@@ -12,11 +12,12 @@ import onnx
 from .analysis.channels import analyze_channels
 from .analysis.model import ChannelAnalysis
 from .graph import export_model, import_model
-from .oracle import Oracle, session
+from .oracle import Oracle
 from .passes import Normalize, UseModel
 from .pipeline import Context, Pipeline
 from .rewrite.remove import remove_units
-from .verify import close, max_diffs, random_feeds
+from .runtime import random_feeds, session
+from .verify import close, max_diffs
 
 
 def normalized(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -10,18 +10,10 @@ import onnx
 import onnxruntime as ort
 
 from .analysis.model import ChannelAnalysis
-from .errors import UsageError
-from .oracle import Oracle, session
+from .oracle import Oracle
+from .runtime import random_feeds, session
 
 RTOL, ATOL = 1e-4, 1e-5
-
-_NP_TYPES = {
-    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
-    onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT64: np.int64,
-    onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_,
-    onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8,
-}
-
 
 @dataclass(frozen=True)
 class VerifyReport:
@@ -33,43 +25,6 @@ class VerifyReport:
     passed: bool
     messages: tuple[str, ...]
     oracle: bool = True  # False when the oracle could not run (custom ops)
-
-
-def random_feeds(
-    model: onnx.ModelProto, seed: int = 0, batch: int = 2,
-    shapes: dict[str, Sequence[int]] | None = None,
-) -> dict[str, np.ndarray]:
-    """Random inputs for every graph input; symbolic batch dims get ``batch``."""
-    rng = np.random.default_rng(seed)
-    inits = {i.name for i in model.graph.initializer}
-    feeds = {}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        dims = list(shapes[vi.name]) if shapes and vi.name in shapes else _dims(vi.name, tt, batch)
-        dtype = _NP_TYPES.get(tt.elem_type, np.float32)
-        if np.issubdtype(dtype, np.floating):
-            feeds[vi.name] = rng.standard_normal(dims).astype(dtype)
-        elif dtype == np.bool_:
-            feeds[vi.name] = rng.integers(0, 2, dims).astype(bool)
-        else:
-            feeds[vi.name] = rng.integers(0, 2, dims).astype(dtype)
-    return feeds
-
-
-def _dims(name: str, tt, batch: int) -> list[int]:
-    dims = []
-    for i, d in enumerate(tt.shape.dim):
-        if d.HasField("dim_value") and d.dim_value > 0:
-            dims.append(d.dim_value)
-        elif i == 0:
-            dims.append(batch)
-        else:
-            raise UsageError(
-                f"input {name} has a dynamic dimension {i}; give its shape with --input-shape"
-            )
-    return dims
 
 
 RUNTIME_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}

@@ -6,7 +6,7 @@ import pytest
 
 from onnxprune.api import prune
 from onnxprune.errors import UsageError
-from onnxprune.oracle import session
+from onnxprune.runtime import session
 from onnxprune.zoo.builder import GraphBuilder
 
 

@@ -5,9 +5,9 @@ import onnx
 import pytest
 
 from onnxprune.graph import import_model
-from onnxprune.oracle import session
+from onnxprune.runtime import random_feeds, session
 from onnxprune.testing import check_oracle, normalized
-from onnxprune.verify import max_diffs, random_feeds
+from onnxprune.verify import max_diffs
 from onnxprune.zoo.builder import GraphBuilder
 
 

@@ -15,6 +15,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from ..errors import UnsupportedModelError, UsageError
+from ..runtime import PROVIDER_HINTS
 from .memory import DevicePeak, HostPeak
 from .workload import BenchModel
 
@@ -75,8 +76,8 @@ def resolve_providers(names: Sequence[str], notice: Callable[[str], None]) -> li
     if not usable:
         what = f"execution provider {wanted[0]} is not" if len(wanted) == 1 else (
             f"none of the execution providers {', '.join(wanted)} is")
-        raise UnsupportedModelError(f"{what} available here ({offers}); "
-                                    "install onnxruntime-gpu for cuda/tensorrt")
+        hints = "; ".join(f"for {n}: {PROVIDER_HINTS[n]}" for n in wanted if n in PROVIDER_HINTS)
+        raise UnsupportedModelError(f"{what} available here ({offers}); {hints}")
     return usable
 
 

@@ -19,8 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..analysis.model import ChannelAnalysis
 from ..graph import export_model, input_or_none
-from ..oracle import session
 from ..progress import task
+from ..runtime import run_batched, session
 
 MAX_ROWS = 40_000  # rows of the least-squares problem per layer (sampled)
 MAX_CELLS = 30_000_000  # rows x columns of the patch matrix
@@ -41,8 +41,8 @@ def _activations(model: onnx.ModelProto, names: list[str], feeds: dict) -> dict[
     for n in names:
         if n not in have:
             m.graph.output.append(helper.make_empty_tensor_value_info(n))
-    outs = session(m).run(names, {k: v for k, v in feeds.items()
-                                  if k in {i.name for i in m.graph.input}})
+    outs = run_batched(session(m), {k: v for k, v in feeds.items()
+                                    if k in {i.name for i in m.graph.input}}, names)
     return dict(zip(names, outs, strict=True))
 
 

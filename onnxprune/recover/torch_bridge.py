@@ -21,19 +21,13 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
+from ..runtime import default_opset
 from .ops import OPS, Node
 from .ops.tensor import constant
 
-__all__ = ["TorchGraph", "default_opset"]
+__all__ = ["TorchGraph"]
 
 Value = torch.Tensor | np.ndarray | float | int
-
-
-def default_opset(model: onnx.ModelProto) -> int:
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
-    raise ValueError("the model imports no default-domain opset")
 
 
 def _attributes(node: onnx.NodeProto) -> dict:
@@ -122,7 +116,7 @@ class TorchGraph(torch.nn.Module):
     def __init__(self, model: onnx.ModelProto):
         super().__init__()
         g = model.graph
-        self.opset = default_opset(model)
+        self.opset = default_opset(model) or onnx.defs.onnx_opset_version()
         self.params = torch.nn.ParameterDict()
         self.param_names: dict[str, str] = {}  # ParameterDict key -> initializer name
         self._consts = torch.nn.Module()

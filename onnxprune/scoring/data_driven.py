@@ -9,8 +9,8 @@ from onnx import helper
 
 from ..analysis.model import ChannelAnalysis
 from ..evaluate import Evaluator
-from ..oracle import session
 from ..progress import task
+from ..runtime import run_batched, session
 
 CHUNK = 64  # candidate masks per evaluation batch
 
@@ -30,8 +30,8 @@ def activation_scores(reference: onnx.ModelProto, analysis: ChannelAnalysis,
             model.graph.output.append(helper.make_empty_tensor_value_info(name))
     inputs = {i.name for i in model.graph.input}
     feeds = {k: v for k, v in calib.items() if k in inputs}
-    outs = dict(zip([o.name for o in model.graph.output], session(model).run(None, feeds),
-                    strict=True))
+    names = [o.name for o in model.graph.output]
+    outs = dict(zip(names, run_batched(session(model), feeds, names), strict=True))
     scores = np.zeros(analysis.num_units)
     for gate in [g for g in analysis.gates if g.batched]:
         x = np.moveaxis(outs[nodes[gate.node].input[gate.input_index]], gate.axis, 0)

@@ -1,0 +1,156 @@
+"""onnxruntime helpers shared by every stage: exact-arithmetic sessions, runs over a batch in
+chunks the model accepts, random feeds, element-type tables and the default opset."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .errors import UnsupportedModelError, UsageError
+
+NP_TYPES = {
+    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT16: np.int16,
+    onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8,
+    onnx.TensorProto.UINT16: np.uint16, onnx.TensorProto.BOOL: np.bool_,
+}
+
+
+# Short provider names (CLI, recipes) -> onnxruntime's, and what makes each one available.
+PROVIDER_NAMES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+PROVIDER_HINTS = {
+    "cuda": "install onnxruntime-gpu (pip install 'onnxprune[cuda]') on a machine with an "
+            "NVIDIA GPU and its CUDA driver",
+    "tensorrt": "install onnxruntime-gpu with NVIDIA TensorRT's libraries (tensorrt on the "
+                "library path) on a machine with an NVIDIA GPU",
+}
+
+
+def resolve_providers(spec: str | Sequence[str]) -> list[str]:
+    """onnxruntime provider names for short names ("cpu,cuda"); every one must be available
+    here (UnsupportedModelError naming what is missing and how to get it)."""
+    names = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec)]
+    names = [n for n in names if n]
+    if not names:
+        raise UsageError(f"no execution provider given; choose from {', '.join(PROVIDER_NAMES)}")
+    have = ort.get_available_providers()
+    out = []
+    for name in names:
+        full = PROVIDER_NAMES.get(name, name if name in PROVIDER_NAMES.values() else None)
+        if full is None:
+            raise UsageError(f"unknown provider {name!r}; choose from {', '.join(PROVIDER_NAMES)}")
+        if full not in have:
+            short = next(k for k, v in PROVIDER_NAMES.items() if v == full)
+            raise UnsupportedModelError(
+                f"execution provider {short} ({full}) is not available here: onnxruntime "
+                f"{ort.__version__} offers {', '.join(have)}; {PROVIDER_HINTS[short]}")
+        out.append(full)
+    return out
+
+
+def session(model: onnx.ModelProto, providers: Sequence[str] | None = None,
+            threads: int | None = None) -> ort.InferenceSession:
+    """An onnxruntime session with graph optimizations off (exact reference arithmetic);
+    ``threads``: intra-op threads (None: onnxruntime's choice)."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(
+        model.SerializeToString(), opts, providers=list(providers or ["CPUExecutionProvider"])
+    )
+
+
+def default_opset(model: onnx.ModelProto) -> int | None:
+    """The default-domain opset the model imports (None if it imports none)."""
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return None
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The inputs a caller feeds (not initializers listed as inputs, as IR < 4 writes them)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def static_batch(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> int | None:
+    """The fixed leading dimension of the fed inputs, if any input has one (a model exported
+    for one sample runs one sample at a time)."""
+    for i in sess.get_inputs():
+        if i.name in feeds and i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0:
+            return int(i.shape[0])
+    return None
+
+
+def run_batched(sess: ort.InferenceSession, feeds: dict[str, np.ndarray],
+                names: Sequence[str] | None = None,
+                max_rows: int | None = None) -> list[np.ndarray]:
+    """``sess.run`` over the leading (sample) axis of ``feeds`` in chunks: of the model's fixed
+    batch when it has one (the last chunk padded by repeating its last sample, the padding
+    dropped from the outputs), else of ``max_rows`` samples (None: all at once). Outputs are
+    concatenated along their leading axis."""
+    names = list(names) if names is not None else [o.name for o in sess.get_outputs()]
+    n = len(next(iter(feeds.values()))) if feeds else 0
+    fixed = static_batch(sess, feeds)
+    step = fixed or (max_rows if max_rows and max_rows < n else None)
+    if step is None or (fixed is not None and n == fixed):
+        return sess.run(names, feeds)
+    parts = []
+    for lo in range(0, n, step):
+        idx = np.arange(lo, min(lo + step, n))
+        valid = len(idx)
+        if fixed is not None and valid < fixed:
+            idx = np.concatenate([idx, np.full(fixed - valid, idx[-1])])
+        outs = sess.run(names, {k: v[idx] for k, v in feeds.items()})
+        parts.append([o[:valid] for o in outs])
+    return [np.concatenate(p) for p in zip(*parts, strict=True)]
+
+
+def random_feeds(
+    model: onnx.ModelProto, seed: int = 0, batch: int = 2,
+    shapes: dict[str, Sequence[int]] | None = None, *, samples: bool = False,
+) -> dict[str, np.ndarray]:
+    """Random inputs for every graph input; symbolic batch dims get ``batch``. ``samples``:
+    ``batch`` samples even where the model fixes the leading dimension to 1 (calibration data
+    for a model exported for one sample)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for vi in graph_inputs(model):
+        tt = vi.type.tensor_type
+        dims = list(shapes[vi.name]) if shapes and vi.name in shapes else _dims(vi.name, tt, batch)
+        if samples and dims and tt.shape.dim[0].dim_value == 1 and not (
+                shapes and vi.name in shapes):
+            dims[0] = batch
+        dtype = NP_TYPES.get(tt.elem_type, np.float32)
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(dims).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[vi.name] = rng.integers(0, 2, dims).astype(bool)
+        else:
+            feeds[vi.name] = rng.integers(0, 2, dims).astype(dtype)
+    return feeds
+
+
+def _dims(name: str, tt, batch: int) -> list[int]:
+    dims = []
+    for i, d in enumerate(tt.shape.dim):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(d.dim_value)
+        elif i == 0:
+            dims.append(batch)
+        else:
+            raise UsageError(
+                f"input {name} has a dynamic dimension {i}; give its shape with --input-shape"
+            )
+    return dims
