@@ -1,13 +1,30 @@
-"""onnxprune: structured pruning of ONNX models, verified against a mask oracle."""
+"""onnxprune: structured pruning of ONNX models, verified against a mask oracle.
+
+The names below load on first use, so that ``import onnxprune.<module>`` (the command line's
+entry point among them) costs nothing until the API is needed."""
 
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
 
-from .api import Analysis, PruneResult, analyze, prune  # noqa: E402
-from .pipeline import Context, Fixpoint, Pass, PassResult, Pipeline  # noqa: E402
+_LAZY = {
+    "Analysis": "api", "PruneResult": "api", "analyze": "api", "prune": "api",
+    "Context": "pipeline", "Fixpoint": "pipeline", "Pass": "pipeline",
+    "PassResult": "pipeline", "Pipeline": "pipeline",
+}
 
-__all__ = [
-    "Analysis", "Context", "Fixpoint", "Pass", "PassResult", "Pipeline", "PruneResult",
-    "analyze", "prune", "__version__",
-]
+__all__ = [*_LAZY, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

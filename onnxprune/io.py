@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import shutil
+import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None
 
 import onnx
 from google.protobuf.message import DecodeError
 
+from . import interrupts
 from .errors import InputMissingError, InvalidModelError, OutputError, UnsupportedModelError
+from .runtime import default_opset
 
 # onnx 1.23 writes IR 14 by default; onnxruntime 1.31 loads at most IR 13.
 MAX_RUNTIME_IR = 13
@@ -18,15 +29,25 @@ MAX_RUNTIME_IR = 13
 MIN_OPSET, MAX_OPSET = 7, onnx.defs.onnx_opset_version()
 # Beyond this much weight data a model is written with external data (protobuf's 2 GB limit).
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+# Every model this process wrote, in order (a front end reports them when interrupted).
+written: list[Path] = []
 
 
-def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Load a model (and its external data) and reject what cannot be handled, naming why."""
+def check_input(path: str | os.PathLike) -> Path:
+    """The input is an existing regular file (checked before any work)."""
     p = Path(path)
     if not p.exists():
         raise InputMissingError(f"{p}: no such file")
     if p.is_dir():
         raise InputMissingError(f"{p}: is a directory, expected an .onnx file")
+    if not p.is_file():
+        raise InputMissingError(f"{p}: is {_kind(p)}, expected an .onnx file")
+    return p
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Load a model (and its external data) and reject what cannot be handled, naming why."""
+    p = check_input(path)
     try:
         model = onnx.load(str(p), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError) as err:
@@ -58,13 +79,6 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
-def default_opset(model: onnx.ModelProto) -> int | None:
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return imp.version
-    return None
-
-
 def runtime_ir_version(model: onnx.ModelProto, source_ir: int | None = None) -> int:
     """The IR version to write: the source's (or the runtime's limit), never below what the opsets need."""
     want = min(source_ir or MAX_RUNTIME_IR, MAX_RUNTIME_IR)
@@ -79,6 +93,89 @@ def weight_bytes(model: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) for t in model.graph.initializer)
 
 
+def _kind(path: Path) -> str:
+    """What a non-regular file is, for the message."""
+    mode = path.stat().st_mode
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def output_target(path: str | os.PathLike) -> Path:
+    """Where a model written to ``path`` lands, checked before any work is done.
+
+    The folder must exist and accept a new file (probed by creating one: permission bits do
+    not tell for root, /proc or read-only mounts). A symbolic link is written through: its
+    target is replaced and the link stays. An existing directory, device, pipe or socket is
+    never replaced (OutputError, exit 7)."""
+    out = Path(path)
+    if out.is_symlink():
+        out = Path(os.path.realpath(out))
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"{path}: output folder {folder} does not exist")
+    if out.exists() and not out.is_file():
+        raise OutputError(f"{path}: is {_kind(out)}; refusing to replace it (give a file path)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".onnxprune-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OutputError(f"{path}: output folder {folder} is not writable "
+                          f"({_first_line(err)})") from None
+    return out
+
+
+def _data_name(out: Path, model: onnx.ModelProto) -> str:
+    """A name for the external data file unique to its contents, so that a model file can
+    never be paired with another run's data (the model's rename is the one commit point)."""
+    digest = hashlib.blake2b(digest_size=6)
+    for t in model.graph.initializer:
+        digest.update(t.name.encode())
+        digest.update(t.raw_data or t.SerializeToString())
+    return f"{out.name}.{digest.hexdigest()}.data"
+
+
+def _external_files(path: Path) -> set[str]:
+    """The external data files an existing model at ``path`` refers to (empty if none; a
+    large file holds its weights itself and is not parsed)."""
+    if path.stat().st_size > 64 << 20:
+        return set()
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - whatever is there, it is about to be replaced
+        return set()
+    return {e.value for t in model.graph.initializer for e in t.external_data
+            if e.key == "location"}
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on the folder (flock on its descriptor; no file is left behind), so
+    that a writer reads the model it replaces and removes that model's data file while no
+    other writer commits there."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_model(
     model: onnx.ModelProto,
     path: str | os.PathLike,
@@ -86,36 +183,52 @@ def save_model(
     source_ir: int | None = None,
     external_data: bool | None = None,
 ) -> Path:
-    """Write atomically: a temp file in the target folder, then a rename (external data too)."""
-    out = Path(path)
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"{out}: output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise OutputError(f"{out}: output folder {folder} is not writable")
+    """Write atomically: temp files in the target folder, then renames.
+
+    With external data, the data file gets a name derived from its contents and is moved into
+    place first; the model's rename commits the pair, so a reader sees the old pair or the new
+    one, never a mix (also under concurrent writers or an interrupt). The data file the
+    replaced model used is removed afterwards when it followed the same naming. Interrupts
+    are held back during the renames; one that arrived earlier stops the write."""
+    out = output_target(path)
+    folder = out.parent
     model.ir_version = runtime_ir_version(model, source_ir)
     if external_data is None:
         external_data = weight_bytes(model) > EXTERNAL_DATA_THRESHOLD
-    tmpdir = Path(tempfile.mkdtemp(prefix=".onnxprune-", dir=folder))
+    try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=".onnxprune-", dir=folder))
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write the model ({_first_line(err)})") from None
     try:
         tmp_model = tmpdir / out.name
+        data_name = None
         if external_data:
-            data_name = out.name + ".data"
+            data_name = _data_name(out, model)
             copy = onnx.ModelProto()
             copy.CopyFrom(model)  # saving with external data rewrites the proto in place
             onnx.save_model(
                 copy, str(tmp_model), save_as_external_data=True,
                 all_tensors_to_one_file=True, location=data_name, size_threshold=1024,
             )
-            os.replace(tmpdir / data_name, folder / data_name)
+            _fsync(tmpdir / data_name)
         else:
             with open(tmp_model, "wb") as fh:
                 fh.write(model.SerializeToString())
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp_model, out)
+        _fsync(tmp_model)
+        interrupts.check()
+        with _folder_lock(folder):  # commits in this folder one at a time
+            old_data = _external_files(out) if out.exists() else set()
+            with interrupts.deferred():
+                if data_name is not None:
+                    os.replace(tmpdir / data_name, folder / data_name)
+                os.replace(tmp_model, out)
+                written.append(out)
+            for name in old_data - {data_name}:  # the replaced model's own data file
+                stale = folder / name
+                if name.startswith(out.name + ".") and name.endswith(".data") and stale.is_file():
+                    stale.unlink(missing_ok=True)
     except OSError as err:
-        raise OutputError(f"{out}: cannot write the model ({_first_line(err)})") from err
+        raise OutputError(f"{path}: cannot write the model ({_first_line(err)})") from err
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return out

@@ -1,3 +1,7 @@
+import os
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -28,3 +32,25 @@ def cbr(b, x, cin, cout, **kw):
 
 
 np.set_printoptions(precision=4)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder nobody can create files in: immutable (chattr +i) when running as root, where
+    permission bits do not bind, else without write permission."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() == 0:
+        if shutil.which("chattr") is None or subprocess.run(
+                ["chattr", "+i", str(ro)], capture_output=True).returncode != 0:
+            pytest.skip("root without chattr +i: no folder is read-only for this user")
+        try:
+            yield ro
+        finally:
+            subprocess.run(["chattr", "-i", str(ro)], check=True)
+    else:
+        ro.chmod(0o500)
+        try:
+            yield ro
+        finally:
+            ro.chmod(0o700)

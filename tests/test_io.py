@@ -83,23 +83,107 @@ def test_save_keeps_older_ir(tmp_path):
 def test_external_data_round_trip(tmp_path):
     m = demo_cnn()
     out = io.save_model(m, tmp_path / "big.onnx", external_data=True)
-    assert (tmp_path / "big.onnx.data").exists()
+    data = sorted(p.name for p in tmp_path.iterdir() if p.name != "big.onnx")
+    assert len(data) == 1 and data[0].startswith("big.onnx.") and data[0].endswith(".data")
     back = io.load_model(out)
     a = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}
     b = {i.name: onnx.numpy_helper.to_array(i) for i in back.graph.initializer}
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def _locations(path):
+    m = onnx.load(str(path), load_external_data=False)
+    return {e.value for t in m.graph.initializer for e in t.external_data if e.key == "location"}
+
+
+def test_external_data_pairs_are_never_mixed(tmp_path):
+    """Each write names its data file after its contents and commits with the model's rename:
+    the model always refers to its own data, and the replaced pair's data file goes away."""
+    a, b = demo_cnn(seed=0), demo_cnn(seed=1)
+    out = tmp_path / "m.onnx"
+    io.save_model(a, out, external_data=True)
+    first = _locations(out)
+    io.save_model(b, out, external_data=True)
+    second = _locations(out)
+    assert len(first) == len(second) == 1 and first != second
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.onnx", *second])
+    back = io.load_model(out)
+    want = {i.name: onnx.numpy_helper.to_array(i) for i in b.graph.initializer}
+    assert all(np.array_equal(onnx.numpy_helper.to_array(i), want[i.name])
+               for i in back.graph.initializer)
+
+
+def test_interrupt_before_commit_writes_nothing(tmp_path, monkeypatch):
+    from onnxprune import interrupts
+
+    monkeypatch.setattr(interrupts, "_received", [2])
+    with pytest.raises(interrupts.Interrupted):
+        io.save_model(demo_cnn(), tmp_path / "m.onnx", external_data=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_never_replaces_a_non_regular_file(tmp_path):
+    fifo = tmp_path / "pipe.onnx"
+    os.mkfifo(fifo)
+    with pytest.raises(OutputError, match="is a named pipe; refusing to replace it"):
+        io.save_model(demo_cnn(), fifo)
+    assert fifo.is_fifo()
+    folder = tmp_path / "dir.onnx"
+    folder.mkdir()
+    with pytest.raises(OutputError, match="is a directory"):
+        io.save_model(demo_cnn(), folder)
+    if os.path.exists("/dev/null"):
+        with pytest.raises(OutputError, match="character device"):
+            io.output_target("/dev/null")
+        assert not os.path.isfile("/dev/null")
+
+
+def test_symlink_is_written_through(tmp_path):
+    target = tmp_path / "real.onnx"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.onnx"
+    link.symlink_to(target)
+    io.save_model(demo_cnn(), link)
+    assert link.is_symlink() and onnx.load(str(target)).graph.node
+
+
 def test_unwritable_or_missing_folder(tmp_path):
     with pytest.raises(OutputError, match="does not exist"):
         io.save_model(demo_cnn(), tmp_path / "no" / "such" / "dir.onnx")
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        if os.access(ro, os.W_OK):
-            pytest.skip("running as a user that can write anywhere")
-        with pytest.raises(OutputError, match="not writable"):
-            io.save_model(demo_cnn(), ro / "m.onnx")
-    finally:
-        ro.chmod(0o700)
+    with pytest.raises(OutputError, match="not writable"):
+        io.save_model(demo_cnn(), "/proc/x.onnx")  # a folder no one can create files in
+
+
+def test_read_only_folder(tmp_path, read_only_dir):
+    with pytest.raises(OutputError, match="not writable"):
+        io.save_model(demo_cnn(), read_only_dir / "m.onnx")
+    assert list(read_only_dir.iterdir()) == []
+
+
+def test_concurrent_writers_never_mix_pairs(tmp_path):
+    """Two writers replacing the same model (with external data) over and over: whatever is
+    there at the end is one writer's model with that writer's own weights, whole."""
+    import threading
+
+    models = [demo_cnn(seed=0), demo_cnn(seed=1)]
+    out = tmp_path / "m.onnx"
+    errors = []
+
+    def write(m):
+        try:
+            for _ in range(6):
+                io.save_model(m, out, external_data=True)
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=write, args=(m,)) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    back = {i.name: onnx.numpy_helper.to_array(i) for i in io.load_model(out).graph.initializer}
+    matches = [all(np.array_equal(back[i.name], onnx.numpy_helper.to_array(i))
+                   for i in m.graph.initializer) for m in models]
+    assert sum(matches) == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".onnxprune-")]

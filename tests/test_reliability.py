@@ -65,7 +65,7 @@ def test_interrupt_leaves_nothing_and_names_the_pass(tmp_path, capsys):
                  "--calib-random", "4", "--metric", f"{metric}:stop", "--target-params", "0.5"])
     assert code == 130
     err = capsys.readouterr().err
-    assert "interrupted during pass" in err and "nothing was written" in err
+    assert "interrupted (SIGINT) during pass select" in err and "nothing was written" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "stop.py"]
 
 
@@ -86,10 +86,10 @@ def test_big_models_are_written_with_external_data(tmp_path, monkeypatch):
     monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 10_000)
     out = tmp_path / "big.onnx"
     r = prune(demo_cnn(), out, ratio=0.5)
-    assert (tmp_path / "big.onnx.data").exists()
     back = io.load_model(out)
     assert {i.name for i in back.graph.initializer} == {i.name for i in r.model.graph.initializer}
-    assert sorted(os.listdir(tmp_path)) == ["big.onnx", "big.onnx.data"]
+    data = [n for n in os.listdir(tmp_path) if n != "big.onnx"]
+    assert len(data) == 1 and data[0].startswith("big.onnx.") and data[0].endswith(".data")
 
 
 @pytest.mark.slow
