@@ -218,10 +218,14 @@ def prune(
     >>> r = prune("ae.onnx", strategy="soft", target_params=0.6, calib="digits.npz",
     ...           metric="psnr")                            # doctest: +SKIP
     """
-    ctx, _ = _front(model, exclude, components, scope_depth, flow_policy, progress)
-    ctx.executor = (executor, workers, ray_address)
-    params_before, macs_before = graph_params(ctx.graph), graph_macs(ctx.graph)
-    passes: list[Pass] = []
+    if recover not in (None, "none", "distill"):
+        raise UsageError(f"--recover must be 'distill' (or none), got {recover!r}")
+    if workers is not None and workers < 1:
+        raise UsageError(f"workers must be >= 1, got {workers}")
+    passes: list[Pass] = [_entry(model), Normalize()]
+    if components != "none":
+        passes += [FindComponents(components, scope_depth, flow_policy), InsertFlowAdapters()]
+    passes.append(AnalyzeChannels(exclude))
     if calib is not None or calib_random is not None:
         is_dict = isinstance(calib, dict)
         passes.append(Calibrate(None if is_dict else calib, calib_random,
@@ -241,8 +245,6 @@ def prune(
     passes += [RemoveChannels(), Cleanup(), DropAdapters()]
     if verify:
         passes.append(Verify(providers, shapes=input_shapes))
-    if recover not in (None, "none", "distill"):
-        raise UsageError(f"--recover must be 'distill' (or none), got {recover!r}")
     if compensate:
         passes.append(Compensate(ridge))
     if recover == "distill":
@@ -251,12 +253,14 @@ def prune(
         passes.append(VerifyRecovered(providers))
     if output is not None:
         passes.append(WriteModel(output, force=force))
+    ctx = Context(progress=progress)
+    ctx.executor = (executor, workers, ray_address)
     try:
         Pipeline(passes)(ctx)
     finally:
         if ctx.evaluator is not None:
             ctx.evaluator.close()
-    return result_of(ctx, params_before, macs_before)
+    return result_of(ctx)
 
 
 def result_of(ctx: Context, params_before: int | None = None,

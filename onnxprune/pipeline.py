@@ -14,6 +14,9 @@ from typing import Any, ClassVar
 import onnx
 import onnx_graphsurgeon as gs
 
+from . import interrupts
+from .errors import UsageError
+
 
 @dataclass(frozen=True)
 class PassResult:
@@ -21,6 +24,20 @@ class PassResult:
 
     modified: bool
     info: Mapping[str, Any] = field(default_factory=dict)
+
+
+# What passes exchange through the context (contract names are these field names), and what
+# each one is, for messages. "eval_data" is what candidate evaluation runs on: calibration data
+# or a metric that runs the model itself.
+ARTIFACTS = {
+    "graph": "a model", "source": "the input model", "components": "components",
+    "flows": "components and their flows", "analysis": "the channel analysis",
+    "calib": "calibration data", "metric": "a metric", "scores": "channel scores",
+    "plan": "a selection of channels", "reference": "the graph before removal",
+    "verification": "a verified model", "quality": "the measured quality",
+    "output_path": "a written model",
+    "eval_data": "calibration data (or a metric that runs the model itself)",
+}
 
 
 @dataclass
@@ -51,6 +68,14 @@ class Context:
     timings: list[tuple[str, float]] = field(default_factory=list)
     log: list[tuple[str, PassResult]] = field(default_factory=list)
     progress: Callable[[str], None] | None = None
+    started: bool = False  # the outermost pipeline has run its preflight checks
+
+    def available(self) -> set[str]:
+        """The artifacts already present (a context a pipeline continues from)."""
+        have = {name for name in ARTIFACTS if getattr(self, name, None) is not None}
+        if self.calib is not None or getattr(self.metric, "on_model", None):
+            have.add("eval_data")  # what candidate evaluation runs on
+        return have
 
     def require(self, attr: str, by: str) -> Any:
         value = getattr(self, attr)
@@ -60,13 +85,29 @@ class Context:
 
 
 class Pass:
-    """Base class. Subclasses set ``name``/``description`` and implement ``run``."""
+    """Base class. Subclasses set ``name``/``description`` and implement ``run``.
+
+    Contracts: ``requires`` names the artifacts (context fields) a pass reads and
+    ``provides`` those it sets; ``needs()``/``gives()`` may refine them from the options.
+    A pipeline checks the whole list before its first pass runs."""
 
     name: ClassVar[str] = "pass"
     description: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()
+    provides: ClassVar[tuple[str, ...]] = ()
+
+    def needs(self) -> set[str]:
+        return set(self.requires)
+
+    def gives(self) -> set[str]:
+        return set(self.provides)
 
     def run(self, ctx: Context) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def preflight(self, ctx: Context) -> None:
+        """Checks that need no work (an output folder, a file to read); run for every pass
+        of a pipeline before its first pass runs."""
 
     def __call__(self, ctx: Context) -> PassResult:
         if ctx.progress is not None:
@@ -104,10 +145,45 @@ class Pipeline(Pass):
             return new
         modified = False
         for p in self.passes:
+            interrupts.check()
             modified |= p(ctx).modified
+        interrupts.check()
         return PassResult(modified)
 
+    def preflight(self, ctx: Context) -> None:
+        for p in self.passes:
+            p.preflight(ctx)
+
+    def needs(self) -> set[str]:
+        have: set[str] = set()
+        out: set[str] = set()
+        for p in self.passes:
+            out |= p.needs() - have
+            have |= p.gives()
+        return out
+
+    def gives(self) -> set[str]:
+        return set().union(*(p.gives() for p in self.passes)) if self.passes else set()
+
+    def check_contracts(self, have: set[str] | None = None) -> None:
+        """Every pass gets what it needs from the passes before it (or ``have``): a usage
+        error naming the first pass that would not, before anything runs."""
+        have = set(have or ())
+        for p in self.passes:
+            if isinstance(p, Pipeline):
+                p.check_contracts(have)
+            missing = sorted(p.needs() - have)
+            if missing:
+                what = ", ".join(f"{ARTIFACTS.get(m, m)} ({m})" for m in missing)
+                raise UsageError(f"pass {p.name!r} needs {what}, which no pass before it "
+                                 f"provides ({_providers_hint(missing)})")
+            have |= p.gives()
+
     def __call__(self, ctx: Context) -> PassResult:  # a container is not timed as a pass itself
+        if not ctx.started:
+            self.check_contracts(ctx.available())
+            ctx.started = True
+            self.preflight(ctx)
         return self.run(ctx)
 
 
@@ -128,6 +204,14 @@ class Fixpoint(Pipeline):
             if not changed:
                 break
         return PassResult(any_change)
+
+
+PROVIDED_BY: dict[str, str] = {}  # artifact -> a pass that provides it (filled by the catalogue)
+
+
+def _providers_hint(missing: list[str]) -> str:
+    hints = [f"pass '{PROVIDED_BY[m]}' provides {m}" for m in missing if m in PROVIDED_BY]
+    return "; ".join(hints) if hints else "see 'onnxprune passes'"
 
 
 def total_time(ctx: Context) -> dict[str, float]:

@@ -22,31 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .passes import (
-    AnalyzeChannels,
-    Calibrate,
-    Cleanup,
-    Compensate,
-    ConstantReshapeTargets,
-    Distill,
-    DropAdapters,
-    DropIdentity,
-    FindComponents,
-    FoldBatchNorm,
-    FoldConstants,
-    InferShapes,
-    InsertFlowAdapters,
-    MeasureQuality,
-    NameNodes,
-    Normalize,
-    RemoveChannels,
-    ScoreChannels,
-    SelectChannels,
-    UseMetric,
-    Verify,
-    VerifyRecovered,
-    WriteModel,
-)
+from .passes import CATALOGUE
 from .pipeline import Pass
 
 if sys.version_info >= (3, 11):
@@ -54,14 +30,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-CATALOGUE: dict[str, type[Pass]] = {
-    cls.name: cls for cls in (
-        Normalize, NameNodes, InferShapes, FoldConstants, ConstantReshapeTargets,
-        FoldBatchNorm, DropIdentity, Cleanup, FindComponents, InsertFlowAdapters,
-        AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels, MeasureQuality,
-        RemoveChannels, DropAdapters, Verify, Compensate, Distill, VerifyRecovered, WriteModel,
-    )
-}
 RECIPES = Path(__file__).resolve().parent.parent / "passes"
 
 

@@ -1,6 +1,7 @@
 """The passes of the pruning pipeline: load -> normalize -> components -> analyze ->
 calibrate/metric -> score -> select -> remove -> cleanup -> verify -> write."""
 
+from ..pipeline import PROVIDED_BY, Pass
 from .data import Calibrate, MeasureQuality, UseMetric
 from .frontend import (
     Cleanup,
@@ -19,8 +20,21 @@ from .pruning import STRATEGIES, RemoveChannels, ScoreChannels, SelectChannels
 from .recovery import Compensate, Distill, VerifyRecovered
 from .structure import AnalyzeChannels, DropAdapters, FindComponents, InsertFlowAdapters
 
+# Every pass a recipe may name, by name.
+CATALOGUE: dict[str, type[Pass]] = {
+    cls.name: cls for cls in (
+        Normalize, NameNodes, InferShapes, FoldConstants, ConstantReshapeTargets,
+        FoldBatchNorm, DropIdentity, Cleanup, FindComponents, InsertFlowAdapters,
+        AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels, MeasureQuality,
+        RemoveChannels, DropAdapters, Verify, Compensate, Distill, VerifyRecovered, WriteModel,
+    )
+}
+for _cls in (LoadModel, UseModel, *CATALOGUE.values()):
+    for _artifact in _cls.provides:
+        PROVIDED_BY.setdefault(_artifact, _cls.name)
+
 __all__ = [
-    "STRATEGIES", "AnalyzeChannels", "Calibrate", "Cleanup", "ConstantReshapeTargets",
+    "CATALOGUE", "STRATEGIES", "AnalyzeChannels", "Calibrate", "Cleanup", "ConstantReshapeTargets",
     "DropAdapters", "DropIdentity", "FindComponents", "FoldBatchNorm", "FoldConstants",
     "InferShapes", "InsertFlowAdapters", "LoadModel", "MeasureQuality", "NameNodes", "Normalize",
     "RemoveChannels", "ScoreChannels", "Compensate", "Distill", "VerifyRecovered", "SelectChannels", "UseMetric", "UseModel", "Verify",

@@ -7,17 +7,19 @@ from pathlib import Path
 import numpy as np
 
 from ..data import load_npz
-from ..errors import UsageError
+from ..errors import UsageError, VerificationError, warn
 from ..evaluate import Evaluator
 from ..graph import export_model
 from ..pipeline import Context, Pass, PassResult
 from ..quality import get_metric
-from ..verify import random_feeds
+from ..runtime import random_feeds
 
 
 class Calibrate(Pass):
     name = "calibrate"
     description = "Calibration batch: an .npz keyed by input name (+ labels), or N random samples."
+    requires = ("graph",)
+    provides = ("calib", "eval_data")
 
     def __init__(self, path: str | Path | None = None, random: int | None = None,
                  arrays: dict[str, np.ndarray] | None = None, seed: int = 0):
@@ -37,33 +39,62 @@ class Calibrate(Pass):
             if self.random < 1:
                 raise UsageError("--calib-random needs a positive number of samples")
             model = export_model(ctx.require("graph", self.name))
-            ctx.calib = random_feeds(model, seed=self.seed, batch=self.random)
+            ctx.calib = random_feeds(model, seed=self.seed, batch=self.random, samples=True)
         _check(ctx)
         n = len(next(iter(ctx.calib.values())))
         return PassResult(False, {"samples": n, "arrays": sorted(ctx.calib)})
 
 
 def _check(ctx: Context) -> None:
+    """Every model input has an array of its shape (batch first) with at least one sample and
+    only finite values; other dtypes of the same kind are cast to the model's, with a note."""
     graph = ctx.graph
     for t in graph.inputs:
         if t.name not in ctx.calib:
             raise UsageError(f"calibration data has no array for model input {t.name!r} "
                              f"(it has {', '.join(sorted(ctx.calib))})")
-        have = ctx.calib[t.name].shape
+        arr = ctx.calib[t.name]
+        have = arr.shape
         want = t.shape or []
+        if arr.ndim == 0 or have[0] == 0:
+            raise UsageError(f"calibration array {t.name!r} holds no samples (shape {list(have)})")
         if len(have) != len(want) or any(
             isinstance(w, int) and w != h for w, h in zip(want[1:], have[1:], strict=True)
         ):
             raise UsageError(f"calibration array {t.name!r} has shape {list(have)}; the model "
                              f"expects {list(want)} (batch first)")
+        ctx.calib[t.name] = arr = _as_model_dtype(t.name, arr, t.dtype)
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+            raise UsageError(f"calibration array {t.name!r} holds {bad} NaN or infinite "
+                             f"value(s); calibration data must be finite")
+
+
+_CASTABLE = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}  # model kind -> data kinds accepted
+
+
+def _as_model_dtype(name: str, arr: np.ndarray, dtype) -> np.ndarray:
+    if dtype is None or arr.dtype == np.dtype(dtype):
+        return arr
+    want = np.dtype(dtype)
+    if arr.dtype.kind not in _CASTABLE.get(want.kind, ""):
+        raise UsageError(f"calibration array {name!r} is {arr.dtype}; the model input is "
+                         f"{want} (convert the data)")
+    warn(f"calibration array {name!r} is {arr.dtype}; cast to {want} as the model expects")
+    return arr.astype(want)
 
 
 class UseMetric(Pass):
     name = "metric"
     description = "The application metric (psnr, mse, accuracy, cosine, kl, module:function)."
+    provides = ("metric",)
 
     def __init__(self, metric: str = "cosine"):
         self.metric = get_metric(metric)
+
+    def gives(self) -> set[str]:
+        # a metric that drives the model itself (episodes) brings its own data
+        return set(self.provides) | ({"eval_data"} if self.metric.on_model else set())
 
     def run(self, ctx: Context) -> PassResult:
         ctx.metric = self.metric
@@ -87,11 +118,16 @@ def evaluator(ctx: Context, by: str) -> Evaluator:
 class MeasureQuality(Pass):
     name = "quality"
     description = "The application metric before and after the selected cut (on the oracle)."
+    requires = ("analysis", "plan", "eval_data")
+    provides = ("quality",)
 
     def run(self, ctx: Context) -> PassResult:
         plan = ctx.require("plan", self.name)
         ev = evaluator(ctx, "measuring quality")
         after = ev.evaluate(~plan.removed)
+        if not np.isfinite(after):
+            raise VerificationError(f"the selected cut makes {ev.metric.name} {after} on the "
+                                    "calibration data (the pruned model breaks); nothing written")
         ctx.quality = {"metric": ev.metric.name, "before": ev.base, "after": after,
                        "samples": ev.n}
         return PassResult(False, ctx.quality)

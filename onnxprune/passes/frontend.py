@@ -23,9 +23,14 @@ from ..pipeline import Context, Fixpoint, Pass, PassResult, Pipeline
 class LoadModel(Pass):
     name = "load"
     description = "Load the model (and external data); reject what cannot be handled."
+    provides = ("graph", "source")
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+
+    def preflight(self, ctx: Context) -> None:
+        io.check_input(self.path)
+        ctx.source_path = self.path
 
     def run(self, ctx: Context) -> PassResult:
         model = io.load_model(self.path)
@@ -37,6 +42,7 @@ class LoadModel(Pass):
 class UseModel(Pass):
     name = "use-model"
     description = "Start from an in-memory ModelProto (the Python API's entry)."
+    provides = ("graph", "source")
 
     def __init__(self, model: onnx.ModelProto):
         self.model = model
@@ -50,6 +56,7 @@ class UseModel(Pass):
 class InferShapes(Pass):
     name = "infer-shapes"
     description = "Run ONNX shape inference (with data propagation)."
+    requires = ("graph",)
 
     def run(self, ctx: Context) -> PassResult:
         ctx.graph = infer_shapes(ctx.require("graph", self.name))
@@ -59,6 +66,7 @@ class InferShapes(Pass):
 class NameNodes(Pass):
     name = "name-nodes"
     description = "Give every node a unique name."
+    requires = ("graph",)
 
     def run(self, ctx: Context) -> PassResult:
         return PassResult(name_nodes(ctx.require("graph", self.name)) > 0)
@@ -67,6 +75,7 @@ class NameNodes(Pass):
 class FoldConstants(Pass):
     name = "fold-constants"
     description = "Fold constant sub-graphs (shape chains included when shapes are static)."
+    requires = ("graph",)
 
     def run(self, ctx: Context) -> PassResult:
         graph = ctx.require("graph", self.name)
@@ -87,6 +96,7 @@ def _keeps_quantization(node) -> bool:
 class ConstantReshapeTargets(Pass):
     name = "reshape-targets"
     description = "Replace computed Reshape targets (Shape->Slice->Concat) by constants."
+    requires = ("graph",)
 
     def run(self, ctx: Context) -> PassResult:
         return PassResult(constant_reshape_targets(ctx.require("graph", self.name)) > 0)
@@ -95,6 +105,7 @@ class ConstantReshapeTargets(Pass):
 class FoldBatchNorm(Pass):
     name = "fold-batchnorm"
     description = "Fold BatchNormalization into the Conv/ConvTranspose/Gemm before it."
+    requires = ("graph",)
 
     def run(self, ctx: Context) -> PassResult:
         n = fold_batchnorms(ctx.require("graph", self.name), ctx.bn_scales)
@@ -104,6 +115,7 @@ class FoldBatchNorm(Pass):
 class DropZeroStates(Pass):
     name = "drop-zero-states"
     description = "Drop all-zero initial states of RNN/GRU/LSTM (absent means zero)."
+    requires = ("graph",)
 
     def run(self, ctx: Context) -> PassResult:
         return PassResult(drop_zero_initial_states(ctx.require("graph", self.name)) > 0)
@@ -112,6 +124,7 @@ class DropZeroStates(Pass):
 class ExplicitSqueezeAxes(Pass):
     name = "squeeze-axes"
     description = "Give every Squeeze explicit axes (so a channel pruned to one is not dropped)."
+    requires = ("graph",)
 
     def run(self, ctx: Context) -> PassResult:
         return PassResult(explicit_squeeze_axes(ctx.require("graph", self.name)) > 0)
@@ -120,6 +133,7 @@ class ExplicitSqueezeAxes(Pass):
 class ShuffleToGather(Pass):
     name = "shuffle-to-gather"
     description = "Turn channel shuffles (Reshape-Transpose-Reshape) into one channel Gather."
+    requires = ("graph",)
 
     def run(self, ctx: Context) -> PassResult:
         return PassResult(channel_shuffles_to_gather(ctx.require("graph", self.name)) > 0)
@@ -128,6 +142,7 @@ class ShuffleToGather(Pass):
 class DropIdentity(Pass):
     name = "drop-identity"
     description = "Remove Identity and inference-mode Dropout nodes."
+    requires = ("graph",)
 
     def run(self, ctx: Context) -> PassResult:
         return PassResult(drop_identities(ctx.require("graph", self.name)) > 0)
@@ -136,6 +151,7 @@ class DropIdentity(Pass):
 class Cleanup(Pass):
     name = "cleanup"
     description = "Remove dead nodes and tensors; sort topologically."
+    requires = ("graph",)
 
     def run(self, ctx: Context) -> PassResult:
         graph = ctx.require("graph", self.name)
@@ -147,12 +163,13 @@ class Cleanup(Pass):
 class CheckNormalization(Pass):
     name = "check-normalize"
     description = "Compare the normalized graph with the input model on random inputs."
+    requires = ("graph",)
 
     def run(self, ctx: Context) -> PassResult:
         from ..errors import VerificationError
         from ..graph import export_model
-        from ..oracle import session
-        from ..verify import close, custom_domains, max_diffs, random_feeds
+        from ..runtime import random_feeds, session
+        from ..verify import close, custom_domains, max_diffs
 
         if ctx.source is None or custom_domains(ctx.source):
             return PassResult(False)

@@ -15,6 +15,8 @@ from ..verify import verify_pruned
 class Verify(Pass):
     name = "verify"
     description = "Checker, onnxruntime on each provider, and the mask oracle; fail loudly."
+    requires = ("analysis", "plan", "reference")
+    provides = ("verification",)
 
     def __init__(self, providers: Sequence[str] = ("CPUExecutionProvider",), seed: int = 0,
                  compare_input: bool = True, shapes: dict | None = None):
@@ -41,14 +43,23 @@ class Verify(Pass):
 class WriteModel(Pass):
     name = "write"
     description = "Write the verified model atomically (never over the input unless forced)."
+    requires = ("graph", "verification")
+    provides = ("output_path",)
 
     def __init__(self, path: str | Path, force: bool = False):
         self.path, self.force = Path(path), force
 
-    def run(self, ctx: Context) -> PassResult:
-        graph = ctx.require("graph", self.name)
+    def preflight(self, ctx: Context) -> None:
+        self._check_not_input(ctx)
+        io.output_target(self.path)
+
+    def _check_not_input(self, ctx: Context) -> None:
         if ctx.source_path is not None and _same_file(ctx.source_path, self.path) and not self.force:
             raise OutputError(f"{self.path}: refusing to overwrite the input model (use --force)")
+
+    def run(self, ctx: Context) -> PassResult:
+        graph = ctx.require("graph", self.name)
+        self._check_not_input(ctx)
         if ctx.verification is None or not ctx.verification.passed:
             raise OutputError("refusing to write a model that has not passed verification")
         model = export_model(graph)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import ConstraintError, UsageError, warn
 from ..graph import export_model
 from ..pipeline import Context, Pass, PassResult
 from ..quality import get_metric
@@ -27,6 +27,8 @@ SOFT_METHODS = ("gradient", "grid")
 class ScoreChannels(Pass):
     name = "score"
     description = "Importance per channel: " + ", ".join(CRITERIA) + "."
+    requires = ("analysis",)
+    provides = ("scores",)
 
     def __init__(self, criterion: str = "l2", reduce: str = "mean"):
         if criterion not in CRITERIA:
@@ -34,6 +36,11 @@ class ScoreChannels(Pass):
         if reduce not in REDUCTIONS:
             raise UsageError(f"unknown reduction {reduce!r}; choose one of {', '.join(REDUCTIONS)}")
         self.criterion, self.reduce = criterion, reduce
+
+    def needs(self) -> set[str]:
+        extra = {"activation": {"calib"}, "apoz": {"calib"}, "taylor": {"eval_data"},
+                 "metric": {"eval_data"}}.get(self.criterion, set())
+        return set(self.requires) | extra
 
     def run(self, ctx: Context) -> PassResult:
         analysis = ctx.require("analysis", self.name)
@@ -53,6 +60,8 @@ class ScoreChannels(Pass):
 class SelectChannels(Pass):
     name = "select"
     description = "How many channels each group loses: " + ", ".join(STRATEGIES) + "."
+    requires = ("analysis",)
+    provides = ("plan",)
 
     def __init__(self, strategy: str = "uniform", ratio: float | str | dict = 0.5, *,
                  target_params: float | None = None, target_macs: float | None = None,
@@ -80,6 +89,10 @@ class SelectChannels(Pass):
         self.round_to, self.min_width, self.max_ratio = round_to, min_width, max_ratio
         self.normalize, self.latency_provider = normalize, latency_provider
 
+    def needs(self) -> set[str]:
+        searched = self.strategy in ("sensitivity", "soft")
+        return set(self.requires) | ({"eval_data"} if searched else set())
+
     def run(self, ctx: Context) -> PassResult:
         analysis = ctx.require("analysis", self.name)
         scores = ctx.scores if ctx.scores is not None else np.zeros(analysis.num_units)
@@ -100,11 +113,23 @@ class SelectChannels(Pass):
             removed = self._search(ctx, analysis, scores, cost, info)
         info["params_reduction"] = cost.reduction(removed, "params")
         info["macs_reduction"] = cost.reduction(removed, "macs")
+        self._warn_short(info)
         ctx.plan = PrunePlan(removed, {
             g.id: (g.channels, g.channels - int(removed[g.units].sum())) for g in analysis.groups
         })
         ctx.select_info = info
         return PassResult(False, {k: v for k, v in info.items() if not isinstance(v, list)})
+
+    def _warn_short(self, info: dict) -> None:
+        """Say so when a target could not be reached (group caps, widths, rounding)."""
+        if self.target is None:
+            return
+        reached = info[f"{self.target.kind}_reduction"]
+        slack = self.tolerance if self.strategy == "soft" else 1e-6
+        if reached < self.target.fraction - slack:
+            warn(f"target: remove {self.target.fraction:.3g} of the {self.target.kind}, reached "
+                 f"{reached:.3g} (each group may lose at most max_ratio={self.max_ratio:g} of its "
+                 f"channels and keeps min_width={self.min_width})")
 
     def _search(self, ctx, analysis, scores, cost, info) -> np.ndarray:
         # named components keep their ratio as a cap; every other group may lose max_ratio
@@ -131,6 +156,12 @@ class SelectChannels(Pass):
                                 get_metric(self.constraint.metric))
             removed, extra = select_sensitivity(space, ev, target, self.constraint, cev,
                                                 target.kind if target else "params")
+            if extra.get("satisfied") is False:
+                c = self.constraint
+                raise ConstraintError(
+                    f"constraint {c.metric}{c.op}{c.bound:g} cannot be met: the unpruned model "
+                    f"scores {c.metric} {extra['unpruned']:.4g} on the calibration data; "
+                    "nothing written")
             info.update(steps=extra["steps"], satisfied=extra.get("satisfied"))
             return removed
         run = soft_gradient if self.soft_method == "gradient" else soft_grid
@@ -143,6 +174,8 @@ class SelectChannels(Pass):
 class RemoveChannels(Pass):
     name = "remove"
     description = "Slice parameters, fix attributes and shapes of the selected channels."
+    requires = ("analysis", "plan")
+    provides = ("reference",)
 
     def run(self, ctx: Context) -> PassResult:
         graph, analysis = ctx.require("graph", self.name), ctx.require("analysis", self.name)

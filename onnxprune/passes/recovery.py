@@ -9,10 +9,10 @@ from onnx import numpy_helper
 
 from ..errors import UsageError, VerificationError
 from ..graph import export_model
-from ..oracle import session
 from ..pipeline import Context, Pass, PassResult
 from ..quality import get_metric
 from ..recover.compensate import compensate
+from ..runtime import run_batched, session
 from ..verify import VerifyReport
 
 
@@ -25,6 +25,7 @@ def _need_calib(ctx: Context, by: str) -> dict:
 class Compensate(Pass):
     name = "compensate"
     description = "Refit layers that lost inputs to reproduce the original (ridge least squares)."
+    requires = ("analysis", "plan", "reference", "calib")
 
     def __init__(self, ridge: float = 1e-3):
         if ridge < 0:
@@ -45,6 +46,7 @@ class Compensate(Pass):
 class Distill(Pass):
     name = "distill"
     description = "Fine-tune the pruned model's weights on the original's outputs (torch)."
+    requires = ("reference", "calib")
 
     def __init__(self, steps: int = 300, lr: float = 1e-3, batch_size: int = 32,
                  val_fraction: float = 0.2, patience: int = 5, boundaries: bool = False,
@@ -54,6 +56,9 @@ class Distill(Pass):
         self.steps, self.lr, self.batch_size = steps, lr, batch_size
         self.val_fraction, self.patience, self.boundaries, self.seed = (
             val_fraction, patience, boundaries, seed)
+
+    def needs(self) -> set[str]:
+        return set(self.requires) | ({"flows"} if self.boundaries else set())
 
     def run(self, ctx: Context) -> PassResult:
         try:
@@ -91,6 +96,7 @@ class Distill(Pass):
 class VerifyRecovered(Pass):
     name = "verify-recovered"
     description = "After refitting: checker, onnxruntime, finite outputs, metric vs original."
+    requires = ("reference", "verification")
 
     def __init__(self, providers=("CPUExecutionProvider",)):
         self.providers = list(providers)
@@ -108,15 +114,15 @@ class VerifyRecovered(Pass):
         calib = ctx.calib
         feeds = {i.name: calib[i.name] for i in model.graph.input} if calib else None
         if feeds is None:
-            from ..verify import random_feeds
+            from ..runtime import random_feeds
 
             feeds = random_feeds(model)
         outs = None
         for provider in self.providers:
-            outs = session(model, [provider]).run(None, feeds)
+            outs = run_batched(session(model, [provider]), feeds)
         if not all(np.all(np.isfinite(o)) for o in outs):
             raise VerificationError("recovered model produces non-finite outputs")
-        reference = session(export_model(ctx.reference)).run(None, feeds)
+        reference = run_batched(session(export_model(ctx.reference)), feeds)
         metric = ctx.metric or get_metric("cosine")
         if calib is not None and not metric.on_model:
             value = metric(outs, calib, reference)

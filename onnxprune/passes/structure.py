@@ -13,6 +13,8 @@ from ..rewrite.flows import drop_identity_gathers, insert_flow_adapters
 class FindComponents(Pass):
     name = "components"
     description = "Partition the nodes into components (name scopes, a TOML map) and find flows."
+    requires = ("graph",)
+    provides = ("components", "flows")
 
     def __init__(self, spec: str = "auto", depth: int | None = None, policy: str = "own"):
         self.spec, self.depth, self.policy = spec, depth, policy
@@ -28,6 +30,7 @@ class FindComponents(Pass):
 class InsertFlowAdapters(Pass):
     name = "flow-adapters"
     description = "Give components their own channels where an 'own' flow crosses into them."
+    requires = ("graph", "components")
 
     def run(self, ctx: Context) -> PassResult:
         graph = ctx.require("graph", self.name)
@@ -41,6 +44,7 @@ class InsertFlowAdapters(Pass):
 class DropAdapters(Pass):
     name = "drop-adapters"
     description = "Remove flow adapters that ended up selecting every channel."
+    requires = ("graph",)
 
     def run(self, ctx: Context) -> PassResult:
         return PassResult(drop_identity_gathers(ctx.require("graph", self.name)) > 0)
@@ -49,6 +53,8 @@ class DropAdapters(Pass):
 class AnalyzeChannels(Pass):
     name = "analyze"
     description = "Find coupled channel groups with the op-rule registry."
+    requires = ("graph",)
+    provides = ("analysis",)
 
     def __init__(self, exclude: Sequence[str] = ()):
         self.exclude = list(exclude)
