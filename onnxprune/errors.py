@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 # Exit codes (documented in the README).
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -11,6 +13,7 @@ EXIT_INVALID_MODEL = 4
 EXIT_UNSUPPORTED = 5
 EXIT_VERIFY_FAILED = 6
 EXIT_OUTPUT = 7
+EXIT_CONSTRAINT = 8
 
 
 class OnnxPruneError(Exception):
@@ -41,3 +44,18 @@ class VerificationError(OnnxPruneError):
 
 class OutputError(OnnxPruneError):
     exit_code = EXIT_OUTPUT
+
+
+class ConstraintError(OnnxPruneError):
+    """A requested bound cannot be met (not even by the unpruned model)."""
+
+    exit_code = EXIT_CONSTRAINT
+
+
+class OnnxPruneWarning(UserWarning):
+    """Something the user asked for was adjusted or had no effect; the run goes on."""
+
+
+def warn(message: str) -> None:
+    """Say it once: front ends print these as one line each (Python's warnings otherwise)."""
+    warnings.warn(message, OnnxPruneWarning, stacklevel=2)

@@ -17,16 +17,18 @@ MAX_ROWS = 4096  # samples per onnxruntime call when candidates are batched
 
 class Evaluator:
     def __init__(self, reference: onnx.ModelProto, analysis: ChannelAnalysis,
-                 calib: dict[str, np.ndarray] | None, metric: Metric, max_rows: int = MAX_ROWS):
+                 calib: dict[str, np.ndarray] | None, metric: Metric, max_rows: int = MAX_ROWS,
+                 threads: int | None = None):
         self.analysis, self.metric, self.max_rows = analysis, metric, max_rows
         self.reference_bytes, self.calib = reference.SerializeToString(), calib
-        self.oracle = Oracle(reference, analysis)
+        self.oracle = Oracle(reference, analysis, threads=threads)
         self.evals = 0
         self.pool = None  # an executors pool: candidates are scored by its workers
         if metric.on_model:  # the metric drives the model itself (e.g. episodes)
             self.batch, self.inputs, self.n, self.batched = {}, {}, 0, False
             self.static_batch, self.reference = None, []
             self.base = self._of_model(np.ones(analysis.num_units, np.float32))
+            self._check_base()
             return
         if calib is None:
             raise UsageError(f"metric {metric.name} needs calibration data (--calib)")
@@ -46,6 +48,12 @@ class Evaluator:
         self.batched = self.static_batch is None and self.oracle.per_sample
         self.reference = self._forward(self.inputs, np.ones((1, analysis.num_units), np.float32))
         self.base = metric(self.reference, self.batch, self.reference)
+        self._check_base()
+
+    def _check_base(self) -> None:
+        if not np.isfinite(self.base):
+            raise UsageError(f"metric {self.metric.name} of the unpruned model is {self.base} "
+                             "on the calibration data; a metric must be finite")
 
     def _forward(self, inputs: dict[str, np.ndarray], gates: np.ndarray) -> list[np.ndarray]:
         """Run the gated model, in chunks of the model's static batch size if it has one."""
@@ -66,9 +74,9 @@ class Evaluator:
 
     def _of_model(self, keep: np.ndarray) -> float:
         if self.metric.on_model == "model":
-            return float(self.metric.fn(self.oracle.baked(keep)))
+            return self.metric.value_of(self.metric.fn, self.oracle.baked(keep))
         gates = np.asarray(keep, np.float32).reshape(1, -1)
-        return float(self.metric.fn(lambda feeds: self.oracle.run(feeds, gates)))
+        return self.metric.value_of(self.metric.fn, lambda feeds: self.oracle.run(feeds, gates))
 
     def outputs(self, keep: np.ndarray) -> list[np.ndarray]:
         return self._forward(self.inputs, np.asarray(keep, np.float32).reshape(1, -1))

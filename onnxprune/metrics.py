@@ -47,15 +47,44 @@ def graph_macs(graph: gs.Graph) -> int:
     return sum(node_macs(n) for n in graph.nodes)
 
 
+QUANT_CONSUMERS = ("DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+                   "MatMulInteger", "QGemm", "QLinearAdd", "QLinearMul")
+
+
 def is_param(tensor: gs.Tensor) -> bool:
-    return isinstance(tensor, gs.Constant) and np.issubdtype(tensor.values.dtype, np.floating)
+    """Weights, biases and per-channel scales: floating-point constants of any precision,
+    8/4-bit integer constants (quantized weights and their zero points) and the 32-bit
+    integer biases of quantized layers. Shape and index constants are not parameters."""
+    if not isinstance(tensor, gs.Constant):
+        return False
+    dtype = np.dtype(tensor.values.dtype) if hasattr(tensor.values, "dtype") else None
+    if dtype is None:
+        return False
+    if dtype.kind == "f" or (dtype.kind == "V" and dtype.itemsize == 2):  # bfloat16 as void
+        return True
+    if dtype.kind in "iu" and dtype.itemsize == 1:
+        return True
+    return dtype == np.int32 and any(n.op in QUANT_CONSUMERS for n in tensor.outputs)
+
+
+def _unique_params(graph: gs.Graph) -> dict[str, gs.Constant]:
+    seen: dict[str, gs.Constant] = {}
+    for node in graph.nodes:
+        for t in node.inputs:
+            if t.name not in seen and is_param(t):
+                seen[t.name] = t
+    return seen
 
 
 def graph_params(graph: gs.Graph) -> int:
-    """Elements of floating-point constants the nodes use (weights, biases, per-channel scales)."""
-    seen: dict[str, int] = {}
-    for node in graph.nodes:
-        for t in node.inputs:
-            if is_param(t) and t.name not in seen:
-                seen[t.name] = int(np.prod(t.values.shape))
-    return sum(seen.values())
+    """Elements of the parameter constants the nodes use (each initializer once)."""
+    return sum(int(np.prod(t.shape)) for t in _unique_params(graph).values())
+
+
+def params_by_type(graph: gs.Graph) -> dict[str, int]:
+    """Parameter elements per element type ("float32", "int8", ...), largest first."""
+    out: dict[str, int] = {}
+    for t in _unique_params(graph).values():
+        name = str(np.dtype(t.values.dtype))
+        out[name] = out.get(name, 0) + int(np.prod(t.shape))
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))

@@ -35,11 +35,27 @@ class Metric:
     needs_labels: bool = False
     on_model: str | None = None
 
+    builtin: bool = False
+
     def __call__(self, outputs: Outputs, batch: Batch, reference: Outputs) -> float:
-        return float(self.fn(outputs, batch, reference))
+        return self.value_of(self.fn, outputs, batch, reference)
+
+    def value_of(self, fn: Callable, *args) -> float:
+        """``fn(*args)`` as a float; a user function's failure is the user's error (one line)."""
+        if self.builtin:
+            return float(fn(*args))
+        try:
+            return float(fn(*args))
+        except UsageError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the user's code: report, do not crash
+            raise UsageError(f"--metric {self.name}: the function raised "
+                             f"{type(err).__name__}: {_first_line(err)}") from None
 
     def utility(self, value: float) -> float:
-        """The value oriented so that higher is better."""
+        """The value oriented so that higher is better (not a number: the worst)."""
+        if value != value:
+            return -np.inf
         return value if self.higher_is_better else -value
 
     def satisfies(self, value: float, op: str, bound: float) -> bool:
@@ -89,8 +105,11 @@ def cosine(outputs: Outputs, batch: Batch, reference: Outputs) -> float:
     for out, ref in zip(outputs, reference, strict=True):
         a = out.reshape(len(out), -1).astype(np.float64)
         b = ref.reshape(len(ref), -1).astype(np.float64)
-        den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-        sims.append(np.where(den > 0, (a * b).sum(axis=1) / np.maximum(den, 1e-30), 1.0))
+        na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+        den = na * nb
+        # zero against non-zero is no agreement at all; zero against zero is identical
+        same = np.where((na == 0) & (nb == 0), 1.0, 0.0)
+        sims.append(np.where(den > 0, (a * b).sum(axis=1) / np.maximum(den, 1e-300), same))
     return float(np.mean(np.concatenate(sims)))
 
 
@@ -107,11 +126,11 @@ def kl(outputs: Outputs, batch: Batch, reference: Outputs) -> float:
 
 
 BUILTIN = {
-    "psnr": Metric("psnr", True, psnr),
-    "mse": Metric("mse", False, mse),
-    "accuracy": Metric("accuracy", True, accuracy, needs_labels=True),
-    "cosine": Metric("cosine", True, cosine),
-    "kl": Metric("kl", False, kl),
+    "psnr": Metric("psnr", True, psnr, builtin=True),
+    "mse": Metric("mse", False, mse, builtin=True),
+    "accuracy": Metric("accuracy", True, accuracy, needs_labels=True, builtin=True),
+    "cosine": Metric("cosine", True, cosine, builtin=True),
+    "kl": Metric("kl", False, kl, builtin=True),
 }
 
 
@@ -138,7 +157,24 @@ def get_metric(spec: str) -> Metric:
         user = getattr(mod, func)
     except (ImportError, AttributeError, FileNotFoundError, OSError) as err:
         raise UsageError(f"--metric {spec!r}: cannot load it ({err})") from None
-    params = list(inspect.signature(user).parameters)
+    if not callable(user):
+        raise UsageError(f"--metric {spec!r}: {func} is not a function")
+    try:
+        sig = inspect.signature(user)
+    except (TypeError, ValueError):  # a builtin without a signature: trust it
+        return Metric(spec, True, lambda outputs, batch, reference: user(outputs, batch))
+    params = list(sig.parameters)
     if params in (["run"], ["model"]):
         return Metric(spec, True, user, on_model=params[0])
+    try:
+        sig.bind(None, None)
+    except TypeError:
+        shown = ", ".join(params) or "nothing"
+        raise UsageError(f"--metric {spec!r}: the function must take (outputs, batch), (run) "
+                         f"or (model); it takes ({shown})") from None
     return Metric(spec, True, lambda outputs, batch, reference: user(outputs, batch))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

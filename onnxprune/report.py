@@ -201,6 +201,15 @@ def _print_widths(console: Console, r: PruneResult, limit: int = 40) -> None:
         console.print(f"... {len(changed) - limit} more (use --json for all)")
 
 
+def quality_line(q: dict) -> str:
+    """The metric at every stage the run measured: unpruned, selected cut, after recovery."""
+    stages = [(label, q[key]) for key, label in (("before", "unpruned"), ("after", "pruned"),
+                                                  ("after_recovery", "after recovery"))
+              if q.get(key) is not None]
+    return f"{q['metric']} on the calibration data: " + " -> ".join(
+        f"{value:.4g} ({label})" for label, value in stages)
+
+
 def print_prune(console: Console, r: PruneResult, model: str) -> None:
     table = Table(title=f"pruned {model}", title_justify="left")
     for col in ("", "before", "after", "kept"):
@@ -216,11 +225,7 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
     console.print(table)
     _print_widths(console, r)
     if r.quality:
-        q = r.quality
-        line = f"{q['metric']} on the calibration data: {q['before']:.4g} -> {q['after']:.4g}"
-        if "after_recovery" in q:
-            line += f" -> {q['after_recovery']:.4g} after recovery"
-        console.print(line)
+        console.print(quality_line(r.quality))
     v = r.verification
     if v is not None and v.oracle:
         console.print(

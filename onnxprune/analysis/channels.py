@@ -11,6 +11,7 @@ import onnx_graphsurgeon as gs
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from ..errors import warn
 from ..metrics import node_macs
 from ..rules import RuleRegistry, default_registry
 from .env import Env
@@ -78,14 +79,21 @@ def _outer_refs(sub: gs.Graph) -> set[str]:
 def _freeze_excluded(graph: gs.Graph, env: Env, patterns: list[str]) -> None:
     if not patterns:
         return
+    matched: set[str] = set()
     for node in graph.nodes:
-        if any(fnmatch.fnmatchcase(node.name, p) for p in patterns):
+        hits = [p for p in patterns if fnmatch.fnmatchcase(node.name, p)]
+        matched.update(hits)
+        if hits:
             reason = f"node {node.name} is excluded"
             for t in list(node.inputs) + list(node.outputs):
                 env.freeze_tensor(t, reason)
             for c in env.claims:
                 if c.node == node.name:
                     env.freeze(c.atoms, reason)
+    for p in patterns:
+        if p not in matched:
+            warn(f"exclude {p!r} matches no node name (names look like {graph.nodes[0].name!r}"
+                 "); nothing was excluded by it")
 
 
 def _join_shared_params(graph: gs.Graph, env: Env) -> dict[tuple[str, int], np.ndarray]:

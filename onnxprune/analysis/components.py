@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnx_graphsurgeon as gs
 
-from ..errors import UsageError
+from ..errors import UsageError, warn
 from ..metrics import is_param
 
 if sys.version_info >= (3, 11):
@@ -72,6 +72,12 @@ def from_scopes(graph: gs.Graph, depth: int | None = None, policy: str = "own") 
     root = _common_prefix(scoped) if len(scoped) > 1 else []
     trimmed = {k: (s[len(root):] if s[:len(root)] == root else s) for k, s in scopes.items()}
     max_depth = max((len(s) for s in trimmed.values()), default=0)
+    if depth is not None and depth < 1:
+        raise UsageError(f"scope depth must be >= 1, got {depth}")
+    if depth is not None and depth > max_depth:
+        warn(f"scope depth {depth} is beyond the model's deepest name scope ({max_depth}); "
+             f"using {max_depth}")
+        depth = max(max_depth, 1)
     if depth is None:
         depth = 1
         while depth < max_depth and _count(trimmed, depth) < 2:

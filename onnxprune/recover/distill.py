@@ -11,7 +11,6 @@ onnxruntime. Validation runs the student's current weights with onnxruntime (thr
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import os
 import time
@@ -23,8 +22,9 @@ import torch
 from onnx import helper
 
 from ..errors import UsageError
-from ..oracle import session
+from ..progress import task
 from ..quality import Metric
+from ..runtime import session
 from ..torch_threads import torch_threads
 from .torch_bridge import TorchGraph
 
@@ -50,7 +50,6 @@ def distill(
     patience: int | None = 5,
     eval_every: int = 20,
     seed: int = 0,
-    progress: bool = False,
     boundaries: Sequence[str] = (),
     boundary_weight: float = 0.1,
     train: TrainSpec = None,
@@ -109,7 +108,7 @@ def distill(
 
     history: list[tuple[int, float, float]] = []
     stopped, done = "budget", 0
-    with torch_threads(THREADS), _progress_bar(progress, steps) as advance:
+    with torch_threads(THREADS), task("distill", steps) as advance:
         opt = torch.optim.Adam([graph.param(name) for name in trained], lr=lr)
         val_before = evaluate()
         history.append((0, data.mean_loss(train_idx[:size]), val_before))
@@ -134,12 +133,12 @@ def distill(
                     best_state = {k: p.detach().clone() for k, p in graph.params.items()}
                 else:
                     bad += 1
-                advance(f"loss {history[-1][1]:.4g}  val {value:.4g}")
+                advance(1, f"loss {history[-1][1]:.4g}  val {value:.4g}")
                 if patience is not None and bad >= patience:
                     stopped = "patience"
                     break
             else:
-                advance(None)
+                advance(1)
     with torch.no_grad():  # the best weights (the student's own if nothing beat them)
         for k, p in graph.params.items():
             p.copy_(best_state[k])
@@ -324,10 +323,10 @@ def _run_ort(sess, feeds: dict[str, np.ndarray], names: Sequence[str],
 def _metric_value(metric: Metric, model: onnx.ModelProto, batch: dict[str, np.ndarray],
                   reference: list[np.ndarray], static: int | None) -> float:
     if metric.on_model == "model":
-        return float(metric.fn(model))
+        return metric.value_of(metric.fn, model)
     sess = session(model)
     if metric.on_model == "run":
-        return float(metric.fn(lambda feeds: sess.run(None, feeds)))
+        return metric.value_of(metric.fn, lambda feeds: sess.run(None, feeds))
     feeds = {k: batch[k] for k in _input_names(model)}
     outs = _run_ort(sess, feeds, [o.name for o in sess.get_outputs()], static)
     return metric(outs, batch, reference)
@@ -367,24 +366,3 @@ def _select_trainable(graph: TorchGraph, train: TrainSpec) -> list[str]:
     for n in names:
         graph.param(n).requires_grad_(n in chosen)
     return chosen
-
-
-
-@contextlib.contextmanager
-def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[str | None], None]]:
-    """``advance(status)`` moves a transient rich bar on stderr (a no-op when disabled)."""
-    if not enabled:
-        yield lambda status=None: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress("distill", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[status]}"), transient=True,
-                  console=Console(stderr=True)) as bar:
-        tid = bar.add_task("distill", total=total, status="")
-
-        def advance(status: str | None = None) -> None:
-            bar.update(tid, advance=1, **({} if status is None else {"status": status}))
-
-        yield advance

@@ -11,7 +11,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..analysis.model import ChannelAnalysis
-from ..errors import UsageError
+from ..errors import UsageError, warn
 from .data_driven import activation_scores, metric_scores, taylor_scores
 from .magnitude import magnitude_scores, member_values, reduce_members
 
@@ -52,9 +52,13 @@ def _bn_with_fallback(graph, analysis, reduce, bn_scales) -> np.ndarray:
     bn = reduce_members(analysis, member_values(graph, analysis, "bn", bn_scales), reduce)
     l2 = magnitude_scores(graph, analysis, "l2", reduce)
     out = bn.copy()
-    for g in analysis.groups:
-        if not np.any(bn[g.units] > 0):
-            out[g.units] = l2[g.units]
+    fallback = [g for g in analysis.groups if not g.frozen and not np.any(bn[g.units] > 0)]
+    for g in fallback:
+        out[g.units] = l2[g.units]
+    if fallback:
+        warn(f"criterion bn: {len(fallback)} prunable group(s) have no BatchNorm scale "
+             f"(e.g. group {fallback[0].id}: {', '.join(fallback[0].layers[:2]) or '-'}); "
+             "they are ranked by L2 magnitude instead")
     return out
 
 

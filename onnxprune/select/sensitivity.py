@@ -140,7 +140,8 @@ def select_sensitivity(space: Space, ev: Evaluator, target: Target | None = None
 
         lo, hi = 0, len(path) - 1
         if not ok(0):
-            return space.mask(path[0]), {"curves": curves, "steps": 0, "satisfied": False}
+            return space.mask(path[0]), {"curves": curves, "steps": 0, "satisfied": False,
+                                         "unpruned": cev.base}
         with task("constraint search", int(np.ceil(np.log2(len(path) + 1)))) as advance:
             while lo < hi:  # the largest step that satisfies the constraint
                 mid = (lo + hi + 1) // 2
