@@ -6,38 +6,24 @@ import argparse
 import contextlib
 import inspect
 import json
+import signal
 import sys
 import tempfile
 import traceback
+import warnings
 from pathlib import Path
 
 from rich.console import Console
 
-from . import __version__
-from . import progress as progress_bars
-from .errors import EXIT_INTERNAL, EXIT_OK, OnnxPruneError, UnsupportedModelError, UsageError
-
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
-
-
-def _providers(spec: str) -> list[str]:
-    import onnxruntime as ort
-
-    out = []
-    for name in [s.strip().lower() for s in spec.split(",") if s.strip()]:
-        if name not in PROVIDERS:
-            raise UsageError(f"unknown provider {name!r}; choose from {', '.join(PROVIDERS)}")
-        if PROVIDERS[name] not in ort.get_available_providers():
-            raise UnsupportedModelError(
-                f"execution provider {name} is not available here (onnxruntime offers "
-                f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu for cuda"
-            )
-        out.append(PROVIDERS[name])
-    return out
+from . import __version__, interrupts, io, progress
+from .errors import (
+    EXIT_INTERNAL,
+    EXIT_OK,
+    OnnxPruneError,
+    OnnxPruneWarning,
+    UsageError,
+)
+from .runtime import resolve_providers
 
 
 def _round_to(text: str) -> int | str:
@@ -63,36 +49,72 @@ def _shapes(items: list[str] | None) -> dict[str, list[int]] | None:
 
 
 _CURRENT: dict[str, str | None] = {"pass": None}  # the running pass, for interrupts
+WARNINGS: list[str] = []  # the run's warnings, in order (also in --json output)
 
 
 @contextlib.contextmanager
-def _status(what: str):
-    """A spinner on stderr naming the running pass (silent when stderr is not a terminal)."""
-    console = Console(stderr=True)
+def _warnings_to(err: Console):
+    """onnxprune's warnings as one line each on stderr, each said once; others as usual."""
+    WARNINGS.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", OnnxPruneWarning)
+        shown = warnings.showwarning
 
-    def update(name: str) -> None:
+        def show(message, category, filename, lineno, file=None, line=None):
+            if not issubclass(category, OnnxPruneWarning):
+                return shown(message, category, filename, lineno, file, line)
+            if str(message) not in WARNINGS:
+                WARNINGS.append(str(message))
+                err.print(f"onnxprune: warning: {message}", markup=False, highlight=False,
+                          soft_wrap=True)
+
+        warnings.showwarning = show
+        yield
+
+
+@contextlib.contextmanager
+def _status(what: str, quiet: bool = False):
+    """Progress on stderr while ``what`` runs: a spinner naming the pass and rich bars on a
+    terminal; a line every few seconds when stderr is a file or a pipe; nothing with
+    ``--quiet``. Yields the callback passes report their names to."""
+    mode = "off" if quiet else ("bars" if sys.stderr.isatty() else "lines")
+    progress.enable(mode)
+
+    def named(name: str) -> None:
         _CURRENT["pass"] = name
-        status.update(f"{what}: {name}...")
+        progress.set_pass(name)
 
-    with console.status(f"{what}...") as status:
-        yield update
+    try:
+        if mode != "bars":
+            with progress.heartbeat():
+                yield named
+            return
+        with Console(stderr=True).status(f"{what}...") as status:
+            def update(name: str) -> None:
+                named(name)
+                status.update(f"{what}: {name}...")
+
+            yield update
+    finally:
+        progress.enable("off")
 
 
 def cmd_analyze(args, console: Console) -> int:
     from .api import analyze
     from .report import analysis_json, print_analysis
 
-    with _status("analyzing") as progress:
+    with _status("analyzing", args.quiet) as named:
         result = analyze(args.model, exclude=args.exclude or (), components=args.components,
                          scope_depth=args.scope_depth, flow_policy=args.flow_policy,
-                         progress=progress)
+                         progress=named)
     if args.graph:
         from .analysis.components import single
         from .draw import draw
 
         draw(result.graph, result.components or single(result.graph), args.graph)
     if args.json:
-        print(json.dumps(analysis_json(result, str(args.model)), indent=2))
+        print(json.dumps({**analysis_json(result, str(args.model)), "warnings": list(WARNINGS)},
+                         indent=2))
     else:
         print_analysis(console, result, str(args.model))
     return EXIT_OK
@@ -102,9 +124,8 @@ def cmd_prune(args, console: Console) -> int:
     from .api import prune
     from .report import print_prune, prune_json
 
-    providers, shapes = _providers(args.provider), _shapes(args.input_shape)
-    progress_bars.enable(sys.stderr.isatty())
-    with _status("pruning") as progress:
+    providers, shapes = resolve_providers(args.provider), _shapes(args.input_shape)
+    with _status("pruning", args.quiet) as named:
         result = prune(
             args.model, args.output, ratio=args.ratio, criterion=args.criterion,
             reduce=args.reduce, strategy=args.strategy, target_params=args.target_params,
@@ -112,7 +133,7 @@ def cmd_prune(args, console: Console) -> int:
             soft_method=args.soft_method, round_to=args.round_to, min_width=args.min_width,
             max_ratio=args.max_ratio, normalize=args.normalize, calib=args.calib,
             calib_random=args.calib_random, metric=args.metric, exclude=args.exclude or (),
-            providers=providers, force=args.force, input_shapes=shapes, progress=progress,
+            providers=providers, force=args.force, input_shapes=shapes, progress=named,
             components=args.components, scope_depth=args.scope_depth,
             flow_policy=args.flow_policy, compensate=args.compensate, ridge=args.ridge,
             executor=args.executor, workers=args.workers, ray_address=args.ray_address,
@@ -132,7 +153,7 @@ def cmd_prune(args, console: Console) -> int:
         data = prune_json(result, str(args.model))
         if report is not None:
             data["bench"] = report.to_json()
-        print(json.dumps(data, indent=2))
+        print(json.dumps({**data, "warnings": list(WARNINGS)}, indent=2))
     else:
         print_prune(console, result, str(args.model))
         if report is not None:
@@ -169,14 +190,14 @@ def cmd_run(args, console: Console) -> int:
     if args.calib or args.calib_random:
         at = next((i + 1 for i, p in enumerate(steps) if p.name == "normalize"), 0)
         steps.insert(at, Calibrate(args.calib, args.calib_random))
-    progress_bars.enable(sys.stderr.isatty())
     ctx = Context()
-    with _status(f"running {recipe.path.stem}") as progress:
-        ctx.progress = progress
+    with _status(f"running {recipe.path.stem}", args.quiet) as named:
+        ctx.progress = named
         Pipeline([LoadModel(args.model), *steps, WriteModel(args.output, force=args.force)])(ctx)
     result = result_of(ctx)
     if args.json:
-        print(json.dumps(prune_json(result, str(args.model)), indent=2))
+        print(json.dumps({**prune_json(result, str(args.model)), "warnings": list(WARNINGS)},
+                         indent=2))
     else:
         print_prune(console, result, str(args.model))
     return EXIT_OK
@@ -189,6 +210,8 @@ def cmd_demo(args, console: Console) -> int:
     from .report import print_prune
     from .zoo.builder import demo_cnn
 
+    if not 0.0 <= args.ratio < 1.0:
+        raise UsageError(f"--ratio must be in [0, 1), got {args.ratio:g}")
     out_dir = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="onnxprune-demo-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     src = out_dir / "demo_cnn.onnx"
@@ -197,6 +220,71 @@ def cmd_demo(args, console: Console) -> int:
     result = prune(src, out_dir / "demo_cnn.pruned.onnx", ratio=args.ratio)
     print_prune(console, result, str(src))
     return EXIT_OK
+
+
+def cmd_zoo(args, console: Console) -> int:
+    from rich.table import Table
+
+    from .zoo.catalog import ENTRIES, export_model
+
+    if args.zoo_command == "list":
+        table = Table(title="zoo models (onnxprune zoo export NAME -o FILE)", title_justify="left")
+        for col in ("name", "what it is", "needs", "--train"):
+            table.add_column(col)
+        for e in ENTRIES.values():
+            table.add_row(e.name, e.description, e.needs, e.trainable or "-")
+        console.print(table)
+        return EXIT_OK
+    with _status(f"exporting {args.name}", args.quiet):
+        out = export_model(args.name, args.output, seed=args.seed, train=args.train,
+                           epochs=args.epochs)
+    console.print(f"wrote {out}")
+    return EXIT_OK
+
+
+def cmd_data(args, console: Console) -> int:
+    from .zoo.catalog import write_digits
+
+    out, n = write_digits(args.output, split=args.split, count=args.count,
+                          input_name=args.input_name, seed=args.seed)
+    console.print(f"wrote {out}: {n} samples under {args.input_name!r}, labels under 'labels'")
+    return EXIT_OK
+
+
+def _add_example_parsers(sub) -> None:
+    z = sub.add_parser("zoo", help="write example models (built in code) to .onnx files")
+    zsub = z.add_subparsers(dest="zoo_command", required=True, metavar="list|export")
+    zl = zsub.add_parser("list", help="the models 'zoo export' can write")
+    zl.set_defaults(func=cmd_zoo)
+    ze = zsub.add_parser("export", help="write one zoo model")
+    ze.add_argument("name", help="a model from 'onnxprune zoo list' (e.g. demo, autoencoder)")
+    ze.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
+    ze.add_argument("--train", action="store_true",
+                    help="train it first where the zoo can (autoencoder, classifier, agent)")
+    ze.add_argument("--epochs", type=int, metavar="N",
+                    help="training length: epochs (seconds for the agent); default 10 (120)")
+    ze.add_argument("--seed", type=int, default=0, help="weights and training seed (default 0)")
+    _quiet_flag(ze)
+    ze.set_defaults(func=cmd_zoo)
+
+    d = sub.add_parser("data", help="write example calibration data (.npz)")
+    d.add_argument("dataset", choices=("digits",),
+                   help="digits: scikit-learn's digits as 1x28x28 images with labels")
+    d.add_argument("-o", "--output", type=Path, required=True, help="the .npz file to write")
+    d.add_argument("--split", choices=("train", "test"), default="train",
+                   help="the stratified split (default train; test for held-out checks)")
+    d.add_argument("--count", type=int, metavar="N", help="the first N samples (default all)")
+    d.add_argument("--input-name", default="input",
+                   help="the array's key: the model input it feeds (default 'input', as the "
+                        "zoo's digit models name it)")
+    d.add_argument("--seed", type=int, default=0, help="the split's seed (default 0)")
+    d.set_defaults(func=cmd_data)
+
+
+def _quiet_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress on stderr (errors and warnings still print); without it, "
+                        "progress shows as bars on a terminal and as a line every 10 s otherwise")
 
 
 def _component_flags(p: argparse.ArgumentParser) -> None:
@@ -229,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="show the coupled channel groups of a model")
     a.add_argument("model", type=Path, help="input .onnx file")
     a.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    _quiet_flag(a)
     a.add_argument("--exclude", action="append", metavar="GLOB",
                    help="freeze every channel touching nodes whose name matches (repeatable)")
     _component_flags(a)
@@ -324,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--bench-seconds", type=float, default=3.0, metavar="S",
                    help="seconds per model and batch for --bench (default 3)")
     r.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    _quiet_flag(r)
     _component_flags(r)
     r.set_defaults(func=cmd_prune)
 
@@ -339,9 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a recipe option, e.g. --set select.ratio=0.3 (repeatable)")
     n.add_argument("--force", action="store_true", help="allow the output to replace the input")
     n.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    _quiet_flag(n)
     n.set_defaults(func=cmd_run)
 
     add_bench_parser(sub)
+    _add_example_parsers(sub)
 
     ps = sub.add_parser("passes", help="list every pass with its options")
     ps.set_defaults(func=cmd_passes)
@@ -353,30 +445,51 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, keep_handlers: bool = False) -> int:
+    """Run one command; returns its exit code. ``keep_handlers``: see ``interrupts.guarded``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     console = Console(stderr=False)
     err = Console(stderr=True)
-    try:
-        return args.func(args, console)
-    except OnnxPruneError as e:
-        if args.debug:
-            traceback.print_exc()
+    io.written.clear()
+    with interrupts.guarded(keep=keep_handlers), _warnings_to(err):
+        try:
+            code = args.func(args, console)
+            interrupts.check()
+            return code
+        except KeyboardInterrupt as e:
+            return _interrupted(err, e)
+        except Exception as e:
+            if interrupts.pending() is not None:  # the interrupt surfaced as another error
+                return _interrupted(err, e)
+            return _failed(err, e, args.debug)
+
+
+def _interrupted(err: Console, e: BaseException) -> int:
+    where = f" during pass {_CURRENT['pass']}" if _CURRENT["pass"] else ""
+    signum = interrupts.pending() or getattr(e, "signum", signal.SIGINT)
+    name = signal.Signals(signum).name
+    done = ("; " + ", ".join(map(str, io.written)) + " had been written before"
+            if io.written else "; nothing was written")
+    err.print(f"onnxprune: interrupted ({name}){where}{done}", markup=False, highlight=False,
+              soft_wrap=True)
+    return 128 + signum
+
+
+def _failed(err: Console, e: Exception, debug: bool) -> int:
+    """One line for the user (a traceback with --debug); the exit code of the error's kind."""
+    if debug:
+        traceback.print_exc()
+    if isinstance(e, OnnxPruneError):
         err.print(f"onnxprune: error: {e}", markup=False, highlight=False, soft_wrap=True)
         return e.exit_code
-    except KeyboardInterrupt:
-        where = f" during pass {_CURRENT['pass']}" if _CURRENT["pass"] else ""
-        err.print(f"onnxprune: interrupted{where}; nothing was written", markup=False)
-        return 130
-    except Exception as e:  # noqa: BLE001 - one line for the user, a traceback with --debug
-        if args.debug:
-            traceback.print_exc()
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        err.print(f"onnxprune: internal error: {type(e).__name__}: {first} (rerun with --debug)",
-                  markup=False, highlight=False, soft_wrap=True)
-        return EXIT_INTERNAL
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    err.print(f"onnxprune: internal error: {type(e).__name__}: {first} (rerun with --debug)",
+              markup=False, highlight=False, soft_wrap=True)
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .__main__ import entry
+
+    entry()

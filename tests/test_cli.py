@@ -85,7 +85,7 @@ def test_unavailable_provider_is_one_clear_line(model_file, tmp_path, capsys):
         assert code == 0
     else:
         assert code != 0
-        assert "cuda is not available" in capsys.readouterr().err
+        assert "provider cuda (CUDAExecutionProvider) is not available" in capsys.readouterr().err
 
 
 def test_demo(tmp_path, capsys):

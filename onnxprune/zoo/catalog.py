@@ -1,0 +1,158 @@
+"""Example models and data a user can write to files (``onnxprune zoo`` / ``onnxprune data``):
+what the README's examples run on. Nothing is downloaded: models are built in code (with
+deterministic weights, optionally trained on data a package ships) and data comes from
+scikit-learn's digits."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .. import io
+from ..errors import UsageError
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    description: str
+    needs: str  # the extra it needs ("core": none)
+    trainable: str | None  # what --train does, or None
+    export: Callable[[str, int, bool, int | None], None]  # (path, seed, train, epochs)
+
+
+def _demo(path: str, seed: int, train: bool, epochs: int | None) -> None:
+    from .builder import demo_cnn
+
+    onnx.save(demo_cnn(seed), path)
+
+
+def _torch_model(name: str) -> Callable[[str, int, bool, int | None], None]:
+    def export(path: str, seed: int, train: bool, epochs: int | None) -> None:
+        from .torch_zoo import ZOO, export_onnx
+        from .torch_zoo import build as build_model
+
+        if name == "autoencoder" and train:
+            from .train import train_autoencoder
+
+            module = train_autoencoder(epochs=epochs or 10, seed=seed).model
+        else:
+            module = build_model(name, seed)
+        export_onnx(module, path, ZOO[name][1], dynamic_batch=True)
+
+    return export
+
+
+def _classifier(path: str, seed: int, train: bool, epochs: int | None) -> None:
+    import torch
+
+    from .torch_zoo import export_onnx
+    from .train import DigitsCNN, train_classifier
+
+    if train:
+        module = train_classifier(epochs=epochs or 10, seed=seed).model
+    else:
+        torch.manual_seed(seed)
+        module = DigitsCNN()
+    export_onnx(module, path, (1, 28, 28), dynamic_batch=True)
+
+
+def _agent(path: str, seed: int, train: bool, epochs: int | None) -> None:
+    import torch
+
+    from .control import Agent, export_agent
+
+    if train:
+        from .control_train import train_agent
+
+        agent = train_agent(seconds=float(epochs or 120), seed=seed)
+    else:
+        torch.manual_seed(seed)
+        agent = Agent()
+    export_agent(agent, path)
+
+
+_TORCH = {
+    "mlp": "an MLP on 64 features", "lenet": "LeNet-5 on 1x28x28",
+    "vgg": "a small VGG on 3x32x32", "resnet_basic": "a small ResNet (basic blocks), 3x32x32",
+    "resnet_bottleneck": "a small ResNet (bottlenecks), 3x32x32",
+    "resnet50": "ResNet-50 at 3x224x224 (random weights)",
+    "mobilenetv2": "MobileNetV2 at 3x224x224", "mobilenetv2_small": "a small MobileNetV2, 3x32x32",
+    "densenet121": "DenseNet-121 at 3x224x224", "densenet_small": "a small DenseNet, 3x32x32",
+    "unet": "a small U-Net, 3x32x32",
+}
+
+ENTRIES: dict[str, Entry] = {
+    "demo": Entry("demo", "a small CNN built with onnx.helper (BN, residual, concat, "
+                  "depthwise); what 'onnxprune demo' prunes", "core", None, _demo),
+    "autoencoder": Entry("autoencoder", "a conv autoencoder on 1x28x28 digits (input 'input')",
+                         "torch", "trains on scikit-learn's digits (--epochs, default 10)",
+                         _torch_model("autoencoder")),
+    "classifier": Entry("classifier", "a digits CNN classifier on 1x28x28 (input 'input')",
+                        "torch", "trains on scikit-learn's digits (--epochs, default 10)",
+                        _classifier),
+    "agent": Entry("agent", "a Pendulum control agent: encoder, dynamics, reward, pi, q "
+                   "(inputs 'obs', 'action')", "torch",
+                   "trains in gymnasium's Pendulum (--epochs = seconds, default 120)", _agent),
+    **{name: Entry(name, text, "torch", None, _torch_model(name)) for name, text in _TORCH.items()},
+}
+
+
+def export_model(name: str, path: str | os.PathLike, *, seed: int = 0, train: bool = False,
+                 epochs: int | None = None) -> Path:
+    """Write zoo model ``name`` to ``path`` (atomically, checked first); returns the path."""
+    if name not in ENTRIES:
+        raise UsageError(f"unknown zoo model {name!r}; choose from {', '.join(ENTRIES)} "
+                         "(see 'onnxprune zoo list')")
+    entry = ENTRIES[name]
+    if train and entry.trainable is None:
+        raise UsageError(f"zoo model {name!r} has no training (--train works for "
+                         f"{', '.join(n for n, e in ENTRIES.items() if e.trainable)})")
+    if epochs is not None and epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {epochs}")
+    out = io.output_target(path)
+    try:
+        with tempfile.TemporaryDirectory(prefix=".onnxprune-zoo-", dir=out.parent) as tmp:
+            staged = os.path.join(tmp, "model.onnx")
+            entry.export(staged, seed, train, epochs)
+            return io.save_model(onnx.load(staged), out)
+    except ImportError as err:
+        raise UsageError(f"zoo model {name!r} needs the {entry.needs} extra "
+                         f"(pip install 'onnxprune[{entry.needs}]'): {err}") from None
+
+
+DATASETS = {"digits": "scikit-learn's 8x8 digits upsampled to 1x28x28 in [0, 1], with labels"}
+
+
+def write_digits(path: str | os.PathLike, *, split: str = "train", count: int | None = None,
+                 input_name: str = "input", seed: int = 0) -> tuple[Path, int]:
+    """Calibration data for the digit models: ``{input_name: [N,1,28,28] float32, "labels"}``
+    written to ``path`` as an .npz (atomically); returns the path and N."""
+    try:
+        from ..data import digits28
+        x, y = digits28(split, seed=seed)
+    except ImportError as err:
+        raise UsageError(f"the digits data needs scikit-learn (pip install 'onnxprune[dev]'): "
+                         f"{err}") from None
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if count is not None:
+        if count < 1:
+            raise UsageError(f"--count must be >= 1, got {count}")
+        x, y = x[:count], y[:count]
+    out = io.output_target(path)
+    fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".npz", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **{input_name: x, "labels": y})
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out, len(x)
