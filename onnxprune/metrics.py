@@ -18,10 +18,21 @@ def _static(dims) -> list[int] | None:
     return [d if isinstance(d, int) else 1 for d in dims] if None not in dims else None
 
 
+def weight_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
+    """The shape of a constant weight, also behind a DequantizeLinear (quantized graphs)."""
+    if isinstance(tensor, gs.Constant):
+        return tuple(tensor.values.shape)
+    producer = tensor.inputs[0] if len(tensor.inputs) == 1 else None
+    if producer is not None and producer.op == "DequantizeLinear" and isinstance(
+            producer.inputs[0], gs.Constant):
+        return tuple(producer.inputs[0].values.shape)
+    return None
+
+
 def node_macs(node: gs.Node) -> int:
     op = node.op
-    if op in ("Conv", "ConvTranspose") and isinstance(node.inputs[1], gs.Constant):
-        w = node.inputs[1].values.shape
+    w = weight_shape(node.inputs[1]) if op in ("Conv", "ConvTranspose") else None
+    if w is not None:
         if op == "Conv":
             y = _static(shape_of(node.outputs[0]))
             return 0 if y is None else prod(y) * w[1] * prod(w[2:])

@@ -271,10 +271,12 @@ def test_quantized_weights_are_counted(model, tmp_path, capsys):
                     per_channel=True)
     capsys.readouterr()
     _, out, _ = cli(capsys, "analyze", model, "--json")
-    floats = json.loads(out)["params"]
+    floats = json.loads(out)
     _, out, _ = cli(capsys, "analyze", q, "--json")
-    quantized = json.loads(out)["params"]
-    assert floats <= quantized < 1.1 * floats  # the int8 weights, plus scales and zero points
+    quantized = json.loads(out)
+    # the int8 weights, plus scales and zero points; the same MACs behind DequantizeLinear
+    assert floats["params"] <= quantized["params"] < 1.1 * floats["params"]
+    assert quantized["macs"] == floats["macs"] > 0
 
 
 # -- progress ---------------------------------------------------------------------------------
