@@ -25,10 +25,10 @@ from rich.console import Console
 from rich.table import Table
 
 from onnxprune.api import _front, prune
-from onnxprune.data import digits28
-from onnxprune.evaluate import Evaluator
-from onnxprune.graph import export_model
-from onnxprune.quality import get_metric
+from onnxprune.ir.graph import export_model
+from onnxprune.search.evaluate import Evaluator
+from onnxprune.search.quality import get_metric
+from onnxprune.zoo.digits import digits28
 from onnxprune.zoo.torch_zoo import export_zoo_model
 from onnxprune.zoo.train import export, train_autoencoder
 

@@ -26,8 +26,8 @@ import torch_pruning as tp
 from rich.console import Console
 from rich.table import Table
 
-from onnxprune.metrics import graph_macs, graph_params
-from onnxprune.passes import (
+from onnxprune.analysis.size import graph_macs, graph_params
+from onnxprune.pipeline import (
     AnalyzeChannels,
     Cleanup,
     LoadModel,
@@ -37,7 +37,7 @@ from onnxprune.passes import (
     SelectChannels,
     Verify,
 )
-from onnxprune.pipeline import Context, Pipeline
+from onnxprune.pipeline.core import Context, Pipeline
 from onnxprune.zoo.torch_zoo import ZOO, build, export_onnx
 
 RESULTS = Path(__file__).parent / "results"

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from onnxprune.api import prune
-from onnxprune.data import digits28
+from onnxprune.zoo.digits import digits28
 from onnxprune.zoo.train import export, psnr, train_autoencoder, train_classifier
 
 RESULTS = Path(__file__).parent / "results"

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from onnxprune.api import prune
 from onnxprune.bench.runner import run_bench
-from onnxprune.io import save_model
+from onnxprune.ir.io import save_model
 from onnxprune.zoo.torch_zoo import ZOO, build, export_onnx
 
 RESULTS = Path(__file__).parent / "results"

@@ -12,7 +12,7 @@ def entry() -> None:
 
     with interrupts.guarded(keep=True):
         try:
-            from .cli import main
+            from .cli.main import main
         except BaseException as err:  # an interrupt inside an extension's init is an ImportError
             signum = interrupts.pending() or getattr(err, "signum", None)
             if signum is None:

@@ -11,10 +11,11 @@ import onnx
 from .analysis.channels import analyze_channels
 from .analysis.components import Components, Flow
 from .analysis.model import ChannelAnalysis
+from .analysis.size import graph_macs, graph_params, is_param, node_macs
 from .errors import UsageError
-from .graph import export_model
-from .metrics import graph_macs, graph_params, is_param, node_macs
-from .passes import (
+from .ir.graph import export_model
+from .pipeline.core import Context, Pass, Pipeline, total_time
+from .pipeline.passes import (
     AnalyzeChannels,
     Calibrate,
     Cleanup,
@@ -35,10 +36,9 @@ from .passes import (
     VerifyRecovered,
     WriteModel,
 )
-from .pipeline import Context, Pass, Pipeline, total_time
-from .quality import get_metric
+from .search.quality import get_metric
 from .select.uniform import PrunePlan
-from .verify import VerifyReport
+from .verify.checks import VerifyReport
 
 ModelLike = str | Path | onnx.ModelProto
 

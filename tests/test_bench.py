@@ -10,6 +10,7 @@ import pytest
 from rich.console import Console
 
 import onnxprune
+from onnxprune.analysis.size import graph_macs, graph_params
 from onnxprune.bench import providers as bench_providers
 from onnxprune.bench import runner
 from onnxprune.bench.cli import add_parser, cmd_bench
@@ -19,8 +20,7 @@ from onnxprune.bench.runner import run_bench
 from onnxprune.bench.stats import summarize
 from onnxprune.bench.workload import load_models
 from onnxprune.errors import OutputError, UnsupportedModelError, UsageError
-from onnxprune.graph import import_model, infer_shapes
-from onnxprune.metrics import graph_macs, graph_params
+from onnxprune.ir.graph import import_model, infer_shapes
 from onnxprune.zoo.builder import GraphBuilder, demo_cnn
 
 FAST = {"warmup": 1, "repeat": 20}

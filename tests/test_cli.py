@@ -5,7 +5,7 @@ import json
 import onnx
 import pytest
 
-from onnxprune.cli import main
+from onnxprune.cli.main import main
 from onnxprune.errors import EXIT_INPUT_MISSING, EXIT_INVALID_MODEL, EXIT_OUTPUT, EXIT_USAGE
 from onnxprune.zoo.builder import demo_cnn
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxprune.cli import main
+from onnxprune.cli.main import main
 from onnxprune.errors import (
     EXIT_CONSTRAINT,
     EXIT_OUTPUT,
@@ -76,12 +76,12 @@ def test_an_unwritable_system_folder_is_one_line(model, capsys, tmp_path):
 
 
 def test_a_missing_output_folder_is_found_before_any_work(model, capsys, tmp_path, monkeypatch):
-    import onnxprune.io
+    import onnxprune.ir.io
 
     def no_work(*a, **k):
         raise AssertionError("the model was loaded before the output was checked")
 
-    monkeypatch.setattr(onnxprune.io, "load_model", no_work)
+    monkeypatch.setattr(onnxprune.ir.io, "load_model", no_work)
     code, _, err = cli(capsys, "prune", model, "-o", tmp_path / "no" / "x.onnx")
     assert code == EXIT_OUTPUT and len(err) == 1
     assert "output folder" in err[0] and ".onnxprune-" not in err[0]
@@ -89,9 +89,9 @@ def test_a_missing_output_folder_is_found_before_any_work(model, capsys, tmp_pat
 
 
 def test_the_input_is_refused_before_any_work(model, capsys, monkeypatch):
-    import onnxprune.io
+    import onnxprune.ir.io
 
-    monkeypatch.setattr(onnxprune.io, "load_model", lambda *a: pytest.fail("loaded"))
+    monkeypatch.setattr(onnxprune.ir.io, "load_model", lambda *a: pytest.fail("loaded"))
     code, _, err = cli(capsys, "prune", model, "-o", model)
     assert code == EXIT_OUTPUT and len(err) == 1 and "--force" in err[0]
 
@@ -304,7 +304,7 @@ def test_an_interrupt_swallowed_inside_a_pass_still_stops_the_run(model, tmp_pat
     """onnxruntime may turn an interrupt into another exception that broad handlers swallow
     (as the normalization check does): the flag still stops the run before the write."""
     from onnxprune import interrupts
-    from onnxprune.passes import frontend
+    from onnxprune.pipeline import frontend
 
     def swallowing(self, ctx):
         try:

@@ -6,7 +6,7 @@ import pytest
 
 from onnxprune.api import prune
 from onnxprune.errors import UsageError
-from onnxprune.runtime import session
+from onnxprune.ir.runtime import session
 from onnxprune.zoo.builder import GraphBuilder
 
 
@@ -85,7 +85,7 @@ def test_compensation_needs_calibration():
 def test_cli_compensate(tmp_path, capsys):
     import json
 
-    from onnxprune.cli import main
+    from onnxprune.cli.main import main
 
     path, npz = tmp_path / "m.onnx", tmp_path / "c.npz"
     model = _redundant("conv")

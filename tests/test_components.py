@@ -10,9 +10,9 @@ import pytest
 
 from onnxprune.analysis.components import find_components, find_flows
 from onnxprune.api import analyze, prune
-from onnxprune.cli import main
+from onnxprune.cli.main import main
 from onnxprune.errors import UsageError
-from onnxprune.testing import check_oracle
+from onnxprune.verify.testing import check_oracle
 from onnxprune.zoo.builder import GraphBuilder
 
 

@@ -4,8 +4,9 @@ import sys
 import numpy as np
 import pytest
 
-from onnxprune import data
-from onnxprune.data import digits28, load_mnist, load_npz, save_npz
+from onnxprune.ir.arrays import load_npz, save_npz
+from onnxprune.zoo import digits as data
+from onnxprune.zoo.digits import digits28, load_mnist
 
 N_DIGITS = 1797
 

@@ -9,11 +9,11 @@ pytest.importorskip("sklearn")
 
 import onnxprune  # noqa: E402
 from onnxprune import progress  # noqa: E402
-from onnxprune.data import digits28  # noqa: E402
 from onnxprune.errors import UsageError  # noqa: E402
-from onnxprune.quality import Metric, get_metric  # noqa: E402
+from onnxprune.ir.runtime import session  # noqa: E402
 from onnxprune.recover.distill import distill  # noqa: E402
-from onnxprune.runtime import session  # noqa: E402
+from onnxprune.search.quality import Metric, get_metric  # noqa: E402
+from onnxprune.zoo.digits import digits28  # noqa: E402
 from onnxprune.zoo.train import export, train_autoencoder  # noqa: E402
 
 PSNR = get_metric("psnr")

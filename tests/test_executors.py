@@ -6,10 +6,10 @@ import pytest
 from onnxprune.analysis.channels import analyze_channels
 from onnxprune.api import prune
 from onnxprune.errors import UsageError
-from onnxprune.evaluate import Evaluator
-from onnxprune.graph import import_model
-from onnxprune.quality import get_metric
-from onnxprune.testing import normalized
+from onnxprune.ir.graph import import_model
+from onnxprune.search.evaluate import Evaluator
+from onnxprune.search.quality import get_metric
+from onnxprune.verify.testing import normalized
 from onnxprune.zoo.builder import demo_cnn
 
 

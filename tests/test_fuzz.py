@@ -30,8 +30,8 @@ from test_fuzz_regressions import keep_one_per_group
 
 from onnxprune.analysis.channels import analyze_channels
 from onnxprune.api import prune
-from onnxprune.graph import import_model
-from onnxprune.testing import check_oracle, normalized
+from onnxprune.ir.graph import import_model
+from onnxprune.verify.testing import check_oracle, normalized
 
 _COMMON = dict(
     deadline=None,

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxprune import io
+from onnxprune.ir import io
 from onnxprune.errors import (
     InputMissingError,
     InvalidModelError,

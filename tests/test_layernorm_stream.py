@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from onnxprune.api import prune
-from onnxprune.testing import check_oracle
+from onnxprune.verify.testing import check_oracle
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -192,8 +192,8 @@ def test_gated_norm_weights_statistics_like_removal():
     out = b.matmul(y, 6, 2, name="head")
     model = b.build([out])
     from onnxprune.analysis.channels import analyze_channels
-    from onnxprune.graph import import_model
-    from onnxprune.oracle import Oracle, session
+    from onnxprune.ir.graph import import_model
+    from onnxprune.verify.oracle import Oracle, session
 
     analysis = analyze_channels(import_model(model))
     oracle = Oracle(model, analysis)

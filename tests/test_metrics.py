@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from onnxprune.graph import import_model, infer_shapes
-from onnxprune.metrics import graph_macs, graph_params, node_macs
+from onnxprune.analysis.size import graph_macs, graph_params, node_macs
+from onnxprune.ir.graph import import_model, infer_shapes
 from onnxprune.zoo.builder import GraphBuilder
 
 

@@ -4,10 +4,10 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxprune.graph import import_model
-from onnxprune.runtime import random_feeds, session
-from onnxprune.testing import check_oracle, normalized
-from onnxprune.verify import max_diffs
+from onnxprune.ir.graph import import_model
+from onnxprune.ir.runtime import random_feeds, session
+from onnxprune.verify.checks import max_diffs
+from onnxprune.verify.testing import check_oracle, normalized
 from onnxprune.zoo.builder import GraphBuilder
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from onnxprune.cli import main
+from onnxprune.cli.main import main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

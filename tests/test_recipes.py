@@ -7,10 +7,10 @@ import onnx
 import pytest
 
 from onnxprune import Pipeline
-from onnxprune.cli import main
+from onnxprune.cli.main import main
 from onnxprune.errors import EXIT_USAGE, UsageError
-from onnxprune.passes import AnalyzeChannels, Normalize
-from onnxprune.recipes import CATALOGUE, RECIPES, load_recipe, parse_sets
+from onnxprune.pipeline import AnalyzeChannels, Normalize
+from onnxprune.pipeline.recipes import CATALOGUE, RECIPES, load_recipe, parse_sets
 from onnxprune.zoo.builder import demo_cnn
 
 

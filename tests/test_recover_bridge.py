@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from onnxprune.runtime import session
+from onnxprune.ir.runtime import session
 from onnxprune.zoo.builder import GraphBuilder, demo_cnn
 
 torch = pytest.importorskip("torch")

@@ -6,11 +6,11 @@ from conftest import group_of_tensor, group_with_layer
 
 from onnxprune.api import analyze, prune
 from onnxprune.errors import UsageError
-from onnxprune.graph import import_model
-from onnxprune.passes import Calibrate, Normalize, UseModel
-from onnxprune.pipeline import Context, Pipeline
+from onnxprune.ir.graph import import_model
+from onnxprune.pipeline import Calibrate, Normalize, UseModel
+from onnxprune.pipeline.core import Context, Pipeline
 from onnxprune.scoring import score_units
-from onnxprune.testing import normalized
+from onnxprune.verify.testing import normalized
 from onnxprune.zoo.builder import GraphBuilder
 
 N_SIGNAL, N_WIDE, N_NARROW = 16, 64, 8
@@ -116,9 +116,9 @@ def _scores(criterion, model=None, calib=CALIB):
     ctx = Context()
     Pipeline([UseModel(model or fragile()), Normalize()])(ctx)
     from onnxprune.analysis.channels import analyze_channels
-    from onnxprune.evaluate import Evaluator
-    from onnxprune.graph import export_model
-    from onnxprune.quality import get_metric
+    from onnxprune.ir.graph import export_model
+    from onnxprune.search.evaluate import Evaluator
+    from onnxprune.search.quality import get_metric
 
     ctx.analysis = analyze_channels(ctx.graph)
     ref = export_model(ctx.graph)

@@ -6,7 +6,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 pytest.importorskip("onnxscript")
 
-from onnxprune.data import digits28  # noqa: E402
+from onnxprune.zoo.digits import digits28  # noqa: E402
 from onnxprune.zoo.train import (  # noqa: E402
     accuracy,
     export,

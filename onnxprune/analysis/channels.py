@@ -12,10 +12,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import warn
-from ..metrics import node_macs
 from ..rules import RuleRegistry, default_registry
 from .env import Env
 from .model import ChannelAnalysis, Gate, Group, Member, ParamSlice
+from .size import node_macs
 
 
 def analyze_channels(

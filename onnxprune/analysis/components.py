@@ -12,7 +12,7 @@ from pathlib import Path
 import onnx_graphsurgeon as gs
 
 from ..errors import UsageError, warn
-from ..metrics import is_param
+from .size import is_param
 
 if sys.version_info >= (3, 11):
     import tomllib

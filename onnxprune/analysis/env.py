@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..graph import Dim, const_value, shape_of
+from ..ir.graph import Dim, const_value, shape_of
 from .atoms import AtomTable, Claim, GatePoint
 
 

@@ -15,7 +15,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from ..errors import UnsupportedModelError, UsageError
-from ..runtime import PROVIDER_HINTS
+from ..ir.runtime import PROVIDER_HINTS
 from .memory import DevicePeak, HostPeak
 from .workload import BenchModel
 

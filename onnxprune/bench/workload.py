@@ -5,7 +5,7 @@ dimension must be given in ``input_shapes`` (NAME -> full shape; its first dimen
 replaced by the batch when the model's is symbolic). A model whose inputs all have a static
 first dimension runs only at that batch.
 
-MACs: ``onnxprune.metrics`` counts per sample (symbolic dims as 1). Here the inputs are fixed
+MACs: ``onnxprune.analysis.size`` counts per sample (symbolic dims as 1). Here the inputs are fixed
 to the shapes actually fed and shapes are inferred again, so ``macs`` is the work of one run
 of the whole batch: ``batch x`` the per-sample count for a model with a batch dimension.
 """
@@ -20,10 +20,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from ..analysis.size import graph_macs, graph_params
 from ..errors import UsageError
-from ..graph import import_model, infer_shapes
-from ..io import load_model
-from ..metrics import graph_macs, graph_params
+from ..ir.graph import import_model, infer_shapes
+from ..ir.io import load_model
 
 Shapes = Mapping[str, Sequence[int]]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..graph import bypass, const_value, detach
+from ..ir.graph import bypass, const_value, detach
 from .shape_expr import as_reshape_target, evaluate
 
 
@@ -107,7 +107,7 @@ def channel_shuffles_to_gather(graph: gs.Graph) -> int:
     """Reshape [N, C, ...] -> [N, g, C/g, ...] -> Transpose(1 <-> 2) -> Reshape [N, C, ...]
     (channel shuffle) becomes one Gather of the permuted channels: the same values, and a
     channel map the analysis follows without coupling the shuffled groups."""
-    from ..graph import shape_of
+    from ..ir.graph import shape_of
 
     changed = 0
     for first in [n for n in graph.nodes if n.op == "Reshape"]:
@@ -144,7 +144,7 @@ def channel_shuffles_to_gather(graph: gs.Graph) -> int:
 def explicit_squeeze_axes(graph: gs.Graph) -> int:
     """Squeeze without axes drops every size-1 axis, which would include a channel axis
     pruned down to one channel: name the axes it drops now, while the shapes are original."""
-    from ..graph import shape_of
+    from ..ir.graph import shape_of
 
     changed = 0
     for node in [n for n in graph.nodes if n.op == "Squeeze"]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..graph import const_value, detach, input_or_none
+from ..ir.graph import const_value, detach, input_or_none
 
 FOLDABLE = ("Conv", "ConvTranspose", "Gemm")
 

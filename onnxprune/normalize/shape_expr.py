@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..graph import const_value, input_or_none, normalize_axis, shape_of
+from ..ir.graph import const_value, input_or_none, normalize_axis, shape_of
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ import onnx_graphsurgeon as gs
 from onnx import TensorProto, helper, numpy_helper
 
 from ..analysis.model import ChannelAnalysis
-from ..graph import export_model, input_or_none
+from ..ir.graph import export_model, input_or_none
+from ..ir.runtime import run_batched, session
 from ..progress import task
-from ..runtime import run_batched, session
 
 MAX_ROWS = 40_000  # rows of the least-squares problem per layer (sampled)
 MAX_CELLS = 30_000_000  # rows x columns of the patch matrix

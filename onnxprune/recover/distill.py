@@ -22,11 +22,11 @@ import torch
 from onnx import helper
 
 from ..errors import UsageError
+from ..ir.runtime import session
 from ..progress import task
-from ..quality import Metric
-from ..runtime import session
-from ..torch_threads import torch_threads
+from ..search.quality import Metric
 from .torch_bridge import TorchGraph
+from .torch_threads import torch_threads
 
 __all__ = ["distill"]
 
@@ -66,7 +66,7 @@ def distill(
     ``info["boundaries"]``). Adam, ``steps`` mini-batches of ``batch_size``.
 
     Every ``eval_every`` steps the current weights are scored on the validation split:
-    ``metric`` (an ``onnxprune.quality.Metric``, on onnxruntime outputs of the written-back
+    ``metric`` (an ``onnxprune.search.quality.Metric``, on onnxruntime outputs of the written-back
     model) or, without one, the negative distillation loss. The best weights win; training
     stops after ``patience`` evaluations without improvement (``None``: never) or when the loss
     is not finite. ``train`` restricts which initializers train: a predicate on the name, or

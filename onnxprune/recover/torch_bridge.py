@@ -21,7 +21,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from ..runtime import default_opset
+from ..ir.runtime import default_opset
 from .ops import OPS, Node
 from .ops.tensor import constant
 

@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 
 from ..analysis.components import Components, Flow
 from ..analysis.model import ChannelAnalysis
-from ..graph import bypass, const_value, replace_input, unique_name
+from ..ir.graph import bypass, const_value, replace_input, unique_name
 
 ADAPTER = "onnxprune_flow"
 

@@ -14,7 +14,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis.env import Env
-from ..graph import new_constant
+from ..ir.graph import new_constant
 
 Keep = Callable[[gs.Tensor, int], "np.ndarray | None"]
 

@@ -9,7 +9,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis.env import Env
-from ..graph import new_constant, unique_name
+from ..ir.graph import new_constant, unique_name
 from .base import OpRule, Rewriter, freeze_all
 
 

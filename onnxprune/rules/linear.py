@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from ..analysis.env import Env
-from ..graph import input_or_none
+from ..ir.graph import input_or_none
 from .base import OpRule, freeze_all
 
 

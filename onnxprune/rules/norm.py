@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from ..analysis.env import Env
-from ..graph import normalize_axis
+from ..ir.graph import normalize_axis
 from .base import OpRule, Rewriter, freeze_all
 
 

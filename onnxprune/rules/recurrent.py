@@ -9,7 +9,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis.env import Env
-from ..graph import input_or_none
+from ..ir.graph import input_or_none
 from .base import OpRule, Rewriter, freeze_all
 
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}

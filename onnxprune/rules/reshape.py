@@ -11,7 +11,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis.env import Env
-from ..graph import Dim, const_value, normalize_axis
+from ..ir.graph import Dim, const_value, normalize_axis
 from .base import OpRule, Rewriter, attr_or_input_ints, freeze_all
 
 Mono = tuple[int, tuple[str, ...]]  # a dimension as static factor x symbolic factors

@@ -8,9 +8,9 @@ import onnx
 from onnx import helper
 
 from ..analysis.model import ChannelAnalysis
-from ..evaluate import Evaluator
+from ..ir.runtime import run_batched, session
 from ..progress import task
-from ..runtime import run_batched, session
+from ..search.evaluate import Evaluator
 
 CHUNK = 64  # candidate masks per evaluation batch
 

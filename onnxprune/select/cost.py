@@ -13,7 +13,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis.model import ChannelAnalysis
-from ..metrics import is_param, node_macs
+from ..analysis.size import is_param, node_macs
 
 
 @dataclass

@@ -13,7 +13,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from ..metrics import node_macs
+from ..analysis.size import node_macs
 from ..progress import task
 
 MULTIPLES = (1, 2, 4, 8, 16, 32)

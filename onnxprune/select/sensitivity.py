@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..evaluate import Evaluator
 from ..progress import task
+from ..search.evaluate import Evaluator
 from .common import Space, Target
 
 LEVELS = tuple(np.round(np.arange(0.1, 1.0, 0.1), 2))

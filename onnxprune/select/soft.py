@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..evaluate import Evaluator
 from ..progress import task
+from ..search.evaluate import Evaluator
 from .common import Space, Target
 
 GRID = tuple(np.round(np.arange(0.0, 0.95, 0.1), 2))

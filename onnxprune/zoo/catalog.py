@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .. import io
+from ..ir import io
 from ..errors import UsageError
 
 
@@ -135,7 +135,7 @@ def write_digits(path: str | os.PathLike, *, split: str = "train", count: int | 
     """Calibration data for the digit models: ``{input_name: [N,1,28,28] float32, "labels"}``
     written to ``path`` as an .npz (atomically); returns the path and N."""
     try:
-        from ..data import digits28
+        from .digits import digits28
         x, y = digits28(split, seed=seed)
     except ImportError as err:
         raise UsageError(f"the digits data needs scikit-learn (pip install 'onnxprune[dev]'): "

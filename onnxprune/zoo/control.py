@@ -47,7 +47,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from onnxprune.zoo.torch_zoo import quiet
+from .torch_zoo import quiet
 
 __all__ = [
     "COMPONENTS",

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import digits28
-from ..torch_threads import torch_threads
+from ..recover.torch_threads import torch_threads
+from .digits import digits28
 from .torch_zoo import AutoEncoder, export_onnx
 
 __all__ = [

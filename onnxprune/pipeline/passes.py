@@ -1,7 +1,7 @@
 """The passes of the pruning pipeline: load -> normalize -> components -> analyze ->
 calibrate/metric -> score -> select -> remove -> cleanup -> verify -> write."""
 
-from ..pipeline import PROVIDED_BY, Pass
+from .core import PROVIDED_BY, Pass
 from .data import Calibrate, MeasureQuality, UseMetric
 from .frontend import (
     Cleanup,

@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .analysis.model import ChannelAnalysis
-from .runtime import session
+from ..analysis.model import ChannelAnalysis
+from ..ir.runtime import session
 
 GATES = "onnxprune_gates"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import io
+from ..ir import io
 from ..errors import OutputError, VerificationError
-from ..graph import export_model
-from ..pipeline import Context, Pass, PassResult
-from ..verify import verify_pruned
+from ..ir.graph import export_model
+from ..verify.checks import verify_pruned
+from .core import Context, Pass, PassResult
 
 
 class Verify(Pass):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import onnx
 
-from .. import io
-from ..graph import import_model, infer_shapes
+from ..ir import io
+from ..ir.graph import import_model, infer_shapes
 from ..normalize.cleanup import (
     channel_shuffles_to_gather,
     constant_reshape_targets,
@@ -17,7 +17,7 @@ from ..normalize.cleanup import (
     name_nodes,
 )
 from ..normalize.fold_bn import fold_batchnorms
-from ..pipeline import Context, Fixpoint, Pass, PassResult, Pipeline
+from .core import Context, Fixpoint, Pass, PassResult, Pipeline
 
 
 class LoadModel(Pass):
@@ -167,9 +167,9 @@ class CheckNormalization(Pass):
 
     def run(self, ctx: Context) -> PassResult:
         from ..errors import VerificationError
-        from ..graph import export_model
-        from ..runtime import random_feeds, session
-        from ..verify import close, custom_domains, max_diffs
+        from ..ir.graph import export_model
+        from ..ir.runtime import random_feeds, session
+        from ..verify.checks import close, custom_domains, max_diffs
 
         if ctx.source is None or custom_domains(ctx.source):
             return PassResult(False)

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from ..analysis.channels import analyze_channels
 from ..analysis.components import find_components, find_flows
-from ..pipeline import Context, Pass, PassResult
 from ..rewrite.flows import drop_identity_gathers, insert_flow_adapters
+from .core import Context, Pass, PassResult
 
 
 class FindComponents(Pass):

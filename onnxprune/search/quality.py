@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 
 Outputs = list[np.ndarray]
 Batch = dict[str, np.ndarray]

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 import onnx
 import onnx_graphsurgeon as gs
 
-from . import interrupts
-from .errors import UsageError
+from .. import interrupts
+from ..errors import UsageError
 
 
 @dataclass(frozen=True)

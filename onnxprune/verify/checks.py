@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .analysis.model import ChannelAnalysis
+from ..analysis.model import ChannelAnalysis
+from ..ir.runtime import random_feeds, session
 from .oracle import Oracle
-from .runtime import random_feeds, session
 
 RTOL, ATOL = 1e-4, 1e-5
 

@@ -7,8 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .analysis.model import Group
-from .api import Analysis, PruneResult
+from ..analysis.model import Group
+from ..api import Analysis, PruneResult
 
 
 def group_json(g: Group) -> dict[str, Any]:

@@ -15,15 +15,16 @@ from pathlib import Path
 
 from rich.console import Console
 
-from . import __version__, interrupts, io, progress
-from .errors import (
+from .. import __version__, interrupts, progress
+from ..ir import io
+from ..errors import (
     EXIT_INTERNAL,
     EXIT_OK,
     OnnxPruneError,
     OnnxPruneWarning,
     UsageError,
 )
-from .runtime import resolve_providers
+from ..ir.runtime import resolve_providers
 
 
 def _round_to(text: str) -> int | str:
@@ -100,7 +101,7 @@ def _status(what: str, quiet: bool = False):
 
 
 def cmd_analyze(args, console: Console) -> int:
-    from .api import analyze
+    from ..api import analyze
     from .report import analysis_json, print_analysis
 
     with _status("analyzing", args.quiet) as named:
@@ -108,7 +109,7 @@ def cmd_analyze(args, console: Console) -> int:
                          scope_depth=args.scope_depth, flow_policy=args.flow_policy,
                          progress=named)
     if args.graph:
-        from .analysis.components import single
+        from ..analysis.components import single
         from .draw import draw
 
         draw(result.graph, result.components or single(result.graph), args.graph)
@@ -121,7 +122,7 @@ def cmd_analyze(args, console: Console) -> int:
 
 
 def cmd_prune(args, console: Console) -> int:
-    from .api import prune
+    from ..api import prune
     from .report import print_prune, prune_json
 
     providers, shapes = resolve_providers(args.provider), _shapes(args.input_shape)
@@ -144,7 +145,7 @@ def cmd_prune(args, console: Console) -> int:
         )
     report = None
     if args.bench:
-        from .bench.runner import run_bench
+        from ..bench.runner import run_bench
 
         report = run_bench([args.model, args.output], providers=args.provider.split(","),
                            batches=[int(b) for b in args.bench_batch.split(",")],
@@ -165,7 +166,7 @@ def cmd_passes(args, console: Console) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from .recipes import CATALOGUE, options
+    from ..pipeline.recipes import CATALOGUE, options
 
     table = Table(title=escape("passes (in recipes: [[pass]] name = ...)"), title_justify="left")
     for col in ("pass", "options (default)", "what it does"):
@@ -179,10 +180,10 @@ def cmd_passes(args, console: Console) -> int:
 
 
 def cmd_run(args, console: Console) -> int:
-    from .api import result_of
-    from .passes import Calibrate, LoadModel, WriteModel
-    from .pipeline import Context, Pipeline
-    from .recipes import load_recipe, parse_sets
+    from ..api import result_of
+    from ..pipeline.core import Context, Pipeline
+    from ..pipeline.passes import Calibrate, LoadModel, WriteModel
+    from ..pipeline.recipes import load_recipe, parse_sets
     from .report import print_prune, prune_json
 
     recipe = load_recipe(args.recipe)
@@ -206,9 +207,9 @@ def cmd_run(args, console: Console) -> int:
 def cmd_demo(args, console: Console) -> int:
     import onnx
 
-    from .api import prune
+    from ..api import prune
+    from ..zoo.builder import demo_cnn
     from .report import print_prune
-    from .zoo.builder import demo_cnn
 
     if not 0.0 <= args.ratio < 1.0:
         raise UsageError(f"--ratio must be in [0, 1), got {args.ratio:g}")
@@ -225,7 +226,7 @@ def cmd_demo(args, console: Console) -> int:
 def cmd_zoo(args, console: Console) -> int:
     from rich.table import Table
 
-    from .zoo.catalog import ENTRIES, export_model
+    from ..zoo.catalog import ENTRIES, export_model
 
     if args.zoo_command == "list":
         table = Table(title="zoo models (onnxprune zoo export NAME -o FILE)", title_justify="left")
@@ -243,7 +244,7 @@ def cmd_zoo(args, console: Console) -> int:
 
 
 def cmd_data(args, console: Console) -> int:
-    from .zoo.catalog import write_digits
+    from ..zoo.catalog import write_digits
 
     out, n = write_digits(args.output, split=args.split, count=args.count,
                           input_name=args.input_name, seed=args.seed)
@@ -300,9 +301,9 @@ def _component_flags(p: argparse.ArgumentParser) -> None:
                         "groups across components like a plain dependency graph")
 
 
-from .bench.cli import add_parser as add_bench_parser  # noqa: E402
-from .passes import STRATEGIES  # noqa: E402
-from .scoring import CRITERIA  # noqa: E402
+from ..bench.cli import add_parser as add_bench_parser  # noqa: E402
+from ..pipeline.passes import STRATEGIES  # noqa: E402
+from ..scoring import CRITERIA  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -490,6 +491,6 @@ def _failed(err: Console, e: Exception, debug: bool) -> int:
 
 
 if __name__ == "__main__":
-    from .__main__ import entry
+    from ..__main__ import entry
 
     entry()

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import load_npz
 from ..errors import UsageError, VerificationError, warn
-from ..evaluate import Evaluator
-from ..graph import export_model
-from ..pipeline import Context, Pass, PassResult
-from ..quality import get_metric
-from ..runtime import random_feeds
+from ..ir.arrays import load_npz
+from ..ir.graph import export_model
+from ..ir.runtime import random_feeds
+from ..search.evaluate import Evaluator
+from ..search.quality import get_metric
+from .core import Context, Pass, PassResult
 
 
 class Calibrate(Pass):

@@ -19,8 +19,8 @@ except ImportError:  # pragma: no cover - not POSIX
 import onnx
 from google.protobuf.message import DecodeError
 
-from . import interrupts
-from .errors import InputMissingError, InvalidModelError, OutputError, UnsupportedModelError
+from .. import interrupts
+from ..errors import InputMissingError, InvalidModelError, OutputError, UnsupportedModelError
 from .runtime import default_opset
 
 # onnx 1.23 writes IR 14 by default; onnxruntime 1.31 loads at most IR 13.

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConstraintError, UsageError, warn
-from ..graph import export_model
-from ..pipeline import Context, Pass, PassResult
-from ..quality import get_metric
+from ..ir.graph import export_model
 from ..rewrite.remove import remove_units
 from ..scoring import CRITERIA, REDUCTIONS, normalize, score_units
+from ..search.quality import get_metric
 from ..select.budget import check_names, parse_ratio
 from ..select.common import Space, Target, bisect_shared_fraction
 from ..select.cost import CostModel
@@ -18,6 +17,7 @@ from ..select.latency import probe_round_to
 from ..select.sensitivity import Constraint, select_sensitivity
 from ..select.soft import soft_gradient, soft_grid
 from ..select.uniform import PrunePlan, select_uniform
+from .core import Context, Pass, PassResult
 from .data import evaluator
 
 STRATEGIES = ("uniform", "global", "sensitivity", "soft")
@@ -150,7 +150,7 @@ class SelectChannels(Pass):
         if self.strategy == "sensitivity":
             cev = None
             if self.constraint is not None and self.constraint.metric != ev.metric.name:
-                from ..evaluate import Evaluator
+                from ..search.evaluate import Evaluator
 
                 cev = Evaluator(export_model(ctx.graph), analysis, ctx.calib,
                                 get_metric(self.constraint.metric))

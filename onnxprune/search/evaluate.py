@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .analysis.model import ChannelAnalysis
-from .errors import UsageError
-from .oracle import GATES, Oracle
+from ..analysis.model import ChannelAnalysis
+from ..errors import UsageError
+from ..verify.oracle import GATES, Oracle
 from .quality import Metric
 
 MAX_ROWS = 4096  # samples per onnxruntime call when candidates are batched

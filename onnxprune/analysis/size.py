@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .graph import prod, shape_of
+from ..ir.graph import prod, shape_of
 
 
 def _static(dims) -> list[int] | None:

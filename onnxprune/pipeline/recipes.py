@@ -21,16 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from ..errors import UsageError
+from .core import Pass
 from .passes import CATALOGUE
-from .pipeline import Pass
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-RECIPES = Path(__file__).resolve().parent.parent / "passes"
+RECIPES = Path(__file__).resolve().parent.parent.parent / "passes"
 
 
 def options(cls: type[Pass]) -> dict[str, Any]:

@@ -8,12 +8,12 @@ import numpy as np
 from onnx import numpy_helper
 
 from ..errors import UsageError, VerificationError
-from ..graph import export_model
-from ..pipeline import Context, Pass, PassResult
-from ..quality import get_metric
+from ..ir.graph import export_model
+from ..ir.runtime import run_batched, session
 from ..recover.compensate import compensate
-from ..runtime import run_batched, session
-from ..verify import VerifyReport
+from ..search.quality import get_metric
+from ..verify.checks import VerifyReport
+from .core import Context, Pass, PassResult
 
 
 def _need_calib(ctx: Context, by: str) -> dict:
@@ -114,7 +114,7 @@ class VerifyRecovered(Pass):
         calib = ctx.calib
         feeds = {i.name: calib[i.name] for i in model.graph.input} if calib else None
         if feeds is None:
-            from ..runtime import random_feeds
+            from ..ir.runtime import random_feeds
 
             feeds = random_feeds(model)
         outs = None

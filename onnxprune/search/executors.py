@@ -12,7 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 
 EXECUTORS = ("local", "process", "ray")
 _WORKER = None  # the evaluator of a process-pool worker

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import onnx_graphsurgeon as gs
 
-from .analysis.components import Components
-from .errors import UsageError
+from ..analysis.components import Components
+from ..errors import UsageError
 
 PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1",
            "#ff9da7", "#9c755f", "#bab0ac"]

@@ -1,0 +1,1 @@
+"""The command line: argument parsing (``main``), result tables and JSON, graph drawing."""

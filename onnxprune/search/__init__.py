@@ -1,0 +1,1 @@
+"""Candidate evaluation for the searches: application metrics, the gated evaluator, pools."""
