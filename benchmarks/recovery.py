@@ -73,8 +73,8 @@ def main() -> int:
                 for name, kw in RECOVERY.items():
                     t0 = time.time()
                     r = prune(path, strategy="sensitivity", target_params=target, calib=calib,
-                              metric=metric, distill={"steps": args.distill_steps,
-                                                      "lr": args.distill_lr}, **kw)
+                              metric=metric, distill_steps=args.distill_steps,
+                              distill_lr=args.distill_lr, **kw)
                     recover_s = sum(v for k, v in r.timings.items()
                                     if k in ("compensate", "distill"))
                     rows.append({"task": task, "target": target, "recovery": name,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -12,31 +13,17 @@ from .analysis.channels import analyze_channels
 from .analysis.components import Components, Flow
 from .analysis.model import ChannelAnalysis
 from .analysis.size import graph_macs, graph_params, is_param, node_macs
-from .errors import UsageError
 from .ir.graph import export_model
+from .pipeline.build import prune_pipeline, public_options
 from .pipeline.core import Context, Pass, Pipeline, total_time
 from .pipeline.passes import (
     AnalyzeChannels,
-    Calibrate,
-    Cleanup,
-    Compensate,
-    Distill,
-    DropAdapters,
     FindComponents,
     InsertFlowAdapters,
     LoadModel,
-    MeasureQuality,
     Normalize,
-    RemoveChannels,
-    ScoreChannels,
-    SelectChannels,
-    UseMetric,
     UseModel,
-    Verify,
-    VerifyRecovered,
-    WriteModel,
 )
-from .search.quality import get_metric
 from .select.uniform import PrunePlan
 from .verify.checks import VerifyReport
 
@@ -161,106 +148,32 @@ class PruneResult:
     recovery: dict | None = None  # what compensation / distillation did
 
 
-def prune(
-    model: ModelLike,
-    output: str | Path | None = None,
-    *,
-    ratio: float | str | dict[str, float] = 0.5,
-    criterion: str = "l2",
-    reduce: str = "mean",
-    strategy: str = "uniform",
-    target_params: float | None = None,
-    target_macs: float | None = None,
-    constraint: str | None = None,
-    tolerance: float = 0.02,
-    soft_method: str = "gradient",
-    round_to: int | str = 1,
-    min_width: int = 1,
-    max_ratio: float = 0.9,
-    normalize: str = "mean",
-    calib: str | Path | dict | None = None,
-    calib_random: int | None = None,
-    metric: str | None = None,
-    exclude: Sequence[str] = (),
-    providers: Sequence[str] = ("CPUExecutionProvider",),
-    force: bool = False,
-    verify: bool = True,
-    input_shapes: dict[str, Sequence[int]] | None = None,
-    components: str = "none",
-    scope_depth: int | None = None,
-    flow_policy: str = "own",
-    executor: str = "local",
-    workers: int | None = None,
-    ray_address: str | None = None,
-    compensate: bool = False,
-    ridge: float = 1e-3,
-    recover: str | None = None,
-    distill: dict | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> PruneResult:
-    """Prune, verify, and write to ``output`` (when given).
-
-    ``ratio``: the fraction of channels every group loses (uniform), one number or a
-    per-component budget ("*=0.5,pi=0"). ``strategy``: uniform | global | sensitivity | soft;
-    the last three aim at ``target_params``/``target_macs`` (fractions removed overall; by
-    default what the uniform ratio would remove), sensitivity can instead maximise the cut
-    under ``constraint`` ("psnr>=20"). ``calib`` (.npz path or dict of arrays keyed by input
-    name, batch first, optional "labels") or ``calib_random`` feed the data-driven criteria,
-    the strategies and the quality report; ``metric`` names the application metric.
-    ``compensate`` refits the layers that lost inputs (least squares on calibration data);
-    ``executor`` (local | process | ray, with ``workers`` and ``ray_address``) says where
-    candidate masks of the searches are scored.
-    ``recover="distill"`` fine-tunes the remaining weights on the original's outputs (options
-    in ``distill``: steps, lr, batch_size, val_fraction, patience, boundaries). Both run after
-    the removal has been verified against the mask oracle.
+def prune(model: ModelLike, output: str | Path | None = None, *,
+          progress: Callable[[str], None] | None = None, **options: Any) -> PruneResult:
+    """Prune, verify, and write to ``output`` (when given); the options are those of
+    ``onnxprune prune`` (listed below), as keywords: ``ratio=0.5``, ``strategy="soft"``,
+    ``calib="data.npz"`` or ``calib={"input": images}``, ``providers=["cpu"]``, ...
 
     >>> r = prune("model.onnx", "small.onnx", ratio=0.5)   # doctest: +SKIP
     >>> r = prune("ae.onnx", strategy="soft", target_params=0.6, calib="digits.npz",
     ...           metric="psnr")                            # doctest: +SKIP
     """
-    if recover not in (None, "none", "distill"):
-        raise UsageError(f"--recover must be 'distill' (or none), got {recover!r}")
-    if workers is not None and workers < 1:
-        raise UsageError(f"workers must be >= 1, got {workers}")
-    passes: list[Pass] = [_entry(model), Normalize()]
-    if components != "none":
-        passes += [FindComponents(components, scope_depth, flow_policy), InsertFlowAdapters()]
-    passes.append(AnalyzeChannels(exclude))
-    if calib is not None or calib_random is not None:
-        is_dict = isinstance(calib, dict)
-        passes.append(Calibrate(None if is_dict else calib, calib_random,
-                                calib if is_dict else None))
-    if metric is not None:
-        passes.append(UseMetric(metric))
-    passes += [
-        ScoreChannels(criterion, reduce),
-        SelectChannels(strategy, ratio, target_params=target_params, target_macs=target_macs,
-                       constraint=constraint, tolerance=tolerance, soft_method=soft_method,
-                       round_to=round_to, min_width=min_width, max_ratio=max_ratio,
-                       normalize=normalize, latency_provider=providers[0]),
-    ]
-    if calib is not None or calib_random is not None or (
-            metric is not None and get_metric(metric).on_model):
-        passes.append(MeasureQuality())
-    passes += [RemoveChannels(), Cleanup(), DropAdapters()]
-    if verify:
-        passes.append(Verify(providers, shapes=input_shapes))
-    if compensate:
-        passes.append(Compensate(ridge))
-    if recover == "distill":
-        passes.append(Distill(**(distill or {})))
-    if compensate or recover == "distill":
-        passes.append(VerifyRecovered(providers))
-    if output is not None:
-        passes.append(WriteModel(output, force=force))
-    ctx = Context(progress=progress)
-    ctx.executor = (executor, workers, ray_address)
-    try:
-        Pipeline(passes)(ctx)
-    finally:
-        if ctx.evaluator is not None:
-            ctx.evaluator.close()
+    passes, config = prune_pipeline(model, output, options)
+    ctx = Context(config=config, progress=progress)
+    Pipeline(passes)(ctx)
     return result_of(ctx)
+
+
+def _options_doc() -> str:
+    lines = ["", "Options:", ""]
+    for public, (owner, o) in sorted(public_options().items()):
+        default = "" if o.required else f" = {o.default!r}"
+        where = "" if owner in ("run", "prune") else f" [{owner}.{o.name}]"
+        lines.append(f"    {public}{default}{where}: {o.help}")
+    return "\n".join(lines)
+
+
+prune.__doc__ = (prune.__doc__ or "") + _options_doc()
 
 
 def result_of(ctx: Context, params_before: int | None = None,

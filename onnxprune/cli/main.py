@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import signal
 import sys
@@ -16,7 +15,6 @@ from pathlib import Path
 from rich.console import Console
 
 from .. import __version__, interrupts, progress
-from ..ir import io
 from ..errors import (
     EXIT_INTERNAL,
     EXIT_OK,
@@ -24,30 +22,10 @@ from ..errors import (
     OnnxPruneWarning,
     UsageError,
 )
+from ..ir import io
 from ..ir.runtime import resolve_providers
-
-
-def _round_to(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
-
-
-def _shapes(items: list[str] | None) -> dict[str, list[int]] | None:
-    if not items:
-        return None
-    out = {}
-    for item in items:
-        name, _, dims = item.partition("=")
-        try:
-            out[name] = [int(d) for d in dims.lower().split("x")]
-        except ValueError:
-            raise UsageError(f"--input-shape {item!r}: expected NAME=DxDx..., e.g. input=1x3x224x224") from None
-    return out
-
+from ..options import OptionError
+from .flags import add_flags, flag_message, given
 
 _CURRENT: dict[str, str | None] = {"pass": None}  # the running pass, for interrupts
 WARNINGS: list[str] = []  # the run's warnings, in order (also in --json output)
@@ -104,10 +82,12 @@ def cmd_analyze(args, console: Console) -> int:
     from ..api import analyze
     from .report import analysis_json, print_analysis
 
+    values = given(args, ANALYZE_FLAGS)
     with _status("analyzing", args.quiet) as named:
-        result = analyze(args.model, exclude=args.exclude or (), components=args.components,
-                         scope_depth=args.scope_depth, flow_policy=args.flow_policy,
-                         progress=named)
+        result = analyze(args.model, exclude=values.get("exclude", ()),
+                         components=values.get("components", "none"),
+                         scope_depth=values.get("scope_depth"),
+                         flow_policy=values.get("flow_policy", "own"), progress=named)
     if args.graph:
         from ..analysis.components import single
         from .draw import draw
@@ -123,33 +103,23 @@ def cmd_analyze(args, console: Console) -> int:
 
 def cmd_prune(args, console: Console) -> int:
     from ..api import prune
+    from ..options import shapes
     from .report import print_prune, prune_json
 
-    providers, shapes = resolve_providers(args.provider), _shapes(args.input_shape)
+    values = given(args, prune_flags())
+    bench_providers = values.get("providers", "cpu")
+    values["providers"] = resolve_providers(bench_providers)  # before any work
     with _status("pruning", args.quiet) as named:
-        result = prune(
-            args.model, args.output, ratio=args.ratio, criterion=args.criterion,
-            reduce=args.reduce, strategy=args.strategy, target_params=args.target_params,
-            target_macs=args.target_macs, constraint=args.constraint, tolerance=args.tolerance,
-            soft_method=args.soft_method, round_to=args.round_to, min_width=args.min_width,
-            max_ratio=args.max_ratio, normalize=args.normalize, calib=args.calib,
-            calib_random=args.calib_random, metric=args.metric, exclude=args.exclude or (),
-            providers=providers, force=args.force, input_shapes=shapes, progress=named,
-            components=args.components, scope_depth=args.scope_depth,
-            flow_policy=args.flow_policy, compensate=args.compensate, ridge=args.ridge,
-            executor=args.executor, workers=args.workers, ray_address=args.ray_address,
-            recover=args.recover, distill={
-                "steps": args.distill_steps, "lr": args.distill_lr,
-                "batch_size": args.distill_batch, "val_fraction": args.distill_val,
-                "patience": args.distill_patience, "boundaries": args.distill_boundaries},
-        )
+        result = prune(args.model, progress=named, **values)
     report = None
     if args.bench:
         from ..bench.runner import run_bench
 
-        report = run_bench([args.model, args.output], providers=args.provider.split(","),
+        report = run_bench([args.model, result.output], providers=bench_providers.split(","),
                            batches=[int(b) for b in args.bench_batch.split(",")],
-                           seconds=args.bench_seconds, input_shapes=shapes)
+                           seconds=args.bench_seconds,
+                           input_shapes=shapes(values["input_shapes"])
+                           if values.get("input_shapes") else None)
     if args.json:
         data = prune_json(result, str(args.model))
         if report is not None:
@@ -166,35 +136,48 @@ def cmd_passes(args, console: Console) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from ..pipeline.recipes import CATALOGUE, options
+    from ..options import describe
+    from ..pipeline.core import RUN_OPTIONS
+    from ..pipeline.passes import CATALOGUE
 
-    table = Table(title=escape("passes (in recipes: [[pass]] name = ...)"), title_justify="left")
-    for col in ("pass", "options (default)", "what it does"):
+    table = Table(title=escape("passes (in recipes: [[pass]] name = ..., options beside it)"),
+                  title_justify="left")
+    for col in ("pass", "options (default, type or choices)", "what it does"):
         table.add_column(col)
     for name, cls in CATALOGUE.items():
-        opts = ", ".join(f"{k}" if v is inspect.Parameter.empty else f"{k}={v!r}"
-                         for k, v in options(cls).items())
+        opts = "\n".join(describe(o) for o in cls.options)
         table.add_row(name, opts or "-", cls.description)
     console.print(table)
+    run = Table(title="run settings (onnxprune prune/run flags, prune() keywords)",
+                title_justify="left")
+    for col in ("setting", "flag", "what it does"):
+        run.add_column(col)
+    for o in RUN_OPTIONS:
+        run.add_row(describe(o), o.cli_flag() or "-", o.help)
+    console.print(run)
     return EXIT_OK
 
 
 def cmd_run(args, console: Console) -> int:
     from ..api import result_of
-    from ..pipeline.core import Context, Pipeline
+    from ..pipeline.core import Context, Pipeline, RunConfig
     from ..pipeline.passes import Calibrate, LoadModel, WriteModel
     from ..pipeline.recipes import load_recipe, parse_sets
     from .report import print_prune, prune_json
 
+    values = given(args, RUN_FLAGS)
+    config = RunConfig.of(**{k: values.pop(k) for k in list(values) if k in _RUN_NAMES})
     recipe = load_recipe(args.recipe)
     steps = recipe.build(parse_sets(args.set))
-    if args.calib or args.calib_random:
+    calib = {o.name: values[o.public] for o in Calibrate.options if o.public in values}
+    if calib:
         at = next((i + 1 for i, p in enumerate(steps) if p.name == "normalize"), 0)
-        steps.insert(at, Calibrate(args.calib, args.calib_random))
-    ctx = Context()
+        steps.insert(at, Calibrate(**calib))
+    ctx = Context(config=config)
     with _status(f"running {recipe.path.stem}", args.quiet) as named:
         ctx.progress = named
-        Pipeline([LoadModel(args.model), *steps, WriteModel(args.output, force=args.force)])(ctx)
+        Pipeline([LoadModel(args.model), *steps,
+                  WriteModel(values["output"], force=values.get("force", False))])(ctx)
     result = result_of(ctx)
     if args.json:
         print(json.dumps({**prune_json(result, str(args.model)), "warnings": list(WARNINGS)},
@@ -288,22 +271,29 @@ def _quiet_flag(p: argparse.ArgumentParser) -> None:
                         "progress shows as bars on a terminal and as a line every 10 s otherwise")
 
 
-def _component_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--components", default="none", metavar="auto|none|FILE",
-                   help="split the model into components: 'auto' from node name scopes, a TOML "
-                        "map, or 'none' (default: one component)")
-    p.add_argument("--scope-depth", type=int, metavar="N",
-                   help="name-scope depth that defines components with --components auto "
-                        "(default: the first depth giving two or more)")
-    p.add_argument("--flow-policy", choices=("own", "freeze", "couple"), default="own",
-                   help="tensors crossing components: 'own' gives each side its own channels, "
-                        "cut only where both agree (default); 'freeze' keeps them; 'couple' "
-                        "groups across components like a plain dependency graph")
+def prune_flags():
+    from ..pipeline.build import public_options
+
+    return [(owner, o) for owner, o in public_options().values()]
+
+
+def _flag_sets():
+    from ..pipeline.build import SWITCHES
+    from ..pipeline.core import RUN_OPTIONS
+    from ..pipeline.passes import AnalyzeChannels, Calibrate, FindComponents, WriteModel
+
+    components = next(o for o in SWITCHES if o.name == "components")
+    analyze = [("prune", components), *[(FindComponents.name, o) for o in FindComponents.options],
+               *[(AnalyzeChannels.name, o) for o in AnalyzeChannels.options]]
+    run = [*[("run", o) for o in RUN_OPTIONS], *[(Calibrate.name, o) for o in Calibrate.options],
+           *[(WriteModel.name, o) for o in WriteModel.options]]
+    return analyze, run, {o.public for o in RUN_OPTIONS}
+
+
+ANALYZE_FLAGS, RUN_FLAGS, _RUN_NAMES = _flag_sets()
 
 
 from ..bench.cli import add_parser as add_bench_parser  # noqa: E402
-from ..pipeline.passes import STRATEGIES  # noqa: E402
-from ..scoring import CRITERIA  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -319,94 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("model", type=Path, help="input .onnx file")
     a.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     _quiet_flag(a)
-    a.add_argument("--exclude", action="append", metavar="GLOB",
-                   help="freeze every channel touching nodes whose name matches (repeatable)")
-    _component_flags(a)
+    add_flags(a, ANALYZE_FLAGS)
     a.add_argument("--graph", type=Path, metavar="FILE",
                    help="draw the graph coloured by component (.dot, .svg or .png)")
     a.set_defaults(func=cmd_analyze)
 
     r = sub.add_parser("prune", help="remove channels, verify, and write the smaller model")
     r.add_argument("model", type=Path, help="input .onnx file (never modified)")
-    r.add_argument("-o", "--output", type=Path, required=True, help="where to write the pruned model")
-    r.add_argument("--ratio", default="0.5", metavar="R|NAME=R,...",
-                   help="fraction of channels removed from every prunable group (default 0.5), "
-                        "or per component: '*=0.5,pi=0' ('*' is every other component)")
-    r.add_argument("--criterion", choices=CRITERIA, default="l2",
-                   help="channel importance: l1/l2 weight magnitude, bn (BatchNorm scale), lamp, "
-                        "fpgm, activation (mean |a|), apoz, taylor or metric (drop in --metric "
-                        "when the channel is closed); the last four need calibration data "
-                        "(default l2)")
-    r.add_argument("--reduce", choices=("mean", "sum", "max"), default="mean",
-                   help="how a channel's scores over the group's layers combine (default mean)")
-    r.add_argument("--strategy", choices=STRATEGIES, default="uniform",
-                   help="how many channels each group loses: uniform (--ratio everywhere), "
-                        "global (one threshold over normalized scores), sensitivity (per-group "
-                        "metric curves), soft (optimised per-group coefficients) (default uniform)")
-    r.add_argument("--target-params", type=float, metavar="F",
-                   help="remove fraction F of the parameters (strategies other than uniform "
-                        "default to what uniform --ratio would remove)")
-    r.add_argument("--target-macs", type=float, metavar="F", help="remove fraction F of the MACs")
-    r.add_argument("--constraint", metavar="METRIC>=V",
-                   help="with --strategy sensitivity: the largest cut that keeps e.g. 'psnr>=20' "
-                        "on the calibration data")
-    r.add_argument("--tolerance", type=float, default=0.02,
-                   help="how close soft coefficients must bring the reduction to the target "
-                        "(default 0.02)")
-    r.add_argument("--soft-method", choices=("gradient", "grid"), default="gradient",
-                   help="optimiser for --strategy soft (default gradient)")
-    r.add_argument("--max-ratio", type=float, default=0.9,
-                   help="the most any group may lose under global/sensitivity/soft (default 0.9)")
-    r.add_argument("--normalize", choices=("mean", "max", "sum", "none"), default="mean",
-                   help="per-group score normalization for --strategy global (default mean)")
-    r.add_argument("--calib", metavar="FILE.npz",
-                   help="calibration data: arrays keyed by model input name, batch first "
-                        "(plus 'labels' for --metric accuracy)")
-    r.add_argument("--calib-random", type=int, metavar="N",
-                   help="N random calibration samples from the input shapes (no file needed)")
-    r.add_argument("--metric", metavar="NAME",
-                   help="application metric: psnr, mse, accuracy, cosine, kl or module:function "
-                        "(default cosine: agreement with the original outputs)")
-    r.add_argument("--executor", choices=("local", "process", "ray"), default="local",
-                   help="where search candidates are scored: this process (default), a local "
-                        "process pool, or Ray workers (pip install onnxprune[ray])")
-    r.add_argument("--workers", type=int, metavar="N",
-                   help="workers for --executor process/ray (default: the CPUs available)")
-    r.add_argument("--ray-address", metavar="ADDR",
-                   help="a Ray cluster to join (default: start a local Ray)")
-    r.add_argument("--compensate", action="store_true",
-                   help="after removal, refit every layer that lost inputs so it reproduces the "
-                        "original on the calibration data (least squares, bias compensation)")
-    r.add_argument("--ridge", type=float, default=1e-3,
-                   help="ridge regularisation of --compensate, relative to the mean input "
-                        "energy (default 1e-3)")
-    r.add_argument("--recover", choices=("none", "distill"), default="none",
-                   help="'distill': fine-tune the remaining weights on the original model's "
-                        "outputs over the calibration data (needs torch)")
-    r.add_argument("--distill-steps", type=int, default=300, metavar="N",
-                   help="optimizer steps of --recover distill (default 300)")
-    r.add_argument("--distill-lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    r.add_argument("--distill-batch", type=int, default=32, help="batch size (default 32)")
-    r.add_argument("--distill-val", type=float, default=0.2, metavar="F",
-                   help="fraction of the calibration data held out for validation and early "
-                        "stopping (default 0.2)")
-    r.add_argument("--distill-patience", type=int, default=5,
-                   help="validations without improvement before stopping (default 5)")
-    r.add_argument("--distill-boundaries", action="store_true",
-                   help="also match the activations at component boundaries (with --components)")
-    r.add_argument("--round-to", type=_round_to, default=1, metavar="N|auto",
-                   help="keep a multiple of N channels in every group (default 1); 'auto' "
-                        "measures how the main layer's latency steps with its width on the "
-                        "first --provider and picks the largest multiple that costs no time")
-    r.add_argument("--min-width", type=int, default=1, metavar="N",
-                   help="never keep fewer than N channels in a group (default 1)")
-    r.add_argument("--exclude", action="append", metavar="GLOB",
-                   help="leave nodes whose name matches untouched (repeatable)")
-    r.add_argument("--provider", default="cpu",
-                   help="execution providers to verify on, comma separated: cpu,cuda,tensorrt (default cpu)")
-    r.add_argument("--input-shape", action="append", metavar="NAME=DxD...",
-                   help="shape for an input with dynamic dimensions, used by verification")
-    r.add_argument("--force", action="store_true", help="allow the output to replace the input file")
+    add_flags(r, prune_flags())
     r.add_argument("--bench", action="store_true",
                    help="measure the original and the pruned model side by side afterwards")
     r.add_argument("--bench-batch", default="1", metavar="B,...",
@@ -415,20 +325,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds per model and batch for --bench (default 3)")
     r.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     _quiet_flag(r)
-    _component_flags(r)
     r.set_defaults(func=cmd_prune)
 
     n = sub.add_parser("run", help="run a pipeline recipe (TOML) on a model")
     n.add_argument("recipe", help="a recipe file, or the name of one in passes/ "
                                   "(magnitude-uniform, component-aware, application-soft, ...)")
     n.add_argument("model", type=Path, help="input .onnx file (never modified)")
-    n.add_argument("-o", "--output", type=Path, required=True, help="where to write the result")
-    n.add_argument("--calib", metavar="FILE.npz", help="calibration data for recipes that need it")
-    n.add_argument("--calib-random", type=int, metavar="N",
-                   help="N random calibration samples from the model's input shapes")
+    add_flags(n, RUN_FLAGS)
     n.add_argument("--set", action="append", metavar="PASS.OPTION=VALUE",
                    help="override a recipe option, e.g. --set select.ratio=0.3 (repeatable)")
-    n.add_argument("--force", action="store_true", help="allow the output to replace the input")
     n.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     _quiet_flag(n)
     n.set_defaults(func=cmd_run)
@@ -463,7 +368,7 @@ def main(argv: list[str] | None = None, *, keep_handlers: bool = False) -> int:
         except Exception as e:
             if interrupts.pending() is not None:  # the interrupt surfaced as another error
                 return _interrupted(err, e)
-            return _failed(err, e, args.debug)
+            return _failed(err, e, args)
 
 
 def _interrupted(err: Console, e: BaseException) -> int:
@@ -477,12 +382,13 @@ def _interrupted(err: Console, e: BaseException) -> int:
     return 128 + signum
 
 
-def _failed(err: Console, e: Exception, debug: bool) -> int:
+def _failed(err: Console, e: Exception, args: argparse.Namespace) -> int:
     """One line for the user (a traceback with --debug); the exit code of the error's kind."""
-    if debug:
+    if args.debug:
         traceback.print_exc()
     if isinstance(e, OnnxPruneError):
-        err.print(f"onnxprune: error: {e}", markup=False, highlight=False, soft_wrap=True)
+        text = flag_message(e, args) if isinstance(e, OptionError) else str(e)
+        err.print(f"onnxprune: error: {text}", markup=False, highlight=False, soft_wrap=True)
         return e.exit_code
     first = str(e).splitlines()[0] if str(e) else type(e).__name__
     err.print(f"onnxprune: internal error: {type(e).__name__}: {first} (rerun with --debug)",

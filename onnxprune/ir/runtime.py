@@ -44,7 +44,8 @@ def resolve_providers(spec: str | Sequence[str]) -> list[str]:
     have = ort.get_available_providers()
     out = []
     for name in names:
-        full = PROVIDER_NAMES.get(name, name if name in PROVIDER_NAMES.values() else None)
+        full = PROVIDER_NAMES.get(name) or next(
+            (v for v in PROVIDER_NAMES.values() if v.lower() == name), None)
         if full is None:
             raise UsageError(f"unknown provider {name!r}; choose from {', '.join(PROVIDER_NAMES)}")
         if full not in have:
@@ -54,6 +55,13 @@ def resolve_providers(spec: str | Sequence[str]) -> list[str]:
                 f"{ort.__version__} offers {', '.join(have)}; {PROVIDER_HINTS[short]}")
         out.append(full)
     return out
+
+
+def providers_option(value: str | Sequence[str]) -> list[str]:
+    """The ``providers`` run option: short or full names, each available here."""
+    if not isinstance(value, (str, list, tuple)):
+        raise ValueError(f"expected provider names, got {value!r}")
+    return resolve_providers(value)
 
 
 def session(model: onnx.ModelProto, providers: Sequence[str] | None = None,

@@ -6,16 +6,27 @@ Modelled on onnx-ir's pass infra and kept as small: a pass is ``run(ctx) -> Pass
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from .. import interrupts
 from ..errors import UsageError
+from ..ir.runtime import providers_option
+from ..options import Option, number, resolve, shapes, text
+
+if TYPE_CHECKING:
+    from ..analysis.components import Components, Flow
+    from ..analysis.model import ChannelAnalysis
+    from ..search.evaluate import Evaluator
+    from ..search.quality import Metric
+    from ..select.uniform import PrunePlan
+    from ..verify.checks import VerifyReport
 
 
 @dataclass(frozen=True)
@@ -40,35 +51,85 @@ ARTIFACTS = {
 }
 
 
+RUN_OPTIONS = (
+    Option("providers", "cpu", "onnxruntime execution providers the result "
+           "must run on (verification, the latency probe); short names cpu, cuda, tensorrt",
+           parse=providers_option, public="providers", flag="--provider",
+           metavar="cpu,cuda,tensorrt", type_name="list"),
+    Option("input_shapes", None, "shapes for inputs with dynamic non-batch dimensions "
+           "(verification), NAME=DxD... (repeatable)", parse=shapes, public="input_shapes",
+           flag="--input-shape", metavar="NAME=DxD...", kind="append", type_name="shapes"),
+    Option("executor", "local", "where search candidates are scored: this process, a local "
+           "process pool, or Ray actors (pip install onnxprune[ray]); results are identical",
+           choices=("local", "process", "ray"), public="executor"),
+    Option("workers", None, "workers for executor process/ray (default: the CPUs available)",
+           parse=number(1, integer=True), public="workers", metavar="N", type_name="int"),
+    Option("ray_address", None, "a Ray cluster to join (default: start a local Ray)",
+           parse=text, public="ray_address", metavar="ADDR", type_name="str"),
+)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What a whole run was asked for, read by the passes that need it (not pass options)."""
+
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)  # onnxruntime's names
+    input_shapes: Mapping[str, Sequence[int]] | None = None
+    executor: str = "local"
+    workers: int | None = None
+    ray_address: str | None = None
+
+    @classmethod
+    def of(cls, **values: Any) -> RunConfig:
+        v = resolve("run", RUN_OPTIONS, (), values)
+        return cls(tuple(v["providers"]), v["input_shapes"], v["executor"], v["workers"],
+                   v["ray_address"])
+
+
+class Resources:
+    """What a run holds open (the candidate evaluator and its pool); the pipeline closes it."""
+
+    def __init__(self) -> None:
+        self.evaluator: Evaluator | None = None
+
+    def close(self) -> None:
+        if self.evaluator is not None:
+            self.evaluator.close()
+            self.evaluator = None
+
+
 @dataclass
 class Context:
-    """Everything passes share: the working graph and the analyses computed on it."""
+    """What passes share: the run's configuration, its artifacts (the working graph and what
+    passes learn about it) and its resources."""
 
+    config: RunConfig = field(default_factory=RunConfig)
+    resources: Resources = field(default_factory=Resources)
+    # artifacts
     graph: gs.Graph | None = None
     source: onnx.ModelProto | None = None  # the model as loaded (never modified)
     source_path: Path | None = None
     source_ir: int | None = None
-    components: Any = None  # analysis.components.Components
-    flows: Any = None  # list[analysis.components.Flow]
-    analysis: Any = None  # analysis.ChannelAnalysis
+    components: Components | None = None
+    flows: list[Flow] | None = None
+    analysis: ChannelAnalysis | None = None
     normalize_diff: float | None = None  # normalized vs input model, relative (when compared)
-    bn_scales: dict = field(default_factory=dict)  # tensor -> gamma of a folded BatchNorm
-    calib: Any = None  # dict[str, np.ndarray]: calibration batch (inputs, optional labels)
-    metric: Any = None  # quality.Metric
-    evaluator: Any = None  # evaluate.Evaluator on the current graph (built on demand)
-    executor: tuple = ("local", None, None)  # (kind, workers, ray address) for candidates
-    select_info: Any = None  # what the selection strategy learned
-    quality: Any = None  # {"metric", "before", "after", "samples"} on the calibration data
-    recovery: dict = field(default_factory=dict)  # what compensation/distillation did
-    scores: Any = None  # np.ndarray, one importance per unit
-    plan: Any = None  # select.PrunePlan
+    bn_scales: dict[str, np.ndarray] = field(default_factory=dict)  # gamma of folded BNs
+    calib: dict[str, np.ndarray] | None = None  # calibration batch (inputs, optional labels)
+    metric: Metric | None = None
+    select_info: dict[str, Any] | None = None  # what the selection strategy learned
+    quality: dict[str, Any] | None = None  # metric before/after (calibration data)
+    recovery: dict[str, Any] = field(default_factory=dict)  # compensation/distillation
+    scores: np.ndarray | None = None  # one importance per unit
+    plan: PrunePlan | None = None
     reference: gs.Graph | None = None  # the normalized graph before removal (for the oracle)
-    verification: Any = None  # verify.VerifyReport
+    verification: VerifyReport | None = None
     output_path: Path | None = None
+    # bookkeeping
     timings: list[tuple[str, float]] = field(default_factory=list)
     log: list[tuple[str, PassResult]] = field(default_factory=list)
     progress: Callable[[str], None] | None = None
-    started: bool = False  # the outermost pipeline has run its preflight checks
+    started: bool = False  # the outermost pipeline has run its checks
 
     def available(self) -> set[str]:
         """The artifacts already present (a context a pipeline continues from)."""
@@ -95,6 +156,18 @@ class Pass:
     description: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
     provides: ClassVar[tuple[str, ...]] = ()
+    options: ClassVar[tuple[Option, ...]] = ()
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        """Option values by position (declaration order) or name, checked by the schema;
+        ``setup`` then checks how they combine."""
+        self.values = resolve(self.name, self.options, args, kwargs)
+        for key, value in self.values.items():
+            setattr(self, key, value)
+        self.setup()
+
+    def setup(self) -> None:
+        """Checks across options (raise ``OptionError``) and state derived from them."""
 
     def needs(self) -> set[str]:
         return set(self.requires)
@@ -119,7 +192,7 @@ class Pass:
         return result
 
     def __repr__(self) -> str:
-        opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        opts = ", ".join(f"{k}={v!r}" for k, v in getattr(self, "values", {}).items())
         return f"{type(self).__name__}({opts})"
 
 
@@ -180,11 +253,16 @@ class Pipeline(Pass):
             have |= p.gives()
 
     def __call__(self, ctx: Context) -> PassResult:  # a container is not timed as a pass itself
-        if not ctx.started:
-            self.check_contracts(ctx.available())
-            ctx.started = True
+        if ctx.started:
+            return self.run(ctx)
+        self.check_contracts(ctx.available())
+        ctx.started = True
+        try:
             self.preflight(ctx)
-        return self.run(ctx)
+            return self.run(ctx)
+        finally:  # the outermost pipeline owns the run's resources
+            ctx.resources.close()
+            ctx.started = False
 
 
 class Fixpoint(Pipeline):

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from ..errors import UsageError, VerificationError, warn
 from ..ir.arrays import load_npz
 from ..ir.graph import export_model
 from ..ir.runtime import random_feeds
+from ..options import Option, OptionError, number
+from ..options import path as path_option
 from ..search.evaluate import Evaluator
 from ..search.quality import get_metric
 from .core import Context, Pass, PassResult
+
+
+def _arrays(value) -> dict[str, np.ndarray]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a dict of arrays keyed by input name, got {type(value).__name__}")
+    return {str(k): np.asarray(v) for k, v in value.items()}
 
 
 class Calibrate(Pass):
@@ -21,11 +27,28 @@ class Calibrate(Pass):
     requires = ("graph",)
     provides = ("calib", "eval_data")
 
-    def __init__(self, path: str | Path | None = None, random: int | None = None,
-                 arrays: dict[str, np.ndarray] | None = None, seed: int = 0):
-        if sum(x is not None for x in (path, random, arrays)) != 1:
-            raise UsageError("give exactly one calibration source: --calib FILE or --calib-random N")
-        self.path, self.random, self.arrays, self.seed = path, random, arrays, seed
+    options = (
+        Option("path", None, "calibration data: an .npz of arrays keyed by model input name, "
+               "batch first (plus 'labels' for accuracy)", parse=path_option, public="calib",
+               metavar="FILE.npz", type_name="path"),
+        Option("random", None, "N random calibration samples from the input shapes (no file "
+               "needed)", parse=number(1, integer=True), public="calib_random", metavar="N",
+               type_name="int"),
+        Option("arrays", None, "calibration arrays given in code (the API's calib={...})",
+               parse=_arrays, type_name="dict"),
+        Option("seed", 0, "seed of the random samples", parse=number(0, integer=True),
+               type_name="int"),
+    )
+
+    def setup(self) -> None:
+        given = [o for o in ("path", "random", "arrays") if getattr(self, o) is not None]
+        if len(given) != 1:
+            raise OptionError(self.name, "path", "give exactly one calibration source: a file "
+                              "(path), random samples (random) or arrays")
+
+    def preflight(self, ctx: Context) -> None:
+        if self.path is not None and not self.path.is_file():
+            raise OptionError(self.name, "path", f"{self.path}: no such file")
 
     def run(self, ctx: Context) -> PassResult:
         if self.arrays is not None:
@@ -34,10 +57,8 @@ class Calibrate(Pass):
             try:
                 ctx.calib = load_npz(self.path)
             except (ValueError, OSError) as err:
-                raise UsageError(f"--calib {self.path}: {err}") from None
+                raise OptionError(self.name, "path", str(err)) from None
         else:
-            if self.random < 1:
-                raise UsageError("--calib-random needs a positive number of samples")
             model = export_model(ctx.require("graph", self.name))
             ctx.calib = random_feeds(model, seed=self.seed, batch=self.random, samples=True)
         _check(ctx)
@@ -89,8 +110,12 @@ class UseMetric(Pass):
     description = "The application metric (psnr, mse, accuracy, cosine, kl, module:function)."
     provides = ("metric",)
 
-    def __init__(self, metric: str = "cosine"):
-        self.metric = get_metric(metric)
+    options = (
+        Option("metric", "cosine", "application metric: psnr, mse (reconstruction vs input), "
+               "accuracy (labels), cosine, kl (agreement with the original outputs), or "
+               "module:function / file.py:function", parse=get_metric, public="metric",
+               metavar="NAME", type_name="str"),
+    )
 
     def gives(self) -> set[str]:
         # a metric that drives the model itself (episodes) brings its own data
@@ -102,17 +127,19 @@ class UseMetric(Pass):
 
 
 def evaluator(ctx: Context, by: str) -> Evaluator:
-    """The mask-oracle evaluator of the current graph, built once per analysis."""
-    if ctx.evaluator is None or ctx.evaluator.analysis is not ctx.analysis:
+    """The mask-oracle evaluator of the current graph, built once per analysis (a resource of
+    the run: the pipeline closes it, and its pool)."""
+    res = ctx.resources
+    if res.evaluator is None or res.evaluator.analysis is not ctx.analysis:
         metric = ctx.metric or get_metric("cosine")
         if ctx.calib is None and not metric.on_model:
-            raise UsageError(f"{by} needs calibration data: --calib FILE.npz or --calib-random N")
-        if ctx.evaluator is not None:
-            ctx.evaluator.close()
-        ctx.evaluator = Evaluator(export_model(ctx.graph), ctx.analysis, ctx.calib, metric)
-        if ctx.executor[0] != "local":
-            ctx.evaluator.use(*ctx.executor)
-    return ctx.evaluator
+            raise UsageError(f"{by} needs calibration data (pass 'calibrate')")
+        res.close()
+        res.evaluator = Evaluator(export_model(ctx.graph), ctx.analysis, ctx.calib, metric)
+        cfg = ctx.config
+        if cfg.executor != "local":
+            res.evaluator.use(cfg.executor, cfg.workers, cfg.ray_address)
+    return res.evaluator
 
 
 class MeasureQuality(Pass):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import onnx
 
 from ..ir import io
@@ -17,6 +15,8 @@ from ..normalize.cleanup import (
     name_nodes,
 )
 from ..normalize.fold_bn import fold_batchnorms
+from ..options import Option, flag, resolve
+from ..options import path as path_option
 from .core import Context, Fixpoint, Pass, PassResult, Pipeline
 
 
@@ -24,9 +24,8 @@ class LoadModel(Pass):
     name = "load"
     description = "Load the model (and external data); reject what cannot be handled."
     provides = ("graph", "source")
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    options = (Option("path", help="the .onnx file (never modified)", parse=path_option,
+                      type_name="path"),)
 
     def preflight(self, ctx: Context) -> None:
         io.check_input(self.path)
@@ -39,13 +38,18 @@ class LoadModel(Pass):
         return PassResult(True, {"nodes": len(model.graph.node), "ir_version": model.ir_version})
 
 
+def _model_proto(value):
+    if not isinstance(value, onnx.ModelProto):
+        raise ValueError(f"expected an onnx.ModelProto, got {type(value).__name__}")
+    return value
+
+
 class UseModel(Pass):
     name = "use-model"
     description = "Start from an in-memory ModelProto (the Python API's entry)."
     provides = ("graph", "source")
-
-    def __init__(self, model: onnx.ModelProto):
-        self.model = model
+    options = (Option("model", help="an onnx.ModelProto", parse=_model_proto,
+                      type_name="ModelProto"),)
 
     def run(self, ctx: Context) -> PassResult:
         ctx.source, ctx.source_ir = self.model, self.model.ir_version
@@ -195,8 +199,12 @@ class Normalize(Pipeline):
     description = ("Name nodes, infer shapes, fold constants, BatchNorms and shape chains, "
                    "drop Identity/Dropout (to a fixpoint); compare with the input model.")
 
-    def __init__(self, check: bool = True):
-        self.check = check
+    options = (Option("check", True, "compare the normalized graph with the input model",
+                      parse=flag, type_name="bool"),)
+
+    def __init__(self, *args, **kwargs):
+        self.values = resolve(self.name, self.options, args, kwargs)
+        self.check = self.values["check"]
         super().__init__([
             NameNodes(),
             InferShapes(),
@@ -205,8 +213,9 @@ class Normalize(Pipeline):
             Cleanup(),
             InferShapes(),
             ExplicitSqueezeAxes(),
-            *([CheckNormalization()] if check else []),
+            *([CheckNormalization()] if self.check else []),
         ])
 
     def __repr__(self) -> str:
         return f"Normalize(check={self.check})"
+

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
-from ..ir import io
 from ..errors import OutputError, VerificationError
+from ..ir import io
 from ..ir.graph import export_model
+from ..options import Option, flag, number
+from ..options import path as path_option
 from ..verify.checks import verify_pruned
 from .core import Context, Pass, PassResult
 
@@ -18,10 +19,12 @@ class Verify(Pass):
     requires = ("analysis", "plan", "reference")
     provides = ("verification",)
 
-    def __init__(self, providers: Sequence[str] = ("CPUExecutionProvider",), seed: int = 0,
-                 compare_input: bool = True, shapes: dict | None = None):
-        self.providers, self.seed = list(providers), seed
-        self.compare_input, self.shapes = compare_input, shapes
+    options = (
+        Option("seed", 0, "seed of the random inputs", parse=number(0, integer=True),
+               type_name="int"),
+        Option("compare_input", True, "also compare the normalized graph with the input model "
+               "(when normalization did not)", parse=flag, type_name="bool"),
+    )
 
     def run(self, ctx: Context) -> PassResult:
         graph, analysis = ctx.require("graph", self.name), ctx.require("analysis", self.name)
@@ -32,7 +35,7 @@ class Verify(Pass):
             pruned, reference, analysis, plan.removed,
             source=ctx.source if self.compare_input and ctx.normalize_diff is None else None,
             keep_reference=False, normalize_diff=ctx.normalize_diff,
-            providers=self.providers, seed=self.seed, shapes=self.shapes,
+            providers=ctx.config.providers, seed=self.seed, shapes=ctx.config.input_shapes,
         )
         ctx.verification = report
         if not report.passed:
@@ -46,8 +49,13 @@ class WriteModel(Pass):
     requires = ("graph", "verification")
     provides = ("output_path",)
 
-    def __init__(self, path: str | Path, force: bool = False):
-        self.path, self.force = Path(path), force
+    options = (
+        Option("path", help="where the pruned model goes (never the input, unless forced)",
+               parse=path_option, public="output", flag="--output", short="-o", metavar="FILE",
+               type_name="path"),
+        Option("force", False, "allow the output to replace the input file", parse=flag,
+               public="force", kind="switch", type_name="bool"),
+    )
 
     def preflight(self, ctx: Context) -> None:
         self._check_not_input(ctx)

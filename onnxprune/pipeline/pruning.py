@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ConstraintError, UsageError, warn
+from ..errors import ConstraintError, warn
 from ..ir.graph import export_model
+from ..options import Option, OptionError, number
 from ..rewrite.remove import remove_units
-from ..scoring import CRITERIA, REDUCTIONS, normalize, score_units
+from ..scoring import CRITERIA, NORMALIZATIONS, REDUCTIONS, normalize, score_units
+from ..search.evaluate import Evaluator
 from ..search.quality import get_metric
 from ..select.budget import check_names, parse_ratio
 from ..select.common import Space, Target, bisect_shared_fraction
@@ -24,18 +26,35 @@ STRATEGIES = ("uniform", "global", "sensitivity", "soft")
 SOFT_METHODS = ("gradient", "grid")
 
 
+def _round_to(value) -> int | str:
+    if value == "auto":
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"must be 'auto' or a whole number >= 1, got {value!r}")
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"must be 'auto' or a whole number >= 1, got {value!r}") from None
+    if n < 1 or n != float(value):
+        raise ValueError(f"must be 'auto' or a whole number >= 1, got {value!r}")
+    return n
+
+
 class ScoreChannels(Pass):
     name = "score"
     description = "Importance per channel: " + ", ".join(CRITERIA) + "."
     requires = ("analysis",)
     provides = ("scores",)
 
-    def __init__(self, criterion: str = "l2", reduce: str = "mean"):
-        if criterion not in CRITERIA:
-            raise UsageError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
-        if reduce not in REDUCTIONS:
-            raise UsageError(f"unknown reduction {reduce!r}; choose one of {', '.join(REDUCTIONS)}")
-        self.criterion, self.reduce = criterion, reduce
+    options = (
+        Option("criterion", "l2", "channel importance: l1/l2 weight magnitude, bn (BatchNorm "
+               "scale), lamp, fpgm, activation (mean |a| on calibration data), apoz, taylor "
+               "(finite differences over the gates) or metric (drop in the metric when the "
+               "channel is closed); the last four need calibration data", choices=CRITERIA,
+               public="criterion"),
+        Option("reduce", "mean", "how a channel's scores over the group's layers combine",
+               choices=REDUCTIONS, public="reduce"),
+    )
 
     def needs(self) -> set[str]:
         extra = {"activation": {"calib"}, "apoz": {"calib"}, "taylor": {"eval_data"},
@@ -44,11 +63,8 @@ class ScoreChannels(Pass):
 
     def run(self, ctx: Context) -> PassResult:
         analysis = ctx.require("analysis", self.name)
-        ev = evaluator(ctx, f"--criterion {self.criterion}") if self.criterion in (
+        ev = evaluator(ctx, f"criterion {self.criterion}") if self.criterion in (
             "taylor", "metric") else None
-        if self.criterion in ("activation", "apoz") and ctx.calib is None:
-            raise UsageError(f"--criterion {self.criterion} needs calibration data: "
-                             "--calib FILE.npz or --calib-random N")
         ctx.scores = score_units(
             self.criterion, ctx.graph, analysis, reduce=self.reduce, evaluator=ev,
             reference=export_model(ctx.graph) if self.criterion in ("activation", "apoz") else None,
@@ -63,31 +79,53 @@ class SelectChannels(Pass):
     requires = ("analysis",)
     provides = ("plan",)
 
-    def __init__(self, strategy: str = "uniform", ratio: float | str | dict = 0.5, *,
-                 target_params: float | None = None, target_macs: float | None = None,
-                 constraint: str | None = None, tolerance: float = 0.02,
-                 soft_method: str = "gradient", round_to: int | str = 1, min_width: int = 1,
-                 max_ratio: float = 0.9, normalize: str = "mean",
-                 latency_provider: str = "CPUExecutionProvider"):
-        if strategy not in STRATEGIES:
-            raise UsageError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-        if soft_method not in SOFT_METHODS:
-            raise UsageError(f"--soft-method must be one of {', '.join(SOFT_METHODS)}")
-        if round_to != "auto" and (not isinstance(round_to, int) or round_to < 1) or min_width < 1:
-            raise UsageError("--round-to must be 'auto' or >= 1, --min-width >= 1")
-        if target_params is not None and target_macs is not None:
-            raise UsageError("give --target-params or --target-macs, not both")
-        if not 0.0 < max_ratio < 1.0:
-            raise UsageError("--max-ratio must be in (0, 1)")
-        self.strategy, self.ratio = strategy, parse_ratio(ratio)
-        self.target = (Target("params", target_params) if target_params is not None else
-                       Target("macs", target_macs) if target_macs is not None else None)
-        self.constraint = Constraint.parse(constraint) if constraint else None
-        if self.constraint is not None and strategy != "sensitivity":
-            raise UsageError("--constraint works with --strategy sensitivity")
-        self.tolerance, self.soft_method = tolerance, soft_method
-        self.round_to, self.min_width, self.max_ratio = round_to, min_width, max_ratio
-        self.normalize, self.latency_provider = normalize, latency_provider
+    options = (
+        Option("strategy", "uniform", "how many channels each group loses: uniform (the ratio "
+               "everywhere), global (one threshold over normalized scores), sensitivity "
+               "(per-group metric curves), soft (optimised per-group coefficients)",
+               choices=STRATEGIES, public="strategy"),
+        Option("ratio", 0.5, "fraction of channels removed from every prunable group, 0 <= R < "
+               "1, or per component: '*=0.5,pi=0' ('*' is every other component; a component at "
+               "0 keeps its weights byte-identical)", parse=parse_ratio, public="ratio",
+               metavar="R|NAME=R,...", type_name="ratio"),
+        Option("target_params", None, "remove this fraction of the parameters (non-uniform "
+               "strategies default to what the uniform ratio would remove)",
+               parse=number(0, 1, hi_open=True), public="target_params", metavar="F",
+               type_name="float"),
+        Option("target_macs", None, "remove this fraction of the MACs",
+               parse=number(0, 1, hi_open=True), public="target_macs", metavar="F",
+               type_name="float"),
+        Option("constraint", None, "with strategy sensitivity: the largest cut whose measured "
+               "metric still satisfies e.g. 'psnr>=20' (>= or <=, any metric)",
+               parse=Constraint.parse, public="constraint", metavar="METRIC>=V",
+               type_name="str"),
+        Option("tolerance", 0.02, "how close soft coefficients must bring the reduction to the "
+               "target", parse=number(0, 1), public="tolerance", metavar="T", type_name="float"),
+        Option("soft_method", "gradient", "the optimiser of soft coefficients",
+               choices=SOFT_METHODS, public="soft_method"),
+        Option("round_to", 1, "keep a multiple of N channels in every group; 'auto' measures "
+               "how the main layer's latency steps with its width on the first provider and "
+               "picks the largest multiple that costs no time", parse=_round_to,
+               public="round_to", metavar="N|auto", type_name="int|auto"),
+        Option("min_width", 1, "never keep fewer than N channels in a group (never zero)",
+               parse=number(1, integer=True), public="min_width", metavar="N", type_name="int"),
+        Option("max_ratio", 0.9, "the most any group may lose under global/sensitivity/soft",
+               parse=number(0, 1, lo_open=True, hi_open=True), public="max_ratio",
+               metavar="F", type_name="float"),
+        Option("normalize_scores", "mean", "per-group score normalization for strategy global",
+               choices=NORMALIZATIONS, public="normalize_scores"),
+    )
+
+    def setup(self) -> None:
+        if self.target_params is not None and self.target_macs is not None:
+            raise OptionError(self.name, "target_macs", "give target_params or target_macs, "
+                              "not both")
+        if self.constraint is not None and self.strategy != "sensitivity":
+            raise OptionError(self.name, "constraint", "works with strategy sensitivity "
+                              f"(the strategy is {self.strategy})")
+        self.target = (Target("params", self.target_params) if self.target_params is not None
+                       else Target("macs", self.target_macs) if self.target_macs is not None
+                       else None)
 
     def needs(self) -> set[str]:
         searched = self.strategy in ("sensitivity", "soft")
@@ -101,7 +139,7 @@ class SelectChannels(Pass):
         info: dict = {"strategy": self.strategy}
         self._round_to = self.round_to
         if self.round_to == "auto":
-            probe = probe_round_to(ctx.graph, self.latency_provider)
+            probe = probe_round_to(ctx.graph, ctx.config.providers[0])
             self._round_to = probe.choice if probe is not None else 1
             info["round_to"] = self._round_to
             if probe is not None:
@@ -145,17 +183,20 @@ class SelectChannels(Pass):
             f = bisect_shared_fraction(space, target)
             return space.mask(space.counts_for_fractions([f] * len(space.groups)))
         if self.strategy == "global":
-            return select_global(space, normalize(analysis, scores, self.normalize), target)
-        ev = evaluator(ctx, f"--strategy {self.strategy}")
+            return select_global(space, normalize(analysis, scores, self.normalize_scores),
+                                 target)
+        ev = evaluator(ctx, f"strategy {self.strategy}")
         if self.strategy == "sensitivity":
             cev = None
             if self.constraint is not None and self.constraint.metric != ev.metric.name:
-                from ..search.evaluate import Evaluator
-
                 cev = Evaluator(export_model(ctx.graph), analysis, ctx.calib,
                                 get_metric(self.constraint.metric))
-            removed, extra = select_sensitivity(space, ev, target, self.constraint, cev,
-                                                target.kind if target else "params")
+            try:
+                removed, extra = select_sensitivity(space, ev, target, self.constraint, cev,
+                                                    target.kind if target else "params")
+            finally:
+                if cev is not None:
+                    cev.close()
             if extra.get("satisfied") is False:
                 c = self.constraint
                 raise ConstraintError(

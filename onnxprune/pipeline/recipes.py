@@ -15,14 +15,16 @@ Unknown passes and options are rejected, by name, before anything runs.
 
 from __future__ import annotations
 
-import inspect
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from .core import Pass
+from ..options import OptionError
+from .core import Pass, Pipeline
+from .frontend import LoadModel
+from .output import WriteModel
 from .passes import CATALOGUE
 
 if sys.version_info >= (3, 11):
@@ -34,10 +36,8 @@ RECIPES = Path(__file__).resolve().parent.parent.parent / "passes"
 
 
 def options(cls: type[Pass]) -> dict[str, Any]:
-    """A pass's options and their defaults (inspect.Parameter.empty: required)."""
-    sig = inspect.signature(cls.__init__)
-    return {n: p.default for n, p in sig.parameters.items()
-            if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    """A pass's options and their defaults (``REQUIRED``: must be given), from its schema."""
+    return {o.name: o.default for o in cls.options}
 
 
 @dataclass(frozen=True)
@@ -53,20 +53,16 @@ class Recipe:
             if name not in names:
                 raise UsageError(f"--set {name}.*: the recipe has no pass {name!r} "
                                  f"(it has {', '.join(names)})")
-        passes = []
-        for name, opts in self.steps:
-            merged = {**opts, **overrides.get(name, {})}
-            _check_options(name, merged, self.path)
-            passes.append(CATALOGUE[name](**merged))
-        return passes
+        return [_make(name, {**opts, **overrides.get(name, {})}, self.path)
+                for name, opts in self.steps]
 
 
-def _check_options(name: str, opts: dict[str, Any], where: Path | str) -> None:
-    known = options(CATALOGUE[name])
-    unknown = sorted(set(opts) - set(known))
-    if unknown:
-        raise UsageError(f"{where}: pass {name!r} has no option {', '.join(unknown)} "
-                         f"(options: {', '.join(known) or 'none'})")
+def _make(name: str, opts: dict[str, Any], where: Path | str) -> Pass:
+    """The pass, its option values checked by the schema; errors name the file."""
+    try:
+        return CATALOGUE[name](**opts)
+    except OptionError as err:
+        raise OptionError(err.owner, err.option, f"{err.message} (in {where})") from None
 
 
 def find_recipe(name_or_path: str) -> Path:
@@ -95,11 +91,17 @@ def load_recipe(name_or_path: str) -> Recipe:
                              f"(see 'onnxprune passes')")
         if name in ("write",):
             raise UsageError(f"{path}: 'write' comes from -o, not from the recipe")
-        _check_options(name, entry, path)
+        _make(name, entry, path)  # every value checked before anything runs
         steps.append((name, entry))
     if not steps:
         raise UsageError(f"{path}: the recipe lists no [[pass]]")
-    return Recipe(path, str(spec.get("description", "")), tuple(steps))
+    recipe = Recipe(path, str(spec.get("description", "")), tuple(steps))
+    with_io = [LoadModel(path), *recipe.build(), WriteModel(path)]
+    try:  # what each pass needs, the file's load and write around it
+        Pipeline(with_io).check_contracts({"calib", "eval_data"})
+    except UsageError as err:
+        raise UsageError(f"{path}: {err}") from None
+    return recipe
 
 
 def parse_sets(items: list[str] | None) -> dict[str, dict[str, Any]]:

@@ -10,6 +10,7 @@ from onnx import numpy_helper
 from ..errors import UsageError, VerificationError
 from ..ir.graph import export_model
 from ..ir.runtime import run_batched, session
+from ..options import Option, flag, number
 from ..recover.compensate import compensate
 from ..search.quality import get_metric
 from ..verify.checks import VerifyReport
@@ -27,15 +28,15 @@ class Compensate(Pass):
     description = "Refit layers that lost inputs to reproduce the original (ridge least squares)."
     requires = ("analysis", "plan", "reference", "calib")
 
-    def __init__(self, ridge: float = 1e-3):
-        if ridge < 0:
-            raise UsageError("--ridge must be >= 0")
-        self.ridge = ridge
+    options = (
+        Option("ridge", 1e-3, "ridge regularisation of the refit, relative to the mean input "
+               "energy", parse=number(0), public="ridge", metavar="R", type_name="float"),
+    )
 
     def run(self, ctx: Context) -> PassResult:
         graph = ctx.require("graph", self.name)
         reference = export_model(ctx.require("reference", self.name))
-        calib = _need_calib(ctx, "--compensate")
+        calib = _need_calib(ctx, self.name)
         fits = compensate(graph, reference, ctx.analysis, ctx.plan.removed, calib, self.ridge)
         ctx.recovery.setdefault("compensate", [
             {"layer": f.node, "rows": f.rows, "error_before": f.error_before,
@@ -48,14 +49,26 @@ class Distill(Pass):
     description = "Fine-tune the pruned model's weights on the original's outputs (torch)."
     requires = ("reference", "calib")
 
-    def __init__(self, steps: int = 300, lr: float = 1e-3, batch_size: int = 32,
-                 val_fraction: float = 0.2, patience: int = 5, boundaries: bool = False,
-                 seed: int = 0):
-        if steps < 1 or lr <= 0 or batch_size < 1 or not 0 < val_fraction < 1:
-            raise UsageError("distillation needs steps >= 1, lr > 0, batch >= 1, 0 < val < 1")
-        self.steps, self.lr, self.batch_size = steps, lr, batch_size
-        self.val_fraction, self.patience, self.boundaries, self.seed = (
-            val_fraction, patience, boundaries, seed)
+    options = (
+        Option("steps", 300, "optimizer steps at most", parse=number(1, integer=True),
+               public="distill_steps", metavar="N", type_name="int"),
+        Option("lr", 1e-3, "learning rate (backs off tenfold, twice, when nothing improves)",
+               parse=number(0, lo_open=True), public="distill_lr", metavar="LR",
+               type_name="float"),
+        Option("batch_size", 32, "mini-batch size", parse=number(1, integer=True),
+               public="distill_batch", metavar="B", type_name="int"),
+        Option("val_fraction", 0.2, "share of the calibration data held out for validation on "
+               "the metric and early stopping", parse=number(0, 1, lo_open=True, hi_open=True),
+               public="distill_val", metavar="F", type_name="float"),
+        Option("patience", 5, "validations without improvement before stopping",
+               parse=number(1, integer=True), public="distill_patience", metavar="N",
+               type_name="int"),
+        Option("boundaries", False, "also match the activations at component boundaries "
+               "(needs components)", parse=flag, public="distill_boundaries", kind="switch",
+               type_name="bool"),
+        Option("seed", 0, "seed of the split and the mini-batches", parse=number(0, integer=True),
+               type_name="int"),
+    )
 
     def needs(self) -> set[str]:
         return set(self.requires) | ({"flows"} if self.boundaries else set())
@@ -64,10 +77,10 @@ class Distill(Pass):
         try:
             from ..recover.distill import distill
         except ImportError as err:
-            raise UsageError(f"--recover distill needs torch (pip install onnxprune[torch]): "
+            raise UsageError(f"distillation needs torch (pip install 'onnxprune[torch]'): "
                              f"{err}") from None
         graph = ctx.require("graph", self.name)
-        calib = _need_calib(ctx, "--recover distill")
+        calib = _need_calib(ctx, self.name)
         teacher = export_model(ctx.require("reference", self.name))
         bounds = [f.tensor for f in (ctx.flows or [])] if self.boundaries else []
         student = export_model(graph)
@@ -98,9 +111,6 @@ class VerifyRecovered(Pass):
     description = "After refitting: checker, onnxruntime, finite outputs, metric vs original."
     requires = ("reference", "verification")
 
-    def __init__(self, providers=("CPUExecutionProvider",)):
-        self.providers = list(providers)
-
     def run(self, ctx: Context) -> PassResult:
         import onnx
 
@@ -118,7 +128,8 @@ class VerifyRecovered(Pass):
 
             feeds = random_feeds(model)
         outs = None
-        for provider in self.providers:
+        providers = list(ctx.config.providers)
+        for provider in providers:
             outs = run_batched(session(model, [provider]), feeds)
         if not all(np.all(np.isfinite(o)) for o in outs):
             raise VerificationError("recovered model produces non-finite outputs")
@@ -130,7 +141,7 @@ class VerifyRecovered(Pass):
             messages.append(f"{metric.name} after recovery: {value:.4g}")
         old = ctx.verification
         ctx.verification = VerifyReport(
-            True, tuple(self.providers), old.max_abs_diff if old else float("nan"),
+            True, tuple(providers), old.max_abs_diff if old else float("nan"),
             old.max_rel_diff if old else float("nan"), None, True,
             tuple((old.messages if old else ()) + tuple(messages)), oracle=bool(old and old.oracle))
         return PassResult(False, {"messages": messages})

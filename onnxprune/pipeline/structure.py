@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from ..analysis.channels import analyze_channels
-from ..analysis.components import find_components, find_flows
+from ..analysis.components import POLICIES, find_components, find_flows
+from ..options import Option, number, text, texts
 from ..rewrite.flows import drop_identity_gathers, insert_flow_adapters
 from .core import Context, Pass, PassResult
 
@@ -16,8 +15,18 @@ class FindComponents(Pass):
     requires = ("graph",)
     provides = ("components", "flows")
 
-    def __init__(self, spec: str = "auto", depth: int | None = None, policy: str = "own"):
-        self.spec, self.depth, self.policy = spec, depth, policy
+    options = (
+        Option("spec", "auto", "where components come from: 'auto' (node name scopes), "
+               "'none' (one component) or the path of a TOML map", parse=text,
+               metavar="auto|none|FILE", type_name="str"),
+        Option("depth", None, "name-scope depth that defines components with 'auto' (default: "
+               "the first depth giving two or more)", parse=number(1, integer=True),
+               public="scope_depth", metavar="N", type_name="int"),
+        Option("policy", "own", "tensors crossing components: 'own' gives each side its own "
+               "channels, cut only where both agree; 'freeze' keeps them; 'couple' groups "
+               "across components like a plain dependency graph", choices=POLICIES,
+               public="flow_policy"),
+    )
 
     def run(self, ctx: Context) -> PassResult:
         graph = ctx.require("graph", self.name)
@@ -56,8 +65,11 @@ class AnalyzeChannels(Pass):
     requires = ("graph",)
     provides = ("analysis",)
 
-    def __init__(self, exclude: Sequence[str] = ()):
-        self.exclude = list(exclude)
+    options = (
+        Option("exclude", (), "freeze every channel touching nodes whose name matches this "
+               "glob (repeatable)", parse=texts, public="exclude", metavar="GLOB",
+               kind="append", type_name="list"),
+    )
 
     def run(self, ctx: Context) -> PassResult:
         freeze, comp_of = {}, None

@@ -23,12 +23,12 @@ def parse_ratio(spec: str | float | Mapping[str, float]) -> dict[str, float]:
             for item in text.split(","):
                 name, sep, value = item.partition("=")
                 if not sep or not name.strip():
-                    raise UsageError(f"--ratio {spec!r}: expected R or NAME=R,... (e.g. '*=0.5,pi=0')")
+                    raise UsageError(f"{spec!r}: expected R or NAME=R,... (e.g. '*=0.5,pi=0')")
                 out[name.strip()] = _number(value, spec)
     out.setdefault("*", 0.0)
     for name, r in out.items():
         if not 0.0 <= r < 1.0:
-            raise UsageError(f"--ratio: {name}={r} is outside [0, 1)")
+            raise UsageError(f"{name}={r} is outside [0, 1)")
     return out
 
 
@@ -36,7 +36,7 @@ def _number(text: str, spec) -> float:
     try:
         return float(text)
     except ValueError:
-        raise UsageError(f"--ratio {spec!r}: {text!r} is not a number") from None
+        raise UsageError(f"{spec!r}: {text!r} is not a number") from None
 
 
 def check_names(budget: Budget, components: Iterable[str]) -> None:
@@ -44,7 +44,7 @@ def check_names(budget: Budget, components: Iterable[str]) -> None:
     unknown = sorted(set(budget) - known - {"*"})
     if unknown:
         raise UsageError(
-            f"--ratio names unknown component(s) {', '.join(unknown)}; "
+            f"ratio names unknown component(s) {', '.join(unknown)}; "
             f"the model has: {', '.join(sorted(known))}"
         )
 

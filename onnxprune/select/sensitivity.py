@@ -37,7 +37,7 @@ class Constraint:
                     return cls(name.strip(), op, float(value))
                 except ValueError:
                     break
-        raise UsageError(f"--constraint {text!r}: expected METRIC>=VALUE or METRIC<=VALUE")
+        raise UsageError(f"{text!r}: expected METRIC>=VALUE or METRIC<=VALUE")
 
 
 @dataclass(frozen=True)

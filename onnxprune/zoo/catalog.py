@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..ir import io
 from ..errors import UsageError
+from ..ir import io
 
 
 @dataclass(frozen=True)

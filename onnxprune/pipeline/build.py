@@ -1,0 +1,138 @@
+"""The prune pipeline as a recipe built in code from public options.
+
+``onnxprune.prune(**options)`` and ``onnxprune prune --flags`` both come here: every public
+option is a pass option (``select.ratio`` is ``ratio``), a run setting (``providers``), or
+one of the few switches below that decide which passes the pipeline has. Defaults are the
+passes' own, so a run with only ``ratio`` builds what the ``magnitude-uniform`` recipe lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from ..errors import UsageError, warn
+from ..options import Option, flag, text
+from ..search.quality import get_metric
+from .core import RUN_OPTIONS, Pass, RunConfig
+from .data import Calibrate, MeasureQuality, UseMetric
+from .frontend import Cleanup, LoadModel, Normalize, UseModel
+from .output import Verify, WriteModel
+from .pruning import RemoveChannels, ScoreChannels, SelectChannels
+from .recovery import Compensate, Distill, VerifyRecovered
+from .structure import AnalyzeChannels, DropAdapters, FindComponents, InsertFlowAdapters
+
+SWITCHES = (
+    Option("components", "none", "split the model into components: 'auto' from node name "
+           "scopes, the path of a TOML map, or 'none' (one component)", parse=text,
+           public="components", metavar="auto|none|FILE", type_name="str"),
+    Option("compensate", False, "after the (verified) removal, refit every layer that lost "
+           "inputs so it reproduces the original on the calibration data (ridge least squares, "
+           "bias compensation)", parse=flag, public="compensate", kind="switch",
+           type_name="bool"),
+    Option("recover", "none", "'distill': then fine-tune the remaining weights on the "
+           "original model's outputs over the calibration data (needs torch)",
+           choices=("none", "distill"), public="recover"),
+    Option("verify", True, "verify the result (the API only: a model is never written "
+           "unverified)", parse=flag, public="verify", flag="", type_name="bool"),
+)
+
+# The passes whose public options prune() takes, in pipeline order.
+PRUNE_PASSES: tuple[type[Pass], ...] = (
+    FindComponents, AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels,
+    Compensate, Distill, WriteModel,
+)
+
+
+def public_options() -> dict[str, tuple[str, Option]]:
+    """Public name -> (owner, option): run settings, switches and pass options, each once."""
+    out: dict[str, tuple[str, Option]] = {}
+    owners = [("run", RUN_OPTIONS), ("prune", SWITCHES)]
+    owners += [(cls.name, cls.options) for cls in PRUNE_PASSES]
+    for owner, options in owners:
+        for o in options:
+            if o.public is None:
+                continue
+            if o.public in out:
+                raise RuntimeError(f"public option {o.public} declared twice")
+            out[o.public] = (owner, o)
+    return out
+
+
+def split_options(values: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], dict, dict]:
+    """Public values -> ({pass: {option: value}}, run settings, switches), by the schema."""
+    known = public_options()
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise UsageError(f"unknown option(s) {', '.join(unknown)} (options: "
+                         f"{', '.join(sorted(known))})")
+    per_pass: dict[str, dict[str, Any]] = {}
+    run: dict[str, Any] = {}
+    switches: dict[str, Any] = {o.name: o.default for o in SWITCHES}
+    for public, value in values.items():
+        owner, o = known[public]
+        if owner == "run":
+            run[o.name] = value
+        elif owner == "prune":
+            switches[o.name] = o.convert("prune", value)
+        else:
+            per_pass.setdefault(owner, {})[o.name] = value
+    return per_pass, run, switches
+
+
+def prune_pipeline(model: str | Path | onnx.ModelProto, output: str | Path | None,
+                   values: Mapping[str, Any]) -> tuple[list[Pass], RunConfig]:
+    """The passes and run settings of one prune, from public option values."""
+    per_pass, run, sw = split_options(values)
+    config = RunConfig.of(**run)
+
+    def make(cls: type[Pass], **fixed: Any) -> Pass:
+        return cls(**{**per_pass.get(cls.name, {}), **fixed})
+
+    passes: list[Pass] = [UseModel(model) if isinstance(model, onnx.ModelProto)
+                          else LoadModel(model), Normalize()]
+    calib = dict(per_pass.get("calibrate", {}))
+    if isinstance(calib.get("path"), dict):  # the API's calib={...}
+        calib["arrays"] = calib.pop("path")
+    if calib:  # where 'onnxprune run' puts it too
+        passes.append(Calibrate(**calib))
+    if sw["components"] != "none":
+        passes += [make(FindComponents, spec=sw["components"]), InsertFlowAdapters()]
+    elif per_pass.get("components"):
+        warn(f"{', '.join(_publics('components', per_pass))}: no effect without components "
+             "(components auto or a map)")
+    passes.append(make(AnalyzeChannels))
+    metric = per_pass.get("metric", {}).get("metric")
+    if metric is not None:
+        passes.append(make(UseMetric))
+    passes += [make(ScoreChannels), make(SelectChannels)]
+    if calib or (metric is not None and get_metric(metric).on_model):
+        passes.append(MeasureQuality())
+    passes += [RemoveChannels(), Cleanup()]
+    if sw["components"] != "none":
+        passes.append(DropAdapters())
+    if sw["verify"]:
+        passes.append(Verify())
+    for cls, on in ((Compensate, sw["compensate"]), (Distill, sw["recover"] == "distill")):
+        if on:
+            passes.append(make(cls))
+        elif per_pass.get(cls.name):
+            switch = "compensate" if cls is Compensate else "recover distill"
+            warn(f"{', '.join(_publics(cls.name, per_pass))}: no effect without {switch}")
+    if sw["compensate"] or sw["recover"] == "distill":
+        passes.append(VerifyRecovered())
+    if output is not None:
+        passes.append(make(WriteModel, path=output))
+    return passes, config
+
+
+def _publics(owner: str, per_pass: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    names = {o.name: o.public for o in _options_of(owner)}
+    return [names.get(k) or k for k in per_pass.get(owner, {})]
+
+
+def _options_of(owner: str) -> tuple[Option, ...]:
+    return next(cls.options for cls in PRUNE_PASSES if cls.name == owner)
