@@ -27,6 +27,7 @@ from rich.table import Table
 from onnxprune.api import _front, prune
 from onnxprune.ir.graph import export_model
 from onnxprune.search.evaluate import Evaluator
+from onnxprune.search.executors import make_pool
 from onnxprune.search.quality import get_metric
 from onnxprune.zoo.digits import digits28
 from onnxprune.zoo.torch_zoo import export_zoo_model
@@ -53,7 +54,7 @@ def score_candidates(path, calib, metric, n_masks, workers, console) -> list[dic
         masks = (rng.random((n_masks, ctx.analysis.num_units)) > 0.3).astype(np.float32)
         t0 = time.perf_counter()
         if kind != "local":
-            ev.use(kind, workers=workers)
+            ev.attach(make_pool(kind, ev, workers=workers))
             ev.evaluate_many(masks[:workers])  # warm the workers up (sessions built)
         t1 = time.perf_counter()
         ev.evaluate_many(masks)

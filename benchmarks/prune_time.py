@@ -30,14 +30,15 @@ from onnxprune.analysis.size import graph_macs, graph_params
 from onnxprune.pipeline import (
     AnalyzeChannels,
     Cleanup,
+    Context,
     LoadModel,
     Normalize,
+    Pipeline,
     RemoveChannels,
     ScoreChannels,
     SelectChannels,
     Verify,
 )
-from onnxprune.pipeline.core import Context, Pipeline
 from onnxprune.zoo.torch_zoo import ZOO, build, export_onnx
 
 RESULTS = Path(__file__).parent / "results"

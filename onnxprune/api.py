@@ -14,8 +14,8 @@ from .analysis.components import Components, Flow
 from .analysis.model import ChannelAnalysis
 from .analysis.size import graph_macs, graph_params, is_param, node_macs
 from .ir.graph import export_model
+from .pipeline import Context, Pass, Pipeline, total_time
 from .pipeline.build import prune_pipeline, public_options
-from .pipeline.core import Context, Pass, Pipeline, total_time
 from .pipeline.passes import (
     AnalyzeChannels,
     FindComponents,

@@ -10,7 +10,7 @@ import pytest
 from conftest import group_with_layer
 
 from onnxprune.api import prune
-from onnxprune.verify.testing import check_oracle, normalized
+from onnxprune.testing import check_oracle, normalized
 from onnxprune.zoo.builder import GraphBuilder, demo_cnn
 
 torch = pytest.importorskip("torch")

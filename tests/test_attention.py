@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from onnxprune.api import prune
-from onnxprune.verify.testing import check_oracle
+from onnxprune.testing import check_oracle
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

@@ -15,6 +15,7 @@ from onnxprune.bench import providers as bench_providers
 from onnxprune.bench import runner
 from onnxprune.bench.cli import add_parser, cmd_bench
 from onnxprune.bench.memory import HostPeak, host_memory_available
+from onnxprune.bench.render import markdown, plot, print_table
 from onnxprune.bench.report import ROW_KEYS
 from onnxprune.bench.runner import run_bench
 from onnxprune.bench.stats import summarize
@@ -182,17 +183,17 @@ def test_dynamic_spatial_dims_need_input_shapes(tmp_path):
 # -- reports --------------------------------------------------------------------------------
 
 def test_markdown_and_table(report, models):
-    md = report.to_markdown().splitlines()
+    md = markdown(report).splitlines()
     assert md[0].startswith("| model | provider | batch | p50 ms |") and md[1].startswith("|---|")
     assert len([line for line in md if line.startswith("| demo_cnn")]) == 4
     console = Console(record=True, width=220)
-    report.print_table(console)
+    print_table(report, console)
     text = console.export_text()
     assert models[1].name in text and "efficiency" in text
 
 
 def test_plot_writes_a_png(report, tmp_path):
-    path = report.plot(tmp_path / "bench.png")
+    path = plot(report, tmp_path / "bench.png")
     data = path.read_bytes()
     assert len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -12,7 +12,7 @@ from onnxprune.analysis.components import find_components, find_flows
 from onnxprune.api import analyze, prune
 from onnxprune.cli.main import main
 from onnxprune.errors import UsageError
-from onnxprune.verify.testing import check_oracle
+from onnxprune.testing import check_oracle
 from onnxprune.zoo.builder import GraphBuilder
 
 

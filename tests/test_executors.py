@@ -8,8 +8,9 @@ from onnxprune.api import prune
 from onnxprune.errors import UsageError
 from onnxprune.ir.graph import import_model
 from onnxprune.search.evaluate import Evaluator
+from onnxprune.search.executors import make_pool
 from onnxprune.search.quality import get_metric
-from onnxprune.verify.testing import normalized
+from onnxprune.testing import normalized
 from onnxprune.zoo.builder import demo_cnn
 
 
@@ -31,7 +32,7 @@ def test_pools_match_local(kind):
     ev, analysis = _evaluator()
     masks = _masks(analysis)
     local = ev.evaluate_many(masks)
-    ev.use(kind, workers=2)
+    ev.attach(make_pool(kind, ev, workers=2))
     try:
         remote = ev.evaluate_many(masks)
     finally:
@@ -51,4 +52,4 @@ def test_search_is_identical_on_a_process_pool():
 def test_unknown_executor():
     ev, _ = _evaluator()
     with pytest.raises(UsageError, match="executor"):
-        ev.use("cluster")
+        make_pool("cluster", ev)

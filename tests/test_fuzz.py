@@ -31,7 +31,7 @@ from test_fuzz_regressions import keep_one_per_group
 from onnxprune.analysis.channels import analyze_channels
 from onnxprune.api import prune
 from onnxprune.ir.graph import import_model
-from onnxprune.verify.testing import check_oracle, normalized
+from onnxprune.testing import check_oracle, normalized
 
 _COMMON = dict(
     deadline=None,

@@ -6,13 +6,13 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxprune.ir import io
 from onnxprune.errors import (
     InputMissingError,
     InvalidModelError,
     OutputError,
     UnsupportedModelError,
 )
+from onnxprune.ir import io
 from onnxprune.zoo.builder import demo_cnn
 
 

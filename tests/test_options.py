@@ -7,9 +7,8 @@ import pytest
 from onnxprune.cli.main import build_parser, main
 from onnxprune.errors import EXIT_USAGE
 from onnxprune.options import OptionError
-from onnxprune.pipeline import CATALOGUE, SelectChannels
+from onnxprune.pipeline import CATALOGUE, RUN_OPTIONS, RunConfig, SelectChannels
 from onnxprune.pipeline.build import SWITCHES, prune_pipeline, public_options
-from onnxprune.pipeline.core import RUN_OPTIONS, RunConfig
 from onnxprune.pipeline.recipes import load_recipe
 from onnxprune.zoo.builder import demo_cnn
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from onnxprune.pipeline.core import Context, Fixpoint, Pass, PassResult, Pipeline, total_time
+from onnxprune.pipeline import Context, Fixpoint, Pass, PassResult, Pipeline, total_time
 
 
 class Count(Pass):

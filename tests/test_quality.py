@@ -8,7 +8,7 @@ from onnxprune.errors import UsageError
 from onnxprune.ir.graph import import_model
 from onnxprune.search.evaluate import Evaluator
 from onnxprune.search.quality import get_metric
-from onnxprune.verify.testing import normalized
+from onnxprune.testing import normalized
 from onnxprune.zoo.builder import GraphBuilder, demo_cnn
 
 

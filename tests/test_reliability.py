@@ -9,10 +9,10 @@ import pytest
 from conftest import group_with_layer
 from onnx import TensorProto, helper
 
-from onnxprune.ir import io
 from onnxprune.api import prune
 from onnxprune.cli.main import main
-from onnxprune.verify.testing import check_oracle
+from onnxprune.ir import io
+from onnxprune.testing import check_oracle
 from onnxprune.zoo.builder import GraphBuilder, demo_cnn
 
 

@@ -6,7 +6,7 @@ import pytest
 from conftest import group_with_layer
 
 from onnxprune.rules.einsum import parse
-from onnxprune.verify.testing import check_oracle
+from onnxprune.testing import check_oracle
 from onnxprune.zoo.builder import GraphBuilder
 
 

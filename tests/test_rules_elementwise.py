@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import group_of_tensor, group_with_layer, groups_summary
 
-from onnxprune.verify.testing import check_oracle
+from onnxprune.testing import check_oracle
 from onnxprune.zoo.builder import GraphBuilder
 
 ACTIVATIONS = [

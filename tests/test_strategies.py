@@ -7,10 +7,9 @@ from conftest import group_of_tensor, group_with_layer
 from onnxprune.api import analyze, prune
 from onnxprune.errors import UsageError
 from onnxprune.ir.graph import import_model
-from onnxprune.pipeline import Calibrate, Normalize, UseModel
-from onnxprune.pipeline.core import Context, Pipeline
+from onnxprune.pipeline import Calibrate, Context, Normalize, Pipeline, UseModel
 from onnxprune.scoring import score_units
-from onnxprune.verify.testing import normalized
+from onnxprune.testing import normalized
 from onnxprune.zoo.builder import GraphBuilder
 
 N_SIGNAL, N_WIDE, N_NARROW = 16, 64, 8

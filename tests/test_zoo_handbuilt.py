@@ -3,7 +3,7 @@
 import numpy as np
 from conftest import group_of_tensor, groups_summary
 
-from onnxprune.verify.testing import check_oracle
+from onnxprune.testing import check_oracle
 from onnxprune.zoo.builder import GraphBuilder, demo_cnn
 
 

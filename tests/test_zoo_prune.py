@@ -7,7 +7,7 @@ import pytest
 torch_zoo = pytest.importorskip("onnxprune.zoo.torch_zoo")
 
 from onnxprune.api import prune  # noqa: E402
-from onnxprune.verify.testing import check_oracle  # noqa: E402
+from onnxprune.testing import check_oracle  # noqa: E402
 
 # (channels, number of layers whose weights the group slices) per group, in graph order.
 # Derived from the architectures in onnxprune/zoo/torch_zoo.py; the classifier output is frozen.

@@ -13,7 +13,7 @@ from scipy.sparse.csgraph import connected_components
 
 from ..errors import warn
 from ..rules import RuleRegistry, default_registry
-from .env import Env
+from ..rules.env import Env
 from .model import ChannelAnalysis, Gate, Group, Member, ParamSlice
 from .size import node_macs
 

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from ..errors import EXIT_OK, OutputError, UsageError
 from .providers import PROVIDERS
+from .render import markdown, plot, print_table
 from .runner import DEFAULT_SECONDS, Progress, run_bench
 
 DEFAULT_WARMUP = 10
@@ -168,14 +169,14 @@ def cmd_bench(args, console: Console) -> int:
     if args.json is not None and str(args.json) == "-":
         print(data)
     else:
-        report.print_table(console)
+        print_table(report, console)
     if args.json is not None and str(args.json) != "-":
         _write(args.json, data + "\n")
     if args.markdown is not None:
-        _write(args.markdown, report.to_markdown())
+        _write(args.markdown, markdown(report))
     if args.plot is not None:
         try:
-            report.plot(args.plot)
+            plot(report, Path(args.plot))
         except OSError as e:
             raise OutputError(f"{args.plot}: cannot write ({e.strerror or e})") from e
     for flag in ("json", "markdown", "plot"):

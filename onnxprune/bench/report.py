@@ -9,10 +9,7 @@ removed MACs bought less time (memory-bound layers, fixed overheads, kernel choi
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
-
-from rich.console import Console
 
 ROW_KEYS = ("model", "provider", "batch", "p50", "p90", "p99", "mean", "throughput", "macs",
             "params", "peak_mem", "speedup", "efficiency")
@@ -78,19 +75,3 @@ class BenchReport:
             "environment": dict(self.environment),
             "notices": list(self.notices),
         }
-
-    def print_table(self, console: Console) -> None:
-        from .render import print_table
-
-        print_table(self, console)
-
-    def to_markdown(self) -> str:
-        from .render import markdown
-
-        return markdown(self)
-
-    def plot(self, path: str | Path) -> Path:
-        """Latency vs batch, and speedup vs MAC reduction, as one image (PNG, SVG, PDF...)."""
-        from .render import plot
-
-        return plot(self, Path(path))

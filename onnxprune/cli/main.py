@@ -113,6 +113,7 @@ def cmd_prune(args, console: Console) -> int:
         result = prune(args.model, progress=named, **values)
     report = None
     if args.bench:
+        from ..bench.render import print_table
         from ..bench.runner import run_bench
 
         report = run_bench([args.model, result.output], providers=bench_providers.split(","),
@@ -128,7 +129,7 @@ def cmd_prune(args, console: Console) -> int:
     else:
         print_prune(console, result, str(args.model))
         if report is not None:
-            report.print_table(console)
+            print_table(report, console)
     return EXIT_OK
 
 
@@ -137,7 +138,7 @@ def cmd_passes(args, console: Console) -> int:
     from rich.table import Table
 
     from ..options import describe
-    from ..pipeline.core import RUN_OPTIONS
+    from ..pipeline import RUN_OPTIONS
     from ..pipeline.passes import CATALOGUE
 
     table = Table(title=escape("passes (in recipes: [[pass]] name = ..., options beside it)"),
@@ -160,7 +161,7 @@ def cmd_passes(args, console: Console) -> int:
 
 def cmd_run(args, console: Console) -> int:
     from ..api import result_of
-    from ..pipeline.core import Context, Pipeline, RunConfig
+    from ..pipeline import Context, Pipeline, RunConfig
     from ..pipeline.passes import Calibrate, LoadModel, WriteModel
     from ..pipeline.recipes import load_recipe, parse_sets
     from .report import print_prune, prune_json
@@ -278,8 +279,8 @@ def prune_flags():
 
 
 def _flag_sets():
+    from ..pipeline import RUN_OPTIONS
     from ..pipeline.build import SWITCHES
-    from ..pipeline.core import RUN_OPTIONS
     from ..pipeline.passes import AnalyzeChannels, Calibrate, FindComponents, WriteModel
 
     components = next(o for o in SWITCHES if o.name == "components")
@@ -394,9 +395,3 @@ def _failed(err: Console, e: Exception, args: argparse.Namespace) -> int:
     err.print(f"onnxprune: internal error: {type(e).__name__}: {first} (rerun with --debug)",
               markup=False, highlight=False, soft_wrap=True)
     return EXIT_INTERNAL
-
-
-if __name__ == "__main__":
-    from ..__main__ import entry
-
-    entry()

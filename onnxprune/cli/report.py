@@ -225,7 +225,7 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
     console.print(table)
     _print_widths(console, r)
     if r.quality:
-        console.print(quality_line(r.quality))
+        console.print(quality_line(r.quality), soft_wrap=True)
     v = r.verification
     if v is not None and v.oracle:
         console.print(

@@ -17,9 +17,10 @@ import onnx
 from ..errors import UsageError, warn
 from ..options import Option, flag, text
 from ..search.quality import get_metric
-from .core import RUN_OPTIONS, Pass, RunConfig
+from .base import RUN_OPTIONS, Pass, RunConfig
 from .data import Calibrate, MeasureQuality, UseMetric
-from .frontend import Cleanup, LoadModel, Normalize, UseModel
+from .entry import LoadModel, UseModel
+from .frontend import Cleanup, Normalize
 from .output import Verify, WriteModel
 from .pruning import RemoveChannels, ScoreChannels, SelectChannels
 from .recovery import Compensate, Distill, VerifyRecovered

@@ -1,199 +1,18 @@
-"""Pass infrastructure: passes with names and options, a context, a timed pipeline, fixpoints.
-
-Modelled on onnx-ir's pass infra and kept as small: a pass is ``run(ctx) -> PassResult``.
+"""Pass infrastructure: a timed pipeline that checks contracts and closes resources, and
+fixpoints. Modelled on onnx-ir's pass infra and kept as small: a pass is
+``run(ctx) -> PassResult``.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Iterable
 
-import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 
 from .. import interrupts
 from ..errors import UsageError
-from ..ir.runtime import providers_option
-from ..options import Option, number, resolve, shapes, text
-
-if TYPE_CHECKING:
-    from ..analysis.components import Components, Flow
-    from ..analysis.model import ChannelAnalysis
-    from ..search.evaluate import Evaluator
-    from ..search.quality import Metric
-    from ..select.uniform import PrunePlan
-    from ..verify.checks import VerifyReport
-
-
-@dataclass(frozen=True)
-class PassResult:
-    """What a pass did: whether it changed the graph, and what it learned."""
-
-    modified: bool
-    info: Mapping[str, Any] = field(default_factory=dict)
-
-
-# What passes exchange through the context (contract names are these field names), and what
-# each one is, for messages. "eval_data" is what candidate evaluation runs on: calibration data
-# or a metric that runs the model itself.
-ARTIFACTS = {
-    "graph": "a model", "source": "the input model", "components": "components",
-    "flows": "components and their flows", "analysis": "the channel analysis",
-    "calib": "calibration data", "metric": "a metric", "scores": "channel scores",
-    "plan": "a selection of channels", "reference": "the graph before removal",
-    "verification": "a verified model", "quality": "the measured quality",
-    "output_path": "a written model",
-    "eval_data": "calibration data (or a metric that runs the model itself)",
-}
-
-
-RUN_OPTIONS = (
-    Option("providers", "cpu", "onnxruntime execution providers the result "
-           "must run on (verification, the latency probe); short names cpu, cuda, tensorrt",
-           parse=providers_option, public="providers", flag="--provider",
-           metavar="cpu,cuda,tensorrt", type_name="list"),
-    Option("input_shapes", None, "shapes for inputs with dynamic non-batch dimensions "
-           "(verification), NAME=DxD... (repeatable)", parse=shapes, public="input_shapes",
-           flag="--input-shape", metavar="NAME=DxD...", kind="append", type_name="shapes"),
-    Option("executor", "local", "where search candidates are scored: this process, a local "
-           "process pool, or Ray actors (pip install onnxprune[ray]); results are identical",
-           choices=("local", "process", "ray"), public="executor"),
-    Option("workers", None, "workers for executor process/ray (default: the CPUs available)",
-           parse=number(1, integer=True), public="workers", metavar="N", type_name="int"),
-    Option("ray_address", None, "a Ray cluster to join (default: start a local Ray)",
-           parse=text, public="ray_address", metavar="ADDR", type_name="str"),
-)
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """What a whole run was asked for, read by the passes that need it (not pass options)."""
-
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)  # onnxruntime's names
-    input_shapes: Mapping[str, Sequence[int]] | None = None
-    executor: str = "local"
-    workers: int | None = None
-    ray_address: str | None = None
-
-    @classmethod
-    def of(cls, **values: Any) -> RunConfig:
-        v = resolve("run", RUN_OPTIONS, (), values)
-        return cls(tuple(v["providers"]), v["input_shapes"], v["executor"], v["workers"],
-                   v["ray_address"])
-
-
-class Resources:
-    """What a run holds open (the candidate evaluator and its pool); the pipeline closes it."""
-
-    def __init__(self) -> None:
-        self.evaluator: Evaluator | None = None
-
-    def close(self) -> None:
-        if self.evaluator is not None:
-            self.evaluator.close()
-            self.evaluator = None
-
-
-@dataclass
-class Context:
-    """What passes share: the run's configuration, its artifacts (the working graph and what
-    passes learn about it) and its resources."""
-
-    config: RunConfig = field(default_factory=RunConfig)
-    resources: Resources = field(default_factory=Resources)
-    # artifacts
-    graph: gs.Graph | None = None
-    source: onnx.ModelProto | None = None  # the model as loaded (never modified)
-    source_path: Path | None = None
-    source_ir: int | None = None
-    components: Components | None = None
-    flows: list[Flow] | None = None
-    analysis: ChannelAnalysis | None = None
-    normalize_diff: float | None = None  # normalized vs input model, relative (when compared)
-    bn_scales: dict[str, np.ndarray] = field(default_factory=dict)  # gamma of folded BNs
-    calib: dict[str, np.ndarray] | None = None  # calibration batch (inputs, optional labels)
-    metric: Metric | None = None
-    select_info: dict[str, Any] | None = None  # what the selection strategy learned
-    quality: dict[str, Any] | None = None  # metric before/after (calibration data)
-    recovery: dict[str, Any] = field(default_factory=dict)  # compensation/distillation
-    scores: np.ndarray | None = None  # one importance per unit
-    plan: PrunePlan | None = None
-    reference: gs.Graph | None = None  # the normalized graph before removal (for the oracle)
-    verification: VerifyReport | None = None
-    output_path: Path | None = None
-    # bookkeeping
-    timings: list[tuple[str, float]] = field(default_factory=list)
-    log: list[tuple[str, PassResult]] = field(default_factory=list)
-    progress: Callable[[str], None] | None = None
-    started: bool = False  # the outermost pipeline has run its checks
-
-    def available(self) -> set[str]:
-        """The artifacts already present (a context a pipeline continues from)."""
-        have = {name for name in ARTIFACTS if getattr(self, name, None) is not None}
-        if self.calib is not None or getattr(self.metric, "on_model", None):
-            have.add("eval_data")  # what candidate evaluation runs on
-        return have
-
-    def require(self, attr: str, by: str) -> Any:
-        value = getattr(self, attr)
-        if value is None:
-            raise RuntimeError(f"pass {by!r} needs {attr!r}; run the pass that computes it first")
-        return value
-
-
-class Pass:
-    """Base class. Subclasses set ``name``/``description`` and implement ``run``.
-
-    Contracts: ``requires`` names the artifacts (context fields) a pass reads and
-    ``provides`` those it sets; ``needs()``/``gives()`` may refine them from the options.
-    A pipeline checks the whole list before its first pass runs."""
-
-    name: ClassVar[str] = "pass"
-    description: ClassVar[str] = ""
-    requires: ClassVar[tuple[str, ...]] = ()
-    provides: ClassVar[tuple[str, ...]] = ()
-    options: ClassVar[tuple[Option, ...]] = ()
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        """Option values by position (declaration order) or name, checked by the schema;
-        ``setup`` then checks how they combine."""
-        self.values = resolve(self.name, self.options, args, kwargs)
-        for key, value in self.values.items():
-            setattr(self, key, value)
-        self.setup()
-
-    def setup(self) -> None:
-        """Checks across options (raise ``OptionError``) and state derived from them."""
-
-    def needs(self) -> set[str]:
-        return set(self.requires)
-
-    def gives(self) -> set[str]:
-        return set(self.provides)
-
-    def run(self, ctx: Context) -> PassResult:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def preflight(self, ctx: Context) -> None:
-        """Checks that need no work (an output folder, a file to read); run for every pass
-        of a pipeline before its first pass runs."""
-
-    def __call__(self, ctx: Context) -> PassResult:
-        if ctx.progress is not None:
-            ctx.progress(self.name)
-        start = time.perf_counter()
-        result = self.run(ctx)
-        ctx.timings.append((self.name, time.perf_counter() - start))
-        ctx.log.append((self.name, result))
-        return result
-
-    def __repr__(self) -> str:
-        opts = ", ".join(f"{k}={v!r}" for k, v in getattr(self, "values", {}).items())
-        return f"{type(self).__name__}({opts})"
+from .base import ARTIFACTS, PROVIDED_BY, Context, Pass, PassResult
+from .entry import LoadModel, UseModel
 
 
 class Pipeline(Pass):
@@ -210,8 +29,6 @@ class Pipeline(Pass):
 
     def run(self, ctx):  # noqa: ANN001 - a Context, a path or a ModelProto
         if not isinstance(ctx, Context):
-            from .passes import LoadModel, UseModel
-
             start = UseModel(ctx) if isinstance(ctx, onnx.ModelProto) else LoadModel(ctx)
             new = Context()
             Pipeline([start, *self.passes])(new)
@@ -282,9 +99,6 @@ class Fixpoint(Pipeline):
             if not changed:
                 break
         return PassResult(any_change)
-
-
-PROVIDED_BY: dict[str, str] = {}  # artifact -> a pass that provides it (filled by the catalogue)
 
 
 def _providers_hint(missing: list[str]) -> str:

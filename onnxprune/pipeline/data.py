@@ -11,8 +11,9 @@ from ..ir.runtime import random_feeds
 from ..options import Option, OptionError, number
 from ..options import path as path_option
 from ..search.evaluate import Evaluator
+from ..search.executors import make_pool
 from ..search.quality import get_metric
-from .core import Context, Pass, PassResult
+from .base import Context, Pass, PassResult
 
 
 def _arrays(value) -> dict[str, np.ndarray]:
@@ -138,7 +139,8 @@ def evaluator(ctx: Context, by: str) -> Evaluator:
         res.evaluator = Evaluator(export_model(ctx.graph), ctx.analysis, ctx.calib, metric)
         cfg = ctx.config
         if cfg.executor != "local":
-            res.evaluator.use(cfg.executor, cfg.workers, cfg.ray_address)
+            res.evaluator.attach(make_pool(cfg.executor, res.evaluator, cfg.workers,
+                                           cfg.ray_address))
     return res.evaluator
 
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import onnx
-
-from ..ir import io
-from ..ir.graph import import_model, infer_shapes
+from ..ir.graph import infer_shapes
 from ..normalize.cleanup import (
     channel_shuffles_to_gather,
     constant_reshape_targets,
@@ -16,45 +13,8 @@ from ..normalize.cleanup import (
 )
 from ..normalize.fold_bn import fold_batchnorms
 from ..options import Option, flag, resolve
-from ..options import path as path_option
-from .core import Context, Fixpoint, Pass, PassResult, Pipeline
-
-
-class LoadModel(Pass):
-    name = "load"
-    description = "Load the model (and external data); reject what cannot be handled."
-    provides = ("graph", "source")
-    options = (Option("path", help="the .onnx file (never modified)", parse=path_option,
-                      type_name="path"),)
-
-    def preflight(self, ctx: Context) -> None:
-        io.check_input(self.path)
-        ctx.source_path = self.path
-
-    def run(self, ctx: Context) -> PassResult:
-        model = io.load_model(self.path)
-        ctx.source, ctx.source_path, ctx.source_ir = model, self.path, model.ir_version
-        ctx.graph = import_model(model)
-        return PassResult(True, {"nodes": len(model.graph.node), "ir_version": model.ir_version})
-
-
-def _model_proto(value):
-    if not isinstance(value, onnx.ModelProto):
-        raise ValueError(f"expected an onnx.ModelProto, got {type(value).__name__}")
-    return value
-
-
-class UseModel(Pass):
-    name = "use-model"
-    description = "Start from an in-memory ModelProto (the Python API's entry)."
-    provides = ("graph", "source")
-    options = (Option("model", help="an onnx.ModelProto", parse=_model_proto,
-                      type_name="ModelProto"),)
-
-    def run(self, ctx: Context) -> PassResult:
-        ctx.source, ctx.source_ir = self.model, self.model.ir_version
-        ctx.graph = import_model(self.model)
-        return PassResult(True)
+from .base import Context, Pass, PassResult
+from .core import Fixpoint, Pipeline
 
 
 class InferShapes(Pass):

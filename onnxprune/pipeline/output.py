@@ -10,7 +10,7 @@ from ..ir.graph import export_model
 from ..options import Option, flag, number
 from ..options import path as path_option
 from ..verify.checks import verify_pruned
-from .core import Context, Pass, PassResult
+from .base import Context, Pass, PassResult
 
 
 class Verify(Pass):

@@ -1,8 +1,9 @@
 """The passes of the pruning pipeline: load -> normalize -> components -> analyze ->
 calibrate/metric -> score -> select -> remove -> cleanup -> verify -> write."""
 
-from .core import PROVIDED_BY, Pass
+from .base import PROVIDED_BY, Pass
 from .data import Calibrate, MeasureQuality, UseMetric
+from .entry import LoadModel, UseModel
 from .frontend import (
     Cleanup,
     ConstantReshapeTargets,
@@ -10,10 +11,8 @@ from .frontend import (
     FoldBatchNorm,
     FoldConstants,
     InferShapes,
-    LoadModel,
     NameNodes,
     Normalize,
-    UseModel,
 )
 from .output import Verify, WriteModel
 from .pruning import STRATEGIES, RemoveChannels, ScoreChannels, SelectChannels

@@ -19,7 +19,7 @@ from ..select.latency import probe_round_to
 from ..select.sensitivity import Constraint, select_sensitivity
 from ..select.soft import soft_gradient, soft_grid
 from ..select.uniform import PrunePlan, select_uniform
-from .core import Context, Pass, PassResult
+from .base import Context, Pass, PassResult
 from .data import evaluator
 
 STRATEGIES = ("uniform", "global", "sensitivity", "soft")

@@ -23,7 +23,7 @@ from typing import Any
 from ..errors import UsageError
 from ..options import OptionError
 from .core import Pass, Pipeline
-from .frontend import LoadModel
+from .entry import LoadModel
 from .output import WriteModel
 from .passes import CATALOGUE
 
@@ -32,7 +32,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-RECIPES = Path(__file__).resolve().parent.parent.parent / "passes"
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"  # shipped in the package
 
 
 def options(cls: type[Pass]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from ..options import Option, flag, number
 from ..recover.compensate import compensate
 from ..search.quality import get_metric
 from ..verify.checks import VerifyReport
-from .core import Context, Pass, PassResult
+from .base import Context, Pass, PassResult
 
 
 def _need_calib(ctx: Context, by: str) -> dict:

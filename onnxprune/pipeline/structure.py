@@ -6,7 +6,7 @@ from ..analysis.channels import analyze_channels
 from ..analysis.components import POLICIES, find_components, find_flows
 from ..options import Option, number, text, texts
 from ..rewrite.flows import drop_identity_gathers, insert_flow_adapters
-from .core import Context, Pass, PassResult
+from .base import Context, Pass, PassResult
 
 
 class FindComponents(Pass):

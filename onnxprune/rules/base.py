@@ -13,8 +13,8 @@ from collections.abc import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..analysis.env import Env
 from ..ir.graph import new_constant
+from .env import Env
 
 Keep = Callable[[gs.Tensor, int], "np.ndarray | None"]
 

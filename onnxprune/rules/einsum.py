@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..analysis.env import Env
 from .base import OpRule, freeze_all
+from .env import Env
 
 ELLIPSIS_LETTERS = "0123456789"  # stand-ins for the axes an ellipsis covers
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from ..analysis.env import Env
 from .base import OpRule
+from .env import Env
 from .expand import expanded_constant
 
 UNARY = (

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..analysis.env import Env
 from ..ir.graph import new_constant, unique_name
 from .base import OpRule, Rewriter, freeze_all
+from .env import Env
 
 
 def _ranks(node: gs.Node, env: Env) -> tuple[int, int, int] | None:

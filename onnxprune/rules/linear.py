@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from ..analysis.env import Env
 from ..ir.graph import input_or_none
 from .base import OpRule, freeze_all
+from .env import Env
 
 
 class Gemm(OpRule):

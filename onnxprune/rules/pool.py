@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from ..analysis.env import Env
 from ..ir.graph import normalize_axis
 from .base import OpRule, attr_or_input_ints, freeze_all
+from .env import Env
 
 
 class Pool(OpRule):

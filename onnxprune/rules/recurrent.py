@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..analysis.env import Env
 from ..ir.graph import input_or_none
 from .base import OpRule, Rewriter, freeze_all
+from .env import Env
 
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..analysis.env import Env
 from ..ir.graph import Dim, const_value, normalize_axis
 from .base import OpRule, Rewriter, attr_or_input_ints, freeze_all
+from .env import Env
 
 Mono = tuple[int, tuple[str, ...]]  # a dimension as static factor x symbolic factors
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..analysis.env import Env
 from ..ir.graph import const_value, input_or_none, normalize_axis
 from .base import OpRule, Rewriter, attr_or_input_ints, freeze_all
 from .elementwise import join_broadcast
+from .env import Env
 from .expand import expanded_constant
 
 

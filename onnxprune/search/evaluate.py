@@ -85,13 +85,10 @@ class Evaluator:
         """The metric with units gated by ``keep`` (1 open, 0 closed; values between allowed)."""
         return float(self.evaluate_many(np.asarray(keep)[None])[0])
 
-    def use(self, executor: str = "local", workers: int | None = None,
-            address: str | None = None) -> None:
-        """Score candidates with ``executor``: local, process (a process pool) or ray."""
-        from .executors import make_pool
-
+    def attach(self, pool) -> None:  # noqa: ANN001 - an executors pool (map, close)
+        """Score candidate batches with ``pool`` (``executors.make_pool``); None: here."""
         self.close()
-        self.pool = make_pool(executor, self, workers, address)
+        self.pool = pool
 
     def close(self) -> None:
         if self.pool is not None:

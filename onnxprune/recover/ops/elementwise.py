@@ -7,7 +7,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from . import OPS, Node, axis_of, ints, register
+from .base import OPS, Node, axis_of, ints, register
 
 # -- arithmetic -------------------------------------------------------------------------------
 

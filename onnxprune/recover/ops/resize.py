@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import Node, axis_of, ints, register
+from .base import Node, axis_of, ints, register
 
 _MODES = ("nearest", "linear", "bilinear", "trilinear")
 

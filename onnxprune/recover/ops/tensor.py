@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import DTYPES, Node, axis_of, ints, register, torch_pads
+from .base import DTYPES, Node, axis_of, ints, register, torch_pads
 
 
 def as_tensor(value) -> torch.Tensor:

@@ -9,15 +9,15 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..analysis.channels import analyze_channels
-from ..analysis.model import ChannelAnalysis
-from ..ir.graph import export_model, import_model
-from ..ir.runtime import random_feeds, session
-from ..pipeline.core import Context, Pipeline
-from ..pipeline.passes import Normalize, UseModel
-from ..rewrite.remove import remove_units
-from .checks import close, max_diffs
-from .oracle import Oracle
+from .analysis.channels import analyze_channels
+from .analysis.model import ChannelAnalysis
+from .ir.graph import export_model, import_model
+from .ir.runtime import random_feeds, session
+from .pipeline import Context, Pipeline
+from .pipeline.passes import Normalize, UseModel
+from .rewrite.remove import remove_units
+from .verify.checks import close, max_diffs
+from .verify.oracle import Oracle
 
 
 def normalized(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -63,7 +63,7 @@ def check_oracle(
         reference = normalized(model)
         analysis = analyze_channels(import_model(reference), exclude=exclude)
     else:
-        from ..api import _front
+        from .api import _front
 
         ctx, _ = _front(model, exclude, components, None, flow_policy, None)
         reference, analysis = export_model(ctx.graph), ctx.analysis
