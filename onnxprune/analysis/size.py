@@ -1,4 +1,4 @@
-"""Counting work and size from the graph: MACs of Conv/ConvTranspose/Gemm/MatMul, parameters.
+"""Counting work and size from the graph: MACs (each op rule counts its own) and parameters.
 
 MACs are per sample: symbolic (batch) dimensions count as 1. Elementwise ops, pooling and
 normalizations are not counted (the usual convention of MAC counters).
@@ -9,49 +9,16 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..ir.graph import prod, shape_of
+from ..rules import default_registry
 
-
-def _static(dims) -> list[int] | None:
-    if dims is None:
-        return None
-    return [d if isinstance(d, int) else 1 for d in dims] if None not in dims else None
-
-
-def weight_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
-    """The shape of a constant weight, also behind a DequantizeLinear (quantized graphs)."""
-    if isinstance(tensor, gs.Constant):
-        return tuple(tensor.values.shape)
-    producer = tensor.inputs[0] if len(tensor.inputs) == 1 else None
-    if producer is not None and producer.op == "DequantizeLinear" and isinstance(
-            producer.inputs[0], gs.Constant):
-        return tuple(producer.inputs[0].values.shape)
-    return None
+_REGISTRY = []
 
 
 def node_macs(node: gs.Node) -> int:
-    op = node.op
-    w = weight_shape(node.inputs[1]) if op in ("Conv", "ConvTranspose") else None
-    if w is not None:
-        if op == "Conv":
-            y = _static(shape_of(node.outputs[0]))
-            return 0 if y is None else prod(y) * w[1] * prod(w[2:])
-        x = _static(shape_of(node.inputs[0]))
-        return 0 if x is None else prod(x) * w[1] * prod(w[2:])
-    if op == "Gemm":
-        y = _static(shape_of(node.outputs[0]))
-        a = _static(shape_of(node.inputs[0]))
-        if y is None or a is None:
-            return 0
-        k = a[0] if int(node.attrs.get("transA", 0)) else a[1]
-        return prod(y) * k
-    if op == "MatMul":
-        y = _static(shape_of(node.outputs[0]))
-        a = _static(shape_of(node.inputs[0]))
-        if y is None or not a:
-            return 0
-        return prod(y) * a[-1]
-    return 0
+    """Multiply-accumulates of one node per sample, as its op rule counts them."""
+    if not _REGISTRY:
+        _REGISTRY.append(default_registry())
+    return _REGISTRY[0].lookup(node.op, node.domain or "").macs(node)
 
 
 def graph_macs(graph: gs.Graph) -> int:

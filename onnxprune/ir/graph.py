@@ -187,3 +187,21 @@ def prod(dims: Sequence[int]) -> int:
     for d in dims:
         out *= int(d)
     return out
+
+
+def static_dims(dims) -> list[int] | None:
+    """Dimensions with symbolic ones as 1 (per-sample counts); None when any is unknown."""
+    if dims is None:
+        return None
+    return [d if isinstance(d, int) else 1 for d in dims] if None not in dims else None
+
+
+def weight_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
+    """The shape of a constant weight, also behind a DequantizeLinear (quantized graphs)."""
+    if isinstance(tensor, gs.Constant):
+        return tuple(tensor.values.shape)
+    producer = tensor.inputs[0] if len(tensor.inputs) == 1 else None
+    if producer is not None and producer.op == "DequantizeLinear" and isinstance(
+            producer.inputs[0], gs.Constant):
+        return tuple(producer.inputs[0].values.shape)
+    return None

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from .base import FreezeRule, OpRule, Rewriter
+from .concat import Concat, Split
 from .conv import Conv, ConvTranspose
 from .einsum import Einsum
 from .elementwise import Broadcast, Unary
 from .expand import Expand
+from .gather import Gather
 from .linear import Gemm, MatMul
 from .norm import (
     BatchNormalization,
@@ -18,7 +20,9 @@ from .norm import (
 from .pool import ArgReduce, Pool, Reduce
 from .recurrent import Recurrent
 from .reshape import Flatten, Reshape, Squeeze, Transpose, Unsqueeze
-from .slicing import Concat, Gather, Pad, Resize, Shape, Slice, Split
+from .resize import Resize
+from .shape import Shape
+from .slicing import Pad, Slice
 
 __all__ = ["OpRule", "Rewriter", "RuleRegistry", "default_registry"]
 
@@ -45,6 +49,10 @@ class RuleRegistry:
 
     def supported(self) -> list[str]:
         return sorted(self._rules)
+
+    def rules(self) -> list[OpRule]:
+        """Every rule once, in registration order."""
+        return list({id(r): r for r in self._rules.values()}.values())
 
 
 def default_registry() -> RuleRegistry:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from ..ir.graph import new_constant
@@ -33,15 +34,43 @@ class Rewriter:
 
 
 class OpRule:
-    """Base class; ``ops`` lists the op types (default domain) the rule covers."""
+    """Base class; ``ops`` lists the op types (default domain) the rule covers.
+
+    Everything the project knows about an op sits here, as hooks: how channels propagate,
+    how the node is fixed after removal, how many multiply-accumulates it costs, how the mask
+    oracle gates its statistics, and whether the torch interpreter can run it. A rule that
+    leaves a hook at its default says why (``no_macs``, ``no_lowering``); a registry test
+    checks that every rule does one or the other."""
 
     ops: tuple[str, ...] = ()
+    # why the MAC count is 0 (None: the rule counts them in ``macs``)
+    no_macs: str | None = "not a multiply-accumulate layer (MAC counters leave it out)"
+    # op type -> why the torch interpreter has no lowering for it (used by distillation)
+    no_lowering: dict[str, str] = {}
+    # the rule records "stats" gates (statistics over channels) and rebuilds them in
+    # ``stats_gate`` for the oracle
+    gates_stats: bool = False
 
     def propagate(self, node: gs.Node, env: Env) -> None:
         raise NotImplementedError
 
     def rewrite(self, node: gs.Node, rw: Rewriter) -> None:
         """Fix attributes/constant inputs after removal. Parameters are sliced elsewhere."""
+
+    def macs(self, node: gs.Node) -> int:
+        """Multiply-accumulates per sample (symbolic dimensions count as 1)."""
+        return 0
+
+    def data_rank(self, node: onnx.NodeProto, ranks: dict[str, int]) -> int | None:
+        """The rank of the gated data input when shape inference could not tell it."""
+        return None
+
+    def stats_gate(self, node: onnx.NodeProto, p: str, q: str, rank: int, elem: int,
+                   opset: int) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
+        """For the oracle: constants and nodes that replace ``node`` with one whose statistics
+        over the channels are weighted by the gates ``{p}_c`` (closed channels count as
+        absent). Only rules with ``gates_stats``."""
+        raise NotImplementedError(f"{type(self).__name__} records no statistics gates")
 
 
 def freeze_all(node: gs.Node, env: Env, why: str) -> None:

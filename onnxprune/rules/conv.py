@@ -10,15 +10,29 @@ every group is one unit, and so is the j-th output channel; ``group`` does not c
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
-from ..ir.graph import input_or_none
+from ..ir.graph import input_or_none, prod, shape_of, static_dims, weight_shape
 from .base import OpRule, Rewriter, freeze_all
 from .env import Env
 
 
 class _ConvBase(OpRule):
     transposed = False
+    no_macs = None
+
+    def macs(self, node: gs.Node) -> int:
+        """Each output position (Conv) or input position (ConvTranspose) takes one weight
+        slice: ``Cin/group x kernel`` (or ``Cout/group x kernel``) multiply-accumulates."""
+        w = weight_shape(node.inputs[1])
+        if w is None:
+            return 0
+        dims = static_dims(shape_of(node.inputs[0] if self.transposed else node.outputs[0]))
+        return 0 if dims is None else prod(dims) * w[1] * prod(w[2:])
+
+    def data_rank(self, node: onnx.NodeProto, ranks: dict[str, int]) -> int | None:
+        return ranks.get(node.input[1]) if len(node.input) > 1 else None  # the weight's
 
     def propagate(self, node: gs.Node, env: Env) -> None:
         x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]

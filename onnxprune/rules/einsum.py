@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..ir.graph import prod, shape_of, static_dims
 from .base import OpRule, freeze_all
 from .env import Env
 
@@ -47,6 +48,22 @@ def parse(equation: str, ranks: list[int]) -> tuple[list[str], str] | None:
 
 class Einsum(OpRule):
     ops = ("Einsum",)
+    no_macs = None
+
+    def macs(self, node: gs.Node) -> int:
+        """The product of every subscript's size: each output element sums over the
+        contracted letters (symbolic sizes count as 1)."""
+        shapes = [static_dims(shape_of(t)) for t in node.inputs]
+        if any(s is None for s in shapes):
+            return 0
+        parsed = parse(str(node.attrs.get("equation", "")), [len(s) for s in shapes])
+        if parsed is None or len(node.inputs) < 2:
+            return 0  # one operand: a transpose or a reduction, not multiply-accumulates
+        size: dict[str, int] = {}
+        for term, shape in zip(parsed[0], shapes, strict=True):
+            for letter, d in zip(term, shape, strict=True):
+                size[letter] = max(size.get(letter, 1), d)
+        return prod(size.values())
 
     def propagate(self, node: gs.Node, env: Env) -> None:
         ops, y = list(node.inputs), node.outputs[0]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import onnx
 import onnx_graphsurgeon as gs
 
-from ..ir.graph import input_or_none
+from ..ir.graph import input_or_none, prod, shape_of, static_dims
 from .base import OpRule, freeze_all
 from .env import Env
 
@@ -13,6 +14,17 @@ class Gemm(OpRule):
     """Y = alpha * A' B' + beta * C, A' = A or A^T, B' = B or B^T; B constant."""
 
     ops = ("Gemm",)
+    no_macs = None
+
+    def macs(self, node: gs.Node) -> int:
+        y = static_dims(shape_of(node.outputs[0]))
+        a = static_dims(shape_of(node.inputs[0]))
+        if y is None or a is None or len(a) != 2:
+            return 0
+        return prod(y) * (a[0] if int(node.attrs.get("transA", 0)) else a[1])
+
+    def data_rank(self, node: onnx.NodeProto, ranks: dict[str, int]) -> int | None:
+        return 2
 
     def propagate(self, node: gs.Node, env: Env) -> None:
         a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
@@ -61,6 +73,13 @@ class MatMul(OpRule):
     contracted axis can only lose channels it loses in both operands."""
 
     ops = ("MatMul",)
+    no_macs = None
+
+    def macs(self, node: gs.Node) -> int:
+        """Output elements x the contracted length (linear layers and attention products)."""
+        y = static_dims(shape_of(node.outputs[0]))
+        a = static_dims(shape_of(node.inputs[0]))
+        return 0 if y is None or not a else prod(y) * a[-1]
 
     def propagate(self, node: gs.Node, env: Env) -> None:
         a, w, y = node.inputs[0], node.inputs[1], node.outputs[0]

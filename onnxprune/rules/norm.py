@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import onnx
 import onnx_graphsurgeon as gs
 
 from ..ir.graph import normalize_axis
+from . import gating
 from .base import OpRule, Rewriter, freeze_all
 from .env import Env
 
@@ -89,6 +91,12 @@ class LayerNormalization(OpRule):
     non-constant scale/bias freeze."""
 
     ops = ("LayerNormalization",)
+    gates_stats = True
+
+    def stats_gate(self, node: onnx.NodeProto, p: str, q: str, rank: int, elem: int,
+                   opset: int) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
+        return (gating.stats_constants(p, node, rank, elem, opset),
+                gating.weighted_layernorm(node, p, q, opset))
 
     def propagate(self, node: gs.Node, env: Env) -> None:
         x = node.inputs[0]

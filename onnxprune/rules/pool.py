@@ -5,9 +5,11 @@ channels freeze them."""
 
 from __future__ import annotations
 
+import onnx
 import onnx_graphsurgeon as gs
 
 from ..ir.graph import normalize_axis
+from . import gating
 from .base import OpRule, attr_or_input_ints, freeze_all
 from .env import Env
 
@@ -44,6 +46,12 @@ class Reduce(OpRule):
     """Reduce over ``axes`` (attribute before opset 18, ReduceSum before 13; input after)."""
 
     ops = REDUCE
+    gates_stats = True
+
+    def stats_gate(self, node: onnx.NodeProto, p: str, q: str, rank: int, elem: int,
+                   opset: int) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
+        return (gating.stats_constants(p, node, rank, elem, opset),
+                gating.weighted_mean(node, p, q, opset))
 
     def propagate(self, node: gs.Node, env: Env) -> None:
         x = node.inputs[0]

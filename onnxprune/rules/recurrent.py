@@ -6,9 +6,10 @@ removes a unit's influence on the others)."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
-from ..ir.graph import input_or_none
+from ..ir.graph import input_or_none, shape_of, static_dims, weight_shape
 from .base import OpRule, Rewriter, freeze_all
 from .env import Env
 
@@ -17,6 +18,20 @@ GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 
 class Recurrent(OpRule):
     ops = ("RNN", "GRU", "LSTM")
+    no_macs = None
+
+    def macs(self, node: gs.Node) -> int:
+        """Per time step and direction, every gate row of W and R takes one input and hidden
+        vector: ``gates x hidden x (input + hidden)``; times the sequence length."""
+        w, r = weight_shape(node.inputs[1]), weight_shape(node.inputs[2])
+        x = static_dims(shape_of(node.inputs[0]))
+        if w is None or r is None or x is None or len(x) != 3:
+            return 0
+        steps = x[1] if int(node.attrs.get("layout", 0)) else x[0]
+        return steps * w[0] * w[1] * (w[2] + r[2])
+
+    def data_rank(self, node: onnx.NodeProto, ranks: dict[str, int]) -> int | None:
+        return 3
 
     def propagate(self, node: gs.Node, env: Env) -> None:
         x, w, r = node.inputs[0], node.inputs[1], node.inputs[2]

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..analysis.model import ChannelAnalysis
 from ..ir.runtime import session
+from ..rules import default_registry
 
 GATES = "onnxprune_gates"
 
@@ -34,10 +35,12 @@ def build_gated_model(reference: onnx.ModelProto, analysis: ChannelAnalysis,
     new_nodes: dict[str, list[onnx.NodeProto]] = {}
     replaced: set[str] = set()  # nodes rebuilt with gate-weighted statistics
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    registry = default_registry()
     for i, gate in enumerate(analysis.gates):
         node = nodes[gate.node]
         x = node.input[gate.input_index]
-        rank = ranks.get(x, _rank_from_layer(node, ranks))
+        rule = registry.lookup(node.op_type, node.domain)
+        rank = ranks.get(x, rule.data_rank(node, ranks))
         if rank is None:
             raise ValueError(f"oracle: rank of {x} unknown (gate for {gate.node})")
         shape = [1] * rank
@@ -55,10 +58,10 @@ def build_gated_model(reference: onnx.ModelProto, analysis: ChannelAnalysis,
             helper.make_node("Reshape", [p + "_g", p + "_shape"], [p + "_r"], name=q + "_reshape"),
             helper.make_node("Cast", [p + "_r"], [p + "_c"], to=elem, name=q + "_cast"),
         ])
-        if gate.kind == "stats":
-            g.initializer.extend(_stats_constants(p, node, rank, elem, opset))
-            build = _weighted_mean if node.op_type == "ReduceMean" else _weighted_layernorm
-            new_nodes[node.name].extend(build(node, p, q, opset))
+        if gate.kind == "stats":  # the rule rebuilds the node with gate-weighted statistics
+            consts, rebuilt = rule.stats_gate(node, p, q, rank, elem, opset)
+            g.initializer.extend(consts)
+            new_nodes[node.name].extend(rebuilt)
             replaced.add(node.name)
             continue
         new_nodes[node.name].append(
@@ -73,97 +76,6 @@ def build_gated_model(reference: onnx.ModelProto, analysis: ChannelAnalysis,
     del g.node[:]
     g.node.extend(ordered)
     return model
-
-
-def _stats_constants(p: str, node: onnx.NodeProto, rank: int, elem: int,
-                     opset: int) -> list[onnx.TensorProto]:
-    dtype = helper.tensor_dtype_to_np_dtype(elem)
-    eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
-    if node.op_type == "ReduceMean":
-        axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
-        if axes is None and not (len(node.input) > 1 and node.input[1]):
-            axes = list(range(rank))  # (with an axes input, the node's own is reused)
-    else:
-        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
-        axes = list(range(axis % rank, rank))
-    out = [numpy_helper.from_array(np.array(1e-12, dtype), p + "_tiny")]
-    if node.op_type == "LayerNormalization":
-        out.append(numpy_helper.from_array(np.array(eps, dtype), p + "_eps"))
-    if axes is not None:
-        out.append(numpy_helper.from_array(np.array(axes, np.int64), p + "_axes"))
-    return out
-
-
-def _reduce_sum(x: str, y: str, node: onnx.NodeProto, p: str, name: str,
-                opset: int) -> onnx.NodeProto:
-    """ReduceSum over the stats node's axes (its own axes input when it has one), keepdims as
-    the node (LayerNormalization keeps them)."""
-    keep = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
-    own = node.op_type == "ReduceMean" and len(node.input) > 1 and node.input[1]
-    axes = node.input[1] if own else p + "_axes"
-    if opset >= 13:
-        return helper.make_node("ReduceSum", [x, axes], [y], name=name, keepdims=keep)
-    attr_axes = next(a.ints for a in node.attribute if a.name == "axes") \
-        if any(a.name == "axes" for a in node.attribute) else None
-    kw = {"axes": list(attr_axes)} if attr_axes is not None else {}
-    return helper.make_node("ReduceSum", [x], [y], name=name, keepdims=keep, **kw)
-
-
-def _weighted_mean(node: onnx.NodeProto, p: str, q: str, opset: int,
-                   y: str | None = None) -> list[onnx.NodeProto]:
-    """The mean over the stats node's axes with channels weighted by the gates ``p_c`` (so,
-    the mean over kept ones), written to ``y`` (default: the node's output); the expanded
-    weights are left in ``p_w`` and their sum in ``p_n``."""
-    x, y = node.input[0], y or node.output[0]
-    return [
-        helper.make_node("Shape", [x], [p + "_xs"], name=q + "_xs"),
-        helper.make_node("Expand", [p + "_c", p + "_xs"], [p + "_w"], name=q + "_w"),
-        _reduce_sum(p + "_w", p + "_n0", node, p, q + "_n0", opset),
-        helper.make_node("Max", [p + "_n0", p + "_tiny"], [p + "_n"], name=q + "_n"),
-        helper.make_node("Mul", [x, p + "_w"], [p + "_wx"], name=q + "_wx"),
-        _reduce_sum(p + "_wx", p + "_sx", node, p, q + "_sx", opset),
-        helper.make_node("Div", [p + "_sx", p + "_n"], [y], name=q + "_mean"),
-    ]
-
-
-def _weighted_layernorm(node: onnx.NodeProto, p: str, q: str,
-                        opset: int) -> list[onnx.NodeProto]:
-    """LayerNormalization with statistics weighted by the gates ``p_c`` (broadcast over the
-    other normalized axes): closed channels count as absent, as in the pruned node."""
-    x, y = node.input[0], node.output[0]
-    scale = node.input[1]
-    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-
-    def mk(op, ins, out, **kw):
-        return helper.make_node(op, ins, [p + out], name=f"{q}_{out.lstrip('_')}", **kw)
-
-    nodes = _weighted_mean(node, p, q, opset, p + "_mean") + [
-        mk("Sub", [x, p + "_mean"], "_d"),
-        mk("Mul", [p + "_d", p + "_d"], "_d2"),
-        mk("Mul", [p + "_d2", p + "_w"], "_wd2"),
-        _reduce_sum(p + "_wd2", p + "_sv", node, p, q + "_sv", opset),
-        mk("Div", [p + "_sv", p + "_n"], "_var"),
-        mk("Add", [p + "_var", p + "_eps"], "_ve"),
-        mk("Sqrt", [p + "_ve"], "_std"),
-        mk("Div", [p + "_d", p + "_std"], "_z"),
-    ]
-    if bias is None:
-        nodes.append(helper.make_node("Mul", [p + "_z", scale], [y], name=q + "_scale"))
-    else:
-        nodes.append(mk("Mul", [p + "_z", scale], "_zs"))
-        nodes.append(helper.make_node("Add", [p + "_zs", bias], [y], name=q + "_bias"))
-    return nodes
-
-
-def _rank_from_layer(node: onnx.NodeProto, ranks: dict[str, int]) -> int | None:
-    """The rank of a layer's data input when shape inference could not tell it."""
-    if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1:
-        return ranks.get(node.input[1])  # the weight has the data's rank
-    if node.op_type == "Gemm":
-        return 2
-    if node.op_type in ("RNN", "GRU", "LSTM"):
-        return 3
-    return None
 
 
 def _ranks(model: onnx.ModelProto) -> dict[str, int]:
