@@ -6,7 +6,7 @@ one tensor or a tuple (one per output). Integer tensors that describe shapes or 
 tensors, so shape subgraphs (``Shape -> Gather -> Concat -> Reshape``) run on the actual batch.
 """
 
-from . import elementwise, layers, resize, tensor  # noqa: F401 - each registers its ops
+from . import elementwise, layers, recurrent, resize, tensor  # noqa: F401 - each registers its ops
 from .base import DTYPES, OPS, Node, OpFn, axis_of, ints, register, torch_pads
 
 __all__ = ["DTYPES", "OPS", "Node", "OpFn", "axis_of", "ints", "register", "torch_pads"]

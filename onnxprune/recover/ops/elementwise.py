@@ -78,6 +78,16 @@ for _op, _fn in {
     "Sign": torch.sign,
     "Sin": torch.sin,
     "Cos": torch.cos,
+    "Tan": torch.tan,
+    "Asin": torch.asin,
+    "Acos": torch.acos,
+    "Atan": torch.atan,
+    "Sinh": torch.sinh,
+    "Cosh": torch.cosh,
+    "Asinh": torch.asinh,
+    "Acosh": torch.acosh,
+    "Atanh": torch.atanh,
+    "IsNaN": torch.isnan,
     "Erf": torch.erf,
     "Not": torch.logical_not,
     "Relu": torch.relu,
@@ -135,6 +145,26 @@ def hard_swish(n: Node, x: torch.Tensor) -> torch.Tensor:
 @register("Gelu")
 def gelu(n: Node, x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate=n.get("approximate", "none"))
+
+
+@register("IsInf")
+def is_inf(n: Node, x: torch.Tensor) -> torch.Tensor:
+    # each sign can be switched off; with both off nothing is flagged
+    flags = torch.zeros_like(x, dtype=torch.bool)
+    if n.get("detect_positive", 1):
+        flags |= x == float("inf")
+    if n.get("detect_negative", 1):
+        flags |= x == float("-inf")
+    return flags
+
+
+@register("Shrink")
+def shrink(n: Node, x: torch.Tensor) -> torch.Tensor:
+    """x - bias above lambd, x + bias below -lambd, 0 between; integer inputs get the float
+    result truncated back to their type, as onnxruntime casts it."""
+    bias, lambd = n.get("bias", 0.0), n.get("lambd", 0.5)
+    y = torch.where(x < -lambd, x + bias, torch.where(x > lambd, x - bias, torch.zeros_like(x)))
+    return y.to(x.dtype)
 
 
 @register("Clip")

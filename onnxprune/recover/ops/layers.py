@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import Node, axis_of, register, torch_pads
+from .base import DTYPES, Node, axis_of, register, torch_pads
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -159,6 +160,24 @@ def layer_norm(n: Node, x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor
     return (y, mean, inv_std)[: n.n_outputs] if n.n_outputs > 1 else y
 
 
+@register("GroupNormalization")
+def group_norm(n: Node, x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """As ONNX's function body, which onnxruntime runs: the variance is E[x^2] - E[x]^2 over
+    each group. Opset 18 scales and shifts per group, in the input's type; opset 21 per
+    channel, with the statistics in ``stash_type`` and the normalized values cast back."""
+    groups = n.get("num_groups")
+    eps = float(np.float32(n.get("epsilon", 1e-5)))  # a float constant in the function body
+    stash = DTYPES[n.get("stash_type", 1)] if n.opset >= 21 else x.dtype
+    xs = x.to(stash).reshape(x.shape[0], groups, -1)
+    mean = xs.mean(-1, keepdim=True)
+    var = (xs * xs).mean(-1, keepdim=True) - mean * mean
+    y = (xs - mean) / torch.sqrt(var + eps)
+    if n.opset >= 21:  # per channel
+        y = y.reshape(x.shape[0], x.shape[1], -1).to(x.dtype)
+    y = scale.to(x.dtype).reshape(1, -1, 1) * y + bias.to(x.dtype).reshape(1, -1, 1)
+    return y.reshape(x.shape)
+
+
 def _softmax_family(fn):
     def op(n: Node, x: torch.Tensor) -> torch.Tensor:
         if n.opset >= 13:
@@ -238,6 +257,31 @@ def average_pool(n: Node, x: torch.Tensor) -> torch.Tensor:
     mask = F.pad(mask, torch_pads([0] * nd, grow))
     counts = _window_sum(mask, kernel, strides, dilations)
     return _crop(sums / counts, [0] * nd, outs)
+
+
+def _lp_root(sums: torch.Tensor, p: float) -> torch.Tensor:
+    """``sums ** (1/p)``, with a zero gradient where a window sums to 0 (all zeros, e.g.
+    after a Relu) instead of inf * 0 = NaN."""
+    positive = sums > 0
+    return torch.where(positive, torch.where(positive, sums, 1.0).pow(1.0 / p), 0.0)
+
+
+@register("LpPool")
+def lp_pool(n: Node, x: torch.Tensor) -> torch.Tensor:
+    """(sum of |x|^p over the window)^(1/p); pads (and the room ``ceil_mode`` adds) are zeros,
+    which add nothing."""
+    kernel, strides, dilations, begin, end, grow, outs = _pool_geometry(n, x)
+    p = float(n.get("p", 2))
+    end = [e + g for e, g in zip(end, grow, strict=True)]
+    powers = F.pad(torch.pow(x.abs(), p), torch_pads(begin, end))
+    sums = _window_sum(powers, kernel, strides, dilations)
+    return _crop(_lp_root(sums, p), [0] * len(outs), outs)
+
+
+@register("GlobalLpPool")
+def global_lp_pool(n: Node, x: torch.Tensor) -> torch.Tensor:
+    p = float(n.get("p", 2))
+    return _lp_root(torch.pow(x.abs(), p).sum(list(range(2, x.dim())), keepdim=True), p)
 
 
 @register("GlobalAveragePool")

@@ -1,5 +1,6 @@
 """Shape, indexing and data movement: Reshape/Flatten/Transpose/Squeeze/Unsqueeze, Concat/
-Split/Slice/Gather, Pad, Tile/Expand/Where, Shape/ConstantOfShape/Range, Cast, Constant."""
+Split/Slice/Gather, Pad, Tile/Expand/Where, Shape/ConstantOfShape/Range, Cast, Constant,
+Einsum and CumSum."""
 
 from __future__ import annotations
 
@@ -231,3 +232,26 @@ def tile(n: Node, x: torch.Tensor, repeats: torch.Tensor) -> torch.Tensor:
 @register("Where")
 def where(n: Node, cond: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(cond.bool(), a, b)
+
+
+@register("Einsum")
+def einsum(n: Node, *xs: torch.Tensor) -> torch.Tensor:
+    """torch.einsum reads ONNX's equations as they are (ellipses, repeated letters, and the
+    implicit output: the ellipsis's axes, then the letters used once, sorted) except for
+    spaces, which ONNX allows."""
+    return torch.einsum("".join(n.get("equation").split()), *xs)
+
+
+@register("CumSum")
+def cumsum(n: Node, x: torch.Tensor, axis: torch.Tensor) -> torch.Tensor:
+    """Running sums along ``axis``, from the end with ``reverse``. ``exclusive`` shifts the
+    input by one (a leading 0) rather than subtracting x from the inclusive sums, which
+    would round twice."""
+    dim = axis_of(int(axis.reshape(-1)[0]), x.dim())
+    if n.get("reverse", 0):
+        x = x.flip(dim)
+    if n.get("exclusive", 0):
+        first = torch.zeros_like(x.narrow(dim, 0, min(1, x.shape[dim])))
+        x = torch.cat([first, x.narrow(dim, 0, max(0, x.shape[dim] - 1))], dim)
+    y = torch.cumsum(x, dim, dtype=x.dtype)  # integers keep their type (torch would widen)
+    return y.flip(dim) if n.get("reverse", 0) else y
