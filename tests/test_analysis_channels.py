@@ -15,7 +15,6 @@ def test_unknown_op_freezes_with_reason(gb):
     assert g.frozen and g.reason == "LRN lrn: no channel rule for op LRN"
 
 
-
 def test_graph_output_freezes(gb):
     x = gb.input("x", [1, 3, 8, 8])
     h = gb.relu(gb.conv(x, 3, 8, name="c1"))
@@ -23,7 +22,6 @@ def test_graph_output_freezes(gb):
     res = check_oracle(gb.build([y, h]), trials=1)
     g = group_with_layer(res.analysis, "c1")
     assert g.frozen and g.reason.startswith("reaches graph output")
-
 
 
 def test_shared_weight_couples_its_users(gb):
@@ -37,7 +35,6 @@ def test_shared_weight_couples_its_users(gb):
     # a's outputs are b's inputs and both use the same weight: rows == columns -> one group
     assert "shared_b" in g.layers
     assert g.frozen  # the input x's channels (graph input) share the weight's columns
-
 
 
 def test_exclude_glob_leaves_node_untouched(gb):

@@ -13,7 +13,6 @@ def _conv(b, x, cin, cout, name):
     return b.relu(b.conv(x, cin, cout, name=name))
 
 
-
 def test_concat_keeps_each_branch_its_own_group(gb):
     x = gb.input("x", [1, 3, 8, 8])
     a = _conv(gb, x, 3, 4, "a")
@@ -27,7 +26,6 @@ def test_concat_keeps_each_branch_its_own_group(gb):
         assert set(group_with_layer(res.analysis, layer).layers) == {layer, "head"}
 
 
-
 def test_concat_with_graph_input_freezes_only_that_part(gb):
     x = gb.input("x", [1, 3, 8, 8])
     a = _conv(gb, x, 3, 4, "a")
@@ -35,7 +33,6 @@ def test_concat_with_graph_input_freezes_only_that_part(gb):
     y = gb.conv(h, 7, 2, name="head")
     res = check_oracle(gb.build([y]), trials=3)
     assert not group_with_layer(res.analysis, "a").frozen
-
 
 
 def test_dense_block_concat_chain(gb):
@@ -49,7 +46,6 @@ def test_dense_block_concat_chain(gb):
     stem = group_with_layer(res.analysis, "stem")
     assert set(stem.layers) == {"stem", "layer0", "layer1", "layer2", "head"}
     assert groups_summary(res.analysis) == [(2, True), (4, False), (4, False), (4, False), (8, False)]
-
 
 
 @pytest.mark.parametrize("opset,style", [(11, "attr"), (13, "input"), (18, "num_outputs")])
@@ -76,7 +72,6 @@ def test_split_sizes_rewritten(opset, style):
     assert first.channels == parts_size
     r = prune(b.build([y]), ratio=0.5)
     assert r.verification.passed
-
 
 
 def test_split_then_add_joins_the_halves(gb):

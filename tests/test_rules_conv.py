@@ -19,7 +19,6 @@ def test_conv_chain_groups_and_oracle(gb):
     assert g.n_params == 8 * 27 + 8 + 12 * 8 * 9
 
 
-
 @pytest.mark.parametrize("mult", [1, 2])
 def test_depthwise_conv_follows_its_input(gb, mult):
     x = gb.input("x", [1, 3, 8, 8])
@@ -31,7 +30,6 @@ def test_depthwise_conv_follows_its_input(gb, mult):
     assert g.channels == 6 and set(g.layers) == {"pw", "dw", "out"}
     dw_out = next(m for m in g.members if m.tensor.startswith("dw"))
     assert dw_out.size == 6 * mult
-
 
 
 def test_grouped_conv_prunes_equal_counts_per_group(gb):
@@ -47,7 +45,6 @@ def test_grouped_conv_prunes_equal_counts_per_group(gb):
     assert out.channels == 8 and set(out.layers) == {"grouped", "out"}
 
 
-
 def test_grouped_conv_keeps_its_group_count(gb):
     from onnxprune.api import prune
 
@@ -61,7 +58,6 @@ def test_grouped_conv_keeps_its_group_count(gb):
     weight = next(i for i in r.model.graph.initializer if i.name == node.input[1])
     assert list(weight.dims) == [16, 2, 3, 3]  # 4 groups x 4 outputs, 2 inputs per group
     assert r.verification.passed
-
 
 
 @pytest.mark.parametrize("group", [1, 2])

@@ -17,7 +17,6 @@ ACTIVATIONS = [
 ]
 
 
-
 @pytest.mark.parametrize("op,attrs,opset", ACTIVATIONS, ids=[a[0] for a in ACTIVATIONS])
 def test_unary_activation_passes_channels(op, attrs, opset):
     b = GraphBuilder(opset=opset)
@@ -29,7 +28,6 @@ def test_unary_activation_passes_channels(op, attrs, opset):
     assert g.channels == 8 and not g.frozen and "c2" in g.layers
 
 
-
 def test_clip_with_bounds(gb):
     x = gb.input("x", [2, 3, 6, 6])
     h = gb.op("Clip", [gb.conv(x, 3, 8, name="c1"), gb.const(np.float32(0)),
@@ -37,7 +35,6 @@ def test_clip_with_bounds(gb):
     y = gb.conv(h, 8, 2)
     res = check_oracle(gb.build([y]), trials=3)
     assert not group_with_layer(res.analysis, "c1").frozen
-
 
 
 @pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div", "Max", "Min"])
@@ -55,7 +52,6 @@ def test_per_channel_constants_are_sliced(gb, op):
     assert sum(1 for p in g.params if p.size == 8 and p.param.startswith("c_")) == 2
 
 
-
 def test_residual_add_couples_both_branches(gb):
     x = gb.input("x", [1, 3, 8, 8])
     h = gb.relu(gb.conv(x, 3, 8, name="stem"))
@@ -67,7 +63,6 @@ def test_residual_add_couples_both_branches(gb):
     g = group_with_layer(res.analysis, "stem")
     assert set(g.layers) == {"stem", "r1", "r2", "head"}
     assert groups_summary(res.analysis) == [(2, True), (8, False), (16, False)]
-
 
 
 def test_squeeze_excitation_couples_gate_with_features(gb):
@@ -82,7 +77,6 @@ def test_squeeze_excitation_couples_gate_with_features(gb):
     g = group_with_layer(res.analysis, "feat")
     assert {"feat", "se_reduce", "se_expand", "head"} <= set(g.layers)
     assert group_with_layer(res.analysis, "se_reduce").channels in (4, 16)
-
 
 
 def test_graph_input_operand_freezes(gb):

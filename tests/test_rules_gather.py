@@ -11,7 +11,6 @@ def _conv(b, x, cin, cout, name):
     return b.relu(b.conv(x, cin, cout, name=name))
 
 
-
 def test_gather_on_spatial_axis(gb):
     x = gb.input("x", [1, 3, 4, 4])
     h = _conv(gb, x, 3, 8, "c1")
@@ -19,7 +18,6 @@ def test_gather_on_spatial_axis(gb):
     y = gb.conv(h, 8, 2, name="c2")
     res = check_oracle(gb.build([y]), trials=3)
     assert not group_with_layer(res.analysis, "c1").frozen
-
 
 
 @pytest.mark.parametrize("indices", [[3, 1, 0, 2, 5, 4], [0, 2, 4], [1, 1, 5, 0], 4])

@@ -17,7 +17,6 @@ def test_gemm_chain(gb, trans_b):
     assert groups_summary(res.analysis) == [(3, True), (12, False), (16, False)]
 
 
-
 def test_gemm_bias_shapes(gb):
     x = gb.input("x", [2, 6])
     w1 = gb.weight(8, 6)
@@ -29,7 +28,6 @@ def test_gemm_bias_shapes(gb):
     assert groups_summary(res.analysis) == [(2, True), (5, False), (8, False)]
 
 
-
 def test_matmul_with_bias_on_3d_input(gb):
     x = gb.input("x", [2, 5, 8])
     h = gb.op("Add", [gb.matmul(x, 8, 16, name="mm1"), gb.const(np.ones(16, np.float32))])
@@ -38,7 +36,6 @@ def test_matmul_with_bias_on_3d_input(gb):
     res = check_oracle(gb.build([y]), trials=4)
     g = group_with_layer(res.analysis, "mm1")
     assert g.channels == 16 and not g.frozen
-
 
 
 def test_matmul_of_two_activations_joins_the_contracted_channels(gb):

@@ -21,7 +21,6 @@ def _ln_graph(axis: int, scale_shape: tuple[int, ...], stats_out: bool = False):
     return b.build([y] + (outs[1:] if stats_out else []))
 
 
-
 def test_batchnorm_kept_when_not_foldable(gb):
     x = gb.input("x", [2, 3, 8, 8])
     h = gb.relu(gb.conv(x, 3, 8, name="c1"))
@@ -33,7 +32,6 @@ def test_batchnorm_kept_when_not_foldable(gb):
     assert {"c1", "bn", "c2"} <= set(g.layers)
     # 4 BN vectors, c1's weight rows and bias, c2's weight columns
     assert len(g.params) == 7 and all(p.size == 8 and p.count == 8 for p in g.params)
-
 
 
 def test_instance_norm_and_prelu(gb):
@@ -48,7 +46,6 @@ def test_instance_norm_and_prelu(gb):
     assert g.channels == 6 and not g.frozen and {"prelu", "c1", "c2"} <= set(g.layers)
 
 
-
 @pytest.mark.parametrize("axis,scale_shape", [(-1, (12,)), (1, (4, 12))])
 def test_layer_norm_over_channels_prunes_with_stats_over_kept(axis, scale_shape):
     res = check_oracle(_ln_graph(axis, scale_shape), trials=4)
@@ -57,12 +54,10 @@ def test_layer_norm_over_channels_prunes_with_stats_over_kept(axis, scale_shape)
     assert any(gate.kind == "stats" and gate.node == "ln" for gate in res.analysis.gates)
 
 
-
 def test_layer_norm_with_used_statistics_freezes():
     res = check_oracle(_ln_graph(-1, (12,), stats_out=True), trials=1)
     g = group_with_layer(res.analysis, "mm1")
     assert g.frozen and "Mean/InvStdDev" in g.reason
-
 
 
 @pytest.mark.parametrize("opset", [14, 16])
@@ -83,7 +78,6 @@ def test_torch_layer_norm_below_opset_17(tmp_path, opset):
     assert "LayerNormalization" not in {n.op_type for n in model.graph.node}
     res = check_oracle(model, trials=4)
     assert [g.channels for g in res.analysis.groups if not g.frozen] == [16]
-
 
 
 def test_softmax_axis():

@@ -31,7 +31,6 @@ def test_reductions_over_channels(opset, op, keepdims):
     assert kind == ("stats" if op == "ReduceMean" else "mul")
 
 
-
 def test_reduce_max_over_channels_freezes():
     b = GraphBuilder(opset=17)
     x = b.input("x", [2, 4])
@@ -39,7 +38,6 @@ def test_reduce_max_over_channels_freezes():
     r = b.op("ReduceMax", [h], axes=[1], keepdims=1)
     res = check_oracle(b.build([b.matmul(b.op("Add", [h, r]), 6, 2)]), trials=1)
     assert group_with_layer(res.analysis, "mm1").frozen
-
 
 
 @pytest.mark.parametrize("pool", ["MaxPool", "AveragePool", "LpPool"])
@@ -51,7 +49,6 @@ def test_pools(gb, pool):
     y = gb.gemm(h, 8, 3)
     res = check_oracle(gb.build([y]), trials=3)
     assert not group_with_layer(res.analysis, "c1").frozen
-
 
 
 @pytest.mark.parametrize("opset", [13, 18])
@@ -66,7 +63,6 @@ def test_reduce_mean_over_spatial_then_linear(opset):
     y = b.gemm(h, 8, 3)
     res = check_oracle(b.build([y]), trials=3)
     assert not group_with_layer(res.analysis, "c1").frozen
-
 
 
 def test_reduce_over_channels(gb):

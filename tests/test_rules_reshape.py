@@ -14,7 +14,6 @@ def _conv(b, x, cin, cout, name):
     return b.relu(b.conv(x, cin, cout, name=name))
 
 
-
 @pytest.mark.parametrize("how", ["flatten", "reshape", "reshape_minus1"])
 def test_flatten_spreads_channels_into_features(gb, how):
     x = gb.input("x", [2, 3, 8, 8])
@@ -29,7 +28,6 @@ def test_flatten_spreads_channels_into_features(gb, how):
     assert g.channels == 6 and "fc" in g.layers
     fc_in = next(p for p in g.params if p.size == 96)
     assert fc_in.count == 96
-
 
 
 def test_unflatten_joins_linear_features_into_channels(gb):
@@ -49,7 +47,6 @@ def test_unflatten_joins_linear_features_into_channels(gb):
     assert r.verification.passed
 
 
-
 def test_channel_last_transpose_then_matmul(gb):
     x = gb.input("x", [2, 3, 4, 4])
     h = _conv(gb, x, 3, 8, "c1")
@@ -60,7 +57,6 @@ def test_channel_last_transpose_then_matmul(gb):
     res = check_oracle(gb.build([y]), trials=4)
     assert set(group_with_layer(res.analysis, "c1").layers) == {"c1", "mm"}
     assert set(group_with_layer(res.analysis, "c2").layers) == {"mm", "c2"}
-
 
 
 @pytest.mark.parametrize("opset", [11, 13])

@@ -14,7 +14,6 @@ def _conv(b, x, cin, cout, name):
     return b.relu(b.conv(x, cin, cout, name=name))
 
 
-
 @pytest.mark.parametrize("mode", ["scales", "sizes", "upsample"])
 def test_resize_keeps_channels(mode):
     b = GraphBuilder(opset=9 if mode == "upsample" else 13)
@@ -36,7 +35,6 @@ def test_resize_keeps_channels(mode):
         sizes = next(onnx.numpy_helper.to_array(i) for i in r.model.graph.initializer
                      if i.name.startswith("rs_in3"))
         assert sizes.tolist() == [1, 4, 8, 8]
-
 
 
 def test_unet_style_skip_with_resize(gb):

@@ -12,7 +12,6 @@ def _conv(b, x, cin, cout, name):
     return b.relu(b.conv(x, cin, cout, name=name))
 
 
-
 @pytest.mark.parametrize("opset", [9, 13])
 def test_slice_on_channels(opset):
     b = GraphBuilder(opset=opset)
@@ -31,7 +30,6 @@ def test_slice_on_channels(opset):
     assert [g.channels for g in outside] == [5]  # channels 0-1 and 9-11 share one signature
 
 
-
 def test_strided_slice_on_channels_freezes(gb):
     x = gb.input("x", [1, 3, 8, 8])
     h = _conv(gb, x, 3, 12, "c1")
@@ -40,7 +38,6 @@ def test_strided_slice_on_channels_freezes(gb):
     y = gb.conv(s, 6, 2, name="head")
     res = check_oracle(gb.build([y]), trials=1)
     assert group_with_layer(res.analysis, "c1").frozen
-
 
 
 def test_pad_spatial_ok_channel_frozen(gb):
@@ -55,3 +52,34 @@ def test_pad_spatial_ok_channel_frozen(gb):
     g = group_of_tensor(res.analysis, "c2_out0")
     assert g.frozen and "padc" in g.reason
 
+
+
+def test_slice_with_run_time_bounds_off_the_channel_axis():
+    """A sequence sliced to a length computed at run time (BERT's position-ids buffer, any
+    `x[:, :n]`): the channels on the other axes pass through, prune and verify."""
+    b = GraphBuilder(opset=17)
+    x = b.input("x", ["batch", "seq", 16])
+    h = b.relu(b.op("MatMul", [x, b.weight(16, 24, hint="w1")], name="fc1"))
+    n = b.op("Slice", [b.op("Shape", [x]), b.const(np.array([1])), b.const(np.array([2]))])
+    h = b.op("Slice", [h, b.const(np.array([0])), n, b.const(np.array([1]))], name="sl")
+    y = b.op("MatMul", [h, b.weight(24, 5, hint="w2")], name="fc2")
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 7, 16)).astype(np.float32)}
+    res = check_oracle(b.build([y]), trials=5, feeds=feeds)
+    g = group_with_layer(res.analysis, "fc1")
+    assert g.channels == 24 and not g.frozen
+
+
+def test_slice_with_run_time_bounds_on_the_channel_axis_freezes():
+    b = GraphBuilder(opset=17)
+    x = b.input("x", ["batch", 16])
+    k = b.input("k", ["batch", "n"])  # how many channels to keep, known at run time only
+    h = b.relu(b.gemm(x, 16, 24, name="fc1"))
+    n = b.op("Slice", [b.op("Shape", [k]), b.const(np.array([1])), b.const(np.array([2]))])
+    h = b.op("Slice", [h, b.const(np.array([0])), n, b.const(np.array([1]))], name="sl")
+    y = b.op("ReduceSum", [h, b.const(np.array([1]))], keepdims=1)
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((2, 16)).astype(np.float32),
+             "k": rng.standard_normal((2, 20)).astype(np.float32)}
+    res = check_oracle(b.build([y]), trials=1, feeds=feeds)
+    g = group_with_layer(res.analysis, "fc1")
+    assert g.frozen and "computed at run time" in g.reason

@@ -29,6 +29,19 @@ def _slice_params(node: gs.Node, opset: int):
     return starts, ends, axes, steps
 
 
+def _slice_axes(node: gs.Node, opset: int) -> list[int] | None:
+    """The sliced axes even when the bounds are computed at run time (a constant ``axes``
+    input, or all axes up to the length of ``starts`` when that length is known)."""
+    if opset < 10:
+        return list(node.attrs.get("axes", range(len(node.attrs.get("starts", [])))))
+    axes = input_or_none(node, 3)
+    if axes is not None:
+        value = const_value(axes)
+        return None if value is None else [int(a) for a in np.asarray(value).ravel()]
+    length = (node.inputs[1].shape or [None])[0] if len(node.inputs) > 1 else None
+    return list(range(length)) if isinstance(length, int) else None
+
+
 def _clamp(v: int, n: int) -> int:
     v = v + n if v < 0 else v
     return max(0, min(v, n))
@@ -45,8 +58,21 @@ class Slice(OpRule):
         if not env.tracked(x):
             return
         params = _slice_params(node, env.opset)
-        if rank is None or params is None:
-            freeze_all(node, env, "slice bounds are not constants")
+        if rank is not None and params is None:  # bounds computed at run time
+            axes = _slice_axes(node, env.opset)
+            if axes is None:
+                freeze_all(node, env, "sliced axes are not constants")
+                return
+            axes = [normalize_axis(a, rank) for a in axes]
+            for a, atoms in env.tracked(x).items():
+                if a in axes:
+                    env.freeze(atoms, f"Slice {node.name}: bounds on channel axis {a} are "
+                                      "computed at run time")
+                else:
+                    env.set(node.outputs[0], a, atoms)
+            return
+        if rank is None:
+            freeze_all(node, env, "rank unknown")
             return
         starts, ends, axes, steps = params
         axes = [normalize_axis(a, rank) for a in axes]
@@ -65,7 +91,10 @@ class Slice(OpRule):
         x = node.inputs[0]
         opset = int(rw.graph.opset)
         rank = len(x.shape or [])
-        starts, ends, axes, _ = _slice_params(node, opset)
+        params = _slice_params(node, opset)
+        if params is None:  # run-time bounds: only axes without channel changes pass through
+            return
+        starts, ends, axes, _ = params
         axes = [normalize_axis(a, rank) for a in axes]
         changed = False
         for i, a in enumerate(axes):
