@@ -54,7 +54,7 @@ def _export(model, example, path: Path) -> float:
     return time.time() - t0
 
 
-def one(name: str, ratio: float) -> dict:
+def one(name: str, ratio: float, tp: bool = True) -> dict:
     import copy
 
     import numpy as np
@@ -88,6 +88,8 @@ def one(name: str, ratio: float) -> dict:
     except Exception as err:  # noqa: BLE001 - a row per model, whatever happens
         row.update(valid=False, error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
     print(json.dumps({**row, "tp_ok": False, "tp_error": UNFINISHED}), flush=True)  # partial
+    if not tp:
+        return {**row, "tp_ok": False, "tp_error": "not run (--no-tp)"}
     try:
         import torch_pruning as tp
 
@@ -115,9 +117,10 @@ def one(name: str, ratio: float) -> dict:
     return row
 
 
-def run_one(name: str, ratio: float, timeout: float) -> dict:
+def run_one(name: str, ratio: float, timeout: float, tp: bool = True) -> dict:
     try:
-        done = subprocess.run([sys.executable, __file__, "--one", name, "--ratio", str(ratio)],
+        done = subprocess.run([sys.executable, __file__, "--one", name, "--ratio", str(ratio),
+                               *([] if tp else ["--no-tp"])],
                               capture_output=True, text=True, timeout=timeout)
         stdout, stderr = done.stdout, done.stderr
         why = f"process ended with code {done.returncode}"
@@ -183,13 +186,14 @@ def measured(names: list[str], args) -> Iterator[dict]:
         else:
             ray.init(num_cpus=args.workers, log_to_driver=False)
         task = ray.remote(num_cpus=1)(run_one)
-        pending = [task.remote(n, args.ratio, args.timeout) for n in names]
+        pending = [task.remote(n, args.ratio, args.timeout, not args.no_tp) for n in names]
         while pending:
             done, pending = ray.wait(pending)
             yield ray.get(done[0])
         return
     with ThreadPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(run_one, n, args.ratio, args.timeout) for n in names]
+        futures = [pool.submit(run_one, n, args.ratio, args.timeout, not args.no_tp)
+                   for n in names]
         for future in as_completed(futures):
             yield future.result()
 
@@ -198,6 +202,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--ratio", type=float, default=0.5)
+    ap.add_argument("--no-tp", action="store_true",
+                    help="onnxprune only (e.g. to compare two versions of it)")
     ap.add_argument("--models", default="all", help="comma-separated names, or all")
     ap.add_argument("--max-params", type=float, default=150e6,
                     help="skip models with more parameters (default 150M)")
@@ -212,7 +218,7 @@ def main() -> int:
     ap.add_argument("--resume", type=Path, help="a JSON-lines file: rows in it are skipped, new rows are appended")
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one(args.one, args.ratio)))
+        print(json.dumps(one(args.one, args.ratio, not args.no_tp)))
         return 0
     import torch
     import torchvision

@@ -181,7 +181,7 @@ def result_of(ctx: Context, params_before: int | None = None,
     """A PruneResult from a pipeline's context (sizes before: of the graph before removal)."""
     before = ctx.reference if ctx.reference is not None else ctx.graph
     return PruneResult(
-        model=export_model(ctx.graph, ctx.source_ir and min(ctx.source_ir, 13)),
+        model=export_model(ctx.graph, ctx.source_ir and min(ctx.source_ir, 13), like=ctx.source),
         analysis=ctx.analysis, plan=ctx.plan, verification=ctx.verification,
         params_before=graph_params(before) if params_before is None else params_before,
         params_after=graph_params(ctx.graph),

@@ -16,7 +16,7 @@ from .ir.runtime import random_feeds, session
 from .pipeline import Context, Pipeline
 from .pipeline.passes import Normalize, UseModel
 from .rewrite.remove import remove_units
-from .verify.checks import close, max_diffs
+from .verify.compare import close, max_diffs
 from .verify.oracle import Oracle
 
 

@@ -19,7 +19,7 @@ from onnxprune.ir.graph import export_model, import_model
 from onnxprune.ir.runtime import random_feeds, session
 from onnxprune.rewrite.remove import remove_units
 from onnxprune.testing import check_oracle, normalized
-from onnxprune.verify.checks import close, max_diffs
+from onnxprune.verify.compare import close, max_diffs
 from onnxprune.verify.oracle import Oracle
 from onnxprune.zoo.builder import GraphBuilder
 

@@ -7,7 +7,7 @@ import pytest
 from onnxprune.ir.graph import import_model
 from onnxprune.ir.runtime import random_feeds, session
 from onnxprune.testing import check_oracle, normalized
-from onnxprune.verify.checks import max_diffs
+from onnxprune.verify.compare import max_diffs
 from onnxprune.zoo.builder import GraphBuilder
 
 

@@ -15,11 +15,50 @@ def import_model(model: onnx.ModelProto) -> gs.Graph:
     return gs.import_onnx(model)
 
 
-def export_model(graph: gs.Graph, ir_version: int | None = None) -> onnx.ModelProto:
+def export_model(graph: gs.Graph, ir_version: int | None = None,
+                 like: onnx.ModelProto | None = None) -> onnx.ModelProto:
+    """The graph as a model; ``like``: the model it came from, whose model-level fields the IR
+    does not carry (metadata, doc string, producer, version, domain, local functions, graph
+    output types) are kept."""
     model = gs.export_onnx(graph, do_type_check=False)
     if ir_version is not None:
         model.ir_version = ir_version
+    if like is not None:
+        carry_model_fields(model, like)
     return model
+
+
+def carry_model_fields(model: onnx.ModelProto, source: onnx.ModelProto) -> None:
+    """Copy onto ``model`` what onnx-graphsurgeon drops from ``source``: ``metadata_props`` (a
+    package may keep its label map there), ``doc_string``, ``producer_*``, ``model_version``,
+    ``domain``, local functions still called, and the types of graph outputs that lost them in
+    the round trip (a shapeless ``value_info`` shadowing an output's shape; sequence and map
+    outputs, which the IR does not represent)."""
+    del model.metadata_props[:]
+    model.metadata_props.extend(source.metadata_props)
+    model.doc_string = source.doc_string
+    model.producer_name, model.producer_version = source.producer_name, source.producer_version
+    model.model_version, model.domain = source.model_version, source.domain
+    called = {(n.domain, n.op_type) for n in model.graph.node}
+    have = {(f.domain, f.name) for f in model.functions}
+    model.functions.extend(f for f in source.functions
+                           if (f.domain, f.name) in called and (f.domain, f.name) not in have)
+    outputs = {o.name: o for o in source.graph.output}
+    for out in model.graph.output:
+        src = outputs.get(out.name)
+        if src is not None and _lost_type(out.type, src.type):
+            out.type.CopyFrom(src.type)
+
+
+def _lost_type(got: onnx.TypeProto, want: onnx.TypeProto) -> bool:
+    """The round trip lost the type: another kind (sequence/map as a tensor), no element type,
+    or no shape where the source has one of the same rank semantics."""
+    if got.WhichOneof("value") != want.WhichOneof("value"):
+        return True
+    if want.HasField("tensor_type"):
+        g, w = got.tensor_type, want.tensor_type
+        return not g.elem_type or (w.HasField("shape") and not g.HasField("shape"))
+    return got != want  # sequences and maps: the IR keeps no element types
 
 
 def infer_shapes(graph: gs.Graph) -> gs.Graph:

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from ..ir.graph import export_model
 from ..ir.runtime import providers_option
 from ..options import Option, number, resolve, shapes, text
 
@@ -126,6 +127,12 @@ class Context:
     log: list[tuple[str, PassResult]] = field(default_factory=list)
     progress: Callable[[str], None] | None = None
     started: bool = False  # the outermost pipeline has run its checks
+
+    def export(self, graph: gs.Graph | None = None,
+               ir_version: int | None = None) -> onnx.ModelProto:
+        """``graph`` (default: the working graph) as a model, with the input model's fields the
+        IR drops (metadata, graph output types, ...)."""
+        return export_model(self.graph if graph is None else graph, ir_version, like=self.source)
 
     def available(self) -> set[str]:
         """The artifacts already present (a context a pipeline continues from)."""

@@ -6,7 +6,6 @@ import numpy as np
 
 from ..errors import UsageError, VerificationError, warn
 from ..ir.arrays import load_npz
-from ..ir.graph import export_model
 from ..ir.runtime import random_feeds
 from ..options import Option, OptionError, number
 from ..options import path as path_option
@@ -60,7 +59,7 @@ class Calibrate(Pass):
             except (ValueError, OSError) as err:
                 raise OptionError(self.name, "path", str(err)) from None
         else:
-            model = export_model(ctx.require("graph", self.name))
+            model = ctx.export(ctx.require("graph", self.name))
             ctx.calib = random_feeds(model, seed=self.seed, batch=self.random, samples=True)
         _check(ctx)
         n = len(next(iter(ctx.calib.values())))
@@ -136,7 +135,7 @@ def evaluator(ctx: Context, by: str) -> Evaluator:
         if ctx.calib is None and not metric.on_model:
             raise UsageError(f"{by} needs calibration data (pass 'calibrate')")
         res.close()
-        res.evaluator = Evaluator(export_model(ctx.graph), ctx.analysis, ctx.calib, metric)
+        res.evaluator = Evaluator(ctx.export(), ctx.analysis, ctx.calib, metric)
         cfg = ctx.config
         if cfg.executor != "local":
             res.evaluator.attach(make_pool(cfg.executor, res.evaluator, cfg.workers,

@@ -131,13 +131,13 @@ class CheckNormalization(Pass):
 
     def run(self, ctx: Context) -> PassResult:
         from ..errors import VerificationError
-        from ..ir.graph import export_model
         from ..ir.runtime import random_feeds, session
-        from ..verify.checks import close, custom_domains, max_diffs
+        from ..verify.checks import custom_domains
+        from ..verify.compare import close, max_diffs
 
         if ctx.source is None or custom_domains(ctx.source):
             return PassResult(False)
-        normalized = export_model(ctx.require("graph", self.name))
+        normalized = ctx.export(ctx.require("graph", self.name))
         try:
             feeds = random_feeds(normalized)
             want = session(ctx.source).run(None, feeds)

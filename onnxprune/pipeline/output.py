@@ -6,7 +6,6 @@ from pathlib import Path
 
 from ..errors import OutputError, VerificationError
 from ..ir import io
-from ..ir.graph import export_model
 from ..options import Option, flag, number
 from ..options import path as path_option
 from ..verify.checks import verify_pruned
@@ -28,9 +27,9 @@ class Verify(Pass):
 
     def run(self, ctx: Context) -> PassResult:
         graph, analysis = ctx.require("graph", self.name), ctx.require("analysis", self.name)
-        reference = export_model(ctx.require("reference", self.name))
+        reference = ctx.export(ctx.require("reference", self.name))
         plan = ctx.require("plan", self.name)
-        pruned = export_model(graph, io.runtime_ir_version(export_model(graph), ctx.source_ir))
+        pruned = ctx.export(graph, io.runtime_ir_version(ctx.export(graph), ctx.source_ir))
         report = verify_pruned(
             pruned, reference, analysis, plan.removed,
             source=ctx.source if self.compare_input and ctx.normalize_diff is None else None,
@@ -70,7 +69,7 @@ class WriteModel(Pass):
         self._check_not_input(ctx)
         if ctx.verification is None or not ctx.verification.passed:
             raise OutputError("refusing to write a model that has not passed verification")
-        model = export_model(graph)
+        model = ctx.export(graph)
         ctx.output_path = io.save_model(model, self.path, source_ir=ctx.source_ir)
         return PassResult(False, {"path": str(ctx.output_path)})
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConstraintError, warn
-from ..ir.graph import export_model
 from ..options import Option, OptionError, number
 from ..rewrite.remove import remove_units
 from ..scoring import CRITERIA, NORMALIZATIONS, REDUCTIONS, normalize, score_units
@@ -67,7 +66,7 @@ class ScoreChannels(Pass):
             "taylor", "metric") else None
         ctx.scores = score_units(
             self.criterion, ctx.graph, analysis, reduce=self.reduce, evaluator=ev,
-            reference=export_model(ctx.graph) if self.criterion in ("activation", "apoz") else None,
+            reference=ctx.export() if self.criterion in ("activation", "apoz") else None,
             calib=ctx.calib, bn_scales=ctx.bn_scales,
         )
         return PassResult(False, {"criterion": self.criterion})
@@ -189,7 +188,7 @@ class SelectChannels(Pass):
         if self.strategy == "sensitivity":
             cev = None
             if self.constraint is not None and self.constraint.metric != ev.metric.name:
-                cev = Evaluator(export_model(ctx.graph), analysis, ctx.calib,
+                cev = Evaluator(ctx.export(), analysis, ctx.calib,
                                 get_metric(self.constraint.metric))
             try:
                 removed, extra = select_sensitivity(space, ev, target, self.constraint, cev,

@@ -8,7 +8,6 @@ import numpy as np
 from onnx import numpy_helper
 
 from ..errors import UsageError, VerificationError
-from ..ir.graph import export_model
 from ..ir.runtime import run_batched, session
 from ..options import Option, flag, number
 from ..recover.compensate import compensate
@@ -35,7 +34,7 @@ class Compensate(Pass):
 
     def run(self, ctx: Context) -> PassResult:
         graph = ctx.require("graph", self.name)
-        reference = export_model(ctx.require("reference", self.name))
+        reference = ctx.export(ctx.require("reference", self.name))
         calib = _need_calib(ctx, self.name)
         fits = compensate(graph, reference, ctx.analysis, ctx.plan.removed, calib, self.ridge)
         ctx.recovery.setdefault("compensate", [
@@ -81,9 +80,9 @@ class Distill(Pass):
                              f"{err}") from None
         graph = ctx.require("graph", self.name)
         calib = _need_calib(ctx, self.name)
-        teacher = export_model(ctx.require("reference", self.name))
+        teacher = ctx.export(ctx.require("reference", self.name))
         bounds = [f.tensor for f in (ctx.flows or [])] if self.boundaries else []
-        student = export_model(graph)
+        student = ctx.export(graph)
         sign = 1.0 if ctx.metric is None or ctx.metric.higher_is_better else -1.0
         tries = []
         for lr in (self.lr, self.lr / 10, self.lr / 100):  # back off when nothing improves
@@ -115,7 +114,7 @@ class VerifyRecovered(Pass):
         import onnx
 
         graph = ctx.require("graph", self.name)
-        model = export_model(graph)
+        model = ctx.export(graph)
         messages = []
         try:
             onnx.checker.check_model(model, full_check=True)
@@ -133,7 +132,7 @@ class VerifyRecovered(Pass):
             outs = run_batched(session(model, [provider]), feeds)
         if not all(np.all(np.isfinite(o)) for o in outs):
             raise VerificationError("recovered model produces non-finite outputs")
-        reference = run_batched(session(export_model(ctx.reference)), feeds)
+        reference = run_batched(session(ctx.export(ctx.reference)), feeds)
         metric = ctx.metric or get_metric("cosine")
         if calib is not None and not metric.on_model:
             value = metric(outs, calib, reference)

@@ -11,9 +11,9 @@ import onnxruntime as ort
 
 from ..analysis.model import ChannelAnalysis
 from ..ir.runtime import random_feeds, session
+from .compare import ATOL, RTOL, OutputCheck, check_outputs, close, max_diffs, output_noise
 from .oracle import Oracle
 
-RTOL, ATOL = 1e-4, 1e-5
 
 @dataclass(frozen=True)
 class VerifyReport:
@@ -25,6 +25,8 @@ class VerifyReport:
     passed: bool
     messages: tuple[str, ...]
     oracle: bool = True  # False when the oracle could not run (custom ops)
+    shapes: tuple[dict[str, list[int]], ...] = ()  # the input shapes of every verification run
+    deciding: str | None = None  # the output closest to its tolerance, and that tolerance
 
 
 RUNTIME_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
@@ -41,25 +43,7 @@ def available_providers(requested: Sequence[str]) -> list[str]:
     return [p for p in requested if p in have]
 
 
-def max_diffs(got: list[np.ndarray], want: list[np.ndarray]) -> tuple[float, float]:
-    abs_diff, scale = 0.0, 0.0
-    for g, w in zip(got, want, strict=True):
-        if g.shape != w.shape:
-            return float("inf"), float("inf")
-        g64, w64 = g.astype(np.float64), w.astype(np.float64)
-        abs_diff = max(abs_diff, float(np.max(np.abs(g64 - w64), initial=0.0)))
-        scale = max(scale, float(np.max(np.abs(w64), initial=0.0)))
-    return abs_diff, abs_diff / max(scale, 1e-12)
-
-
-def close(got: list[np.ndarray], want: list[np.ndarray], rtol: float = RTOL, atol: float = ATOL) -> bool:
-    for g, w in zip(got, want, strict=True):
-        if g.shape != w.shape:
-            return False
-        scale = max(1.0, float(np.max(np.abs(w.astype(np.float64)), initial=0.0)))
-        if not np.allclose(g, w, rtol=rtol, atol=atol * scale, equal_nan=False):
-            return False
-    return True
+GATE_NOISE = 2.0 ** -20  # relative perturbation of the open gates that measures float noise
 
 
 def verify_pruned(
@@ -74,11 +58,14 @@ def verify_pruned(
     rtol: float = RTOL,
     atol: float = ATOL,
     shapes: dict[str, Sequence[int]] | None = None,
+    feed_sets: Sequence[dict[str, np.ndarray]] | None = None,
     keep_reference: bool = True,
     normalize_diff: float | None = None,
 ) -> VerifyReport:
-    """``keep_reference=False`` lets the oracle reuse ``reference`` (saves a copy of the
-    weights); ``normalize_diff`` is reported when the input model was compared earlier."""
+    """Checker, every provider and the mask oracle on each set of inputs (``feed_sets``;
+    default: random inputs at ``shapes``). ``keep_reference=False`` lets the oracle reuse
+    ``reference`` (saves a copy of the weights); ``normalize_diff`` is reported when the input
+    model was compared earlier."""
     messages: list[str] = []
     try:
         onnx.checker.check_model(pruned, full_check=True)
@@ -94,39 +81,74 @@ def verify_pruned(
                         + ", ".join(custom))
         return VerifyReport(checker, (), float("nan"), float("nan"), None, checker,
                             tuple(messages), oracle=False)
-    feeds = random_feeds(reference, seed=seed, shapes=shapes)
-    ran = []
-    outputs = None
-    for provider in providers:
-        try:
-            outputs = session(pruned, [provider]).run(None, feeds)
-            ran.append(provider)
-        except Exception as err:  # noqa: BLE001 - any runtime failure fails verification
-            messages.append(f"onnxruntime {provider}: {str(err).splitlines()[0]}")
-    abs_diff = rel_diff = float("inf")
-    oracle_ok = False
-    ones = None
-    if outputs is not None:
-        oracle = Oracle(reference, analysis, inplace=not keep_reference)
-        expected = oracle.run(feeds, ~removed)
-        # the reference's own outputs: the oracle with every gate open (bit-exact)
-        ones = oracle.run(feeds) if source is not None else None
-        del oracle  # one large session alive at a time
-        abs_diff, rel_diff = max_diffs(outputs, expected)
-        oracle_ok = close(outputs, expected, rtol, atol)
-        if not oracle_ok:
-            messages.append(f"mask oracle mismatch: max abs diff {abs_diff:.3g}")
+    sets = list(feed_sets) if feed_sets else [random_feeds(reference, seed=seed, shapes=shapes)]
+    names = [o.name for o in pruned.graph.output]
+    keep = (~removed).astype(np.float32)
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], keep.size).astype(np.float32)
+    noisy = keep * (1 + GATE_NOISE * signs)
+    ran: set[str] = set()
+    worst: dict[str, OutputCheck] = {}
+    abs_diff = rel_diff = 0.0
     norm_diff = normalize_diff
-    if source is not None:
-        try:
-            want = session(source).run(None, feeds)
-            got = ones if ones is not None else session(reference).run(None, feeds)
-            norm_diff = max_diffs(got, want)[1]
-            if not close(got, want, rtol=1e-3, atol=1e-4):
-                messages.append(f"normalized graph differs from the input model ({norm_diff:.3g})")
-        except Exception as err:  # noqa: BLE001 - e.g. custom ops onnxruntime cannot run
-            messages.append(f"input model not compared: {str(err).splitlines()[0]}")
-    passed = checker and len(ran) == len(providers) and oracle_ok and not any(
-        m.startswith("normalized graph differs") for m in messages
-    )
-    return VerifyReport(checker, tuple(ran), abs_diff, rel_diff, norm_diff, passed, tuple(messages))
+    oracle = None
+    sessions = {}
+    for feeds in sets:
+        outputs = None
+        for provider in providers:
+            try:
+                sess = sessions.get(provider) or sessions.setdefault(
+                    provider, session(pruned, [provider]))
+                outputs = sess.run(None, feeds)
+                ran.add(provider)
+            except Exception as err:  # noqa: BLE001 - any runtime failure fails verification
+                messages.append(f"onnxruntime {provider} at {_shape_text(feeds)}: "
+                                f"{str(err).splitlines()[0]}")
+        if outputs is None:
+            abs_diff = rel_diff = float("inf")
+            continue
+        if oracle is None:
+            oracle = Oracle(reference, analysis, inplace=not keep_reference)
+        expected = oracle.run(feeds, keep)
+        noise = output_noise(expected, oracle.run(feeds, noisy))
+        for c in check_outputs(outputs, expected, names, noise, rtol, atol):
+            if c.name not in worst or c.margin > worst[c.name].margin:
+                worst[c.name] = c
+        a, r = max_diffs(outputs, expected)
+        abs_diff, rel_diff = max(abs_diff, a), max(rel_diff, r)
+        if source is not None and feeds is sets[0]:
+            norm_diff = _compare_source(source, oracle, feeds, messages)
+    del oracle  # one large session alive at a time
+    failed = [c for c in worst.values() if not c.passed]
+    for c in failed:
+        messages.append(f"mask oracle mismatch: {c.describe()}")
+    deciding = max(worst.values(), key=lambda c: c.margin) if worst else None
+    passed = checker and ran == set(providers) and bool(worst) and not failed and not any(
+        m.startswith("normalized graph differs") for m in messages)
+    return VerifyReport(checker, tuple(p for p in providers if p in ran), abs_diff, rel_diff,
+                        norm_diff, passed, tuple(messages),
+                        shapes=tuple(_shapes_of(f) for f in sets),
+                        deciding=deciding.describe() if deciding else None)
+
+
+def _compare_source(source: onnx.ModelProto, oracle: Oracle, feeds: dict,
+                    messages: list[str]) -> float | None:
+    """The normalized graph (the oracle with every gate open is bit-exact to it) against the
+    input model."""
+    try:
+        want = session(source).run(None, feeds)
+    except Exception as err:  # noqa: BLE001 - e.g. custom ops onnxruntime cannot run
+        messages.append(f"input model not compared: {str(err).splitlines()[0]}")
+        return None
+    got = oracle.run(feeds)
+    diff = max_diffs(got, want)[1]
+    if not close(got, want, rtol=1e-3, atol=1e-4):
+        messages.append(f"normalized graph differs from the input model ({diff:.3g})")
+    return diff
+
+
+def _shapes_of(feeds: dict[str, np.ndarray]) -> dict[str, list[int]]:
+    return {k: list(np.shape(v)) for k, v in feeds.items()}
+
+
+def _shape_text(feeds: dict[str, np.ndarray]) -> str:
+    return ", ".join(f"{k}={'x'.join(map(str, np.shape(v))) or 'scalar'}" for k, v in feeds.items())

@@ -1,0 +1,67 @@
+"""What a pruned model keeps of the input beyond its graph: metadata (a package's label map),
+doc string, producer, version, domain, and graph output types the IR round trip would lose."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from onnxprune.api import prune
+from onnxprune.zoo.builder import demo_cnn
+
+
+def test_model_fields_are_kept(tmp_path):
+    m = demo_cnn()
+    helper.set_model_props(m, {"character": "abc\ndef", "names": "{0: 'cat'}"})
+    m.doc_string, m.producer_name, m.producer_version = "a CNN", "paddle2onnx", "1.0"
+    m.model_version, m.domain = 7, "ai.example"
+    src = tmp_path / "m.onnx"
+    onnx.save(m, str(src))
+    r = prune(src, tmp_path / "o.onnx", ratio=0.5)
+    out = onnx.load(str(r.output))
+    assert {p.key: p.value for p in out.metadata_props} == {"character": "abc\ndef",
+                                                            "names": "{0: 'cat'}"}
+    assert (out.doc_string, out.producer_name, out.producer_version) == ("a CNN", "paddle2onnx",
+                                                                         "1.0")
+    assert (out.model_version, out.domain) == (7, "ai.example")
+    assert r.params_after < r.params_before
+    assert {p.key for p in r.model.metadata_props} == {"character", "names"}
+
+
+def test_an_output_shape_shadowed_by_value_info_is_kept(tmp_path):
+    """A shapeless value_info for a graph output (old exporters write them) must not erase the
+    output's shape in the written model: the full checker requires it."""
+    m = demo_cnn()
+    out = m.graph.output[0]
+    m.graph.value_info.append(helper.make_tensor_value_info(out.name, TensorProto.FLOAT, None))
+    src = tmp_path / "m.onnx"
+    onnx.save(m, str(src))
+    r = prune(src, tmp_path / "o.onnx", ratio=0.5)
+    written = onnx.load(str(r.output))
+    assert written.graph.output[0].type.tensor_type.HasField("shape")
+    onnx.checker.check_model(written, full_check=True)
+
+
+def test_sequence_of_map_outputs_survive(tmp_path):
+    """scikit-learn classifiers converted with their default ZipMap output (a sequence of
+    maps): prune, verify and write a model whose outputs are still those sequences."""
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+
+    x, y = load_digits(return_X_y=True)
+    clf = MLPClassifier((32,), max_iter=60, random_state=0).fit(x[:600], y[:600])
+    model = skl2onnx.to_onnx(clf, x[:1].astype(np.float32), target_opset={"": 17, "ai.onnx.ml": 3})
+    assert any(n.op_type == "ZipMap" for n in model.graph.node)
+    src = tmp_path / "sk.onnx"
+    onnx.save(model, str(src))
+    r = prune(src, tmp_path / "o.onnx", ratio=0.5)
+    written = onnx.load(str(r.output))
+    kinds = [o.type.WhichOneof("value") for o in written.graph.output]
+    assert kinds == [o.type.WhichOneof("value") for o in model.graph.output]
+    assert "sequence_type" in kinds and r.verification.passed
+    assert r.params_after < r.params_before
+    import onnxruntime as ort
+
+    probs = ort.InferenceSession(str(r.output)).run(None, {"X": x[600:605].astype(np.float32)})[1]
+    assert len(probs) == 5 and set(probs[0]) == set(range(10))
