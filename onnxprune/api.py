@@ -12,7 +12,7 @@ import onnx
 from .analysis.channels import analyze_channels
 from .analysis.components import Components, Flow
 from .analysis.model import ChannelAnalysis
-from .analysis.size import graph_macs, graph_params, is_param, node_macs
+from .analysis.size import graph_macs, graph_params, is_param, macs_at, node_macs
 from .ir.graph import export_model
 from .pipeline import Context, Pass, Pipeline, total_time
 from .pipeline.build import prune_pipeline, public_options
@@ -180,13 +180,15 @@ def result_of(ctx: Context, params_before: int | None = None,
               macs_before: int | None = None) -> PruneResult:
     """A PruneResult from a pipeline's context (sizes before: of the graph before removal)."""
     before = ctx.reference if ctx.reference is not None else ctx.graph
+    sets = ctx.input_sets
     return PruneResult(
         model=export_model(ctx.graph, ctx.source_ir and min(ctx.source_ir, 13), like=ctx.source),
         analysis=ctx.analysis, plan=ctx.plan, verification=ctx.verification,
         params_before=graph_params(before) if params_before is None else params_before,
         params_after=graph_params(ctx.graph),
-        macs_before=graph_macs(before) if macs_before is None else macs_before,
-        macs_after=graph_macs(ctx.graph),
+        macs_before=macs_at(before, sets[0] if sets else None) if macs_before is None
+        else macs_before,
+        macs_after=macs_at(ctx.graph, sets[0] if sets else None),
         timings=total_time(ctx), output=ctx.output_path, quality=ctx.quality,
         selection=ctx.select_info, recovery=ctx.recovery or None,
     )

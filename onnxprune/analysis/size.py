@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..ir.graph import infer_shapes
 from ..rules import default_registry
 
 _REGISTRY = []
@@ -19,6 +20,19 @@ def node_macs(node: gs.Node) -> int:
     if not _REGISTRY:
         _REGISTRY.append(default_registry())
     return _REGISTRY[0].lookup(node.op, node.domain or "").macs(node)
+
+
+def macs_at(graph: gs.Graph, shapes: dict[str, list[int]] | None) -> int:
+    """Per-sample MACs with the inputs at ``shapes`` (batch 1): symbolic spatial or sequence
+    sizes counted at the sizes the model actually runs at, not as 1."""
+    if not shapes or not any(
+            not isinstance(d, int) for t in graph.inputs for d in (t.shape or [])[1:]):
+        return graph_macs(graph)
+    copy = graph.copy()
+    for t in copy.inputs:
+        if t.name in shapes:
+            t.shape = [1, *shapes[t.name][1:]] if shapes[t.name] else []
+    return graph_macs(infer_shapes(copy))
 
 
 def graph_macs(graph: gs.Graph) -> int:

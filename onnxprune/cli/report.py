@@ -162,7 +162,7 @@ def prune_json(r: PruneResult, model: str) -> dict[str, Any]:
             "passed": v.passed, "checker": v.checker, "providers": list(v.providers),
             "oracle_max_abs_diff": v.max_abs_diff, "oracle_max_rel_diff": v.max_rel_diff,
             "normalize_rel_diff": v.normalize_rel_diff, "messages": list(v.messages),
-            "oracle": v.oracle,
+            "oracle": v.oracle, "shapes": list(v.shapes), "deciding": v.deciding,
         },
         "quality": r.quality,
         "selection": _plain(r.selection),
@@ -228,10 +228,15 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
         console.print(quality_line(r.quality), soft_wrap=True)
     v = r.verification
     if v is not None and v.oracle:
+        at = "; ".join(", ".join(f"{k} {'x'.join(map(str, d)) or 'scalar'}" for k, d in s.items())
+                       for s in v.shapes)
         console.print(
             f"verified: checker ok, onnxruntime {', '.join(v.providers)}, mask oracle max abs "
             f"diff {v.max_abs_diff:.3g} (relative {v.max_rel_diff:.3g})"
-        )
+            + (f" at {len(v.shapes)} input shape(s): {at}" if v.shapes else ""),
+            soft_wrap=True)
+        if v.deciding:
+            console.print(f"closest to its tolerance: {v.deciding}", soft_wrap=True)
     elif v is not None:
         console.print("verified by onnx.checker only: " + "; ".join(v.messages))
     times = Table(title="time per pass", title_justify="left")

@@ -65,12 +65,13 @@ def providers_option(value: str | Sequence[str]) -> list[str]:
 
 
 def session(model: onnx.ModelProto, providers: Sequence[str] | None = None,
-            threads: int | None = None) -> ort.InferenceSession:
+            threads: int | None = None, quiet: bool = False) -> ort.InferenceSession:
     """An onnxruntime session with graph optimizations off (exact reference arithmetic);
-    ``threads``: intra-op threads (None: onnxruntime's choice)."""
+    ``threads``: intra-op threads (None: onnxruntime's choice); ``quiet``: not even errors
+    logged (trial runs that are expected to fail)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4 if quiet else 3
     if threads:
         opts.intra_op_num_threads = threads
     return ort.InferenceSession(

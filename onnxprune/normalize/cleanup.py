@@ -165,3 +165,41 @@ def explicit_squeeze_axes(graph: gs.Graph) -> int:
                 node.inputs.append(const)
         changed += 1
     return changed
+
+
+def shape_ranges_to_slices(graph: gs.Graph) -> int:
+    """``Shape(x, start, end)`` (opset 15) as ``Slice(Shape(x))``: onnx-graphsurgeon folds a
+    Shape to the whole shape whatever its range, which turns a static export's ``seq_len`` into
+    ``[batch, seq]``; a Slice of the whole shape folds right."""
+    changed = 0
+    for node in [n for n in graph.nodes if n.op == "Shape"]:
+        start, end = node.attrs.pop("start", None), node.attrs.pop("end", None)
+        if start is None and end is None:
+            continue
+        whole = gs.Variable(f"{node.name}_whole", dtype=np.int64)
+        out = node.outputs[0]
+        node.outputs[0] = whole
+        lo = np.array([0 if start is None else int(start)], np.int64)
+        hi = np.array([np.iinfo(np.int64).max if end is None else int(end)], np.int64)
+        graph.nodes.append(gs.Node("Slice", f"{node.name}_range", inputs=[
+            whole, gs.Constant(f"{node.name}_start", lo), gs.Constant(f"{node.name}_end", hi)],
+            outputs=[out]))
+        changed += 1
+    if changed:
+        graph.toposort()
+    return changed
+
+
+def pin_inputs(graph: gs.Graph, values: dict[str, np.ndarray]) -> int:
+    """Every use of a pinned input reads its value as a constant instead, so that what depends
+    on it folds (a sample-rate input choosing a branch). The input stays declared, unused, so
+    callers that pass it keep working."""
+    pinned = 0
+    for t in graph.inputs:
+        if t.name not in values or not t.outputs:
+            continue
+        const = gs.Constant(f"{t.name}_pinned", np.asarray(values[t.name]))
+        for consumer in list(t.outputs):
+            consumer.inputs[[x is t for x in consumer.inputs].index(True)] = const
+        pinned += 1
+    return pinned

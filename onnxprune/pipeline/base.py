@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 
 from ..ir.graph import export_model
 from ..ir.runtime import providers_option
-from ..options import Option, number, resolve, shapes, text
+from ..options import Option, number, resolve, shapes, text, texts
 
 if TYPE_CHECKING:
     from ..analysis.components import Components, Flow
@@ -48,6 +48,13 @@ ARTIFACTS = {
 }
 
 
+def _values(value: Any) -> Mapping[str, Any] | list[str]:
+    """Pins as given (typed against the model's inputs once it is loaded)."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    return texts(value)
+
+
 RUN_OPTIONS = (
     Option("providers", "cpu", "onnxruntime execution providers the result "
            "must run on (verification, the latency probe); short names cpu, cuda, tensorrt",
@@ -56,6 +63,11 @@ RUN_OPTIONS = (
     Option("input_shapes", None, "shapes for inputs with dynamic non-batch dimensions "
            "(verification), NAME=DxD... (repeatable)", parse=shapes, public="input_shapes",
            flag="--input-shape", metavar="NAME=DxD...", kind="append", type_name="shapes"),
+    Option("input_values", None, "pin an input to a value, NAME=VALUE (repeatable; a number "
+           "or comma-separated numbers): a sample rate or a flag that selects a branch; the "
+           "pruned model computes with that value (the input stays, unused)", parse=_values,
+           public="input_values", flag="--input-value", metavar="NAME=VALUE", kind="append",
+           type_name="values"),
     Option("executor", "local", "where search candidates are scored: this process, a local "
            "process pool, or Ray actors (pip install onnxprune[ray]); results are identical",
            choices=("local", "process", "ray"), public="executor"),
@@ -72,6 +84,7 @@ class RunConfig:
 
     providers: tuple[str, ...] = ("CPUExecutionProvider",)  # onnxruntime's names
     input_shapes: Mapping[str, Sequence[int]] | None = None
+    input_values: Mapping[str, Any] | Sequence[str] | None = None  # raw pins, typed at load
     executor: str = "local"
     workers: int | None = None
     ray_address: str | None = None
@@ -79,8 +92,8 @@ class RunConfig:
     @classmethod
     def of(cls, **values: Any) -> RunConfig:
         v = resolve("run", RUN_OPTIONS, (), values)
-        return cls(tuple(v["providers"]), v["input_shapes"], v["executor"], v["workers"],
-                   v["ray_address"])
+        return cls(tuple(v["providers"]), v["input_shapes"], v["input_values"], v["executor"],
+                   v["workers"], v["ray_address"])
 
 
 class Resources:
@@ -112,6 +125,9 @@ class Context:
     analysis: ChannelAnalysis | None = None
     normalize_diff: float | None = None  # normalized vs input model, relative (when compared)
     bn_scales: dict[str, np.ndarray] = field(default_factory=dict)  # gamma of folded BNs
+    pinned: dict[str, np.ndarray] = field(default_factory=dict)  # input -> pinned value
+    input_sets: list[dict[str, list[int]]] | None = None  # the shapes checks run at
+    input_sets_from_calib: bool = False
     calib: dict[str, np.ndarray] | None = None  # calibration batch (inputs, optional labels)
     metric: Metric | None = None
     select_info: dict[str, Any] | None = None  # what the selection strategy learned

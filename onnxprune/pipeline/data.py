@@ -6,13 +6,14 @@ import numpy as np
 
 from ..errors import UsageError, VerificationError, warn
 from ..ir.arrays import load_npz
-from ..ir.runtime import random_feeds
+from ..ir.shapes import feeds_at, input_specs
 from ..options import Option, OptionError, number
 from ..options import path as path_option
 from ..search.evaluate import Evaluator
 from ..search.executors import make_pool
 from ..search.quality import get_metric
 from .base import Context, Pass, PassResult
+from .inputs import verification_feeds
 
 
 def _arrays(value) -> dict[str, np.ndarray]:
@@ -60,10 +61,20 @@ class Calibrate(Pass):
                 raise OptionError(self.name, "path", str(err)) from None
         else:
             model = ctx.export(ctx.require("graph", self.name))
-            ctx.calib = random_feeds(model, seed=self.seed, batch=self.random, samples=True)
+            ctx.calib = _random_samples(ctx, model, self.random, self.seed)
         _check(ctx)
         n = len(next(iter(ctx.calib.values())))
         return PassResult(False, {"samples": n, "arrays": sorted(ctx.calib)})
+
+
+def _random_samples(ctx: Context, model, n: int, seed: int) -> dict[str, np.ndarray]:
+    """``n`` random samples at the first chosen shapes (batch axes ``n`` long); pinned inputs
+    get their values."""
+    shapes = {k: list(np.shape(v)) for k, v in verification_feeds(ctx, model, count=1)[0].items()}
+    for spec in input_specs(model):
+        if spec.name not in ctx.pinned and spec.batch_axis is not None:
+            shapes[spec.name][spec.batch_axis] = n
+    return feeds_at(input_specs(model), shapes, ctx.pinned, seed)
 
 
 def _check(ctx: Context) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from ..ir.graph import infer_shapes
+from ..errors import VerificationError
+from ..ir.graph import import_model, infer_shapes
+from ..ir.runtime import session
+from ..ir.shapes import parse_values
 from ..normalize.cleanup import (
     channel_shuffles_to_gather,
     constant_reshape_targets,
@@ -10,11 +13,15 @@ from ..normalize.cleanup import (
     drop_zero_initial_states,
     explicit_squeeze_axes,
     name_nodes,
+    pin_inputs,
+    shape_ranges_to_slices,
 )
+from ..normalize.control_flow import inline_constant_ifs
 from ..normalize.fold_bn import fold_batchnorms
 from ..options import Option, flag, resolve
 from .base import Context, Pass, PassResult
 from .core import Fixpoint, Pipeline
+from .inputs import verification_feeds
 
 
 class InferShapes(Pass):
@@ -47,7 +54,7 @@ class FoldConstants(Pass):
         import onnxruntime as ort
 
         ort.set_default_logger_severity(3)  # folding's sessions: no optimizer chatter
-        graph.fold_constants(fold_shapes=True, error_ok=True,
+        graph.fold_constants(fold_shapes=True, error_ok=True, flatten_subgraphs=False,
                              should_exclude_node=_keeps_quantization).cleanup().toposort()
         return PassResult(len(graph.nodes) != before)
 
@@ -55,6 +62,36 @@ class FoldConstants(Pass):
 def _keeps_quantization(node) -> bool:
     """Quantized weights stay quantized: (De)QuantizeLinear nodes are never folded."""
     return node.op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+
+
+class PinInputs(Pass):
+    name = "pin-inputs"
+    description = "Read pinned inputs (--input-value) as constants, so what they select folds."
+    requires = ("graph",)
+
+    def run(self, ctx: Context) -> PassResult:
+        graph = ctx.require("graph", self.name)
+        ctx.pinned = parse_values(ctx.config.input_values, ctx.source or ctx.export())
+        return PassResult(pin_inputs(graph, ctx.pinned) > 0, {"pinned": sorted(ctx.pinned)})
+
+
+class ShapeRanges(Pass):
+    name = "shape-ranges"
+    description = "Spell Shape(start, end) as a Slice of the whole shape (so it folds right)."
+    requires = ("graph",)
+
+    def run(self, ctx: Context) -> PassResult:
+        return PassResult(shape_ranges_to_slices(ctx.require("graph", self.name)) > 0)
+
+
+class InlineConstantIfs(Pass):
+    name = "inline-ifs"
+    description = "Replace an If whose condition is constant by the branch it takes."
+    requires = ("graph",)
+
+    def run(self, ctx: Context) -> PassResult:
+        n = inline_constant_ifs(ctx.require("graph", self.name))
+        return PassResult(n > 0, {"inlined": n})
 
 
 class ConstantReshapeTargets(Pass):
@@ -126,29 +163,65 @@ class Cleanup(Pass):
 
 class CheckNormalization(Pass):
     name = "check-normalize"
-    description = "Compare the normalized graph with the input model on random inputs."
+    description = ("Compare the normalized graph with the input model (at shapes chosen as "
+                   "verification chooses them); name the step that changed it.")
     requires = ("graph",)
 
+    def __init__(self, steps: list[Pass] | None = None):
+        super().__init__()
+        self.steps = list(steps or [])
+
     def run(self, ctx: Context) -> PassResult:
-        from ..errors import VerificationError
-        from ..ir.runtime import random_feeds, session
         from ..verify.checks import custom_domains
         from ..verify.compare import close, max_diffs
 
         if ctx.source is None or custom_domains(ctx.source):
             return PassResult(False)
+        try:
+            feeds = verification_feeds(ctx, ctx.source, count=1)[0]
+            want = session(ctx.source).run(None, feeds)
+        except Exception:  # noqa: BLE001 - the input model itself does not run here
+            return PassResult(False, {"compared": False})
         normalized = ctx.export(ctx.require("graph", self.name))
         try:
-            feeds = random_feeds(normalized)
-            want = session(ctx.source).run(None, feeds)
             got = session(normalized).run(None, feeds)
-        except Exception:  # noqa: BLE001 - e.g. dynamic shapes: verification compares later
-            return PassResult(False)
+        except Exception as err:  # noqa: BLE001 - the normalized graph broke: say where
+            raise VerificationError(self._blame(ctx, feeds, want, _first_line(err))) from None
         ctx.normalize_diff = max_diffs(got, want)[1]
         if not close(got, want, rtol=1e-3, atol=1e-4):
-            raise VerificationError(f"normalization changed the model's outputs (relative "
-                                    f"difference {ctx.normalize_diff:.3g}); please report this")
+            raise VerificationError(self._blame(
+                ctx, feeds, want, f"outputs differ (relative {ctx.normalize_diff:.3g})"))
         return PassResult(False, {"relative_diff": ctx.normalize_diff})
+
+    def _blame(self, ctx: Context, feeds: dict, want: list, what: str) -> str:
+        """Replay the normalization from the input model, one step at a time, and name the
+        first step after which the model no longer runs or computes something else."""
+        from ..verify.compare import close
+
+        trial = Context(config=ctx.config, source=ctx.source, graph=import_model(ctx.source))
+        for step in _flat(self.steps):
+            step.run(trial)
+            try:
+                got = session(trial.export()).run(None, feeds)
+            except Exception as err:  # noqa: BLE001
+                return (f"normalization step {step.name!r} broke the model "
+                        f"({_first_line(err)}); please report this")
+            if not close(got, want, rtol=1e-3, atol=1e-4):
+                return (f"normalization step {step.name!r} changed the model's outputs; "
+                        "please report this")
+        return f"normalization changed the model ({what}); please report this"
+
+
+def _flat(steps: list[Pass]) -> list[Pass]:
+    out = []
+    for p in steps:
+        out += _flat(p.passes) if isinstance(p, Pipeline) else [p]
+    return out
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
 
 
 class Normalize(Pipeline):
@@ -165,16 +238,19 @@ class Normalize(Pipeline):
     def __init__(self, *args, **kwargs):
         self.values = resolve(self.name, self.options, args, kwargs)
         self.check = self.values["check"]
-        super().__init__([
+        steps = [
             NameNodes(),
+            PinInputs(),
+            ShapeRanges(),
             InferShapes(),
-            Fixpoint([FoldConstants(), ConstantReshapeTargets(), FoldBatchNorm(),
-                      DropIdentity(), DropZeroStates(), InferShapes(), ShuffleToGather()]),
+            Fixpoint([FoldConstants(), InlineConstantIfs(), ConstantReshapeTargets(),
+                      FoldBatchNorm(), DropIdentity(), DropZeroStates(), InferShapes(),
+                      ShuffleToGather()]),
             Cleanup(),
             InferShapes(),
             ExplicitSqueezeAxes(),
-            *([CheckNormalization()] if self.check else []),
-        ])
+        ]
+        super().__init__([*steps, *([CheckNormalization(steps)] if self.check else [])])
 
     def __repr__(self) -> str:
         return f"Normalize(check={self.check})"

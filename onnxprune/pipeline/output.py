@@ -10,6 +10,7 @@ from ..options import Option, flag, number
 from ..options import path as path_option
 from ..verify.checks import verify_pruned
 from .base import Context, Pass, PassResult
+from .inputs import verification_feeds
 
 
 class Verify(Pass):
@@ -34,7 +35,8 @@ class Verify(Pass):
             pruned, reference, analysis, plan.removed,
             source=ctx.source if self.compare_input and ctx.normalize_diff is None else None,
             keep_reference=False, normalize_diff=ctx.normalize_diff,
-            providers=ctx.config.providers, seed=self.seed, shapes=ctx.config.input_shapes,
+            providers=ctx.config.providers, seed=self.seed,
+            feed_sets=verification_feeds(ctx, reference, seed=self.seed),
         )
         ctx.verification = report
         if not report.passed:

@@ -14,6 +14,7 @@ from ..recover.compensate import compensate
 from ..search.quality import get_metric
 from ..verify.checks import VerifyReport
 from .base import Context, Pass, PassResult
+from .inputs import verification_feeds
 
 
 def _need_calib(ctx: Context, by: str) -> dict:
@@ -123,9 +124,7 @@ class VerifyRecovered(Pass):
         calib = ctx.calib
         feeds = {i.name: calib[i.name] for i in model.graph.input} if calib else None
         if feeds is None:
-            from ..ir.runtime import random_feeds
-
-            feeds = random_feeds(model)
+            feeds = verification_feeds(ctx, model, count=1)[0]
         outs = None
         providers = list(ctx.config.providers)
         for provider in providers:

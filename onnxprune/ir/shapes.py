@@ -1,0 +1,232 @@
+"""Concrete inputs for a model with dynamic dimensions: which axis of each input is its batch,
+values pinned by the user, and the shapes verification runs at, chosen without flags.
+
+The rule (documented in the README):
+
+- an input's **batch axis** is its first axis when that one is symbolic, or its only symbolic
+  axis (a recurrent state ``[2, batch, 128]``); inputs without one (scalars, fixed shapes) are
+  fed whole;
+- a **pinned** input (``--input-value sr=16000``) always gets its value;
+- ``--input-shape`` fixes an input's shape in every set;
+- otherwise the batch is 1 in the first set and 2 in the second, and every other symbolic
+  dimension (one value per named symbol, every anonymous one on its own) takes, in order, the
+  first of ``CANDIDATES`` the model runs at (the second set: the next one it runs at), a
+  multiple of 32 for the usual total strides; with calibration data the first set takes its
+  per-sample shapes instead.
+
+Verification then runs at both sets, since a rewrite that is right at one size can be wrong at
+another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from ..errors import UsageError
+from .runtime import NP_TYPES, graph_inputs
+
+CANDIDATES = (32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 512, 640, 768, 1024)
+Dim = int | str | None  # a size, a named symbol, or an anonymous symbolic dimension
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model declares of one input."""
+
+    name: str
+    dtype: np.dtype
+    dims: tuple[Dim, ...]
+
+    @property
+    def symbolic(self) -> list[int]:
+        return [i for i, d in enumerate(self.dims) if not isinstance(d, int)]
+
+    @property
+    def batch_axis(self) -> int | None:
+        sym = self.symbolic
+        if sym and (sym[0] == 0 or len(sym) == 1):
+            return sym[0]
+        return 0 if self.dims and self.dims[0] == 1 else None  # a fixed batch of one
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    out = []
+    for vi in graph_inputs(model):
+        tt = vi.type.tensor_type
+        dims: list[Dim] = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(int(d.dim_value))
+            else:
+                dims.append(d.dim_param or None)
+        out.append(InputSpec(vi.name, np.dtype(NP_TYPES.get(tt.elem_type, np.float32)),
+                             tuple(dims)))
+    return out
+
+
+def parse_values(items: Mapping[str, object] | Sequence[str] | None,
+                 model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Pinned input values: ``{"sr": 16000}`` or ``["sr=16000", "scale=0.5,0.5"]``, as arrays of
+    the input's type, shaped like the input when it is static (a scalar for a 0-d input)."""
+    if not items:
+        return {}
+    specs = {s.name: s for s in input_specs(model)}
+    pairs = items.items() if isinstance(items, Mapping) else [
+        tuple(item.split("=", 1)) if "=" in item else (item, None) for item in items]
+    out = {}
+    for name, raw in pairs:
+        if name not in specs:
+            raise UsageError(f"input value {name!r}: the model has no input of that name "
+                             f"(inputs: {', '.join(specs)})")
+        if raw is None:
+            raise UsageError(f"input value {name!r}: expected NAME=VALUE, e.g. sr=16000")
+        spec = specs[name]
+        try:
+            values = (np.asarray(raw) if not isinstance(raw, str)
+                      else np.array([float(v) for v in raw.split(",")]))
+        except ValueError:
+            raise UsageError(f"input value {name}={raw}: expected numbers (comma separated)") \
+                from None
+        value = values.astype(spec.dtype)
+        static = all(isinstance(d, int) for d in spec.dims)
+        if static and value.size == int(np.prod(spec.dims, dtype=np.int64)):
+            value = value.reshape(spec.dims)
+        elif value.size == 1 and len(spec.dims) == 0:
+            value = value.reshape(())
+        elif len(spec.dims) != value.ndim:
+            raise UsageError(f"input value {name}: {value.size} value(s) do not fit the input's "
+                             f"shape {list(spec.dims)}")
+        out[name] = value
+    return out
+
+
+def feeds_at(specs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]],
+             pinned: Mapping[str, np.ndarray], seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs at ``shapes`` (floats standard normal, integers and booleans 0/1), pinned
+    ones at their values."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for s in specs:
+        if s.name in pinned:
+            feeds[s.name] = pinned[s.name]
+            continue
+        dims = list(shapes[s.name])
+        if np.issubdtype(s.dtype, np.floating):
+            feeds[s.name] = rng.standard_normal(dims).astype(s.dtype)
+        else:
+            feeds[s.name] = rng.integers(0, 2, dims).astype(s.dtype)
+    return feeds
+
+
+def choose_shapes(model: onnx.ModelProto, *, given: Mapping[str, Sequence[int]] | None = None,
+                  calib: Mapping[str, np.ndarray] | None = None,
+                  pinned: Mapping[str, np.ndarray] | None = None, count: int = 2,
+                  runs: Callable[[dict[str, np.ndarray]], bool] | None = None,
+                  ) -> list[dict[str, list[int]]]:
+    """Up to ``count`` different sets of input shapes the model runs at (see the module's rule;
+    ``runs(feeds)`` says whether the model accepts them). Fully static models give one set."""
+    specs = [s for s in input_specs(model) if s.name not in (pinned or {})]
+    given = dict(given or {})
+    unknown = sorted(set(given) - {s.name for s in input_specs(model)})
+    if unknown:
+        raise UsageError(f"input shape for {', '.join(unknown)}: the model has no such input")
+    free = _free_symbols(specs, given)
+    batched = any(s.batch_axis is not None and not isinstance(s.dims[s.batch_axis], int)
+                  and s.name not in given for s in specs)
+    if not free and not batched:
+        return [_assign(specs, given, {}, 1)]
+    runs = runs or (lambda feeds: True)
+    pinned = dict(pinned or {})
+
+    def accepted(shapes: dict[str, list[int]]) -> bool:
+        return runs(feeds_at(input_specs(model), shapes, pinned))
+
+    sets: list[dict[str, list[int]]] = []
+    first = _from_calib(specs, given, calib, free)
+    if first is not None and accepted(first):
+        sets.append(first)
+    tried = []
+    for value in CANDIDATES:
+        if len(sets) >= count or not free and len(sets) >= 1:
+            break
+        shapes = _assign(specs, given, {k: value for k in free}, len(sets) + 1)
+        if shapes in sets:
+            continue
+        tried.append(value)
+        if accepted(shapes):
+            sets.append(shapes)
+    if not free and batched and len(sets) < count:
+        extra = _assign(specs, given, {}, 2)
+        if extra not in sets and accepted(extra):
+            sets.append(extra)
+    if not sets:
+        names = ", ".join(sorted({f"{s.name}[{i}]" for s in specs for i in s.symbolic
+                                  if s.name not in given}))
+        raise UsageError(f"no input shapes found that the model runs at (tried {names} = "
+                         f"{', '.join(map(str, tried))}); give them with --input-shape "
+                         "NAME=DxD... (and --input-value for inputs that select a branch)")
+    return sets
+
+
+def _symbol(spec: InputSpec, axis: int) -> str:
+    d = spec.dims[axis]
+    return d if isinstance(d, str) else f"{spec.name}[{axis}]"
+
+
+def _free_symbols(specs: Sequence[InputSpec], given: Mapping[str, Sequence[int]]) -> list[str]:
+    out: list[str] = []
+    batch = _batch_symbols(specs)
+    for s in specs:
+        if s.name in given:
+            continue
+        for i in s.symbolic:
+            sym = _symbol(s, i)
+            if i != s.batch_axis and sym not in batch and sym not in out:
+                out.append(sym)
+    return out
+
+
+def _batch_symbols(specs: Sequence[InputSpec]) -> set[str]:
+    return {_symbol(s, s.batch_axis) for s in specs
+            if s.batch_axis is not None and not isinstance(s.dims[s.batch_axis], int)}
+
+
+def _assign(specs: Sequence[InputSpec], given: Mapping[str, Sequence[int]],
+            values: Mapping[str, int], batch: int) -> dict[str, list[int]]:
+    batch_syms = _batch_symbols(specs)
+    out = {}
+    for s in specs:
+        if s.name in given:
+            out[s.name] = list(given[s.name])
+            continue
+        dims = []
+        for i, d in enumerate(s.dims):
+            if isinstance(d, int):
+                dims.append(d)
+            else:
+                sym = _symbol(s, i)
+                dims.append(batch if i == s.batch_axis or sym in batch_syms else values[sym])
+        out[s.name] = dims
+    return out
+
+
+def _from_calib(specs: Sequence[InputSpec], given: Mapping[str, Sequence[int]],
+                calib: Mapping[str, np.ndarray] | None,
+                free: Sequence[str]) -> dict[str, list[int]] | None:
+    """The calibration data's per-sample shapes (batch 1), when it has every input."""
+    if not calib or any(s.name not in calib and s.name not in given for s in specs):
+        return None
+    out = {}
+    for s in specs:
+        if s.name in given:
+            out[s.name] = list(given[s.name])
+            continue
+        shape = list(np.shape(calib[s.name]))
+        if s.batch_axis is not None and len(shape) == len(s.dims):
+            shape[s.batch_axis] = 1
+        out[s.name] = shape
+    return out

@@ -1,0 +1,40 @@
+"""The inputs every check runs on: pinned values, and the sets of shapes chosen once per run
+(``ir.shapes``), from the calibration data when there is some."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ..ir.runtime import session
+from ..ir.shapes import choose_shapes, feeds_at, input_specs
+from .base import Context
+
+
+def verification_feeds(ctx: Context, model: onnx.ModelProto, count: int = 2,
+                       seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Random inputs at each chosen set of shapes (the first ``count`` of them), pinned inputs
+    at their values. Shapes are chosen on ``model`` (any model with the run's inputs) the first
+    time and kept in the context; calibration data that arrived since takes the first set."""
+    if ctx.input_sets is None or (ctx.calib is not None and not ctx.input_sets_from_calib):
+        ctx.input_sets = choose_shapes(model, given=ctx.config.input_shapes, calib=ctx.calib,
+                                       pinned=ctx.pinned, runs=_runner(model))
+        ctx.input_sets_from_calib = ctx.calib is not None
+    specs = input_specs(model)
+    return [feeds_at(specs, shapes, ctx.pinned, seed + i)
+            for i, shapes in enumerate(ctx.input_sets[:count])]
+
+
+def _runner(model: onnx.ModelProto):
+    state: dict = {}
+
+    def runs(feeds: dict[str, np.ndarray]) -> bool:
+        try:
+            if "session" not in state:
+                state["session"] = session(model, quiet=True)
+            state["session"].run(None, feeds)
+            return True
+        except Exception:  # noqa: BLE001 - any failure: the model does not take these shapes
+            return False
+
+    return runs
