@@ -152,3 +152,50 @@ def test_a_normalization_step_that_breaks_the_model_is_named(monkeypatch):
     monkeypatch.setattr(frontend.DropIdentity, "run", breaks)
     with pytest.raises(VerificationError, match="normalization step 'drop-identity' broke"):
         prune(conv_net(), ratio=0.5)
+
+
+def stateful_model():
+    """Samples along axis 0 of x, axis 1 of a recurrent-style state, a scalar rate."""
+    b = GraphBuilder(seed=0, opset=17)
+    x = b.input("x", ["batch", 16])
+    state = b.input("state", [2, "batch", 24])
+    sr = b.input("sr", [])
+    h = b.relu(b.op("MatMul", [x, b.weight(16, 24, hint="w1")], name="fc1"))
+    s = b.op("ReduceMean", [state], axes=[0], keepdims=0, name="smean")
+    h = b.op("Add", [h, b.op("MatMul", [s, b.weight(24, 24, hint="ws")], name="fcs")],
+             name="mix")
+    y = b.op("MatMul", [h, b.weight(24, 4, hint="w2")], name="fc2")
+    rate = b.op("Div", [b.op("Cast", [sr], to=TensorProto.FLOAT), b.const(np.float32(16000))])
+    m = b.build([b.op("Mul", [y, rate], name="scale")], "stateful")
+    sr_vi = next(i for i in m.graph.input if i.name == "sr")
+    sr_vi.type.tensor_type.elem_type = TensorProto.INT64
+    return m
+
+
+def test_calibration_with_per_input_sample_axes(tmp_path):
+    rng = np.random.default_rng(0)
+    calib = tmp_path / "c.npz"
+    np.savez(calib, x=rng.standard_normal((6, 16)).astype(np.float32),
+             state=rng.standard_normal((2, 6, 24)).astype(np.float32), sr=np.array(16000))
+    for kw in ({"criterion": "activation"}, {"strategy": "sensitivity", "target_params": 0.3},
+               {"compensate": True}):
+        r = prune(stateful_model(), ratio=0.5, calib=str(calib), **kw)
+        assert r.verification.passed and r.params_after < r.params_before, kw
+        assert r.quality["samples"] == 6
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((6, 16), np.float32), state=np.zeros((2, 5, 24), np.float32),
+             sr=np.array(16000))
+    with pytest.raises(UsageError, match="disagree on the number of samples"):
+        prune(stateful_model(), ratio=0.5, calib=str(bad))
+    with pytest.raises(UsageError, match=r"samples along axis 1"):
+        prune(stateful_model(), ratio=0.5, calib={"x": np.zeros((6, 16), np.float32),
+                                                  "state": np.zeros((6, 2, 24), np.float32),
+                                                  "sr": np.array(16000)})
+
+
+def test_a_pinned_input_needs_no_calibration_array():
+    rng = np.random.default_rng(0)
+    r = prune(stateful_model(), ratio=0.5, input_values={"sr": 8000}, criterion="activation",
+              calib={"x": rng.standard_normal((4, 16)).astype(np.float32),
+                     "state": rng.standard_normal((2, 4, 24)).astype(np.float32)})
+    assert r.verification.passed and all(s["sr"] == [] for s in r.verification.shapes)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_npz", "save_npz"]
+__all__ = ["Calibration", "axes_of", "load_npz", "save_npz"]
 
 
 def load_npz(path: str | os.PathLike, *, batch_first: bool = True) -> dict[str, np.ndarray]:
@@ -50,3 +50,33 @@ def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> str:
     with open(path, "wb") as f:
         np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
     return path
+
+
+class Calibration(dict):
+    """Calibration arrays by name, each with the axis its samples run along (``axes``; None: an
+    array fed whole to every batch, such as a pinned scalar). Labels run along axis 0."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], axes: dict[str, int | None] | None = None):
+        super().__init__(arrays)
+        self.axes = {k: (axes or {}).get(k, 0 if np.ndim(v) else None) for k, v in arrays.items()}
+
+    @property
+    def samples(self) -> int:
+        sizes = {np.shape(v)[a] for k, v in self.items() if (a := self.axes.get(k)) is not None}
+        return sizes.pop() if len(sizes) == 1 else 0
+
+    @property
+    def batch_first(self) -> bool:
+        """Every array runs along axis 0 or is fed whole (what batched evaluation needs)."""
+        return all(a in (0, None) for a in self.axes.values())
+
+    def take(self, index: np.ndarray) -> Calibration:
+        """The samples at ``index`` (arrays fed whole stay whole)."""
+        return Calibration({k: v if self.axes.get(k) is None else np.take(v, index, axis=self.axes[k])
+                            for k, v in self.items()}, self.axes)
+
+
+def axes_of(arrays: dict[str, np.ndarray]) -> dict[str, int | None]:
+    """The sample axis of each array (``Calibration.axes``; a plain dict: axis 0)."""
+    return getattr(arrays, "axes", None) or {k: 0 if np.ndim(v) else None
+                                             for k, v in arrays.items()}

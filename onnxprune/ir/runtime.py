@@ -93,36 +93,47 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in inits]
 
 
-def static_batch(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> int | None:
-    """The fixed leading dimension of the fed inputs, if any input has one (a model exported
+def static_batch(sess: ort.InferenceSession, feeds: dict[str, np.ndarray],
+                 axes: dict[str, int | None] | None = None) -> int | None:
+    """The fixed size of the fed inputs' sample axes, if an input has one (a model exported
     for one sample runs one sample at a time)."""
+    axes = axes or {}
     for i in sess.get_inputs():
-        if i.name in feeds and i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0:
-            return int(i.shape[0])
+        ax = axes.get(i.name, 0)
+        if (i.name in feeds and ax is not None and i.shape and len(i.shape) > ax
+                and isinstance(i.shape[ax], int) and i.shape[ax] > 0):
+            return int(i.shape[ax])
     return None
 
 
-def run_batched(sess: ort.InferenceSession, feeds: dict[str, np.ndarray],
-                names: Sequence[str] | None = None,
-                max_rows: int | None = None) -> list[np.ndarray]:
-    """``sess.run`` over the leading (sample) axis of ``feeds`` in chunks: of the model's fixed
-    batch when it has one (the last chunk padded by repeating its last sample, the padding
-    dropped from the outputs), else of ``max_rows`` samples (None: all at once). Outputs are
-    concatenated along their leading axis."""
-    names = list(names) if names is not None else [o.name for o in sess.get_outputs()]
-    n = len(next(iter(feeds.values()))) if feeds else 0
-    fixed = static_batch(sess, feeds)
+def run_batched(run, feeds: dict[str, np.ndarray], names: Sequence[str] | None = None,
+                max_rows: int | None = None, axes: dict[str, int | None] | None = None,
+                fixed: int | None = None) -> list[np.ndarray]:
+    """Run ``run`` (a session, or ``feeds -> outputs``) over the samples of ``feeds`` in chunks:
+    of the model's fixed batch when it has one (``fixed``, or read from the session; the last
+    chunk padded by repeating its last sample, the padding dropped from the outputs), else of
+    ``max_rows`` samples (None: all at once). ``axes``: each input's sample axis (default 0;
+    None: fed whole to every chunk). Outputs are concatenated along their leading axis."""
+    axes = {k: (axes or {}).get(k, 0 if np.ndim(v) else None) for k, v in feeds.items()}
+    if isinstance(run, ort.InferenceSession):
+        sess = run
+        fixed = fixed or static_batch(sess, feeds, axes)
+        out_names = list(names) if names is not None else [o.name for o in sess.get_outputs()]
+        run = lambda f: sess.run(out_names, f)  # noqa: E731
+    sizes = {np.shape(v)[axes[k]] for k, v in feeds.items() if axes[k] is not None}
+    n = sizes.pop() if sizes else 1
     step = fixed or (max_rows if max_rows and max_rows < n else None)
     if step is None or (fixed is not None and n == fixed):
-        return sess.run(names, feeds)
+        return run(feeds)
     parts = []
     for lo in range(0, n, step):
         idx = np.arange(lo, min(lo + step, n))
         valid = len(idx)
         if fixed is not None and valid < fixed:
             idx = np.concatenate([idx, np.full(fixed - valid, idx[-1])])
-        outs = sess.run(names, {k: v[idx] for k, v in feeds.items()})
-        parts.append([o[:valid] for o in outs])
+        chunk = {k: v if axes[k] is None else np.take(v, idx, axis=axes[k])
+                 for k, v in feeds.items()}
+        parts.append([o[:valid] for o in run(chunk)])
     return [np.concatenate(p) for p in zip(*parts, strict=True)]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UsageError, VerificationError, warn
-from ..ir.arrays import load_npz
+from ..ir.arrays import Calibration, load_npz
 from ..ir.shapes import feeds_at, input_specs
 from ..options import Option, OptionError, number
 from ..options import path as path_option
@@ -56,15 +56,14 @@ class Calibrate(Pass):
             ctx.calib = {k: np.asarray(v) for k, v in self.arrays.items()}
         elif self.path is not None:
             try:
-                ctx.calib = load_npz(self.path)
+                ctx.calib = load_npz(self.path, batch_first=False)
             except (ValueError, OSError) as err:
                 raise OptionError(self.name, "path", str(err)) from None
         else:
             model = ctx.export(ctx.require("graph", self.name))
             ctx.calib = _random_samples(ctx, model, self.random, self.seed)
-        _check(ctx)
-        n = len(next(iter(ctx.calib.values())))
-        return PassResult(False, {"samples": n, "arrays": sorted(ctx.calib)})
+        ctx.calib = _calibration(ctx, ctx.calib)
+        return PassResult(False, {"samples": ctx.calib.samples, "arrays": sorted(ctx.calib)})
 
 
 def _random_samples(ctx: Context, model, n: int, seed: int) -> dict[str, np.ndarray]:
@@ -77,29 +76,52 @@ def _random_samples(ctx: Context, model, n: int, seed: int) -> dict[str, np.ndar
     return feeds_at(input_specs(model), shapes, ctx.pinned, seed)
 
 
-def _check(ctx: Context) -> None:
-    """Every model input has an array of its shape (batch first) with at least one sample and
-    only finite values; other dtypes of the same kind are cast to the model's, with a note."""
-    graph = ctx.graph
-    for t in graph.inputs:
-        if t.name not in ctx.calib:
-            raise UsageError(f"calibration data has no array for model input {t.name!r} "
-                             f"(it has {', '.join(sorted(ctx.calib))})")
-        arr = ctx.calib[t.name]
-        have = arr.shape
-        want = t.shape or []
-        if arr.ndim == 0 or have[0] == 0:
-            raise UsageError(f"calibration array {t.name!r} holds no samples (shape {list(have)})")
-        if len(have) != len(want) or any(
-            isinstance(w, int) and w != h for w, h in zip(want[1:], have[1:], strict=True)
-        ):
-            raise UsageError(f"calibration array {t.name!r} has shape {list(have)}; the model "
-                             f"expects {list(want)} (batch first)")
-        ctx.calib[t.name] = arr = _as_model_dtype(t.name, arr, t.dtype)
+def _calibration(ctx: Context, arrays: dict[str, np.ndarray]) -> Calibration:
+    """The arrays checked against the model's inputs: each model input has one (pinned inputs
+    take their value), with its samples along the input's batch axis (``ir.shapes``) or, for
+    inputs without one, exactly the input's shape; at least one sample, one count for all,
+    finite values; other dtypes of the same kind are cast to the model's, with a note."""
+    out, axes = dict(arrays), {}
+    for spec in input_specs(ctx.export()):
+        name = spec.name
+        if name in ctx.pinned:
+            out[name], axes[name] = ctx.pinned[name], None
+            continue
+        if name not in out:
+            raise UsageError(f"calibration data has no array for model input {name!r} "
+                             f"(it has {', '.join(sorted(arrays))})")
+        arr = np.asarray(out[name])
+        axis = spec.batch_axis
+        want = list(spec.dims)
+        fits = arr.ndim == len(want) and all(
+            not isinstance(w, int) or w == h or i == axis
+            for i, (w, h) in enumerate(zip(want, arr.shape, strict=True)))
+        if axis is None and fits and arr.ndim:
+            axes[name] = None  # fed whole: a fixed-shape input without a batch
+        elif fits and axis is not None:
+            axes[name] = axis
+            if arr.shape[axis] == 0:
+                raise UsageError(f"calibration array {name!r} holds no samples "
+                                 f"(shape {list(arr.shape)})")
+        elif arr.ndim == 0 and not want:
+            axes[name] = None
+        else:
+            where = (f", samples along axis {axis}" if axis is not None else "")
+            shown = [d if isinstance(d, int) else (d or "?") for d in want]
+            raise UsageError(f"calibration array {name!r} has shape {list(arr.shape)}; the "
+                             f"model expects {shown}{where}")
+        out[name] = arr = _as_model_dtype(name, arr, spec.dtype)
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
             bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-            raise UsageError(f"calibration array {t.name!r} holds {bad} NaN or infinite "
+            raise UsageError(f"calibration array {name!r} holds {bad} NaN or infinite "
                              f"value(s); calibration data must be finite")
+    calib = Calibration(out, axes)
+    counts = {k: np.shape(v)[a] for k, v in calib.items() if (a := calib.axes.get(k)) is not None}
+    if len(set(counts.values())) > 1:
+        raise UsageError(f"calibration arrays disagree on the number of samples: {counts}")
+    if not counts:
+        raise UsageError("calibration data holds no samples")
+    return calib
 
 
 _CASTABLE = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}  # model kind -> data kinds accepted

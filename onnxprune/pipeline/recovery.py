@@ -8,6 +8,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from ..errors import UsageError, VerificationError
+from ..ir.arrays import Calibration, axes_of
 from ..ir.runtime import run_batched, session
 from ..options import Option, flag, number
 from ..recover.compensate import compensate
@@ -122,16 +123,18 @@ class VerifyRecovered(Pass):
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
             raise VerificationError(f"recovered model fails onnx.checker: {err}") from None
         calib = ctx.calib
-        feeds = {i.name: calib[i.name] for i in model.graph.input} if calib else None
+        names = {i.name for i in model.graph.input}
+        feeds = Calibration({k: v for k, v in calib.items() if k in names},
+                            {k: a for k, a in calib.axes.items() if k in names}) if calib else None
         if feeds is None:
             feeds = verification_feeds(ctx, model, count=1)[0]
         outs = None
         providers = list(ctx.config.providers)
         for provider in providers:
-            outs = run_batched(session(model, [provider]), feeds)
+            outs = run_batched(session(model, [provider]), feeds, axes=axes_of(feeds))
         if not all(np.all(np.isfinite(o)) for o in outs):
             raise VerificationError("recovered model produces non-finite outputs")
-        reference = run_batched(session(ctx.export(ctx.reference)), feeds)
+        reference = run_batched(session(ctx.export(ctx.reference)), feeds, axes=axes_of(feeds))
         metric = ctx.metric or get_metric("cosine")
         if calib is not None and not metric.on_model:
             value = metric(outs, calib, reference)

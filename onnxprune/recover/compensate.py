@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 from onnx import TensorProto, helper, numpy_helper
 
 from ..analysis.model import ChannelAnalysis
+from ..ir.arrays import axes_of
 from ..ir.graph import export_model, input_or_none
 from ..ir.runtime import run_batched, session
 from ..progress import task
@@ -41,8 +42,10 @@ def _activations(model: onnx.ModelProto, names: list[str], feeds: dict) -> dict[
     for n in names:
         if n not in have:
             m.graph.output.append(helper.make_empty_tensor_value_info(n))
-    outs = run_batched(session(m), {k: v for k, v in feeds.items()
-                                    if k in {i.name for i in m.graph.input}}, names)
+    inputs = {i.name for i in m.graph.input}
+    axes = axes_of(feeds)
+    outs = run_batched(session(m), {k: v for k, v in feeds.items() if k in inputs}, names,
+                       axes={k: a for k, a in axes.items() if k in inputs})
     return dict(zip(names, outs, strict=True))
 
 

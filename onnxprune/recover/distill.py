@@ -22,6 +22,7 @@ import torch
 from onnx import helper
 
 from ..errors import UsageError
+from ..ir.arrays import axes_of
 from ..ir.runtime import session
 from ..progress import task
 from ..search.quality import Metric
@@ -233,6 +234,11 @@ def _variance(t: torch.Tensor) -> float:
 
 def _calibration(calib: Mapping[str, np.ndarray], graph: TorchGraph,
                  model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    axes = axes_of(calib)
+    odd = [k for k in graph.input_names if axes.get(k, 0) != 0]
+    if odd:
+        raise UsageError(f"distillation needs every calibration input with its samples on "
+                         f"axis 0; {', '.join(odd)} has them elsewhere or is fed whole")
     batch = {k: np.asarray(v) for k, v in calib.items()}
     missing = [k for k in graph.input_names if k not in batch]
     if missing:

@@ -8,6 +8,7 @@ import onnx
 from onnx import helper
 
 from ..analysis.model import ChannelAnalysis
+from ..ir.arrays import axes_of
 from ..ir.runtime import run_batched, session
 from ..progress import task
 from ..search.evaluate import Evaluator
@@ -31,7 +32,8 @@ def activation_scores(reference: onnx.ModelProto, analysis: ChannelAnalysis,
     inputs = {i.name for i in model.graph.input}
     feeds = {k: v for k, v in calib.items() if k in inputs}
     names = [o.name for o in model.graph.output]
-    outs = dict(zip(names, run_batched(session(model), feeds, names), strict=True))
+    axes = axes_of(calib)
+    outs = dict(zip(names, run_batched(session(model), feeds, names, axes=axes), strict=True))
     scores = np.zeros(analysis.num_units)
     for gate in [g for g in analysis.gates if g.batched]:
         x = np.moveaxis(outs[nodes[gate.node].input[gate.input_index]], gate.axis, 0)

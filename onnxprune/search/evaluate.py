@@ -9,6 +9,8 @@ import onnx
 
 from ..analysis.model import ChannelAnalysis
 from ..errors import UsageError
+from ..ir.arrays import axes_of
+from ..ir.runtime import run_batched, static_batch
 from ..verify.oracle import GATES, Oracle
 from .quality import Metric
 
@@ -37,15 +39,17 @@ class Evaluator:
         if missing:
             raise UsageError(f"calibration data lacks model input(s) {', '.join(missing)} "
                              f"(it has {', '.join(sorted(calib)) or 'nothing'})")
-        self.batch = {k: np.asarray(v) for k, v in calib.items()}
-        self.inputs = {i.name: self.batch[i.name] for i in ins}
-        sizes = {len(v) for v in self.batch.values()}
+        self.batch = calib
+        self.axes = axes_of(calib)
+        self.inputs = {i.name: np.asarray(calib[i.name]) for i in ins}
+        sizes = {np.shape(v)[a] for k, v in calib.items() if (a := self.axes.get(k)) is not None}
         if len(sizes) != 1:
             raise UsageError(f"calibration arrays differ in length: {sorted(sizes)}")
         self.n = sizes.pop()
-        dims = [i.shape[0] if i.shape else None for i in ins]
-        self.static_batch = next((d for d in dims if isinstance(d, int)), None)
-        self.batched = self.static_batch is None and self.oracle.per_sample
+        self.static_batch = static_batch(self.oracle.session, self.inputs, self.axes)
+        # K candidates as one run of K x N samples: a dynamic batch, batch-first data
+        self.batched = (self.static_batch is None and self.oracle.per_sample
+                        and all(self.axes.get(k) in (0, None) for k in self.inputs))
         self.reference = self._forward(self.inputs, np.ones((1, analysis.num_units), np.float32))
         self.base = metric(self.reference, self.batch, self.reference)
         self._check_base()
@@ -57,20 +61,8 @@ class Evaluator:
 
     def _forward(self, inputs: dict[str, np.ndarray], gates: np.ndarray) -> list[np.ndarray]:
         """Run the gated model, in chunks of the model's static batch size if it has one."""
-        n = len(next(iter(inputs.values())))
-        if self.static_batch is None or self.static_batch == n:
-            return self.oracle.run(inputs, gates)
-        b = self.static_batch
-        chunks = []
-        for lo in range(0, n, b):
-            part = {k: v[lo:lo + b] for k, v in inputs.items()}
-            short = b - len(next(iter(part.values())))
-            if short:
-                part = {k: np.concatenate([v, np.zeros((short, *v.shape[1:]), v.dtype)])
-                        for k, v in part.items()}
-            outs = self.oracle.run(part, gates)
-            chunks.append([o[: b - short] for o in outs])
-        return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+        return run_batched(lambda feeds: self.oracle.run(feeds, gates), inputs,
+                           axes=self.axes, fixed=self.static_batch)
 
     def _of_model(self, keep: np.ndarray) -> float:
         if self.metric.on_model == "model":
@@ -115,7 +107,8 @@ class Evaluator:
         for lo in range(0, len(masks), per_call):
             chunk = masks[lo:lo + per_call]
             k = len(chunk)
-            feeds = {name: np.concatenate([v] * k) for name, v in self.inputs.items()}
+            feeds = {name: v if self.axes.get(name) is None else np.concatenate([v] * k)
+                     for name, v in self.inputs.items()}
             outs = self.oracle.run(feeds, np.repeat(chunk, self.n, axis=0))
             for i in range(k):
                 part = [o[i * self.n:(i + 1) * self.n] for o in outs]
