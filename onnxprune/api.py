@@ -146,6 +146,7 @@ class PruneResult:
     quality: dict | None = None  # application metric before/after on the calibration data
     selection: dict | None = None  # what the strategy learned (target, steps, coefficients)
     recovery: dict | None = None  # what compensation / distillation did
+    params_input: int | None = None  # the input file's parameters (before normalization)
 
 
 def prune(model: ModelLike, output: str | Path | None = None, *,
@@ -191,4 +192,5 @@ def result_of(ctx: Context, params_before: int | None = None,
         macs_after=macs_at(ctx.graph, sets[0] if sets else None),
         timings=total_time(ctx), output=ctx.output_path, quality=ctx.quality,
         selection=ctx.select_info, recovery=ctx.recovery or None,
+        params_input=ctx.source_params,
     )

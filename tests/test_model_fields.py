@@ -65,3 +65,33 @@ def test_sequence_of_map_outputs_survive(tmp_path):
 
     probs = ort.InferenceSession(str(r.output)).run(None, {"X": x[600:605].astype(np.float32)})[1]
     assert len(probs) == 5 and set(probs[0]) == set(range(10))
+
+
+def tied_layers():
+    """One layer's weights used by every layer, shared through Identity nodes as the torch
+    exporter writes tied weights (ALBERT)."""
+    from onnxprune.zoo.builder import GraphBuilder
+
+    b = GraphBuilder(seed=0)
+    x = b.input("x", ["batch", 16])
+    w1, w2 = b.weight(16, 32, hint="w1"), b.weight(32, 16, hint="w2")
+    h = x
+    for i in range(3):
+        a, c = b.op("Identity", [w1], name=f"tie{i}a"), b.op("Identity", [w2], name=f"tie{i}b")
+        f = b.relu(b.op("MatMul", [h, a], name=f"l{i}_fc1"))
+        h = b.op("Add", [h, b.op("MatMul", [f, c], name=f"l{i}_fc2")], name=f"l{i}_res")
+    return b.build([b.op("MatMul", [h, b.weight(16, 4, hint="head")], name="head")], "tied")
+
+
+def test_shared_weights_stay_shared(tmp_path):
+    model = tied_layers()
+    src = tmp_path / "m.onnx"
+    onnx.save(model, str(src))
+    for ratio in (0.0, 0.5):
+        r = prune(src, tmp_path / f"o{ratio}.onnx", ratio=ratio)
+        out = onnx.load(str(r.output))
+        floats = sum(int(np.prod(i.dims)) for i in out.graph.initializer)
+        assert r.params_before == 16 * 32 + 32 * 16 + 16 * 4  # each shared weight once
+        assert floats == r.params_after <= r.params_before
+        fc1 = {n.input[1] for n in out.graph.node if n.name.endswith("_fc1")}
+        assert len(fc1) == 1, fc1  # the three layers still read one weight

@@ -59,12 +59,18 @@ def is_param(tensor: gs.Tensor) -> bool:
     return dtype == np.int32 and any(n.op in QUANT_CONSUMERS for n in tensor.outputs)
 
 
-def _unique_params(graph: gs.Graph) -> dict[str, gs.Constant]:
-    seen: dict[str, gs.Constant] = {}
+def _unique_params(graph: gs.Graph, seen: dict[str, gs.Constant] | None = None
+                   ) -> dict[str, gs.Constant]:
+    """Each parameter constant once, by name, those used inside If/Loop/Scan bodies too."""
+    seen = {} if seen is None else seen
     for node in graph.nodes:
         for t in node.inputs:
             if t.name not in seen and is_param(t):
                 seen[t.name] = t
+        for value in node.attrs.values():
+            for sub in value if isinstance(value, list) else [value]:
+                if isinstance(sub, gs.Graph):
+                    _unique_params(sub, seen)
     return seen
 
 

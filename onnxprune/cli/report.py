@@ -150,6 +150,7 @@ def prune_json(r: PruneResult, model: str) -> dict[str, Any]:
     return {
         "input": model,
         "output": str(r.output) if r.output else None,
+        "params_input": r.params_input,
         "params_before": r.params_before,
         "params_after": r.params_after,
         "macs_before": r.macs_before,

@@ -203,3 +203,22 @@ def pin_inputs(graph: gs.Graph, values: dict[str, np.ndarray]) -> int:
             consumer.inputs[[x is t for x in consumer.inputs].index(True)] = const
         pinned += 1
     return pinned
+
+
+def unshare_filled_vectors(graph: gs.Graph) -> int:
+    """A 1-D constant of one repeated value (zeros, ones) read by several nodes gets a copy
+    per reader. Exporters deduplicate equal initializers, so two layers' zero biases arrive as
+    one tensor; kept shared they would tie the layers' channels together, although nothing but
+    the exporter links them. (Shared tensors of any other value stay shared: tied weights.)"""
+    copies = 0
+    for tensor in list(graph.tensors().values()):
+        if not isinstance(tensor, gs.Constant) or len(tensor.outputs) < 2:
+            continue
+        values = np.asarray(tensor.values)
+        if values.ndim != 1 or values.size < 2 or not np.all(values == values.flat[0]):
+            continue
+        for i, consumer in enumerate(list(tensor.outputs)[1:]):
+            copy = gs.Constant(f"{tensor.name}_copy{i + 1}", values.copy())
+            consumer.inputs[[t is tensor for t in consumer.inputs].index(True)] = copy
+            copies += 1
+    return copies

@@ -120,6 +120,7 @@ class Context:
     source: onnx.ModelProto | None = None  # the model as loaded (never modified)
     source_path: Path | None = None
     source_ir: int | None = None
+    source_params: int | None = None  # parameters of the input model (unique initializers)
     components: Components | None = None
     flows: list[Flow] | None = None
     analysis: ChannelAnalysis | None = None

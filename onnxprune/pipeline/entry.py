@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx
 
+from ..analysis.size import graph_params
 from ..ir import io
 from ..ir.graph import import_model
 from ..options import Option
@@ -26,6 +27,7 @@ class LoadModel(Pass):
         model = io.load_model(self.path)
         ctx.source, ctx.source_path, ctx.source_ir = model, self.path, model.ir_version
         ctx.graph = import_model(model)
+        ctx.source_params = graph_params(ctx.graph)
         return PassResult(True, {"nodes": len(model.graph.node), "ir_version": model.ir_version})
 
 
@@ -45,4 +47,5 @@ class UseModel(Pass):
     def run(self, ctx: Context) -> PassResult:
         ctx.source, ctx.source_ir = self.model, self.model.ir_version
         ctx.graph = import_model(self.model)
+        ctx.source_params = graph_params(ctx.graph)
         return PassResult(True)

@@ -15,6 +15,7 @@ from ..normalize.cleanup import (
     name_nodes,
     pin_inputs,
     shape_ranges_to_slices,
+    unshare_filled_vectors,
 )
 from ..normalize.control_flow import inline_constant_ifs
 from ..normalize.fold_bn import fold_batchnorms
@@ -82,6 +83,15 @@ class ShapeRanges(Pass):
 
     def run(self, ctx: Context) -> PassResult:
         return PassResult(shape_ranges_to_slices(ctx.require("graph", self.name)) > 0)
+
+
+class UnshareFilledVectors(Pass):
+    name = "unshare-fills"
+    description = "Give every reader its own copy of a shared all-zeros (or one-value) vector."
+    requires = ("graph",)
+
+    def run(self, ctx: Context) -> PassResult:
+        return PassResult(unshare_filled_vectors(ctx.require("graph", self.name)) > 0)
 
 
 class InlineConstantIfs(Pass):
@@ -243,10 +253,13 @@ class Normalize(Pipeline):
             PinInputs(),
             ShapeRanges(),
             InferShapes(),
-            Fixpoint([FoldConstants(), InlineConstantIfs(), ConstantReshapeTargets(),
-                      FoldBatchNorm(), DropIdentity(), DropZeroStates(), InferShapes(),
+            # Identity first: folding would copy a weight an exporter shares through Identity
+            # nodes (tied layers) once per use
+            Fixpoint([DropIdentity(), FoldConstants(), InlineConstantIfs(),
+                      ConstantReshapeTargets(), FoldBatchNorm(), DropZeroStates(), InferShapes(),
                       ShuffleToGather()]),
             Cleanup(),
+            UnshareFilledVectors(),
             InferShapes(),
             ExplicitSqueezeAxes(),
         ]

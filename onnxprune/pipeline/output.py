@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import OutputError, VerificationError
+from ..analysis.size import graph_params
+from ..errors import OutputError, VerificationError, warn
 from ..ir import io
 from ..options import Option, flag, number
 from ..options import path as path_option
@@ -72,6 +73,10 @@ class WriteModel(Pass):
         if ctx.verification is None or not ctx.verification.passed:
             raise OutputError("refusing to write a model that has not passed verification")
         model = ctx.export(graph)
+        after = graph_params(graph)
+        if ctx.source_params is not None and after > ctx.source_params:
+            warn(f"the written model has more parameters than the input ({after:,} > "
+                 f"{ctx.source_params:,}): weights the input shares are stored apart")
         ctx.output_path = io.save_model(model, self.path, source_ir=ctx.source_ir)
         return PassResult(False, {"path": str(ctx.output_path)})
 

@@ -6,9 +6,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..ir.graph import normalize_axis
-from . import gating
 from .base import OpRule, Rewriter, freeze_all
 from .env import Env
+from .gating import stats_constants, weighted_layernorm
 
 
 class BatchNormalization(OpRule):
@@ -95,8 +95,8 @@ class LayerNormalization(OpRule):
 
     def stats_gate(self, node: onnx.NodeProto, p: str, q: str, rank: int, elem: int,
                    opset: int) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
-        return (gating.stats_constants(p, node, rank, elem, opset),
-                gating.weighted_layernorm(node, p, q, opset))
+        return (stats_constants(p, node, rank, elem, opset),
+                weighted_layernorm(node, p, q, opset))
 
     def propagate(self, node: gs.Node, env: Env) -> None:
         x = node.inputs[0]

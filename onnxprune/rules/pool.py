@@ -9,9 +9,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..ir.graph import normalize_axis
-from . import gating
 from .base import OpRule, attr_or_input_ints, freeze_all
 from .env import Env
+from .gating import stats_constants, weighted_mean
 
 
 class Pool(OpRule):
@@ -50,8 +50,8 @@ class Reduce(OpRule):
 
     def stats_gate(self, node: onnx.NodeProto, p: str, q: str, rank: int, elem: int,
                    opset: int) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
-        return (gating.stats_constants(p, node, rank, elem, opset),
-                gating.weighted_mean(node, p, q, opset))
+        return (stats_constants(p, node, rank, elem, opset),
+                weighted_mean(node, p, q, opset))
 
     def propagate(self, node: gs.Node, env: Env) -> None:
         x = node.inputs[0]
