@@ -25,10 +25,14 @@ def node_macs(node: gs.Node) -> int:
 def macs_at(graph: gs.Graph, shapes: dict[str, list[int]] | None) -> int:
     """Per-sample MACs with the inputs at ``shapes`` (batch 1): symbolic spatial or sequence
     sizes counted at the sizes the model actually runs at, not as 1."""
-    if not shapes or not any(
-            not isinstance(d, int) for t in graph.inputs for d in (t.shape or [])[1:]):
+    if not shapes or not any(not isinstance(d, int) or d <= 0
+                             for t in graph.inputs for d in (t.shape or [])[1:]):
         return graph_macs(graph)
     copy = graph.copy()
+    inputs = {id(t) for t in copy.inputs}
+    for t in copy.tensors().values():
+        if isinstance(t, gs.Variable) and id(t) not in inputs:
+            t.shape = None  # inferred again from the inputs (old symbolic shapes would clash)
     for t in copy.inputs:
         if t.name in shapes:
             t.shape = [1, *shapes[t.name][1:]] if shapes[t.name] else []

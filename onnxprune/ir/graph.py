@@ -7,6 +7,11 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.logger import G_LOGGER
+
+# onnx-graphsurgeon prints its warnings to stdout (which must stay one JSON object with
+# --json); what they say (foldable large tensors, types it cannot map) is handled here.
+G_LOGGER.severity = G_LOGGER.ERROR
 
 Dim = int | str | None
 

@@ -3,9 +3,9 @@ values pinned by the user, and the shapes verification runs at, chosen without f
 
 The rule (documented in the README):
 
-- an input's **batch axis** is its first axis when that one is symbolic, or its only symbolic
-  axis (a recurrent state ``[2, batch, 128]``); inputs without one (scalars, fixed shapes) are
-  fed whole;
+- an input's **batch axis** is its first axis when that one is symbolic or 1 (a fixed batch of
+  one), else its only symbolic axis (a recurrent state ``[2, batch, 128]``); inputs without
+  one (scalars, fixed shapes) are fed whole;
 - a **pinned** input (``--input-value sr=16000``) always gets its value;
 - ``--input-shape`` fixes an input's shape in every set;
 - otherwise the batch is 1 in the first set and 2 in the second, and every other symbolic
@@ -47,10 +47,12 @@ class InputSpec:
 
     @property
     def batch_axis(self) -> int | None:
+        if self.dims and self.dims[0] == 1:
+            return 0  # a fixed batch of one (what exporters write by default)
         sym = self.symbolic
         if sym and (sym[0] == 0 or len(sym) == 1):
             return sym[0]
-        return 0 if self.dims and self.dims[0] == 1 else None  # a fixed batch of one
+        return None
 
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
