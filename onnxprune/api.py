@@ -12,9 +12,9 @@ import onnx
 from .analysis.channels import analyze_channels
 from .analysis.components import Components, Flow
 from .analysis.model import ChannelAnalysis
-from .analysis.size import graph_macs, graph_params, is_param, macs_at, node_macs
+from .analysis.size import graph_params, is_param, macs_at, node_macs, subgraph_params
 from .ir.graph import export_model
-from .pipeline import Context, Pass, Pipeline, total_time
+from .pipeline import Context, Pass, Pipeline, RunConfig, total_time
 from .pipeline.build import prune_pipeline, public_options
 from .pipeline.passes import (
     AnalyzeChannels,
@@ -68,6 +68,7 @@ class Analysis:
     component_stats: dict[str, dict[str, int]] | None = None  # name -> nodes/params/macs
     plain: GroupStats | None = None  # the same graph without components, for comparison
     graph: object = None  # the normalized gs.Graph the analysis describes
+    subgraph_params: int = 0  # parameters inside If/Loop/Scan bodies (not analyzed)
 
     @property
     def stats(self) -> GroupStats:
@@ -75,11 +76,11 @@ class Analysis:
 
 
 def _front(model: ModelLike, exclude: Sequence[str], components: str, scope_depth: int | None,
-           flow_policy: str, progress, check: bool = True
+           flow_policy: str, progress, check: bool = True, config: RunConfig | None = None
            ) -> tuple[Context, ChannelAnalysis | None]:
     """Load, normalize, find components and adapters, analyze. Returns the context and the
     analysis of the same graph with plain coupling (when components are used)."""
-    ctx = Context(progress=progress)
+    ctx = Context(config=config or RunConfig(), progress=progress)
     Pipeline([_entry(model), Normalize(check=check)])(ctx)
     plain = None
     if components != "none":
@@ -92,6 +93,7 @@ def _front(model: ModelLike, exclude: Sequence[str], components: str, scope_dept
 
 def analyze(model: ModelLike, exclude: Sequence[str] = (), *, components: str = "none",
             scope_depth: int | None = None, flow_policy: str = "own",
+            input_values=None, input_shapes=None,
             progress: Callable[[str], None] | None = None) -> Analysis:
     """Normalize ``model`` and find its coupled channel groups.
 
@@ -102,14 +104,17 @@ def analyze(model: ModelLike, exclude: Sequence[str] = (), *, components: str = 
     >>> [(g.component, g.channels) for g in result.channels.prunable_groups()]  # doctest: +SKIP
     """
     ctx, plain = _front(model, exclude, components, scope_depth, flow_policy, progress,
-                        check=False)
+                        check=False, config=RunConfig.of(input_values=input_values,
+                                                         input_shapes=input_shapes))
     comp_stats = None
     if ctx.components is not None:
         comp_stats = component_sizes(ctx.graph, ctx.components, ctx.analysis)
-    return Analysis(ctx.analysis, graph_params(ctx.graph), graph_macs(ctx.graph),
+    return Analysis(ctx.analysis, graph_params(ctx.graph),
+                    macs_at(ctx.graph, ctx.input_sets[0] if ctx.input_sets else None),
                     len(ctx.graph.nodes), total_time(ctx), ctx.components,
                     tuple(ctx.flows or ()), comp_stats,
-                    GroupStats.of(plain) if plain is not None else None, ctx.graph)
+                    GroupStats.of(plain) if plain is not None else None, ctx.graph,
+                    subgraph_params(ctx.graph))
 
 
 def component_sizes(graph, components: Components, analysis: ChannelAnalysis) -> dict:

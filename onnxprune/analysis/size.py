@@ -83,6 +83,17 @@ def graph_params(graph: gs.Graph) -> int:
     return sum(int(np.prod(t.shape)) for t in _unique_params(graph).values())
 
 
+def subgraph_params(graph: gs.Graph) -> int:
+    """Parameters only If/Loop/Scan bodies use (the analysis does not reach inside them)."""
+    top: dict[str, gs.Constant] = {}
+    for node in graph.nodes:
+        for t in node.inputs:
+            if is_param(t):
+                top[t.name] = t
+    return sum(int(np.prod(t.shape)) for name, t in _unique_params(graph).items()
+               if name not in top)
+
+
 def params_by_type(graph: gs.Graph) -> dict[str, int]:
     """Parameter elements per element type ("float32", "int8", ...), largest first."""
     out: dict[str, int] = {}

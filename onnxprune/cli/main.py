@@ -87,7 +87,9 @@ def cmd_analyze(args, console: Console) -> int:
         result = analyze(args.model, exclude=values.get("exclude", ()),
                          components=values.get("components", "none"),
                          scope_depth=values.get("scope_depth"),
-                         flow_policy=values.get("flow_policy", "own"), progress=named)
+                         flow_policy=values.get("flow_policy", "own"),
+                         input_values=values.get("input_values"),
+                         input_shapes=values.get("input_shapes"), progress=named)
     if args.graph:
         from ..analysis.components import single
         from .draw import draw
@@ -285,7 +287,8 @@ def _flag_sets():
 
     components = next(o for o in SWITCHES if o.name == "components")
     analyze = [("prune", components), *[(FindComponents.name, o) for o in FindComponents.options],
-               *[(AnalyzeChannels.name, o) for o in AnalyzeChannels.options]]
+               *[(AnalyzeChannels.name, o) for o in AnalyzeChannels.options],
+               *[("run", o) for o in RUN_OPTIONS if o.name in ("input_values", "input_shapes")]]
     run = [*[("run", o) for o in RUN_OPTIONS], *[(Calibrate.name, o) for o in Calibrate.options],
            *[(WriteModel.name, o) for o in WriteModel.options]]
     return analyze, run, {o.public for o in RUN_OPTIONS}

@@ -48,6 +48,7 @@ def analysis_json(result: Analysis, model: str) -> dict[str, Any]:
             "channels": sum(g.channels for g in groups),
             "prunable_channels": sum(g.prunable for g in prunable),
         },
+        "subgraph_params": result.subgraph_params,
         "timings": result.timings,
         **_components_json(result),
     }
@@ -117,6 +118,11 @@ def print_analysis(console: Console, result: Analysis, model: str, limit: int = 
         f"{t['prunable_channels']:,} of {t['channels']:,} channels prunable; model: "
         f"{result.params:,} params, {result.macs:,} MACs per sample"
     )
+    if result.subgraph_params:
+        console.print(f"{result.subgraph_params:,} of the parameters sit inside If/Loop/Scan "
+                      "bodies, which the analysis does not enter (their channels stay); an If "
+                      "whose condition a pinned input decides is inlined (--input-value)",
+                      soft_wrap=True)
 
 
 def _print_components(console: Console, data: dict[str, Any]) -> None:
