@@ -199,3 +199,13 @@ def test_a_pinned_input_needs_no_calibration_array():
               calib={"x": rng.standard_normal((4, 16)).astype(np.float32),
                      "state": rng.standard_normal((2, 4, 24)).astype(np.float32)})
     assert r.verification.passed and all(s["sr"] == [] for s in r.verification.shapes)
+
+
+def test_bench_chooses_shapes_and_feeds_pins(tmp_path):
+    from onnxprune.bench.runner import run_bench
+
+    report = run_bench([conv_net()], providers=["cpu"], batches=[1], repeat=2, warmup=0)
+    assert report.rows[0].macs > 0 and report.settings["input_shapes"]["x"][2] == CANDIDATES[0]
+    report = run_bench([stateful_model()], providers=["cpu"], batches=[1], repeat=2, warmup=0,
+                       input_values=["sr=16000"])
+    assert report.settings["input_values"] == {"sr": 16000} and report.rows[0].runs == 2

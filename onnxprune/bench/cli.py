@@ -90,7 +90,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              f"(default {DEFAULT_SECONDS:g})")
     b.add_argument("--input-shape", type=_input_shape, action="append", metavar="NAME=DxD...",
                    help="shape of an input with dynamic non-batch dimensions; its first "
-                        "dimension is replaced by the batch when that is dynamic (repeatable)")
+                        "dimension is replaced by the batch when that is dynamic (repeatable; "
+                        "without it, sizes are chosen as prune's verification chooses them)")
+    b.add_argument("--input-value", action="append", metavar="NAME=VALUE",
+                   help="pin an input to a value, e.g. sr=16000 (repeatable)")
     b.add_argument("--json", type=Path, metavar="FILE",
                    help="write the results as JSON ('-': print them instead of the table)")
     b.add_argument("--plot", type=Path, metavar="FILE",
@@ -163,7 +166,8 @@ def cmd_bench(args, console: Console) -> int:
         report = run_bench(
             args.models, providers=args.provider, batches=args.batch, threads=args.threads,
             warmup=args.warmup, repeat=args.repeat, seconds=args.seconds,
-            input_shapes=dict(args.input_shape or []), progress=progress, notice=notice,
+            input_shapes=dict(args.input_shape or []), input_values=args.input_value,
+            progress=progress, notice=notice,
         )
     data = json.dumps(report.to_json(), indent=2)
     if args.json is not None and str(args.json) == "-":

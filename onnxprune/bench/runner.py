@@ -25,10 +25,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
 from ..errors import UnsupportedModelError, UsageError
+from ..ir.runtime import session
+from ..ir.shapes import choose_shapes, parse_values
 from .memory import device_memory_available, host_memory_available
 from .providers import Provider, Session, open_session, resolve_providers
 from .report import BenchReport, BenchRow, compare_to_original
@@ -82,6 +85,7 @@ def run_bench(
     repeat: int | None = None,
     seconds: float | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    input_values: Mapping[str, object] | Sequence[str] | None = None,
     progress: Callable[[Progress], None] | None = None,
     notice: Callable[[str], None] | None = None,
 ) -> BenchReport:
@@ -89,7 +93,8 @@ def run_bench(
 
     ``providers``: "cpu", "cuda", "tensorrt". ``repeat`` (timed rounds) and ``seconds`` (time
     per model, default 3) are exclusive. ``input_shapes`` gives shapes for inputs with dynamic
-    dimensions other than the batch. ``notice`` receives one-line notices (skipped providers
+    dimensions other than the batch (the others are chosen as verification chooses them,
+    ``ir.shapes``); ``input_values`` pins inputs (``sr=16000``). ``notice`` receives one-line notices (skipped providers
     or batches; default: stderr); they are also kept in the report.
     """
     repeat, seconds = _budget(repeat, seconds)
@@ -114,25 +119,50 @@ def run_bench(
         note("nvidia-smi not found: GPU peak memory is not measured")
     loaded = load_models(models)
     check_shape_names(loaded, input_shapes)
+    pinned = parse_values(input_values, loaded[0].proto)
+    input_shapes = _with_chosen_shapes(loaded[0], input_shapes, pinned)
     tick = _Ticker(progress)
     rows: list[BenchRow] = []
     for provider in specs:
         provider.prime(threads)
         for batch in batches:
             rows += _measure_group(loaded, provider, batch, threads, warmup, repeat, seconds,
-                                   input_shapes, tick, note)
+                                   input_shapes, pinned, tick, note)
     settings = {
         "providers": [p.name for p in specs], "batches": batches, "threads": threads,
         "warmup": warmup, "repeat": repeat, "seconds": seconds,
         "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
+        "input_values": {k: np.asarray(v).tolist() for k, v in pinned.items()},
     }
     return BenchReport(compare_to_original(rows, loaded[0].name), [m.name for m in loaded],
                        settings, _environment(), notices)
 
 
+def _with_chosen_shapes(model, given, pinned) -> dict[str, list[int]]:
+    """The given shapes, and for inputs with dynamic non-batch dimensions the first set of
+    shapes the model runs at (``ir.shapes``), their batch left to each measurement."""
+    given = {k: list(v) for k, v in (given or {}).items()}
+    needs = [i for i in model.inputs if i.name not in given and i.name not in pinned
+             and any(d is None for d in i.dims[1:])]
+    if not needs:
+        return {**given, **{k: list(np.shape(v)) for k, v in pinned.items()}}
+    sess = session(model.proto, quiet=True)
+
+    def runs(feeds) -> bool:
+        try:
+            sess.run(None, feeds)
+            return True
+        except Exception:  # noqa: BLE001 - not a size the model takes
+            return False
+
+    chosen = choose_shapes(model.proto, given=given, pinned=pinned, count=1, runs=runs)[0]
+    return {**chosen, **{k: list(np.shape(v)) for k, v in pinned.items()}}
+
+
 def _measure_group(models: list[BenchModel], provider: Provider, batch: int,
                    threads: int | None, warmup: int, repeat: int | None, seconds: float | None,
-                   input_shapes, tick: _Ticker, note: Callable[[str], None]) -> list[BenchRow]:
+                   input_shapes, pinned, tick: _Ticker,
+                   note: Callable[[str], None]) -> list[BenchRow]:
     sessions: list[tuple[BenchModel, Session, int, int | None]] = []
     for model in models:
         shapes = model.shapes(batch, input_shapes)
@@ -141,7 +171,7 @@ def _measure_group(models: list[BenchModel], provider: Provider, batch: int,
                  f"{model.fixed_batch}")
             continue
         tick(Progress("session", provider.name, batch, model.name, 0, None))
-        feeds = model.feeds(shapes)
+        feeds = {**model.feeds(shapes), **pinned}
         with provider.memory_probe() as memory:
             session = _open(model, provider, feeds, threads)
         sessions.append((model, session, model.macs(shapes), memory.delta))

@@ -122,7 +122,8 @@ def cmd_prune(args, console: Console) -> int:
                            batches=[int(b) for b in args.bench_batch.split(",")],
                            seconds=args.bench_seconds,
                            input_shapes=shapes(values["input_shapes"])
-                           if values.get("input_shapes") else None)
+                           if values.get("input_shapes") else None,
+                           input_values=values.get("input_values"))
     if args.json:
         data = prune_json(result, str(args.model))
         if report is not None:
