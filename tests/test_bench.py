@@ -169,11 +169,12 @@ def test_dynamic_batch_and_fixed_batch(tmp_path):
     assert [r.macs for r in result.rows] == [per_sample, per_sample, 3 * per_sample]
 
 
-def test_dynamic_spatial_dims_need_input_shapes(tmp_path):
+def test_dynamic_spatial_dims_are_chosen_or_given(tmp_path):
     path = tmp_path / "any_size.onnx"
     onnx.save(_small_conv(["n", 3, "h", "w"]), str(path))
-    with pytest.raises(UsageError, match="--input-shape x="):
-        run_bench([path], **FAST)
+    chosen = run_bench([path], **FAST)  # the first size the model runs at, as prune chooses
+    assert chosen.settings["input_shapes"]["x"] == [1, 3, 32, 32]
+    assert chosen.rows[0].macs == 32 * 32 * 8 * 3 * 9
     result = run_bench([path], batches=[2], input_shapes={"x": [1, 3, 16, 8]}, **FAST)
     assert result.rows[0].macs == 2 * 16 * 8 * 8 * 3 * 9  # the batch replaces the given dim 0
     with pytest.raises(UsageError, match="names no model input"):

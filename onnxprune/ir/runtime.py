@@ -64,19 +64,82 @@ def providers_option(value: str | Sequence[str]) -> list[str]:
     return resolve_providers(value)
 
 
+EXTERNAL_BYTES = 1 << 16  # initializers this large reach onnxruntime without serializing
+
+
+def skeleton(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The model without its large weights (declared as external data) and those weights as
+    arrays: onnxruntime takes them as external initializers, so building a session neither
+    serializes nor parses them (a 100 MB model: 0.09 s instead of 0.37 s)."""
+    arrays: dict[str, np.ndarray] = {}
+    out = onnx.ModelProto()
+    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version",
+                  "doc_string"):
+        setattr(out, field, getattr(model, field))
+    out.opset_import.extend(model.opset_import)
+    out.functions.extend(model.functions)
+    out.metadata_props.extend(model.metadata_props)
+    g, src = out.graph, model.graph
+    g.name, g.doc_string = src.name, src.doc_string
+    g.node.extend(src.node)
+    g.input.extend(src.input)
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)
+    g.sparse_initializer.extend(src.sparse_initializer)
+    for init in src.initializer:
+        dtype = NP_TYPES.get(init.data_type)
+        if (len(init.raw_data) < EXTERNAL_BYTES or dtype is None
+                or init.data_location == onnx.TensorProto.EXTERNAL):
+            g.initializer.append(init)
+            continue
+        arrays[init.name] = np.frombuffer(init.raw_data, dtype).reshape(tuple(init.dims))
+        t = g.initializer.add()
+        t.name, t.data_type = init.name, init.data_type
+        t.dims.extend(init.dims)
+        t.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", "onnxprune-memory"), ("offset", "0"),
+                           ("length", str(arrays[init.name].nbytes))):
+            entry = t.external_data.add()
+            entry.key, entry.value = key, value
+    return out, arrays
+
+
+def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its large weights turned into graph inputs of the same type and shape:
+    what ``onnx.checker``'s full check (structure and shape inference) needs, without copying
+    or checking the weights' bytes."""
+    bare, arrays = skeleton(model)
+    kept = [t for t in bare.graph.initializer if t.name not in arrays]
+    big = [t for t in bare.graph.initializer if t.name in arrays]
+    del bare.graph.initializer[:]
+    bare.graph.initializer.extend(kept)
+    declared = {i.name for i in bare.graph.input}
+    for t in big:
+        if t.name not in declared:
+            bare.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type,
+                                                                       list(t.dims)))
+    return bare
+
+
 def session(model: onnx.ModelProto, providers: Sequence[str] | None = None,
             threads: int | None = None, quiet: bool = False) -> ort.InferenceSession:
     """An onnxruntime session with graph optimizations off (exact reference arithmetic);
     ``threads``: intra-op threads (None: onnxruntime's choice); ``quiet``: not even errors
-    logged (trial runs that are expected to fail)."""
+    logged (trial runs that are expected to fail). Large weights go in as external
+    initializers (``skeleton``)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 4 if quiet else 3
     if threads:
         opts.intra_op_num_threads = threads
-    return ort.InferenceSession(
-        model.SerializeToString(), opts, providers=list(providers or ["CPUExecutionProvider"])
-    )
+    bare, arrays = skeleton(model)
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()]
+    if arrays:
+        opts.add_external_initializers(list(arrays), values)
+    sess = ort.InferenceSession(bare.SerializeToString(), opts,
+                                providers=list(providers or ["CPUExecutionProvider"]))
+    sess._onnxprune_weights = (arrays, values)  # noqa: SLF001 - they must outlive the session
+    return sess
 
 
 def default_opset(model: onnx.ModelProto) -> int | None:

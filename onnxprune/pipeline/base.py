@@ -125,6 +125,7 @@ class Context:
     flows: list[Flow] | None = None
     analysis: ChannelAnalysis | None = None
     normalize_diff: float | None = None  # normalized vs input model, relative (when compared)
+    normalize_deferred: bool = False  # verification compares them (no arithmetic changed)
     bn_scales: dict[str, np.ndarray] = field(default_factory=dict)  # gamma of folded BNs
     pinned: dict[str, np.ndarray] = field(default_factory=dict)  # input -> pinned value
     input_sets: list[dict[str, list[int]]] | None = None  # the shapes checks run at

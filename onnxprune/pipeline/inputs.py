@@ -3,24 +3,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnx
 
+from ..errors import UsageError
 from ..ir.runtime import session
 from ..ir.shapes import choose_shapes, feeds_at, input_specs
 from .base import Context
 
 
-def verification_feeds(ctx: Context, model: onnx.ModelProto, count: int = 2,
-                       seed: int = 0) -> list[dict[str, np.ndarray]]:
+def verification_feeds(ctx: Context, model: onnx.ModelProto | Sequence[onnx.ModelProto],
+                       count: int = 2, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Random inputs at each chosen set of shapes (the first ``count`` of them), pinned inputs
-    at their values. Shapes are chosen on ``model`` (any model with the run's inputs) the first
-    time and kept in the context; calibration data that arrived since takes the first set."""
+    at their values. Shapes are chosen on ``model`` (any model with the run's inputs; given
+    several, the first one that runs at some shapes) the first time and kept in the context;
+    calibration data that arrived since takes the first set."""
+    models = [model] if isinstance(model, onnx.ModelProto) else [m for m in model if m]
     if ctx.input_sets is None or (ctx.calib is not None and not ctx.input_sets_from_calib):
-        ctx.input_sets = choose_shapes(model, given=ctx.config.input_shapes, calib=ctx.calib,
-                                       pinned=ctx.pinned, runs=_runner(model))
+        for i, candidate in enumerate(models):
+            try:
+                ctx.input_sets = choose_shapes(candidate, given=ctx.config.input_shapes,
+                                               calib=ctx.calib, pinned=ctx.pinned,
+                                               runs=_runner(candidate))
+                break
+            except UsageError:
+                if i == len(models) - 1:
+                    raise
         ctx.input_sets_from_calib = ctx.calib is not None
-    specs = input_specs(model)
+    specs = input_specs(models[0])
     return [feeds_at(specs, shapes, ctx.pinned, seed + i)
             for i, shapes in enumerate(ctx.input_sets[:count])]
 

@@ -11,6 +11,7 @@ from ..options import Option, flag, number
 from ..options import path as path_option
 from ..verify.checks import verify_pruned
 from .base import Context, Pass, PassResult
+from .frontend import blame_normalization
 from .inputs import verification_feeds
 
 
@@ -31,17 +32,22 @@ class Verify(Pass):
         graph, analysis = ctx.require("graph", self.name), ctx.require("analysis", self.name)
         reference = ctx.export(ctx.require("reference", self.name))
         plan = ctx.require("plan", self.name)
-        pruned = ctx.export(graph, io.runtime_ir_version(ctx.export(graph), ctx.source_ir))
+        pruned = ctx.export(graph)
+        pruned.ir_version = io.runtime_ir_version(pruned, ctx.source_ir)
+        # shapes chosen on the input model: the normalized one may be what is broken
+        feed_sets = verification_feeds(ctx, [ctx.source, reference], seed=self.seed)
         report = verify_pruned(
             pruned, reference, analysis, plan.removed,
             source=ctx.source if self.compare_input and ctx.normalize_diff is None else None,
             keep_reference=False, normalize_diff=ctx.normalize_diff,
             providers=ctx.config.providers, seed=self.seed,
-            feed_sets=verification_feeds(ctx, reference, seed=self.seed),
+            feed_sets=feed_sets,
         )
         ctx.verification = report
         if not report.passed:
-            raise VerificationError("verification failed: " + "; ".join(report.messages))
+            blame = (blame_normalization(ctx, feed_sets[0])
+                     if ctx.normalize_deferred else None)
+            raise VerificationError(blame or "verification failed: " + "; ".join(report.messages))
         return PassResult(False, {"max_abs_diff": report.max_abs_diff})
 
 
