@@ -16,6 +16,7 @@ from .analysis.size import graph_params, is_param, macs_at, node_macs, subgraph_
 from .ir.graph import export_model
 from .pipeline import Context, Pass, Pipeline, RunConfig, total_time
 from .pipeline.build import prune_pipeline, public_options
+from .pipeline.stages import summary as stage_summary
 from .pipeline.passes import (
     AnalyzeChannels,
     FindComponents,
@@ -152,6 +153,7 @@ class PruneResult:
     selection: dict | None = None  # what the strategy learned (target, steps, coefficients)
     recovery: dict | None = None  # what compensation / distillation did
     params_input: int | None = None  # the input file's parameters (before normalization)
+    stages: dict | None = None  # quality after every stage, on calibration and held-out data
 
 
 def prune(model: ModelLike, output: str | Path | None = None, *,
@@ -197,5 +199,5 @@ def result_of(ctx: Context, params_before: int | None = None,
         macs_after=macs_at(ctx.graph, sets[0] if sets else None),
         timings=total_time(ctx), output=ctx.output_path, quality=ctx.quality,
         selection=ctx.select_info, recovery=ctx.recovery or None,
-        params_input=ctx.source_params,
+        params_input=ctx.source_params, stages=stage_summary(ctx),
     )

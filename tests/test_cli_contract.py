@@ -116,7 +116,10 @@ def test_calibration_on_a_fixed_batch_of_one(batch1, tmp_path, capsys, flags):
 def test_calib_random_gives_the_samples_asked_on_a_fixed_batch(batch1, tmp_path, capsys):
     code, out, _ = cli(capsys, "prune", batch1, "-o", tmp_path / "o.onnx", "--calib-random", 9,
                        "--json")
-    assert code == 0 and json.loads(out)["quality"]["samples"] == 9
+    data = json.loads(out)
+    # 9 samples asked: 7 searched on, 2 held out (the default share 0.2)
+    assert code == 0 and data["quality"]["samples"] == 7
+    assert data["stages"]["samples"] == {"calib": 7, "heldout": 2}
 
 
 def _calib(tmp_path, array) -> str:
@@ -159,7 +162,12 @@ def test_recovery_recipes_print_every_stage(model, tmp_path, capsys, recipe):
                           "--set", "distill.steps=5" if "distill" in recipe else "select.ratio=0.5",
                           "--quiet")
     assert code == 0, err
-    assert "(after recovery)" in text and f"wrote {out}" in text and out.exists()
+    stage = "distill" if "distill" in recipe else "compensate"
+    # both data sets, every stage up to recovery (or the recovery undone)
+    for line in ("calibration samples: ", "held-out samples: "):
+        row = next(r for r in text.splitlines() if line in r)
+        assert "(unpruned) -> " in row and "(pruned) -> " in row and f"({stage}" in row
+    assert f"wrote {out}" in text and out.exists()
 
 
 def test_an_unreachable_constraint_writes_nothing(model, tmp_path, capsys):

@@ -172,6 +172,7 @@ def prune_json(r: PruneResult, model: str) -> dict[str, Any]:
             "oracle": v.oracle, "shapes": list(v.shapes), "deciding": v.deciding,
         },
         "quality": r.quality,
+        "stages": r.stages,
         "selection": _plain(r.selection),
         "recovery": r.recovery,
         "timings": r.timings,
@@ -217,6 +218,24 @@ def quality_line(q: dict) -> str:
         f"{value:.4g} ({label})" for label, value in stages)
 
 
+STAGE_SETS = (("calib", "calibration"), ("heldout", "held-out"))
+
+
+def stage_lines(s: dict) -> list[str]:
+    """One line per data set: the metric after every stage (a stage undone is marked)."""
+    lines = []
+    for key, label in STAGE_SETS:
+        if key not in s["samples"]:
+            continue
+        steps = " -> ".join(
+            f"{row[key]:.4g} ({row['stage']}{', undone' if row.get('kept') is False else ''})"
+            for row in s["stages"] if key in row)
+        note = (" (too few to hold any out)" if key == "calib" and "heldout" not in s["samples"]
+                else "")
+        lines.append(f"{s['metric']} on {s['samples'][key]} {label} samples{note}: {steps}")
+    return lines
+
+
 def print_prune(console: Console, r: PruneResult, model: str) -> None:
     table = Table(title=f"pruned {model}", title_justify="left")
     for col in ("", "before", "after", "kept"):
@@ -231,7 +250,10 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
     table.add_row("channels (all groups)", f"{ch_b:,}", f"{ch_a:,}", _ratio(ch_b, ch_a))
     console.print(table)
     _print_widths(console, r)
-    if r.quality:
+    if r.stages:
+        for line in stage_lines(r.stages):
+            console.print(line, soft_wrap=True)
+    elif r.quality:
         console.print(quality_line(r.quality), soft_wrap=True)
     v = r.verification
     if v is not None and v.oracle:
@@ -252,5 +274,7 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
     for name, secs in r.timings.items():
         times.add_row(name, f"{secs:.3f}")
     console.print(times)
+    if r.selection and r.selection.get("saved_plan"):
+        console.print(f"wrote plan {r.selection['saved_plan']} (reuse it with --plan)")
     if r.output:
         console.print(f"wrote {r.output}")

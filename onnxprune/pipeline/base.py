@@ -101,6 +101,7 @@ class Resources:
 
     def __init__(self) -> None:
         self.evaluator: Evaluator | None = None
+        self.references: dict[str, list[np.ndarray]] = {}  # unpruned outputs per data set
 
     def close(self) -> None:
         if self.evaluator is not None:
@@ -131,9 +132,11 @@ class Context:
     input_sets: list[dict[str, list[int]]] | None = None  # the shapes checks run at
     input_sets_from_calib: bool = False
     calib: dict[str, np.ndarray] | None = None  # calibration batch (inputs, optional labels)
+    heldout: dict[str, np.ndarray] | None = None  # held-out share of it (quality, never fitted)
+    stages: list[dict[str, Any]] = field(default_factory=list)  # quality after each stage
     metric: Metric | None = None
     select_info: dict[str, Any] | None = None  # what the selection strategy learned
-    quality: dict[str, Any] | None = None  # metric before/after (calibration data)
+    quality: dict[str, Any] | None = None  # metric before/after the cut (the search's data)
     recovery: dict[str, Any] = field(default_factory=dict)  # compensation/distillation
     scores: np.ndarray | None = None  # one importance per unit
     plan: PrunePlan | None = None

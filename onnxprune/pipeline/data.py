@@ -37,8 +37,12 @@ class Calibrate(Pass):
                type_name="int"),
         Option("arrays", None, "calibration arrays given in code (the API's calib={...})",
                parse=_arrays, type_name="dict"),
-        Option("seed", 0, "seed of the random samples", parse=number(0, integer=True),
-               type_name="int"),
+        Option("holdout", 0.2, "share of the calibration samples held out: never used to "
+               "search or refit, only to measure quality after every stage (0: none)",
+               parse=number(0, 1, hi_open=True), public="holdout", metavar="F",
+               type_name="float"),
+        Option("seed", 0, "seed of the random samples and of the held-out split",
+               parse=number(0, integer=True), type_name="int"),
     )
 
     def setup(self) -> None:
@@ -63,7 +67,28 @@ class Calibrate(Pass):
             model = ctx.export(ctx.require("graph", self.name))
             ctx.calib = _random_samples(ctx, model, self.random, self.seed)
         ctx.calib = _calibration(ctx, ctx.calib)
-        return PassResult(False, {"samples": ctx.calib.samples, "arrays": sorted(ctx.calib)})
+        ctx.calib, ctx.heldout = split_holdout(ctx.calib, self.holdout, self.seed)
+        info = {"samples": ctx.calib.samples, "arrays": sorted(ctx.calib)}
+        if ctx.heldout is not None:
+            info["heldout"] = ctx.heldout.samples
+        return PassResult(False, info)
+
+
+MIN_SHARE = 2  # samples on each side of a held-out split, at least
+
+
+def split_holdout(calib: Calibration, fraction: float, seed: int = 0
+                  ) -> tuple[Calibration, Calibration | None]:
+    """(fitted share, held-out share): ``fraction`` of the samples, chosen at random
+    (seeded), are held out; none when either share would hold fewer than two samples."""
+    n = calib.samples
+    held = int(round(n * fraction))
+    if fraction <= 0:
+        return calib, None
+    if held < MIN_SHARE or n - held < MIN_SHARE:  # the quality lines say it
+        return calib, None
+    order = np.random.default_rng(seed).permutation(n)
+    return calib.take(np.sort(order[held:])), calib.take(np.sort(order[:held]))
 
 
 def _random_samples(ctx: Context, model, n: int, seed: int) -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ from ..ir import io
 from ..options import Option, flag, number
 from ..options import path as path_option
 from ..verify.checks import verify_pruned
+from . import stages
 from .base import Context, Pass, PassResult
 from .frontend import blame_normalization
 from .inputs import verification_feeds
@@ -48,6 +49,7 @@ class Verify(Pass):
             blame = (blame_normalization(ctx, feed_sets[0])
                      if ctx.normalize_deferred else None)
             raise VerificationError(blame or "verification failed: " + "; ".join(report.messages))
+        stages.measure(ctx, "pruned")
         return PassResult(False, {"max_abs_diff": report.max_abs_diff})
 
 

@@ -14,6 +14,7 @@ from ..options import Option, flag, number
 from ..recover.compensate import compensate
 from ..search.quality import get_metric
 from ..verify.checks import VerifyReport
+from . import stages
 from .base import Context, Pass, PassResult
 from .inputs import verification_feeds
 
@@ -38,11 +39,13 @@ class Compensate(Pass):
         graph = ctx.require("graph", self.name)
         reference = ctx.export(ctx.require("reference", self.name))
         calib = _need_calib(ctx, self.name)
+        before, snapshot = stages.current(ctx), graph.copy()  # the copy shares the weights
         fits = compensate(graph, reference, ctx.analysis, ctx.plan.removed, calib, self.ridge)
         ctx.recovery.setdefault("compensate", [
             {"layer": f.node, "rows": f.rows, "error_before": f.error_before,
              "error_after": f.error_after} for f in fits])
-        return PassResult(bool(fits), {"layers": len(fits)})
+        kept = stages.keep_better(ctx, self.name, before, snapshot) if fits else True
+        return PassResult(bool(fits) and kept, {"layers": len(fits), "kept": kept})
 
 
 class Distill(Pass):
@@ -85,6 +88,7 @@ class Distill(Pass):
         teacher = ctx.export(ctx.require("reference", self.name))
         bounds = [f.tensor for f in (ctx.flows or [])] if self.boundaries else []
         student = ctx.export(graph)
+        before, snapshot = stages.current(ctx), graph.copy()
         sign = 1.0 if ctx.metric is None or ctx.metric.higher_is_better else -1.0
         tries = []
         for lr in (self.lr, self.lr / 10, self.lr / 100):  # back off when nothing improves
@@ -104,7 +108,9 @@ class Distill(Pass):
             if t is not None:
                 t.values = numpy_helper.to_array(init)
         ctx.recovery["distill"] = {k: v for k, v in info.items() if k != "history"}
-        return PassResult(True, {"steps": info.get("steps")})
+        kept = stages.keep_better(ctx, self.name, before, snapshot)
+        ctx.recovery["distill"]["kept"] = kept
+        return PassResult(kept, {"steps": info.get("steps"), "kept": kept})
 
 
 class VerifyRecovered(Pass):

@@ -1,0 +1,128 @@
+"""Quality per stage: the application metric of the model as it stands after each stage of a
+run (unpruned, pruned, compensated, distilled), measured by running the real model on the
+calibration samples the search used and on the held-out share it never saw.
+
+A recovery stage that makes held-out quality worse is undone (``keep_better``): the model
+before it is kept, and a warning says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import warn
+from ..ir import io
+from ..ir.arrays import Calibration
+from ..ir.runtime import run_batched, session
+from ..search.quality import Metric, get_metric
+from .base import Context
+
+SETS = ("calib", "heldout")  # the data sets a stage is measured on, in report order
+
+
+def _metric(ctx: Context) -> Metric:
+    return ctx.metric or get_metric("cosine")
+
+
+def _inputs(model, data: Calibration) -> Calibration:
+    names = {i.name for i in model.graph.input}
+    return Calibration({k: v for k, v in data.items() if k in names},
+                       {k: a for k, a in data.axes.items() if k in names})
+
+
+def _outputs(ctx: Context, graph, data: Calibration) -> list[np.ndarray]:
+    model = ctx.export(graph)
+    model.ir_version = io.runtime_ir_version(model, ctx.source_ir)
+    feeds = _inputs(model, data)
+    return run_batched(session(model, [ctx.config.providers[0]]), feeds, axes=feeds.axes)
+
+
+def _data(ctx: Context) -> dict[str, Calibration]:
+    out = {}
+    if ctx.calib is not None:
+        out["calib"] = ctx.calib
+    if ctx.heldout is not None:
+        out["heldout"] = ctx.heldout
+    return out
+
+
+def measurable(ctx: Context) -> bool:
+    """Stages are measured when there is data to measure on (not for metrics that run the
+    model themselves: their value is the search's own)."""
+    return bool(_data(ctx)) and not _metric(ctx).on_model
+
+
+def _original(ctx: Context):
+    return ctx.reference if ctx.reference is not None else ctx.graph
+
+
+def _references(ctx: Context) -> dict[str, list[np.ndarray]]:
+    """The unpruned model's outputs on each data set (computed once per run)."""
+    refs = ctx.resources.references
+    for name, data in _data(ctx).items():
+        if name not in refs:
+            refs[name] = _outputs(ctx, _original(ctx), data)
+    return refs
+
+
+def measure(ctx: Context, stage: str, graph=None) -> dict[str, Any] | None:
+    """Record the metric of ``graph`` (default: the working graph) after ``stage``, on every
+    data set; the unpruned model's figures come first. None when nothing is measurable."""
+    if not measurable(ctx):
+        return None
+    metric, refs = _metric(ctx), _references(ctx)
+    if not ctx.stages:
+        ctx.stages.append({"stage": "unpruned", **{
+            name: metric(refs[name], data, refs[name]) for name, data in _data(ctx).items()}})
+    row: dict[str, Any] = {"stage": stage}
+    for name, data in _data(ctx).items():
+        outs = _outputs(ctx, ctx.graph if graph is None else graph, data)
+        row[name] = metric(outs, data, refs[name])
+    ctx.stages.append(row)
+    return row
+
+
+def current(ctx: Context) -> dict[str, Any] | None:
+    """The figures of the model as it stands (measured as 'pruned' if no stage was yet)."""
+    if not measurable(ctx):
+        return None
+    if len(ctx.stages) < 2:
+        return measure(ctx, "pruned")
+    return ctx.stages[-1]
+
+
+def _deciding(row: dict[str, Any]) -> tuple[str, float]:
+    key = "heldout" if "heldout" in row else "calib"
+    return key, row[key]
+
+
+def keep_better(ctx: Context, stage: str, before: dict[str, Any] | None, snapshot) -> bool:
+    """Measure the model after recovery ``stage``; if it scores worse than ``before`` on the
+    held-out data (the calibration data without a held-out share), put ``snapshot`` (the graph
+    before the stage) back and say so. Returns whether the stage's result was kept."""
+    after = measure(ctx, stage)
+    if after is None or before is None:
+        return True
+    metric = _metric(ctx)
+    key, was = _deciding(before)
+    now = after[key]
+    where = "held-out" if key == "heldout" else "calibration"
+    if metric.utility(now) >= metric.utility(was):
+        after["kept"] = True
+        return True
+    after["kept"] = False
+    ctx.graph = snapshot
+    warn(f"{stage} made {metric.name} on the {where} data worse ({was:.4g} -> {now:.4g}); "
+         f"kept the model before {stage}")
+    return False
+
+
+def summary(ctx: Context) -> dict[str, Any] | None:
+    """What the report shows: the metric, sample counts and every stage's figures."""
+    if not ctx.stages:
+        return None
+    return {"metric": _metric(ctx).name,
+            "samples": {name: data.samples for name, data in _data(ctx).items()},
+            "stages": [dict(s) for s in ctx.stages]}
