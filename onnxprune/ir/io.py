@@ -237,3 +237,26 @@ def save_model(
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
+
+
+def write_file(path: str | os.PathLike, data: bytes, what: str = "file") -> Path:
+    """Write a small file (a plan, a report) atomically: a temp file in the target folder,
+    then a rename; the same target checks as a model's."""
+    out = output_target(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", dir=out.parent)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write the {what} ({_first_line(err)})") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        with interrupts.deferred():
+            os.replace(tmp, out)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write the {what} ({_first_line(err)})") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return out

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from ..errors import ConstraintError, warn
+from ..ir import io
 from ..options import Option, OptionError, number
+from ..options import path as path_option
 from ..rewrite.remove import remove_units
 from ..scoring import CRITERIA, NORMALIZATIONS, REDUCTIONS, normalize, score_units
 from ..search.evaluate import Evaluator
@@ -15,6 +19,7 @@ from ..select.common import Space, Target, bisect_shared_fraction
 from ..select.cost import CostModel
 from ..select.global_threshold import select_global
 from ..select.latency import probe_round_to
+from ..select.plans import plan_json, read_plan
 from ..select.sensitivity import Constraint, select_sensitivity
 from ..select.soft import soft_gradient, soft_grid
 from ..select.uniform import PrunePlan, select_uniform
@@ -113,9 +118,23 @@ class SelectChannels(Pass):
                metavar="F", type_name="float"),
         Option("normalize_scores", "mean", "per-group score normalization for strategy global",
                choices=NORMALIZATIONS, public="normalize_scores"),
+        Option("plan", None, "take the cut from a plan file written by save_plan for this "
+               "model (no scoring or search; the strategy and targets do not apply)",
+               parse=path_option, public="plan", metavar="FILE.json", type_name="path"),
+        Option("save_plan", None, "write the chosen cut to this JSON file right after the "
+               "selection (it stays if a later stage fails: rerun with plan)",
+               parse=path_option, public="save_plan", metavar="FILE.json", type_name="path"),
     )
 
     def setup(self) -> None:
+        if self.plan is not None:
+            given = [o for o, v in (("strategy", self.strategy != "uniform"),
+                                    ("target_params", self.target_params is not None),
+                                    ("target_macs", self.target_macs is not None),
+                                    ("constraint", self.constraint is not None)) if v]
+            if given:
+                raise OptionError(self.name, given[0], "the plan gives the cut; a plan run takes "
+                                  "no strategy, target or constraint")
         if self.target_params is not None and self.target_macs is not None:
             raise OptionError(self.name, "target_macs", "give target_params or target_macs, "
                               "not both")
@@ -130,6 +149,12 @@ class SelectChannels(Pass):
         searched = self.strategy in ("sensitivity", "soft")
         return set(self.requires) | ({"eval_data"} if searched else set())
 
+    def preflight(self, ctx: Context) -> None:
+        if self.plan is not None and not self.plan.is_file():
+            raise OptionError(self.name, "plan", f"{self.plan}: no such file")
+        if self.save_plan is not None:
+            io.output_target(self.save_plan)
+
     def run(self, ctx: Context) -> PassResult:
         analysis = ctx.require("analysis", self.name)
         scores = ctx.scores if ctx.scores is not None else np.zeros(analysis.num_units)
@@ -143,7 +168,10 @@ class SelectChannels(Pass):
             info["round_to"] = self._round_to
             if probe is not None:
                 info["latency_probe"] = {"layer": probe.layer, "cost": probe.cost}
-        if self.strategy == "uniform" and self.target is None:
+        if self.plan is not None:
+            removed, made = read_plan(self.plan, analysis)
+            info.update(strategy="plan", plan=str(self.plan), planned=made)
+        elif self.strategy == "uniform" and self.target is None:
             removed = select_uniform(analysis, scores, self.ratio, self._round_to,
                                      self.min_width).removed
         else:
@@ -154,8 +182,14 @@ class SelectChannels(Pass):
         ctx.plan = PrunePlan(removed, {
             g.id: (g.channels, g.channels - int(removed[g.units].sum())) for g in analysis.groups
         })
+        if self.save_plan is not None:
+            where = str(ctx.source_path) if ctx.source_path is not None else None
+            data = plan_json(analysis, removed, info, where)
+            io.write_file(self.save_plan, (json.dumps(data, indent=1) + "\n").encode(), "plan")
+            info["saved_plan"] = str(self.save_plan)
         ctx.select_info = info
-        return PassResult(False, {k: v for k, v in info.items() if not isinstance(v, list)})
+        return PassResult(False, {k: v for k, v in info.items()
+                                  if not isinstance(v, (list, dict))})
 
     def _warn_short(self, info: dict) -> None:
         """Say so when a target could not be reached (group caps, widths, rounding)."""
