@@ -14,7 +14,8 @@ from .analysis.components import Components, Flow
 from .analysis.model import ChannelAnalysis
 from .analysis.size import graph_params, is_param, macs_at, node_macs, subgraph_params
 from .ir.graph import export_model
-from .pipeline import Context, Pass, Pipeline, RunConfig, total_time
+from .ir.io import weight_bytes
+from .pipeline import Context, Pass, Pipeline, RunConfig, peak_memory, total_time
 from .pipeline.build import prune_pipeline, public_options
 from .pipeline.stages import summary as stage_summary
 from .pipeline.passes import (
@@ -154,6 +155,7 @@ class PruneResult:
     recovery: dict | None = None  # what compensation / distillation did
     params_input: int | None = None  # the input file's parameters (before normalization)
     stages: dict | None = None  # quality after every stage, on calibration and held-out data
+    memory: dict | None = None  # peak resident memory (bytes) overall and per pass
 
 
 def prune(model: ModelLike, output: str | Path | None = None, *,
@@ -199,5 +201,21 @@ def result_of(ctx: Context, params_before: int | None = None,
         macs_after=macs_at(ctx.graph, sets[0] if sets else None),
         timings=total_time(ctx), output=ctx.output_path, quality=ctx.quality,
         selection=ctx.select_info, recovery=ctx.recovery or None,
-        params_input=ctx.source_params, stages=stage_summary(ctx),
+        params_input=ctx.source_params, stages=stage_summary(ctx), memory=memory_of(ctx),
     )
+
+
+def memory_of(ctx: Context) -> dict | None:
+    """Peak RSS of the run (bytes), per pass, and next to the input model's weights."""
+    per_pass = peak_memory(ctx)
+    start = per_pass.pop("start", None)
+    peaks = [p for p in per_pass.values() if p is not None]
+    if not peaks:
+        return None
+    peak = max(peaks)
+    weights = weight_bytes(ctx.source) if ctx.source is not None else None
+    added = peak - start if start is not None else None
+    return {"peak_rss": peak, "start_rss": start, "model_weight_bytes": weights,
+            "peak_over_weights": peak / weights if weights else None,
+            "added_over_weights": added / weights if weights and added is not None else None,
+            "per_pass": per_pass}

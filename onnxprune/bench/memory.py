@@ -12,36 +12,13 @@ import ctypes.util
 import functools
 import gc
 import os
-import re
 import shutil
 import subprocess
 import sys
 import threading
 
-_STATUS = "/proc/self/status"
-_CLEAR_REFS = "/proc/self/clear_refs"
-
-
-def _kernel_hwm() -> int | None:
-    """The kernel's RSS high-water mark of this process (Linux), in bytes."""
-    try:
-        with open(_STATUS) as f:
-            match = re.search(r"VmHWM:\s+(\d+) kB", f.read())
-    except OSError:
-        return None
-    return int(match.group(1)) * 1024 if match else None
-
-
-def _reset_kernel_hwm() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not possible."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        with open(_CLEAR_REFS, "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return _kernel_hwm() is not None
+from ..ir.memory import kernel_hwm as _kernel_hwm
+from ..ir.memory import reset_kernel_hwm as _reset_kernel_hwm
 
 
 def host_memory_available() -> bool:

@@ -176,6 +176,7 @@ def prune_json(r: PruneResult, model: str) -> dict[str, Any]:
         "selection": _plain(r.selection),
         "recovery": r.recovery,
         "timings": r.timings,
+        "memory": r.memory,
     }
 
 
@@ -268,12 +269,20 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
             console.print(f"closest to its tolerance: {v.deciding}", soft_wrap=True)
     elif v is not None:
         console.print("verified by onnx.checker only: " + "; ".join(v.messages))
-    times = Table(title="time per pass", title_justify="left")
+    per_pass = (r.memory or {}).get("per_pass", {})
+    times = Table(title="time and peak memory per pass", title_justify="left")
     times.add_column("pass")
     times.add_column("seconds", justify="right")
+    times.add_column("peak RSS MB", justify="right")
     for name, secs in r.timings.items():
-        times.add_row(name, f"{secs:.3f}")
+        peak = per_pass.get(name)
+        times.add_row(name, f"{secs:.3f}", "-" if peak is None else f"{peak / 1e6:,.0f}")
     console.print(times)
+    if r.memory:
+        m = r.memory
+        ratio = (f" ({m['peak_over_weights']:.1f}x the input model's weights)"
+                 if m.get("peak_over_weights") else "")
+        console.print(f"peak memory {m['peak_rss'] / 1e6:,.0f} MB{ratio}")
     if r.selection and r.selection.get("saved_plan"):
         console.print(f"wrote plan {r.selection['saved_plan']} (reuse it with --plan)")
     if r.output:

@@ -90,7 +90,21 @@ def runtime_ir_version(model: onnx.ModelProto, source_ir: int | None = None) -> 
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:
-    return sum(len(t.raw_data) for t in model.graph.initializer)
+    """Bytes of the initializers' values (raw, typed fields or external data alike)."""
+    total = 0
+    for t in model.graph.initializer:
+        if t.raw_data:
+            total += len(t.raw_data)
+            continue
+        count = 1
+        for d in t.dims:
+            count *= d
+        try:
+            size = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        except (KeyError, TypeError, ValueError):
+            size = 1
+        total += count * size
+    return total
 
 
 def _kind(path: Path) -> str:

@@ -14,6 +14,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..ir.graph import export_model
+from ..ir.memory import current_rss, peak_rss, reset_kernel_hwm
 from ..ir.runtime import providers_option
 from ..options import Option, number, resolve, shapes, text, texts
 
@@ -145,6 +146,7 @@ class Context:
     output_path: Path | None = None
     # bookkeeping
     timings: list[tuple[str, float]] = field(default_factory=list)
+    memory: list[tuple[str, int | None]] = field(default_factory=list)  # peak RSS per pass
     log: list[tuple[str, PassResult]] = field(default_factory=list)
     progress: Callable[[str], None] | None = None
     started: bool = False  # the outermost pipeline has run its checks
@@ -209,9 +211,13 @@ class Pass:
     def __call__(self, ctx: Context) -> PassResult:
         if ctx.progress is not None:
             ctx.progress(self.name)
+        if not ctx.memory:  # what the process held before the run (libraries, the caller)
+            ctx.memory.append(("start", current_rss()))
+        reset_kernel_hwm()
         start = time.perf_counter()
         result = self.run(ctx)
         ctx.timings.append((self.name, time.perf_counter() - start))
+        ctx.memory.append((self.name, peak_rss()))
         ctx.log.append((self.name, result))
         return result
 

@@ -112,3 +112,14 @@ def total_time(ctx: Context) -> dict[str, float]:
     for name, secs in ctx.timings:
         out[name] = out.get(name, 0.0) + secs
     return out
+
+
+def peak_memory(ctx: Context) -> dict[str, int | None]:
+    """Peak resident memory of the process per pass name (bytes; the largest over repeats)."""
+    out: dict[str, int | None] = {}
+    for name, peak in ctx.memory:
+        if peak is not None:
+            out[name] = max(out.get(name) or 0, peak)
+        else:
+            out.setdefault(name, None)
+    return out

@@ -236,13 +236,28 @@ class SelectChannels(Pass):
                     f"constraint {c.metric}{c.op}{c.bound:g} cannot be met: the unpruned model "
                     f"scores {c.metric} {extra['unpruned']:.4g} on the calibration data; "
                     "nothing written")
-            info.update(steps=extra["steps"], satisfied=extra.get("satisfied"))
+            info.update(steps=extra["steps"], satisfied=extra.get("satisfied"),
+                        curves=_curves(space, extra["curves"], removed, ev.metric))
             return removed
         run = soft_gradient if self.soft_method == "gradient" else soft_grid
         removed, extra = run(space, ev, target, self.tolerance)
         info.update(coefficients=[float(c) for c in extra["coefficients"]],
                     evaluations=extra["evaluations"])
         return removed
+
+
+def _curves(space: Space, curves, removed: np.ndarray, metric) -> list[dict]:
+    """Each searched group's curve as the report shows it: the metric (not its utility) at
+    each fraction of the group's prunable channels cut alone, and the fraction chosen."""
+    sign = 1.0 if metric.higher_is_better else -1.0
+    out = []
+    for g, c in zip(space.groups, curves, strict=True):
+        n = max(int(g.order.size), 1)
+        out.append({"group": int(g.gid), "channels": int(g.order.size),
+                    "fractions": [float(k) / n for k in c.counts],
+                    "metric": [float(sign * u) for u in c.utility],
+                    "chosen": float(removed[g.order].sum()) / n})
+    return out
 
 
 class RemoveChannels(Pass):
