@@ -52,7 +52,8 @@ class Option:
         return None if self.public is None else "--" + self.public.replace("_", "-")
 
     def convert(self, owner: str, value: Any) -> Any:
-        if self.choices is not None and value not in self.choices:
+        if self.choices is not None and value not in self.choices and not (
+                value is None and self.default is None):
             raise OptionError(owner, self.name, f"must be one of {', '.join(map(str, self.choices))}"
                                                 f" (got {value!r})")
         if self.parse is None or value is None:

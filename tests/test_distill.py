@@ -156,6 +156,19 @@ def test_static_batch_student(models, images, tmp_path):
     assert_same_structure(model, pruned)
 
 
+def test_a_batch_declared_minus_one_is_dynamic(models, images):
+    """Exporters (PaddlePaddle) write dim_value -1 for a dynamic batch: it is not a fixed
+    batch of -1 (a crash before), the student trains on mini-batches."""
+    teacher, pruned = models
+    student = onnx.ModelProto()
+    student.CopyFrom(pruned)
+    student.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
+    model, info = distill(student, teacher, {"input": images[0][:60]}, metric=PSNR, steps=10,
+                          lr=LR, eval_every=5, batch_size=16)
+    assert info["steps"] == 10 and np.isfinite(info["val_after"])
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == -1
+
+
 def test_usage_errors(models):
     teacher, pruned = models
     with pytest.raises(UsageError, match="lacks model input"):

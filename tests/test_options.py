@@ -23,10 +23,13 @@ def _spec(passes):
 
 
 @pytest.mark.parametrize("recipe, options", [
-    ("magnitude-uniform", {"ratio": 0.5}),
+    # the criterion by default is l2 without data and reconstruction with it; recipes name it
+    ("magnitude-uniform", {"ratio": 0.5, "criterion": "l2"}),
     ("application-soft", {"metric": "cosine", "strategy": "soft", "target_params": 0.5,
-                          "calib": "c.npz", "tolerance": 0.02, "soft_method": "gradient"}),
-    ("recover-compensate", {"ratio": 0.5, "compensate": True, "calib": "c.npz"}),
+                          "calib": "c.npz", "tolerance": 0.02, "soft_method": "gradient",
+                          "criterion": "l2"}),
+    ("recover-compensate", {"ratio": 0.5, "compensate": True, "calib": "c.npz",
+                            "criterion": "reconstruction"}),
 ])
 def test_prune_builds_what_the_recipe_lists(recipe, options):
     passes, _ = prune_pipeline("m.onnx", "o.onnx", options)

@@ -140,6 +140,7 @@ class Context:
     quality: dict[str, Any] | None = None  # metric before/after the cut (the search's data)
     recovery: dict[str, Any] = field(default_factory=dict)  # compensation/distillation
     scores: np.ndarray | None = None  # one importance per unit
+    criterion: str | None = None  # the criterion that scored them
     plan: PrunePlan | None = None
     reference: gs.Graph | None = None  # the normalized graph before removal (for the oracle)
     verification: VerifyReport | None = None

@@ -3,7 +3,8 @@
 ``onnxprune.prune(**options)`` and ``onnxprune prune --flags`` both come here: every public
 option is a pass option (``select.ratio`` is ``ratio``), a run setting (``providers``), or
 one of the few switches below that decide which passes the pipeline has. Defaults are the
-passes' own, so a run with only ``ratio`` builds what the ``magnitude-uniform`` recipe lists.
+passes' own, so a run with only ``ratio`` builds what the ``magnitude-uniform`` recipe lists
+(its criterion, l2, is what the default criterion resolves to without calibration data).
 """
 
 from __future__ import annotations

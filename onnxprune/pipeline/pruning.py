@@ -22,12 +22,13 @@ from ..select.latency import probe_round_to
 from ..select.plans import plan_json, read_plan
 from ..select.sensitivity import Constraint, select_sensitivity
 from ..select.soft import soft_gradient, soft_grid
+from ..select.soft_autograd import NotDifferentiable, soft_autograd
 from ..select.uniform import PrunePlan, select_uniform
 from .base import Context, Pass, PassResult
 from .data import evaluator
 
 STRATEGIES = ("uniform", "global", "sensitivity", "soft")
-SOFT_METHODS = ("gradient", "grid")
+SOFT_METHODS = ("gradient", "finite", "grid")
 
 
 def _round_to(value) -> int | str:
@@ -51,30 +52,39 @@ class ScoreChannels(Pass):
     provides = ("scores",)
 
     options = (
-        Option("criterion", "l2", "channel importance: l1/l2 weight magnitude, bn (BatchNorm "
-               "scale), lamp, fpgm, activation (mean |a| on calibration data), apoz, taylor "
-               "(finite differences over the gates) or metric (drop in the metric when the "
-               "channel is closed); the last four need calibration data", choices=CRITERIA,
-               public="criterion"),
+        Option("criterion", None, "channel importance (default: reconstruction when "
+               "calibration data is given, else l2): l1/l2 weight magnitude, bn (BatchNorm "
+               "scale), lamp, fpgm, activation (mean |a| on calibration data), apoz, "
+               "reconstruction (how well the consuming layers can be refit without the "
+               "channel: greedy structured OBS on calibration data), taylor (finite differences "
+               "over the gates) or metric (drop in the metric when the channel is closed); the "
+               "last five need calibration data", choices=CRITERIA, public="criterion"),
         Option("reduce", "mean", "how a channel's scores over the group's layers combine",
                choices=REDUCTIONS, public="reduce"),
     )
 
+    def setup(self) -> None:
+        self.chosen = self.criterion or "l2"  # before the run knows whether data is given
+
     def needs(self) -> set[str]:
-        extra = {"activation": {"calib"}, "apoz": {"calib"}, "taylor": {"eval_data"},
-                 "metric": {"eval_data"}}.get(self.criterion, set())
+        extra = {"activation": {"calib"}, "apoz": {"calib"}, "reconstruction": {"calib"},
+                 "taylor": {"eval_data"},
+                 "metric": {"eval_data"}}.get(self.chosen, set())
         return set(self.requires) | extra
 
     def run(self, ctx: Context) -> PassResult:
         analysis = ctx.require("analysis", self.name)
-        ev = evaluator(ctx, f"criterion {self.criterion}") if self.criterion in (
+        criterion = self.criterion or ("reconstruction" if ctx.calib is not None else "l2")
+        ev = evaluator(ctx, f"criterion {criterion}") if criterion in (
             "taylor", "metric") else None
         ctx.scores = score_units(
-            self.criterion, ctx.graph, analysis, reduce=self.reduce, evaluator=ev,
-            reference=ctx.export() if self.criterion in ("activation", "apoz") else None,
+            criterion, ctx.graph, analysis, reduce=self.reduce, evaluator=ev,
+            reference=ctx.export() if criterion in ("activation", "apoz", "reconstruction")
+            else None,
             calib=ctx.calib, bn_scales=ctx.bn_scales,
         )
-        return PassResult(False, {"criterion": self.criterion})
+        ctx.criterion = criterion
+        return PassResult(False, {"criterion": criterion})
 
 
 class SelectChannels(Pass):
@@ -105,8 +115,11 @@ class SelectChannels(Pass):
                type_name="str"),
         Option("tolerance", 0.02, "how close soft coefficients must bring the reduction to the "
                "target", parse=number(0, 1), public="tolerance", metavar="T", type_name="float"),
-        Option("soft_method", "gradient", "the optimiser of soft coefficients",
-               choices=SOFT_METHODS, public="soft_method"),
+        Option("soft_method", "gradient", "the optimiser of soft coefficients: gradient "
+               "(back-propagated through the gated graph in torch for the built-in metrics; "
+               "finite differences without torch or for a user metric), finite (finite "
+               "differences always), grid (coordinate search)", choices=SOFT_METHODS,
+               public="soft_method"),
         Option("round_to", 1, "keep a multiple of N channels in every group; 'auto' measures "
                "how the main layer's latency steps with its width on the first provider and "
                "picks the largest multiple that costs no time", parse=_round_to,
@@ -160,7 +173,7 @@ class SelectChannels(Pass):
         scores = ctx.scores if ctx.scores is not None else np.zeros(analysis.num_units)
         check_names(self.ratio, ctx.components.names if ctx.components is not None else ())
         cost = CostModel(ctx.graph, analysis)
-        info: dict = {"strategy": self.strategy}
+        info: dict = {"strategy": self.strategy, "criterion": ctx.criterion}
         self._round_to = self.round_to
         if self.round_to == "auto":
             probe = probe_round_to(ctx.graph, ctx.config.providers[0])
@@ -239,10 +252,21 @@ class SelectChannels(Pass):
             info.update(steps=extra["steps"], satisfied=extra.get("satisfied"),
                         curves=_curves(space, extra["curves"], removed, ev.metric))
             return removed
-        run = soft_gradient if self.soft_method == "gradient" else soft_grid
-        removed, extra = run(space, ev, target, self.tolerance)
+        if self.soft_method == "grid":
+            removed, extra = soft_grid(space, ev, target, self.tolerance)
+            extra["method"] = "grid"
+        else:
+            extra = None
+            if self.soft_method == "gradient":
+                try:
+                    removed, extra = soft_autograd(space, ev, target, self.tolerance)
+                except NotDifferentiable as why:
+                    info["autograd"] = str(why)
+            if extra is None:
+                removed, extra = soft_gradient(space, ev, target, self.tolerance)
+                extra["method"] = "finite differences"
         info.update(coefficients=[float(c) for c in extra["coefficients"]],
-                    evaluations=extra["evaluations"])
+                    evaluations=extra["evaluations"], method=extra["method"])
         return removed
 
 

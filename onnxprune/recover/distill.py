@@ -295,7 +295,7 @@ def _static_batch(model: onnx.ModelProto) -> int | None:
     inits = {i.name for i in model.graph.initializer}
     for i in model.graph.input:
         dims = i.type.tensor_type.shape.dim
-        if i.name not in inits and dims and dims[0].HasField("dim_value") and dims[0].dim_value:
+        if i.name not in inits and dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
             return int(dims[0].dim_value)
     return None
 

@@ -14,9 +14,11 @@ from ..analysis.model import ChannelAnalysis
 from ..errors import UsageError, warn
 from .data_driven import activation_scores, metric_scores, taylor_scores
 from .magnitude import magnitude_scores, member_values, reduce_members
+from .reconstruction import reconstruction_scores
 
-CRITERIA = ("l1", "l2", "bn", "lamp", "fpgm", "activation", "apoz", "taylor", "metric")
-NEEDS_DATA = ("activation", "apoz", "taylor", "metric")
+CRITERIA = ("l1", "l2", "bn", "lamp", "fpgm", "activation", "apoz", "reconstruction", "taylor",
+            "metric")
+NEEDS_DATA = ("activation", "apoz", "reconstruction", "taylor", "metric")
 REDUCTIONS = ("mean", "sum", "max")
 NORMALIZATIONS = ("mean", "max", "sum", "none")
 
@@ -40,11 +42,32 @@ def score_units(criterion: str, graph: gs.Graph, analysis: ChannelAnalysis, *,
             raise UsageError(f"--criterion {criterion} needs calibration data (--calib)")
         scores = activation_scores(reference, analysis, dict(calib),
                                    "mean" if criterion == "activation" else "apoz")
+    elif criterion == "reconstruction":
+        if calib is None or reference is None:
+            raise UsageError("--criterion reconstruction needs calibration data (--calib)")
+        scores = _reconstruction(graph, reference, analysis, calib)
     else:
         if evaluator is None:
             raise UsageError(f"--criterion {criterion} needs calibration data and a --metric")
         scores = metric_scores(evaluator) if criterion == "metric" else taylor_scores(evaluator)
     return share_linked(analysis, scores)
+
+
+def _reconstruction(graph, reference, analysis, calib) -> np.ndarray:
+    """Reconstruction loss where a group feeds layers that can be rebuilt; elsewhere the
+    mean activation, scaled to sit below the group's covered scores (never preferred)."""
+    scores, covered = reconstruction_scores(graph, reference, analysis, calib)
+    missing = [g for g in analysis.groups if not g.frozen and not covered[g.units].all()]
+    if not missing:
+        return scores
+    act = activation_scores(reference, analysis, dict(calib), "mean")
+    for g in missing:
+        have = covered[g.units]
+        if have.any():  # a few channels feed nothing rebuildable: keep them
+            scores[g.units[~have]] = scores[g.units[have]].max() + act[g.units[~have]]
+        else:
+            scores[g.units] = act[g.units]
+    return scores
 
 
 def _bn_with_fallback(graph, analysis, reduce, bn_scales) -> np.ndarray:
