@@ -253,3 +253,5 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
         console.print(f"wrote plan {r.selection['saved_plan']} (reuse it with --plan)")
     if r.output:
         console.print(f"wrote {r.output}")
+    if r.report:
+        console.print(f"wrote report {r.report}", markup=False, highlight=False, soft_wrap=True)

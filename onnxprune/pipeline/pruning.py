@@ -242,6 +242,7 @@ class SelectChannels(Pass):
         run = soft_gradient if self.soft_method == "gradient" else soft_grid
         removed, extra = run(space, ev, target, self.tolerance)
         info.update(coefficients=[float(c) for c in extra["coefficients"]],
+                    coefficient_groups=[int(g.gid) for g in space.groups],
                     evaluations=extra["evaluations"])
         return removed
 
