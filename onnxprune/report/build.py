@@ -89,6 +89,11 @@ def nbytes(n: int | None) -> str:
     return f'<span title="{n:,} bytes">{shown}</span>'
 
 
+def names(text: str) -> str:
+    """A node or tensor name, escaped, that may break after each '/' (on a narrow screen)."""
+    return esc(text).replace("/", "/<wbr>")
+
+
 def share(before: float | None, after: float | None) -> str:
     if not before or after is None:
         return "–"
@@ -123,7 +128,12 @@ def figure(name: str, caption: str, images: dict[str, dict[str, Any]]) -> str:
         return ""
     im = images[name]
     return (f'<figure><img src="{esc(name)}" alt="{esc(im["alt"])}" width="{im["width"]}" '
-            f'height="{im["height"]}" loading="lazy"><figcaption>{caption}</figcaption></figure>')
+            f'height="{im["height"]}"><figcaption>{caption}</figcaption></figure>')
+
+
+def arrow(before: str, after: str) -> str:
+    """before → after, breaking (if it must) before the arrow, never inside a figure."""
+    return f'<span class="nw">{before}</span> <span class="nw">→ {after}</span>'
 
 
 def card(key: str, value: str, detail: str = "") -> str:
@@ -138,12 +148,12 @@ def _summary(d: dict[str, Any]) -> str:
     r, v = d["report"], d.get("verification")
     files = r.get("files") or {}
     cards = [
-        card("parameters", f"{num(d['params_before'])} → {num(d['params_after'])}",
+        card("parameters", arrow(num(d["params_before"]), num(d["params_after"])),
              f"{share(d['params_before'], d['params_after'])} kept"),
-        card("MACs / sample", f"{num(d['macs_before'])} → {num(d['macs_after'])}",
+        card("MACs / sample", arrow(num(d["macs_before"]), num(d["macs_after"])),
              f"{share(d['macs_before'], d['macs_after'])} kept"),
-        card("file size", f"{nbytes((files.get('input') or {}).get('bytes'))} → "
-             f"{nbytes((files.get('output') or {}).get('bytes'))}"),
+        card("file size", arrow(nbytes((files.get("input") or {}).get("bytes")),
+                                nbytes((files.get("output") or {}).get("bytes")))),
     ]
     if v is not None:
         state = '<span class="ok">passed</span>' if v["passed"] else '<span class="bad">failed</span>'
@@ -155,9 +165,8 @@ def _summary(d: dict[str, Any]) -> str:
         key = "heldout" if "heldout" in s["samples"] else "calib"
         rows = [row for row in s["stages"] if key in row]
         label = "held-out" if key == "heldout" else "calibration"
-        cards.append(card(f"{s['metric']} ({label})",
-                          f"{num(rows[0][key])} → {num(rows[-1][key])}",
-                          f"{rows[0]['stage']} → {rows[-1]['stage']}"))
+        cards.append(card(f"{s['metric']} ({label})", arrow(num(rows[0][key]), num(rows[-1][key])),
+                          arrow(esc(rows[0]["stage"]), esc(rows[-1]["stage"]))))
     total = sum((d.get("timings") or {}).values())
     peak = (d.get("memory") or {}).get("peak_rss")
     cards.append(card("time", f"{total:.2f} s", f"peak RSS {nbytes(peak)}" if peak else ""))
@@ -182,7 +191,8 @@ def _model(d: dict[str, Any]) -> str:
          nbytes((files.get("output") or {}).get("bytes")),
          share((files.get("input") or {}).get("bytes"), (files.get("output") or {}).get("bytes"))],
     ]
-    out = [table(["", "before", "after", "kept"], rows, numeric={1, 2, 3}, wrap={0})]
+    out = [table(["", "before", "after", "kept"], rows, numeric={1, 2, 3}, wrap={0},
+                 compact=True)]
     notes = [f"{num(d['removed_channels'])} channels removed"]
     if d.get("params_input") is not None and d["params_input"] != d["params_before"]:
         notes.append(f"the input file holds {num(d['params_input'])} parameters (before "
@@ -206,20 +216,25 @@ def _groups(d: dict[str, Any], images: dict) -> str:
            + (f"; the chart shows {esc(note)}" if note else "") + ".</p>",
            figure("widths.png", "Channels of every group before (grey) and after, coloured by "
                   "component; frozen groups hatched.", images)]
+    components = any(g.get("component") for g in details.values())
     rows = []
     for g in d["groups"]:
         info = details.get(g["id"], {})
         layers = info.get("layers") or []
-        shown = ", ".join(layers[:4]) + (f" (+{len(layers) - 4})" if len(layers) > 4 else "")
+        shown = ", ".join(map(names, layers[:4])) + (
+            f" (+{len(layers) - 4})" if len(layers) > 4 else "")
         status = (f"frozen: {info.get('reason')}" if info.get("frozen") else
                   "kept whole" if g["after"] == g["before"] else "pruned")
-        rows.append([str(g["id"]), esc(info.get("component") or "–"), esc(shown or "–"),
-                     num(g["before"]), num(g["after"]), share(g["before"], g["after"]),
-                     esc(status)])
+        rows.append([str(g["id"]), *([esc(info.get("component") or "–")] if components else []),
+                     shown or "–", num(g["before"]), num(g["after"]),
+                     share(g["before"], g["after"]), names(status)])
+    head = ["group", *(["component"] if components else []), "layers", "before", "after",
+            "kept", "status"]
+    at = head.index("layers")
     open_ = " open" if len(rows) <= 24 else ""
     out.append(f"<details{open_}><summary>all {len(rows)} groups</summary>"
-               + table(["group", "component", "layers", "before", "after", "kept", "status"],
-                       rows, numeric={0, 3, 4, 5}, wrap={2, 6}) + "</details>")
+               + table(head, rows, numeric={0, at + 1, at + 2, at + 3}, wrap={at, at + 4})
+               + "</details>")
     return "".join(out)
 
 
@@ -305,7 +320,7 @@ def _recovery(d: dict[str, Any]) -> str:
     if fits:
         out.append(f"<h3>Compensation: {len(fits)} layers refit</h3>")
         out.append(table(["layer", "rows", "error before", "error after"],
-                         [[esc(f["layer"]), num(f["rows"]), num(f["error_before"]),
+                         [[names(f["layer"]), num(f["rows"]), num(f["error_before"]),
                            num(f["error_after"])] for f in fits], numeric={1, 2, 3}, wrap={0}))
     dist = rec.get("distill")
     if dist:
@@ -331,7 +346,7 @@ def _verification(d: dict[str, Any]) -> str:
     for i, s in enumerate(v.get("shapes") or []):
         rows.append([f"input shapes, set {i + 1}", esc(shapes_text(s))])
     if v.get("deciding"):
-        rows.append(["closest to its tolerance", esc(v["deciding"])])
+        rows.append(["closest to its tolerance", names(v["deciding"])])
     for m in v.get("messages") or []:
         rows.append(["note", esc(m)])
     intro = ("<p>The pruned model against the mask oracle (the unpruned model with the removed "

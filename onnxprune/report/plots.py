@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 DPI = 120
-WIDE = 6.8  # inches: the full-width figures (about 820 px, legible scaled to a phone)
+WIDE = 5.8  # inches: the full-width figures (about 700 px: legible scaled down to a phone)
 STYLE = {"font.size": 11, "axes.titlesize": 11, "axes.labelsize": 10.5, "xtick.labelsize": 10,
          "ytick.labelsize": 10, "legend.fontsize": 9.5}
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#eeca3b",
@@ -67,7 +67,8 @@ def drawn_groups(data: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
 
 
 def widths(data: dict[str, Any]):
-    """Every group's width before (grey) and after (coloured by component; frozen hatched)."""
+    """Every group's width before (grey) and after, coloured by component (frozen groups,
+    which keep every channel, hatched)."""
     groups, note = drawn_groups(data)
     if not groups:
         return None
@@ -79,8 +80,7 @@ def widths(data: dict[str, Any]):
     before = [g["before"] for g in groups]
     after = [g["after"] for g in groups]
     frozen = [details.get(g["id"], {}).get("frozen", False) for g in groups]
-    color = [FROZEN if f else colors[details.get(g["id"], {}).get("component")]
-             for g, f in zip(groups, frozen, strict=True)]
+    color = [colors[details.get(g["id"], {}).get("component")] for g in groups]
     ax.barh(y, before, color=BEFORE, height=0.8)
     bars = ax.barh(y, after, color=color, height=0.55)
     for bar, f in zip(bars, frozen, strict=True):
