@@ -299,3 +299,22 @@ def test_a_folder_that_cannot_take_a_report_is_refused_before_any_work(cnn, tmp_
     assert main(["prune", str(cnn), "-o", str(out), "--report", str(tmp_path / "r2")]) == 2
     err = capsys.readouterr().err
     assert "--report: a report needs matplotlib" in err and not out.exists()
+
+
+def test_a_folder_nobody_can_write_is_refused(cnn, tmp_path, read_only_dir, capsys):
+    out = tmp_path / "small.onnx"
+    for folder in (read_only_dir, read_only_dir / "new"):
+        assert main(["prune", str(cnn), "-o", str(out), "--report", str(folder)]) == EXIT_OUTPUT
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is not writable" in err[0], err
+    assert not out.exists() and list(read_only_dir.iterdir()) == []
+
+
+def test_a_model_in_memory_gets_a_report(tmp_path):
+    rep = tmp_path / "rep"
+    r = prune(demo_cnn(), tmp_path / "small.onnx", ratio=0.25, report=rep)
+    data = json.loads((rep / "report.json").read_text())
+    assert data["input"] is None and data["report"]["files"]["input"]["bytes"] is None
+    assert data["command"].startswith("onnxprune.prune(<ModelProto>, ")
+    assert data["params_after"] == r.params_after
+    assert "a model in memory" in (rep / "report.html").read_text()
