@@ -13,11 +13,9 @@ from .analysis.channels import analyze_channels
 from .analysis.components import Components, Flow
 from .analysis.model import ChannelAnalysis
 from .analysis.size import graph_params, is_param, macs_at, node_macs, subgraph_params
-from .ir.graph import export_model
-from .ir.io import weight_bytes
-from .pipeline import Context, Pass, Pipeline, RunConfig, peak_memory, total_time
+from .errors import collect_warnings
+from .pipeline import Context, Pass, Pipeline, RunConfig, total_time
 from .pipeline.build import prune_pipeline, public_options
-from .pipeline.stages import summary as stage_summary
 from .pipeline.passes import (
     AnalyzeChannels,
     FindComponents,
@@ -26,8 +24,10 @@ from .pipeline.passes import (
     Normalize,
     UseModel,
 )
-from .select.uniform import PrunePlan
-from .verify.checks import VerifyReport
+from .pipeline.result import PruneResult, memory_of, result_of
+
+__all__ = ["Analysis", "GroupStats", "PruneResult", "analyze", "component_sizes", "memory_of",
+           "prune", "result_of"]
 
 ModelLike = str | Path | onnx.ModelProto
 
@@ -138,26 +138,6 @@ def component_sizes(graph, components: Components, analysis: ChannelAnalysis) ->
     return out
 
 
-@dataclass(frozen=True)
-class PruneResult:
-    model: onnx.ModelProto
-    analysis: ChannelAnalysis
-    plan: PrunePlan
-    verification: VerifyReport | None
-    params_before: int
-    params_after: int
-    macs_before: int
-    macs_after: int
-    timings: dict[str, float]
-    output: Path | None
-    quality: dict | None = None  # application metric before/after on the calibration data
-    selection: dict | None = None  # what the strategy learned (target, steps, coefficients)
-    recovery: dict | None = None  # what compensation / distillation did
-    params_input: int | None = None  # the input file's parameters (before normalization)
-    stages: dict | None = None  # quality after every stage, on calibration and held-out data
-    memory: dict | None = None  # peak resident memory (bytes) overall and per pass
-
-
 def prune(model: ModelLike, output: str | Path | None = None, *,
           progress: Callable[[str], None] | None = None, **options: Any) -> PruneResult:
     """Prune, verify, and write to ``output`` (when given); the options are those of
@@ -168,9 +148,11 @@ def prune(model: ModelLike, output: str | Path | None = None, *,
     >>> r = prune("ae.onnx", strategy="soft", target_params=0.6, calib="digits.npz",
     ...           metric="psnr")                            # doctest: +SKIP
     """
-    passes, config = prune_pipeline(model, output, options)
-    ctx = Context(config=config, progress=progress)
-    Pipeline(passes)(ctx)
+    said: list[str] = []
+    with collect_warnings(said):  # those of building the pipeline too, for a report
+        passes, config = prune_pipeline(model, output, options)
+        ctx = Context(config=config, progress=progress, warnings=said)
+        Pipeline(passes)(ctx)
     return result_of(ctx)
 
 
@@ -186,36 +168,3 @@ def _options_doc() -> str:
 prune.__doc__ = (prune.__doc__ or "") + _options_doc()
 
 
-def result_of(ctx: Context, params_before: int | None = None,
-              macs_before: int | None = None) -> PruneResult:
-    """A PruneResult from a pipeline's context (sizes before: of the graph before removal)."""
-    before = ctx.reference if ctx.reference is not None else ctx.graph
-    sets = ctx.input_sets
-    return PruneResult(
-        model=export_model(ctx.graph, ctx.source_ir and min(ctx.source_ir, 13), like=ctx.source),
-        analysis=ctx.analysis, plan=ctx.plan, verification=ctx.verification,
-        params_before=graph_params(before) if params_before is None else params_before,
-        params_after=graph_params(ctx.graph),
-        macs_before=macs_at(before, sets[0] if sets else None) if macs_before is None
-        else macs_before,
-        macs_after=macs_at(ctx.graph, sets[0] if sets else None),
-        timings=total_time(ctx), output=ctx.output_path, quality=ctx.quality,
-        selection=ctx.select_info, recovery=ctx.recovery or None,
-        params_input=ctx.source_params, stages=stage_summary(ctx), memory=memory_of(ctx),
-    )
-
-
-def memory_of(ctx: Context) -> dict | None:
-    """Peak RSS of the run (bytes), per pass, and next to the input model's weights."""
-    per_pass = peak_memory(ctx)
-    start = per_pass.pop("start", None)
-    peaks = [p for p in per_pass.values() if p is not None]
-    if not peaks:
-        return None
-    peak = max(peaks)
-    weights = weight_bytes(ctx.source) if ctx.source is not None else None
-    added = peak - start if start is not None else None
-    return {"peak_rss": peak, "start_rss": start, "model_weight_bytes": weights,
-            "peak_over_weights": peak / weights if weights else None,
-            "added_over_weights": added / weights if weights and added is not None else None,
-            "per_pass": per_pass}

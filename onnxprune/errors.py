@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import warnings
+from collections.abc import Iterator
 
 # Exit codes (documented in the README).
 EXIT_OK = 0
@@ -56,6 +59,25 @@ class OnnxPruneWarning(UserWarning):
     """Something the user asked for was adjusted or had no effect; the run goes on."""
 
 
+# The lists warnings are collected into while a run is under way (a report lists them).
+_SINKS: contextvars.ContextVar[tuple[list[str], ...]] = contextvars.ContextVar(
+    "onnxprune_warnings", default=())
+
+
 def warn(message: str) -> None:
     """Say it once: front ends print these as one line each (Python's warnings otherwise)."""
+    for sink in _SINKS.get():
+        if message not in sink:
+            sink.append(message)
     warnings.warn(message, OnnxPruneWarning, stacklevel=2)
+
+
+@contextlib.contextmanager
+def collect_warnings(into: list[str]) -> Iterator[list[str]]:
+    """Every onnxprune warning said inside the block is also appended to ``into`` (once),
+    whatever Python's warning filters show."""
+    token = _SINKS.set((*_SINKS.get(), into))
+    try:
+        yield into
+    finally:
+        _SINKS.reset(token)

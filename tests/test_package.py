@@ -1,5 +1,6 @@
-"""The package boundary: the wheel carries the recipes, and a core install (no torch) runs
-prune, run, bench and the demo model; the modules import without cycles."""
+"""The package boundary: the wheel carries the recipes and the report's template, and a core
+install (no torch) runs prune, run, bench and the demo model; the modules import without
+cycles."""
 
 import ast
 import subprocess
@@ -46,6 +47,8 @@ def test_the_wheel_ships_the_recipes(wheel_site):
     shipped = sorted(p.stem for p in (wheel_site / "onnxprune" / "recipes").glob("*.toml"))
     assert shipped == sorted(p.stem for p in (ROOT / "passes").glob("*.toml"))
     assert "magnitude-uniform" in shipped and "recover-distill" in shipped
+    template = wheel_site / "onnxprune" / "report" / "template.html"
+    assert template.read_text() == (ROOT / "onnxprune" / "report" / "template.html").read_text()
 
 
 def test_a_core_install_prunes_runs_recipes_and_benches(wheel_site, tmp_path):
@@ -63,6 +66,10 @@ def test_a_core_install_prunes_runs_recipes_and_benches(wheel_site, tmp_path):
     assert {"m.onnx", "p.onnx", "r.onnx", "c.onnx"} <= {p.name for p in tmp_path.iterdir()}
     r = _cli(wheel_site, "zoo", "export", "autoencoder", "-o", "ae.onnx", cwd=tmp_path)
     assert r.returncode == 2 and "pip install 'onnxprune[torch]'" in r.stderr
+    # a report needs matplotlib: said before any work
+    r = _cli(wheel_site, "prune", "m.onnx", "-o", "q.onnx", "--report", "rep", cwd=tmp_path)
+    assert r.returncode == 2 and "--report: a report needs matplotlib" in r.stderr, r.stderr
+    assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "rep").exists()
 
 
 def _imports(path: Path) -> set[str]:

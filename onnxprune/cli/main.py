@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
+import shlex
 import signal
 import sys
 import tempfile
@@ -111,6 +113,15 @@ def cmd_prune(args, console: Console) -> int:
     values = given(args, prune_flags())
     bench_providers = values.get("providers", "cpu")
     values["providers"] = resolve_providers(bench_providers)  # before any work
+    later = None  # a report that waits for the benchmark
+    if "report" in values:
+        values["report_command"] = _command(args)
+        if args.bench:
+            from ..pipeline.passes import Report
+
+            later = Report(values.pop("report"), command=values.pop("report_command"))
+            later.preflight(None)
+            later.check_model(values["output"])
     with _status("pruning", args.quiet) as named:
         result = prune(args.model, progress=named, **values)
     report = None
@@ -124,6 +135,13 @@ def cmd_prune(args, console: Console) -> int:
                            input_shapes=shapes(values["input_shapes"])
                            if values.get("input_shapes") else None,
                            input_values=values.get("input_values"))
+    if later is not None:
+        from ..pipeline.result import report_data
+        from ..report import write_report
+
+        data = report_data(result, str(args.model), warnings=WARNINGS, command=later.command,
+                           bench=report.to_json())
+        result = dataclasses.replace(result, report=write_report(later.folder, data))
     if args.json:
         data = prune_json(result, str(args.model))
         if report is not None:
@@ -134,6 +152,11 @@ def cmd_prune(args, console: Console) -> int:
         if report is not None:
             print_table(report, console)
     return EXIT_OK
+
+
+def _command(args) -> str:
+    """The command line that reproduces this run, as typed."""
+    return shlex.join(["onnxprune", *args.argv])
 
 
 def cmd_passes(args, console: Console) -> int:
@@ -165,7 +188,7 @@ def cmd_passes(args, console: Console) -> int:
 def cmd_run(args, console: Console) -> int:
     from ..api import result_of
     from ..pipeline import Context, Pipeline, RunConfig
-    from ..pipeline.passes import Calibrate, LoadModel, WriteModel
+    from ..pipeline.passes import Calibrate, LoadModel, Report, WriteModel
     from ..pipeline.recipes import load_recipe, parse_sets
     from .report import print_prune, prune_json
 
@@ -177,11 +200,14 @@ def cmd_run(args, console: Console) -> int:
     if calib:
         at = next((i + 1 for i, p in enumerate(steps) if p.name == "normalize"), 0)
         steps.insert(at, Calibrate(**calib))
+    steps.append(WriteModel(values["output"], force=values.get("force", False)))
+    if "report" in values:
+        steps.append(Report(values["report"], command=_command(args)))
+        steps[-1].check_model(values["output"])
     ctx = Context(config=config)
     with _status(f"running {recipe.path.stem}", args.quiet) as named:
         ctx.progress = named
-        Pipeline([LoadModel(args.model), *steps,
-                  WriteModel(values["output"], force=values.get("force", False))])(ctx)
+        Pipeline([LoadModel(args.model), *steps])(ctx)
     result = result_of(ctx)
     if args.json:
         print(json.dumps({**prune_json(result, str(args.model)), "warnings": list(WARNINGS)},
@@ -284,14 +310,15 @@ def prune_flags():
 def _flag_sets():
     from ..pipeline import RUN_OPTIONS
     from ..pipeline.build import SWITCHES
-    from ..pipeline.passes import AnalyzeChannels, Calibrate, FindComponents, WriteModel
+    from ..pipeline.passes import AnalyzeChannels, Calibrate, FindComponents, Report, WriteModel
 
     components = next(o for o in SWITCHES if o.name == "components")
     analyze = [("prune", components), *[(FindComponents.name, o) for o in FindComponents.options],
                *[(AnalyzeChannels.name, o) for o in AnalyzeChannels.options],
                *[("run", o) for o in RUN_OPTIONS if o.name in ("input_values", "input_shapes")]]
     run = [*[("run", o) for o in RUN_OPTIONS], *[(Calibrate.name, o) for o in Calibrate.options],
-           *[(WriteModel.name, o) for o in WriteModel.options]]
+           *[(WriteModel.name, o) for o in WriteModel.options],
+           *[(Report.name, o) for o in Report.options]]
     return analyze, run, {o.public for o in RUN_OPTIONS}
 
 
@@ -360,6 +387,7 @@ def main(argv: list[str] | None = None, *, keep_handlers: bool = False) -> int:
     """Run one command; returns its exit code. ``keep_handlers``: see ``interrupts.guarded``."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     console = Console(stderr=False)
     err = Console(stderr=True)
     io.written.clear()

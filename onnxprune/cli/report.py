@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ..analysis.model import Group
 from ..api import Analysis, PruneResult
+from ..pipeline.result import prune_json  # noqa: F401 - the --json object, also here
 
 
 def group_json(g: Group) -> dict[str, Any]:
@@ -151,41 +152,6 @@ def _print_components(console: Console, data: dict[str, Any]) -> None:
     console.print(s)
 
 
-def prune_json(r: PruneResult, model: str) -> dict[str, Any]:
-    v = r.verification
-    return {
-        "input": model,
-        "output": str(r.output) if r.output else None,
-        "params_input": r.params_input,
-        "params_before": r.params_before,
-        "params_after": r.params_after,
-        "macs_before": r.macs_before,
-        "macs_after": r.macs_after,
-        "removed_channels": r.plan.removed_units,
-        "groups": [
-            {"id": gid, "before": b, "after": a} for gid, (b, a) in sorted(r.plan.widths.items())
-        ],
-        "verification": None if v is None else {
-            "passed": v.passed, "checker": v.checker, "providers": list(v.providers),
-            "oracle_max_abs_diff": v.max_abs_diff, "oracle_max_rel_diff": v.max_rel_diff,
-            "normalize_rel_diff": v.normalize_rel_diff, "messages": list(v.messages),
-            "oracle": v.oracle, "shapes": list(v.shapes), "deciding": v.deciding,
-        },
-        "quality": r.quality,
-        "stages": r.stages,
-        "selection": _plain(r.selection),
-        "recovery": r.recovery,
-        "timings": r.timings,
-        "memory": r.memory,
-    }
-
-
-def _plain(info):
-    if info is None:
-        return None
-    return {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in info.items()}
-
-
 def _ratio(before: int, after: int) -> str:
     return f"{after / before:.1%}" if before else "-"
 
@@ -287,3 +253,5 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
         console.print(f"wrote plan {r.selection['saved_plan']} (reuse it with --plan)")
     if r.output:
         console.print(f"wrote {r.output}")
+    if r.report:
+        console.print(f"wrote report {r.report}", markup=False, highlight=False, soft_wrap=True)

@@ -143,6 +143,45 @@ def output_target(path: str | os.PathLike) -> Path:
     return out
 
 
+def folder_target(path: str | os.PathLike) -> Path:
+    """A folder files will be written into, checked before any work is done: an existing
+    folder, or a new one whose parent exists; either must accept a new file (probed). Anything
+    else at ``path`` (a file, a device, ...) is refused (OutputError, exit 7)."""
+    out = Path(path)
+    if out.is_symlink():
+        out = Path(os.path.realpath(out))
+    if out.exists() and not out.is_dir():
+        what = "a file" if out.is_file() else _kind(out)
+        raise OutputError(f"{path}: is {what}, not a folder; refusing to replace it "
+                          "(give a folder path)")
+    probe_in = out if out.is_dir() else (out.parent if str(out.parent) else Path("."))
+    if not probe_in.is_dir():
+        raise OutputError(f"{path}: folder {probe_in} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".onnxprune-probe-", dir=probe_in)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OutputError(f"{path}: folder {probe_in} is not writable "
+                          f"({_first_line(err)})") from None
+    return out
+
+
+def model_bytes(path: str | os.PathLike) -> int | None:
+    """The bytes a model takes on disk: its file and the external data files it names (None
+    when it is not there)."""
+    p = Path(path)
+    try:
+        total = p.stat().st_size
+        for name in _external_files(p):
+            extra = p.parent / name
+            if extra.is_file():
+                total += extra.stat().st_size
+    except OSError:
+        return None
+    return total
+
+
 def _data_name(out: Path, model: onnx.ModelProto) -> str:
     """A name for the external data file unique to its contents, so that a model file can
     never be paired with another run's data (the model's rename is the one commit point)."""

@@ -44,7 +44,7 @@ ARTIFACTS = {
     "calib": "calibration data", "metric": "a metric", "scores": "channel scores",
     "plan": "a selection of channels", "reference": "the graph before removal",
     "verification": "a verified model", "quality": "the measured quality",
-    "output_path": "a written model",
+    "output_path": "a written model", "report_path": "a written report",
     "eval_data": "calibration data (or a metric that runs the model itself)",
 }
 
@@ -145,10 +145,12 @@ class Context:
     reference: gs.Graph | None = None  # the normalized graph before removal (for the oracle)
     verification: VerifyReport | None = None
     output_path: Path | None = None
+    report_path: Path | None = None  # the report.html written after the model
     # bookkeeping
     timings: list[tuple[str, float]] = field(default_factory=list)
     memory: list[tuple[str, int | None]] = field(default_factory=list)  # peak RSS per pass
     log: list[tuple[str, PassResult]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # said during the run, each once
     progress: Callable[[str], None] | None = None
     started: bool = False  # the outermost pipeline has run its checks
 

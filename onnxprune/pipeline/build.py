@@ -22,7 +22,7 @@ from .base import RUN_OPTIONS, Pass, RunConfig
 from .data import Calibrate, MeasureQuality, UseMetric
 from .entry import LoadModel, UseModel
 from .frontend import Cleanup, Normalize
-from .output import Verify, WriteModel
+from .output import Report, Verify, WriteModel
 from .pruning import RemoveChannels, ScoreChannels, SelectChannels
 from .recovery import Compensate, Distill, VerifyRecovered
 from .structure import AnalyzeChannels, DropAdapters, FindComponents, InsertFlowAdapters
@@ -45,7 +45,7 @@ SWITCHES = (
 # The passes whose public options prune() takes, in pipeline order.
 PRUNE_PASSES: tuple[type[Pass], ...] = (
     FindComponents, AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels,
-    Compensate, Distill, WriteModel,
+    Compensate, Distill, WriteModel, Report,
 )
 
 
@@ -128,7 +128,40 @@ def prune_pipeline(model: str | Path | onnx.ModelProto, output: str | Path | Non
         passes.append(VerifyRecovered())
     if output is not None:
         passes.append(make(WriteModel, path=output))
+    report = per_pass.get("report", {})
+    if report.get("folder") is not None:
+        if output is None:
+            raise UsageError("report: a report describes a written model; give an output")
+        command = report.get("command") or api_call(model, output, values)
+        passes.append(make(Report, command=command))
+        passes[-1].check_model(output)
+    elif report.get("command") is not None:
+        warn("report_command: no effect without report")
     return passes, config
+
+
+def _arg(value: Any) -> str:
+    """A value as it reads in a call (arrays by their shape and type)."""
+    if isinstance(value, Path):
+        return repr(str(value))
+    if isinstance(value, onnx.ModelProto):
+        return "<ModelProto>"
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"<array {'x'.join(map(str, value.shape)) or 'scalar'} {value.dtype}>"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k!r}: {_arg(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(_arg(v) for v in value)
+        return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' if len(value) == 1 else ''})"
+    return repr(value)
+
+
+def api_call(model: Any, output: Any, values: Mapping[str, Any]) -> str:
+    """The ``onnxprune.prune(...)`` call that builds this pipeline, as code."""
+    args = [_arg(model if not isinstance(model, (str, Path)) else str(model)),
+            _arg(None if output is None else str(output))]
+    args += [f"{k}={_arg(v)}" for k, v in values.items() if k != "report_command"]
+    return f"onnxprune.prune({', '.join(args)})"
 
 
 def _publics(owner: str, per_pass: Mapping[str, Mapping[str, Any]]) -> list[str]:

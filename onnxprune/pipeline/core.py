@@ -10,7 +10,7 @@ from collections.abc import Iterable
 import onnx
 
 from .. import interrupts
-from ..errors import UsageError
+from ..errors import UsageError, collect_warnings
 from .base import ARTIFACTS, PROVIDED_BY, Context, Pass, PassResult
 from .entry import LoadModel, UseModel
 
@@ -75,8 +75,9 @@ class Pipeline(Pass):
         self.check_contracts(ctx.available())
         ctx.started = True
         try:
-            self.preflight(ctx)
-            return self.run(ctx)
+            with collect_warnings(ctx.warnings):
+                self.preflight(ctx)
+                return self.run(ctx)
         finally:  # the outermost pipeline owns the run's resources
             ctx.resources.close()
             ctx.started = False

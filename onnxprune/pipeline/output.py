@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..analysis.size import graph_params
-from ..errors import OutputError, VerificationError, warn
+from ..errors import OutputError, UsageError, VerificationError, warn
 from ..ir import io
-from ..options import Option, flag, number
+from ..options import Option, OptionError, flag, number, text
 from ..options import path as path_option
 from ..verify.checks import verify_pruned
 from . import stages
@@ -87,6 +87,53 @@ class WriteModel(Pass):
                  f"{ctx.source_params:,}): weights the input shares are stored apart")
         ctx.output_path = io.save_model(model, self.path, source_ir=ctx.source_ir)
         return PassResult(False, {"path": str(ctx.output_path)})
+
+
+class Report(Pass):
+    name = "report"
+    description = ("Write report.html (figures beside it) and report.json into a folder, once "
+                   "the model is written.")
+    requires = ("output_path",)
+    provides = ("report_path",)
+
+    options = (
+        Option("folder", None, "write a report of the run into this folder (made if missing): "
+               "report.html to look at, report.json (what --json prints, and the command), the "
+               "figures as PNG; only once the model is written", parse=path_option,
+               public="report", metavar="DIR", type_name="path"),
+        Option("command", None, "the command the report gives to reproduce the run (default: "
+               "the prune() call)", parse=text, public="report_command", flag="",
+               type_name="str"),
+    )
+
+    def setup(self) -> None:
+        if self.folder is None:
+            raise OptionError(self.name, "folder", "is required")
+
+    def preflight(self, ctx: Context) -> None:
+        from ..report import check_target
+
+        try:
+            check_target(self.folder)
+        except UsageError as err:  # no matplotlib: name the option
+            raise OptionError(self.name, "folder", str(err)) from None
+
+    def check_model(self, model_path: str | Path) -> None:
+        """The model is not written where the report writes one of its files."""
+        from ..report import check_apart
+
+        check_apart(self.folder, model_path)
+
+    def run(self, ctx: Context) -> PassResult:
+        from ..report import check_apart, write_report
+        from .result import report_data, result_of
+
+        output = ctx.require("output_path", self.name)
+        check_apart(self.folder, output)  # never over the model just written
+        model = str(ctx.source_path) if ctx.source_path is not None else None
+        data = report_data(result_of(ctx), model, warnings=ctx.warnings, command=self.command)
+        ctx.report_path = write_report(self.folder, data)
+        return PassResult(False, {"path": str(ctx.report_path)})
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -1,5 +1,5 @@
 """The passes of the pruning pipeline: load -> normalize -> components -> analyze ->
-calibrate/metric -> score -> select -> remove -> cleanup -> verify -> write."""
+calibrate/metric -> score -> select -> remove -> cleanup -> verify -> write -> report."""
 
 from .base import PROVIDED_BY, Pass
 from .data import Calibrate, MeasureQuality, UseMetric
@@ -14,7 +14,7 @@ from .frontend import (
     NameNodes,
     Normalize,
 )
-from .output import Verify, WriteModel
+from .output import Report, Verify, WriteModel
 from .pruning import STRATEGIES, RemoveChannels, ScoreChannels, SelectChannels
 from .recovery import Compensate, Distill, VerifyRecovered
 from .structure import AnalyzeChannels, DropAdapters, FindComponents, InsertFlowAdapters
@@ -26,6 +26,7 @@ CATALOGUE: dict[str, type[Pass]] = {
         FoldBatchNorm, DropIdentity, Cleanup, FindComponents, InsertFlowAdapters,
         AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels, MeasureQuality,
         RemoveChannels, DropAdapters, Verify, Compensate, Distill, VerifyRecovered, WriteModel,
+        Report,
     )
 }
 for _cls in (LoadModel, UseModel, *CATALOGUE.values()):
@@ -36,6 +37,6 @@ __all__ = [
     "CATALOGUE", "STRATEGIES", "AnalyzeChannels", "Calibrate", "Cleanup", "ConstantReshapeTargets",
     "DropAdapters", "DropIdentity", "FindComponents", "FoldBatchNorm", "FoldConstants",
     "InferShapes", "InsertFlowAdapters", "LoadModel", "MeasureQuality", "NameNodes", "Normalize",
-    "RemoveChannels", "ScoreChannels", "Compensate", "Distill", "VerifyRecovered", "SelectChannels", "UseMetric", "UseModel", "Verify",
+    "RemoveChannels", "Report", "ScoreChannels", "Compensate", "Distill", "VerifyRecovered", "SelectChannels", "UseMetric", "UseModel", "Verify",
     "WriteModel",
 ]

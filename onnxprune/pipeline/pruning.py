@@ -266,6 +266,7 @@ class SelectChannels(Pass):
                 removed, extra = soft_gradient(space, ev, target, self.tolerance)
                 extra["method"] = "finite differences"
         info.update(coefficients=[float(c) for c in extra["coefficients"]],
+                    coefficient_groups=[int(g.gid) for g in space.groups],
                     evaluations=extra["evaluations"], method=extra["method"])
         return removed
 

@@ -9,7 +9,8 @@
     ratio = 0.5
 
 A recipe names every pass between loading the model and writing it; ``onnxprune run`` adds
-load (the MODEL argument), calibration (``--calib``/``--calib-random``) and write (``-o``).
+load (the MODEL argument), calibration (``--calib``/``--calib-random``), write (``-o``) and
+the report (``--report``).
 Unknown passes and options are rejected, by name, before anything runs.
 """
 
@@ -89,8 +90,9 @@ def load_recipe(name_or_path: str) -> Recipe:
         if name not in CATALOGUE:
             raise UsageError(f"{path}: pass #{i + 1} {name!r} is not a known pass "
                              f"(see 'onnxprune passes')")
-        if name in ("write",):
-            raise UsageError(f"{path}: 'write' comes from -o, not from the recipe")
+        if name in ("write", "report"):
+            flag = "-o" if name == "write" else "--report"
+            raise UsageError(f"{path}: '{name}' comes from {flag}, not from the recipe")
         _make(name, entry, path)  # every value checked before anything runs
         steps.append((name, entry))
     if not steps:

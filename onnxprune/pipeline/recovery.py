@@ -147,8 +147,10 @@ class VerifyRecovered(Pass):
             ctx.quality = {**(ctx.quality or {"metric": metric.name}), "after_recovery": value}
             messages.append(f"{metric.name} after recovery: {value:.4g}")
         old = ctx.verification
-        ctx.verification = VerifyReport(
+        ctx.verification = VerifyReport(  # the removal's oracle figures, where they ran
             True, tuple(providers), old.max_abs_diff if old else float("nan"),
-            old.max_rel_diff if old else float("nan"), None, True,
-            tuple((old.messages if old else ()) + tuple(messages)), oracle=bool(old and old.oracle))
+            old.max_rel_diff if old else float("nan"), old.normalize_rel_diff if old else None,
+            True, tuple((old.messages if old else ()) + tuple(messages)),
+            oracle=bool(old and old.oracle), shapes=old.shapes if old else (),
+            deciding=old.deciding if old else None)
         return PassResult(False, {"messages": messages})

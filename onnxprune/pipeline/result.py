@@ -1,0 +1,160 @@
+"""What a prune run produced, from its context: the result object, the JSON object the command
+line prints (``prune --json``), and what a report adds to that object."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..analysis.model import ChannelAnalysis
+from ..analysis.size import graph_params, is_param, macs_at
+from ..ir.graph import export_model
+from ..ir.io import weight_bytes
+from ..select.uniform import PrunePlan
+from ..verify.checks import VerifyReport
+from .base import Context
+from .core import peak_memory, total_time
+from .stages import summary as stage_summary
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    model: onnx.ModelProto
+    analysis: ChannelAnalysis
+    plan: PrunePlan
+    verification: VerifyReport | None
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    timings: dict[str, float]
+    output: Path | None
+    quality: dict | None = None  # application metric before/after on the calibration data
+    selection: dict | None = None  # what the strategy learned (target, steps, coefficients)
+    recovery: dict | None = None  # what compensation / distillation did
+    params_input: int | None = None  # the input file's parameters (before normalization)
+    stages: dict | None = None  # quality after every stage, on calibration and held-out data
+    memory: dict | None = None  # peak resident memory (bytes) overall and per pass
+    params_by_op: dict | None = None  # op type -> [params before, after] (top-level nodes)
+    report: Path | None = None  # the report.html written (--report)
+
+
+def result_of(ctx: Context, params_before: int | None = None,
+              macs_before: int | None = None) -> PruneResult:
+    """A PruneResult from a pipeline's context (sizes before: of the graph before removal)."""
+    before = ctx.reference if ctx.reference is not None else ctx.graph
+    sets = ctx.input_sets
+    return PruneResult(
+        model=export_model(ctx.graph, ctx.source_ir and min(ctx.source_ir, 13), like=ctx.source),
+        analysis=ctx.analysis, plan=ctx.plan, verification=ctx.verification,
+        params_before=graph_params(before) if params_before is None else params_before,
+        params_after=graph_params(ctx.graph),
+        macs_before=macs_at(before, sets[0] if sets else None) if macs_before is None
+        else macs_before,
+        macs_after=macs_at(ctx.graph, sets[0] if sets else None),
+        timings=total_time(ctx), output=ctx.output_path, quality=ctx.quality,
+        selection=ctx.select_info, recovery=ctx.recovery or None,
+        params_input=ctx.source_params, stages=stage_summary(ctx), memory=memory_of(ctx),
+        params_by_op=params_by_op(before, ctx.graph), report=ctx.report_path,
+    )
+
+
+def memory_of(ctx: Context) -> dict | None:
+    """Peak RSS of the run (bytes), per pass, and next to the input model's weights."""
+    per_pass = peak_memory(ctx)
+    start = per_pass.pop("start", None)
+    peaks = [p for p in per_pass.values() if p is not None]
+    if not peaks:
+        return None
+    peak = max(peaks)
+    weights = weight_bytes(ctx.source) if ctx.source is not None else None
+    added = peak - start if start is not None else None
+    return {"peak_rss": peak, "start_rss": start, "model_weight_bytes": weights,
+            "peak_over_weights": peak / weights if weights else None,
+            "added_over_weights": added / weights if weights and added is not None else None,
+            "per_pass": per_pass}
+
+
+def _params_per_op(graph: gs.Graph) -> dict[str, int]:
+    """Parameters by the op type of the first top-level node that reads them; what sits only
+    inside If/Loop/Scan bodies is counted as "subgraphs"."""
+    out: dict[str, int] = {}
+    seen: set[str] = set()
+    for node in graph.nodes:
+        for t in node.inputs:
+            if t.name not in seen and is_param(t):
+                seen.add(t.name)
+                out[node.op] = out.get(node.op, 0) + int(t.values.size)
+    rest = graph_params(graph) - sum(out.values())
+    if rest > 0:
+        out["subgraphs"] = rest
+    return out
+
+
+def params_by_op(before: gs.Graph | None, after: gs.Graph | None) -> dict[str, list[int]] | None:
+    """Op type -> [parameters before, after], largest first."""
+    if before is None or after is None:
+        return None
+    b, a = _params_per_op(before), _params_per_op(after)
+    ops = sorted(set(b) | set(a), key=lambda op: (-b.get(op, 0), op))
+    return {op: [b.get(op, 0), a.get(op, 0)] for op in ops}
+
+
+def prune_json(r: PruneResult, model: str | None) -> dict[str, Any]:
+    """The object ``prune --json`` prints (without its ``warnings``)."""
+    v = r.verification
+    return {
+        "input": model,
+        "output": str(r.output) if r.output else None,
+        "params_input": r.params_input,
+        "params_before": r.params_before,
+        "params_after": r.params_after,
+        "macs_before": r.macs_before,
+        "macs_after": r.macs_after,
+        "removed_channels": r.plan.removed_units,
+        "groups": [
+            {"id": gid, "before": b, "after": a} for gid, (b, a) in sorted(r.plan.widths.items())
+        ],
+        "verification": None if v is None else {
+            "passed": v.passed, "checker": v.checker, "providers": list(v.providers),
+            "oracle_max_abs_diff": v.max_abs_diff, "oracle_max_rel_diff": v.max_rel_diff,
+            "normalize_rel_diff": v.normalize_rel_diff, "messages": list(v.messages),
+            "oracle": v.oracle, "shapes": list(v.shapes), "deciding": v.deciding,
+        },
+        "quality": r.quality,
+        "stages": r.stages,
+        "selection": _plain(r.selection),
+        "recovery": r.recovery,
+        "timings": r.timings,
+        "memory": r.memory,
+    }
+
+
+def _plain(info):
+    if info is None:
+        return None
+    return {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in info.items()}
+
+
+def report_data(r: PruneResult, model: str | None, *, warnings: Iterable[str] = (),
+                command: str | None = None, bench: dict | None = None) -> dict[str, Any]:
+    """What a report shows: the ``prune --json`` object (with ``warnings``, and ``bench``
+    when measured), the command that reproduces the run, and under ``report`` what the JSON
+    does not say: each group's component and layers, and parameters by op type."""
+    data = prune_json(r, model)
+    if bench is not None:
+        data["bench"] = bench
+    data["warnings"] = list(warnings)
+    data["command"] = command
+    data["report"] = {
+        "groups": [{"id": g.id, "component": g.component, "layers": list(g.layers),
+                    "params": g.n_params, "frozen": g.frozen, "reason": g.reason}
+                   for g in r.analysis.groups],
+        "params_by_op": r.params_by_op,
+    }
+    return data
