@@ -17,7 +17,7 @@ from onnxprune.search.quality import get_metric  # noqa: E402
 from onnxprune.select.common import Space  # noqa: E402
 from onnxprune.select.cost import CostModel  # noqa: E402
 from onnxprune.select.soft import _soft_gates  # noqa: E402
-from onnxprune.select.soft_autograd import _torch_metric  # noqa: E402
+from onnxprune.recover.soft_autograd import _torch_metric  # noqa: E402
 from onnxprune.verify.oracle import GATES  # noqa: E402
 from onnxprune.zoo.builder import GraphBuilder  # noqa: E402
 

@@ -22,7 +22,7 @@ from ..select.latency import probe_round_to
 from ..select.plans import plan_json, read_plan
 from ..select.sensitivity import Constraint, select_sensitivity
 from ..select.soft import soft_gradient, soft_grid
-from ..select.soft_autograd import NotDifferentiable, soft_autograd
+from ..recover.soft_autograd import NotDifferentiable, soft_autograd
 from ..select.uniform import PrunePlan, select_uniform
 from .base import Context, Pass, PassResult
 from .data import evaluator

@@ -16,8 +16,8 @@ import numpy as np
 from ..progress import task
 from ..search.evaluate import Evaluator
 from ..search.quality import LABEL_KEYS
+from ..select.common import Space, Target
 from ..verify.oracle import GATES
-from .common import Space, Target
 
 BATCH = 128  # samples per step (a random mini-batch when there are more)
 
@@ -79,10 +79,10 @@ def soft_autograd(space: Space, ev: Evaluator, target: Target, tol: float = 0.02
     try:
         import torch
 
-        from ..recover.torch_bridge import TorchGraph
+        from .torch_bridge import TorchGraph
     except ImportError as err:
         raise NotDifferentiable(f"torch is not installed ({err})") from None
-    from .soft import _hard, _repair, _shared_start
+    from ..select.soft import _hard, _repair, _shared_start
 
     if ev.metric.on_model or not all(ev.axes.get(k) in (0, None) for k in ev.batch):
         raise NotDifferentiable("the metric runs the model itself or the data is not batch-first")
@@ -123,7 +123,7 @@ def soft_autograd(space: Space, ev: Evaluator, target: Target, tol: float = 0.02
     c = torch.tensor(c0, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.Adam([c], lr=lr)
     history = []
-    from ..recover.torch_threads import torch_threads
+    from .torch_threads import torch_threads
 
     with torch_threads(1), task("soft coefficients (autograd)", steps) as advance:
         for step in range(1, steps + 1):
