@@ -12,7 +12,14 @@ import onnx
 from .analysis.channels import analyze_channels
 from .analysis.components import Components, Flow
 from .analysis.model import ChannelAnalysis
-from .analysis.size import graph_params, is_param, macs_at, node_macs, subgraph_params
+from .analysis.size import (
+    graph_params,
+    is_param,
+    macs_at,
+    node_macs,
+    params_by_type,
+    subgraph_params,
+)
 from .ir.graph import export_model
 from .ir.io import weight_bytes
 from .pipeline import Context, Pass, Pipeline, RunConfig, peak_memory, total_time
@@ -71,6 +78,7 @@ class Analysis:
     plain: GroupStats | None = None  # the same graph without components, for comparison
     graph: object = None  # the normalized gs.Graph the analysis describes
     subgraph_params: int = 0  # parameters inside If/Loop/Scan bodies (not analyzed)
+    params_by_type: dict[str, int] | None = None  # parameters per element type (int8, ...)
 
     @property
     def stats(self) -> GroupStats:
@@ -116,7 +124,7 @@ def analyze(model: ModelLike, exclude: Sequence[str] = (), *, components: str = 
                     len(ctx.graph.nodes), total_time(ctx), ctx.components,
                     tuple(ctx.flows or ()), comp_stats,
                     GroupStats.of(plain) if plain is not None else None, ctx.graph,
-                    subgraph_params(ctx.graph))
+                    subgraph_params(ctx.graph), params_by_type(ctx.graph))
 
 
 def component_sizes(graph, components: Components, analysis: ChannelAnalysis) -> dict:
@@ -156,6 +164,8 @@ class PruneResult:
     params_input: int | None = None  # the input file's parameters (before normalization)
     stages: dict | None = None  # quality after every stage, on calibration and held-out data
     memory: dict | None = None  # peak resident memory (bytes) overall and per pass
+    params_by_type_before: dict[str, int] | None = None  # parameters per element type
+    params_by_type_after: dict[str, int] | None = None
 
 
 def prune(model: ModelLike, output: str | Path | None = None, *,
@@ -202,6 +212,8 @@ def result_of(ctx: Context, params_before: int | None = None,
         timings=total_time(ctx), output=ctx.output_path, quality=ctx.quality,
         selection=ctx.select_info, recovery=ctx.recovery or None,
         params_input=ctx.source_params, stages=stage_summary(ctx), memory=memory_of(ctx),
+        params_by_type_before=params_by_type(before),
+        params_by_type_after=params_by_type(ctx.graph),
     )
 
 

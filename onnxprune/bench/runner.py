@@ -201,7 +201,9 @@ def _measure_group(models: list[BenchModel], provider: Provider, batch: int,
     for (model, _, macs, peak), ts in zip(sessions, times, strict=True):
         lat = summarize(ts, batch)
         rows.append(BenchRow(model.name, provider.name, batch, lat.runs, lat.p50, lat.p90,
-                             lat.p99, lat.mean, lat.throughput, macs, model.params, peak))
+                             lat.p99, lat.mean, lat.throughput, macs, model.params, peak,
+                             params_by_type=model.params_by_type,
+                             weight_bytes=model.weight_bytes))
     del sessions, runs
     gc.collect()
     return rows

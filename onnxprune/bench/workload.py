@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..analysis.size import graph_macs, graph_params
+from ..analysis.size import graph_macs, param_bytes, params_by_type
 from ..errors import UsageError
 from ..ir.graph import import_model, infer_shapes
 from ..ir.io import load_model
@@ -44,6 +44,8 @@ class BenchModel:
     proto: onnx.ModelProto
     inputs: tuple[ModelInput, ...]
     params: int
+    params_by_type: dict[str, int] | None = None  # parameters per element type (int8, ...)
+    weight_bytes: int | None = None  # bytes the parameters take (4-bit types packed)
 
     @property
     def fixed_batch(self) -> int | None:
@@ -138,8 +140,9 @@ def load_models(models: Sequence[str | Path | onnx.ModelProto]) -> list[BenchMod
         while unique in taken:
             unique, n = f"{name}#{n}", n + 1
         taken.add(unique)
-        out.append(BenchModel(unique, source, proto, _inputs(proto),
-                              graph_params(import_model(proto))))
+        by_type = params_by_type(import_model(proto))
+        out.append(BenchModel(unique, source, proto, _inputs(proto), sum(by_type.values()),
+                              by_type, param_bytes(by_type)))
     return out
 
 
