@@ -166,6 +166,8 @@ class PruneResult:
     memory: dict | None = None  # peak resident memory (bytes) overall and per pass
     params_by_type_before: dict[str, int] | None = None  # parameters per element type
     params_by_type_after: dict[str, int] | None = None
+    quantization: dict | None = None  # what quantize="int8" did: settings, metric float/int8
+    float_model: onnx.ModelProto | None = None  # the verified float model before quantization
 
 
 def prune(model: ModelLike, output: str | Path | None = None, *,
@@ -213,7 +215,9 @@ def result_of(ctx: Context, params_before: int | None = None,
         selection=ctx.select_info, recovery=ctx.recovery or None,
         params_input=ctx.source_params, stages=stage_summary(ctx), memory=memory_of(ctx),
         params_by_type_before=params_by_type(before),
-        params_by_type_after=params_by_type(ctx.graph),
+        params_by_type_after=params_by_type(ctx.graph), quantization=ctx.quantization,
+        float_model=None if ctx.float_graph is None else export_model(
+            ctx.float_graph, ctx.source_ir and min(ctx.source_ir, 13), like=ctx.source),
     )
 
 

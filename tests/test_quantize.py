@@ -1,5 +1,6 @@
-"""Quantized models: parameters counted by element type (analyze, prune, bench). The QDQ
-models come from onnxruntime's own quantize_static, of the zoo's CNN and MLP."""
+"""Quantized models: parameters counted by element type (analyze, prune, bench), and int8
+quantization after pruning (the quantize pass, ``--quantize int8``), checked against the float
+model. The QDQ models come from onnxruntime's own quantize_static, of the zoo's CNN and MLP."""
 
 import json
 
@@ -9,10 +10,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.analysis.size import graph_params, param_bytes, params_by_type, types_text
-from onnxprune.api import analyze
+from onnxprune.api import analyze, prune
 from onnxprune.bench.runner import run_bench
 from onnxprune.cli.main import main
+from onnxprune.errors import EXIT_VERIFY_FAILED, UsageError
 from onnxprune.ir.graph import import_model
+from onnxprune.ir.runtime import session
 
 pytest.importorskip("torch")
 
@@ -139,3 +142,98 @@ def test_analyze_prune_and_bench_show_the_types(zoo, tmp_path, capsys):
     code, out, _ = cli(capsys, "bench", zoo["lenet"], zoo["lenet-pc"], "--repeat", 2,
                        "--warmup", 0)
     assert code == 0 and "KiB int8" in out and "KiB float32" in out
+
+
+# -- quantize after pruning -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["lenet", "mlp"])
+def test_prune_then_quantize_int8(zoo, name, tmp_path):
+    out = tmp_path / "q.onnx"
+    calib = {"input": _inputs(name, 40)}
+    r = prune(zoo[name], out, calib=calib, ratio=0.3, quantize="int8")
+    model = onnx.load(out)
+    onnx.checker.check_model(model, full_check=True)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # weights per output channel: 1-D scales on the weights' DequantizeLinear
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"
+                 and n.input[0] in inits and inits[n.input[0]].dtype == np.int8]
+    assert weight_dq and all(inits[n.input[1]].ndim == 1 and inits[n.input[1]].size > 1
+                             for n in weight_dq)
+    q = r.quantization
+    assert q["metric"] == "cosine" and q["data"] == "held-out" and q["samples"] == 8
+    assert q["calibration_samples"] == 32  # the fitted share only; the held-out stays unseen
+    assert q["loss"] <= q["tolerance"] == 0.01
+    assert [s["stage"] for s in r.stages["stages"]] == ["unpruned", "pruned", "quantize"]
+    assert r.stages["stages"][-1]["heldout"] == pytest.approx(q["int8"])
+    # the written model is what was measured: its outputs agree with the float pruned model's
+    x = calib["input"][:8]
+    f = session(r.float_model).run(None, {"input": x})[0]
+    i8 = session(model, optimized=True).run(None, {"input": x})[0]
+    cos = np.sum(f * i8, 1) / np.linalg.norm(f, axis=1) / np.linalg.norm(i8, axis=1)
+    assert cos.min() > 0.95
+    # smaller: a byte per weight instead of four
+    float_file = tmp_path / "f.onnx"
+    onnx.save(r.float_model, str(float_file))
+    assert out.stat().st_size < 0.4 * float_file.stat().st_size
+    # counted by type: the float pruned weights are now int8 (with scales and zero points)
+    pruned = graph_params(import_model(r.float_model))
+    assert pruned < graph_params(import_model(onnx.load(zoo[name])))
+    assert set(r.params_by_type_before) == {"float32"}
+    assert pruned <= r.params_after < 1.1 * pruned
+    assert r.params_by_type_after["int8"] > 0.95 * pruned
+
+
+def test_quantize_per_tensor_and_metric_tolerance(zoo, tmp_path):
+    x = _inputs("lenet", 40)
+    labels = np.argmax(session(onnx.load(zoo["lenet"])).run(None, {"input": x})[0], axis=1)
+    r = prune(zoo["lenet"], tmp_path / "q.onnx", calib={"input": x, "labels": labels},
+              ratio=0.2, metric="accuracy", quantize="int8", quantize_per_tensor=True,
+              quantize_tolerance=0.5)
+    q = r.quantization
+    assert "per tensor" in q["settings"] and q["tolerance"] == 0.5 and q["metric"] == "accuracy"
+    model = onnx.load(tmp_path / "q.onnx")
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert all(inits[n.input[1]].size == 1 for n in model.graph.node
+               if n.op_type == "DequantizeLinear" and n.input[1] in inits)
+
+
+def test_a_quantized_model_worse_than_the_tolerance_is_not_written(zoo, tmp_path, capsys,
+                                                                    monkeypatch):
+    from onnxprune.pipeline import quantization
+
+    monkeypatch.setitem(quantization.TOLERANCES, "cosine", (-1.0, False, "-1 (impossible)"))
+    np.savez(tmp_path / "c.npz", input=_inputs("lenet", 20))
+    out = tmp_path / "q.onnx"
+    code, _, err = cli(capsys, "prune", zoo["lenet"], "-o", out, "--calib", tmp_path / "c.npz",
+                       "--ratio", 0.3, "--quantize", "int8", "-q")
+    assert code == EXIT_VERIFY_FAILED and not out.exists()
+    assert len(err) == 1 and "int8 quantization makes cosine" in err[0]
+    assert "more than the tolerance -1 (impossible); nothing written" in err[0]
+
+
+def test_quantize_needs_calibration_data_and_options_need_quantize(zoo, tmp_path):
+    with pytest.raises(UsageError, match="--quantize int8 calibrates on calibration data"):
+        prune(zoo["mlp"], tmp_path / "q.onnx", ratio=0.3, quantize="int8")
+    with pytest.warns(UserWarning, match="quantize_tolerance: no effect without quantize int8"):
+        prune(zoo["mlp"], tmp_path / "p.onnx", ratio=0.3, quantize_tolerance=0.1)
+
+
+def test_the_quantize_pass_in_a_recipe(zoo, tmp_path, capsys):
+    recipe = tmp_path / "int8.toml"
+    recipe.write_text('description = "prune, then int8"\n' + "".join(
+        f'[[pass]]\nname = "{n}"\n' for n in ("normalize", "analyze", "score", "select",
+                                               "remove", "cleanup", "verify"))
+        + '[[pass]]\nname = "quantize"\nmethod = "minmax"\n')
+    out = tmp_path / "q.onnx"
+    code, stdout, _ = cli(capsys, "run", recipe, zoo["mlp"], "-o", out, "--calib-random", 24,
+                          "--json", "-q")
+    assert code == 0 and out.exists()
+    data = json.loads(stdout)
+    assert data["quantization"]["type"] == "int8" and "int8" in data["params_by_type_after"]
+    # without calibration data the recipe is refused before anything runs
+    code, _, err = cli(capsys, "run", recipe, zoo["mlp"], "-o", tmp_path / "x.onnx", "-q")
+    assert code == 2 and "pass 'quantize' needs calibration data" in err[0]
+    assert not (tmp_path / "x.onnx").exists()

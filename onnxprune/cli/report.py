@@ -184,6 +184,7 @@ def prune_json(r: PruneResult, model: str) -> dict[str, Any]:
         "stages": r.stages,
         "selection": _plain(r.selection),
         "recovery": r.recovery,
+        "quantization": r.quantization,
         "timings": r.timings,
         "memory": r.memory,
     }
@@ -283,6 +284,12 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
             console.print(f"closest to its tolerance: {v.deciding}", soft_wrap=True)
     elif v is not None:
         console.print("verified by onnx.checker only: " + "; ".join(v.messages))
+    if r.quantization:
+        from ..pipeline.quantization import summary_line
+
+        q = r.quantization
+        console.print(summary_line(q) + f"; weights {q['weight_bytes_float']:,} -> "
+                      f"{q['weight_bytes']:,} bytes", soft_wrap=True)
     per_pass = (r.memory or {}).get("per_pass", {})
     times = Table(title="time and peak memory per pass", title_justify="left")
     times.add_column("pass")

@@ -44,7 +44,7 @@ ARTIFACTS = {
     "calib": "calibration data", "metric": "a metric", "scores": "channel scores",
     "plan": "a selection of channels", "reference": "the graph before removal",
     "verification": "a verified model", "quality": "the measured quality",
-    "output_path": "a written model",
+    "output_path": "a written model", "quantization": "a quantized model",
     "eval_data": "calibration data (or a metric that runs the model itself)",
 }
 
@@ -143,6 +143,8 @@ class Context:
     plan: PrunePlan | None = None
     reference: gs.Graph | None = None  # the normalized graph before removal (for the oracle)
     verification: VerifyReport | None = None
+    quantization: dict[str, Any] | None = None  # what quantizing the model did (int8, figures)
+    float_graph: gs.Graph | None = None  # the verified float model a quantized one came from
     output_path: Path | None = None
     # bookkeeping
     timings: list[tuple[str, float]] = field(default_factory=list)

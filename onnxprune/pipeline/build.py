@@ -23,6 +23,7 @@ from .entry import LoadModel, UseModel
 from .frontend import Cleanup, Normalize
 from .output import Verify, WriteModel
 from .pruning import RemoveChannels, ScoreChannels, SelectChannels
+from .quantization import Quantize
 from .recovery import Compensate, Distill, VerifyRecovered
 from .structure import AnalyzeChannels, DropAdapters, FindComponents, InsertFlowAdapters
 
@@ -37,6 +38,10 @@ SWITCHES = (
     Option("recover", "none", "'distill': then fine-tune the remaining weights on the "
            "original model's outputs over the calibration data (needs torch)",
            choices=("none", "distill"), public="recover"),
+    Option("quantize", "none", "'int8': then quantize the verified model (onnxruntime's static "
+           "quantizer, QDQ, per-channel weights) calibrated on the calibration data, and check "
+           "its metric against the float model's (--quantize-tolerance)",
+           choices=("none", "int8"), public="quantize"),
     Option("verify", True, "verify the result (the API only: a model is never written "
            "unverified)", parse=flag, public="verify", flag="", type_name="bool"),
 )
@@ -44,7 +49,7 @@ SWITCHES = (
 # The passes whose public options prune() takes, in pipeline order.
 PRUNE_PASSES: tuple[type[Pass], ...] = (
     FindComponents, AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels,
-    Compensate, Distill, WriteModel,
+    Compensate, Distill, Quantize, WriteModel,
 )
 
 
@@ -125,6 +130,13 @@ def prune_pipeline(model: str | Path | onnx.ModelProto, output: str | Path | Non
             warn(f"{', '.join(_publics(cls.name, per_pass))}: no effect without {switch}")
     if sw["compensate"] or sw["recover"] == "distill":
         passes.append(VerifyRecovered())
+    if sw["quantize"] == "int8":
+        if not calib:
+            raise UsageError("--quantize int8 calibrates on calibration data: give --calib "
+                             "FILE.npz or --calib-random N")
+        passes.append(make(Quantize))
+    elif per_pass.get(Quantize.name):
+        warn(f"{', '.join(_publics(Quantize.name, per_pass))}: no effect without quantize int8")
     if output is not None:
         passes.append(make(WriteModel, path=output))
     return passes, config

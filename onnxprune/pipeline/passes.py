@@ -1,5 +1,6 @@
 """The passes of the pruning pipeline: load -> normalize -> components -> analyze ->
-calibrate/metric -> score -> select -> remove -> cleanup -> verify -> write."""
+calibrate/metric -> score -> select -> remove -> cleanup -> verify -> (recover) -> (quantize)
+-> write."""
 
 from .base import PROVIDED_BY, Pass
 from .data import Calibrate, MeasureQuality, UseMetric
@@ -16,6 +17,7 @@ from .frontend import (
 )
 from .output import Verify, WriteModel
 from .pruning import STRATEGIES, RemoveChannels, ScoreChannels, SelectChannels
+from .quantization import Quantize
 from .recovery import Compensate, Distill, VerifyRecovered
 from .structure import AnalyzeChannels, DropAdapters, FindComponents, InsertFlowAdapters
 
@@ -25,7 +27,8 @@ CATALOGUE: dict[str, type[Pass]] = {
         Normalize, NameNodes, InferShapes, FoldConstants, ConstantReshapeTargets,
         FoldBatchNorm, DropIdentity, Cleanup, FindComponents, InsertFlowAdapters,
         AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels, MeasureQuality,
-        RemoveChannels, DropAdapters, Verify, Compensate, Distill, VerifyRecovered, WriteModel,
+        RemoveChannels, DropAdapters, Verify, Compensate, Distill, VerifyRecovered, Quantize,
+        WriteModel,
     )
 }
 for _cls in (LoadModel, UseModel, *CATALOGUE.values()):
@@ -36,6 +39,6 @@ __all__ = [
     "CATALOGUE", "STRATEGIES", "AnalyzeChannels", "Calibrate", "Cleanup", "ConstantReshapeTargets",
     "DropAdapters", "DropIdentity", "FindComponents", "FoldBatchNorm", "FoldConstants",
     "InferShapes", "InsertFlowAdapters", "LoadModel", "MeasureQuality", "NameNodes", "Normalize",
-    "RemoveChannels", "ScoreChannels", "Compensate", "Distill", "VerifyRecovered", "SelectChannels", "UseMetric", "UseModel", "Verify",
-    "WriteModel",
+    "Quantize", "RemoveChannels", "ScoreChannels", "Compensate", "Distill", "VerifyRecovered",
+    "SelectChannels", "UseMetric", "UseModel", "Verify", "WriteModel",
 ]
