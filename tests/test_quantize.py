@@ -237,3 +237,17 @@ def test_the_quantize_pass_in_a_recipe(zoo, tmp_path, capsys):
     code, _, err = cli(capsys, "run", recipe, zoo["mlp"], "-o", tmp_path / "x.onnx", "-q")
     assert code == 2 and "pass 'quantize' needs calibration data" in err[0]
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_prune_bench_shows_original_pruned_and_int8(zoo, tmp_path, capsys):
+    np.savez(tmp_path / "c.npz", input=_inputs("mlp", 24))
+    code, out, _ = cli(capsys, "prune", zoo["mlp"], "-o", tmp_path / "q.onnx", "--calib",
+                       tmp_path / "c.npz", "--ratio", 0.3, "--quantize", "int8", "--bench",
+                       "--bench-seconds", 0.1, "--json", "-q")
+    assert code == 0
+    bench = json.loads(out)["bench"]
+    assert bench["models"] == ["mlp.onnx", "q (float)", "q.onnx"]
+    rows = {r["model"]: r for r in bench["results"]}
+    assert set(rows["q (float)"]["params_by_type"]) == {"float32"}
+    assert "int8" in rows["q.onnx"]["params_by_type"]
+    assert rows["q.onnx"]["weight_bytes"] < 0.5 * rows["q (float)"]["weight_bytes"]

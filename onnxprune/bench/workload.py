@@ -126,8 +126,10 @@ def _inputs(model: onnx.ModelProto) -> tuple[ModelInput, ...]:
     return tuple(out)
 
 
-def load_models(models: Sequence[str | Path | onnx.ModelProto]) -> list[BenchModel]:
-    """Load every model (clear errors for missing or invalid files); names are unique."""
+def load_models(models: Sequence[str | Path | onnx.ModelProto],
+                names: Sequence[str | None] | None = None) -> list[BenchModel]:
+    """Load every model (clear errors for missing or invalid files); names (a file's name, a
+    model's graph name, unless ``names`` gives one) are unique."""
     out: list[BenchModel] = []
     taken: set[str] = set()
     for index, item in enumerate(models):
@@ -136,6 +138,8 @@ def load_models(models: Sequence[str | Path | onnx.ModelProto]) -> list[BenchMod
             name = item.graph.name or f"model{index}"
         else:
             proto, source, name = load_model(item), str(item), Path(item).name
+        if names is not None and index < len(names) and names[index]:
+            name = names[index]
         unique, n = name, 2
         while unique in taken:
             unique, n = f"{name}#{n}", n + 1
