@@ -28,7 +28,7 @@ def cli(capsys, *argv):
 
 def _inputs(name: str, n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    if name == "mlp":
+    if name.startswith("mlp"):
         return rng.standard_normal((n, 64)).astype(np.float32)
     return rng.random((n, 1, 28, 28), np.float32)
 
@@ -49,7 +49,7 @@ def zoo(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("zoo")
     out = {}
-    for name in ("lenet", "mlp"):
+    for name in ("lenet", "mlp", "autoencoder"):
         path = export_model(name, folder / f"{name}.onnx")
         out[name] = path
         for per_channel in (True, False):
@@ -58,6 +58,10 @@ def zoo(tmp_path_factory):
             quantize_static(str(path), str(q), Reader(feeds), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel)
             out[f"{name}-{'pc' if per_channel else 'pt'}"] = q
+    feeds = [{"input": _inputs("lenet", 8, seed)} for seed in range(3)]
+    out["lenet-qop"] = folder / "lenet-qop.onnx"
+    quantize_static(str(out["lenet"]), str(out["lenet-qop"]), Reader(feeds),
+                    quant_format=QuantFormat.QOperator, per_channel=True)
     return out
 
 
@@ -173,7 +177,7 @@ def test_prune_then_quantize_int8(zoo, name, tmp_path):
     f = session(r.float_model).run(None, {"input": x})[0]
     i8 = session(model, optimized=True).run(None, {"input": x})[0]
     cos = np.sum(f * i8, 1) / np.linalg.norm(f, axis=1) / np.linalg.norm(i8, axis=1)
-    assert cos.min() > 0.95
+    assert cos.min() > 0.95 and q["agreement"] > 0.95
     # smaller: a byte per weight instead of four
     float_file = tmp_path / "f.onnx"
     onnx.save(r.float_model, str(float_file))
@@ -251,3 +255,88 @@ def test_prune_bench_shows_original_pruned_and_int8(zoo, tmp_path, capsys):
     assert set(rows["q (float)"]["params_by_type"]) == {"float32"}
     assert "int8" in rows["q.onnx"]["params_by_type"]
     assert rows["q.onnx"]["weight_bytes"] < 0.5 * rows["q (float)"]["weight_bytes"]
+
+
+# -- pruning quantized (QDQ) models ---------------------------------------------------------
+
+
+def _structure(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """Op types in order, with the element type of each DequantizeLinear's constant data."""
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    return [(n.op_type, str(inits.get(n.input[0], "")) if n.op_type == "DequantizeLinear"
+             else "") for n in model.graph.node]
+
+
+@pytest.mark.parametrize("name", ["lenet", "mlp", "autoencoder"])
+@pytest.mark.parametrize("kind", ["pc", "pt"])
+def test_qdq_models_prune_at_random_masks_as_the_oracle_says(zoo, name, kind):
+    from onnxprune.testing import check_oracle
+
+    model = onnx.load(zoo[f"{name}-{kind}"])
+    feeds = {"input": _inputs(name, 2, seed=7)}
+    res = check_oracle(model, seed=1, trials=3, feeds=feeds)
+    float_groups = analyze(zoo[name]).channels.prunable_groups()
+    # the same channels are prunable as in the float model, and some were removed each trial
+    assert [g.channels for g in res.analysis.prunable_groups()] == [
+        g.channels for g in float_groups]
+    assert res.removed_fraction > 0 and res.max_abs_diff < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["pc", "pt"])
+def test_a_pruned_qdq_model_stays_quantized_with_the_same_structure(zoo, kind, tmp_path):
+    src = onnx.load(zoo[f"lenet-{kind}"])
+    r = prune(src, tmp_path / "p.onnx", ratio=0.5)
+    out = onnx.load(tmp_path / "p.onnx")
+    onnx.checker.check_model(out, full_check=True)
+    from onnxprune.testing import normalized
+
+    assert _structure(out) == _structure(normalized(src))  # the same Q/DQ around the same ops
+    assert r.verification.passed and r.verification.max_abs_diff == 0.0  # exactly the oracle
+    assert r.params_after < 0.6 * r.params_before
+    assert set(r.params_by_type_after) == set(r.params_by_type_before)
+    inits = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer}
+    for node in out.graph.node:  # every weight still integer, its scales cut with it
+        if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
+            continue
+        data, scale = inits[node.input[0]], inits[node.input[1]]
+        if data.ndim > 1:
+            assert data.dtype == np.int8
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            assert scale.size == (data.shape[axis] if kind == "pc" else 1)
+    # and it runs as deployed: onnxruntime fuses the pairs into integer kernels
+    x = _inputs("lenet", 4)
+    fused = session(out, optimized=True).run(None, {"input": x})[0]
+    exact = session(out).run(None, {"input": x})[0]
+    assert np.allclose(fused, exact, atol=0.1 * np.abs(exact).max())
+
+
+def test_quantized_weights_are_scored_by_their_dequantized_values(zoo):
+    from onnxprune.scoring.magnitude import magnitude_scores
+
+    floats = analyze(zoo["lenet"])
+    quant = analyze(zoo["lenet-pc"])
+    for f, q in zip(floats.channels.prunable_groups(), quant.channels.prunable_groups(),
+                    strict=True):
+        a = magnitude_scores(floats.graph, floats.channels)[f.units]
+        b = magnitude_scores(quant.graph, quant.channels)[q.units]
+        assert np.corrcoef(a, b)[0, 1] > 0.99  # int8 rounding, not per-channel scales
+
+
+def test_qoperator_kernels_freeze_with_a_reason_and_count_their_macs(zoo):
+    result = analyze(zoo["lenet-qop"])
+    assert not result.channels.prunable_groups()
+    reasons = {g.reason for g in result.channels.groups}
+    assert any("QOperator" in (why or "") for why in reasons)
+    floats = analyze(zoo["lenet"])
+    # the convolutions (QLinearConv) count as the float ones; QGemm is com.microsoft's
+    convs = sum(floats.channels.node_macs[n.name] for n in floats.graph.nodes if n.op == "Conv")
+    assert result.macs == convs > 0
+    assert "int8" in result.params_by_type
+
+
+def test_recovery_and_quantize_refuse_a_quantized_model(zoo, tmp_path):
+    calib = {"input": _inputs("lenet", 16)}
+    with pytest.raises(UsageError, match="compensate refits float weights"):
+        prune(zoo["lenet-pc"], calib=calib, ratio=0.3, compensate=True)
+    with pytest.raises(UsageError, match="quantized already"):
+        prune(zoo["lenet-pc"], calib=calib, ratio=0.3, quantize="int8")

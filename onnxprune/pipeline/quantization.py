@@ -23,10 +23,11 @@ from ..errors import UnsupportedModelError, UsageError, VerificationError
 from ..ir import io
 from ..ir.arrays import Calibration, axes_of
 from ..ir.graph import import_model, infer_shapes
+from ..ir.quant import is_quantized
 from ..ir.runtime import run_batched, session, weightless
 from ..options import Option, flag, number
 from ..quant.static import METHODS, TYPES, QuantSettings, quantize_int8
-from ..search.quality import Metric, get_metric
+from ..search.quality import Metric, cosine, get_metric
 from . import stages
 from .base import Context, Pass, PassResult
 from .inputs import verification_feeds
@@ -92,6 +93,9 @@ class Quantize(Pass):
         if calib is None:
             raise UsageError("quantization needs calibration data: --calib FILE.npz or "
                              "--calib-random N")
+        if is_quantized(graph):
+            raise UsageError("the model is quantized already (QuantizeLinear/DequantizeLinear "
+                             "or integer kernels); it is pruned as it is, without --quantize")
         settings = self.settings()
         source = ctx.export(graph)
         source.ir_version = io.runtime_ir_version(source, ctx.source_ir)
@@ -158,14 +162,19 @@ class Quantize(Pass):
             key = "heldout" if "heldout" in after else "calib"
             was, now = before[key], after[key]
             where = "held-out" if key == "heldout" else "calibration"
-            samples = (ctx.heldout if key == "heldout" else ctx.calib).samples
+            data = ctx.heldout if key == "heldout" else ctx.calib
+            samples = data.samples
+            # and how closely the int8 model follows the float one, output by output
+            agreement = cosine(stages.outputs(ctx, qgraph, data, optimized=True), data,
+                               stages.outputs(ctx, graph, data))
         else:  # a metric that runs the model itself: on each model directly
             was, now = model_metric(metric, source), model_metric(metric, qmodel, True)
-            where, samples = "model", None
+            where, samples, agreement = "model", None, None
         loss = metric.utility(was) - metric.utility(now)
         allowed, text = allowed_loss(metric, was, self.tolerance)
         figures = {"metric": metric.name, "data": where, "samples": samples, "float": was,
-                   "int8": now, "loss": loss, "tolerance": allowed, "tolerance_text": text}
+                   "int8": now, "loss": loss, "tolerance": allowed, "tolerance_text": text,
+                   "agreement": agreement}
         if not loss <= allowed:  # NaN fails too
             on = f" on {samples} {where} samples" if samples else ""
             raise VerificationError(
@@ -202,4 +211,7 @@ def summary_line(info: dict[str, Any]) -> str:
     return (f"quantized to int8 ({info['settings']}; calibrated on "
             f"{info['calibration_samples']} samples): {info['metric']}{on} "
             f"{info['float']:.4g} (float) -> {info['int8']:.4g} (int8), tolerance "
-            f"{info['tolerance_text']}; checker ok, onnxruntime {', '.join(info['providers'])}")
+            f"{info['tolerance_text']}"
+            + (f"; cosine with the float model {info['agreement']:.4f}"
+               if info.get("agreement") is not None else "")
+            + f"; checker ok, onnxruntime {', '.join(info['providers'])}")

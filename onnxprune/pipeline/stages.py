@@ -41,6 +41,12 @@ def _outputs(ctx: Context, graph, data: Calibration, optimized: bool = False
     return run_batched(sess, feeds, axes=feeds.axes)
 
 
+def outputs(ctx: Context, graph, data: Calibration, optimized: bool = False
+            ) -> list[np.ndarray]:
+    """The outputs of ``graph`` on ``data`` (on the run's first provider)."""
+    return _outputs(ctx, graph, data, optimized)
+
+
 def _data(ctx: Context) -> dict[str, Calibration]:
     out = {}
     if ctx.calib is not None:
