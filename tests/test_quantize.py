@@ -340,3 +340,61 @@ def test_recovery_and_quantize_refuse_a_quantized_model(zoo, tmp_path):
         prune(zoo["lenet-pc"], calib=calib, ratio=0.3, compensate=True)
     with pytest.raises(UsageError, match="quantized already"):
         prune(zoo["lenet-pc"], calib=calib, ratio=0.3, quantize="int8")
+
+
+def test_a_qdq_transformer_block_prunes_whole_heads(tmp_path):
+    """BERT-style self-attention (q, k, v, output projections, LayerNorm) quantized by
+    onnxruntime, its MatMul weights per channel: heads are units across the four int8
+    projections, and random cuts match the oracle."""
+    import contextlib
+    import io
+
+    import torch
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from onnxprune.testing import check_oracle
+
+    class Attention(torch.nn.Module):
+        def __init__(self, d=32, heads=4):
+            super().__init__()
+            self.heads = heads
+            self.q, self.k, self.v, self.out = (torch.nn.Linear(d, d) for _ in range(4))
+            self.norm = torch.nn.LayerNorm(d)
+
+        def split(self, x):
+            b, n, d = x.shape
+            return x.view(b, n, self.heads, d // self.heads).transpose(1, 2)
+
+        def forward(self, x):
+            b, n, d = x.shape
+            q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
+            att = torch.softmax(q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5, dim=-1)
+            return self.norm(x + self.out((att @ v).transpose(1, 2).contiguous().view(b, n, d)))
+
+    torch.manual_seed(0)
+    path, q = tmp_path / "a.onnx", tmp_path / "a-qdq.onnx"
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(Attention().eval(), (torch.randn(2, 5, 32),), str(path), dynamo=False,
+                          input_names=["x"], output_names=["y"], opset_version=17,
+                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    rng = np.random.default_rng(0)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.data = iter([{"x": rng.standard_normal((4, 5, 32)).astype(np.float32)}
+                              for _ in range(3)])
+
+        def get_next(self):
+            return next(self.data, None)
+
+    quantize_static(str(path), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+    model = onnx.load(q)
+    weights = [n for n in model.graph.node if n.op_type == "MatMul"]
+    assert len(weights) >= 4  # the projections (and the attention products), quantized
+    res = check_oracle(model, trials=4, feeds={"x": rng.standard_normal((2, 5, 32)).astype(
+        np.float32)})
+    heads = [g for g in res.analysis.groups if not g.frozen and g.channels == 4]
+    assert len(heads) == 1 and len(heads[0].layers) >= 2
+    r = prune(model, ratio=0.5)
+    assert r.verification.passed and r.params_after < r.params_before
+    assert r.params_by_type_after["int8"] < r.params_by_type_before["int8"]
