@@ -12,7 +12,14 @@ import onnx
 from .analysis.channels import analyze_channels
 from .analysis.components import Components, Flow
 from .analysis.model import ChannelAnalysis
-from .analysis.size import graph_params, is_param, macs_at, node_macs, subgraph_params
+from .analysis.size import (
+    graph_params,
+    is_param,
+    macs_at,
+    node_macs,
+    params_by_type,
+    subgraph_params,
+)
 from .errors import collect_warnings
 from .pipeline import Context, Pass, Pipeline, RunConfig, total_time
 from .pipeline.build import prune_pipeline, public_options
@@ -71,6 +78,7 @@ class Analysis:
     plain: GroupStats | None = None  # the same graph without components, for comparison
     graph: object = None  # the normalized gs.Graph the analysis describes
     subgraph_params: int = 0  # parameters inside If/Loop/Scan bodies (not analyzed)
+    params_by_type: dict[str, int] | None = None  # parameters per element type (int8, ...)
 
     @property
     def stats(self) -> GroupStats:
@@ -116,7 +124,7 @@ def analyze(model: ModelLike, exclude: Sequence[str] = (), *, components: str = 
                     len(ctx.graph.nodes), total_time(ctx), ctx.components,
                     tuple(ctx.flows or ()), comp_stats,
                     GroupStats.of(plain) if plain is not None else None, ctx.graph,
-                    subgraph_params(ctx.graph))
+                    subgraph_params(ctx.graph), params_by_type(ctx.graph))
 
 
 def component_sizes(graph, components: Components, analysis: ChannelAnalysis) -> dict:

@@ -11,13 +11,13 @@ torch = pytest.importorskip("torch")
 from onnxprune.analysis.channels import analyze_channels  # noqa: E402
 from onnxprune.api import prune  # noqa: E402
 from onnxprune.ir.graph import import_model  # noqa: E402
+from onnxprune.recover.soft_autograd import _torch_metric  # noqa: E402
 from onnxprune.recover.torch_bridge import TorchGraph  # noqa: E402
 from onnxprune.search.evaluate import Evaluator  # noqa: E402
 from onnxprune.search.quality import get_metric  # noqa: E402
 from onnxprune.select.common import Space  # noqa: E402
 from onnxprune.select.cost import CostModel  # noqa: E402
 from onnxprune.select.soft import _soft_gates  # noqa: E402
-from onnxprune.recover.soft_autograd import _torch_metric  # noqa: E402
 from onnxprune.verify.oracle import GATES  # noqa: E402
 from onnxprune.zoo.builder import GraphBuilder  # noqa: E402
 

@@ -115,6 +115,15 @@ def _join_shared_params(graph: gs.Graph, env: Env) -> dict[tuple[str, int], np.n
         claimed_by = {node for node, ax in claimers[param] if ax == axis}
         if users - claimed_by or param in out_names:
             env.freeze(atoms, f"parameter {param} is also used where it cannot be sliced")
+    # a quantized weight: every reader of its DequantizeLinear must have claimed the slices
+    nodes = {n.name: n for n in graph.nodes}
+    for (dq, axis), readers in env.through.items():
+        node = nodes[dq]
+        out = node.outputs[0]
+        if {n.name for n in out.outputs} - readers or out.name in out_names:
+            env.freeze(by_key[(node.inputs[0].name, axis)],
+                       f"quantized weight {node.inputs[0].name} is also used where it cannot "
+                       "be sliced")
     return by_key
 
 
@@ -214,7 +223,7 @@ def _make_group(gid, units, sig, keys, slots, params, frozen, reasons, macs, ten
         per_slice = int(np.prod(shape)) // shape[axis] if shape[axis] else 0
         n_params += count * per_slice
         pslices.append(ParamSlice(pname, axis, count, int(arr.size)))
-        for user in tensors[pname].outputs:
+        for user in _readers(tensors[pname]):
             layers.setdefault(user.name, None)
             f = count / arr.size
             node_fraction[user.name] = 1 - (1 - node_fraction.get(user.name, 0.0)) * (1 - f)
@@ -227,6 +236,16 @@ def _make_group(gid, units, sig, keys, slots, params, frozen, reasons, macs, ten
         n_params=n_params, macs=group_macs, layers=tuple(layers),
         component=_component(layers, members, tensors, component_of),
     )
+
+
+def _readers(param: gs.Tensor) -> list[gs.Node]:
+    """The layers reading a parameter: through the DequantizeLinear of a quantized one."""
+    out = []
+    for user in param.outputs:
+        if user.op == "DequantizeLinear" and user.inputs[0] is not param:
+            continue  # a scale or zero point: its weight's entry names the layers
+        out.extend(user.outputs[0].outputs if user.op == "DequantizeLinear" else [user])
+    return out
 
 
 def _component(layers, members, tensors, component_of) -> str | None:

@@ -47,17 +47,32 @@ QUANT_CONSUMERS = ("DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInte
                    "MatMulInteger", "QGemm", "QLinearAdd", "QLinearMul")
 
 
-def is_param(tensor: gs.Tensor) -> bool:
-    """Weights, biases and per-channel scales: floating-point constants of any precision,
-    8/4-bit integer constants (quantized weights and their zero points) and the 32-bit
-    integer biases of quantized layers. Shape and index constants are not parameters."""
+def param_dtype(tensor: gs.Tensor) -> np.dtype | None:
+    """The element type of a constant, None for a variable (or a constant without one)."""
     if not isinstance(tensor, gs.Constant):
-        return False
-    dtype = np.dtype(tensor.values.dtype) if hasattr(tensor.values, "dtype") else None
+        return None
+    values = tensor.values
+    return np.dtype(values.dtype) if hasattr(values, "dtype") else None
+
+
+def type_name(dtype: np.dtype) -> str:
+    """The element type as counts are keyed: numpy's names, ONNX's for the low-precision types
+    ml_dtypes carries (bfloat16, int4, uint4, float8_e4m3fn, ...)."""
+    return np.dtype(dtype).name
+
+
+def is_param(tensor: gs.Tensor) -> bool:
+    """Weights, biases and per-channel scales: floating-point constants of any precision
+    (float32, float16, bfloat16, float8), 8/4-bit integer constants (quantized weights and
+    their zero points) and the 32-bit integer biases of quantized layers. Shape and index
+    constants are not parameters."""
+    dtype = param_dtype(tensor)
     if dtype is None:
         return False
-    if dtype.kind == "f" or (dtype.kind == "V" and dtype.itemsize == 2):  # bfloat16 as void
+    if dtype.kind == "f":
         return True
+    if dtype.kind == "V":  # ml_dtypes' numeric types: bfloat16, int4, uint4, float8_*
+        return dtype.itemsize <= 2 and dtype.fields is None
     if dtype.kind in "iu" and dtype.itemsize == 1:
         return True
     return dtype == np.int32 and any(n.op in QUANT_CONSUMERS for n in tensor.outputs)
@@ -95,9 +110,35 @@ def subgraph_params(graph: gs.Graph) -> int:
 
 
 def params_by_type(graph: gs.Graph) -> dict[str, int]:
-    """Parameter elements per element type ("float32", "int8", ...), largest first."""
+    """Parameter elements per element type ("float32", "int8", "int4", "bfloat16", ...), each
+    initializer once, largest first; they sum to ``graph_params``."""
     out: dict[str, int] = {}
     for t in _unique_params(graph).values():
-        name = str(np.dtype(t.values.dtype))
+        name = type_name(param_dtype(t))
         out[name] = out.get(name, 0) + int(np.prod(t.shape))
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+# bits per element of the types parameters come in (packed 4-bit types: 4)
+_BITS = {"int4": 4, "uint4": 4, "float4_e2m1fn": 4}
+
+
+def param_bytes(by_type: dict[str, int]) -> int:
+    """Bytes the parameters of ``params_by_type`` take as stored (4-bit types packed)."""
+    total = 0
+    for name, count in by_type.items():
+        bits = _BITS.get(name, 8 * np.dtype(name).itemsize if name in np.sctypeDict
+                         else 8 * _ml_dtype(name).itemsize)
+        total += (count * bits + 7) // 8
+    return total
+
+
+def _ml_dtype(name: str) -> np.dtype:
+    import ml_dtypes
+
+    return np.dtype(getattr(ml_dtypes, name))
+
+
+def types_text(by_type: dict[str, int]) -> str:
+    """``int8 42,000, float32 1,210`` (largest first)."""
+    return ", ".join(f"{name} {count:,}" for name, count in by_type.items())

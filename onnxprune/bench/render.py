@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .report import BenchReport, BenchRow
 
 COLUMNS = ("model", "provider", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s",
-           "MACs", "params", "peak mem", "speedup", "MACs ÷", "efficiency")
+           "MACs", "params", "weights", "peak mem", "speedup", "MACs ÷", "efficiency")
 
 
 def _ms(v: float) -> str:
@@ -32,13 +32,31 @@ def _mem(v: int | None) -> str:
     return "-" if v is None else f"{v / 2**20:.1f} MiB"
 
 
+def _size(v: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if v >= scale:
+            return f"{v / scale:.1f} {unit}"
+    return f"{v} B"
+
+
 def _ratio(v: float | None, suffix: str = "") -> str:
     return "-" if v is None else f"{v:.2f}{suffix}"
 
 
+def _weights(r: BenchRow) -> str:
+    """The parameters' bytes and their element types, largest first: ``2.3 MiB int8+float32``
+    (types holding under 1% of the parameters left out)."""
+    if r.weight_bytes is None:
+        return "-"
+    types = r.params_by_type or {}
+    total = sum(types.values())
+    main = [name for name, n in types.items() if total and n >= 0.01 * total]
+    return f"{_size(r.weight_bytes)} {'+'.join(main)}".rstrip()
+
+
 def cells(r: BenchRow) -> list[str]:
     return [r.model, r.provider, str(r.batch), _ms(r.p50), _ms(r.p90), _ms(r.p99), _ms(r.mean),
-            f"{r.throughput:,.0f}", _si(r.macs), _si(r.params), _mem(r.peak_mem),
+            f"{r.throughput:,.0f}", _si(r.macs), _si(r.params), _weights(r), _mem(r.peak_mem),
             _ratio(r.speedup, "x"), _ratio(r.mac_reduction, "x"), _ratio(r.efficiency)]
 
 

@@ -12,13 +12,14 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 ROW_KEYS = ("model", "provider", "batch", "p50", "p90", "p99", "mean", "throughput", "macs",
-            "params", "peak_mem", "speedup", "efficiency")
+            "params", "params_by_type", "weight_bytes", "peak_mem", "speedup", "efficiency")
 
 
 @dataclass(frozen=True)
 class BenchRow:
     """Latencies in ms per run of one batch; throughput in samples/s; macs per run (the whole
-    batch); peak_mem in bytes (None when it cannot be measured)."""
+    batch); params per element type and the bytes they take; peak_mem in bytes (None when it
+    cannot be measured)."""
 
     model: str
     provider: str
@@ -35,6 +36,8 @@ class BenchRow:
     speedup: float | None = None
     mac_reduction: float | None = None
     efficiency: float | None = None
+    params_by_type: dict[str, int] | None = None
+    weight_bytes: int | None = None
 
 
 def compare_to_original(rows: list[BenchRow], original: str) -> list[BenchRow]:

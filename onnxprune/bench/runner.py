@@ -88,6 +88,7 @@ def run_bench(
     input_values: Mapping[str, object] | Sequence[str] | None = None,
     progress: Callable[[Progress], None] | None = None,
     notice: Callable[[str], None] | None = None,
+    names: Sequence[str | None] | None = None,
 ) -> BenchReport:
     """Benchmark ``models`` (the first is the original) on every provider and batch.
 
@@ -95,7 +96,8 @@ def run_bench(
     per model, default 3) are exclusive. ``input_shapes`` gives shapes for inputs with dynamic
     dimensions other than the batch (the others are chosen as verification chooses them,
     ``ir.shapes``); ``input_values`` pins inputs (``sr=16000``). ``notice`` receives one-line notices (skipped providers
-    or batches; default: stderr); they are also kept in the report.
+    or batches; default: stderr); they are also kept in the report. ``names``: what the
+    report calls each model (default: its file name, or a model's graph name).
     """
     repeat, seconds = _budget(repeat, seconds)
     batches = _positive_ints(batches, "batch")
@@ -117,7 +119,7 @@ def run_bench(
              "(pip install 'onnxprune[bench]')")
     if any(p.device for p in specs) and not device_memory_available():
         note("nvidia-smi not found: GPU peak memory is not measured")
-    loaded = load_models(models)
+    loaded = load_models(models, names)
     check_shape_names(loaded, input_shapes)
     pinned = parse_values(input_values, loaded[0].proto)
     input_shapes = _with_chosen_shapes(loaded[0], input_shapes, pinned)
@@ -201,7 +203,9 @@ def _measure_group(models: list[BenchModel], provider: Provider, batch: int,
     for (model, _, macs, peak), ts in zip(sessions, times, strict=True):
         lat = summarize(ts, batch)
         rows.append(BenchRow(model.name, provider.name, batch, lat.runs, lat.p50, lat.p90,
-                             lat.p99, lat.mean, lat.throughput, macs, model.params, peak))
+                             lat.p99, lat.mean, lat.throughput, macs, model.params, peak,
+                             params_by_type=model.params_by_type,
+                             weight_bytes=model.weight_bytes))
     del sessions, runs
     gc.collect()
     return rows

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..analysis.size import graph_macs, graph_params
+from ..analysis.size import graph_macs, param_bytes, params_by_type
 from ..errors import UsageError
 from ..ir.graph import import_model, infer_shapes
 from ..ir.io import load_model
@@ -44,6 +44,8 @@ class BenchModel:
     proto: onnx.ModelProto
     inputs: tuple[ModelInput, ...]
     params: int
+    params_by_type: dict[str, int] | None = None  # parameters per element type (int8, ...)
+    weight_bytes: int | None = None  # bytes the parameters take (4-bit types packed)
 
     @property
     def fixed_batch(self) -> int | None:
@@ -124,8 +126,10 @@ def _inputs(model: onnx.ModelProto) -> tuple[ModelInput, ...]:
     return tuple(out)
 
 
-def load_models(models: Sequence[str | Path | onnx.ModelProto]) -> list[BenchModel]:
-    """Load every model (clear errors for missing or invalid files); names are unique."""
+def load_models(models: Sequence[str | Path | onnx.ModelProto],
+                names: Sequence[str | None] | None = None) -> list[BenchModel]:
+    """Load every model (clear errors for missing or invalid files); names (a file's name, a
+    model's graph name, unless ``names`` gives one) are unique."""
     out: list[BenchModel] = []
     taken: set[str] = set()
     for index, item in enumerate(models):
@@ -134,12 +138,15 @@ def load_models(models: Sequence[str | Path | onnx.ModelProto]) -> list[BenchMod
             name = item.graph.name or f"model{index}"
         else:
             proto, source, name = load_model(item), str(item), Path(item).name
+        if names is not None and index < len(names) and names[index]:
+            name = names[index]
         unique, n = name, 2
         while unique in taken:
             unique, n = f"{name}#{n}", n + 1
         taken.add(unique)
-        out.append(BenchModel(unique, source, proto, _inputs(proto),
-                              graph_params(import_model(proto))))
+        by_type = params_by_type(import_model(proto))
+        out.append(BenchModel(unique, source, proto, _inputs(proto), sum(by_type.values()),
+                              by_type, param_bytes(by_type)))
     return out
 
 

@@ -129,7 +129,11 @@ def cmd_prune(args, console: Console) -> int:
         from ..bench.render import print_table
         from ..bench.runner import run_bench
 
-        report = run_bench([args.model, result.output], providers=bench_providers.split(","),
+        models, names = [args.model, result.output], None
+        if result.float_model is not None:  # original, pruned float, pruned int8
+            models.insert(1, result.float_model)
+            names = [None, f"{Path(result.output).stem} (float)", None]
+        report = run_bench(models, names=names, providers=bench_providers.split(","),
                            batches=[int(b) for b in args.bench_batch.split(",")],
                            seconds=args.bench_seconds,
                            input_shapes=shapes(values["input_shapes"])
@@ -350,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("model", type=Path, help="input .onnx file (never modified)")
     add_flags(r, prune_flags())
     r.add_argument("--bench", action="store_true",
-                   help="measure the original and the pruned model side by side afterwards")
+                   help="measure the original and the pruned model side by side afterwards "
+                        "(with --quantize: original, pruned float and pruned int8)")
     r.add_argument("--bench-batch", default="1", metavar="B,...",
                    help="batch sizes for --bench (default 1)")
     r.add_argument("--bench-seconds", type=float, default=3.0, metavar="S",

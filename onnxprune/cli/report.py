@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..analysis.model import Group
+from ..analysis.size import types_text
 from ..api import Analysis, PruneResult
 from ..pipeline.result import prune_json  # noqa: F401 - the --json object, also here
 
@@ -40,6 +41,7 @@ def analysis_json(result: Analysis, model: str) -> dict[str, Any]:
         "model": model,
         "nodes": result.nodes,
         "params": result.params,
+        "params_by_type": result.params_by_type,
         "macs": result.macs,
         "groups": [group_json(g) for g in groups],
         "totals": {
@@ -85,6 +87,11 @@ def _components_json(result: Analysis) -> dict[str, Any]:
     }
 
 
+def _types(by_type: dict[str, int] | None) -> str:
+    """`` (int8 42,000, float32 1,210)``; nothing when there are none."""
+    return f" ({types_text(by_type)})" if by_type else ""
+
+
 def _short(names: list[str], limit: int = 3) -> str:
     more = f" (+{len(names) - limit})" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
@@ -117,7 +124,7 @@ def print_analysis(console: Console, result: Analysis, model: str, limit: int = 
     console.print(
         f"{t['groups']} groups ({t['prunable_groups']} prunable, {t['frozen_groups']} frozen), "
         f"{t['prunable_channels']:,} of {t['channels']:,} channels prunable; model: "
-        f"{result.params:,} params, {result.macs:,} MACs per sample"
+        f"{result.params:,} params{_types(result.params_by_type)}, {result.macs:,} MACs per sample"
     )
     if result.subgraph_params:
         console.print(f"{result.subgraph_params:,} of the parameters sit inside If/Loop/Scan "
@@ -209,6 +216,11 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
         table.add_column(col, justify="right")
     table.add_row("parameters", f"{r.params_before:,}", f"{r.params_after:,}",
                   _ratio(r.params_before, r.params_after))
+    before, after = r.params_by_type_before or {}, r.params_by_type_after or {}
+    if set(before) | set(after) != {"float32"}:  # by element type, when not all float32
+        for name in dict.fromkeys([*before, *after]):
+            b, a = before.get(name, 0), after.get(name, 0)
+            table.add_row(f"  {name}", f"{b:,}", f"{a:,}", _ratio(b, a))
     table.add_row("MACs / sample", f"{r.macs_before:,}", f"{r.macs_after:,}",
                   _ratio(r.macs_before, r.macs_after))
     widths = r.plan.widths
@@ -235,6 +247,12 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
             console.print(f"closest to its tolerance: {v.deciding}", soft_wrap=True)
     elif v is not None:
         console.print("verified by onnx.checker only: " + "; ".join(v.messages))
+    if r.quantization:
+        from ..pipeline.quantization import summary_line
+
+        q = r.quantization
+        console.print(summary_line(q) + f"; weights {q['weight_bytes_float']:,} -> "
+                      f"{q['weight_bytes']:,} bytes", soft_wrap=True)
     per_pass = (r.memory or {}).get("per_pass", {})
     times = Table(title="time and peak memory per pass", title_justify="left")
     times.add_column("pass")

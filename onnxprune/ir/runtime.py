@@ -122,13 +122,16 @@ def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def session(model: onnx.ModelProto, providers: Sequence[str] | None = None,
-            threads: int | None = None, quiet: bool = False) -> ort.InferenceSession:
+            threads: int | None = None, quiet: bool = False,
+            optimized: bool = False) -> ort.InferenceSession:
     """An onnxruntime session with graph optimizations off (exact reference arithmetic);
     ``threads``: intra-op threads (None: onnxruntime's choice); ``quiet``: not even errors
-    logged (trial runs that are expected to fail). Large weights go in as external
-    initializers (``skeleton``)."""
+    logged (trial runs that are expected to fail); ``optimized``: onnxruntime's optimizations
+    on, as a deployed model runs (quantized models: Q/DQ pairs fused into integer kernels).
+    Large weights go in as external initializers (``skeleton``)."""
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     opts.log_severity_level = 4 if quiet else 3
     if threads:
         opts.intra_op_num_threads = threads

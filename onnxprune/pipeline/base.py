@@ -45,6 +45,7 @@ ARTIFACTS = {
     "plan": "a selection of channels", "reference": "the graph before removal",
     "verification": "a verified model", "quality": "the measured quality",
     "output_path": "a written model", "report_path": "a written report",
+    "quantization": "a quantized model",
     "eval_data": "calibration data (or a metric that runs the model itself)",
 }
 
@@ -144,6 +145,8 @@ class Context:
     plan: PrunePlan | None = None
     reference: gs.Graph | None = None  # the normalized graph before removal (for the oracle)
     verification: VerifyReport | None = None
+    quantization: dict[str, Any] | None = None  # what quantizing the model did (int8, figures)
+    float_graph: gs.Graph | None = None  # the verified float model a quantized one came from
     output_path: Path | None = None
     report_path: Path | None = None  # the report.html written after the model
     # bookkeeping

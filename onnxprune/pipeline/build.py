@@ -24,6 +24,7 @@ from .entry import LoadModel, UseModel
 from .frontend import Cleanup, Normalize
 from .output import Report, Verify, WriteModel
 from .pruning import RemoveChannels, ScoreChannels, SelectChannels
+from .quantization import Quantize
 from .recovery import Compensate, Distill, VerifyRecovered
 from .structure import AnalyzeChannels, DropAdapters, FindComponents, InsertFlowAdapters
 
@@ -38,6 +39,10 @@ SWITCHES = (
     Option("recover", "none", "'distill': then fine-tune the remaining weights on the "
            "original model's outputs over the calibration data (needs torch)",
            choices=("none", "distill"), public="recover"),
+    Option("quantize", "none", "'int8': then quantize the verified model (onnxruntime's static "
+           "quantizer, QDQ, per-channel weights) calibrated on the calibration data, and check "
+           "its metric against the float model's (--quantize-tolerance)",
+           choices=("none", "int8"), public="quantize"),
     Option("verify", True, "verify the result (the API only: a model is never written "
            "unverified)", parse=flag, public="verify", flag="", type_name="bool"),
 )
@@ -45,7 +50,7 @@ SWITCHES = (
 # The passes whose public options prune() takes, in pipeline order.
 PRUNE_PASSES: tuple[type[Pass], ...] = (
     FindComponents, AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels,
-    Compensate, Distill, WriteModel, Report,
+    Compensate, Distill, Quantize, WriteModel, Report,
 )
 
 
@@ -126,6 +131,13 @@ def prune_pipeline(model: str | Path | onnx.ModelProto, output: str | Path | Non
             warn(f"{', '.join(_publics(cls.name, per_pass))}: no effect without {switch}")
     if sw["compensate"] or sw["recover"] == "distill":
         passes.append(VerifyRecovered())
+    if sw["quantize"] == "int8":
+        if not calib:
+            raise UsageError("--quantize int8 calibrates on calibration data: give --calib "
+                             "FILE.npz or --calib-random N")
+        passes.append(make(Quantize))
+    elif per_pass.get(Quantize.name):
+        warn(f"{', '.join(_publics(Quantize.name, per_pass))}: no effect without quantize int8")
     if output is not None:
         passes.append(make(WriteModel, path=output))
     report = per_pass.get("report", {})

@@ -1,5 +1,6 @@
 """The passes of the pruning pipeline: load -> normalize -> components -> analyze ->
-calibrate/metric -> score -> select -> remove -> cleanup -> verify -> write -> report."""
+calibrate/metric -> score -> select -> remove -> cleanup -> verify -> (recover) -> (quantize)
+-> write -> (report)."""
 
 from .base import PROVIDED_BY, Pass
 from .data import Calibrate, MeasureQuality, UseMetric
@@ -16,6 +17,7 @@ from .frontend import (
 )
 from .output import Report, Verify, WriteModel
 from .pruning import STRATEGIES, RemoveChannels, ScoreChannels, SelectChannels
+from .quantization import Quantize
 from .recovery import Compensate, Distill, VerifyRecovered
 from .structure import AnalyzeChannels, DropAdapters, FindComponents, InsertFlowAdapters
 
@@ -25,8 +27,8 @@ CATALOGUE: dict[str, type[Pass]] = {
         Normalize, NameNodes, InferShapes, FoldConstants, ConstantReshapeTargets,
         FoldBatchNorm, DropIdentity, Cleanup, FindComponents, InsertFlowAdapters,
         AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels, MeasureQuality,
-        RemoveChannels, DropAdapters, Verify, Compensate, Distill, VerifyRecovered, WriteModel,
-        Report,
+        RemoveChannels, DropAdapters, Verify, Compensate, Distill, VerifyRecovered, Quantize,
+        WriteModel, Report,
     )
 }
 for _cls in (LoadModel, UseModel, *CATALOGUE.values()):
@@ -37,6 +39,6 @@ __all__ = [
     "CATALOGUE", "STRATEGIES", "AnalyzeChannels", "Calibrate", "Cleanup", "ConstantReshapeTargets",
     "DropAdapters", "DropIdentity", "FindComponents", "FoldBatchNorm", "FoldConstants",
     "InferShapes", "InsertFlowAdapters", "LoadModel", "MeasureQuality", "NameNodes", "Normalize",
-    "RemoveChannels", "Report", "ScoreChannels", "Compensate", "Distill", "VerifyRecovered", "SelectChannels", "UseMetric", "UseModel", "Verify",
-    "WriteModel",
+    "Quantize", "RemoveChannels", "Report", "ScoreChannels", "Compensate", "Distill",
+    "VerifyRecovered", "SelectChannels", "UseMetric", "UseModel", "Verify", "WriteModel",
 ]

@@ -10,6 +10,7 @@ from ..errors import ConstraintError, warn
 from ..ir import io
 from ..options import Option, OptionError, number
 from ..options import path as path_option
+from ..recover.soft_autograd import NotDifferentiable, soft_autograd
 from ..rewrite.remove import remove_units
 from ..scoring import CRITERIA, NORMALIZATIONS, REDUCTIONS, normalize, score_units
 from ..search.evaluate import Evaluator
@@ -22,7 +23,6 @@ from ..select.latency import probe_round_to
 from ..select.plans import plan_json, read_plan
 from ..select.sensitivity import Constraint, select_sensitivity
 from ..select.soft import soft_gradient, soft_grid
-from ..recover.soft_autograd import NotDifferentiable, soft_autograd
 from ..select.uniform import PrunePlan, select_uniform
 from .base import Context, Pass, PassResult
 from .data import evaluator

@@ -9,6 +9,7 @@ from onnx import numpy_helper
 
 from ..errors import UsageError, VerificationError
 from ..ir.arrays import Calibration, axes_of
+from ..ir.quant import is_quantized
 from ..ir.runtime import run_batched, session
 from ..options import Option, flag, number
 from ..recover.compensate import compensate
@@ -17,6 +18,13 @@ from ..verify.checks import VerifyReport
 from . import stages
 from .base import Context, Pass, PassResult
 from .inputs import verification_feeds
+
+
+def _float_only(ctx: Context, by: str) -> None:
+    """Refits write float weights: a quantized model (integer weights) is not refit."""
+    if ctx.graph is not None and is_quantized(ctx.graph):
+        raise UsageError(f"{by} refits float weights and this model is quantized; prune the "
+                         "float model with it and quantize after (--quantize int8)")
 
 
 def _need_calib(ctx: Context, by: str) -> dict:
@@ -37,6 +45,7 @@ class Compensate(Pass):
 
     def run(self, ctx: Context) -> PassResult:
         graph = ctx.require("graph", self.name)
+        _float_only(ctx, self.name)
         reference = ctx.export(ctx.require("reference", self.name))
         calib = _need_calib(ctx, self.name)
         before, snapshot = stages.current(ctx), graph.copy()  # the copy shares the weights
@@ -84,6 +93,7 @@ class Distill(Pass):
             raise UsageError(f"distillation needs torch (pip install 'onnxprune[torch]'): "
                              f"{err}") from None
         graph = ctx.require("graph", self.name)
+        _float_only(ctx, self.name)
         calib = _need_calib(ctx, self.name)
         teacher = ctx.export(ctx.require("reference", self.name))
         bounds = [f.tensor for f in (ctx.flows or [])] if self.boundaries else []

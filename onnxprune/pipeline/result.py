@@ -12,7 +12,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..analysis.model import ChannelAnalysis
-from ..analysis.size import graph_params, is_param, macs_at
+from ..analysis.size import graph_params, is_param, macs_at, params_by_type
 from ..ir.graph import export_model
 from ..ir.io import weight_bytes
 from ..select.uniform import PrunePlan
@@ -42,6 +42,10 @@ class PruneResult:
     memory: dict | None = None  # peak resident memory (bytes) overall and per pass
     params_by_op: dict | None = None  # op type -> [params before, after] (top-level nodes)
     report: Path | None = None  # the report.html written (--report)
+    params_by_type_before: dict[str, int] | None = None  # parameters per element type
+    params_by_type_after: dict[str, int] | None = None
+    quantization: dict | None = None  # what quantize="int8" did: settings, metric float/int8
+    float_model: onnx.ModelProto | None = None  # the verified float model before quantization
 
 
 def result_of(ctx: Context, params_before: int | None = None,
@@ -61,6 +65,10 @@ def result_of(ctx: Context, params_before: int | None = None,
         selection=ctx.select_info, recovery=ctx.recovery or None,
         params_input=ctx.source_params, stages=stage_summary(ctx), memory=memory_of(ctx),
         params_by_op=params_by_op(before, ctx.graph), report=ctx.report_path,
+        params_by_type_before=params_by_type(before),
+        params_by_type_after=params_by_type(ctx.graph), quantization=ctx.quantization,
+        float_model=None if ctx.float_graph is None else export_model(
+            ctx.float_graph, ctx.source_ir and min(ctx.source_ir, 13), like=ctx.source),
     )
 
 
@@ -114,6 +122,8 @@ def prune_json(r: PruneResult, model: str | None) -> dict[str, Any]:
         "params_input": r.params_input,
         "params_before": r.params_before,
         "params_after": r.params_after,
+        "params_by_type_before": r.params_by_type_before,
+        "params_by_type_after": r.params_by_type_after,
         "macs_before": r.macs_before,
         "macs_after": r.macs_after,
         "removed_channels": r.plan.removed_units,
@@ -130,6 +140,7 @@ def prune_json(r: PruneResult, model: str | None) -> dict[str, Any]:
         "stages": r.stages,
         "selection": _plain(r.selection),
         "recovery": r.recovery,
+        "quantization": r.quantization,
         "timings": r.timings,
         "memory": r.memory,
     }

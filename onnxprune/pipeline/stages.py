@@ -32,11 +32,19 @@ def _inputs(model, data: Calibration) -> Calibration:
                        {k: a for k, a in data.axes.items() if k in names})
 
 
-def _outputs(ctx: Context, graph, data: Calibration) -> list[np.ndarray]:
+def _outputs(ctx: Context, graph, data: Calibration, optimized: bool = False
+             ) -> list[np.ndarray]:
     model = ctx.export(graph)
     model.ir_version = io.runtime_ir_version(model, ctx.source_ir)
     feeds = _inputs(model, data)
-    return run_batched(session(model, [ctx.config.providers[0]]), feeds, axes=feeds.axes)
+    sess = session(model, [ctx.config.providers[0]], optimized=optimized)
+    return run_batched(sess, feeds, axes=feeds.axes)
+
+
+def outputs(ctx: Context, graph, data: Calibration, optimized: bool = False
+            ) -> list[np.ndarray]:
+    """The outputs of ``graph`` on ``data`` (on the run's first provider)."""
+    return _outputs(ctx, graph, data, optimized)
 
 
 def _data(ctx: Context) -> dict[str, Calibration]:
@@ -67,9 +75,12 @@ def _references(ctx: Context) -> dict[str, list[np.ndarray]]:
     return refs
 
 
-def measure(ctx: Context, stage: str, graph=None) -> dict[str, Any] | None:
+def measure(ctx: Context, stage: str, graph=None, optimized: bool = False
+            ) -> dict[str, Any] | None:
     """Record the metric of ``graph`` (default: the working graph) after ``stage``, on every
-    data set; the unpruned model's figures come first. None when nothing is measurable."""
+    data set; the unpruned model's figures come first. None when nothing is measurable.
+    ``optimized``: run it with onnxruntime's optimizations on (how a quantized model runs
+    deployed, its integer kernels fused), not in reference arithmetic."""
     if not measurable(ctx):
         return None
     metric, refs = _metric(ctx), _references(ctx)
@@ -78,7 +89,7 @@ def measure(ctx: Context, stage: str, graph=None) -> dict[str, Any] | None:
             name: metric(refs[name], data, refs[name]) for name, data in _data(ctx).items()}})
     row: dict[str, Any] = {"stage": stage}
     for name, data in _data(ctx).items():
-        outs = _outputs(ctx, ctx.graph if graph is None else graph, data)
+        outs = _outputs(ctx, ctx.graph if graph is None else graph, data, optimized)
         row[name] = metric(outs, data, refs[name])
     ctx.stages.append(row)
     return row
@@ -90,7 +101,7 @@ def current(ctx: Context) -> dict[str, Any] | None:
         return None
     if len(ctx.stages) < 2:
         return measure(ctx, "pruned")
-    return ctx.stages[-1]
+    return [row for row in ctx.stages if row.get("kept") is not False][-1]  # not undone
 
 
 def _deciding(row: dict[str, Any]) -> tuple[str, float]:

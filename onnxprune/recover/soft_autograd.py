@@ -96,7 +96,6 @@ def soft_autograd(space: Space, ev: Evaluator, target: Target, tol: float = 0.02
     for p in graph.params.values():
         p.requires_grad_(False)
 
-    n_groups = len(space.groups)
     c0 = _shared_start(space, target)
     weights = space.cost.unit_weights("macs" if target.kind == "macs" else "params")
     per_group = np.array([weights[g.order].sum() for g in space.groups])

@@ -49,6 +49,9 @@ def remove_units(
         before += values.size
         const.values = np.ascontiguousarray(np.compress(~drop, values, axis=axis))
         after += const.values.size
+        for user in const.outputs:  # a quantized weight: its de-quantized value follows
+            if user.op == "DequantizeLinear" and user.inputs[0] is const:
+                user.outputs[0].shape = list(const.values.shape)
 
     for (tname, axis), _units in analysis.slots.items():
         tensor = tensors.get(tname)

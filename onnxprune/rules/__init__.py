@@ -18,6 +18,7 @@ from .norm import (
     Softmax,
 )
 from .pool import ArgReduce, Pool, Reduce
+from .quant import QOperator, QuantizeDequantize
 from .recurrent import Recurrent
 from .reshape import Flatten, Reshape, Squeeze, Transpose, Unsqueeze
 from .resize import Resize
@@ -64,4 +65,5 @@ def default_registry() -> RuleRegistry:
         Pool(), Reduce(), ArgReduce(), Recurrent(),
         Reshape(), Flatten(), Transpose(), Squeeze(), Unsqueeze(),
         Concat(), Split(), Slice(), Gather(), Pad(), Resize(), Shape(), Expand(),
+        QuantizeDequantize(), QOperator(),
     ])

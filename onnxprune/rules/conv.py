@@ -14,6 +14,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..ir.graph import input_or_none, prod, shape_of, static_dims, weight_shape
+from ..ir.quant import is_weight
 from .base import OpRule, Rewriter, freeze_all
 from .env import Env
 
@@ -37,10 +38,10 @@ class _ConvBase(OpRule):
     def propagate(self, node: gs.Node, env: Env) -> None:
         x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
         b = input_or_none(node, 2)
-        if not isinstance(w, gs.Constant) or (b is not None and not isinstance(b, gs.Constant)):
+        if not is_weight(w) or (b is not None and not is_weight(b)):
             freeze_all(node, env, "weight or bias is not a constant")
             return
-        wshape = w.values.shape
+        wshape = weight_shape(w)
         groups = int(node.attrs.get("group", 1))
         # Axes of the weight that hold input and output channels.
         in_ax, out_ax = (0, 1) if self.transposed else (1, 0)
@@ -52,23 +53,23 @@ class _ConvBase(OpRule):
         xin = env.get(x, 1)
         if groups == 1:
             if xin is not None:
-                env.claim(node, w, in_ax, xin)
+                env.claim_weight(node, w, in_ax, xin)
                 env.gate(node, 0, 1)
             out = env.fresh(n_out)
-            env.claim(node, w, out_ax, out)
+            env.claim_weight(node, w, out_ax, out)
         elif n_in // groups > 1 and n_out // groups > 1:
             per_in, per_out = n_in // groups, n_out // groups
             if xin is not None:  # column j of every group is one unit
                 grid = np.asarray(xin).reshape(groups, per_in)
                 for row in grid[1:]:
                     env.union(grid[0], row)
-                env.claim(node, w, in_ax if not self.transposed else 0,
-                          grid[0] if not self.transposed else xin)
+                env.claim_weight(node, w, in_ax if not self.transposed else 0,
+                                 grid[0] if not self.transposed else xin)
                 env.gate(node, 0, 1)
             cols = env.fresh(per_out)
             out = np.tile(cols, groups)
-            env.claim(node, w, out_ax if not self.transposed else 1,
-                      out if not self.transposed else cols)
+            env.claim_weight(node, w, out_ax if not self.transposed else 1,
+                             out if not self.transposed else cols)
         else:
             per_in, per_out = n_in // groups, n_out // groups
             if xin is None:
@@ -78,16 +79,16 @@ class _ConvBase(OpRule):
                 reps = env.atoms.union_blocks(xin, per_in)
                 out = np.repeat(reps, per_out)
                 # Regular conv: weight axis 0 is output channels; transposed: axis 0 is input.
-                env.claim(node, w, 0, out if not self.transposed else xin)
+                env.claim_weight(node, w, 0, out if not self.transposed else xin)
         if b is not None:
-            env.claim(node, b, 0, out)
+            env.claim_weight(node, b, 0, out)
         env.set(y, 1, out)
 
     def rewrite(self, node: gs.Node, rw: Rewriter) -> None:
         groups = int(node.attrs.get("group", 1))
-        if groups == 1 or not isinstance(node.inputs[1], gs.Constant):
+        w = weight_shape(node.inputs[1])
+        if groups == 1 or w is None:
             return
-        w = node.inputs[1].values.shape
         per_in = w[1] if not self.transposed else w[0] // groups
         per_out = w[0] // groups if not self.transposed else w[1]
         if per_in > 1 and per_out > 1:  # width-pruned groups keep their count

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
+from ..ir.quant import is_weight
 from .base import OpRule
 from .env import Env
 from .expand import expanded_constant
@@ -87,8 +88,8 @@ def join_broadcast(
             dim = env.dim(t, ax)
             if dim == 1 and n > 1:
                 continue
-            if dim == n and isinstance(t, gs.Constant):
-                env.claim(node, t, ax, base)
+            if dim == n and is_weight(t):
+                env.claim_weight(node, t, ax, base)
             elif (src := expanded_constant(t, ax, n, env)) is not None:
                 env.claim(src[0], src[1], src[2], base)
                 env.set(t, ax, base)  # the Expand's target follows the kept channels

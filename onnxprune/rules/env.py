@@ -6,6 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..ir.graph import Dim, const_value, shape_of
+from ..ir.quant import dequantized_weight, per_channel_params
 from .atoms import AtomTable, Claim, GatePoint
 
 
@@ -19,6 +20,8 @@ class Env:
         self.slots: dict[str, dict[int, np.ndarray]] = {}
         self.claims: list[Claim] = []
         self.gates: list[GatePoint] = []
+        # (DequantizeLinear, data axis) -> the nodes that claimed its weight's slices
+        self.through: dict[tuple[str, int], set[str]] = {}
 
     # -- reading the graph -------------------------------------------------------------
     def shape(self, tensor: gs.Tensor | None) -> list[Dim] | None:
@@ -86,6 +89,25 @@ class Env:
     def claim(self, node: gs.Node, param: gs.Tensor, axis: int, atoms: np.ndarray) -> None:
         """Declare that slice i of ``param`` on ``axis`` belongs to ``atoms[i]``."""
         self.claims.append(Claim(node.name, param.name, axis, np.asarray(atoms, dtype=np.int64)))
+
+    def claim_weight(self, node: gs.Node, weight: gs.Tensor, axis: int, atoms: np.ndarray
+                     ) -> None:
+        """``claim`` for a weight that may be quantized (``ir.quant``): then the slices are
+        its integer data's, and its scales and zero points go along when they run on ``axis``
+        (per-tensor ones stay). A weight whose scales cannot be sliced freezes the atoms."""
+        if isinstance(weight, gs.Constant):
+            self.claim(node, weight, axis, atoms)
+            return
+        dq, data = dequantized_weight(weight)
+        extra = per_channel_params(dq, axis, len(data.shape), len(atoms))
+        if extra is None:
+            self.freeze(atoms, f"{node.op} {node.name}: the scales of quantized weight "
+                               f"{data.name} cannot be sliced on axis {axis}")
+            return
+        self.claim(dq, data, axis, atoms)
+        for t in extra:
+            self.claim(dq, t, 0, atoms)
+        self.through.setdefault((dq.name, axis), set()).add(node.name)
 
     def gate(self, node: gs.Node, input_index: int, axis: int, atoms: np.ndarray | None = None,
              batched: bool = True, kind: str = "mul") -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..ir.graph import input_or_none, prod, shape_of, static_dims
+from ..ir.graph import input_or_none, prod, shape_of, static_dims, weight_shape
+from ..ir.quant import is_weight
 from .base import OpRule, freeze_all
 from .env import Env
 
@@ -29,7 +30,7 @@ class Gemm(OpRule):
     def propagate(self, node: gs.Node, env: Env) -> None:
         a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
         c = input_or_none(node, 2)
-        if not isinstance(b, gs.Constant):
+        if not is_weight(b):
             freeze_all(node, env, "B is not a constant weight")
             return
         trans_a = int(node.attrs.get("transA", 0))
@@ -39,10 +40,10 @@ class Gemm(OpRule):
         if env.get(a, a_rows) is not None:
             env.freeze(env.get(a, a_rows), f"Gemm {node.name}: rows of A are tracked")
         if env.get(a, a_in) is not None:
-            env.claim(node, b, k_ax, env.get(a, a_in))
+            env.claim_weight(node, b, k_ax, env.get(a, a_in))
             env.gate(node, 0, a_in)
-        out = env.fresh(b.values.shape[n_ax])
-        env.claim(node, b, n_ax, out)
+        out = env.fresh(weight_shape(b)[n_ax])
+        env.claim_weight(node, b, n_ax, out)
         if c is not None:
             _bias(node, env, c, out)
         env.set(y, 1, out)
@@ -59,8 +60,8 @@ def _bias(node: gs.Node, env: Env, c: gs.Tensor, out) -> None:
     last = len(shape) - 1
     if shape[-1] != n:
         env.freeze(out, f"{node.op} {node.name}: bias does not match the features")
-    elif isinstance(c, gs.Constant):
-        env.claim(node, c, last, out)
+    elif is_weight(c):
+        env.claim_weight(node, c, last, out)
     elif env.get(c, last) is not None:
         env.union(out, env.get(c, last))
     else:
@@ -84,10 +85,10 @@ class MatMul(OpRule):
     def propagate(self, node: gs.Node, env: Env) -> None:
         a, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
         rank = env.rank(a)
-        if not isinstance(w, gs.Constant) and not isinstance(a, gs.Constant):
+        if not is_weight(w) and not is_weight(a):
             _activation_product(node, env)
             return
-        if not isinstance(w, gs.Constant) or w.values.ndim != 2 or rank is None or rank < 2:
+        if not is_weight(w) or len(weight_shape(w)) != 2 or rank is None or rank < 2:
             freeze_all(node, env, "not an activation times a 2-D constant weight")
             return
         last = rank - 1
@@ -95,10 +96,10 @@ class MatMul(OpRule):
             if ax != last:  # rows and batch axes are independent
                 env.set(y, ax, atoms)
         if env.get(a, last) is not None:
-            env.claim(node, w, 0, env.get(a, last))
+            env.claim_weight(node, w, 0, env.get(a, last))
             env.gate(node, 0, last)
-        out = env.fresh(w.values.shape[1])
-        env.claim(node, w, 1, out)
+        out = env.fresh(weight_shape(w)[1])
+        env.claim_weight(node, w, 1, out)
         env.set(y, last, out)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis.model import ChannelAnalysis
+from ..ir.quant import param_values
 
 FPGM_MAX = 4096  # larger layers skip FPGM's pairwise distances (memory)
 
@@ -18,7 +19,7 @@ def _members(graph: gs.Graph, analysis: ChannelAnalysis) -> Iterator[tuple[str, 
     member; vectors (biases, per-channel scales) are left to the 'bn' criterion."""
     tensors = graph.tensors()
     for (pname, axis), units in analysis.params.items():
-        values = np.asarray(tensors[pname].values, dtype=np.float32)
+        values = param_values(tensors[pname])  # quantized weights: de-quantized
         if values.ndim < 2:
             continue
         flat = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
