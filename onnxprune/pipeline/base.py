@@ -17,6 +17,7 @@ from ..ir.graph import export_model
 from ..ir.memory import current_rss, peak_rss, reset_kernel_hwm
 from ..ir.runtime import providers_option
 from ..options import Option, number, resolve, shapes, text, texts
+from ..search.memory import parse_memory
 
 if TYPE_CHECKING:
     from ..analysis.components import Components, Flow
@@ -70,6 +71,10 @@ RUN_OPTIONS = (
            "pruned model computes with that value (the input stays, unused)", parse=_values,
            public="input_values", flag="--input-value", metavar="NAME=VALUE", kind="append",
            type_name="values"),
+    Option("memory", None, "memory budget of candidate evaluation, e.g. 4G: a search runs "
+           "candidates and calibration samples in chunks whose activations fit it (default: a "
+           "quarter of the available memory, at most 8G)", parse=parse_memory, public="memory",
+           metavar="SIZE", type_name="size"),
     Option("executor", "local", "where search candidates are scored: this process, a local "
            "process pool, or Ray actors (pip install onnxprune[ray]); results are identical",
            choices=("local", "process", "ray"), public="executor"),
@@ -90,12 +95,13 @@ class RunConfig:
     executor: str = "local"
     workers: int | None = None
     ray_address: str | None = None
+    memory: int | None = None  # bytes; None: the default budget
 
     @classmethod
     def of(cls, **values: Any) -> RunConfig:
         v = resolve("run", RUN_OPTIONS, (), values)
         return cls(tuple(v["providers"]), v["input_shapes"], v["input_values"], v["executor"],
-                   v["workers"], v["ray_address"])
+                   v["workers"], v["ray_address"], v["memory"])
 
 
 class Resources:

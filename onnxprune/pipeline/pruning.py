@@ -236,7 +236,7 @@ class SelectChannels(Pass):
             cev = None
             if self.constraint is not None and self.constraint.metric != ev.metric.name:
                 cev = Evaluator(ctx.export(), analysis, ctx.calib,
-                                get_metric(self.constraint.metric))
+                                get_metric(self.constraint.metric), memory=ctx.config.memory)
             try:
                 removed, extra = select_sensitivity(space, ev, target, self.constraint, cev,
                                                     target.kind if target else "params")

@@ -12,6 +12,7 @@ from ..errors import UsageError
 from ..ir.arrays import axes_of
 from ..ir.runtime import run_batched, static_batch
 from ..verify.oracle import GATES, Oracle
+from .memory import activation_bytes, default_budget, rows_per_call
 from .quality import Metric
 
 MAX_ROWS = 4096  # samples per onnxruntime call when candidates are batched
@@ -20,7 +21,9 @@ MAX_ROWS = 4096  # samples per onnxruntime call when candidates are batched
 class Evaluator:
     def __init__(self, reference: onnx.ModelProto, analysis: ChannelAnalysis,
                  calib: dict[str, np.ndarray] | None, metric: Metric, max_rows: int = MAX_ROWS,
-                 threads: int | None = None):
+                 threads: int | None = None, memory: int | None = None):
+        """``memory``: the budget (bytes) the activations of one call must fit (None: the
+        default budget, ``search.memory``); it bounds ``max_rows``."""
         self.analysis, self.metric, self.max_rows = analysis, metric, max_rows
         self.reference_bytes, self.calib = reference.SerializeToString(), calib
         self.oracle = Oracle(reference, analysis, threads=threads)
@@ -47,8 +50,17 @@ class Evaluator:
             raise UsageError(f"calibration arrays differ in length: {sorted(sizes)}")
         self.n = sizes.pop()
         self.static_batch = static_batch(self.oracle.session, self.inputs, self.axes)
-        # K candidates as one run of K x N samples: a dynamic batch, batch-first data
+        self.budget = memory if memory is not None else default_budget()
+        self.per_sample = activation_bytes(self.oracle.model, _one_sample(self.inputs,
+                                                                          self.axes))
+        rows = rows_per_call(self.budget, self.per_sample, self.static_batch or 1,
+                             "candidate evaluation")
+        if rows is not None:
+            self.max_rows = min(self.max_rows, rows)
+        # K candidates as one run of K x N samples: a dynamic batch, batch-first data, and
+        # one candidate's samples fit a call
         self.batched = (self.static_batch is None and self.oracle.per_sample
+                        and self.n <= self.max_rows
                         and all(self.axes.get(k) in (0, None) for k in self.inputs))
         self.reference = self._forward(self.inputs, np.ones((1, analysis.num_units), np.float32))
         self.base = metric(self.reference, self.batch, self.reference)
@@ -62,7 +74,8 @@ class Evaluator:
     def _forward(self, inputs: dict[str, np.ndarray], gates: np.ndarray) -> list[np.ndarray]:
         """Run the gated model, in chunks of the model's static batch size if it has one."""
         return run_batched(lambda feeds: self.oracle.run(feeds, gates), inputs,
-                           axes=self.axes, fixed=self.static_batch)
+                           axes=self.axes, fixed=self.static_batch,
+                           max_rows=None if self.static_batch else self.max_rows)
 
     def _of_model(self, keep: np.ndarray) -> float:
         if self.metric.on_model == "model":
@@ -114,3 +127,10 @@ class Evaluator:
                 part = [o[i * self.n:(i + 1) * self.n] for o in outs]
                 values.append(self.metric(part, self.batch, self.reference))
         return np.array(values)
+
+
+def _one_sample(inputs: dict[str, np.ndarray], axes: dict[str, int | None]
+                ) -> dict[str, np.ndarray]:
+    """The first sample of every input (arrays fed whole stay whole)."""
+    return {k: v if axes.get(k) is None else np.take(v, [0], axis=axes[k])
+            for k, v in inputs.items()}
