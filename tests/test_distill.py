@@ -156,6 +156,21 @@ def test_static_batch_student(models, images, tmp_path):
     assert_same_structure(model, pruned)
 
 
+def test_batch_dim_minus_one_is_dynamic(models, images):
+    """paddle2onnx writes a dynamic batch as dim_value -1 (PP-OCR's classifier): that is no
+    fixed batch (it crashed in np.resize with 'new_shape must be non-negative')."""
+    student, teacher = onnx.ModelProto(), onnx.ModelProto()
+    student.CopyFrom(models[1])
+    teacher.CopyFrom(models[0])
+    for graph in (student.graph, teacher.graph):
+        for value in list(graph.input) + list(graph.output):
+            value.type.tensor_type.shape.dim[0].dim_value = -1
+    model, info = distill(student, teacher, {"input": images[0][:40]}, metric=PSNR, steps=2,
+                          lr=LR, eval_every=1)
+    assert info["steps"] == 2
+    assert_same_structure(model, student)
+
+
 def test_usage_errors(models):
     teacher, pruned = models
     with pytest.raises(UsageError, match="lacks model input"):

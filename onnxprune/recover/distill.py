@@ -291,11 +291,12 @@ def _input_names(model: onnx.ModelProto) -> list[str]:
 
 
 def _static_batch(model: onnx.ModelProto) -> int | None:
-    """The fixed leading dimension of the graph inputs, if any."""
+    """The fixed leading dimension of the graph inputs, if any (a ``dim_value`` of -1, as
+    paddle2onnx writes for a dynamic batch, is no fixed size)."""
     inits = {i.name for i in model.graph.initializer}
     for i in model.graph.input:
         dims = i.type.tensor_type.shape.dim
-        if i.name not in inits and dims and dims[0].HasField("dim_value") and dims[0].dim_value:
+        if i.name not in inits and dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
             return int(dims[0].dim_value)
     return None
 
