@@ -71,7 +71,8 @@ def distill(
     model) or, without one, the negative distillation loss. The best weights win; training
     stops after ``patience`` evaluations without improvement (``None``: never) or when the loss
     is not finite. ``train`` restricts which initializers train: a predicate on the name, or
-    names / glob patterns (default: all float initializers).
+    names / glob patterns (default: all float initializers but scalars and ``Pow``
+    exponents, which are arithmetic rather than weights).
 
     Returns the best model (same nodes and initializer names/shapes as ``student``) and
     ``{"steps", "best_step", "val_before", "val_after", "history": [(step, train_loss,
@@ -84,7 +85,7 @@ def distill(
     _check_args(steps, lr, batch_size, val_fraction, eval_every, patience)
     student, teacher = _load(student), _load(teacher)
     graph = TorchGraph(student)
-    trained = _select_trainable(graph, train)
+    trained = _select_trainable(graph, train, student)
     batch = _calibration(calib, graph, student)
     n = len(next(iter(batch.values())))
     rng = np.random.default_rng(seed)
@@ -291,7 +292,8 @@ def _input_names(model: onnx.ModelProto) -> list[str]:
 
 
 def _static_batch(model: onnx.ModelProto) -> int | None:
-    """The fixed leading dimension of the graph inputs, if any."""
+    """The fixed leading dimension of the graph inputs, if any (a ``dim_value`` of -1, as
+    paddle2onnx writes for a dynamic batch, is no fixed size)."""
     inits = {i.name for i in model.graph.initializer}
     for i in model.graph.input:
         dims = i.type.tensor_type.shape.dim
@@ -354,11 +356,26 @@ def _check_args(steps, lr, batch_size, val_fraction, eval_every, patience) -> No
         raise UsageError(f"distill: patience must be >= 1 or None, not {patience}")
 
 
-def _select_trainable(graph: TorchGraph, train: TrainSpec) -> list[str]:
-    """The initializers to train (the others are frozen)."""
+def _structural(model: onnx.ModelProto) -> set[str]:
+    """Float initializers that are arithmetic, not weights: scalars (epsilons, scales, the
+    ``2`` of a LayerNorm spelled ``Pow(x - mean, 2)``) and every ``Pow`` exponent. Training an
+    exponent is undefined: d(x^e)/de = x^e ln(x) is NaN for the negative bases a centred
+    activation has, and one Adam step makes the whole model NaN."""
+    inits = {i.name: i for i in model.graph.initializer}
+    out = {name for name, i in inits.items() if len(i.dims) == 0}
+    out |= {n.input[1] for n in model.graph.node
+            if n.op_type == "Pow" and len(n.input) > 1 and n.input[1] in inits}
+    return out
+
+
+def _select_trainable(graph: TorchGraph, train: TrainSpec,
+                      model: onnx.ModelProto | None = None) -> list[str]:
+    """The initializers to train (the others are frozen); by default every float initializer
+    but the structural ones of ``model`` (:func:`_structural`)."""
     names = graph.initializer_names()
     if train is None:
-        chosen = names
+        fixed = _structural(model) if model is not None else set()
+        chosen = [n for n in names if n not in fixed]
     elif callable(train):
         chosen = [n for n in names if train(n)]
     else:
