@@ -64,6 +64,33 @@ def test_application_aware_strategies_beat_uniform(strategy, method):
     assert r.verification.passed
 
 
+def test_a_shortlisted_measured_path_keeps_the_fragile_group(monkeypatch):
+    """Too many steps to measure every group at every step: only the groups whose own curves
+    promise the cheapest next level are measured on the combined mask; still on target and
+    the narrow group still whole, with fewer evaluations."""
+    from onnxprune.select import sensitivity
+
+    uniform = _run(ratio=0.5)
+    target = _reduction(uniform)
+    full = _run(strategy="sensitivity", target_params=target)
+    original = sensitivity.select_sensitivity
+
+    def bounded(*args, **kw):
+        return original(*args, **{**kw, "max_evals": 4})
+    monkeypatch.setattr("onnxprune.pipeline.pruning.select_sensitivity", bounded)
+    calls = []
+    real = sensitivity.measured_path
+
+    def measured(space, ev, curves, unit_cost, done, shortlist=None):
+        calls.append(shortlist)
+        return real(space, ev, curves, unit_cost, done, shortlist)
+    monkeypatch.setattr(sensitivity, "measured_path", measured)
+    r = _run(strategy="sensitivity", target_params=target)
+    assert calls and calls[0] == 2  # the shortlist: 2 groups per step
+    assert _reduction(r) >= target - 0.02 and r.quality["after"] > 0.98
+    assert r.quality["after"] == pytest.approx(full.quality["after"], abs=0.02)
+
+
 @pytest.mark.parametrize("strategy", ["uniform", "global", "sensitivity", "soft"])
 @pytest.mark.parametrize("kind", ["params", "macs"])
 def test_targets_are_met(strategy, kind):

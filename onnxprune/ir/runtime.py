@@ -123,15 +123,20 @@ def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def session(model: onnx.ModelProto, providers: Sequence[str] | None = None,
             threads: int | None = None, quiet: bool = False,
-            optimized: bool = False) -> ort.InferenceSession:
+            optimized: bool = False, arena: bool = True) -> ort.InferenceSession:
     """An onnxruntime session with graph optimizations off (exact reference arithmetic);
     ``threads``: intra-op threads (None: onnxruntime's choice); ``quiet``: not even errors
     logged (trial runs that are expected to fail); ``optimized``: onnxruntime's optimizations
-    on, as a deployed model runs (quantized models: Q/DQ pairs fused into integer kernels).
+    on, as a deployed model runs (quantized models: Q/DQ pairs fused into integer kernels);
+    ``arena=False``: no memory arena (buffers freed after each run; for calls of many
+    different sizes, whose arena chunks would otherwise add up).
     Large weights go in as external initializers (``skeleton``)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    if not arena:
+        opts.enable_cpu_mem_arena = False
+        opts.enable_mem_pattern = False
     opts.log_severity_level = 4 if quiet else 3
     if threads:
         opts.intra_op_num_threads = threads

@@ -13,6 +13,7 @@ from ..ir.quant import is_quantized
 from ..ir.runtime import run_batched, session
 from ..options import Option, flag, number
 from ..recover.compensate import compensate
+from ..search.memory import rows_for
 from ..search.quality import get_metric
 from ..verify.checks import VerifyReport
 from . import stages
@@ -146,11 +147,14 @@ class VerifyRecovered(Pass):
             feeds = verification_feeds(ctx, model, count=1)[0]
         outs = None
         providers = list(ctx.config.providers)
+        rows = rows_for(model, feeds, axes_of(feeds), ctx.config.memory)
         for provider in providers:
-            outs = run_batched(session(model, [provider]), feeds, axes=axes_of(feeds))
+            outs = run_batched(session(model, [provider]), feeds, axes=axes_of(feeds),
+                               max_rows=rows)
         if not all(np.all(np.isfinite(o)) for o in outs):
             raise VerificationError("recovered model produces non-finite outputs")
-        reference = run_batched(session(ctx.export(ctx.reference)), feeds, axes=axes_of(feeds))
+        reference = run_batched(session(ctx.export(ctx.reference)), feeds, axes=axes_of(feeds),
+                                max_rows=rows)
         metric = ctx.metric or get_metric("cosine")
         if calib is not None and not metric.on_model:
             value = metric(outs, calib, reference)

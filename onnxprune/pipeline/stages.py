@@ -16,6 +16,7 @@ from ..errors import warn
 from ..ir import io
 from ..ir.arrays import Calibration
 from ..ir.runtime import run_batched, session
+from ..search.memory import rows_for
 from ..search.quality import Metric, get_metric
 from .base import Context
 
@@ -38,7 +39,8 @@ def _outputs(ctx: Context, graph, data: Calibration, optimized: bool = False
     model.ir_version = io.runtime_ir_version(model, ctx.source_ir)
     feeds = _inputs(model, data)
     sess = session(model, [ctx.config.providers[0]], optimized=optimized)
-    return run_batched(sess, feeds, axes=feeds.axes)
+    rows = rows_for(model, feeds, feeds.axes, ctx.config.memory)
+    return run_batched(sess, feeds, axes=feeds.axes, max_rows=rows)
 
 
 def outputs(ctx: Context, graph, data: Calibration, optimized: bool = False

@@ -22,6 +22,7 @@ from ..ir.arrays import axes_of
 from ..ir.graph import export_model, input_or_none
 from ..ir.runtime import run_batched, session
 from ..progress import task
+from ..search.memory import rows_for
 
 MAX_ROWS = 40_000  # rows of the least-squares problem per layer (sampled)
 MAX_CELLS = 30_000_000  # rows x columns of the patch matrix
@@ -44,8 +45,9 @@ def _activations(model: onnx.ModelProto, names: list[str], feeds: dict) -> dict[
             m.graph.output.append(helper.make_empty_tensor_value_info(n))
     inputs = {i.name for i in m.graph.input}
     axes = axes_of(feeds)
-    outs = run_batched(session(m), {k: v for k, v in feeds.items() if k in inputs}, names,
-                       axes={k: a for k, a in axes.items() if k in inputs})
+    feeds = {k: v for k, v in feeds.items() if k in inputs}
+    axes = {k: a for k, a in axes.items() if k in inputs}
+    outs = run_batched(session(m), feeds, names, axes=axes, max_rows=rows_for(m, feeds, axes))
     return dict(zip(names, outs, strict=True))
 
 

@@ -19,7 +19,7 @@ from ..search.quality import LABEL_KEYS
 from ..select.common import Space, Target
 from ..verify.oracle import GATES
 
-BATCH = 128  # samples per step (a random mini-batch when there are more)
+BATCH = 64  # samples per step (a random mini-batch when there are more)
 
 
 class NotDifferentiable(Exception):

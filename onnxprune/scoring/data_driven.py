@@ -12,6 +12,7 @@ from ..ir.arrays import axes_of
 from ..ir.runtime import run_batched, session
 from ..progress import task
 from ..search.evaluate import Evaluator
+from ..search.memory import rows_for
 
 CHUNK = 64  # candidate masks per evaluation batch
 
@@ -33,7 +34,8 @@ def activation_scores(reference: onnx.ModelProto, analysis: ChannelAnalysis,
     feeds = {k: v for k, v in calib.items() if k in inputs}
     names = [o.name for o in model.graph.output]
     axes = axes_of(calib)
-    outs = dict(zip(names, run_batched(session(model), feeds, names, axes=axes), strict=True))
+    outs = dict(zip(names, run_batched(session(model), feeds, names, axes=axes,
+                                       max_rows=rows_for(model, feeds, axes)), strict=True))
     scores = np.zeros(analysis.num_units)
     for gate in [g for g in analysis.gates if g.batched]:
         x = np.moveaxis(outs[nodes[gate.node].input[gate.input_index]], gate.axis, 0)

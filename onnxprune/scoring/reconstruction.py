@@ -29,6 +29,7 @@ from ..ir.arrays import axes_of
 from ..ir.graph import input_or_none
 from ..ir.runtime import run_batched, session
 from ..progress import task
+from ..search.memory import rows_for
 
 MAX_ROWS = 20_000  # rows of a layer's patch matrix (sampled)
 MAX_CELLS = 16_000_000  # rows x columns of a patch matrix (bounds memory: 128 MB in float64)
@@ -72,7 +73,9 @@ def _fetch(reference: onnx.ModelProto, names: list[str], calib) -> dict[str, np.
     inputs = {i.name for i in model.graph.input}
     axes = axes_of(calib)
     feeds = {k: v for k, v in calib.items() if k in inputs}
-    outs = run_batched(session(model), feeds, names, axes={k: axes.get(k) for k in feeds})
+    axes = {k: axes.get(k) for k in feeds}
+    outs = run_batched(session(model), feeds, names, axes=axes,
+                       max_rows=rows_for(model, feeds, axes))
     return dict(zip(names, outs, strict=True))
 
 

@@ -3,10 +3,11 @@ gated model may take so that its activations fit.
 
 A search scores K candidate masks as one run of K x N samples; the activations of such a run
 grow with the rows, so a detector at 128x768 with 40 samples used to reach 13 GB. The rows per
-call are bounded by ``budget / activation bytes per sample``, where the bytes per sample are
-the sum of every tensor the graph computes for one sample (shape inference at the data's
-shapes: an upper bound, onnxruntime reuses buffers). The budget is ``--memory`` or, by
-default, a quarter of the memory available, at most ``DEFAULT_CAP``.
+call are bounded by ``budget / (RUNTIME_FACTOR x bytes per sample)``, where the bytes per
+sample are the most bytes of computed tensors alive at once for one sample (shape inference
+at the data's shapes, each tensor freed after its last reader, as onnxruntime's planner
+reuses buffers). The budget is ``--memory`` or, by default, a quarter of the memory
+available, at most ``DEFAULT_CAP``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from ..ir.runtime import weightless
 DEFAULT_SHARE = 0.25  # of the available memory
 DEFAULT_CAP = 8 << 30
 FALLBACK = 2 << 30  # when the available memory cannot be read
+# onnxruntime's arena and kernel workspaces over the live tensors (measured 1.1-1.7x on an
+# autoencoder, 1.9x on a text detector without an arena)
+RUNTIME_FACTOR = 2.5
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -55,21 +59,26 @@ def default_budget() -> int:
 
 
 def activation_bytes(model: onnx.ModelProto, sample: dict[str, np.ndarray]) -> int | None:
-    """Bytes of every tensor a node computes for ``sample`` (one sample per input, at its
-    shape), by shape inference; None when no tensor's size can be inferred."""
+    """Peak bytes of computed tensors alive at once for ``sample`` (one sample per input, at
+    its shape; other inputs' symbolic dimensions at 1), by shape inference; None when no
+    tensor's size can be inferred."""
     bare = weightless(model)
     for vi in bare.graph.input:
+        shape = vi.type.tensor_type.shape
         if vi.name in sample:
-            shape = vi.type.tensor_type.shape
             shape.ClearField("dim")
             for d in np.shape(sample[vi.name]):
                 shape.dim.add().dim_value = int(d)
+        else:  # other inputs (the oracle's gates: a row per sample) at 1 where symbolic
+            for d in shape.dim:
+                if not d.HasField("dim_value"):
+                    d.dim_value = 1
     del bare.graph.value_info[:]
     try:
         inferred = onnx.shape_inference.infer_shapes(bare, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is best effort
         return None
-    total, known = 0, 0
+    sizes: dict[str, int] = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
         tt = vi.type.tensor_type
         if not tt.HasField("shape") or not tt.elem_type:
@@ -81,9 +90,33 @@ def activation_bytes(model: onnx.ModelProto, sample: dict[str, np.ndarray]) -> i
             size = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).itemsize
         except (KeyError, TypeError, ValueError):
             size = 4
-        total += int(np.prod(dims, dtype=np.int64)) * size
-        known += 1
-    return total if known else None
+        sizes[vi.name] = int(np.prod(dims, dtype=np.int64)) * size
+    if not sizes:
+        return None
+    return _peak_live(inferred.graph, sizes)
+
+
+def _peak_live(graph: onnx.GraphProto, sizes: dict[str, int]) -> int:
+    """The most bytes of computed tensors alive at once, nodes run in graph order: a tensor
+    lives from the node that makes it to its last reader (graph outputs to the end)."""
+    last: dict[str, int] = {}
+    for i, node in enumerate(graph.node):
+        for name in node.input:
+            last[name] = i
+    end = len(graph.node)
+    for out in graph.output:
+        last[out.name] = end
+    live = peak = 0
+    dying: dict[int, int] = {}
+    for i, node in enumerate(graph.node):
+        made = sum(sizes.get(o, 0) for o in node.output if o)
+        live += made
+        peak = max(peak, live)
+        for o in node.output:
+            if o:
+                dying[last.get(o, i)] = dying.get(last.get(o, i), 0) + sizes.get(o, 0)
+        live -= dying.pop(i, 0)
+    return peak
 
 
 def rows_per_call(budget: int, per_sample: int | None, needed: int, what: str) -> int | None:
@@ -91,6 +124,7 @@ def rows_per_call(budget: int, per_sample: int | None, needed: int, what: str) -
     call must take (a fixed batch); a budget that cannot hold them is a usage error."""
     if per_sample is None or per_sample <= 0:
         return None
+    per_sample = int(per_sample * RUNTIME_FACTOR)
     rows = int(budget // per_sample)
     if rows < needed:
         raise UsageError(
@@ -106,3 +140,19 @@ def _size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TB"
+
+
+def rows_for(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
+             axes: dict[str, int | None] | None = None, budget: int | None = None) -> int | None:
+    """Samples per run of ``model`` on ``feeds`` whose activations fit ``budget`` (default:
+    the default budget); None when the model's tensor sizes cannot be inferred. At least 1."""
+    axes = axes or {}
+    names = {i.name for i in model.graph.input}
+    one = {k: v if axes.get(k, 0 if np.ndim(v) else None) is None
+           else np.take(v, [0], axis=axes.get(k, 0))
+           for k, v in feeds.items() if k in names}
+    per = activation_bytes(model, one)
+    if not per:
+        return None
+    budget = budget if budget is not None else default_budget()
+    return max(1, int(budget // (per * RUNTIME_FACTOR)))

@@ -87,10 +87,12 @@ def greedy_path(space: Space, curves: list[Curve], unit_cost: np.ndarray) -> lis
 
 
 def measured_path(space: Space, ev: Evaluator, curves: list[Curve], unit_cost: np.ndarray,
-                  done) -> list[list[int]]:
+                  done, shortlist: int | None = None) -> list[list[int]]:
     """Like :func:`greedy_path`, but every step is chosen by evaluating each group's next
     level on the *combined* mask (one batched evaluation per step), so interactions between
-    groups count. Stops when ``done(counts, utility)`` says so."""
+    groups count. With ``shortlist``, only that many groups are measured per step: those
+    whose own curves promise the cheapest next level. Stops when ``done(counts, utility)``
+    says so."""
     level = [0] * len(curves)
     path = [[0] * len(curves)]
     current = ev.metric.utility(ev.base)
@@ -100,6 +102,9 @@ def measured_path(space: Space, ev: Evaluator, curves: list[Curve], unit_cost: n
             options = [i for i, c in enumerate(curves) if level[i] + 1 < len(c.counts)]
             if not options:
                 return path
+            if shortlist is not None and len(options) > shortlist:
+                options = sorted(options, key=lambda i: _predicted(
+                    space, curves[i], level[i], i, unit_cost))[:shortlist]
             masks, saved = [], []
             for i in options:
                 counts = [int(c.counts[j]) for c, j in zip(curves, level, strict=True)]
@@ -118,17 +123,26 @@ def measured_path(space: Space, ev: Evaluator, curves: list[Curve], unit_cost: n
                 return path
 
 
+def _predicted(space: Space, c: Curve, j: int, i: int, unit_cost: np.ndarray) -> float:
+    """Metric lost per cost saved by the next level of group ``i`` alone (its curve)."""
+    order = space.groups[i].order
+    saved = unit_cost[order[c.counts[j]:c.counts[j + 1]]].sum()
+    return max(c.utility[j] - c.utility[j + 1], 0.0) / max(saved, 1e-12)
+
+
 def select_sensitivity(space: Space, ev: Evaluator, target: Target | None = None,
                        constraint: Constraint | None = None, constraint_ev: Evaluator | None = None,
                        cost_kind: str = "params", max_evals: int = 3000) -> tuple[np.ndarray, dict]:
     curves = sensitivity_curves(space, ev)
     steps = sum(len(c.counts) - 1 for c in curves)
     unit_cost = space.cost.unit_weights(cost_kind)
-    if steps * len(curves) <= max_evals and constraint is None and target is not None:
-        # few enough groups: measure every step on the combined mask
+    if constraint is None and target is not None and steps:
+        # measure every step on the combined mask (interactions count); with many groups,
+        # only the groups whose own curves promise the cheapest next steps
+        shortlist = None if steps * len(curves) <= max_evals else max(2, max_evals // steps)
         path = measured_path(space, ev, curves, unit_cost,
                              lambda counts, _: space.reduction(space.mask(counts), target)
-                             >= target.fraction)
+                             >= target.fraction, shortlist)
     else:
         path = greedy_path(space, curves, unit_cost)
     if constraint is not None:

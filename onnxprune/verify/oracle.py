@@ -102,7 +102,8 @@ class Oracle:
                  inplace: bool = False, threads: int | None = None):
         self.analysis = analysis
         self.model = build_gated_model(reference, analysis, inplace)
-        self.session = session(self.model, threads=threads)
+        # candidates run at many batch sizes: an arena would keep a chunk per size
+        self.session = session(self.model, threads=threads, arena=False)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray], keep: np.ndarray | None = None) -> list[np.ndarray]:
