@@ -82,7 +82,7 @@ def soft_autograd(space: Space, ev: Evaluator, target: Target, tol: float = 0.02
         from .torch_bridge import TorchGraph
     except ImportError as err:
         raise NotDifferentiable(f"torch is not installed ({err})") from None
-    from ..select.soft import _hard, _repair, _shared_start
+    from ..select.soft import _hard, _repair, _shared_start, target_shares
 
     if ev.metric.on_model or not all(ev.axes.get(k) in (0, None) for k in ev.batch):
         raise NotDifferentiable("the metric runs the model itself or the data is not batch-first")
@@ -97,13 +97,7 @@ def soft_autograd(space: Space, ev: Evaluator, target: Target, tol: float = 0.02
         p.requires_grad_(False)
 
     c0 = _shared_start(space, target)
-    weights = space.cost.unit_weights("macs" if target.kind == "macs" else "params")
-    per_group = np.array([weights[g.order].sum() for g in space.groups])
-    total = space.cost.params_total if target.kind != "macs" else space.cost.macs_total
-    if target.kind == "channels":
-        per_group = np.array([g.order.size for g in space.groups], float)
-        total = per_group.sum()
-    share = torch.tensor(per_group / max(total, 1), dtype=torch.float64)
+    share = torch.tensor(target_shares(space, target), dtype=torch.float64)
     scale = max(abs(ev.metric.utility(ev.base)), 1.0)
     floats = [v for k, v in ev.batch.items() if k not in LABEL_KEYS and v.dtype.kind == "f"]
     peak = 1.0 if not floats or float(np.max(floats[0])) <= 1.0 + 1e-6 else float(

@@ -22,14 +22,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import helper
 
 from ..analysis.model import ChannelAnalysis, Gate
-from ..ir.arrays import axes_of
 from ..ir.graph import input_or_none
-from ..ir.runtime import run_batched, session
 from ..progress import task
-from ..search.memory import rows_for
 
 MAX_ROWS = 20_000  # rows of a layer's patch matrix (sampled)
 MAX_CELLS = 16_000_000  # rows x columns of a patch matrix (bounds memory: 128 MB in float64)
@@ -64,19 +60,9 @@ def _consumers(graph: gs.Graph, analysis: ChannelAnalysis) -> list[tuple[Gate, g
 
 
 def _fetch(reference: onnx.ModelProto, names: list[str], calib) -> dict[str, np.ndarray]:
-    model = onnx.ModelProto()
-    model.CopyFrom(reference)
-    have = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in have:
-            model.graph.output.append(helper.make_empty_tensor_value_info(name))
-    inputs = {i.name for i in model.graph.input}
-    axes = axes_of(calib)
-    feeds = {k: v for k, v in calib.items() if k in inputs}
-    axes = {k: axes.get(k) for k in feeds}
-    outs = run_batched(session(model), feeds, names, axes=axes,
-                       max_rows=rows_for(model, feeds, axes))
-    return dict(zip(names, outs, strict=True))
+    from ..recover.compensate import _activations  # the tensors ``names`` on the data
+
+    return _activations(reference, names, calib)
 
 
 def _conv2d_rows(node: gs.Node, x: np.ndarray, rows: int, rng: np.random.Generator

@@ -103,18 +103,24 @@ def _soft_gates(space: Space, c: np.ndarray, temperature: float) -> np.ndarray:
     return gates
 
 
-def soft_gradient(space: Space, ev: Evaluator, target: Target, tol: float = 0.02,
-                  steps: int = 60, lr: float = 0.05, temperature: float = 1.0,
-                  delta: float = 0.05) -> tuple[np.ndarray, dict]:
-    n = len(space.groups)
-    c = _shared_start(space, target)
+def target_shares(space: Space, target: Target) -> np.ndarray:
+    """Each group's share of what the target counts (params, MACs or channels): the
+    reduction of coefficients ``c`` is about ``shares @ c``."""
     weights = space.cost.unit_weights("macs" if target.kind == "macs" else "params")
     per_group = np.array([weights[g.order].sum() for g in space.groups])
     total = space.cost.params_total if target.kind != "macs" else space.cost.macs_total
     if target.kind == "channels":
         per_group = np.array([g.order.size for g in space.groups], float)
         total = per_group.sum()
-    per_group = per_group / max(total, 1)
+    return per_group / max(total, 1)
+
+
+def soft_gradient(space: Space, ev: Evaluator, target: Target, tol: float = 0.02,
+                  steps: int = 60, lr: float = 0.05, temperature: float = 1.0,
+                  delta: float = 0.05) -> tuple[np.ndarray, dict]:
+    n = len(space.groups)
+    c = _shared_start(space, target)
+    per_group = target_shares(space, target)
     scale = max(abs(ev.metric.utility(ev.base)), 1.0)
     m, v = np.zeros(n), np.zeros(n)
     history = []
