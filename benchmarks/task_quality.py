@@ -249,7 +249,7 @@ def read_pages(engine, pages: list[dict]) -> dict:
             found = list(zip(res.boxes, res.txts, strict=True)) if res.txts else []
         except Exception:  # noqa: BLE001 - a model that breaks the pipeline reads nothing
             found = []
-        for text, (x0, y0, x1, y1) in zip(page["lines"], page["boxes"], strict=True):
+        for text, (_x0, y0, _x1, y1) in zip(page["lines"], page["boxes"], strict=True):
             mine = []
             for box, txt in found:
                 cy, cx = float(np.mean(box[:, 1])), float(np.mean(box[:, 0]))
