@@ -95,3 +95,33 @@ def test_shared_weights_stay_shared(tmp_path):
         assert floats == r.params_after <= r.params_before
         fc1 = {n.input[1] for n in out.graph.node if n.name.endswith("_fc1")}
         assert len(fc1) == 1, fc1  # the three layers still read one weight
+
+
+def test_weights_stored_as_constant_nodes_count_as_the_inputs_parameters(tmp_path):
+    """paddle2onnx writes weights as Constant nodes: they are the input's parameters (the
+    written model then has fewer, and no warning says otherwise)."""
+    import warnings
+
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.api import prune
+
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((8, 6)).astype(np.float32), rng.standard_normal((3, 8)).astype(
+        np.float32)
+    nodes = [helper.make_node("Constant", [], ["w1"], value=numpy_helper.from_array(w1)),
+             helper.make_node("Constant", [], ["w2"], value=numpy_helper.from_array(w2)),
+             helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1, name="fc1"),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2"], ["y"], transB=1, name="fc2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["n", 6])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, ["n", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "more parameters than the input" warning
+        r = prune(model, tmp_path / "o.onnx", ratio=0.5)
+    assert r.params_input == w1.size + w2.size == r.params_before
+    assert r.params_after < r.params_input

@@ -80,12 +80,16 @@ def is_param(tensor: gs.Tensor) -> bool:
 
 def _unique_params(graph: gs.Graph, seen: dict[str, gs.Constant] | None = None
                    ) -> dict[str, gs.Constant]:
-    """Each parameter constant once, by name, those used inside If/Loop/Scan bodies too."""
+    """Each parameter constant once, by name, those used inside If/Loop/Scan bodies too, and
+    the values of Constant nodes (exporters that store weights that way, before folding)."""
     seen = {} if seen is None else seen
     for node in graph.nodes:
         for t in node.inputs:
             if t.name not in seen and is_param(t):
                 seen[t.name] = t
+        value = node.attrs.get("value") if node.op == "Constant" else None
+        if isinstance(value, gs.Constant) and node.outputs and is_param(value):
+            seen.setdefault(node.outputs[0].name, value)  # weights as Constant nodes
         for value in node.attrs.values():
             for sub in value if isinstance(value, list) else [value]:
                 if isinstance(sub, gs.Graph):
