@@ -99,11 +99,12 @@ class Oracle:
     """One session over the gated reference; ``run`` evaluates any unit mask."""
 
     def __init__(self, reference: onnx.ModelProto, analysis: ChannelAnalysis,
-                 inplace: bool = False, threads: int | None = None):
+                 inplace: bool = False, threads: int | None = None, arena: bool = True):
+        """``arena=False`` for searches: candidates run at many batch sizes, and an arena
+        would keep a chunk of memory per size."""
         self.analysis = analysis
         self.model = build_gated_model(reference, analysis, inplace)
-        # candidates run at many batch sizes: an arena would keep a chunk per size
-        self.session = session(self.model, threads=threads, arena=False)
+        self.session = session(self.model, threads=threads, arena=arena)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray], keep: np.ndarray | None = None) -> list[np.ndarray]:
