@@ -351,25 +351,9 @@ def test_a_qdq_transformer_block_prunes_whole_heads(tmp_path):
 
     import torch
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from test_attention import BertSelfAttention as Attention  # the same block, in float
 
     from onnxprune.testing import check_oracle
-
-    class Attention(torch.nn.Module):
-        def __init__(self, d=32, heads=4):
-            super().__init__()
-            self.heads = heads
-            self.q, self.k, self.v, self.out = (torch.nn.Linear(d, d) for _ in range(4))
-            self.norm = torch.nn.LayerNorm(d)
-
-        def split(self, x):
-            b, n, d = x.shape
-            return x.view(b, n, self.heads, d // self.heads).transpose(1, 2)
-
-        def forward(self, x):
-            b, n, d = x.shape
-            q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
-            att = torch.softmax(q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5, dim=-1)
-            return self.norm(x + self.out((att @ v).transpose(1, 2).contiguous().view(b, n, d)))
 
     torch.manual_seed(0)
     path, q = tmp_path / "a.onnx", tmp_path / "a-qdq.onnx"

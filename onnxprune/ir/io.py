@@ -133,14 +133,20 @@ def output_target(path: str | os.PathLike) -> Path:
         raise OutputError(f"{path}: output folder {folder} does not exist")
     if out.exists() and not out.is_file():
         raise OutputError(f"{path}: is {_kind(out)}; refusing to replace it (give a file path)")
+    _probe_writable(path, folder, "output folder")
+    return out
+
+
+def _probe_writable(path: str | os.PathLike, folder: Path, what: str) -> None:
+    """Create and remove a file in ``folder`` (permission bits do not tell for root, /proc or
+    read-only mounts); OutputError naming ``path`` when it cannot."""
     try:
         fd, probe = tempfile.mkstemp(prefix=".onnxprune-probe-", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise OutputError(f"{path}: output folder {folder} is not writable "
+        raise OutputError(f"{path}: {what} {folder} is not writable "
                           f"({_first_line(err)})") from None
-    return out
 
 
 def folder_target(path: str | os.PathLike) -> Path:
@@ -157,13 +163,7 @@ def folder_target(path: str | os.PathLike) -> Path:
     probe_in = out if out.is_dir() else (out.parent if str(out.parent) else Path("."))
     if not probe_in.is_dir():
         raise OutputError(f"{path}: folder {probe_in} does not exist")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".onnxprune-probe-", dir=probe_in)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise OutputError(f"{path}: folder {probe_in} is not writable "
-                          f"({_first_line(err)})") from None
+    _probe_writable(path, probe_in, "folder")
     return out
 
 

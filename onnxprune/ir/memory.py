@@ -10,14 +10,19 @@ _STATUS = "/proc/self/status"
 _CLEAR_REFS = "/proc/self/clear_refs"
 
 
-def kernel_hwm() -> int | None:
-    """The kernel's RSS high-water mark of this process (Linux), in bytes."""
+def _status(field: str) -> int | None:
+    """A ``kB`` field of /proc/self/status (Linux), in bytes."""
     try:
         with open(_STATUS) as f:
-            match = re.search(r"VmHWM:\s+(\d+) kB", f.read())
+            match = re.search(rf"{field}:\s+(\d+) kB", f.read())
     except OSError:
         return None
     return int(match.group(1)) * 1024 if match else None
+
+
+def kernel_hwm() -> int | None:
+    """The kernel's RSS high-water mark of this process (Linux), in bytes."""
+    return _status("VmHWM")
 
 
 def reset_kernel_hwm() -> bool:
@@ -47,9 +52,4 @@ def peak_rss() -> int | None:
 
 def current_rss() -> int | None:
     """Resident memory now (Linux), bytes."""
-    try:
-        with open(_STATUS) as f:
-            match = re.search(r"VmRSS:\s+(\d+) kB", f.read())
-    except OSError:
-        return None
-    return int(match.group(1)) * 1024 if match else None
+    return _status("VmRSS")
