@@ -186,5 +186,5 @@ def cmd_bench(args, console: Console) -> int:
     for flag in ("json", "markdown", "plot"):
         path = getattr(args, flag)
         if path is not None and str(path) != "-":
-            err.print(f"wrote {path}", markup=False, highlight=False)
+            err.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
     return EXIT_OK

@@ -256,7 +256,7 @@ def cmd_zoo(args, console: Console) -> int:
     with _status(f"exporting {args.name}", args.quiet):
         out = export_model(args.name, args.output, seed=args.seed, train=args.train,
                            epochs=args.epochs)
-    console.print(f"wrote {out}")
+    console.print(f"wrote {out}", markup=False, highlight=False, soft_wrap=True)
     return EXIT_OK
 
 
@@ -265,7 +265,8 @@ def cmd_data(args, console: Console) -> int:
 
     out, n = write_digits(args.output, split=args.split, count=args.count,
                           input_name=args.input_name, seed=args.seed)
-    console.print(f"wrote {out}: {n} samples under {args.input_name!r}, labels under 'labels'")
+    console.print(f"wrote {out}: {n} samples under {args.input_name!r}, labels under 'labels'",
+                  markup=False, highlight=False, soft_wrap=True)
     return EXIT_OK
 
 

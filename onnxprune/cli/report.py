@@ -268,8 +268,9 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
                  if m.get("peak_over_weights") else "")
         console.print(f"peak memory {m['peak_rss'] / 1e6:,.0f} MB{ratio}")
     if r.selection and r.selection.get("saved_plan"):
-        console.print(f"wrote plan {r.selection['saved_plan']} (reuse it with --plan)")
+        console.print(f"wrote plan {r.selection['saved_plan']} (reuse it with --plan)",
+                      markup=False, highlight=False, soft_wrap=True)
     if r.output:
-        console.print(f"wrote {r.output}")
+        console.print(f"wrote {r.output}", markup=False, highlight=False, soft_wrap=True)
     if r.report:
         console.print(f"wrote report {r.report}", markup=False, highlight=False, soft_wrap=True)

@@ -9,6 +9,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
+from .symbolic import refine_shapes
+
 # onnx-graphsurgeon prints its warnings to stdout (which must stay one JSON object with
 # --json); what they say (foldable large tensors, types it cannot map) is handled here.
 G_LOGGER.severity = G_LOGGER.ERROR
@@ -97,6 +99,7 @@ def infer_shapes(graph: gs.Graph) -> gs.Graph:
                 d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                 for d in tt.shape.dim
             ]
+    refine_shapes(graph, model)
     return graph
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..ir.graph import new_constant
+from ..ir.graph import const_value, new_constant, unique_name
 from .env import Env
 
 Keep = Callable[[gs.Tensor, int], "np.ndarray | None"]
@@ -31,6 +31,33 @@ class Rewriter:
         """Give ``node`` its own new constant at ``index`` (constants may be shared)."""
         hint = f"{node.name}_in{index}" if node.name else f"onnxprune_in{index}"
         node.inputs[index] = new_constant(self.graph, hint, np.asarray(values))
+
+    def set_entries(self, node: gs.Node, index: int, entries: dict[int, int]) -> None:
+        """Set entries of the 1-D int64 input at ``index`` (a shape: Reshape's or Expand's
+        target). A constant gets a new constant; a computed one becomes ``target * m + v``,
+        with ``m`` 0 and ``v`` the new value on the entries, so its other entries keep
+        following the input sizes."""
+        target = node.inputs[index]
+        value = const_value(target)
+        if value is not None:
+            values = np.array(value, dtype=np.int64).ravel()
+            for i, v in entries.items():
+                values[i] = v
+            self.set_const_input(node, index, values)
+            return
+        n = int(target.shape[0])
+        m, v = np.ones(n, np.int64), np.zeros(n, np.int64)
+        for i, new in entries.items():
+            m[i], v[i] = 0, new
+        g, hint = self.graph, node.name or node.op.lower()
+        scaled = g.layer(op="Mul", name=unique_name(g, f"{hint}_follow_mul"),
+                         inputs=[target, new_constant(g, f"{hint}_follow_keep", m)],
+                         outputs=[gs.Variable(unique_name(g, f"{hint}_target_kept"), np.int64,
+                                              [n])])[0]
+        node.inputs[index] = g.layer(op="Add", name=unique_name(g, f"{hint}_follow_add"),
+                                     inputs=[scaled, new_constant(g, f"{hint}_follow_set", v)],
+                                     outputs=[gs.Variable(unique_name(g, f"{hint}_target"),
+                                                          np.int64, [n])])[0]
 
 
 class OpRule:

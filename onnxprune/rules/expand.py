@@ -5,10 +5,8 @@ class token under a dynamic batch) is claimed by its consumer like any constant.
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..ir.graph import new_constant, unique_name
 from .base import OpRule, Rewriter, freeze_all
 from .env import Env
 
@@ -48,24 +46,7 @@ class Expand(OpRule):
                if rw.keep(node.outputs[0], ax) is not None and ax - (ro - nt) >= 0]
         if not fix:
             return
-        target = node.inputs[1]
-        if isinstance(target, gs.Constant):
-            values = np.array(target.values, dtype=np.int64)
-            values[fix] = 1
-            rw.set_const_input(node, 1, values)
-            return
-        # target * m + (1 - m): 1 on the fixed entries, the computed size elsewhere
-        m = np.ones(nt, np.int64)
-        m[fix] = 0
-        g, hint = rw.graph, node.name or "expand"
-        scaled = g.layer(op="Mul", name=unique_name(g, f"{hint}_follow_mul"),
-                         inputs=[target, new_constant(g, f"{hint}_follow_keep", m)],
-                         outputs=[gs.Variable(unique_name(g, f"{hint}_target_kept"), np.int64,
-                                              [nt])])[0]
-        node.inputs[1] = g.layer(op="Add", name=unique_name(g, f"{hint}_follow_add"),
-                                 inputs=[scaled, new_constant(g, f"{hint}_follow_ones", 1 - m)],
-                                 outputs=[gs.Variable(unique_name(g, f"{hint}_target"), np.int64,
-                                                      [nt])])[0]
+        rw.set_entries(node, 1, {i: 1 for i in fix})
 
 
 def expanded_constant(t: gs.Tensor, axis: int, n: int, env: Env) -> tuple[gs.Node, gs.Constant,

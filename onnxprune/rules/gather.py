@@ -1,5 +1,6 @@
 """Gather: indices along the channel axis pick (and may repeat) channels; along other axes
-channels pass through."""
+channels pass through. A row lookup in a constant table (token and position embeddings)
+creates channels: the table's columns."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..ir.graph import const_value, normalize_axis
+from ..ir.quant import is_weight
 from .base import OpRule, Rewriter, freeze_all
 from .env import Env
 
@@ -26,6 +28,10 @@ class Gather(OpRule):
             return
         axis = normalize_axis(int(node.attrs.get("axis", 0)), rank)
         indices = env.const(idx)
+        if rank == 2 and axis == 0 and is_weight(x) and not env.tracked(x):
+            out = env.fresh(int(env.dim(x, 1)))  # an embedding: rows looked up, columns new
+            env.claim_weight(node, x, 1, out)
+            env.set(y, idx_rank, out)
         for a, atoms in env.tracked(x).items():
             if a != axis:
                 env.set(y, a if a < axis else a + idx_rank - 1, atoms)

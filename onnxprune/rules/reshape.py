@@ -7,6 +7,8 @@ features become one channel (unflatten: the block's producers are joined into on
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -18,9 +20,17 @@ Mono = tuple[int, tuple[str, ...]]  # a dimension as static factor x symbolic fa
 
 
 def _mono(d: Dim) -> Mono | None:
+    """A size as a monomial; a product dimension from symbolic inference (``batch*sequence``,
+    ``4*sequence``) splits into its factors, any other expression stays one symbol."""
     if d is None:
         return None
-    return (1, (d,)) if isinstance(d, str) else (int(d), ())
+    if not isinstance(d, str):
+        return int(d), ()
+    parts = [p.strip() for p in d.split("*")]
+    if len(parts) > 1 and all(p.isdigit() or p.isidentifier() for p in parts):
+        static = int(np.prod([int(p) for p in parts if p.isdigit()], dtype=np.int64))
+        return static, tuple(sorted(p for p in parts if not p.isdigit()))
+    return 1, (d,)
 
 
 def _product(monos: list[Mono | None]) -> Mono | None:
@@ -41,7 +51,7 @@ COLUMN_ROWS = 3  # a split into (rows <= this, columns) keeps the columns as cha
 
 
 def map_axis(in_shape: list[Mono | None], out_shape: list[Mono | None], a: int,
-             untile: bool = True):
+             untile: bool = True, apart: Callable[[int], bool] | None = None):
     """Where channel axis ``a`` lands: (out axis, kind, factor) or None.
 
     'same': one to one. 'spread': each channel becomes ``factor`` consecutive output positions
@@ -51,36 +61,108 @@ def map_axis(in_shape: list[Mono | None], out_shape: list[Mono | None], a: int,
     ``factor[0]`` static positions of the axes before it (each channel ``factor[1]`` wide, or
     ``factor[2]`` channels per position). 'untile': ``factor[0]`` copies of the channels move to
     the outer axes, the rest maps by ``factor[1:]``.
+
+    A split into just (rows, columns) is read as 'column' only when ``apart(b)`` says the rows
+    are taken apart downstream (q/k/v, directions summed); otherwise the rows are units ('join':
+    two key/value heads of eight dims are two heads, not eight dims shared by both).
     """
     n_in = _static(in_shape[a])
     outer = _product(in_shape[:a])
-    inner_in = _static(_product(in_shape[a + 1:]))
-    if n_in is None or outer is None or inner_in is None:
+    inner = _product(in_shape[a + 1:])  # may be symbolic: [b, H, s, d] -> [b, H, s * d]
+    if n_in is None or outer is None or inner is None:
         return None
     for b in reversed(range(len(out_shape))):
         if _product(out_shape[:b]) != outer:
             continue
-        n_out, inner_out = _static(out_shape[b]), _static(_product(out_shape[b + 1:]))
+        n_out, inner_out = _static(out_shape[b]), _product(out_shape[b + 1:])
         if n_out is None or inner_out is None:
             continue
-        if inner_in == inner_out and n_in == n_out:
+        spread, join = _ratio(inner, inner_out), _ratio(inner_out, inner)
+        if spread == 1 and n_in == n_out:
             return b, "same", 1
-        if inner_in % inner_out == 0 and n_out == n_in * (inner_in // inner_out):
-            return b, "spread", inner_in // inner_out
+        if spread is not None and n_out == n_in * spread:
+            return b, "spread", spread
         cols = _static(out_shape[b + 1]) if b + 1 < len(out_shape) else None
-        if cols is not None and n_out <= COLUMN_ROWS:
+        if cols is not None and n_out <= COLUMN_ROWS and (
+                b + 2 < len(out_shape) or apart is None or apart(b)):
             # [.., rows * cols * sub, ..] -> [.., rows, cols, sub.., ..]: e.g. q/k/v x heads x dims
             for e in range(b + 1, len(out_shape)):
                 span = _static(_product(out_shape[b:e + 1]))
                 if span is None or span > n_in:
                     break
-                if span == n_in and _static(_product(out_shape[e + 1:])) == inner_in:
+                if span == n_in and _product(out_shape[e + 1:]) == inner:
                     sub = span // (n_out * cols)
                     return b + 1, "column", (cols, sub)
-        if inner_out % inner_in == 0 and n_in == n_out * (inner_out // inner_in):
-            return b, "join", inner_out // inner_in
+        if join is not None and n_in == n_out * join:
+            return b, "join", join
+    inner_in = _static(inner)
+    if inner_in is None:
+        return None
     return (_tile(in_shape, out_shape, a, n_in, inner_in)
             or (_untile(in_shape, out_shape, a, n_in) if untile else None))
+
+
+APART = ("Split", "Gather", "Slice", "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin")
+
+
+def taken_apart(t: gs.Tensor, axis: int, depth: int = 0) -> bool:
+    """Some reader splits, indexes, slices or reduces ``t`` along ``axis`` (followed through
+    Transpose, Unsqueeze, Squeeze and elementwise casts)."""
+    rank = len(t.shape or [])
+    if depth > 6 or not rank:
+        return False
+    for node in t.outputs:
+        op, out = node.op, node.outputs[0] if node.outputs else None
+        if op in APART:
+            default = 0 if op in ("Split", "Gather") else None
+            if op == "Slice":
+                raw = const_value(node.inputs[3]) if len(node.inputs) > 3 else None
+                axes = list(range(rank)) if raw is None else [int(v) for v in np.ravel(raw)]
+            else:
+                axes = attr_or_input_ints_of(node, "axes" if default is None else "axis")
+                axes = [default] if axes is None and default is not None else axes or []
+            if axis in {normalize_axis(v, rank) for v in axes}:
+                return True
+        elif op == "Transpose" and out is not None:
+            perm = list(node.attrs.get("perm", list(reversed(range(rank)))))
+            if taken_apart(out, perm.index(axis), depth + 1):
+                return True
+        elif op in ("Unsqueeze", "Squeeze", "Cast", "Identity") and out is not None:
+            moved = _moved(node, axis, rank)
+            if moved is not None and taken_apart(out, moved, depth + 1):
+                return True
+    return False
+
+
+def attr_or_input_ints_of(node: gs.Node, name: str) -> list[int] | None:
+    if name in node.attrs and node.attrs[name] is not None:
+        return [int(v) for v in np.ravel(node.attrs[name])]
+    if name == "axes" and len(node.inputs) > 1:
+        value = const_value(node.inputs[1])
+        return None if value is None else [int(v) for v in np.ravel(value)]
+    return None
+
+
+def _moved(node: gs.Node, axis: int, rank: int) -> int | None:
+    """Where ``axis`` of the input is in the output of Unsqueeze/Squeeze/Cast/Identity."""
+    if node.op in ("Cast", "Identity"):
+        return axis
+    axes = attr_or_input_ints_of(node, "axes")
+    if axes is None:
+        return None
+    if node.op == "Unsqueeze":
+        out_rank = rank + len(axes)
+        new = {normalize_axis(v, out_rank) for v in axes}
+        return [i for i in range(out_rank) if i not in new][axis]
+    gone = {normalize_axis(v, rank) for v in axes}
+    return None if axis in gone else axis - sum(1 for g in gone if g < axis)
+
+
+def _ratio(a: Mono, b: Mono) -> int | None:
+    """``a / b`` when it is a whole number (the same symbols on both sides), else None."""
+    if a[1] != b[1] or b[0] == 0 or a[0] % b[0]:
+        return None
+    return a[0] // b[0]
 
 
 def _tile(in_shape, out_shape, a: int, n_in: int, inner_in: int):
@@ -189,18 +271,23 @@ class Reshape(OpRule):
         if not env.tracked(x):
             return
         target = env.const(node.inputs[1])
-        in_shape = env.shape(x)
-        if target is None or in_shape is None:
+        in_shape, out_shape = env.shape(x), env.shape(y)
+        if in_shape is None or target is None and (out_shape is None or None in out_shape):
             freeze_all(node, env, "target shape is not a known constant")
             return
-        target = [int(v) for v in np.asarray(target).ravel()]
         in_monos = [_mono(d) for d in in_shape]
-        out_monos = resolve_target(in_monos, target, bool(node.attrs.get("allowzero", 0)))
+        if target is None:  # computed (Shape pieces): the inferred output shape tells
+            out_monos = [_mono(d) for d in out_shape]
+        else:
+            target = [int(v) for v in np.asarray(target).ravel()]
+            out_monos = resolve_target(in_monos, target, bool(node.attrs.get("allowzero", 0)))
         for a, atoms in env.tracked(x).items():
-            where = map_axis(in_monos, out_monos, a) if out_monos is not None else None
-            if where is None:
+            where = (None if out_monos is None else
+                     map_axis(in_monos, out_monos, a, apart=lambda b: taken_apart(y, b)))
+            if where is None and target is not None:
                 where = _same_suffix(in_monos, target, a)
-            if where is None or (target[where[0]] == 0 and where[0] != a):
+            if where is None or (target is not None and target[where[0]] == 0
+                                 and where[0] != a):
                 env.freeze(atoms, f"Reshape {node.name}: channel axis {a} is scattered")
                 continue
             b, kind, factor = where
@@ -209,17 +296,15 @@ class Reshape(OpRule):
     def rewrite(self, node: gs.Node, rw: Rewriter) -> None:
         y = node.outputs[0]
         value = const_value(node.inputs[1])
-        if value is None:  # a computed target: the analysis froze its channels
-            return
-        target = np.array(value, dtype=np.int64).ravel()
-        changed = False
-        for b in range(len(target)):
+        target = None if value is None else np.array(value, dtype=np.int64).ravel()
+        entries = {}
+        for b in range(len(y.shape or [])):
             keep = rw.keep(y, b)
-            if keep is not None and target[b] > 0:
-                target[b] = int(keep.sum())
-                changed = True
-        if changed:
-            rw.set_const_input(node, 1, target)
+            # a constant 0 copies the input's (already cut) size; a computed entry is set
+            if keep is not None and (target is None or target[b] > 0):
+                entries[b] = int(keep.sum())
+        if entries:
+            rw.set_entries(node, 1, entries)
 
 
 class Flatten(OpRule):

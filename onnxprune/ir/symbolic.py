@@ -1,0 +1,97 @@
+"""Shapes that ONNX's own inference leaves open, from onnxruntime's symbolic shape inference.
+
+Exporters compute shapes in the graph: torch's ``expand(-1, 1, s, s)`` of an attention mask
+becomes ``Expand(mask, Where(Equal(Concat(Shape...), -1), 1, Concat(Shape...)))``, and ONNX's
+data propagation stops at the ``Where``, so the mask's head axis (1, a broadcast) is unknown and
+would freeze every head it meets. onnxruntime's symbolic inference evaluates such shape
+sub-graphs with sympy. It runs only when ONNX's inference left a dimension unnamed; it may only
+*add* what ONNX did not know: a static size, or a dimension shown to be an expression of the
+inputs' named ones (``sequence``, ``batch*sequence``: a Reshape can then tell where channels go).
+Verification still runs the rewritten model at two sets of shapes, so a wrong fact cannot reach
+a written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+
+import onnx
+import onnx_graphsurgeon as gs
+
+Dim = int | str | None
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[Dim] | None:
+    tt = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in tt.shape.dim]
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def over_inputs(dim: Dim, names: set[str]) -> bool:
+    """A size or an expression of the inputs' named dimensions only (``batch*sequence``)."""
+    return isinstance(dim, int) or isinstance(dim, str) and all(
+        w in names for w in _NAME.findall(dim))
+
+
+def input_symbols(graph: gs.Graph) -> set[str]:
+    return {d for t in graph.inputs for d in (t.shape or []) if isinstance(d, str)}
+
+
+def _open(graph: gs.Graph, names: set[str]) -> bool:
+    """Some variable has a dimension ONNX could not tie to a size or an input's symbol."""
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Variable) and t.inputs:
+            if t.shape is None or any(d is None or isinstance(d, str) and d not in names
+                                      for d in t.shape):
+                return True
+    return False
+
+
+def symbolic_shapes(model: onnx.ModelProto) -> dict[str, list[Dim]]:
+    """Every tensor's shape by onnxruntime's symbolic inference; {} when it cannot run."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except ImportError:  # pragma: no cover - onnxruntime ships it
+        return {}
+    log = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+    level, log.level = log.level, logging.CRITICAL
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            out = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception:  # best effort, like ONNX's: unknown ops, custom domains
+        return {}
+    finally:
+        log.level = level
+    if out is None:
+        return {}
+    return {vi.name: d for vi in list(out.graph.value_info) + list(out.graph.output)
+            if (d := _dims(vi)) is not None}
+
+
+def refine_shapes(graph: gs.Graph, model: onnx.ModelProto) -> None:
+    """Fill dimensions of ``graph``'s variables that ONNX's inference (``model``, the weight-free
+    skeleton it ran on) left open with what symbolic inference proves, in place."""
+    names = input_symbols(graph)
+    if not _open(graph, names):
+        return
+    found = symbolic_shapes(model)
+    for name, tensor in graph.tensors().items():
+        dims = found.get(name)
+        if dims is None or not isinstance(tensor, gs.Variable) or not tensor.inputs:
+            continue
+        if tensor.shape is None:
+            tensor.shape = [d if over_inputs(d, names) else None for d in dims]
+            continue
+        if len(tensor.shape) != len(dims):
+            continue
+        tensor.shape = [
+            old if isinstance(old, int) or old in names else new if over_inputs(new, names)
+            else old for old, new in zip(tensor.shape, dims, strict=True)]

@@ -1,0 +1,92 @@
+"""Hugging Face transformers (random small configs, torch.onnx exports with a dynamic batch and
+sequence and a partly zero attention mask): heads, feed-forward and, where the output allows,
+the hidden width prune, checked against the mask oracle at two sequence lengths."""
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune.api import prune
+from onnxprune.testing import check_oracle
+
+pytest.importorskip("transformers")
+from onnxprune.zoo import transformers_zoo as tz  # noqa: E402
+
+# head units: query heads (MHA), or key/value groups with their query heads (GQA)
+HEAD_UNITS = {"bert": 4, "albert": 4, "gpt2": 4, "llama": 2, "qwen2": 2}
+HEAD_DIM = tz.HIDDEN // tz.HEADS
+SHARED = {"albert"}  # one layer's weights shared by every layer
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    cache = {}
+
+    def get(arch: str, head: bool = False) -> onnx.ModelProto:
+        key = (arch, head)
+        if key not in cache:
+            path = tmp_path_factory.mktemp(arch) / "m.onnx"
+            cache[key] = onnx.load(str(tz.export(arch, path, head=head)))
+        return cache[key]
+
+    return get
+
+
+def feeds(seq: int, batch: int = 2) -> dict[str, np.ndarray]:
+    ids, mask = tz.sample_inputs(batch, seq, seed=seq)
+    assert (mask == 0).any() and (mask == 1).any()
+    return {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+
+
+def _layers(group) -> str:
+    return " ".join(group.layers)
+
+
+@pytest.mark.parametrize("arch", sorted(HEAD_UNITS))
+def test_heads_and_ffn_prune_under_an_attention_mask(exported, arch):
+    model = exported(arch)
+    for seq in (7, 13):
+        res = check_oracle(model, trials=3, feeds=feeds(seq))
+    groups = res.analysis.groups
+    layers = 1 if arch in SHARED else tz.LAYERS
+    heads = [g for g in groups if not g.frozen and g.channels == HEAD_UNITS[arch]]
+    ffn = [g for g in groups if not g.frozen and g.channels == tz.FFN]
+    assert len(heads) == layers, [(g.channels, g.frozen, g.reason) for g in groups]
+    assert len(ffn) == layers
+    # the hidden state is the graph output: its width stays, and says why
+    hidden = [g for g in groups if g.channels == tz.HIDDEN and g.frozen]
+    assert hidden and all("graph output" in g.reason for g in hidden)
+    r = prune(model, ratio=0.5)
+    assert r.verification.passed and r.params_after < r.params_before
+    assert len(r.verification.shapes) == 2  # two sequence lengths
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_grouped_query_attention_prunes_whole_kv_groups_and_keeps_rotary_pairs(exported, arch):
+    res = check_oracle(exported(arch), trials=4, feeds=feeds(9))
+    groups = [g for g in res.analysis.groups if not g.frozen]
+    kv = [g for g in groups if g.channels == HEAD_UNITS[arch]]
+    for g in kv:  # a key/value head goes with the query heads that read it
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            assert proj in _layers(g)
+    # rotary embeddings pair the head dims: no unit may cut q or k dims inside a head
+    assert not [g for g in groups if g.channels in (HEAD_DIM, HEAD_DIM // 2)
+                and ("q_proj" in _layers(g) or "k_proj" in _layers(g))]
+
+
+@pytest.mark.parametrize("arch", ["bert", "albert", "gpt2", "llama", "qwen2"])
+def test_hidden_width_prunes_through_embeddings_and_norms(exported, arch):
+    model = exported(arch, head=True)
+    res = check_oracle(model, trials=3, feeds=feeds(11))
+    groups = res.analysis.groups
+    width = tz.HIDDEN if arch != "albert" else 16  # ALBERT: the factorized embedding width
+    stream = [g for g in groups if not g.frozen and g.channels == width
+              and "Gather" in _layers(g)]
+    assert stream, [(g.channels, g.frozen, g.reason) for g in groups]
+    vocab = [g for g in groups if g.channels == tz.VOCAB]
+    assert vocab and all(g.frozen and "graph output" in g.reason for g in vocab)
+    r = prune(model, ratio=0.25)
+    assert r.verification.passed and r.params_after < r.params_before
+    # the token embedding table lost columns
+    tables = [i for i in r.model.graph.initializer if len(i.dims) == 2 and i.dims[0] == tz.VOCAB]
+    assert tables and min(i.dims[1] for i in tables) < width
