@@ -34,6 +34,28 @@ def test_accuracy_cosine_kl():
     assert not get_metric("kl").higher_is_better and get_metric("kl").utility(2.0) == -2.0
 
 
+def test_perplexity_known_values_and_mask():
+    vocab = 4
+    ids = np.array([[0, 1, 2, 3], [3, 2, 1, 0]])
+    uniform = np.zeros((2, 4, vocab))
+    m = get_metric("perplexity")
+    assert m([uniform], {"input_ids": ids}, []) == pytest.approx(vocab)  # uniform: ppl = V
+    sure = np.full((2, 4, vocab), -30.0)
+    sure[:, :-1][np.arange(2)[:, None], np.arange(3), ids[:, 1:]] = 30.0  # always right
+    assert m([sure], {"input_ids": ids}, []) == pytest.approx(1.0, abs=1e-6)
+    wrong = sure[..., ::-1].copy()  # always confidently wrong: far above the vocabulary size
+    assert m([wrong], {"input_ids": ids}, []) > 1e6
+    # masked positions do not count: a right first sample, a wrong second one masked away
+    mixed = np.concatenate([sure[:1], wrong[1:]])
+    mask = np.array([[1, 1, 1, 1], [1, 0, 0, 0]])
+    assert m([mixed], {"input_ids": ids, "attention_mask": mask}, []) == pytest.approx(1.0)
+    assert not m.higher_is_better
+    with pytest.raises(UsageError, match="token ids"):
+        m([uniform], {"x": ids}, [])
+    with pytest.raises(UsageError, match="unmasked"):
+        m([uniform], {"input_ids": ids, "attention_mask": np.zeros_like(ids)}, [])
+
+
 def test_user_metric_from_file(tmp_path):
     f = tmp_path / "mymetric.py"
     f.write_text("def score(outputs, batch):\n    return float(-abs(outputs[0]).mean())\n")

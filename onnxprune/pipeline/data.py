@@ -165,12 +165,14 @@ def _as_model_dtype(name: str, arr: np.ndarray, dtype) -> np.ndarray:
 
 class UseMetric(Pass):
     name = "metric"
-    description = "The application metric (psnr, mse, accuracy, cosine, kl, module:function)."
+    description = ("The application metric (psnr, mse, accuracy, perplexity, cosine, kl, "
+                   "module:function).")
     provides = ("metric",)
 
     options = (
         Option("metric", "cosine", "application metric: psnr, mse (reconstruction vs input), "
-               "accuracy (labels), cosine, kl (agreement with the original outputs), or "
+               "accuracy (labels), perplexity (causal LM logits vs the next input_ids), "
+               "cosine, kl (agreement with the original outputs), or "
                "module:function / file.py:function", parse=get_metric, public="metric",
                metavar="NAME", type_name="str"),
     )

@@ -125,7 +125,30 @@ def kl(outputs: Outputs, batch: Batch, reference: Outputs) -> float:
     return float(np.mean((np.exp(lp) * (lp - lq)).sum(axis=-1)))
 
 
+TOKEN_KEYS = ("input_ids", "ids", "tokens")
+
+
+def perplexity(outputs: Outputs, batch: Batch, reference: Outputs) -> float:
+    """Next-token perplexity of a causal LM: the first output is the logits ``[batch, seq,
+    vocab]``, the tokens are the input named ``input_ids`` (or ``ids``/``tokens``); positions
+    whose token or next token is masked out by ``attention_mask`` do not count."""
+    ids = next((batch[k] for k in TOKEN_KEYS if k in batch), None)
+    logits = outputs[0]
+    if ids is None or logits.ndim != 3 or logits.shape[:2] != ids.shape:
+        raise UsageError(f"perplexity needs logits [batch, seq, vocab] and token ids under one of "
+                         f"{TOKEN_KEYS} of the same [batch, seq]; got {list(logits.shape)}")
+    lp = _log_softmax(logits[:, :-1])
+    nxt = ids[:, 1:].astype(np.int64)
+    nll = -np.take_along_axis(lp, nxt[..., None], axis=-1)[..., 0]
+    mask = batch.get("attention_mask")
+    keep = np.ones_like(nll, bool) if mask is None else (mask[:, 1:] > 0) & (mask[:, :-1] > 0)
+    if not keep.any():
+        raise UsageError("perplexity: no unmasked next-token positions in the data")
+    return float(np.exp(nll[keep].mean()))
+
+
 BUILTIN = {
+    "perplexity": Metric("perplexity", False, perplexity, builtin=True),
     "psnr": Metric("psnr", True, psnr, builtin=True),
     "mse": Metric("mse", False, mse, builtin=True),
     "accuracy": Metric("accuracy", True, accuracy, needs_labels=True, builtin=True),
