@@ -86,8 +86,8 @@ class Analysis:
 
 
 def _front(model: ModelLike, exclude: Sequence[str], components: str, scope_depth: int | None,
-           flow_policy: str, progress, check: bool = True, config: RunConfig | None = None
-           ) -> tuple[Context, ChannelAnalysis | None]:
+           flow_policy: str, progress, check: bool = True, config: RunConfig | None = None,
+           kv_cache: bool = False) -> tuple[Context, ChannelAnalysis | None]:
     """Load, normalize, find components and adapters, analyze. Returns the context and the
     analysis of the same graph with plain coupling (when components are used)."""
     ctx = Context(config=config or RunConfig(), progress=progress)
@@ -97,25 +97,27 @@ def _front(model: ModelLike, exclude: Sequence[str], components: str, scope_dept
         FindComponents(components, scope_depth, flow_policy)(ctx)
         plain = analyze_channels(ctx.graph, exclude=exclude, component_of=ctx.components.of_node)
         InsertFlowAdapters()(ctx)
-    AnalyzeChannels(exclude)(ctx)
+    AnalyzeChannels(exclude, kv_cache=kv_cache)(ctx)
     return ctx, plain
 
 
 def analyze(model: ModelLike, exclude: Sequence[str] = (), *, components: str = "none",
             scope_depth: int | None = None, flow_policy: str = "own",
-            input_values=None, input_shapes=None,
+            input_values=None, input_shapes=None, prune_kv_cache: bool = False,
             progress: Callable[[str], None] | None = None) -> Analysis:
     """Normalize ``model`` and find its coupled channel groups.
 
     ``components``: "none" (one component), "auto" (name scopes) or a TOML map's path;
-    ``flow_policy``: how tensors crossing components are treated (own | freeze | couple).
+    ``flow_policy``: how tensors crossing components are treated (own | freeze | couple);
+    ``prune_kv_cache``: heads may leave a decoder's past/present cache (analysis.cache).
 
     >>> result = analyze("agent.onnx", components="auto")      # doctest: +SKIP
     >>> [(g.component, g.channels) for g in result.channels.prunable_groups()]  # doctest: +SKIP
     """
     ctx, plain = _front(model, exclude, components, scope_depth, flow_policy, progress,
                         check=False, config=RunConfig.of(input_values=input_values,
-                                                         input_shapes=input_shapes))
+                                                         input_shapes=input_shapes),
+                        kv_cache=prune_kv_cache)
     comp_stats = None
     if ctx.components is not None:
         comp_stats = component_sizes(ctx.graph, ctx.components, ctx.analysis)

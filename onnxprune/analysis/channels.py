@@ -14,6 +14,7 @@ from scipy.sparse.csgraph import connected_components
 from ..errors import warn
 from ..rules import RuleRegistry, default_registry
 from ..rules.env import Env
+from .cache import cache_pairs, join_cache, open_cache
 from .model import ChannelAnalysis, Gate, Group, Member, ParamSlice
 from .size import node_macs
 
@@ -24,21 +25,26 @@ def analyze_channels(
     exclude: Iterable[str] = (),
     freeze: Mapping[str, str] | None = None,
     component_of: Mapping[str, str] | None = None,
+    kv_cache: bool = False,
 ) -> ChannelAnalysis:
     """Find the coupled channel groups of ``graph`` (which is not modified).
 
     ``freeze`` maps tensor names to a reason their channels must stay; ``component_of`` maps
-    node names to components, to label each group with the component(s) it lives in.
+    node names to components, to label each group with the component(s) it lives in;
+    ``kv_cache`` lets heads leave a decoder's paired cache inputs and outputs (analysis.cache).
     """
     registry = registry or default_registry()
     env = Env(graph)
+    pairs = cache_pairs(graph) if kv_cache else []
+    open_cache(env, graph, pairs)
     for node in graph.nodes:
         registry.lookup(node.op, node.domain or "").propagate(node, env)
+    join_cache(env, graph, pairs)
     tensors = graph.tensors()
     for name, reason in (freeze or {}).items():
         if name in tensors:
             env.freeze_tensor(tensors[name], reason)
-    _freeze_boundaries(graph, env)
+    _freeze_boundaries(graph, env, {(p.present, p.axis) for p in pairs})
     _freeze_inconsistent(graph, env)
     _freeze_excluded(graph, env, list(exclude))
     param_atoms = _join_shared_params(graph, env)
@@ -46,9 +52,11 @@ def analyze_channels(
     return _build(graph, env, labels, frozen, reasons, param_atoms, component_of or {})
 
 
-def _freeze_boundaries(graph: gs.Graph, env: Env) -> None:
+def _freeze_boundaries(graph: gs.Graph, env: Env, open_axes: set[tuple[str, int]]) -> None:
     for t in graph.outputs:
-        env.freeze_tensor(t, f"reaches graph output {t.name}")
+        for axis, atoms in env.tracked(t).items():
+            if (t.name, axis) not in open_axes:
+                env.freeze(atoms, f"reaches graph output {t.name}")
     for node in graph.nodes:
         for sub in node.subgraphs():
             for name in _outer_refs(sub):

@@ -89,6 +89,16 @@ class ChannelAnalysis:
         units = self.slots.get(key)
         return None if units is None else ~removed[units]
 
+    def interface_cuts(self, names, removed: np.ndarray) -> dict[str, list[tuple[int, np.ndarray]]]:
+        """Graph inputs/outputs (``names``) that lose channels: name -> [(axis, keep mask)]
+        (only an opened decoder cache can; see analysis.cache)."""
+        wanted = set(names)
+        out: dict[str, list[tuple[int, np.ndarray]]] = {}
+        for (name, axis), units in self.slots.items():
+            if name in wanted and removed[units].any():
+                out.setdefault(name, []).append((axis, ~removed[units]))
+        return out
+
     def enforce_links(self, removed: np.ndarray) -> np.ndarray:
         """Keep every unit a kept unit needs (the closure of the links); returns a new mask."""
         removed = np.array(removed, dtype=bool)

@@ -91,7 +91,8 @@ def cmd_analyze(args, console: Console) -> int:
                          scope_depth=values.get("scope_depth"),
                          flow_policy=values.get("flow_policy", "own"),
                          input_values=values.get("input_values"),
-                         input_shapes=values.get("input_shapes"), progress=named)
+                         input_shapes=values.get("input_shapes"),
+                         prune_kv_cache=values.get("prune_kv_cache", False), progress=named)
     if args.graph:
         from ..analysis.components import single
         from .draw import draw

@@ -12,7 +12,9 @@ The rule (documented in the README):
   dimension (one value per named symbol, every anonymous one on its own) takes, in order, the
   first of ``CANDIDATES`` the model runs at (the second set: the next one it runs at), a
   multiple of 32 for the usual total strides; with calibration data the first set takes its
-  per-sample shapes instead.
+  per-sample shapes instead;
+- a dimension written as arithmetic of other named ones (Optimum's attention mask of
+  ``past_sequence_length + sequence_length``) takes the value they give.
 
 Verification then runs at both sets, since a rewrite that is right at one size can be wrong at
 another.
@@ -20,6 +22,8 @@ another.
 
 from __future__ import annotations
 
+import ast
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -179,15 +183,47 @@ def _symbol(spec: InputSpec, axis: int) -> str:
     return d if isinstance(d, str) else f"{spec.name}[{axis}]"
 
 
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+        ast.FloorDiv: operator.floordiv}
+
+
+def evaluate_dim(expr: str, values: Mapping[str, int]) -> int | None:
+    """The value of a dimension written as arithmetic of other named dimensions (Optimum's
+    ``past_sequence_length + sequence_length``), or None when it is not one."""
+    try:
+        tree = ast.parse(expr, mode="eval").body
+    except SyntaxError:
+        return None
+
+    def ev(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in values:
+            return values[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            a, b = ev(node.left), ev(node.right)
+            return None if a is None or b is None else _OPS[type(node.op)](a, b)
+        return None
+
+    return ev(tree) if not isinstance(tree, ast.Name) else None
+
+
+def _derived(sym: str, names: set[str]) -> bool:
+    """``sym`` is an expression of other named dimensions (its value follows theirs)."""
+    return evaluate_dim(sym, dict.fromkeys(names - {sym}, 1)) is not None
+
+
 def _free_symbols(specs: Sequence[InputSpec], given: Mapping[str, Sequence[int]]) -> list[str]:
     out: list[str] = []
     batch = _batch_symbols(specs)
+    names = {_symbol(s, i) for s in specs for i in s.symbolic}
     for s in specs:
         if s.name in given:
             continue
         for i in s.symbolic:
             sym = _symbol(s, i)
-            if i != s.batch_axis and sym not in batch and sym not in out:
+            if (i != s.batch_axis and sym not in batch and sym not in out
+                    and not _derived(sym, names)):
                 out.append(sym)
     return out
 
@@ -200,6 +236,7 @@ def _batch_symbols(specs: Sequence[InputSpec]) -> set[str]:
 def _assign(specs: Sequence[InputSpec], given: Mapping[str, Sequence[int]],
             values: Mapping[str, int], batch: int) -> dict[str, list[int]]:
     batch_syms = _batch_symbols(specs)
+    known = {**dict(values), **dict.fromkeys(batch_syms, batch)}
     out = {}
     for s in specs:
         if s.name in given:
@@ -211,7 +248,8 @@ def _assign(specs: Sequence[InputSpec], given: Mapping[str, Sequence[int]],
                 dims.append(d)
             else:
                 sym = _symbol(s, i)
-                dims.append(batch if i == s.batch_axis or sym in batch_syms else values[sym])
+                dims.append(batch if i == s.batch_axis or sym in batch_syms else
+                            values[sym] if sym in values else evaluate_dim(sym, known))
         out[s.name] = dims
     return out
 

@@ -150,6 +150,8 @@ class Context:
     criterion: str | None = None  # the criterion that scored them
     plan: PrunePlan | None = None
     reference: gs.Graph | None = None  # the normalized graph before removal (for the oracle)
+    # graph inputs/outputs that lost channels (an opened decoder cache): name -> [(axis, keep)]
+    interface: dict[str, list] | None = None
     verification: VerifyReport | None = None
     quantization: dict[str, Any] | None = None  # what quantizing the model did (int8, figures)
     float_graph: gs.Graph | None = None  # the verified float model a quantized one came from

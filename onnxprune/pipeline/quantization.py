@@ -93,6 +93,9 @@ class Quantize(Pass):
         if calib is None:
             raise UsageError("quantization needs calibration data: --calib FILE.npz or "
                              "--calib-random N")
+        if ctx.interface:
+            raise UsageError("quantization does not support a model whose cache interface "
+                             "changed (--prune-kv-cache); run it without one of them")
         if is_quantized(graph):
             raise UsageError("the model is quantized already (QuantizeLinear/DequantizeLinear "
                              "or integer kernels); it is pruned as it is, without --quantize")

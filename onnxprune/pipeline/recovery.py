@@ -15,7 +15,7 @@ from ..options import Option, flag, number
 from ..recover.compensate import compensate
 from ..search.memory import rows_for
 from ..search.quality import get_metric
-from ..verify.checks import VerifyReport
+from ..verify.checks import VerifyReport, cut_arrays, cut_outputs
 from . import stages
 from .base import Context, Pass, PassResult
 from .inputs import verification_feeds
@@ -26,6 +26,13 @@ def _float_only(ctx: Context, by: str) -> None:
     if ctx.graph is not None and is_quantized(ctx.graph):
         raise UsageError(f"{by} refits float weights and this model is quantized; prune the "
                          "float model with it and quantize after (--quantize int8)")
+
+
+def _same_interface(ctx: Context, by: str) -> None:
+    """Distillation and quantization feed the pruned model the original's data as it is."""
+    if ctx.interface:
+        raise UsageError(f"{by} does not support a model whose cache interface changed "
+                         "(--prune-kv-cache); run it without one of them")
 
 
 def _need_calib(ctx: Context, by: str) -> dict:
@@ -50,7 +57,8 @@ class Compensate(Pass):
         reference = ctx.export(ctx.require("reference", self.name))
         calib = _need_calib(ctx, self.name)
         before, snapshot = stages.current(ctx), graph.copy()  # the copy shares the weights
-        fits = compensate(graph, reference, ctx.analysis, ctx.plan.removed, calib, self.ridge)
+        fits = compensate(graph, reference, ctx.analysis, ctx.plan.removed, calib, self.ridge,
+                          interface=ctx.interface)
         ctx.recovery.setdefault("compensate", [
             {"layer": f.node, "rows": f.rows, "error_before": f.error_before,
              "error_after": f.error_after} for f in fits])
@@ -95,6 +103,7 @@ class Distill(Pass):
                              f"{err}") from None
         graph = ctx.require("graph", self.name)
         _float_only(ctx, self.name)
+        _same_interface(ctx, self.name)
         calib = _need_calib(ctx, self.name)
         teacher = ctx.export(ctx.require("reference", self.name))
         bounds = [f.tensor for f in (ctx.flows or [])] if self.boundaries else []
@@ -148,16 +157,18 @@ class VerifyRecovered(Pass):
         outs = None
         providers = list(ctx.config.providers)
         rows = rows_for(model, feeds, axes_of(feeds), ctx.config.memory)
+        cuts = ctx.interface or {}  # an opened cache: the pruned model takes the kept heads
         for provider in providers:
-            outs = run_batched(session(model, [provider]), feeds, axes=axes_of(feeds),
-                               max_rows=rows)
+            outs = run_batched(session(model, [provider]), cut_arrays(feeds, cuts),
+                               axes=axes_of(feeds), max_rows=rows)
         if not all(np.all(np.isfinite(o)) for o in outs):
             raise VerificationError("recovered model produces non-finite outputs")
         reference = run_batched(session(ctx.export(ctx.reference)), feeds, axes=axes_of(feeds),
                                 max_rows=rows)
+        reference = cut_outputs(reference, [o.name for o in model.graph.output], cuts)
         metric = ctx.metric or get_metric("cosine")
         if calib is not None and not metric.on_model:
-            value = metric(outs, calib, reference)
+            value = metric(outs, cut_arrays(calib, cuts), reference)
             ctx.quality = {**(ctx.quality or {"metric": metric.name}), "after_recovery": value}
             messages.append(f"{metric.name} after recovery: {value:.4g}")
         old = ctx.verification

@@ -18,6 +18,7 @@ from ..ir.arrays import Calibration
 from ..ir.runtime import run_batched, session
 from ..search.memory import rows_for
 from ..search.quality import Metric, get_metric
+from ..verify.checks import cut_arrays, cut_outputs
 from .base import Context
 
 SETS = ("calib", "heldout")  # the data sets a stage is measured on, in report order
@@ -90,9 +91,15 @@ def measure(ctx: Context, stage: str, graph=None, optimized: bool = False
         ctx.stages.append({"stage": "unpruned", **{
             name: metric(refs[name], data, refs[name]) for name, data in _data(ctx).items()}})
     row: dict[str, Any] = {"stage": stage}
+    cuts = ctx.interface or {}  # an opened cache: the pruned model reads/writes kept heads only
     for name, data in _data(ctx).items():
-        outs = _outputs(ctx, ctx.graph if graph is None else graph, data, optimized)
-        row[name] = metric(outs, data, refs[name])
+        fed = Calibration(cut_arrays(dict(data), cuts), data.axes) if cuts else data
+        outs = _outputs(ctx, ctx.graph if graph is None else graph, fed, optimized)
+        ref = refs[name]
+        if cuts:
+            names = [o.name for o in (ctx.graph if graph is None else graph).outputs]
+            ref = cut_outputs(ref, names, cuts)
+        row[name] = metric(outs, fed, ref)
     ctx.stages.append(row)
     return row
 

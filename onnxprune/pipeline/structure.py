@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..analysis.channels import analyze_channels
 from ..analysis.components import POLICIES, find_components, find_flows
-from ..options import Option, number, text, texts
+from ..options import Option, flag, number, text, texts
 from ..rewrite.flows import drop_identity_gathers, insert_flow_adapters
 from .base import Context, Pass, PassResult
 
@@ -69,6 +69,11 @@ class AnalyzeChannels(Pass):
         Option("exclude", (), "freeze every channel touching nodes whose name matches this "
                "glob (repeatable)", parse=texts, public="exclude", metavar="GLOB",
                kind="append", type_name="list"),
+        Option("kv_cache", False, "let attention heads leave a decoder's key/value cache: paired "
+               "past_key_values.N.key|value inputs and present.N.key|value outputs lose the "
+               "pruned heads on their head axis alike (an interface change: the pruned model "
+               "takes and gives a cache of its new shapes)", parse=flag,
+               public="prune_kv_cache", kind="switch", type_name="bool"),
     )
 
     def run(self, ctx: Context) -> PassResult:
@@ -78,7 +83,8 @@ class AnalyzeChannels(Pass):
             freeze = {f.tensor: f"flow {f.tensor} ({f.src} -> {', '.join(f.dst)}) is frozen"
                       for f in ctx.flows if f.policy == "freeze"}
         ctx.analysis = analyze_channels(ctx.require("graph", self.name), exclude=self.exclude,
-                                        freeze=freeze, component_of=comp_of)
+                                        freeze=freeze, component_of=comp_of,
+                                        kv_cache=self.kv_cache)
         groups = ctx.analysis.groups
         return PassResult(False, {
             "groups": len(groups), "prunable": len(ctx.analysis.prunable_groups()),

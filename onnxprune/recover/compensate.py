@@ -23,6 +23,7 @@ from ..ir.graph import export_model, input_or_none
 from ..ir.runtime import run_batched, session
 from ..progress import task
 from ..search.memory import rows_for
+from ..verify.checks import cut_arrays
 
 MAX_ROWS = 40_000  # rows of the least-squares problem per layer (sampled)
 MAX_CELLS = 30_000_000  # rows x columns of the patch matrix
@@ -168,8 +169,10 @@ def _targets(graph: gs.Graph, analysis: ChannelAnalysis, removed: np.ndarray) ->
 
 def compensate(graph: gs.Graph, reference: onnx.ModelProto, analysis: ChannelAnalysis,
                removed: np.ndarray, calib: dict[str, np.ndarray], ridge: float = 1e-3,
-               seed: int = 0) -> list[LayerFit]:
-    """Refit, in place, the layers of the pruned ``graph`` that lost input channels."""
+               seed: int = 0, interface: dict | None = None) -> list[LayerFit]:
+    """Refit, in place, the layers of the pruned ``graph`` that lost input channels.
+    ``interface``: inputs that lost channels (an opened cache), cut from ``calib`` for it."""
+    fed = cut_arrays(calib, interface or {})
     targets = _targets(graph, analysis, removed)
     wanted = [n.outputs[0].name for n in targets]
     original = _activations(reference, wanted, calib) if targets else {}
@@ -177,7 +180,7 @@ def compensate(graph: gs.Graph, reference: onnx.ModelProto, analysis: ChannelAna
     fits = []
     with task("compensate", len(targets)) as advance:
         for node in targets:
-            x = _activations(export_model(graph), [node.inputs[0].name], calib)[node.inputs[0].name]
+            x = _activations(export_model(graph), [node.inputs[0].name], fed)[node.inputs[0].name]
             y = original[node.outputs[0].name]
             axis = 1 if node.op != "MatMul" else y.ndim - 1
             keep = analysis.keep_mask((node.outputs[0].name, axis), removed)

@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 
 from ..analysis.model import ChannelAnalysis
+from ..ir.arrays import Calibration
 from ..ir.runtime import random_feeds, session, weightless
 from .compare import ATOL, RTOL, OutputCheck, check_outputs, close, max_diffs, output_noise
 from .oracle import Oracle
@@ -83,6 +84,8 @@ def verify_pruned(
                             tuple(messages), oracle=False)
     sets = list(feed_sets) if feed_sets else [random_feeds(reference, seed=seed, shapes=shapes)]
     names = [o.name for o in pruned.graph.output]
+    # an opened cache: the pruned model reads and writes only the kept heads
+    cuts = analysis.interface_cuts([*names, *(i.name for i in reference.graph.input)], removed)
     keep = (~removed).astype(np.float32)
     signs = np.random.default_rng(seed).choice([-1.0, 1.0], keep.size).astype(np.float32)
     noisy = keep * (1 + GATE_NOISE * signs)
@@ -98,7 +101,7 @@ def verify_pruned(
             try:
                 sess = sessions.get(provider) or sessions.setdefault(
                     provider, session(pruned, [provider]))
-                outputs = sess.run(None, feeds)
+                outputs = sess.run(None, cut_arrays(feeds, cuts))
                 ran.add(provider)
             except Exception as err:  # noqa: BLE001 - any runtime failure fails verification
                 messages.append(f"onnxruntime {provider} at {_shape_text(feeds)}: "
@@ -108,9 +111,9 @@ def verify_pruned(
             continue
         if oracle is None:
             oracle = Oracle(reference, analysis, inplace=not keep_reference)
-        expected = oracle.run(feeds, keep)
+        expected = cut_outputs(oracle.run(feeds, keep), names, cuts)
         if feeds is sets[0]:  # the float noise of each output, measured once
-            noise = output_noise(expected, oracle.run(feeds, noisy))
+            noise = output_noise(expected, cut_outputs(oracle.run(feeds, noisy), names, cuts))
         for c in check_outputs(outputs, expected, names, noise, rtol, atol):
             if c.name not in worst or c.margin > worst[c.name].margin:
                 worst[c.name] = c
@@ -129,6 +132,23 @@ def verify_pruned(
                         norm_diff, passed, tuple(messages),
                         shapes=tuple(_shapes_of(f) for f in sets),
                         deciding=deciding.describe() if deciding else None)
+
+
+def cut_arrays(arrays: dict[str, np.ndarray], cuts: dict) -> dict[str, np.ndarray]:
+    """``arrays`` with the channels an interface lost left out (``interface_cuts``)."""
+    if not cuts:
+        return arrays
+    out = dict(arrays)
+    for name, axes in cuts.items():
+        if name in out:
+            for axis, keep in axes:
+                out[name] = np.compress(keep, out[name], axis=axis)
+    return Calibration(out, arrays.axes) if isinstance(arrays, Calibration) else out
+
+
+def cut_outputs(outputs: list[np.ndarray], names: Sequence[str], cuts: dict) -> list[np.ndarray]:
+    cut = cut_arrays(dict(zip(names, outputs, strict=True)), cuts)
+    return [cut[n] for n in names]
 
 
 def _compare_source(source: onnx.ModelProto, oracle: Oracle, feeds: dict,

@@ -1,0 +1,85 @@
+"""Decoders exported by Optimum with a key/value cache (tests/data/optimum, made by
+scripts/make_optimum_kv.py from random-init checkpoints): the cache interface stays unless
+``prune_kv_cache`` opens it; then heads leave every past/present pair alike, verified against
+the oracle with the cache cut to the kept heads."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune.api import analyze, prune
+from onnxprune.errors import UsageError
+from onnxprune.ir.runtime import session
+from onnxprune.ir.shapes import choose_shapes, evaluate_dim
+
+DATA = Path(__file__).parent / "data" / "optimum"
+MODELS = {"llama": 2, "gpt2": 4}  # key/value heads per layer
+
+
+def dims(vi) -> list:
+    return [d.dim_value or d.dim_param for d in vi.type.tensor_type.shape.dim]
+
+
+def cache_shapes(model: onnx.ModelProto) -> dict[str, list]:
+    return {v.name: dims(v) for v in [*model.graph.input, *model.graph.output]
+            if v.name.startswith(("past_key_values", "present"))}
+
+
+def test_a_dimension_written_as_a_sum_takes_its_parts_values():
+    assert evaluate_dim("past_sequence_length + sequence_length",
+                        {"past_sequence_length": 32, "sequence_length": 5}) == 37
+    assert evaluate_dim("2*s - 1", {"s": 4}) == 7
+    assert evaluate_dim("sequence_length", {"sequence_length": 3}) is None  # a plain name
+    assert evaluate_dim("floor(s/2)", {"s": 4}) is None
+    model = onnx.load(str(DATA / "llama_kv.onnx"))
+    for shapes in choose_shapes(model):
+        past, seq = shapes["past_key_values.0.key"][2], shapes["input_ids"][1]
+        assert shapes["attention_mask"][1] == past + seq
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_the_cache_interface_stays_by_default(name):
+    model = onnx.load(str(DATA / f"{name}_kv.onnx"))
+    groups = analyze(model).channels.groups
+    heads = [g for g in groups if g.channels == MODELS[name]]
+    assert heads and all(g.frozen and "past_key_values" in g.reason for g in heads)
+    r = prune(model, ratio=0.5)
+    assert r.verification.passed and r.params_after < r.params_before  # hidden width and FFN
+    assert cache_shapes(r.model) == cache_shapes(model)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_heads_leave_every_past_present_pair_alike(name, recwarn):
+    model = onnx.load(str(DATA / f"{name}_kv.onnx"))
+    heads = [g for g in analyze(model, prune_kv_cache=True).channels.groups
+             if g.channels == MODELS[name]]
+    assert len(heads) == 2 and not any(g.frozen for g in heads)  # one per layer
+    r = prune(model, ratio=0.5, prune_kv_cache=True)
+    assert r.verification.passed and len(r.verification.shapes) == 2
+    shapes = cache_shapes(r.model)
+    for layer in range(2):
+        for kind in ("key", "value"):
+            past, present = (shapes[f"past_key_values.{layer}.{kind}"],
+                             shapes[f"present.{layer}.{kind}"])
+            assert past[1] == present[1] == MODELS[name] // 2
+    assert any("interface changes" in str(w.message) for w in recwarn)
+    # the pruned model runs on a cache of its own shapes and extends it by the new tokens
+    sess = session(r.model)
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for i in r.model.graph.input:
+        d = [{"batch_size": 2, "sequence_length": 3, "past_sequence_length": 4}.get(x, x)
+             for x in dims(i)]
+        d = [7 if x == "past_sequence_length + sequence_length" else x for x in d]
+        feeds[i.name] = (rng.standard_normal(d).astype(np.float32) if "past" in i.name
+                         else np.ones(d, np.int64))
+    outs = dict(zip([o.name for o in r.model.graph.output], sess.run(None, feeds), strict=True))
+    assert outs["present.1.value"].shape == (2, MODELS[name] // 2, 7, 8)
+
+
+def test_distillation_refuses_a_changed_cache_interface():
+    model = onnx.load(str(DATA / "llama_kv.onnx"))
+    with pytest.raises(UsageError, match="cache interface"):
+        prune(model, ratio=0.5, prune_kv_cache=True, calib_random=8, recover="distill")
