@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from .analysis.channels import analyze_channels
 from .analysis.model import ChannelAnalysis
 from .ir.graph import export_model, import_model
 from .ir.runtime import random_feeds, session
 from .pipeline import Context, Pipeline
 from .pipeline.passes import Normalize, UseModel
+from .pipeline.structure import analyze_graph
 from .rewrite.remove import remove_units
 from .verify.compare import close, max_diffs
 from .verify.oracle import Oracle
@@ -60,8 +60,9 @@ def check_oracle(
     With ``components``, the graph gets the flow adapters the component analysis inserts.
     """
     if components == "none":
-        reference = normalized(model)
-        analysis = analyze_channels(import_model(reference), exclude=exclude)
+        graph = import_model(normalized(model))
+        analysis = analyze_graph(graph, exclude=exclude)
+        reference = export_model(graph)  # with the shapes the analysis saw
     else:
         from .api import _front
 

@@ -68,8 +68,10 @@ def _lost_type(got: onnx.TypeProto, want: onnx.TypeProto) -> bool:
     return got != want  # sequences and maps: the IR keeps no element types
 
 
-def infer_shapes(graph: gs.Graph) -> gs.Graph:
-    """Annotate every variable with ONNX shape inference (with data propagation), in place.
+def infer_shapes(graph: gs.Graph, symbolic: bool = False) -> gs.Graph:
+    """Annotate every variable with ONNX shape inference (with data propagation), in place;
+    ``symbolic``: then fill what it left open with onnxruntime's symbolic inference (seconds
+    on large graphs: the analysis asks for it only when a shape froze channels).
 
     Inference runs on a weight-free skeleton (large constants become typed inputs), so the
     weights are never serialized; the inferred types and shapes are copied back by name.
@@ -99,7 +101,8 @@ def infer_shapes(graph: gs.Graph) -> gs.Graph:
                 d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                 for d in tt.shape.dim
             ]
-    refine_shapes(graph, model)
+    if symbolic:
+        refine_shapes(graph, model)
     return graph
 
 

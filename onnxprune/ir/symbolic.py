@@ -4,7 +4,9 @@ Exporters compute shapes in the graph: torch's ``expand(-1, 1, s, s)`` of an att
 becomes ``Expand(mask, Where(Equal(Concat(Shape...), -1), 1, Concat(Shape...)))``, and ONNX's
 data propagation stops at the ``Where``, so the mask's head axis (1, a broadcast) is unknown and
 would freeze every head it meets. onnxruntime's symbolic inference evaluates such shape
-sub-graphs with sympy. It runs only when ONNX's inference left a dimension unnamed; it may only
+sub-graphs with sympy. It runs only when the analysis froze channels for a reason a shape can
+lift and ONNX's inference left a dimension around such ops unnamed (it costs seconds on large
+graphs); it may only
 *add* what ONNX did not know: a static size, or a dimension shown to be an expression of the
 inputs' named ones (``sequence``, ``batch*sequence``: a Reshape can then tell where channels go).
 Verification still runs the rewritten model at two sets of shapes, so a wrong fact cannot reach
@@ -14,6 +16,7 @@ a written file.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import re
@@ -45,18 +48,68 @@ def input_symbols(graph: gs.Graph) -> set[str]:
     return {d for t in graph.inputs for d in (t.shape or []) if isinstance(d, str)}
 
 
+# Where a dimension ONNX left open changes what the analysis can tell: broadcasts built from
+# computed shapes (attention masks), reshapes with computed targets, products of activations.
+# Open spatial sizes of convolutional nets (every Conv output under a dynamic height and width)
+# need no symbolic inference, which costs seconds on such graphs.
+NEEDS = ("Expand", "Where", "Reshape", "MatMul", "Einsum")
+
+
+# freeze reasons a better-known shape can lift (rules/: elementwise, reshape, linear, expand)
+SHAPE_BOUND = ("has no channel map", "not a known constant", "is scattered", "does not match",
+               "broadcast", "rank unknown", "unknown")
+
+
+def shape_bound(analysis) -> bool:
+    """Some group froze for a reason a better-known shape could lift."""
+    return any(g.frozen and g.reason and any(r in g.reason for r in SHAPE_BOUND)
+               for g in analysis.groups)
+
+
+def could_refine(graph: gs.Graph) -> bool:
+    return _open(graph, input_symbols(graph))
+
+
 def _open(graph: gs.Graph, names: set[str]) -> bool:
-    """Some variable has a dimension ONNX could not tie to a size or an input's symbol."""
-    for t in graph.tensors().values():
-        if isinstance(t, gs.Variable) and t.inputs:
-            if t.shape is None or any(d is None or isinstance(d, str) and d not in names
-                                      for d in t.shape):
-                return True
+    """An op of ``NEEDS`` touches a variable with a dimension ONNX could not tie to a size, an
+    input's symbol or an expression of them (``floor(height/2) + 1`` counts as known)."""
+    def unknown(t) -> bool:  # None, or a bare name of no input (an exporter's "unk__7")
+        return isinstance(t, gs.Variable) and (t.shape is None or any(
+            d is None or isinstance(d, str) and d.isidentifier() and d not in names
+            for d in t.shape))
+
+    for node in graph.nodes:
+        if node.op in NEEDS and any(unknown(t) for t in [*node.inputs, *node.outputs]):
+            if node.op == "Reshape" and isinstance(node.inputs[1], gs.Constant):
+                continue  # a constant target: the input's shape decides, known or not
+            return True
     return False
+
+
+_CACHE: dict[bytes, dict[str, list[Dim]]] = {}  # the last few graphs (normalization repeats)
+
+
+def _key(model: onnx.ModelProto) -> bytes:
+    """The skeleton's nodes and inputs (weights are typed inputs there): the same graph gives
+    the same shapes, whatever value_info an earlier inference left."""
+    h = hashlib.sha1()
+    for part in [*model.graph.node, *model.graph.input, *model.graph.initializer,
+                 *model.opset_import]:
+        h.update(part.SerializeToString(deterministic=True))
+    return h.digest()
 
 
 def symbolic_shapes(model: onnx.ModelProto) -> dict[str, list[Dim]]:
     """Every tensor's shape by onnxruntime's symbolic inference; {} when it cannot run."""
+    key = _key(model)
+    if key not in _CACHE:
+        if len(_CACHE) >= 4:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = _infer(model)
+    return _CACHE[key]
+
+
+def _infer(model: onnx.ModelProto) -> dict[str, list[Dim]]:
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     except ImportError:  # pragma: no cover - onnxruntime ships it

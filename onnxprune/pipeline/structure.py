@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from ..analysis.channels import analyze_channels
 from ..analysis.components import POLICIES, find_components, find_flows
+from ..analysis.model import ChannelAnalysis
+from ..ir.graph import infer_shapes
+from ..ir.symbolic import could_refine, shape_bound
 from ..options import Option, flag, number, text, texts
 from ..rewrite.flows import drop_identity_gathers, insert_flow_adapters
 from .base import Context, Pass, PassResult
@@ -59,6 +62,17 @@ class DropAdapters(Pass):
         return PassResult(drop_identity_gathers(ctx.require("graph", self.name)) > 0)
 
 
+def analyze_graph(graph, **options) -> ChannelAnalysis:
+    """``analyze_channels``; when a shape froze channels and ONNX's inference left dimensions
+    open around the ops that decide, the graph's shapes are refined by symbolic inference (in
+    place: annotations only) and the analysis runs again."""
+    analysis = analyze_channels(graph, **options)
+    if shape_bound(analysis) and could_refine(graph):
+        infer_shapes(graph, symbolic=True)
+        analysis = analyze_channels(graph, **options)
+    return analysis
+
+
 class AnalyzeChannels(Pass):
     name = "analyze"
     description = "Find coupled channel groups with the op-rule registry."
@@ -82,9 +96,9 @@ class AnalyzeChannels(Pass):
             comp_of = ctx.components.of_node
             freeze = {f.tensor: f"flow {f.tensor} ({f.src} -> {', '.join(f.dst)}) is frozen"
                       for f in ctx.flows if f.policy == "freeze"}
-        ctx.analysis = analyze_channels(ctx.require("graph", self.name), exclude=self.exclude,
-                                        freeze=freeze, component_of=comp_of,
-                                        kv_cache=self.kv_cache)
+        ctx.analysis = analyze_graph(ctx.require("graph", self.name), exclude=self.exclude,
+                                     freeze=freeze, component_of=comp_of,
+                                     kv_cache=self.kv_cache)
         groups = ctx.analysis.groups
         return PassResult(False, {
             "groups": len(groups), "prunable": len(ctx.analysis.prunable_groups()),
