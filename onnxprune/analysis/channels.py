@@ -40,6 +40,7 @@ def analyze_channels(
     for node in graph.nodes:
         registry.lookup(node.op, node.domain or "").propagate(node, env)
     join_cache(env, graph, pairs)
+    _freeze_stray_folds(graph, env)
     tensors = graph.tensors()
     for name, reason in (freeze or {}).items():
         if name in tensors:
@@ -62,6 +63,21 @@ def _freeze_boundaries(graph: gs.Graph, env: Env, open_axes: set[tuple[str, int]
             for name in _outer_refs(sub):
                 if name in env.slots:
                     env.freeze_tensor(graph.tensors()[name], f"used inside subgraph of {node.name}")
+
+
+def _freeze_stray_folds(graph: gs.Graph, env: Env) -> None:
+    """Channels folded into a symbolic axis are carried only by readers that said so (a
+    Transpose, the Reshape that unfolds them); any other reader, or a graph output, keeps them."""
+    tensors = graph.tensors()
+    outputs = {t.name for t in graph.outputs}
+    for name, axes in env.folds.items():
+        t = tensors.get(name)
+        stray = [n.name or n.op for n in (t.outputs if t is not None else [])
+                 if (n.name, name) not in env.fold_readers]
+        if stray or name in outputs:
+            where = f"read by {stray[0]}" if stray else "a graph output"
+            for atoms in axes.values():
+                env.freeze(atoms, f"channels folded into a symbolic axis of {name} are {where}")
 
 
 def _freeze_inconsistent(graph: gs.Graph, env: Env) -> None:
@@ -180,9 +196,10 @@ def _build(graph, env: Env, labels, frozen, reasons, param_atoms, component_of) 
     gates = tuple(
         Gate(g.node, g.input_index, g.axis, labels[g.atoms], g.batched, g.kind) for g in env.gates
     )
+    folds = {(t, ax): labels[a] for t, axes in env.folds.items() for ax, a in axes.items()}
     return ChannelAnalysis(
         n_units, unit_group, frozen, tuple(reasons), slots, params, gates, tuple(groups), macs,
-        pairs,
+        pairs, folds,
     )
 
 

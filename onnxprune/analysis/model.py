@@ -84,6 +84,8 @@ class ChannelAnalysis:
     node_macs: Mapping[str, int] = field(default_factory=dict)
     # (a, b) rows: while unit a stays, unit b must stay (b's channels are gathered into a's)
     links: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
+    # (tensor, axis) -> units of channels folded into that symbolic axis (its size changes too)
+    folds: Mapping[SlotKey, np.ndarray] = field(default_factory=dict)
 
     def keep_mask(self, key: SlotKey, removed: np.ndarray) -> np.ndarray | None:
         units = self.slots.get(key)

@@ -62,5 +62,11 @@ def remove_units(
         if axis < len(shape):
             shape[axis] = int(mask.sum())
             tensor.shape = shape
+    for (tname, axis), units in analysis.folds.items():
+        tensor = tensors.get(tname)
+        if tensor is not None and tensor.shape is not None and removed[units].any():
+            shape = list(tensor.shape)
+            shape[axis] = None  # heads x batch: a symbolic product that shrank
+            tensor.shape = shape
     graph.cleanup().toposort()
     return before - after

@@ -22,6 +22,11 @@ class Env:
         self.gates: list[GatePoint] = []
         # (DequantizeLinear, data axis) -> the nodes that claimed its weight's slices
         self.through: dict[tuple[str, int], set[str]] = {}
+        # channels folded into a symbolic axis, fastest-varying ([b, H, s, d] -> [H*b, s, d]):
+        # tensor -> {axis: atoms}; readers that carry them on record themselves in fold_readers,
+        # any other reader freezes them (analysis.channels)
+        self.folds: dict[str, dict[int, np.ndarray]] = {}
+        self.fold_readers: set[tuple[str, str]] = set()  # (node, tensor)
 
     # -- reading the graph -------------------------------------------------------------
     def shape(self, tensor: gs.Tensor | None) -> list[Dim] | None:

@@ -158,6 +158,31 @@ def _moved(node: gs.Node, axis: int, rank: int) -> int | None:
     return None if axis in gone else axis - sum(1 for g in gone if g < axis)
 
 
+def _fold(in_shape: list[Mono | None], out_shape: list[Mono | None], a: int) -> int | None:
+    """The output axis into which channel axis ``a`` merges with symbolic axes before it as
+    the fastest-varying factor ([b, H, s, d] -> [H*b, s, d]), or None."""
+    inner = _product(in_shape[a + 1:])
+    for k in range(a):
+        merged, outer = _product(in_shape[k:a + 1]), _product(in_shape[:k])
+        if merged is None or outer is None or not merged[1]:
+            continue
+        for b in range(len(out_shape)):
+            if (out_shape[b] == merged and _product(out_shape[:b]) == outer
+                    and _product(out_shape[b + 1:]) == inner):
+                return b
+    return None
+
+
+def _unfold(in_shape: list[Mono | None], out_shape: list[Mono | None], b: int,
+            n: int) -> int | None:
+    """The output axis of ``n`` channels that a folded axis ``b`` splits back into, or None."""
+    for c in range(len(out_shape)):
+        if (out_shape[c] == (n, ()) and _product(out_shape[:c + 1]) == _product(in_shape[:b + 1])
+                and _product(out_shape[c + 1:]) == _product(in_shape[b + 1:])):
+            return c
+    return None
+
+
 def _ratio(a: Mono, b: Mono) -> int | None:
     """``a / b`` when it is a whole number (the same symbols on both sides), else None."""
     if a[1] != b[1] or b[0] == 0 or a[0] % b[0]:
@@ -268,7 +293,7 @@ class Reshape(OpRule):
 
     def propagate(self, node: gs.Node, env: Env) -> None:
         x, y = node.inputs[0], node.outputs[0]
-        if not env.tracked(x):
+        if not env.tracked(x) and x.name not in env.folds:
             return
         target = env.const(node.inputs[1])
         in_shape, out_shape = env.shape(x), env.shape(y)
@@ -281,9 +306,19 @@ class Reshape(OpRule):
         else:
             target = [int(v) for v in np.asarray(target).ravel()]
             out_monos = resolve_target(in_monos, target, bool(node.attrs.get("allowzero", 0)))
+        for b, atoms in env.folds.get(x.name, {}).items():
+            c = None if out_monos is None else _unfold(in_monos, out_monos, b, len(atoms))
+            if c is not None:
+                env.fold_readers.add((node.name, x.name))
+                env.set(y, c, atoms)
         for a, atoms in env.tracked(x).items():
             where = (None if out_monos is None else
                      map_axis(in_monos, out_monos, a, apart=lambda b: taken_apart(y, b)))
+            if where is None and out_monos is not None:
+                b = _fold(in_monos, out_monos, a)
+                if b is not None:  # heads into a symbolic batch; an unfold must follow
+                    env.folds.setdefault(y.name, {})[b] = atoms
+                    continue
             if where is None and target is not None:
                 where = _same_suffix(in_monos, target, a)
             if where is None or (target is not None and target[where[0]] == 0
@@ -342,6 +377,9 @@ class Transpose(OpRule):
         perm = list(node.attrs.get("perm", list(reversed(range(rank)))))
         for a, atoms in env.tracked(x).items():
             env.set(node.outputs[0], perm.index(a), atoms)
+        for a, atoms in env.folds.get(x.name, {}).items():
+            env.fold_readers.add((node.name, x.name))
+            env.folds.setdefault(node.outputs[0].name, {})[perm.index(a)] = atoms
 
 
 class Squeeze(OpRule):

@@ -1,4 +1,5 @@
-"""Shape: channel counts read as data freeze those channels (unless nobody reads them)."""
+"""Shape: channel counts read as data freeze those channels (unless nobody reads them, or
+they only become the shapes of reshapes)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,32 @@ class Shape(OpRule):
         start = normalize_axis(int(node.attrs.get("start", 0)), rank)
         end = node.attrs.get("end")
         end = rank if end is None else normalize_axis(int(end), rank)
+        if only_shapes(node.outputs[0]):
+            return  # the sizes become shapes of reshapes/expands: they follow the cut
         read = _read_dims(node.outputs[0], end - start)
         for a, atoms in env.tracked(x).items():
             if start <= a < end and (read is None or a - start in read):
                 env.freeze(atoms, f"Shape {node.name}: reads the size of channel axis {a}")
+
+
+CARRY = ("Slice", "Gather", "Concat", "Unsqueeze", "Squeeze", "Cast", "Identity", "Mul", "Add",
+         "Sub", "Div", "Reshape")
+
+
+def only_shapes(t: gs.Tensor, depth: int = 0) -> bool:
+    """Every use of the shape vector ``t`` ends as the shape input of a Reshape or Expand
+    (torch's decomposed attention reads the head count to fold heads into the batch and back):
+    after a cut the vector reads the new size and the shapes follow. Verification checks it."""
+    if depth > 12 or not t.outputs:
+        return False
+    for c in t.outputs:
+        if c.op in ("Reshape", "Expand") and len(c.inputs) > 1 and c.inputs[1] is t:
+            continue
+        if c.op in CARRY and c.op != "Reshape" and all(only_shapes(o, depth + 1)
+                                                       for o in c.outputs):
+            continue
+        return False
+    return True
 
 
 def _read_dims(shape: gs.Tensor, n: int) -> set[int] | None:
