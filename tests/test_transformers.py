@@ -22,11 +22,11 @@ SHARED = {"albert"}  # one layer's weights shared by every layer
 def exported(tmp_path_factory):
     cache = {}
 
-    def get(arch: str, head: bool = False) -> onnx.ModelProto:
-        key = (arch, head)
+    def get(arch: str, head: bool = False, dynamo: bool = False) -> onnx.ModelProto:
+        key = (arch, head, dynamo)
         if key not in cache:
             path = tmp_path_factory.mktemp(arch) / "m.onnx"
-            cache[key] = onnx.load(str(tz.export(arch, path, head=head)))
+            cache[key] = onnx.load(str(tz.export(arch, path, head=head, dynamo=dynamo)))
         return cache[key]
 
     return get
@@ -90,3 +90,18 @@ def test_hidden_width_prunes_through_embeddings_and_norms(exported, arch):
     # the token embedding table lost columns
     tables = [i for i in r.model.graph.initializer if len(i.dims) == 2 and i.dims[0] == tz.VOCAB]
     assert tables and min(i.dims[1] for i in tables) < width
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
+def test_the_dynamo_exporter_reaches_the_same_widths(exported, arch):
+    """torch.export's ONNX graphs (decomposed attention, other shape code) prune like the
+    TorchScript ones: heads, FFN and hidden width."""
+    model = exported(arch, head=True, dynamo=True)
+    res = check_oracle(model, trials=3, feeds=feeds(10))
+    open_ = sorted(g.channels for g in res.analysis.groups if not g.frozen)
+    want = sorted(g.channels for g in check_oracle(exported(arch, head=True), trials=1,
+                                                    feeds=feeds(10)).analysis.groups
+                  if not g.frozen)
+    assert open_ == want and tz.HIDDEN in open_ and tz.FFN in open_
+    r = prune(model, ratio=0.5)
+    assert r.verification.passed and r.params_after < r.params_before

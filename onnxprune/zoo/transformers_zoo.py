@@ -58,7 +58,12 @@ def build(arch: str, head: bool = False, seed: int = 0):
 
 
 def export(arch: str, path: str | Path, *, head: bool = False, dynamic: bool = True,
-           batch: int = 2, seq: int = 12, opset: int = 17, seed: int = 0) -> Path:
+           batch: int = 2, seq: int = 12, opset: int = 17, seed: int = 0,
+           dynamo: bool = False) -> Path:
+    """``arch`` as an ONNX file: TorchScript export (``dynamo``: torch.export's, opset 18)."""
+    import contextlib
+    import io
+
     import torch
 
     model = build(arch, head=head, seed=seed)
@@ -78,10 +83,17 @@ def export(arch: str, path: str | Path, *, head: bool = False, dynamic: bool = T
             "attention_mask": {0: "batch", 1: "sequence"},
             out_name: {0: "batch", 1: "sequence"}} if dynamic else None
     path = Path(path)
+    names = {"input_names": ["input_ids", "attention_mask"], "output_names": [out_name]}
+    if dynamo:
+        b, s = torch.export.Dim("batch"), torch.export.Dim("sequence", min=2, max=POSITIONS)
+        shapes = ({0: b, 1: s}, {0: b, 1: s}) if dynamic else None
+        with contextlib.redirect_stdout(io.StringIO()):
+            torch.onnx.export(Wrapped().eval(), (ids, mask), str(path), dynamo=True,
+                              dynamic_shapes=shapes, opset_version=max(opset, 18), **names)
+        return path
     with torch.no_grad():
         torch.onnx.export(Wrapped().eval(), (ids, mask), str(path), dynamo=False,
-                          input_names=["input_ids", "attention_mask"], output_names=[out_name],
-                          dynamic_axes=axes, opset_version=opset)
+                          dynamic_axes=axes, opset_version=opset, **names)
     return path
 
 
