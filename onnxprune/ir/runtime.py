@@ -108,6 +108,11 @@ def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with its large weights turned into graph inputs of the same type and shape:
     what ``onnx.checker``'s full check (structure and shape inference) needs, without copying
     or checking the weights' bytes."""
+    return weights_as_inputs(model)[0]
+
+
+def weights_as_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """``weightless``'s model and the weights it took out (name -> array)."""
     bare, arrays = skeleton(model)
     kept = [t for t in bare.graph.initializer if t.name not in arrays]
     big = [t for t in bare.graph.initializer if t.name in arrays]
@@ -118,19 +123,41 @@ def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
         if t.name not in declared:
             bare.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type,
                                                                        list(t.dims)))
-    return bare
+    return bare, arrays
+
+
+class WeightsFed(ort.InferenceSession):
+    """A session whose large weights are graph inputs, fed on every run from arrays over the
+    model's own bytes: onnxruntime copies external initializers into buffers of its own (a
+    second copy of the weights per session); inputs it reads where they are. For reference
+    arithmetic on the CPU only (no optimizations: nothing would fold or prepack them)."""
+
+    def __init__(self, bare: onnx.ModelProto, weights: dict[str, np.ndarray],
+                 opts: ort.SessionOptions, providers: Sequence[str]):
+        super().__init__(bare.SerializeToString(), opts, providers=list(providers))
+        self._weights = weights
+
+    def run(self, output_names, input_feed, run_options=None):
+        return super().run(output_names, {**input_feed, **self._weights}, run_options)
+
+    def get_inputs(self):
+        return [i for i in super().get_inputs() if i.name not in self._weights]
 
 
 def session(model: onnx.ModelProto, providers: Sequence[str] | None = None,
             threads: int | None = None, quiet: bool = False,
-            optimized: bool = False, arena: bool = True) -> ort.InferenceSession:
+            optimized: bool = False, arena: bool = True,
+            feed_weights: bool = True) -> ort.InferenceSession:
     """An onnxruntime session with graph optimizations off (exact reference arithmetic);
     ``threads``: intra-op threads (None: onnxruntime's choice); ``quiet``: not even errors
     logged (trial runs that are expected to fail); ``optimized``: onnxruntime's optimizations
     on, as a deployed model runs (quantized models: Q/DQ pairs fused into integer kernels);
     ``arena=False``: no memory arena (buffers freed after each run; for calls of many
     different sizes, whose arena chunks would otherwise add up).
-    Large weights go in as external initializers (``skeleton``)."""
+    Large weights are fed as inputs on the CPU in reference arithmetic (``WeightsFed``: held
+    once), else go in as external initializers (``skeleton``). ``feed_weights=False``: always
+    initializers, whose prepacked kernels give the same bits at any thread count (a search's
+    candidates scored in this process and in pool workers must agree)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
@@ -140,12 +167,16 @@ def session(model: onnx.ModelProto, providers: Sequence[str] | None = None,
     opts.log_severity_level = 4 if quiet else 3
     if threads:
         opts.intra_op_num_threads = threads
+    providers = list(providers or ["CPUExecutionProvider"])
+    if feed_weights and not optimized and providers == ["CPUExecutionProvider"]:
+        bare, weights = weights_as_inputs(model)
+        if weights:
+            return WeightsFed(bare, weights, opts, providers)
     bare, arrays = skeleton(model)
     values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()]
     if arrays:
         opts.add_external_initializers(list(arrays), values)
-    sess = ort.InferenceSession(bare.SerializeToString(), opts,
-                                providers=list(providers or ["CPUExecutionProvider"]))
+    sess = ort.InferenceSession(bare.SerializeToString(), opts, providers=providers)
     sess._onnxprune_weights = (arrays, values)  # noqa: SLF001 - they must outlive the session
     return sess
 

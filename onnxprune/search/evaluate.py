@@ -26,7 +26,7 @@ class Evaluator:
         default budget, ``search.memory``); it bounds ``max_rows``."""
         self.analysis, self.metric, self.max_rows = analysis, metric, max_rows
         self.reference_bytes, self.calib = reference.SerializeToString(), calib
-        self.oracle = Oracle(reference, analysis, threads=threads, arena=False)
+        self.oracle = Oracle(reference, analysis, threads=threads, search=True)
         self.evals = 0
         self.pool = None  # an executors pool: candidates are scored by its workers
         if metric.on_model:  # the metric drives the model itself (e.g. episodes)

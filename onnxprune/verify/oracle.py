@@ -99,12 +99,14 @@ class Oracle:
     """One session over the gated reference; ``run`` evaluates any unit mask."""
 
     def __init__(self, reference: onnx.ModelProto, analysis: ChannelAnalysis,
-                 inplace: bool = False, threads: int | None = None, arena: bool = True):
-        """``arena=False`` for searches: candidates run at many batch sizes, and an arena
-        would keep a chunk of memory per size."""
+                 inplace: bool = False, threads: int | None = None, search: bool = False):
+        """``search``: candidates run at many batch sizes (no arena: it would keep a chunk of
+        memory per size) in this process and in pool workers at other thread counts (weights
+        as initializers: the same bits at any count)."""
         self.analysis = analysis
         self.model = build_gated_model(reference, analysis, inplace)
-        self.session = session(self.model, threads=threads, arena=arena)
+        self.session = session(self.model, threads=threads, arena=not search,
+                               feed_weights=not search)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray], keep: np.ndarray | None = None) -> list[np.ndarray]:
