@@ -111,12 +111,13 @@ class FreezeRule(OpRule):
         freeze_all(node, env, f"no channel rule for op {node.op}")
 
 
-def attr_or_input_ints(node: gs.Node, env: Env, attr: str, index: int) -> list[int] | None:
+def attr_or_input_ints(node: gs.Node, env: Env | None, attr: str, index: int
+                       ) -> list[int] | None:
     """An int list given as an attribute (older opsets) or as a constant input (newer)."""
     if attr in node.attrs and node.attrs[attr] is not None:
         return [int(v) for v in np.asarray(node.attrs[attr]).ravel()]
     if index < len(node.inputs):
-        value = env.const(node.inputs[index])
+        value = const_value(node.inputs[index])
         if value is not None:
             return [int(v) for v in np.asarray(value).ravel()]
         if not (isinstance(node.inputs[index], gs.Variable) and node.inputs[index].is_empty()):

@@ -114,13 +114,11 @@ def taken_apart(t: gs.Tensor, axis: int, depth: int = 0) -> bool:
     for node in t.outputs:
         op, out = node.op, node.outputs[0] if node.outputs else None
         if op in APART:
-            default = 0 if op in ("Split", "Gather") else None
-            if op == "Slice":
-                raw = const_value(node.inputs[3]) if len(node.inputs) > 3 else None
-                axes = list(range(rank)) if raw is None else [int(v) for v in np.ravel(raw)]
-            else:
-                axes = attr_or_input_ints_of(node, "axes" if default is None else "axis")
-                axes = [default] if axes is None and default is not None else axes or []
+            if op in ("Split", "Gather"):
+                axes = [int(node.attrs.get("axis", 0))]
+            else:  # Slice's axes are input 3, a reduction's input 1 (or attributes)
+                axes = attr_or_input_ints(node, None, "axes", 3 if op == "Slice" else 1)
+                axes = list(range(rank)) if not axes else axes
             if axis in {normalize_axis(v, rank) for v in axes}:
                 return True
         elif op == "Transpose" and out is not None:
@@ -134,21 +132,12 @@ def taken_apart(t: gs.Tensor, axis: int, depth: int = 0) -> bool:
     return False
 
 
-def attr_or_input_ints_of(node: gs.Node, name: str) -> list[int] | None:
-    if name in node.attrs and node.attrs[name] is not None:
-        return [int(v) for v in np.ravel(node.attrs[name])]
-    if name == "axes" and len(node.inputs) > 1:
-        value = const_value(node.inputs[1])
-        return None if value is None else [int(v) for v in np.ravel(value)]
-    return None
-
-
 def _moved(node: gs.Node, axis: int, rank: int) -> int | None:
     """Where ``axis`` of the input is in the output of Unsqueeze/Squeeze/Cast/Identity."""
     if node.op in ("Cast", "Identity"):
         return axis
-    axes = attr_or_input_ints_of(node, "axes")
-    if axes is None:
+    axes = attr_or_input_ints(node, None, "axes", 1)
+    if not axes:
         return None
     if node.op == "Unsqueeze":
         out_rank = rank + len(axes)
