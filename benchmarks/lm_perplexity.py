@@ -1,7 +1,7 @@
 """Perplexity of a small causal LM after pruning 30 % of its parameters, by importance
 criterion and recovery.
 
-    python benchmarks/lm_perplexity.py [--cache /tmp/onnxprune-lm] [--target 0.3]
+    python benchmarks/lm_perplexity.py [--cache /tmp/onnxprune-lm] [--targets 0.3,0.5]
 
 The model is ``onnxprune.zoo.causal_lm``: a Llama (hidden 128, 4 layers, 4 query heads over 2
 key/value heads, FFN 344, byte vocabulary) trained in code on the Python standard library's
@@ -31,38 +31,77 @@ from onnxprune.api import prune
 from onnxprune.zoo import causal_lm as lm
 
 RESULTS = Path(__file__).parent / "results"
-DATA = {"metric": "perplexity"}
-# name -> prune() keywords; the data-driven rows get the calibration windows and the metric
+# name -> prune() keywords over the defaults (the --strategy, the calibration windows and the
+# perplexity metric, which the search and distillation use on calibration files only)
 ROWS = {
+    "magnitude (l2), uniform": {"criterion": "l2", "strategy": "uniform"},
     "magnitude (l2)": {"criterion": "l2"},
     "magnitude (l2) + distill": {"criterion": "l2", "recover": "distill"},
+    "activation, uniform": {"criterion": "activation", "strategy": "uniform"},
     "activation": {"criterion": "activation"},
     "activation + compensate": {"criterion": "activation", "compensate": True},
     "activation + distill": {"criterion": "activation", "recover": "distill"},
     "activation + compensate + distill": {"criterion": "activation", "compensate": True,
                                           "recover": "distill"},
+    "reconstruction + compensate": {"criterion": "reconstruction", "compensate": True},
+    "activation, sensitivity": {"criterion": "activation", "strategy": "sensitivity"},
+    "activation, sensitivity + distill": {"criterion": "activation", "strategy": "sensitivity",
+                                          "recover": "distill"},
 }
 
 
+def widths(result) -> str:
+    """The kept widths: hidden, FFN per layer, key/value groups per layer."""
+    parts: dict[str, list[str]] = {"hidden": [], "ffn": [], "kv": []}
+    for g in result.analysis.groups:
+        if g.frozen:
+            continue
+        text = " ".join(g.layers)
+        kind = "hidden" if "embed_tokens" in text else "ffn" if "mlp" in text else "kv"
+        parts[kind].append(str(result.plan.widths[g.id][1]))
+    return ", ".join(f"{k} {'/'.join(v)}" for k, v in parts.items() if v)
+
+
+def run_row(path: Path, name: str, target: float, args, calib, held, base: float,
+            params: int) -> dict:
+    options = {"target_params": target, "strategy": args.strategy, "calib": calib,
+               "metric": "perplexity", **ROWS[name]}
+    if options.get("recover") == "distill":
+        options.update(distill_steps=args.distill_steps, distill_lr=args.distill_lr)
+    t = time.perf_counter()
+    r = prune(path, **options)
+    seconds = time.perf_counter() - t
+    ppl = lm.perplexity(r.model, held)
+    return {"row": name, "target": target, "removed": 1 - lm.param_count(r.model) / params,
+            "ppl": ppl, "ratio": ppl / base, "seconds": seconds, "widths": widths(r),
+            "options": {k: v for k, v in options.items() if k != "calib"},
+            "calib_ppl": (r.quality or {}).get("after_recovery", (r.quality or {}).get("after")),
+            "timings": {k: round(v, 2) for k, v in r.timings.items() if v >= 0.05}}
+
+
 def _markdown(meta: dict, rows: list[dict]) -> str:
-    lines = [f"# Causal LM perplexity after pruning {meta['target']:.0%} of the parameters", "",
-             f"Llama ({meta['params']:,} parameters) trained {meta['train_seconds']:.0f} s on "
-             f"the standard library's sources; held-out perplexity over "
-             f"{meta['heldout_windows']} windows of {meta['seq']} bytes of held-out files; "
-             f"calibration: {meta['calib_windows']} windows of calibration files. "
-             f"Strategy {meta['strategy']}.", "",
-             "| row | params removed | held-out ppl | ratio | wall s |",
-             "|---|---:|---:|---:|---:|",
-             f"| original | 0% | {meta['ppl']:.3f} | 1.000 | - |"]
-    lines += [f"| {r['row']} | {r['removed']:.1%} | {r['ppl']:.3f} | {r['ratio']:.3f} | "
-              f"{r['seconds']:.0f} |" for r in rows]
+    trained = meta["training"]
+    how = (f"trained {trained['steps']} steps ({trained['seconds']:.0f} s of CPU)" if trained
+           else "trained in code")
+    lines = ["# Causal LM perplexity after pruning", "",
+             f"Llama ({meta['params']:,} parameters) {how} on the standard library's sources; "
+             f"held-out perplexity over {meta['heldout_windows']} windows of {meta['seq']} bytes "
+             f"of held-out files; calibration: {meta['calib_windows']} windows of calibration "
+             f"files. Strategy {meta['strategy']} unless the row says otherwise; distillation "
+             f"{meta['distill_steps']} steps at most (KL on the logits, early stopping on a "
+             f"fifth of the calibration windows).", "",
+             f"Original held-out perplexity: **{meta['ppl']:.3f}**.", "",
+             "| target | row | params removed | held-out ppl | ratio | kept widths | wall s |",
+             "|---:|---|---:|---:|---:|---|---:|"]
+    lines += [f"| {r['target']:.0%} | {r['row']} | {r['removed']:.1%} | {r['ppl']:.3f} | "
+              f"{r['ratio']:.3f} | {r['widths']} | {r['seconds']:.0f} |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "onnxprune-lm"))
-    ap.add_argument("--target", type=float, default=0.3, help="fraction of parameters removed")
+    ap.add_argument("--targets", default="0.3", help="fractions of the parameters removed")
     ap.add_argument("--strategy", default="global")
     ap.add_argument("--calib", type=int, default=512, help="calibration windows")
     ap.add_argument("--heldout", type=int, default=512, help="held-out windows")
@@ -71,44 +110,36 @@ def main() -> int:
     ap.add_argument("--distill-lr", type=float, default=1e-3)
     ap.add_argument("--rows", default="", help="comma-separated row names (default: all)")
     args = ap.parse_args()
-    console = Console(width=120)
-    t0 = time.perf_counter()
+    console = Console(width=140)
     model = lm.trained(args.cache, log=console.log)
-    train_s = time.perf_counter() - t0
     calib = lm.windows("calib", args.calib, args.seq, seed=1)
     held = lm.windows("heldout", args.heldout, args.seq)
     chosen = [r.strip() for r in args.rows.split(",") if r.strip()] or list(ROWS)
+    targets = [float(t) for t in args.targets.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = lm.export(model, Path(tmp) / "lm.onnx")
         base = lm.perplexity(path, held)
         params = lm.param_count(onnx.load(str(path)))
         console.log(f"original: {params:,} parameters, held-out perplexity {base:.3f}")
-        for name in chosen:
-            t = time.perf_counter()
-            r = prune(path, target_params=args.target, strategy=args.strategy, calib=calib,
-                      distill_steps=args.distill_steps, distill_lr=args.distill_lr, **DATA,
-                      **ROWS[name])
-            seconds = time.perf_counter() - t
-            ppl = lm.perplexity(r.model, held)
-            removed = 1 - lm.param_count(r.model) / params
-            rows.append({"row": name, "options": ROWS[name], "removed": removed, "ppl": ppl,
-                         "ratio": ppl / base, "seconds": seconds,
-                         "timings": {k: round(v, 2) for k, v in r.timings.items()}})
-            console.log(f"{name}: removed {removed:.1%}, held-out ppl {ppl:.3f} "
-                        f"({ppl / base:.3f}x), {seconds:.0f} s")
-    meta = {"target": args.target, "strategy": args.strategy, "params": params, "ppl": base,
-            "train_seconds": train_s, "calib_windows": args.calib,
+        for target in targets:
+            for name in chosen:
+                rows.append(run_row(path, name, target, args, calib, held, base, params))
+                r = rows[-1]
+                console.log(f"{target:.0%} {name}: removed {r['removed']:.1%}, held-out ppl "
+                            f"{r['ppl']:.3f} ({r['ratio']:.3f}x), {r['widths']}, "
+                            f"{r['seconds']:.0f} s")
+    meta = {"targets": targets, "strategy": args.strategy, "params": params, "ppl": base,
+            "training": lm.training_record(args.cache), "calib_windows": args.calib,
             "heldout_windows": args.heldout, "seq": args.seq,
             "distill_steps": args.distill_steps, "distill_lr": args.distill_lr,
             "config": lm.asdict(lm.LMConfig())}
-    table = Table(title=f"held-out perplexity, {args.target:.0%} of parameters removed")
-    for col in ("row", "params removed", "held-out ppl", "ratio", "wall s"):
-        table.add_column(col, justify="left" if col == "row" else "right")
-    table.add_row("original", "0%", f"{base:.3f}", "1.000", "-")
+    table = Table(title=f"held-out perplexity (original {base:.3f})")
+    for col in ("target", "row", "params removed", "held-out ppl", "ratio", "widths", "wall s"):
+        table.add_column(col, justify="left" if col in ("row", "widths") else "right")
     for r in rows:
-        table.add_row(r["row"], f"{r['removed']:.1%}", f"{r['ppl']:.3f}", f"{r['ratio']:.3f}",
-                      f"{r['seconds']:.0f}")
+        table.add_row(f"{r['target']:.0%}", r["row"], f"{r['removed']:.1%}", f"{r['ppl']:.3f}",
+                      f"{r['ratio']:.3f}", r["widths"], f"{r['seconds']:.0f}")
     console.print(table)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "lm_perplexity.json").write_text(json.dumps({"meta": meta, "rows": rows},

@@ -39,6 +39,8 @@ def test_a_tiny_lm_trains_exports_and_prunes_with_a_finite_perplexity(tmp_path):
     again = lm.trained(tmp_path / "cache", TINY, log=None)  # from the cache this time
     a, b = model.state_dict(), again.state_dict()
     assert all((a[k] == b[k]).all() for k in a)
+    record = lm.training_record(tmp_path / "cache", TINY)
+    assert record["steps"] == TINY.steps and math.isfinite(record["loss"])
     path = lm.export(model, tmp_path / "lm.onnx")
     held = lm.windows("heldout", 8, seq=32)
     before = lm.perplexity(path, held)

@@ -13,6 +13,7 @@ file). Needs the ``transformers`` extra.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sysconfig
@@ -115,10 +116,11 @@ def build(cfg: LMConfig = LMConfig()):
 
 
 def train(model, cfg: LMConfig = LMConfig(), log: Callable[[str], None] | None = print,
-          threads: int = 1):
-    """AdamW on seeded random training windows: ``cfg.steps`` steps, linear warm-up, then
-    cosine decay, on ``threads`` torch threads (one is the fastest on a busy small machine).
-    Returns the model in eval mode."""
+          threads: int = 1) -> dict:
+    """Train ``model`` in place (left in eval mode): AdamW on seeded random training windows,
+    ``cfg.steps`` steps, linear warm-up, then cosine decay, on ``threads`` torch threads (one
+    is the fastest on a busy small machine). Returns ``{"seconds", "steps", "loss"}`` (the
+    loss: the mean of the last 50 steps)."""
     import torch
 
     data = torch.from_numpy(tokens("train").astype(np.int64))
@@ -133,12 +135,14 @@ def train(model, cfg: LMConfig = LMConfig(), log: Callable[[str], None] | None =
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, rate)
     model.train()
+    start = time.perf_counter()
     with torch_threads(threads):
-        _steps(model, opt, sched, data, gen, cfg, log)
-    return model.eval()
+        loss = _steps(model, opt, sched, data, gen, cfg, log)
+    model.eval()
+    return {"seconds": time.perf_counter() - start, "steps": cfg.steps, "loss": loss}
 
 
-def _steps(model, opt, sched, data, gen, cfg: LMConfig, log) -> None:
+def _steps(model, opt, sched, data, gen, cfg: LMConfig, log) -> float:
     import torch
 
     start, seen = time.perf_counter(), []
@@ -155,12 +159,14 @@ def _steps(model, opt, sched, data, gen, cfg: LMConfig, log) -> None:
         if log and ((step + 1) % 50 == 0 or step + 1 == cfg.steps):
             log(f"step {step + 1}/{cfg.steps}  loss {np.mean(seen[-50:]):.3f}  "
                 f"ppl {math.exp(np.mean(seen[-50:])):.2f}  {time.perf_counter() - start:.0f} s")
+    return float(np.mean(seen[-50:]))
 
 
 def trained(cache: str | Path, cfg: LMConfig = LMConfig(),
             log: Callable[[str], None] | None = print):
     """The model of ``cfg`` trained once: loaded from ``cache`` (a folder of
-    ``save_pretrained``) when it holds this config's weights, else trained and saved there."""
+    ``save_pretrained``) when it holds this config's weights, else trained and saved there
+    with what :func:`train` returned (``training.json``, read by :func:`training_record`)."""
     import transformers
 
     folder = Path(cache) / _key(cfg)
@@ -170,10 +176,18 @@ def trained(cache: str | Path, cfg: LMConfig = LMConfig(),
         model = transformers.LlamaForCausalLM.from_pretrained(folder)
         model.config._attn_implementation = "eager"
         return model.eval()
-    model = train(build(cfg), cfg, log)
+    model = build(cfg)
+    record = train(model, cfg, log)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
+    (folder / "training.json").write_text(json.dumps({**record, "config": asdict(cfg)}))
     return model
+
+
+def training_record(cache: str | Path, cfg: LMConfig = LMConfig()) -> dict | None:
+    """What training the cached model of ``cfg`` took (seconds, steps, final loss), if known."""
+    path = Path(cache) / _key(cfg) / "training.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _key(cfg: LMConfig) -> str:
