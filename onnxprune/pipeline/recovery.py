@@ -85,7 +85,7 @@ class Distill(Pass):
         Option("loss", "auto", "what the student matches: mse (outputs, normalized by their "
                "variance), kl (the softmax over the last axis of the outputs: logits), or auto "
                "(kl for the perplexity and kl metrics, else mse)", choices=("auto", "mse", "kl"),
-               public="distill_loss", metavar="L", type_name="str"),
+               public="distill_loss", type_name="str"),
     )
 
     def loss_for(self, metric) -> str:
