@@ -228,3 +228,35 @@ def test_pow_exponents_and_scalars_do_not_train():
     out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     assert out["two"] == 2.0 and out["eps"] == np.float32(1e-5)
     assert np.isfinite(session(model).run(None, {"x": x})[0]).all()
+
+
+def test_kl_loss_matches_distributions_not_logits():
+    """loss="kl": the student matches the teacher's softmax over the last axis (a shift of
+    the logits costs nothing, unlike MSE), and training on it brings the KL metric down."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.recover.distill import _kl
+
+    rng = np.random.default_rng(0)
+    logits = torch.from_numpy(rng.normal(size=(3, 5, 16)))
+    assert float(_kl(logits + 7.0, logits)) == pytest.approx(0.0, abs=1e-12)
+    assert float(_kl(logits.flip(-1), logits)) > 0.1
+
+    def model(w):
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["logits"])], "lm",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 4, 16])],
+            [numpy_helper.from_array(w.astype(np.float32), "w")])
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        return m
+
+    w = rng.normal(size=(8, 16)) * 2
+    teacher, student = model(w), model(w + rng.normal(size=w.shape))
+    x = rng.normal(size=(64, 4, 8)).astype(np.float32)
+    _, info = distill(student, teacher, {"x": x}, metric=get_metric("kl"), loss="kl",
+                      steps=40, lr=3e-2, eval_every=10)
+    assert info["loss"] == "kl" and info["val_after"] < 0.5 * info["val_before"]
+    with pytest.raises(UsageError, match="loss"):
+        distill(student, teacher, {"x": x}, loss="l1")

@@ -90,7 +90,16 @@ class Distill(Pass):
                type_name="bool"),
         Option("seed", 0, "seed of the split and the mini-batches", parse=number(0, integer=True),
                type_name="int"),
+        Option("loss", "auto", "what the student matches: mse (outputs, normalized by their "
+               "variance), kl (the softmax over the last axis of the outputs: logits), or auto "
+               "(kl for the perplexity and kl metrics, else mse)", choices=("auto", "mse", "kl"),
+               public="distill_loss", type_name="str"),
     )
+
+    def loss_for(self, metric) -> str:
+        if self.loss != "auto":
+            return self.loss
+        return "kl" if metric is not None and metric.name in ("perplexity", "kl") else "mse"
 
     def needs(self) -> set[str]:
         return set(self.requires) | ({"flows"} if self.boundaries else set())
@@ -115,7 +124,8 @@ class Distill(Pass):
             model, info = distill(student, teacher, calib, metric=ctx.metric,
                                   steps=self.steps, lr=lr, batch_size=self.batch_size,
                                   val_fraction=self.val_fraction, patience=self.patience,
-                                  boundaries=bounds, seed=self.seed)
+                                  boundaries=bounds, seed=self.seed,
+                                  loss=self.loss_for(ctx.metric))
             info["lr"] = lr
             tries.append((sign * (info["val_after"] - info["val_before"]), model, info))
             if tries[-1][0] > 0 and info["stopped"] != "diverged":

@@ -36,6 +36,7 @@ CHUNK = 256  # samples per inference call (onnxruntime or torch) outside trainin
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 TrainSpec = Callable[[str], bool] | Iterable[str] | str | None
+LOSSES = ("mse", "kl")
 
 
 def distill(
@@ -54,6 +55,7 @@ def distill(
     boundaries: Sequence[str] = (),
     boundary_weight: float = 0.1,
     train: TrainSpec = None,
+    loss: str = "mse",
 ) -> tuple[onnx.ModelProto, dict]:
     """Fine-tune ``student``'s float initializers to reproduce ``teacher``'s outputs.
 
@@ -62,8 +64,10 @@ def distill(
     for validation (with 0, the training samples are also the validation set).
 
     The loss is the mean over float outputs of MSE(student, teacher) / Var(teacher output),
-    plus ``boundary_weight`` times the same over ``boundaries``: intermediate tensors (by name)
-    present in both graphs with the same shape (others are ignored and not listed in
+    or with ``loss="kl"`` the mean over output positions of KL(teacher || student) of the
+    softmax over the last axis (logits: a language model's or a classifier's), plus
+    ``boundary_weight`` times the normalized MSE over ``boundaries``: intermediate tensors
+    (by name) present in both graphs with the same shape (others are ignored and not listed in
     ``info["boundaries"]``). Adam, ``steps`` mini-batches of ``batch_size``.
 
     Every ``eval_every`` steps the current weights are scored on the validation split:
@@ -83,6 +87,8 @@ def distill(
     """
     start = time.perf_counter()
     _check_args(steps, lr, batch_size, val_fraction, eval_every, patience)
+    if loss not in LOSSES:
+        raise UsageError(f"distill: loss must be one of {', '.join(LOSSES)}, not {loss!r}")
     student, teacher = _load(student), _load(teacher)
     graph = TorchGraph(student)
     trained = _select_trainable(graph, train, student)
@@ -95,7 +101,7 @@ def distill(
 
     feeds = {k: batch[k] for k in graph.input_names}
     targets = _Targets(teacher, feeds, graph, boundaries, train_idx, static)
-    data = _Data(graph, feeds, targets, boundary_weight, static)
+    data = _Data(graph, feeds, targets, boundary_weight, static, loss)
     val_batch = {k: v[val_idx] for k, v in batch.items()}
     val_teacher = [t[val_idx] for t in targets.outputs_all]
 
@@ -118,14 +124,14 @@ def distill(
         best_state = {k: p.detach().clone() for k, p in graph.params.items()}
         bad, window, batches = 0, [], _batches(train_idx, size, rng)
         for step in range(1, steps + 1):
-            loss = data.loss(next(batches))
-            if not torch.isfinite(loss):
+            step_loss = data.loss(next(batches))
+            if not torch.isfinite(step_loss):
                 stopped = "diverged"
                 break
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            step_loss.backward()
             opt.step()
-            done, window = step, window + [loss.item()]
+            done, window = step, window + [step_loss.item()]
             if step % eval_every == 0 or step == steps:
                 value = evaluate()
                 history.append((step, float(np.mean(window)), value))
@@ -148,7 +154,7 @@ def distill(
         "steps": done, "best_step": best_step, "val_before": val_before, "val_after": best_val,
         "history": history, "seconds": time.perf_counter() - start, "stopped": stopped,
         "metric": metric.name if metric is not None else "-distill_loss",
-        "boundaries": list(targets.boundaries), "trained": len(trained),
+        "boundaries": list(targets.boundaries), "trained": len(trained), "loss": loss,
     }
     return graph.write_back(student), info
 
@@ -201,19 +207,21 @@ class _Data:
     """Mini-batch losses of the student against the teacher's targets."""
 
     def __init__(self, graph: TorchGraph, feeds: dict[str, np.ndarray], targets: _Targets,
-                 boundary_weight: float, static: int | None):
+                 boundary_weight: float, static: int | None, kind: str = "mse"):
         self.graph, self.feeds, self.t = graph, feeds, targets
         self.names = targets.output_names + targets.boundaries
-        self.boundary_weight, self.static = boundary_weight, static
+        self.boundary_weight, self.static, self.kind = boundary_weight, static, kind
 
     def loss(self, idx: np.ndarray, valid: int | None = None) -> torch.Tensor:
-        """Normalized MSE on samples ``idx`` (only the first ``valid`` count)."""
+        """The loss on samples ``idx`` (only the first ``valid`` count): per output the
+        normalized MSE or the KL divergence, per boundary the normalized MSE."""
         got = self.graph.run({k: torch.from_numpy(v[idx]) for k, v in self.feeds.items()},
                              self.names)
         want = [t[idx] for t in self.t.outputs + self.t.acts]
-        terms = [((g[:valid] - w[:valid]) ** 2).mean() / s
-                 for g, w, s in zip(got, want, self.t.scales, strict=True)]
         n_out = len(self.t.outputs)
+        terms = [_kl(g[:valid], w[:valid]) if self.kind == "kl" and i < n_out
+                 else ((g[:valid] - w[:valid]) ** 2).mean() / s
+                 for i, (g, w, s) in enumerate(zip(got, want, self.t.scales, strict=True))]
         loss = torch.stack(terms[:n_out]).mean()
         if n_out < len(terms):
             loss = loss + self.boundary_weight * torch.stack(terms[n_out:]).mean()
@@ -226,6 +234,13 @@ class _Data:
             for part, valid in _chunks(idx, self.static):
                 total += self.loss(part, valid).item() * valid
         return total / len(idx)
+
+
+def _kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean KL(teacher || student) of the softmax over the last axis."""
+    lq = torch.log_softmax(student, -1)
+    lp = torch.log_softmax(teacher.to(lq.dtype), -1)
+    return (lp.exp() * (lp - lq)).sum(-1).mean()
 
 
 def _variance(t: torch.Tensor) -> float:

@@ -1,0 +1,56 @@
+"""The causal LM of the zoo (Llama, byte-level, on the standard library's sources): the split by
+file, the data windows, a few training steps, the export, and a verified pruning whose
+held-out perplexity stays finite."""
+
+import math
+import sysconfig
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+from onnxprune.api import prune  # noqa: E402
+from onnxprune.zoo import causal_lm as lm  # noqa: E402
+
+TINY = lm.LMConfig(hidden=32, layers=2, heads=4, kv_heads=2, ffn=64, seq=32, batch=8, steps=8,
+                   warmup=2)
+
+
+def test_files_split_by_file_and_windows_come_from_their_split():
+    files = lm.corpus_files()
+    assert files == sorted(files) and len(files) > 100
+    root = sysconfig.get_paths()["stdlib"]
+    splits = [lm.split_of(f.relative_to(root).as_posix()) for f in files]
+    shares = {s: splits.count(s) / len(splits) for s in lm.SPLITS}
+    assert shares["train"] > 0.7 and 0.05 < shares["heldout"] < 0.2, shares
+    held = lm.windows("heldout", 4, seq=16)
+    assert held["input_ids"].shape == (4, 16) and held["input_ids"].dtype == np.int64
+    assert (held["attention_mask"] == 1).all()
+    # held-out windows are byte strings of the held-out text, never of the others
+    text = lm.tokens("heldout").tobytes()
+    for row in held["input_ids"]:
+        assert bytes(row.astype(np.uint8).tolist()) in text
+    calib = lm.windows("calib", 3, seq=16, seed=1)
+    assert (calib["input_ids"] == lm.windows("calib", 3, seq=16, seed=1)["input_ids"]).all()
+
+
+def test_a_tiny_lm_trains_exports_and_prunes_with_a_finite_perplexity(tmp_path):
+    model = lm.trained(tmp_path / "cache", TINY, log=None)
+    again = lm.trained(tmp_path / "cache", TINY, log=None)  # from the cache this time
+    a, b = model.state_dict(), again.state_dict()
+    assert all((a[k] == b[k]).all() for k in a)
+    record = lm.training_record(tmp_path / "cache", TINY)
+    assert record["steps"] == TINY.steps and math.isfinite(record["loss"])
+    path = lm.export(model, tmp_path / "lm.onnx")
+    held = lm.windows("heldout", 8, seq=32)
+    before = lm.perplexity(path, held)
+    assert 1 < before < lm.VOCAB * 2
+    r = prune(path, target_params=0.2, strategy="global", criterion="activation",
+              calib=lm.windows("calib", 16, seq=32), metric="perplexity", holdout=0,
+              recover="distill", distill_steps=4, distill_batch=4)
+    assert r.verification.passed and r.params_after < 0.9 * r.params_before
+    # the torch interpreter ran the Llama graph (rotary embeddings, causal mask) and learned
+    # from the teacher's softmax: the perplexity metric picks the KL loss
+    assert r.recovery["distill"]["loss"] == "kl" and r.recovery["distill"]["steps"] >= 1
+    after = lm.perplexity(r.model, held)
+    assert math.isfinite(after) and after > 1
