@@ -13,6 +13,22 @@ def gb():
     return GraphBuilder(seed=0)
 
 
+def saved(model, path):
+    """``model`` written to ``path`` (a test's input file)."""
+    import onnx
+
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def demo_file(tmp_path):
+    """The demo CNN as a file in the test's folder."""
+    from onnxprune.zoo.builder import demo_cnn
+
+    return saved(demo_cnn(), tmp_path / "m.onnx")
+
+
 def groups_summary(analysis):
     """Sorted (channels, frozen) per group: the structure the tests assert."""
     return sorted((g.channels, g.frozen) for g in analysis.groups)

@@ -28,10 +28,8 @@ def sha(path) -> str:
 
 
 @pytest.fixture
-def model(tmp_path):
-    path = tmp_path / "m.onnx"
-    onnx.save(demo_cnn(), str(path))
-    return path
+def model(demo_file):
+    return demo_file
 
 
 @pytest.fixture

@@ -17,10 +17,8 @@ from onnxprune.zoo.builder import demo_cnn
 
 
 @pytest.fixture
-def model_file(tmp_path):
-    path = tmp_path / "m.onnx"
-    onnx.save(demo_cnn(), str(path))
-    return path
+def model_file(demo_file):
+    return demo_file
 
 
 def test_missing_and_directory(tmp_path):

@@ -8,8 +8,8 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
-import onnx
 import pytest
+from conftest import saved
 from test_components import agent
 
 from onnxprune.api import prune
@@ -36,17 +36,13 @@ def _no_terminal_progress(monkeypatch):
 
 
 @pytest.fixture
-def cnn(tmp_path):
-    path = tmp_path / "m.onnx"
-    onnx.save(demo_cnn(), str(path))
-    return path
+def cnn(demo_file):
+    return demo_file
 
 
 @pytest.fixture
 def agent_file(tmp_path):
-    path = tmp_path / "agent.onnx"
-    onnx.save(agent(), str(path))
-    return path
+    return saved(agent(), tmp_path / "agent.onnx")
 
 
 class Page(HTMLParser):
