@@ -118,7 +118,7 @@ def _infer(model: onnx.ModelProto) -> dict[str, list[Dim]]:
     level, log.level = log.level, logging.CRITICAL
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            out = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+            out = _complete(SymbolicShapeInference, model)
     except Exception:  # best effort, like ONNX's: unknown ops, custom domains
         return {}
     finally:
@@ -127,6 +127,23 @@ def _infer(model: onnx.ModelProto) -> dict[str, list[Dim]]:
         return {}
     return {vi.name: d for vi in list(out.graph.value_info) + list(out.graph.output)
             if (d := _dims(vi)) is not None}
+
+
+def _complete(inference, model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """``SymbolicShapeInference.infer_shapes`` without its side effect: when inference stops
+    short (an op it does not know), that method saves ``sym_shape_infer_temp.onnx`` into the
+    working directory before it raises; here an incomplete run gives None and writes nothing."""
+    if not model.opset_import or max(
+            (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+            default=0) < 7:
+        return None
+    run = inference(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess_output_rank, verbose
+    run._preprocess(model)
+    done = False
+    while run.run_:
+        done = run._infer_impl()
+    run._update_output_from_vi()
+    return run.out_mp_ if done else None
 
 
 def refine_shapes(graph: gs.Graph, model: onnx.ModelProto) -> None:
