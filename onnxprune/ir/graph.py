@@ -10,6 +10,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from .symbolic import refine_shapes
+from .weights import Skeleton, graph_skeleton, import_skeleton, proto
 
 # onnx-graphsurgeon prints its warnings to stdout (which must stay one JSON object with
 # --json); what they say (foldable large tensors, types it cannot map) is handled here.
@@ -18,12 +19,15 @@ G_LOGGER.severity = G_LOGGER.ERROR
 Dim = int | str | None
 
 
-def import_model(model: onnx.ModelProto) -> gs.Graph:
+def import_model(model: onnx.ModelProto | Skeleton) -> gs.Graph:
+    """The graph of a model; a skeleton's large constants hold its arrays (shared, read-only)."""
+    if isinstance(model, Skeleton):
+        return import_skeleton(model)
     return gs.import_onnx(model)
 
 
 def export_model(graph: gs.Graph, ir_version: int | None = None,
-                 like: onnx.ModelProto | None = None) -> onnx.ModelProto:
+                 like: onnx.ModelProto | Skeleton | None = None) -> onnx.ModelProto:
     """The graph as a model; ``like``: the model it came from, whose model-level fields the IR
     does not carry (metadata, doc string, producer, version, domain, local functions, graph
     output types) are kept."""
@@ -31,8 +35,15 @@ def export_model(graph: gs.Graph, ir_version: int | None = None,
     if ir_version is not None:
         model.ir_version = ir_version
     if like is not None:
-        carry_model_fields(model, like)
+        carry_model_fields(model, proto(like))
     return model
+
+
+def export_skeleton(graph: gs.Graph, ir_version: int | None = None,
+                    like: onnx.ModelProto | Skeleton | None = None) -> Skeleton:
+    """``export_model`` whose large weights stay the graph's arrays (declared external in the
+    proto): what sessions and checks need, without serializing or copying the weights."""
+    return graph_skeleton(graph, lambda g: export_model(g, ir_version, like))
 
 
 def carry_model_fields(model: onnx.ModelProto, source: onnx.ModelProto) -> None:

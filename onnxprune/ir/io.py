@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError
 from .. import interrupts
 from ..errors import InputMissingError, InvalidModelError, OutputError, UnsupportedModelError
 from .runtime import default_opset
+from .weights import Skeleton, to_skeleton
 
 # onnx 1.23 writes IR 14 by default; onnxruntime 1.31 loads at most IR 13.
 MAX_RUNTIME_IR = 13
@@ -48,6 +49,44 @@ def check_input(path: str | os.PathLike) -> Path:
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Load a model (and its external data) and reject what cannot be handled, naming why."""
     p = check_input(path)
+    model = _parse(p)
+    try:
+        onnx.load_external_data_for_model(model, str(p.parent))
+    except (OSError, ValueError, onnx.checker.ValidationError) as err:
+        raise _missing_data(p, err) from err
+    _check(p)
+    return model
+
+
+def load_skeleton(path: str | os.PathLike) -> Skeleton:
+    """``load_model`` with the large weights as arrays (``ir.weights``): external data is
+    memory-mapped from its files, weights inside the .onnx file are copied out of the parsed
+    protobuf once, which is then dropped. The same checks and errors."""
+    p = check_input(path)
+    model = _parse(p)
+    try:
+        skeleton = to_skeleton(model, base_dir=str(p.parent))
+    except (OSError, ValueError, onnx.checker.ValidationError) as err:
+        raise _missing_data(p, err) from err
+    del model
+    _check(p)
+    return skeleton
+
+
+def _missing_data(p: Path, err: BaseException) -> InvalidModelError:
+    return InvalidModelError(f"{p}: external data is missing ({_first_line(err)}); keep the "
+                             "data file(s) next to the model")
+
+
+def _check(p: Path) -> None:
+    try:
+        onnx.checker.check_model(str(p))  # from the file: no re-serialization of the weights
+    except onnx.checker.ValidationError as err:
+        raise InvalidModelError(f"{p}: the model is not valid ONNX ({_first_line(err)})") from err
+
+
+def _parse(p: Path) -> onnx.ModelProto:
+    """The model file parsed (external data not read) and checked for what cannot be handled."""
     try:
         model = onnx.load(str(p), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError) as err:
@@ -65,17 +104,6 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
             f"{p}: opset {opset} is outside the supported range {MIN_OPSET}..{MAX_OPSET}; "
             "convert it with onnx.version_converter first"
         )
-    try:
-        onnx.load_external_data_for_model(model, str(p.parent))
-    except (OSError, onnx.checker.ValidationError) as err:
-        raise InvalidModelError(
-            f"{p}: external data is missing ({_first_line(err)}); keep the data file(s) "
-            "next to the model"
-        ) from err
-    try:
-        onnx.checker.check_model(str(p))  # from the file: no re-serialization of the weights
-    except onnx.checker.ValidationError as err:
-        raise InvalidModelError(f"{p}: the model is not valid ONNX ({_first_line(err)})") from err
     return model
 
 

@@ -13,9 +13,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..ir.graph import export_model
+from ..ir.graph import export_model, export_skeleton
 from ..ir.memory import current_rss, peak_rss, reset_kernel_hwm
 from ..ir.runtime import providers_option
+from ..ir.weights import Skeleton
 from ..options import Option, number, resolve, shapes, text, texts
 from ..search.memory import parse_memory
 
@@ -126,7 +127,7 @@ class Context:
     resources: Resources = field(default_factory=Resources)
     # artifacts
     graph: gs.Graph | None = None
-    source: onnx.ModelProto | None = None  # the model as loaded (never modified)
+    source: Skeleton | None = None  # the model as loaded (never modified; weights as arrays)
     source_path: Path | None = None
     source_ir: int | None = None
     source_params: int | None = None  # parameters of the input model (unique initializers)
@@ -170,6 +171,12 @@ class Context:
         """``graph`` (default: the working graph) as a model, with the input model's fields the
         IR drops (metadata, graph output types, ...)."""
         return export_model(self.graph if graph is None else graph, ir_version, like=self.source)
+
+    def skeleton(self, graph: gs.Graph | None = None, ir_version: int | None = None) -> Skeleton:
+        """``export`` with the large weights left as the graph's arrays (for sessions and
+        checks; nothing serialized or copied)."""
+        return export_skeleton(self.graph if graph is None else graph, ir_version,
+                               like=self.source)
 
     def available(self) -> set[str]:
         """The artifacts already present (a context a pipeline continues from)."""

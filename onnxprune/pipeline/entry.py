@@ -7,6 +7,8 @@ import onnx
 from ..analysis.size import graph_params
 from ..ir import io
 from ..ir.graph import import_model
+from ..ir.runtime import skeleton
+from ..ir.weights import Skeleton
 from ..options import Option
 from ..options import path as path_option
 from .base import Context, Pass, PassResult
@@ -24,9 +26,11 @@ class LoadModel(Pass):
         ctx.source_path = self.path
 
     def run(self, ctx: Context) -> PassResult:
-        model = io.load_model(self.path)
-        ctx.source, ctx.source_path, ctx.source_ir = model, self.path, model.ir_version
-        ctx.graph = import_model(model)
+        # the weights as arrays (external data memory-mapped), which the graph shares
+        ctx.source = io.load_skeleton(self.path)
+        model = ctx.source.model
+        ctx.source_path, ctx.source_ir = self.path, model.ir_version
+        ctx.graph = import_model(ctx.source)
         ctx.source_params = graph_params(ctx.graph)
         return PassResult(True, {"nodes": len(model.graph.node), "ir_version": model.ir_version})
 
@@ -45,7 +49,8 @@ class UseModel(Pass):
                       type_name="ModelProto"),)
 
     def run(self, ctx: Context) -> PassResult:
-        ctx.source, ctx.source_ir = self.model, self.model.ir_version
-        ctx.graph = import_model(self.model)
+        # the caller's model stays as it is: its weights are copied into arrays once
+        ctx.source, ctx.source_ir = Skeleton(*skeleton(self.model)), self.model.ir_version
+        ctx.graph = import_model(ctx.source)
         ctx.source_params = graph_params(ctx.graph)
         return PassResult(True)

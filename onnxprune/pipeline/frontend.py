@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..errors import VerificationError
 from ..ir.graph import import_model, infer_shapes
 from ..ir.runtime import session
+from ..ir.weights import proto
 from ..ir.shapes import parse_values
 from ..normalize.cleanup import (
     channel_shuffles_to_gather,
@@ -72,7 +73,7 @@ class PinInputs(Pass):
 
     def run(self, ctx: Context) -> PassResult:
         graph = ctx.require("graph", self.name)
-        ctx.pinned = parse_values(ctx.config.input_values, ctx.source or ctx.export())
+        ctx.pinned = parse_values(ctx.config.input_values, proto(ctx.source or ctx.export()))
         return PassResult(pin_inputs(graph, ctx.pinned) > 0, {"pinned": sorted(ctx.pinned)})
 
 
@@ -184,7 +185,7 @@ class CheckNormalization(Pass):
         from ..verify.checks import custom_domains
         from ..verify.compare import close, max_diffs
 
-        if ctx.source is None or custom_domains(ctx.source):
+        if ctx.source is None or custom_domains(proto(ctx.source)):
             return PassResult(False)
         if not any(name in self.NUMERIC and result.modified for name, result in ctx.log):
             ctx.normalize_deferred = True  # verification runs the input model once, for both
@@ -194,7 +195,7 @@ class CheckNormalization(Pass):
             want = session(ctx.source).run(None, feeds)
         except Exception:  # noqa: BLE001 - the input model itself does not run here
             return PassResult(False, {"compared": False})
-        normalized = ctx.export(ctx.require("graph", self.name))
+        normalized = ctx.skeleton(ctx.require("graph", self.name))
         try:
             got = session(normalized).run(None, feeds)
         except Exception as err:  # noqa: BLE001 - the normalized graph broke: say where
@@ -225,7 +226,7 @@ def blame_normalization(ctx: Context, feeds: dict, want: list | None = None) -> 
     for step in _flat(Normalize(check=False).passes):
         step.run(trial)
         try:
-            got = session(trial.export()).run(None, feeds)
+            got = session(trial.skeleton()).run(None, feeds)
         except Exception as err:  # noqa: BLE001
             return (f"normalization step {step.name!r} broke the model "
                     f"({_first_line(err)}); please report this")

@@ -10,17 +10,19 @@ import onnx
 
 from ..errors import UsageError
 from ..ir.runtime import session
+from ..ir.weights import Skeleton
 from ..ir.shapes import choose_shapes, feeds_at, input_specs
 from .base import Context
 
 
-def verification_feeds(ctx: Context, model: onnx.ModelProto | Sequence[onnx.ModelProto],
+def verification_feeds(ctx: Context,
+                       model: onnx.ModelProto | Skeleton | Sequence[onnx.ModelProto | Skeleton],
                        count: int = 2, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Random inputs at each chosen set of shapes (the first ``count`` of them), pinned inputs
     at their values. Shapes are chosen on ``model`` (any model with the run's inputs; given
     several, the first one that runs at some shapes) the first time and kept in the context;
     calibration data that arrived since takes the first set."""
-    models = [model] if isinstance(model, onnx.ModelProto) else [m for m in model if m]
+    models = [model] if isinstance(model, (onnx.ModelProto, Skeleton)) else [m for m in model if m]
     if ctx.input_sets is None or (ctx.calib is not None and not ctx.input_sets_from_calib):
         for i, candidate in enumerate(models):
             try:
@@ -37,7 +39,7 @@ def verification_feeds(ctx: Context, model: onnx.ModelProto | Sequence[onnx.Mode
             for i, shapes in enumerate(ctx.input_sets[:count])]
 
 
-def _runner(model: onnx.ModelProto):
+def _runner(model: onnx.ModelProto | Skeleton):
     state: dict = {}
 
     def runs(feeds: dict[str, np.ndarray]) -> bool:

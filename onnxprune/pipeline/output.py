@@ -31,10 +31,11 @@ class Verify(Pass):
 
     def run(self, ctx: Context) -> PassResult:
         graph, analysis = ctx.require("graph", self.name), ctx.require("analysis", self.name)
-        reference = ctx.export(ctx.require("reference", self.name))
+        # the weights stay the graphs' arrays: nothing serialized, nothing copied
+        reference = ctx.skeleton(ctx.require("reference", self.name))
         plan = ctx.require("plan", self.name)
-        pruned = ctx.export(graph)
-        pruned.ir_version = io.runtime_ir_version(pruned, ctx.source_ir)
+        pruned = ctx.skeleton(graph)
+        pruned.model.ir_version = io.runtime_ir_version(pruned.model, ctx.source_ir)
         # shapes chosen on the input model: the normalized one may be what is broken
         feed_sets = verification_feeds(ctx, [ctx.source, reference], seed=self.seed)
         report = verify_pruned(

@@ -15,6 +15,7 @@ from ..analysis.model import ChannelAnalysis
 from ..analysis.size import graph_params, is_param, macs_at, params_by_type
 from ..ir.graph import export_model
 from ..ir.io import weight_bytes
+from ..ir.weights import proto
 from ..select.uniform import PrunePlan
 from ..verify.checks import VerifyReport
 from .base import Context
@@ -80,7 +81,7 @@ def memory_of(ctx: Context) -> dict | None:
     if not peaks:
         return None
     peak = max(peaks)
-    weights = weight_bytes(ctx.source) if ctx.source is not None else None
+    weights = weight_bytes(proto(ctx.source)) if ctx.source is not None else None
     added = peak - start if start is not None else None
     return {"peak_rss": peak, "start_rss": start, "model_weight_bytes": weights,
             "peak_over_weights": peak / weights if weights else None,

@@ -12,6 +12,7 @@ import onnxruntime as ort
 from ..analysis.model import ChannelAnalysis
 from ..ir.arrays import Calibration
 from ..ir.runtime import random_feeds, session, weightless
+from ..ir.weights import Skeleton, proto
 from .compare import ATOL, RTOL, OutputCheck, check_outputs, close, max_diffs, output_noise
 from .oracle import Oracle
 
@@ -48,12 +49,12 @@ GATE_NOISE = 2.0 ** -20  # relative perturbation of the open gates that measures
 
 
 def verify_pruned(
-    pruned: onnx.ModelProto,
-    reference: onnx.ModelProto,
+    pruned: onnx.ModelProto | Skeleton,
+    reference: onnx.ModelProto | Skeleton,
     analysis: ChannelAnalysis,
     removed: np.ndarray,
     *,
-    source: onnx.ModelProto | None = None,
+    source: onnx.ModelProto | Skeleton | None = None,
     providers: Sequence[str] = ("CPUExecutionProvider",),
     seed: int = 0,
     rtol: float = RTOL,
@@ -74,7 +75,7 @@ def verify_pruned(
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
         checker = False
         messages.append(f"onnx.checker: {str(err).splitlines()[0]}")
-    custom = custom_domains(pruned)
+    custom = custom_domains(proto(pruned))
     if custom:
         # onnxruntime cannot run these ops: the checker is all that can be done, and the
         # channels around custom ops were frozen by the analysis.
@@ -83,9 +84,10 @@ def verify_pruned(
         return VerifyReport(checker, (), float("nan"), float("nan"), None, checker,
                             tuple(messages), oracle=False)
     sets = list(feed_sets) if feed_sets else [random_feeds(reference, seed=seed, shapes=shapes)]
-    names = [o.name for o in pruned.graph.output]
+    names = [o.name for o in proto(pruned).graph.output]
     # an opened cache: the pruned model reads and writes only the kept heads
-    cuts = analysis.interface_cuts([*names, *(i.name for i in reference.graph.input)], removed)
+    cuts = analysis.interface_cuts([*names, *(i.name for i in proto(reference).graph.input)],
+                                   removed)
     keep = (~removed).astype(np.float32)
     signs = np.random.default_rng(seed).choice([-1.0, 1.0], keep.size).astype(np.float32)
     noisy = keep * (1 + GATE_NOISE * signs)
@@ -151,7 +153,7 @@ def cut_outputs(outputs: list[np.ndarray], names: Sequence[str], cuts: dict) -> 
     return [cut[n] for n in names]
 
 
-def _compare_source(source: onnx.ModelProto, oracle: Oracle, feeds: dict,
+def _compare_source(source: onnx.ModelProto | Skeleton, oracle: Oracle, feeds: dict,
                     messages: list[str]) -> float | None:
     """The normalized graph (the oracle with every gate open is bit-exact to it) against the
     input model."""

@@ -13,16 +13,20 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..analysis.model import ChannelAnalysis
 from ..ir.runtime import session
+from ..ir.weights import Skeleton, embed
 from ..rules import default_registry
 
 GATES = "onnxprune_gates"
 
 
-def build_gated_model(reference: onnx.ModelProto, analysis: ChannelAnalysis,
-                      inplace: bool = False) -> onnx.ModelProto:
+def build_gated_model(reference: onnx.ModelProto | Skeleton, analysis: ChannelAnalysis,
+                      inplace: bool = False) -> onnx.ModelProto | Skeleton:
     """The reference with a gate input of shape [G, units]: G = 1 gates the whole batch with
     one mask; G = batch gives every sample its own mask (when every gated tensor is batch-first).
-    ``inplace`` edits ``reference`` itself (no copy of the weights)."""
+    ``inplace`` edits ``reference`` itself (no copy of the weights); a skeleton's arrays are
+    shared either way."""
+    if isinstance(reference, Skeleton):
+        return Skeleton(build_gated_model(reference.model, analysis, inplace), reference.arrays)
     model = reference
     if not inplace:
         model = onnx.ModelProto()
@@ -98,7 +102,7 @@ def _elem_type(model: onnx.ModelProto, name: str) -> int:
 class Oracle:
     """One session over the gated reference; ``run`` evaluates any unit mask."""
 
-    def __init__(self, reference: onnx.ModelProto, analysis: ChannelAnalysis,
+    def __init__(self, reference: onnx.ModelProto | Skeleton, analysis: ChannelAnalysis,
                  inplace: bool = False, threads: int | None = None, search: bool = False):
         """``search``: candidates run at many batch sizes (no arena: it would keep a chunk of
         memory per size) in this process and in pool workers at other thread counts (weights
@@ -119,14 +123,15 @@ class Oracle:
 
     def baked(self, keep: np.ndarray) -> onnx.ModelProto:
         """A standalone model: the gated reference with these gates as a constant."""
+        gated = self.model
         model = onnx.ModelProto()
-        model.CopyFrom(self.model)
+        model.CopyFrom(gated.model if isinstance(gated, Skeleton) else gated)
         inputs = [i for i in model.graph.input if i.name != GATES]
         del model.graph.input[:]
         model.graph.input.extend(inputs)
         gates = np.asarray(keep, np.float32).reshape(1, -1)
         model.graph.initializer.append(numpy_helper.from_array(gates, GATES))
-        return model
+        return embed(Skeleton(model, gated.arrays)) if isinstance(gated, Skeleton) else model
 
     @property
     def per_sample(self) -> bool:
