@@ -12,8 +12,6 @@ import onnxruntime as ort
 from ..errors import UnsupportedModelError, UsageError
 from .weights import NP_TYPES, Skeleton, proto, to_skeleton
 
-
-
 # Short provider names (CLI, recipes) -> onnxruntime's, and what makes each one available.
 PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",

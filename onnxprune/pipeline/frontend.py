@@ -5,8 +5,8 @@ from __future__ import annotations
 from ..errors import VerificationError
 from ..ir.graph import import_model, infer_shapes
 from ..ir.runtime import session
-from ..ir.weights import proto
 from ..ir.shapes import parse_values
+from ..ir.weights import proto
 from ..normalize.cleanup import (
     channel_shuffles_to_gather,
     constant_reshape_targets,

@@ -10,8 +10,8 @@ import onnx
 
 from ..errors import UsageError
 from ..ir.runtime import session
-from ..ir.weights import Skeleton
 from ..ir.shapes import choose_shapes, feeds_at, input_specs
+from ..ir.weights import Skeleton
 from .base import Context
 
 
