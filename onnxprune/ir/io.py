@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError
 from .. import interrupts
 from ..errors import InputMissingError, InvalidModelError, OutputError, UnsupportedModelError
 from .runtime import default_opset
+from . import stream
 from .weights import Skeleton, to_skeleton
 
 # onnx 1.23 writes IR 14 by default; onnxruntime 1.31 loads at most IR 13.
@@ -258,7 +259,7 @@ def _fsync(path: Path) -> None:
 
 
 def save_model(
-    model: onnx.ModelProto,
+    model: onnx.ModelProto | Skeleton,
     path: str | os.PathLike,
     *,
     source_ir: int | None = None,
@@ -270,12 +271,14 @@ def save_model(
     place first; the model's rename commits the pair, so a reader sees the old pair or the new
     one, never a mix (also under concurrent writers or an interrupt). The data file the
     replaced model used is removed afterwards when it followed the same naming. Interrupts
-    are held back during the renames; one that arrived earlier stops the write."""
+    are held back during the renames; one that arrived earlier stops the write. A skeleton is
+    written piece by piece from its arrays (``ir.stream``: no serialized copy of the weights)."""
     out = output_target(path)
     folder = out.parent
-    model.ir_version = runtime_ir_version(model, source_ir)
+    bare = model.model if isinstance(model, Skeleton) else model
+    bare.ir_version = runtime_ir_version(bare, source_ir)
     if external_data is None:
-        external_data = weight_bytes(model) > EXTERNAL_DATA_THRESHOLD
+        external_data = weight_bytes(bare) > EXTERNAL_DATA_THRESHOLD
     try:
         tmpdir = Path(tempfile.mkdtemp(prefix=".onnxprune-", dir=folder))
     except OSError as err:
@@ -283,7 +286,17 @@ def save_model(
     try:
         tmp_model = tmpdir / out.name
         data_name = None
-        if external_data:
+        if isinstance(model, Skeleton):
+            data_name = f"{out.name}.{stream.digest(model)}.data" if external_data else None
+            with open(tmp_model, "wb") as fh:
+                if data_name is None:
+                    stream.write_inline(model, fh)
+                else:
+                    with open(tmpdir / data_name, "wb") as data:
+                        stream.write_external(model, fh, data, data_name)
+            if data_name is not None:
+                _fsync(tmpdir / data_name)
+        elif external_data:
             data_name = _data_name(out, model)
             copy = onnx.ModelProto()
             copy.CopyFrom(model)  # saving with external data rewrites the proto in place

@@ -74,12 +74,15 @@ def to_skeleton(model: onnx.ModelProto, base_dir: str | None = None) -> Skeleton
     out = onnx.ModelProto()
     for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version",
                   "doc_string"):
-        setattr(out, field, getattr(model, field))
+        if model.HasField(field):  # (proto2: a field set to its default is still written)
+            setattr(out, field, getattr(model, field))
     out.opset_import.extend(model.opset_import)
     out.functions.extend(model.functions)
     out.metadata_props.extend(model.metadata_props)
     g, src = out.graph, model.graph
-    g.name, g.doc_string = src.name, src.doc_string
+    for field in ("name", "doc_string"):
+        if src.HasField(field):
+            setattr(g, field, getattr(src, field))
     g.node.extend(src.node)
     g.input.extend(src.input)
     g.output.extend(src.output)
@@ -144,7 +147,7 @@ def embed(skeleton: Skeleton) -> onnx.ModelProto:
         a = skeleton.arrays.get(t.name)
         if a is not None and t.data_location == onnx.TensorProto.EXTERNAL:
             del t.external_data[:]
-            t.data_location = onnx.TensorProto.DEFAULT
+            t.ClearField("data_location")
             t.raw_data = np.ascontiguousarray(a).tobytes()
     return model
 

@@ -81,7 +81,7 @@ class WriteModel(Pass):
         self._check_not_input(ctx)
         if ctx.verification is None or not ctx.verification.passed:
             raise OutputError("refusing to write a model that has not passed verification")
-        model = ctx.export(graph)
+        model = ctx.skeleton(graph)  # written from the graph's arrays
         after = graph_params(ctx.float_graph if ctx.float_graph is not None else graph)
         if ctx.source_params is not None and after > ctx.source_params:
             warn(f"the written model has more parameters than the input ({after:,} > "

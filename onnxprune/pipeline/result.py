@@ -4,7 +4,8 @@ line prints (``prune --json``), and what a report adds to that object."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ from .stages import summary as stage_summary
 
 @dataclass(frozen=True)
 class PruneResult:
-    model: onnx.ModelProto
+    """What a run produced. ``model`` (and ``float_model``) are exported from the pruned graph
+    when first read: a run that only writes its file holds no second copy of the weights."""
+
     analysis: ChannelAnalysis
     plan: PrunePlan
     verification: VerifyReport | None
@@ -46,7 +49,18 @@ class PruneResult:
     params_by_type_before: dict[str, int] | None = None  # parameters per element type
     params_by_type_after: dict[str, int] | None = None
     quantization: dict | None = None  # what quantize="int8" did: settings, metric float/int8
-    float_model: onnx.ModelProto | None = None  # the verified float model before quantization
+    _graphs: tuple = field(default=(None, None, None, None), repr=False, compare=False)
+
+    @functools.cached_property
+    def model(self) -> onnx.ModelProto:
+        graph, _, ir, like = self._graphs
+        return export_model(graph, ir, like=like)
+
+    @functools.cached_property
+    def float_model(self) -> onnx.ModelProto | None:
+        """The verified float model before quantization (None: not quantized)."""
+        _, graph, ir, like = self._graphs
+        return None if graph is None else export_model(graph, ir, like=like)
 
 
 def result_of(ctx: Context, params_before: int | None = None,
@@ -55,7 +69,8 @@ def result_of(ctx: Context, params_before: int | None = None,
     before = ctx.reference if ctx.reference is not None else ctx.graph
     sets = ctx.input_sets
     return PruneResult(
-        model=export_model(ctx.graph, ctx.source_ir and min(ctx.source_ir, 13), like=ctx.source),
+        _graphs=(ctx.graph, ctx.float_graph, ctx.source_ir and min(ctx.source_ir, 13),
+                 ctx.source),
         analysis=ctx.analysis, plan=ctx.plan, verification=ctx.verification,
         params_before=graph_params(before) if params_before is None else params_before,
         params_after=graph_params(ctx.graph),
@@ -68,8 +83,6 @@ def result_of(ctx: Context, params_before: int | None = None,
         params_by_op=params_by_op(before, ctx.graph), report=ctx.report_path,
         params_by_type_before=params_by_type(before),
         params_by_type_after=params_by_type(ctx.graph), quantization=ctx.quantization,
-        float_model=None if ctx.float_graph is None else export_model(
-            ctx.float_graph, ctx.source_ir and min(ctx.source_ir, 13), like=ctx.source),
     )
 
 
