@@ -21,8 +21,9 @@ from google.protobuf.message import DecodeError
 
 from .. import interrupts
 from ..errors import InputMissingError, InvalidModelError, OutputError, UnsupportedModelError
-from .runtime import default_opset
 from . import stream
+from .mapped import read_mapped
+from .runtime import default_opset, weightless
 from .weights import Skeleton, to_skeleton
 
 # onnx 1.23 writes IR 14 by default; onnxruntime 1.31 loads at most IR 13.
@@ -60,17 +61,26 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
 
 
 def load_skeleton(path: str | os.PathLike) -> Skeleton:
-    """``load_model`` with the large weights as arrays (``ir.weights``): external data is
-    memory-mapped from its files, weights inside the .onnx file are copied out of the parsed
-    protobuf once, which is then dropped. The same checks and errors."""
+    """``load_model`` with the large weights as arrays (``ir.weights``), memory-mapped where
+    they lie: in their external data files, or in the .onnx file itself (``ir.mapped``; when
+    its encoding is unusual, they are copied out of the parsed protobuf once, which is then
+    dropped). The same checks and errors."""
     p = check_input(path)
-    model = _parse(p)
     try:
-        skeleton = to_skeleton(model, base_dir=str(p.parent))
+        found = read_mapped(p)  # inline weights: arrays over the mapped file
+    except (DecodeError, OSError, RuntimeError, ValueError):
+        found = None  # parsed the usual way below, which names what is wrong
+    model = _parse(p, found[0] if found else None)
+    given = {model.graph.initializer[i].name: a for i, a in found[1].items()} if found else {}
+    try:
+        skeleton = to_skeleton(model, base_dir=str(p.parent), given=given)
     except (OSError, ValueError, onnx.checker.ValidationError) as err:
         raise _missing_data(p, err) from err
     del model
-    _check(p)
+    try:  # the skeleton with its weights as typed inputs: nothing re-read or re-serialized
+        onnx.checker.check_model(weightless(skeleton))
+    except onnx.checker.ValidationError as err:
+        raise InvalidModelError(f"{p}: the model is not valid ONNX ({_first_line(err)})") from err
     return skeleton
 
 
@@ -86,12 +96,14 @@ def _check(p: Path) -> None:
         raise InvalidModelError(f"{p}: the model is not valid ONNX ({_first_line(err)})") from err
 
 
-def _parse(p: Path) -> onnx.ModelProto:
-    """The model file parsed (external data not read) and checked for what cannot be handled."""
-    try:
-        model = onnx.load(str(p), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError) as err:
-        raise InvalidModelError(f"{p}: not a readable ONNX model ({_first_line(err)})") from err
+def _parse(p: Path, model: onnx.ModelProto | None = None) -> onnx.ModelProto:
+    """The model file parsed (external data not read; or ``model``, parsed already) and checked
+    for what cannot be handled."""
+    if model is None:
+        try:
+            model = onnx.load(str(p), load_external_data=False)
+        except (DecodeError, RuntimeError, ValueError) as err:
+            raise InvalidModelError(f"{p}: not a readable ONNX model ({_first_line(err)})") from err
     if not model.graph.node:
         raise InvalidModelError(f"{p}: the model has no graph nodes (not an ONNX model?)")
     if model.ir_version > onnx.IR_VERSION:

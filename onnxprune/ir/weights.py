@@ -64,12 +64,15 @@ def large_initializer(t: onnx.TensorProto) -> bool:
     return count * np.dtype(NP_TYPES[t.data_type]).itemsize >= EXTERNAL_BYTES
 
 
-def to_skeleton(model: onnx.ModelProto, base_dir: str | None = None) -> Skeleton:
+def to_skeleton(model: onnx.ModelProto, base_dir: str | None = None,
+                given: dict[str, np.ndarray] | None = None) -> Skeleton:
     """A new skeleton of ``model`` (which is left as it is): its large top-level initializers
     become arrays, copied out of the protobuf once. With ``base_dir`` (the model was loaded
     without its external data), externally stored ones are memory-mapped from their files
     (read-only, no copy) and the other tensors that are stored outside (in subgraphs,
-    attributes) are read into the new proto; without it, they stay declared as they are."""
+    attributes) are read into the new proto; without it, they stay declared as they are.
+    ``given``: values of initializers whose bytes the proto does not hold (``ir.mapped``)."""
+    given = given or {}
     arrays: dict[str, np.ndarray] = {}
     out = onnx.ModelProto()
     for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version",
@@ -90,7 +93,9 @@ def to_skeleton(model: onnx.ModelProto, base_dir: str | None = None) -> Skeleton
     g.sparse_initializer.extend(src.sparse_initializer)
     for init in src.initializer:
         external = init.data_location == onnx.TensorProto.EXTERNAL
-        if external and base_dir is not None and init.data_type in NP_TYPES:
+        if init.name in given:
+            arrays[init.name] = given[init.name]
+        elif external and base_dir is not None and init.data_type in NP_TYPES:
             arrays[init.name] = _mapped(init, base_dir)
         elif large_initializer(init):  # (sized by its dims: reading raw_data copies it)
             a = (np.frombuffer(init.raw_data, NP_TYPES[init.data_type]).reshape(

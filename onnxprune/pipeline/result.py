@@ -3,8 +3,8 @@ line prints (``prune --json``), and what a report adds to that object."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
