@@ -10,6 +10,7 @@ from ..ir import io
 from ..options import Option, OptionError, flag, number, text
 from ..options import path as path_option
 from ..verify.checks import verify_pruned
+from ..verify.identity import same_model
 from . import stages
 from .base import Context, Pass, PassResult
 from .frontend import blame_normalization
@@ -38,9 +39,12 @@ class Verify(Pass):
         pruned.model.ir_version = io.runtime_ir_version(pruned.model, ctx.source_ir)
         # shapes chosen on the input model: the normalized one may be what is broken
         feed_sets = verification_feeds(ctx, [ctx.source, reference], seed=self.seed)
+        # the input model runs unless normalization left it as it was, node for node
+        compare = (self.compare_input and ctx.normalize_diff is None
+                   and not (ctx.normalize_deferred and same_model(ctx.source, reference)))
         report = verify_pruned(
             pruned, reference, analysis, plan.removed,
-            source=ctx.source if self.compare_input and ctx.normalize_diff is None else None,
+            source=ctx.source if compare else None,
             keep_reference=False, normalize_diff=ctx.normalize_diff,
             providers=ctx.config.providers, seed=self.seed,
             feed_sets=feed_sets,
