@@ -11,6 +11,7 @@ the caller parses the file the usual way.
 from __future__ import annotations
 
 import mmap
+import os
 from pathlib import Path
 
 import numpy as np
@@ -101,13 +102,13 @@ def read_mapped(path: str | Path) -> tuple[onnx.ModelProto, dict[int, np.ndarray
             mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         except ValueError:  # an empty file
             return None
-    try:
-        return _read(mm)
-    except Unusual:
-        return None
+        try:
+            return _read(mm, fh.fileno())
+        except Unusual:
+            return None
 
 
-def _read(mm: mmap.mmap) -> tuple[onnx.ModelProto, dict[int, np.ndarray]] | None:
+def _read(mm: mmap.mmap, fd: int) -> tuple[onnx.ModelProto, dict[int, np.ndarray]] | None:
     size = len(mm)
     graphs = [f for f in _fields(mm, 0, size) if f[0] == MODEL_GRAPH and f[1] == 2]
     if len(graphs) != 1:
@@ -142,9 +143,14 @@ def _read(mm: mmap.mmap) -> tuple[onnx.ModelProto, dict[int, np.ndarray]] | None
         count = int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
         if count * np_type.itemsize != nbytes:
             raise Unusual(f"{t.name}: {nbytes} bytes for {count} values")
-        a = np.frombuffer(mm, np_type, count, start)
-        if start % np_type.itemsize:  # unaligned for its type: a copy (onnxruntime reads it)
-            a = a.copy()
+        if start % np_type.itemsize:
+            # unaligned for its type (onnxruntime would copy it on every run): read a copy,
+            # straight from the file, so that the mapped pages are not touched as well
+            a = np.empty(count, np_type)
+            if os.preadv(fd, [memoryview(a).cast("B")], start) != nbytes:
+                raise Unusual(f"{t.name}: short read")
             a.flags.writeable = False
+        else:
+            a = np.frombuffer(mm, np_type, count, start)
         arrays[i] = a.reshape(tuple(t.dims))
     return model, arrays
