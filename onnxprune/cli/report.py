@@ -264,8 +264,10 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
     console.print(times)
     if r.memory:
         m = r.memory
-        ratio = (f" ({m['peak_over_weights']:.1f}x the input model's weights)"
-                 if m.get("peak_over_weights") else "")
+        ratio = (f" ({m['start_rss'] / 1e6:,.0f} MB before the first pass; "
+                 f"{m['peak_over_weights']:.1f}x the input model's "
+                 f"{m['model_weight_bytes'] / 1e6:,.1f} MB of weights)"
+                 if m.get("peak_over_weights") and m.get("start_rss") else "")
         console.print(f"peak memory {m['peak_rss'] / 1e6:,.0f} MB{ratio}")
     if r.selection and r.selection.get("saved_plan"):
         console.print(f"wrote plan {r.selection['saved_plan']} (reuse it with --plan)",

@@ -195,7 +195,7 @@ def evaluator(ctx: Context, by: str) -> Evaluator:
         if ctx.calib is None and not metric.on_model:
             raise UsageError(f"{by} needs calibration data (pass 'calibrate')")
         res.close()
-        res.evaluator = Evaluator(ctx.export(), ctx.analysis, ctx.calib, metric,
+        res.evaluator = Evaluator(ctx.skeleton(), ctx.analysis, ctx.calib, metric,
                                   memory=ctx.config.memory)
         cfg = ctx.config
         if cfg.executor != "local":

@@ -235,7 +235,7 @@ class SelectChannels(Pass):
         if self.strategy == "sensitivity":
             cev = None
             if self.constraint is not None and self.constraint.metric != ev.metric.name:
-                cev = Evaluator(ctx.export(), analysis, ctx.calib,
+                cev = Evaluator(ctx.skeleton(), analysis, ctx.calib,
                                 get_metric(self.constraint.metric), memory=ctx.config.memory)
             try:
                 removed, extra = select_sensitivity(space, ev, target, self.constraint, cev,

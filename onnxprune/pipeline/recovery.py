@@ -173,7 +173,7 @@ class VerifyRecovered(Pass):
                                axes=axes_of(feeds), max_rows=rows)
         if not all(np.all(np.isfinite(o)) for o in outs):
             raise VerificationError("recovered model produces non-finite outputs")
-        reference = run_batched(session(ctx.export(ctx.reference)), feeds, axes=axes_of(feeds),
+        reference = run_batched(session(ctx.skeleton(ctx.reference)), feeds, axes=axes_of(feeds),
                                 max_rows=rows)
         reference = cut_outputs(reference, [o.name for o in model.graph.output], cuts)
         metric = ctx.metric or get_metric("cosine")

@@ -16,6 +16,7 @@ from ..errors import warn
 from ..ir import io
 from ..ir.arrays import Calibration
 from ..ir.runtime import run_batched, session
+from ..ir.weights import proto
 from ..search.memory import rows_for
 from ..search.quality import Metric, get_metric
 from ..verify.checks import cut_arrays, cut_outputs
@@ -29,15 +30,15 @@ def _metric(ctx: Context) -> Metric:
 
 
 def _inputs(model, data: Calibration) -> Calibration:
-    names = {i.name for i in model.graph.input}
+    names = {i.name for i in proto(model).graph.input}
     return Calibration({k: v for k, v in data.items() if k in names},
                        {k: a for k, a in data.axes.items() if k in names})
 
 
 def _outputs(ctx: Context, graph, data: Calibration, optimized: bool = False
              ) -> list[np.ndarray]:
-    model = ctx.export(graph)
-    model.ir_version = io.runtime_ir_version(model, ctx.source_ir)
+    model = ctx.skeleton(graph)  # the session reads the graph's arrays
+    model.model.ir_version = io.runtime_ir_version(model.model, ctx.source_ir)
     feeds = _inputs(model, data)
     sess = session(model, [ctx.config.providers[0]], optimized=optimized)
     rows = rows_for(model, feeds, feeds.axes, ctx.config.memory)

@@ -22,6 +22,7 @@ import torch
 from onnx import helper, numpy_helper
 
 from ..ir.runtime import default_opset
+from ..ir.weights import Skeleton, proto
 from .ops import OPS, Node
 from .ops.tensor import constant
 
@@ -113,8 +114,10 @@ class TorchGraph(torch.nn.Module):
     Unsupported ops raise ``NotImplementedError`` at construction, naming the op and node.
     """
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto | Skeleton):
         super().__init__()
+        arrays = model.arrays if isinstance(model, Skeleton) else {}
+        model = proto(model)
         g = model.graph
         self.opset = default_opset(model) or onnx.defs.onnx_opset_version()
         self.params = torch.nn.ParameterDict()
@@ -123,8 +126,9 @@ class TorchGraph(torch.nn.Module):
         self._const_keys: dict[str, str] = {}  # tensor name -> buffer key
         taken: set[str] = set()
         for init in g.initializer:
-            arr = numpy_helper.to_array(init)
-            t = _as_torch(arr.copy())
+            arr = arrays.get(init.name)
+            arr = numpy_helper.to_array(init) if arr is None else arr
+            t = _as_torch(np.array(arr))  # its own copy: torch may train it
             key = _key(init.name, taken)
             if t.is_floating_point():
                 self.params[key] = torch.nn.Parameter(t)

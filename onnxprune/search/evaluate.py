@@ -11,6 +11,7 @@ from ..analysis.model import ChannelAnalysis
 from ..errors import UsageError
 from ..ir.arrays import axes_of
 from ..ir.runtime import run_batched, static_batch
+from ..ir.weights import Skeleton, embed
 from ..verify.oracle import GATES, Oracle
 from .memory import activation_bytes, default_budget, rows_per_call
 from .quality import Metric
@@ -19,13 +20,13 @@ MAX_ROWS = 4096  # samples per onnxruntime call when candidates are batched
 
 
 class Evaluator:
-    def __init__(self, reference: onnx.ModelProto, analysis: ChannelAnalysis,
+    def __init__(self, reference: onnx.ModelProto | Skeleton, analysis: ChannelAnalysis,
                  calib: dict[str, np.ndarray] | None, metric: Metric, max_rows: int = MAX_ROWS,
                  threads: int | None = None, memory: int | None = None):
         """``memory``: the budget (bytes) the activations of one call must fit (None: the
         default budget, ``search.memory``); it bounds ``max_rows``."""
         self.analysis, self.metric, self.max_rows = analysis, metric, max_rows
-        self.reference_bytes, self.calib = reference.SerializeToString(), calib
+        self._reference, self.calib = reference, calib
         self.oracle = Oracle(reference, analysis, threads=threads, search=True)
         self.evals = 0
         self.pool = None  # an executors pool: candidates are scored by its workers
@@ -89,6 +90,12 @@ class Evaluator:
     def evaluate(self, keep: np.ndarray) -> float:
         """The metric with units gated by ``keep`` (1 open, 0 closed; values between allowed)."""
         return float(self.evaluate_many(np.asarray(keep)[None])[0])
+
+    @property
+    def reference_bytes(self) -> bytes:
+        """The reference serialized whole, for pool workers (made when a pool asks)."""
+        ref = self._reference
+        return (embed(ref) if isinstance(ref, Skeleton) else ref).SerializeToString()
 
     def attach(self, pool) -> None:  # noqa: ANN001 - an executors pool (map, close)
         """Score candidate batches with ``pool`` (``executors.make_pool``); None: here."""

@@ -19,6 +19,7 @@ import onnx
 
 from ..errors import UsageError
 from ..ir.runtime import weightless
+from ..ir.weights import proto
 
 DEFAULT_SHARE = 0.25  # of the available memory
 DEFAULT_CAP = 8 << 30
@@ -147,7 +148,7 @@ def rows_for(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
     """Samples per run of ``model`` on ``feeds`` whose activations fit ``budget`` (default:
     the default budget); None when the model's tensor sizes cannot be inferred. At least 1."""
     axes = axes or {}
-    names = {i.name for i in model.graph.input}
+    names = {i.name for i in proto(model).graph.input}
     one = {k: v if axes.get(k, 0 if np.ndim(v) else None) is None
            else np.take(v, [0], axis=axes.get(k, 0))
            for k, v in feeds.items() if k in names}
