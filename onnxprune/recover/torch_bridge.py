@@ -22,7 +22,8 @@ import torch
 from onnx import helper, numpy_helper
 
 from ..ir.runtime import default_opset
-from ..ir.weights import Skeleton, proto
+from ..ir.weights import Skeleton
+from ..ir.weights import proto as model_proto
 from .ops import OPS, Node
 from .ops.tensor import constant
 
@@ -117,7 +118,7 @@ class TorchGraph(torch.nn.Module):
     def __init__(self, model: onnx.ModelProto | Skeleton):
         super().__init__()
         arrays = model.arrays if isinstance(model, Skeleton) else {}
-        model = proto(model)
+        model = model_proto(model)
         g = model.graph
         self.opset = default_opset(model) or onnx.defs.onnx_opset_version()
         self.params = torch.nn.ParameterDict()
