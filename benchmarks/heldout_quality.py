@@ -44,7 +44,7 @@ CONFIGS = {
                                     "compensate": True},
     "sensitivity l2 + compensate + distill": {"strategy": "sensitivity", "criterion": "l2",
                                               "compensate": True, "recover": "distill",
-                                              "distill_steps": 600, "distill_lr": 1e-2},
+                                              "distill_steps": 1500},
 }
 
 
