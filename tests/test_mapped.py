@@ -67,3 +67,39 @@ def test_a_truncated_file_is_one_clear_error(tmp_path, cut):
     assert read_mapped(bad) is None
     with pytest.raises(InvalidModelError, match="not a readable ONNX model"):
         io.load_skeleton(bad)
+
+
+def test_a_large_weight_read_only_inside_a_branch_keeps_its_values(tmp_path):
+    """An If branch may read a top-level initializer (outer scope): its constant in the
+    branch's graph gets the array too."""
+    from onnx import TensorProto, helper
+
+    from onnxprune.api import prune
+    from onnxprune.ir.graph import import_model
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((128, 160)).astype(np.float32)  # 80 KB: an array of the skeleton
+    branch = lambda name, node: helper.make_graph(  # noqa: E731
+        [node], name, [], [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT,
+                                                         ["batch", None])])
+    then = branch("then", helper.make_node("MatMul", ["h", "w"], ["then_y"]))
+    other = branch("else", helper.make_node("Relu", ["h"], ["else_y"]))
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["h"]),
+         helper.make_node("If", ["flag"], ["y"], then_branch=then, else_branch=other)],
+        "branchy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 128]),
+         helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", None])],
+        initializer=[numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "branchy.onnx"
+    onnx.save(model, str(path))
+    sk = io.load_skeleton(path)
+    assert "w" in sk.arrays
+    g = import_model(sk)
+    inner = g.nodes[1].attrs["then_branch"]
+    const = next(t for t in inner.tensors().values() if t.name == "w")
+    np.testing.assert_array_equal(const.values, w)
+    r = prune(str(path), tmp_path / "out.onnx", ratio=0.3)  # nothing to cut; runs and verifies
+    assert r.verification.passed

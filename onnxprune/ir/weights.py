@@ -160,12 +160,23 @@ def embed(skeleton: Skeleton) -> onnx.ModelProto:
 def import_skeleton(skeleton: Skeleton) -> gs.Graph:
     """The graph of a skeleton; its large constants hold the skeleton's arrays (shared)."""
     graph = gs.import_onnx(skeleton.model)
-    for name, tensor in graph.tensors().items():
+    for name, tensor in _tensors(graph):
         a = skeleton.arrays.get(name)
         if a is not None and isinstance(tensor, gs.Constant):
             tensor.values = a
             tensor.data_location = None  # exported with its bytes (the arrays are in memory)
     return graph
+
+
+def _tensors(graph: gs.Graph):
+    """(name, tensor) of the graph and of the subgraphs of its nodes (which may read the outer
+    graph's initializers)."""
+    yield from graph.tensors().items()
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            for sub in value if isinstance(value, list) else [value]:
+                if isinstance(sub, gs.Graph):
+                    yield from _tensors(sub)
 
 
 def _values_view(tensor: gs.Constant) -> np.ndarray | None:
