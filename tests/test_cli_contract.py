@@ -345,9 +345,12 @@ def test_interrupts_at_any_time_never_leave_a_mismatch(tmp_path, sig, fractions)
     outcomes = set()
     command = [sys.executable, "-m", "onnxprune", "prune", str(src), "-o",
                str(tmp_path / "whole.onnx"), "--quiet"]
-    start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
-    whole = time.perf_counter() - start  # interrupts land at fractions of an uninterrupted run
+    runs = []
+    for _ in range(2):  # the faster of two: a run slowed by a busy machine would put every
+        start = time.perf_counter()  # interrupt after the end
+        subprocess.run(command, check=True, capture_output=True)
+        runs.append(time.perf_counter() - start)
+    whole = min(runs)  # interrupts land at fractions of an uninterrupted run
     for delay in (f * whole for f in fractions):
         out = tmp_path / f"o{delay}.onnx"
         p = subprocess.Popen([sys.executable, "-m", "onnxprune", "prune", str(src), "-o",
@@ -365,4 +368,4 @@ def test_interrupts_at_any_time_never_leave_a_mismatch(tmp_path, sig, fractions)
             outcomes.add("interrupted")
         assert sha(src) == before
         assert not [f for f in os.listdir(tmp_path) if f.startswith(".onnxprune-")]
-    assert "interrupted" in outcomes
+    assert "interrupted" in outcomes, (runs, outcomes)
