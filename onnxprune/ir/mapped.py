@@ -19,7 +19,7 @@ import onnx
 
 from .weights import EXTERNAL_BYTES, NP_TYPES
 
-MODEL_GRAPH, GRAPH_INITIALIZER = 7, 5
+MODEL_GRAPH, GRAPH_INITIALIZER = 7, 5  # onnx.proto field numbers
 TENSOR_DATA_TYPE, TENSOR_RAW_DATA = 2, 9
 
 
@@ -73,7 +73,8 @@ def _encode_varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _key(field: int, length: int) -> bytes:
+def field_key(field: int, length: int) -> bytes:
+    """The tag and length of a length-delimited field (wire type 2)."""
     return _encode_varint(field << 3 | 2) + _encode_varint(length)
 
 
@@ -124,7 +125,7 @@ def _read(mm: mmap.mmap, fd: int) -> tuple[onnx.ModelProto, dict[int, np.ndarray
         if raw is not None:
             r0, r1, d0, dtype = raw
             pieces.append(mm[cursor:key_start])
-            pieces.append(_key(GRAPH_INITIALIZER, (v1 - v0) - (r1 - r0)))
+            pieces.append(field_key(GRAPH_INITIALIZER, (v1 - v0) - (r1 - r0)))
             pieces.append(mm[v0:r0])
             pieces.append(mm[r1:v1])
             cursor = v1
@@ -134,7 +135,7 @@ def _read(mm: mmap.mmap, fd: int) -> tuple[onnx.ModelProto, dict[int, np.ndarray
         return None
     pieces.append(mm[cursor:g1])
     graph_len = sum(len(p) for p in pieces)
-    encoded = b"".join([mm[:g_key], _key(MODEL_GRAPH, graph_len), *pieces, mm[g1:]])
+    encoded = b"".join([mm[:g_key], field_key(MODEL_GRAPH, graph_len), *pieces, mm[g1:]])
     model = onnx.ModelProto.FromString(encoded)
     arrays = {}
     for i, (start, nbytes, dtype) in spans.items():

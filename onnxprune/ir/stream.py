@@ -19,24 +19,10 @@ from typing import BinaryIO
 import numpy as np
 import onnx
 
+from .mapped import GRAPH_INITIALIZER, MODEL_GRAPH, TENSOR_RAW_DATA, field_key
 from .weights import Skeleton, embed
 
-MODEL_GRAPH, GRAPH_INITIALIZER, TENSOR_RAW_DATA = 7, 5, 9  # onnx.proto field numbers
 ALIGN = 4096  # external data offsets, as onnx's writer aligns large tensors
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _key(field: int, length: int) -> bytes:
-    """The tag and length of a length-delimited field (wire type 2)."""
-    return _varint(field << 3 | 2) + _varint(length)
 
 
 def _streamed(skeleton: Skeleton) -> list[onnx.TensorProto]:
@@ -58,7 +44,7 @@ def _pieces(skeleton: Skeleton) -> Iterator[bytes | memoryview]:
     for t in model.graph.initializer:
         if t.name not in streamed:
             body = t.SerializeToString()
-            entries.append([_key(GRAPH_INITIALIZER, len(body)), body])
+            entries.append([field_key(GRAPH_INITIALIZER, len(body)), body])
             continue
         head = onnx.TensorProto()
         head.CopyFrom(t)  # name, type, dims, doc string: all but where its data lies
@@ -66,8 +52,8 @@ def _pieces(skeleton: Skeleton) -> Iterator[bytes | memoryview]:
         head.ClearField("external_data")
         head_bytes = head.SerializeToString()
         buf = _buffer(skeleton.arrays[t.name])
-        raw = _key(TENSOR_RAW_DATA, buf.nbytes)
-        entries.append([_key(GRAPH_INITIALIZER, len(head_bytes) + len(raw) + buf.nbytes),
+        raw = field_key(TENSOR_RAW_DATA, buf.nbytes)
+        entries.append([field_key(GRAPH_INITIALIZER, len(head_bytes) + len(raw) + buf.nbytes),
                         head_bytes, raw, buf])
     model.graph.ClearField("initializer")
     graph_bytes = model.graph.SerializeToString()
@@ -75,7 +61,7 @@ def _pieces(skeleton: Skeleton) -> Iterator[bytes | memoryview]:
     total = len(graph_bytes) + sum(len(p) if isinstance(p, bytes) else p.nbytes
                                    for e in entries for p in e)
     yield model.SerializeToString()
-    yield _key(MODEL_GRAPH, total)
+    yield field_key(MODEL_GRAPH, total)
     yield graph_bytes
     for entry in entries:
         yield from entry
