@@ -1,8 +1,9 @@
 """Models whose large weights live apart, as arrays: one copy of the weights per process.
 
 A ``Skeleton`` is an ONNX model whose large initializers are declared as external data and
-whose values are numpy arrays beside it. The input model becomes one when it is loaded (its
-bytes move into arrays once and leave the protobuf); the graph onnx-graphsurgeon imports reads
+whose values are numpy arrays beside it. The input model becomes one when it is loaded
+(``io.load_skeleton``: the weights memory-mapped where they lie in the file or its external
+data, or copied out of the parsed protobuf once); the graph onnx-graphsurgeon imports reads
 those same arrays, and so do the pruning's reference, the onnxruntime sessions that check the
 result (``runtime.session`` feeds them where they lie) and the normalization's comparison.
 Only the written model is serialized whole. The arrays are read-only: nothing may edit weights
@@ -38,10 +39,6 @@ class Skeleton:
 
     model: onnx.ModelProto
     arrays: dict[str, np.ndarray]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays.values())
 
 
 def proto(model: onnx.ModelProto | Skeleton) -> onnx.ModelProto:
