@@ -3,9 +3,9 @@
 Each group is cut alone to a range of fractions and the metric is measured (one batched
 evaluation per group). A greedy path then deepens, step by step, the cut that costs the least
 metric per parameter (or MAC) saved, measured on the combined mask for the groups whose curves
-promise the cheapest next level (``SHORTLIST`` of them). For a target the shortest prefix of the path that reaches
-it is taken; for a constraint ("psnr>=20") the longest prefix whose *measured* metric still
-satisfies it (bisection on the path, real evaluations).
+promise the cheapest next level (``SHORTLIST`` of them). For a target the shortest prefix of
+the path that reaches it is taken; for a constraint ("psnr>=20") the longest prefix whose
+*measured* metric still satisfies it (bisection on the path, real evaluations).
 """
 
 from __future__ import annotations
