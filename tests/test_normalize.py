@@ -131,3 +131,28 @@ def test_normalized_graph_has_shapes_for_analysis():
     graph = import_model(normalized(_shape_chain_unflatten()))
     reshape = next(n for n in graph.nodes if n.op == "Reshape")
     assert reshape.outputs[0].shape[1:] == [6, 2, 2]
+
+
+@pytest.mark.parametrize("with_bn", [False, True])
+def test_shape_inference_runs_again_only_after_a_change(monkeypatch, with_bn):
+    """Normalization infers shapes once when no step changes the graph; a step that changes
+    it (a BatchNorm folded) makes the next inference run."""
+    from onnxprune.pipeline import Context, Normalize, Pipeline, UseModel, frontend
+
+    calls = []
+    real = frontend.infer_shapes
+    monkeypatch.setattr(frontend, "infer_shapes", lambda g: calls.append(1) or real(g))
+    b = GraphBuilder(seed=0)
+    x = b.input("x", ["batch", 3, 16, 16])
+    h = b.conv(x, 3, 8, name="c0")
+    h = b.batchnorm(h, 8) if with_bn else h
+    model = b.build([b.relu(h)], "net")
+    ctx = Context()
+    Pipeline([UseModel(model), Normalize()])(ctx)
+    ran = [r for name, r in ctx.log if name == "infer-shapes"]
+    folded = any(r.modified for name, r in ctx.log if name == "fold-batchnorm")
+    assert folded == with_bn
+    # before the fixpoint, then once after the round that folded; every other run skipped
+    assert len(calls) == (2 if with_bn else 1)
+    assert sum(bool(r.info.get("skipped")) for r in ran) == len(ran) - len(calls) > 0
+    assert all(t.shape is not None for t in ctx.graph.tensors().values())

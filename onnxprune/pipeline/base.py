@@ -165,6 +165,8 @@ class Context:
     warnings: list[str] = field(default_factory=list)  # said during the run, each once
     progress: Callable[[str], None] | None = None
     started: bool = False  # the outermost pipeline has run its checks
+    # the graph shape inference last annotated (a weak reference), while no pass changed it
+    shapes_of: Callable[[], gs.Graph | None] | None = None
 
     def export(self, graph: gs.Graph | None = None,
                ir_version: int | None = None) -> onnx.ModelProto:
@@ -237,6 +239,8 @@ class Pass:
         reset_kernel_hwm()
         start = time.perf_counter()
         result = self.run(ctx)
+        if result.modified:
+            ctx.shapes_of = None
         ctx.timings.append((self.name, time.perf_counter() - start))
         ctx.memory.append((self.name, peak_rss()))
         ctx.log.append((self.name, result))

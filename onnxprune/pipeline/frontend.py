@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 from ..errors import VerificationError
 from ..ir.graph import import_model, infer_shapes
 from ..ir.runtime import session
@@ -32,7 +34,11 @@ class InferShapes(Pass):
     requires = ("graph",)
 
     def run(self, ctx: Context) -> PassResult:
-        ctx.graph = infer_shapes(ctx.require("graph", self.name))
+        graph = ctx.require("graph", self.name)
+        if ctx.shapes_of is not None and ctx.shapes_of() is graph:
+            return PassResult(False, {"skipped": True})  # unchanged since the last inference
+        ctx.graph = infer_shapes(graph)
+        ctx.shapes_of = weakref.ref(ctx.graph)
         return PassResult(False)
 
 
