@@ -82,3 +82,26 @@ def test_a_step_that_changes_weights_unannounced_is_still_caught(tmp_path, monke
     monkeypatch.setattr(frontend.DropIdentity, "run", scaling)
     with pytest.raises(VerificationError, match="drop-identity"):
         prune(str(path), ratio=0.5)
+
+
+def test_a_search_and_its_verification_share_one_oracle(tmp_path, monkeypatch):
+    """The gated reference a search evaluates candidates with also proves the pruned model:
+    one oracle per run."""
+    from onnxprune.verify import oracle as oracle_module
+
+    path = tmp_path / "m.onnx"
+    onnx.save(_model(), str(path))
+    built = []
+    real = oracle_module.Oracle.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(kwargs.get("search", False))
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(oracle_module.Oracle, "__init__", counting)
+    x = np.random.default_rng(0).standard_normal((16, 3, 24, 24)).astype(np.float32)
+    result = prune(str(path), calib={"x": x}, metric="cosine", strategy="sensitivity",
+                   target_params=0.3)
+    assert result.verification.passed and built == [True]
+    built.clear()
+    assert prune(str(path), ratio=0.5).verification.passed and built == [False]

@@ -47,7 +47,7 @@ class Verify(Pass):
             source=ctx.source if compare else None,
             keep_reference=False, normalize_diff=ctx.normalize_diff,
             providers=ctx.config.providers, seed=self.seed,
-            feed_sets=feed_sets,
+            feed_sets=feed_sets, oracle=_search_oracle(ctx),
         )
         ctx.verification = report
         if not report.passed:
@@ -56,6 +56,13 @@ class Verify(Pass):
             raise VerificationError(blame or "verification failed: " + "; ".join(report.messages))
         stages.measure(ctx, "pruned")
         return PassResult(False, {"max_abs_diff": report.max_abs_diff})
+
+
+def _search_oracle(ctx: Context):
+    """The gated reference the run's search evaluated its candidates with, when it gates this
+    analysis (one oracle per run, not a second session over the weights)."""
+    ev = ctx.resources.evaluator
+    return ev.oracle if ev is not None and ev.analysis is ctx.analysis else None
 
 
 class WriteModel(Pass):

@@ -63,11 +63,13 @@ def verify_pruned(
     feed_sets: Sequence[dict[str, np.ndarray]] | None = None,
     keep_reference: bool = True,
     normalize_diff: float | None = None,
+    oracle: Oracle | None = None,
 ) -> VerifyReport:
     """Checker, every provider and the mask oracle on each set of inputs (``feed_sets``;
     default: random inputs at ``shapes``). ``keep_reference=False`` lets the oracle reuse
     ``reference`` (saves a copy of the weights); ``normalize_diff`` is reported when the input
-    model was compared earlier."""
+    model was compared earlier. ``oracle``: the gated reference a search of this run built
+    already (built here otherwise)."""
     messages: list[str] = []
     try:
         onnx.checker.check_model(weightless(pruned), full_check=True)
@@ -95,7 +97,7 @@ def verify_pruned(
     worst: dict[str, OutputCheck] = {}
     abs_diff = rel_diff = 0.0
     norm_diff = normalize_diff
-    oracle = None
+    own = oracle is None
     noise = None  # measured only when an output needs more than the plain tolerance
     sessions = {}
     for feeds in sets:
@@ -127,7 +129,8 @@ def verify_pruned(
         abs_diff, rel_diff = max(abs_diff, a), max(rel_diff, r)
         if source is not None and feeds is sets[0]:
             norm_diff = _compare_source(source, oracle, feeds, messages)
-    del oracle  # one large session alive at a time
+    if own:
+        del oracle  # one large session alive at a time
     failed = [c for c in worst.values() if not c.passed]
     for c in failed:
         messages.append(f"mask oracle mismatch: {c.describe()}")
