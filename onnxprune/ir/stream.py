@@ -2,8 +2,8 @@
 
 A ModelProto with its weights inline is the protobuf encoding of its fields in any order
 (parsers merge them): the model's own fields, then the graph as one length-delimited field
-whose payload is the graph without its large initializers followed by each of those as an
-``initializer`` entry, encoded here around the array's own buffer. The bytes parse to the model
+whose payload is the graph without its initializers followed by each of them, in order, as an
+``initializer`` entry (a large one encoded here around its array's own buffer). The bytes parse to the model
 ``weights.embed`` would build; no serialized copy of the weights is ever held. With external
 data, the arrays go to the data file one after another (page-aligned, as onnx writes them) and
 the small proto names where each one lies.
