@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from .symbolic import refine_shapes
-from .weights import Skeleton, graph_skeleton, import_skeleton, proto
+from .weights import Skeleton, graph_skeleton, import_skeleton, lift_constants, proto
 
 # onnx-graphsurgeon prints its warnings to stdout (which must stay one JSON object with
 # --json); what they say (foldable large tensors, types it cannot map) is handled here.
@@ -87,13 +87,7 @@ def infer_shapes(graph: gs.Graph, symbolic: bool = False) -> gs.Graph:
     Inference runs on a weight-free skeleton (large constants become typed inputs), so the
     weights are never serialized; the inferred types and shapes are copied back by name.
     """
-    skeleton = graph.copy()
-    for tensor in list(skeleton.tensors().values()):
-        if isinstance(tensor, gs.Constant) and int(np.prod(tensor.shape)) > SMALL_CONSTANT:
-            typed = gs.Variable(tensor.name, dtype=tensor.dtype, shape=list(tensor.shape))
-            for node in list(tensor.outputs):
-                replace_input(node, tensor, typed)
-            skeleton.inputs.append(typed)
+    skeleton = lift_constants(graph, lambda c: int(np.prod(c.shape)) > SMALL_CONSTANT)
     model = gs.export_onnx(skeleton, do_type_check=False)
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)

@@ -187,27 +187,37 @@ def _values_view(tensor: gs.Constant) -> np.ndarray | None:
     return tensor.values
 
 
+def lift_constants(graph: gs.Graph, pick) -> gs.Graph:
+    """A copy of ``graph`` (nodes and tensors copied, weights shared) in which every constant
+    ``pick(constant)`` accepts (not a graph output) is a graph input of its type and shape."""
+    bare = graph.copy()
+    outputs = {id(t) for t in bare.outputs}
+    for name, tensor in list(bare.tensors().items()):
+        if not isinstance(tensor, gs.Constant) or id(tensor) in outputs or not pick(tensor):
+            continue
+        typed = gs.Variable(name, dtype=tensor.dtype, shape=list(tensor.shape))
+        for node in list(tensor.outputs):
+            for i, t in enumerate(node.inputs):
+                if t is tensor:  # (one slot at a time: gs keeps the links in step)
+                    node.inputs[i] = typed
+        bare.inputs.append(typed)
+    return bare
+
+
 def graph_skeleton(graph: gs.Graph, export) -> Skeleton:
     """``graph`` exported by ``export`` (a function of a gs graph, e.g. ``ir.graph.export_model``
     with its options bound) without serializing its large constants: they are declared external
     and their arrays are the graph's own (no copy)."""
-    bare = graph.copy()  # copies nodes and tensors, not the weights
     arrays: dict[str, np.ndarray] = {}
-    outputs = {id(t) for t in bare.outputs}
-    for name, tensor in list(bare.tensors().items()):
-        if not isinstance(tensor, gs.Constant) or id(tensor) in outputs:
-            continue
+
+    def large(tensor: gs.Constant) -> bool:
         a = _values_view(tensor)
         if a is None or a.dtype not in _ONNX_TYPES or a.nbytes < EXTERNAL_BYTES:
-            continue
-        typed = gs.Variable(name, dtype=a.dtype, shape=list(a.shape))
-        for node in list(tensor.outputs):
-            for i, t in enumerate(node.inputs):
-                if t is tensor:
-                    node.inputs[i] = typed
-        bare.inputs.append(typed)
-        arrays[name] = np.ascontiguousarray(a)
-    model = export(bare)
+            return False
+        arrays[tensor.name] = np.ascontiguousarray(a)
+        return True
+
+    model = export(lift_constants(graph, large))
     declared = [i for i in model.graph.input if i.name in arrays]
     kept = [i for i in model.graph.input if i.name not in arrays]
     del model.graph.input[:]
