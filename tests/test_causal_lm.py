@@ -6,6 +6,7 @@ import math
 import sysconfig
 
 import numpy as np
+import onnx
 import pytest
 
 pytest.importorskip("transformers")
@@ -52,5 +53,32 @@ def test_a_tiny_lm_trains_exports_and_prunes_with_a_finite_perplexity(tmp_path):
     # the torch interpreter ran the Llama graph (rotary embeddings, causal mask) and learned
     # from the teacher's softmax: the perplexity metric picks the KL loss
     assert r.recovery["distill"]["loss"] == "kl" and r.recovery["distill"]["steps"] >= 1
+    after = lm.perplexity(r.model, held)
+    assert math.isfinite(after) and after > 1
+
+
+def test_the_lm_with_its_cache_reads_text_as_without_and_prunes_its_heads(tmp_path):
+    """The export with a key/value cache (Optimum's interface) gives the same perplexity read
+    in two steps through its cache as the export without; calibrated with a past, its key/value
+    groups prune with --prune-kv-cache and the pruned model reads text through its own cut
+    cache."""
+    model = lm.trained(tmp_path / "cache", TINY, log=None)
+    plain = lm.export(model, tmp_path / "lm.onnx")
+    cached = lm.export(model, tmp_path / "lm_cache.onnx", cache=True)
+    names = [i.name for i in onnx.load(str(cached)).graph.input]
+    assert names[:2] == ["input_ids", "attention_mask"]
+    assert names[2:] == [f"past_key_values.{n}.{k}" for n in range(2) for k in ("key", "value")]
+    held = lm.windows("heldout", 8, seq=32)
+    # float32 sums in another order (the second half attends to a concatenated cache): 1e-5
+    assert lm.perplexity(cached, held) == pytest.approx(lm.perplexity(plain, held), rel=1e-5)
+    calib = lm.with_past(cached, lm.windows("calib", 16, seq=32, seed=1), 16)
+    assert calib["input_ids"].shape == (16, 16) and calib["attention_mask"].shape == (16, 32)
+    assert calib["past_key_values.0.key"].shape == lm.cache_shape(model, 16, 16)
+    r = prune(cached, ratio=0.5, criterion="activation", calib=calib, metric="perplexity",
+              holdout=0, compensate=True, prune_kv_cache=True)
+    assert r.verification.passed
+    kv = {i.name: i.type.tensor_type.shape.dim[1].dim_value for i in r.model.graph.input
+          if i.name.startswith("past_key_values.")}
+    assert set(kv.values()) == {TINY.kv_heads // 2}
     after = lm.perplexity(r.model, held)
     assert math.isfinite(after) and after > 1

@@ -49,6 +49,12 @@ def test_perplexity_known_values_and_mask():
     mixed = np.concatenate([sure[:1], wrong[1:]])
     mask = np.array([[1, 1, 1, 1], [1, 0, 0, 0]])
     assert m([mixed], {"input_ids": ids, "attention_mask": mask}, []) == pytest.approx(1.0)
+    # with a key/value cache the mask covers the past too: its last columns are the tokens'
+    past = np.array([[1, 1, 1], [1, 1, 1]])
+    assert m([mixed], {"input_ids": ids, "attention_mask": np.hstack([past, mask])},
+             []) == pytest.approx(1.0)
+    assert m([mixed], {"input_ids": ids, "attention_mask": np.hstack([past, np.ones_like(mask)])},
+             []) > 1e3
     assert not m.higher_is_better
     with pytest.raises(UsageError, match="token ids"):
         m([uniform], {"x": ids}, [])

@@ -131,7 +131,8 @@ TOKEN_KEYS = ("input_ids", "ids", "tokens")
 def perplexity(outputs: Outputs, batch: Batch, reference: Outputs) -> float:
     """Next-token perplexity of a causal LM: the first output is the logits ``[batch, seq,
     vocab]``, the tokens are the input named ``input_ids`` (or ``ids``/``tokens``); positions
-    whose token or next token is masked out by ``attention_mask`` do not count."""
+    whose token or next token is masked out by ``attention_mask`` do not count (with a key/value
+    cache the mask covers the past as well: its last ``seq`` columns are the tokens')."""
     ids = next((batch[k] for k in TOKEN_KEYS if k in batch), None)
     logits = outputs[0]
     if ids is None or logits.ndim != 3 or logits.shape[:2] != ids.shape:
@@ -141,6 +142,8 @@ def perplexity(outputs: Outputs, batch: Batch, reference: Outputs) -> float:
     nxt = ids[:, 1:].astype(np.int64)
     nll = -np.take_along_axis(lp, nxt[..., None], axis=-1)[..., 0]
     mask = batch.get("attention_mask")
+    if mask is not None:
+        mask = mask[:, mask.shape[1] - ids.shape[1]:]
     keep = np.ones_like(nll, bool) if mask is None else (mask[:, 1:] > 0) & (mask[:, :-1] > 0)
     if not keep.any():
         raise UsageError("perplexity: no unmasked next-token positions in the data")

@@ -194,30 +194,67 @@ def _key(cfg: LMConfig) -> str:
     return "llama-" + format(zlib.crc32(repr(sorted(asdict(cfg).items())).encode()), "08x")
 
 
-def export(model, path: str | Path, *, opset: int = 17, batch: int = 2, seq: int = 16) -> Path:
+def export(model, path: str | Path, *, opset: int = 17, batch: int = 2, seq: int = 16,
+           cache: bool = False) -> Path:
     """``model`` to ONNX as users export it (torch.onnx, TorchScript): inputs ``input_ids`` and
-    ``attention_mask``, output ``logits``, dynamic batch and sequence."""
+    ``attention_mask``, output ``logits``, dynamic batch and sequence. With ``cache`` the
+    decoder takes and returns its key/value cache as Optimum's ``text-generation-with-past``
+    exports do: inputs ``past_key_values.N.key|value`` ``[batch, kv_heads, past, head_dim]``
+    (a past of length 0 starts a sequence), outputs ``present.N.key|value`` of the past and
+    the new tokens, and an ``attention_mask`` over both."""
     import torch
+
+    layers = model.config.num_hidden_layers
+    kinds = [f"{n}.{k}" for n in range(layers) for k in ("key", "value")]
+    past_names = [f"past_key_values.{k}" for k in kinds] if cache else []
+    present_names = [f"present.{k}" for k in kinds] if cache else []
 
     class Wrapped(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.m = model
 
-        def forward(self, input_ids, attention_mask):
-            return self.m(input_ids=input_ids, attention_mask=attention_mask,
-                          use_cache=False).logits
+        def forward(self, input_ids, attention_mask, *past):
+            if not cache:
+                return self.m(input_ids=input_ids, attention_mask=attention_mask,
+                              use_cache=False).logits
+            from transformers import DynamicCache
 
-    ids = torch.randint(0, VOCAB, (batch, seq), generator=torch.Generator().manual_seed(0))
-    mask = torch.ones(batch, seq, dtype=torch.long)
-    axes = {name: {0: "batch", 1: "sequence"}
-            for name in ("input_ids", "attention_mask", "logits")}
+            kv = DynamicCache()
+            for n in range(layers):
+                kv.update(past[2 * n], past[2 * n + 1], n)
+            out = self.m(input_ids=input_ids, attention_mask=attention_mask,
+                         past_key_values=kv, use_cache=True)
+            return (out.logits, *[t for layer in out.past_key_values.layers
+                                  for t in (layer.keys, layer.values)])
+
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, VOCAB, (batch, seq), generator=gen)
+    past_len = 3 if cache else 0  # traced with a past, run with any (0 included)
+    mask = torch.ones(batch, past_len + seq, dtype=torch.long)
+    shape = cache_shape(model, batch, past_len)
+    past = [torch.randn(*shape, generator=gen) for _ in past_names]
+    total = "past_sequence_length + sequence_length" if cache else "sequence_length"
+    axes = {"input_ids": {0: "batch_size", 1: "sequence_length"},
+            "attention_mask": {0: "batch_size", 1: total},
+            "logits": {0: "batch_size", 1: "sequence_length"},
+            **{n: {0: "batch_size", 2: "past_sequence_length"} for n in past_names},
+            **{n: {0: "batch_size", 2: total} for n in present_names}}
     path = Path(path)
     with torch.no_grad():
-        torch.onnx.export(Wrapped().eval(), (ids, mask), str(path), dynamo=False,
-                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
+        torch.onnx.export(Wrapped().eval(), (ids, mask, *past), str(path), dynamo=False,
+                          input_names=["input_ids", "attention_mask", *past_names],
+                          output_names=["logits", *present_names],
                           dynamic_axes=axes, opset_version=opset)
     return path
+
+
+def cache_shape(model, batch: int, past: int) -> tuple[int, int, int, int]:
+    """The shape of one cache tensor of ``model`` (torch, or its config): ``[batch,
+    kv_heads, past, head_dim]``."""
+    c = getattr(model, "config", model)
+    kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    return (batch, kv, past, c.hidden_size // c.num_attention_heads)
 
 
 # -- quality ----------------------------------------------------------------------------------
@@ -225,25 +262,78 @@ def export(model, path: str | Path, *, opset: int = 17, batch: int = 2, seq: int
 
 def perplexity(model, data: dict[str, np.ndarray], chunk: int = 32) -> float:
     """Next-token perplexity of an ONNX causal LM (a path or a ``ModelProto``) on ``data``,
-    run with onnxruntime on the CPU (the mean negative log-likelihood over every position)."""
-    import onnxruntime as ort
+    run with onnxruntime on the CPU (the mean negative log-likelihood over every position).
 
+    A model with a key/value cache (``past_key_values.*`` inputs) reads each window in two
+    steps, as generation does: its first half from an empty past, the second half from the
+    cache the first step returned; the logits of both steps are scored together."""
     from ..search.quality import _log_softmax
 
-    blob = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    sess = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
     total, count = 0.0, 0
+    sess = _session(model)
     for lo in range(0, len(data["input_ids"]), chunk):
         feeds = {k: v[lo:lo + chunk] for k, v in data.items()}
-        logits = sess.run(["logits"], feeds)[0]
+        logits = _logits(sess, feeds)
         lp = _log_softmax(logits[:, :-1])
         nxt = feeds["input_ids"][:, 1:]
         nll = -np.take_along_axis(lp, nxt[..., None], axis=-1)[..., 0]
         keep = (feeds["attention_mask"][:, 1:] > 0) & (feeds["attention_mask"][:, :-1] > 0)
         total, count = total + float(nll[keep].sum()), count + int(keep.sum())
     return math.exp(total / count)
+
+
+def with_past(model, data: dict[str, np.ndarray], prefix: int,
+              chunk: int = 32) -> dict[str, np.ndarray]:
+    """Inputs of a cached ONNX ``model`` for the tokens of ``data`` after the first
+    ``prefix``: those tokens, the whole attention mask and, as ``past_key_values.*``, the
+    cache ``model`` builds from the first ``prefix`` tokens (calibration data of a decoder
+    that runs with a past, as it does when generating)."""
+    sess = _session(model)
+    names = _past_names(sess)
+    parts: list[dict[str, np.ndarray]] = []
+    for lo in range(0, len(data["input_ids"]), chunk):
+        ids, mask = (data[k][lo:lo + chunk] for k in ("input_ids", "attention_mask"))
+        present = sess.run(None, {"input_ids": ids[:, :prefix], "attention_mask": mask[:, :prefix],
+                                  **_empty_past(sess, len(ids))})[1:]
+        parts.append({"input_ids": ids[:, prefix:], "attention_mask": mask,
+                      **dict(zip(names, present, strict=True))})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _session(model):
+    import onnxruntime as ort
+
+    blob = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
+
+
+def _past_names(sess) -> list[str]:
+    return [i.name for i in sess.get_inputs() if i.name.startswith("past_key_values.")]
+
+
+def _empty_past(sess, batch: int) -> dict[str, np.ndarray]:
+    """A cache of length 0 for every ``past_key_values.*`` input of ``sess``."""
+    out = {}
+    for i in sess.get_inputs():
+        if i.name.startswith("past_key_values."):
+            heads, dim = i.shape[1], i.shape[3]
+            out[i.name] = np.zeros((batch, heads, 0, dim), np.float32)
+    return out
+
+
+def _logits(sess, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    names = _past_names(sess)
+    if not names:
+        return sess.run(["logits"], feeds)[0]
+    ids, mask = feeds["input_ids"], feeds["attention_mask"]
+    half = ids.shape[1] // 2
+    first = sess.run(None, {"input_ids": ids[:, :half], "attention_mask": mask[:, :half],
+                            **_empty_past(sess, len(ids))})
+    second = sess.run(["logits"], {"input_ids": ids[:, half:], "attention_mask": mask,
+                                   **dict(zip(names, first[1:], strict=True))})[0]
+    return np.concatenate([first[0], second], axis=1)
 
 
 def param_count(model) -> int:
