@@ -192,13 +192,13 @@ def quality_line(q: dict) -> str:
         f"{value:.4g} ({label})" for label, value in stages)
 
 
-STAGE_SETS = (("calib", "calibration"), ("heldout", "held-out"))
+STAGE_SETS = {"calib": "calibration", "heldout": "held-out"}  # runs saved before "sets"
 
 
 def stage_lines(s: dict) -> list[str]:
     """One line per data set: the metric after every stage (a stage undone is marked)."""
     lines = []
-    for key, label in STAGE_SETS:
+    for key, label in (s.get("sets") or STAGE_SETS).items():
         if key not in s["samples"]:
             continue
         steps = " -> ".join(

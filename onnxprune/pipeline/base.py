@@ -142,6 +142,7 @@ class Context:
     input_sets_from_calib: bool = False
     calib: dict[str, np.ndarray] | None = None  # calibration batch (inputs, optional labels)
     heldout: dict[str, np.ndarray] | None = None  # held-out share of it (quality, never fitted)
+    probe: dict[str, np.ndarray] | None = None  # its token-id inputs randomized (pipeline/probe)
     stages: list[dict[str, Any]] = field(default_factory=list)  # quality after each stage
     metric: Metric | None = None
     select_info: dict[str, Any] | None = None  # what the selection strategy learned

@@ -14,6 +14,7 @@ from ..search.executors import make_pool
 from ..search.quality import get_metric
 from .base import Context, Pass, PassResult
 from .inputs import verification_feeds
+from .probe import token_probe
 
 
 def _arrays(value) -> dict[str, np.ndarray]:
@@ -41,6 +42,13 @@ class Calibrate(Pass):
                "search or refit, only to measure quality after every stage (0: none)",
                parse=number(0, 1, hi_open=True), public="holdout", metavar="F",
                type_name="float"),
+        Option("probe", "auto", "a shifted held-out set for models that read token ids: the "
+               "calibration samples with their content tokens replaced by random ids of the "
+               "vocabulary they use; measured after every stage when the metric compares with "
+               "the original (cosine, kl), and a recovery stage that makes it worse is undone "
+               "(catches refits that learn the calibration text's style). auto: when the model "
+               "reads token ids; off: never", choices=("auto", "off"), public="probe",
+               type_name="str"),
         Option("seed", 0, "seed of the random samples and of the held-out split",
                parse=number(0, integer=True), type_name="int"),
     )
@@ -67,10 +75,14 @@ class Calibrate(Pass):
             model = ctx.export(ctx.require("graph", self.name))
             ctx.calib = _random_samples(ctx, model, self.random, self.seed)
         ctx.calib = _calibration(ctx, ctx.calib)
+        if self.probe == "auto":
+            ctx.probe = token_probe(ctx.graph, ctx.calib, self.seed + 1)
         ctx.calib, ctx.heldout = split_holdout(ctx.calib, self.holdout, self.seed)
         info = {"samples": ctx.calib.samples, "arrays": sorted(ctx.calib)}
         if ctx.heldout is not None:
             info["heldout"] = ctx.heldout.samples
+        if ctx.probe is not None:
+            info["probe"] = ctx.probe.samples
         return PassResult(False, info)
 
 

@@ -3,7 +3,9 @@ run (unpruned, pruned, compensated, distilled), measured by running the real mod
 calibration samples the search used and on the held-out share it never saw.
 
 A recovery stage that makes held-out quality worse is undone (``keep_better``): the model
-before it is kept, and a warning says so.
+before it is kept, and a warning says so. The held-out share decides (the calibration data
+when there is none), and so does the random-token probe when the run has one
+(``pipeline/probe.py``): a stage must not make either worse.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from ..search.quality import Metric, get_metric
 from ..verify.checks import cut_arrays, cut_outputs
 from .base import Context
 
-SETS = ("calib", "heldout")  # the data sets a stage is measured on, in report order
+# the data sets a stage is measured on, in report order, with their names in reports
+SETS = {"calib": "calibration", "heldout": "held-out", "probe": "random-token probe"}
 
 
 def _metric(ctx: Context) -> Metric:
@@ -57,6 +60,8 @@ def _data(ctx: Context) -> dict[str, Calibration]:
         out["calib"] = ctx.calib
     if ctx.heldout is not None:
         out["heldout"] = ctx.heldout
+    if ctx.probe is not None and _metric(ctx).against_reference:
+        out["probe"] = ctx.probe  # pipeline/probe.py
     return out
 
 
@@ -114,9 +119,9 @@ def current(ctx: Context) -> dict[str, Any] | None:
     return [row for row in ctx.stages if row.get("kept") is not False][-1]  # not undone
 
 
-def _deciding(row: dict[str, Any]) -> tuple[str, float]:
-    key = "heldout" if "heldout" in row else "calib"
-    return key, row[key]
+def _deciding(row: dict[str, Any]) -> list[str]:
+    """The data sets whose figures decide whether a stage is kept."""
+    return ["heldout" if "heldout" in row else "calib", *(["probe"] if "probe" in row else [])]
 
 
 def keep_better(ctx: Context, stage: str, before: dict[str, Any] | None, snapshot) -> bool:
@@ -127,16 +132,16 @@ def keep_better(ctx: Context, stage: str, before: dict[str, Any] | None, snapsho
     if after is None or before is None:
         return True
     metric = _metric(ctx)
-    key, was = _deciding(before)
-    now = after[key]
-    where = "held-out" if key == "heldout" else "calibration"
-    if metric.utility(now) >= metric.utility(was):
+    worse = [k for k in _deciding(before) if k in after
+             and metric.utility(after[k]) < metric.utility(before[k])]
+    if not worse:
         after["kept"] = True
         return True
     after["kept"] = False
     ctx.graph = snapshot
-    warn(f"{stage} made {metric.name} on the {where} data worse ({was:.4g} -> {now:.4g}); "
-         f"kept the model before {stage}")
+    what = " and ".join(f"on the {SETS[k]} data worse ({before[k]:.4g} -> {after[k]:.4g})"
+                        for k in worse)
+    warn(f"{stage} made {metric.name} {what}; kept the model before {stage}")
     return False
 
 
@@ -144,6 +149,8 @@ def summary(ctx: Context) -> dict[str, Any] | None:
     """What the report shows: the metric, sample counts and every stage's figures."""
     if not ctx.stages:
         return None
+    data = _data(ctx)
     return {"metric": _metric(ctx).name,
-            "samples": {name: data.samples for name, data in _data(ctx).items()},
+            "samples": {name: d.samples for name, d in data.items()},
+            "sets": {name: SETS[name] for name in data},
             "stages": [dict(s) for s in ctx.stages]}

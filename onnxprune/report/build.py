@@ -295,8 +295,8 @@ def _stages(d: dict[str, Any], images: dict) -> str:
                 if q.get(key) is not None]
         return (f"<p>{esc(q.get('metric', 'metric'))} as the search measured it.</p>"
                 + table(["stage", esc(q.get("metric", "metric"))], rows, numeric={1}))
-    sets = [(k, label) for k, label in (("calib", "calibration"), ("heldout", "held-out"))
-            if k in s["samples"]]
+    named = s.get("sets") or {"calib": "calibration", "heldout": "held-out"}
+    sets = [(k, label) for k, label in named.items() if k in s["samples"]]
     head = ["stage", *(f"{label} ({s['samples'][k]} samples)" for k, label in sets)]
     rows = []
     for row in s["stages"]:
@@ -305,7 +305,9 @@ def _stages(d: dict[str, Any], images: dict) -> str:
         rows.append([name, *(num(row.get(k)) for k, _ in sets)])
     out = [f"<p>{esc(s['metric'])} of the model as it stands after each stage, run on the "
            "samples the search and refits used and on the held-out share they never saw "
-           "(the one to trust).</p>",
+           "(the one to trust)"
+           + (", and on the calibration samples with random tokens (text of another style)"
+              if "probe" in s["samples"] else "") + ".</p>",
            table(head, rows, numeric=set(range(1, len(head))), compact=True),
            figure("stages.png", f"{esc(s['metric'])} after each stage.", images)]
     return "".join(out)

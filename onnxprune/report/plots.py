@@ -158,7 +158,8 @@ def coefficients(data: dict[str, Any]):
     return fig
 
 
-SET_STYLE = {"calib": ("calibration", "#4c78a8", "o"), "heldout": ("held-out", "#e45756", "s")}
+SET_STYLE = {"calib": ("calibration", "#4c78a8", "o"), "heldout": ("held-out", "#e45756", "s"),
+             "probe": ("random-token probe", "#54a24b", "^")}
 
 
 def stages(data: dict[str, Any]):

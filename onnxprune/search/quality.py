@@ -34,6 +34,7 @@ class Metric:
     fn: Callable
     needs_labels: bool = False
     on_model: str | None = None
+    against_reference: bool = False  # measures agreement with the original model's outputs
 
     builtin: bool = False
 
@@ -155,8 +156,8 @@ BUILTIN = {
     "psnr": Metric("psnr", True, psnr, builtin=True),
     "mse": Metric("mse", False, mse, builtin=True),
     "accuracy": Metric("accuracy", True, accuracy, needs_labels=True, builtin=True),
-    "cosine": Metric("cosine", True, cosine, builtin=True),
-    "kl": Metric("kl", False, kl, builtin=True),
+    "cosine": Metric("cosine", True, cosine, builtin=True, against_reference=True),
+    "kl": Metric("kl", False, kl, builtin=True, against_reference=True),
 }
 
 
