@@ -132,3 +132,23 @@ def onnx_array(init):
     from onnx import numpy_helper
 
     return numpy_helper.to_array(init)
+
+
+def test_the_cli_prints_the_probe_line_and_the_undone_stage(tmp_path, capsys):
+    import onnx
+
+    from onnxprune.cli.main import main
+    from onnxprune.ir.arrays import save_npz
+
+    onnx.save(token_model(), tmp_path / "m.onnx")
+    save_npz(tmp_path / "c.npz", **templated())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = main(["prune", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"),
+                     "--calib", str(tmp_path / "c.npz"), "--ratio", "0.5", "--criterion", "l2",
+                     "--compensate", "--quiet"])
+    text = capsys.readouterr().out
+    assert code == 0 and (tmp_path / "o.onnx").is_file()
+    line = next(x for x in text.splitlines() if "random-token probe samples" in x)
+    assert line.startswith("cosine on 40 random-token probe samples: 1 (unpruned) -> ")
+    assert "(compensate, undone)" in line
