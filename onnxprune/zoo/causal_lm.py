@@ -301,12 +301,13 @@ def with_past(model, data: dict[str, np.ndarray], prefix: int,
 
 
 def _session(model):
-    import onnxruntime as ort
+    """A deployed-arithmetic CPU session (onnxruntime's optimizations on) of a path or proto."""
+    import onnx
 
-    blob = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
+    from ..ir.runtime import session
+
+    proto = model if hasattr(model, "SerializeToString") else onnx.load(str(model))
+    return session(proto, threads=2, optimized=True)
 
 
 def _past_names(sess) -> list[str]:
