@@ -8,7 +8,7 @@ import pytest
 
 from onnxprune.api import prune
 from onnxprune.ir.runtime import session
-from onnxprune.recover.compensate import _probe
+from onnxprune.recover.compensate import patch_matrix
 from onnxprune.scoring import reconstruction as rec
 from onnxprune.zoo.builder import GraphBuilder
 
@@ -24,7 +24,7 @@ def test_numpy_patches_equal_onnxruntime_im2col(attrs, kernel):
     node = gs.Node("Conv", inputs=[gs.Variable("x"), w], outputs=[gs.Variable("y")],
                    attrs={**attrs, "kernel_shape": list(kernel[2:])})
     x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
-    assert np.array_equal(rec._conv2d_rows(node, x, 10**9, rng), _probe(node, x))
+    assert np.array_equal(rec._conv2d_rows(node, x, 10**9, rng), patch_matrix(node, x))
 
 
 def _refit_error(p, w, keep_cols):

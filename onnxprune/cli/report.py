@@ -269,6 +269,12 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
                  f"{m['model_weight_bytes'] / 1e6:,.1f} MB of weights)"
                  if m.get("peak_over_weights") and m.get("start_rss") else "")
         console.print(f"peak memory {m['peak_rss'] / 1e6:,.0f} MB{ratio}")
+    refit = (r.selection or {}).get("refit")
+    if refit:
+        console.print(f"sensitivity measured after the refit compensation makes: "
+                      f"{refit['layers']} layers (Gram matrices in {refit['seconds']:.1f} s"
+                      + (f"; {refit['skipped']} other layers without one" if refit["skipped"]
+                         else "") + ")", markup=False, highlight=False, soft_wrap=True)
     if r.selection and r.selection.get("saved_plan"):
         console.print(f"wrote plan {r.selection['saved_plan']} (reuse it with --plan)",
                       markup=False, highlight=False, soft_wrap=True)

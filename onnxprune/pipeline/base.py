@@ -166,6 +166,7 @@ class Context:
     warnings: list[str] = field(default_factory=list)  # said during the run, each once
     progress: Callable[[str], None] | None = None
     started: bool = False  # the outermost pipeline has run its checks
+    planned: tuple[Pass, ...] = ()  # every pass the outermost pipeline runs, in order
     # the graph shape inference last annotated (a weak reference), while no pass changed it
     shapes_of: Callable[[], gs.Graph | None] | None = None
 

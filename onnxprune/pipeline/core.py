@@ -40,6 +40,14 @@ class Pipeline(Pass):
         interrupts.check()
         return PassResult(modified)
 
+    def flat(self):
+        """The passes this pipeline runs, nested pipelines opened."""
+        for p in self.passes:
+            if isinstance(p, Pipeline):
+                yield from p.flat()
+            else:
+                yield p
+
     def preflight(self, ctx: Context) -> None:
         for p in self.passes:
             p.preflight(ctx)
@@ -73,7 +81,7 @@ class Pipeline(Pass):
         if ctx.started:
             return self.run(ctx)
         self.check_contracts(ctx.available())
-        ctx.started = True
+        ctx.started, ctx.planned = True, tuple(self.flat())
         try:
             with collect_warnings(ctx.warnings):
                 self.preflight(ctx)

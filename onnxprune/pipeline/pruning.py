@@ -10,11 +10,13 @@ from ..errors import ConstraintError, warn
 from ..ir import io
 from ..options import Option, OptionError, number
 from ..options import path as path_option
+from ..recover.compensate import RIDGE
 from ..recover.soft_autograd import NotDifferentiable, soft_autograd
 from ..rewrite.remove import remove_units
 from ..scoring import CRITERIA, NORMALIZATIONS, REDUCTIONS, normalize, score_units
 from ..search.evaluate import Evaluator
 from ..search.quality import get_metric
+from ..search.refit import RefitEvaluator, can_refit
 from ..select.budget import check_names, parse_ratio
 from ..select.common import Space, Target, bisect_shared_fraction
 from ..select.cost import CostModel
@@ -113,6 +115,10 @@ class SelectChannels(Pass):
                "metric still satisfies e.g. 'psnr>=20' (>= or <=, any metric)",
                parse=Constraint.parse, public="constraint", metavar="METRIC>=V",
                type_name="str"),
+        Option("refit", "auto", "with strategy sensitivity: measure every candidate cut after "
+               "the least-squares refit compensation makes (one Gram matrix per layer from the "
+               "calibration data), so the search cuts what compensation can repair; auto: when "
+               "the run compensates", choices=("auto", "on", "off"), public="search_refit"),
         Option("tolerance", 0.02, "how close soft coefficients must bring the reduction to the "
                "target", parse=number(0, 1), public="tolerance", metavar="T", type_name="float"),
         Option("soft_method", "gradient", "the optimiser of soft coefficients: gradient "
@@ -148,6 +154,9 @@ class SelectChannels(Pass):
             if given:
                 raise OptionError(self.name, given[0], "the plan gives the cut; a plan run takes "
                                   "no strategy, target or constraint")
+        if self.refit == "on" and self.strategy != "sensitivity" and self.plan is None:
+            raise OptionError(self.name, "refit", "works with strategy sensitivity "
+                              f"(the strategy is {self.strategy})")
         if self.target_params is not None and self.target_macs is not None:
             raise OptionError(self.name, "target_macs", "give target_params or target_macs, "
                               "not both")
@@ -204,6 +213,21 @@ class SelectChannels(Pass):
         return PassResult(False, {k: v for k, v in info.items()
                                   if not isinstance(v, (list, dict))})
 
+    def _refit_ridge(self, ctx: Context, ev: Evaluator) -> float | None:
+        """The ridge of the refit candidates are measured after (None: measured as cut)."""
+        comp = next((p for p in ctx.planned if p.name == "compensate"), None)
+        if self.refit == "off" or (self.refit == "auto" and comp is None):
+            return None
+        why = can_refit(ev)
+        if why is not None:
+            if self.refit == "on":
+                warn(f"search_refit: candidates are measured without a refit ({why})")
+            return None
+        if comp is None:
+            warn("search_refit on: the search measures cuts after a refit, but this run does "
+                 "not compensate (add compensate)")
+        return float(getattr(comp, "ridge", RIDGE))
+
     def _warn_short(self, info: dict) -> None:
         """Say so when a target could not be reached (group caps, widths, rounding)."""
         if self.target is None:
@@ -233,16 +257,26 @@ class SelectChannels(Pass):
                                  target)
         ev = evaluator(ctx, f"strategy {self.strategy}")
         if self.strategy == "sensitivity":
-            cev = None
+            cev = sev = scev = None
             if self.constraint is not None and self.constraint.metric != ev.metric.name:
                 cev = Evaluator(ctx.skeleton(), analysis, ctx.calib,
                                 get_metric(self.constraint.metric), memory=ctx.config.memory)
             try:
-                removed, extra = select_sensitivity(space, ev, target, self.constraint, cev,
+                ridge = self._refit_ridge(ctx, ev)
+                if ridge is not None:
+                    sev = RefitEvaluator(ev, ctx.graph, ctx.skeleton(), analysis, ctx.calib,
+                                         ridge, memory=ctx.config.memory)
+                    scev = None if cev is None else RefitEvaluator(cev, ctx.graph, None,
+                                                                   analysis, None, ridge,
+                                                                   grams_of=sev)
+                    info["refit"] = sev.summary()
+                removed, extra = select_sensitivity(space, sev or ev, target, self.constraint,
+                                                    scev or cev,
                                                     target.kind if target else "params")
             finally:
-                if cev is not None:
-                    cev.close()
+                for e in (cev, sev, scev):
+                    if e is not None:
+                        e.close()
             if extra.get("satisfied") is False:
                 c = self.constraint
                 raise ConstraintError(

@@ -12,7 +12,7 @@ from ..ir.arrays import Calibration, axes_of
 from ..ir.quant import is_quantized
 from ..ir.runtime import run_batched, session
 from ..options import Option, flag, number
-from ..recover.compensate import compensate
+from ..recover.compensate import RIDGE, compensate
 from ..search.memory import rows_for
 from ..search.quality import get_metric
 from ..verify.checks import VerifyReport, cut_arrays, cut_outputs
@@ -47,7 +47,7 @@ class Compensate(Pass):
     requires = ("analysis", "plan", "reference", "calib")
 
     options = (
-        Option("ridge", 1e-3, "ridge regularisation of the refit, relative to the mean input "
+        Option("ridge", RIDGE, "ridge regularisation of the refit, relative to the mean input "
                "energy", parse=number(0), public="ridge", metavar="R", type_name="float"),
     )
 

@@ -21,10 +21,12 @@ from ..analysis.model import ChannelAnalysis
 from ..ir.arrays import axes_of
 from ..ir.graph import export_model, input_or_none
 from ..ir.runtime import run_batched, session
+from ..ir.weights import Skeleton, proto
 from ..progress import task
 from ..search.memory import rows_for
 from ..verify.checks import cut_arrays
 
+RIDGE = 1e-3  # of the mean input energy (the diagonal of the normal equations)
 MAX_ROWS = 40_000  # rows of the least-squares problem per layer (sampled)
 MAX_CELLS = 30_000_000  # rows x columns of the patch matrix
 
@@ -37,9 +39,12 @@ class LayerFit:
     error_after: float  # ... after the refit
 
 
-def _activations(model: onnx.ModelProto, names: list[str], feeds: dict) -> dict[str, np.ndarray]:
+def activations(model: onnx.ModelProto | Skeleton, names: list[str], feeds: dict
+                ) -> dict[str, np.ndarray]:
+    """The tensors ``names`` of ``model`` on ``feeds`` (run in memory-sized chunks)."""
+    base = proto(model)
     m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m.CopyFrom(base)
     have = {o.name for o in m.graph.output}
     for n in names:
         if n not in have:
@@ -48,11 +53,12 @@ def _activations(model: onnx.ModelProto, names: list[str], feeds: dict) -> dict[
     axes = axes_of(feeds)
     feeds = {k: v for k, v in feeds.items() if k in inputs}
     axes = {k: a for k, a in axes.items() if k in inputs}
-    outs = run_batched(session(m), feeds, names, axes=axes, max_rows=rows_for(m, feeds, axes))
+    run = Skeleton(m, model.arrays) if isinstance(model, Skeleton) else m
+    outs = run_batched(session(run), feeds, names, axes=axes, max_rows=rows_for(m, feeds, axes))
     return dict(zip(names, outs, strict=True))
 
 
-def _probe(node: gs.Node, x: np.ndarray) -> np.ndarray:
+def patch_matrix(node: gs.Node, x: np.ndarray) -> np.ndarray:
     """The patch matrix [rows, Cin * k] of a Conv/ConvTranspose on input ``x``."""
     w = np.asarray(node.inputs[1].values)
     cin = x.shape[1]
@@ -90,7 +96,7 @@ def _rel_error(p: np.ndarray, w: np.ndarray, y: np.ndarray, intercept: bool) -> 
     return float(np.linalg.norm(pred - y) / max(np.linalg.norm(y), 1e-12))
 
 
-def _current(node: gs.Node) -> tuple[np.ndarray, np.ndarray | None]:
+def layer_matrix(node: gs.Node) -> tuple[np.ndarray, np.ndarray | None]:
     """The layer's weight as a [inputs(*k), outputs] matrix, and its bias as the solver sees it."""
     w = np.asarray(node.inputs[1].values, np.float64)
     b = input_or_none(node, 2)
@@ -108,11 +114,9 @@ def _current(node: gs.Node) -> tuple[np.ndarray, np.ndarray | None]:
     return w, None  # MatMul
 
 
-def _store(node: gs.Node, sol: np.ndarray, intercept: bool) -> None:
-    w_old = node.inputs[1].values
-    dtype = w_old.dtype
-    mat = sol[:-1] if intercept else sol
-    bias = sol[-1] if intercept else None
+def native_weight(node: gs.Node, mat: np.ndarray) -> np.ndarray:
+    """A solver matrix [inputs(*k), outputs] in the layer's own weight layout and dtype."""
+    w_old = np.asarray(node.inputs[1].values)
     if node.op == "Conv":
         new = mat.T.reshape(w_old.shape)
     elif node.op == "ConvTranspose":
@@ -124,7 +128,15 @@ def _store(node: gs.Node, sol: np.ndarray, intercept: bool) -> None:
         new = mat.T if int(node.attrs.get("transB", 0)) else mat
     else:
         new = mat
-    node.inputs[1] = gs.Constant(node.inputs[1].name, np.ascontiguousarray(new.astype(dtype)))
+    return np.ascontiguousarray(new.astype(w_old.dtype))
+
+
+def _store(node: gs.Node, sol: np.ndarray, intercept: bool) -> None:
+    dtype = node.inputs[1].values.dtype
+    mat = sol[:-1] if intercept else sol
+    bias = sol[-1] if intercept else None
+    new = native_weight(node, mat)
+    node.inputs[1] = gs.Constant(node.inputs[1].name, new)
     if bias is None:
         return
     if node.op == "Gemm":
@@ -146,60 +158,73 @@ def _store(node: gs.Node, sol: np.ndarray, intercept: bool) -> None:
         node.inputs.append(const)
 
 
+def refittable(node: gs.Node) -> bool:
+    """A layer compensation can refit on its own: a Conv/ConvTranspose (one group), Gemm or
+    MatMul with a constant 2-D (or conv) weight and bias that no other node reads."""
+    if node.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.inputs) < 2:
+        return False
+    w = node.inputs[1]
+    if not isinstance(w, gs.Constant) or len(w.outputs) != 1:
+        return False
+    if node.op in ("Conv", "ConvTranspose") and int(node.attrs.get("group", 1)) != 1:
+        return False
+    if node.op in ("Gemm", "MatMul") and np.ndim(w.values) != 2:
+        return False
+    if node.op == "Gemm" and int(node.attrs.get("transA", 0)):
+        return False
+    bias = input_or_none(node, 2)
+    return bias is None or (isinstance(bias, gs.Constant) and len(bias.outputs) == 1)
+
+
 def _targets(graph: gs.Graph, analysis: ChannelAnalysis, removed: np.ndarray) -> list[gs.Node]:
     """Layers that lost input channels and can be refit on their own (weights not shared)."""
     lost = {g.node for g in analysis.gates if removed[g.units].any()}
-    out = []
-    for node in graph.nodes:
-        if node.name not in lost or node.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-            continue
-        w = node.inputs[1]
-        if not isinstance(w, gs.Constant) or len(w.outputs) != 1:
-            continue
-        if node.op in ("Conv", "ConvTranspose") and int(node.attrs.get("group", 1)) != 1:
-            continue
-        if node.op == "Gemm" and int(node.attrs.get("transA", 0)):
-            continue
-        bias = input_or_none(node, 2)
-        if bias is not None and (not isinstance(bias, gs.Constant) or len(bias.outputs) != 1):
-            continue
-        out.append(node)
-    return out
+    return [n for n in graph.nodes if n.name in lost and refittable(n)]
+
+
+def design_rows(node: gs.Node, x: np.ndarray, ys: list[np.ndarray], rng: np.random.Generator
+                ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The least-squares rows of a layer on input ``x``: its patch matrix (convolutions) or its
+    input vectors, at most ``MAX_ROWS`` of them (sampled), with the same rows of each output
+    ``ys`` (channels first for convolutions, last otherwise)."""
+    if node.op in ("Conv", "ConvTranspose"):
+        per_sample = max((int(np.prod(y.shape[2:])) for y in ys), default=int(np.prod(
+            x.shape[2:])))
+        cols = x.shape[1] * int(np.prod(node.inputs[1].values.shape[2:]))
+        n = max(1, min(len(x), MAX_CELLS // max(cols * per_sample, 1)))
+        pick = rng.choice(len(x), size=n, replace=False) if n < len(x) else slice(None)
+        p = patch_matrix(node, x[pick])
+        ys = [np.moveaxis(y[pick], 1, -1).reshape(-1, y.shape[1]) for y in ys]
+    else:
+        p, ys = x.reshape(-1, x.shape[-1]), [y.reshape(-1, y.shape[-1]) for y in ys]
+    if len(p) > MAX_ROWS:
+        rows = rng.choice(len(p), size=MAX_ROWS, replace=False)
+        p, ys = p[rows], [y[rows] for y in ys]
+    return p, ys
 
 
 def compensate(graph: gs.Graph, reference: onnx.ModelProto, analysis: ChannelAnalysis,
-               removed: np.ndarray, calib: dict[str, np.ndarray], ridge: float = 1e-3,
+               removed: np.ndarray, calib: dict[str, np.ndarray], ridge: float = RIDGE,
                seed: int = 0, interface: dict | None = None) -> list[LayerFit]:
     """Refit, in place, the layers of the pruned ``graph`` that lost input channels.
     ``interface``: inputs that lost channels (an opened cache), cut from ``calib`` for it."""
     fed = cut_arrays(calib, interface or {})
     targets = _targets(graph, analysis, removed)
     wanted = [n.outputs[0].name for n in targets]
-    original = _activations(reference, wanted, calib) if targets else {}
+    original = activations(reference, wanted, calib) if targets else {}
     rng = np.random.default_rng(seed)
     fits = []
     with task("compensate", len(targets)) as advance:
         for node in targets:
-            x = _activations(export_model(graph), [node.inputs[0].name], fed)[node.inputs[0].name]
+            x = activations(export_model(graph), [node.inputs[0].name], fed)[node.inputs[0].name]
             y = original[node.outputs[0].name]
             axis = 1 if node.op != "MatMul" else y.ndim - 1
             keep = analysis.keep_mask((node.outputs[0].name, axis), removed)
             if keep is not None:
                 y = np.compress(keep, y, axis=axis)
-            if node.op in ("Conv", "ConvTranspose"):
-                per_sample = int(np.prod(y.shape[2:]))
-                cols = x.shape[1] * int(np.prod(node.inputs[1].values.shape[2:]))
-                n = max(1, min(len(x), MAX_CELLS // max(cols * per_sample, 1)))
-                pick = rng.choice(len(x), size=n, replace=False) if n < len(x) else slice(None)
-                p = _probe(node, x[pick])
-                y = np.moveaxis(y[pick], 1, -1).reshape(-1, y.shape[1])
-            else:
-                p, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
-            if len(p) > MAX_ROWS:
-                rows = rng.choice(len(p), size=MAX_ROWS, replace=False)
-                p, y = p[rows], y[rows]
+            p, (y,) = design_rows(node, x, [y], rng)
             intercept = node.op != "MatMul"
-            w0, b0 = _current(node)
+            w0, b0 = layer_matrix(node)
             w0 = np.concatenate([w0, (b0 if b0 is not None else np.zeros(w0.shape[1]))[None]]) \
                 if intercept else w0
             sol = _solve(p, y, ridge, intercept)

@@ -255,12 +255,17 @@ def _selection(d: dict[str, Any], images: dict) -> str:
                             ("saved_plan", "plan written to", "")):
         if sel.get(key) is not None:
             facts.append([label, num(sel[key], fmt or ".4g")])
+    refit = sel.get("refit")
+    if refit:
+        facts.append(["candidates measured", f"after the refit of {num(refit['layers'])} "
+                      f"layers (ridge {num(refit['ridge'], '.3g')})"])
     out = [table(None, facts, wrap={1})]
     curves = sel.get("curves") or []
     if curves:
+        cut = "cut and its layers refit" if refit else "cut"
         out.append(f"<h3>Sensitivity: one curve per searched group ({len(curves)})</h3>"
                    f"<p>{esc(plots.metric_name(d))} on the calibration data with only that "
-                   "group cut, against the fraction of its channels cut; the star is the "
+                   f"group {cut}, against the fraction of its channels cut; the star is the "
                    "fraction the search chose.</p><div class=\"grid\">")
         for c in curves:
             cut = round(c["chosen"] * c["channels"])

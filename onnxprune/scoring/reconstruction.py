@@ -36,7 +36,7 @@ RIDGE = 1e-3  # of the mean diagonal of H, as compensation regularises its refit
 FETCH_BYTES = 512 * 2**20  # activations fetched per run of the model (bounds memory)
 
 
-def _consumers(graph: gs.Graph, analysis: ChannelAnalysis) -> list[tuple[Gate, gs.Node]]:
+def layer_gates(graph: gs.Graph, analysis: ChannelAnalysis) -> list[tuple[Gate, gs.Node]]:
     """Gates at the data input of a layer whose weight is a constant we can read."""
     nodes = {n.name: n for n in graph.nodes}
     out = []
@@ -60,9 +60,9 @@ def _consumers(graph: gs.Graph, analysis: ChannelAnalysis) -> list[tuple[Gate, g
 
 
 def _fetch(reference: onnx.ModelProto, names: list[str], calib) -> dict[str, np.ndarray]:
-    from ..recover.compensate import _activations  # the tensors ``names`` on the data
+    from ..recover.compensate import activations  # the tensors ``names`` on the data
 
-    return _activations(reference, names, calib)
+    return activations(reference, names, calib)
 
 
 def _conv2d_rows(node: gs.Node, x: np.ndarray, rows: int, rng: np.random.Generator
@@ -89,7 +89,7 @@ def _conv2d_rows(node: gs.Node, x: np.ndarray, rows: int, rng: np.random.Generat
 
 def _patches(node: gs.Node, x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
     """(patch matrix [rows, channels * k] at sampled positions, k)."""
-    from ..recover.compensate import _probe  # onnxruntime's own im2col
+    from ..recover.compensate import patch_matrix  # onnxruntime's own im2col
 
     k = int(np.prod(np.shape(node.inputs[1].values)[2:])) if node.op in (
         "Conv", "ConvTranspose") else 1
@@ -104,7 +104,7 @@ def _patches(node: gs.Node, x: np.ndarray, rng: np.random.Generator) -> tuple[np
             per_sample = max(int(np.prod(x.shape[2:])), 1)
             n = max(1, min(len(x), 2 * MAX_CELLS // (per_sample * cols)))
             pick = np.sort(rng.choice(len(x), size=n, replace=False)) if n < len(x) else slice(None)
-            p = _probe(node, x[pick])
+            p = patch_matrix(node, x[pick])
     else:
         p = x.reshape(-1, x.shape[-1])
     if len(p) > rows:
@@ -113,9 +113,9 @@ def _patches(node: gs.Node, x: np.ndarray, rng: np.random.Generator) -> tuple[np
 
 
 def _weights(node: gs.Node) -> np.ndarray:
-    from ..recover.compensate import _current  # the [inputs * k, outputs] view the refit uses
+    from ..recover.compensate import layer_matrix  # the [inputs * k, outputs] view the refit uses
 
-    return _current(node)[0]
+    return layer_matrix(node)[0]
 
 
 def layer_losses(p: np.ndarray, w: np.ndarray, k: int, centre: bool,
@@ -192,7 +192,7 @@ def reconstruction_scores(graph: gs.Graph, reference: onnx.ModelProto,
     """(score per unit, covered per unit): the summed cumulative losses over the layers a
     unit feeds; units feeding no such layer are not covered (score 0)."""
     rng = np.random.default_rng(seed)
-    consumers = _consumers(graph, analysis)
+    consumers = layer_gates(graph, analysis)
     scores = np.zeros(analysis.num_units)
     covered = np.zeros(analysis.num_units, dtype=bool)
     prunable = ~analysis.unit_frozen
