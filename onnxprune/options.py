@@ -131,6 +131,24 @@ def number(lo: float | None = None, hi: float | None = None, *, integer: bool = 
     return parse
 
 
+def auto_or_count(lo: int) -> Callable[[Any], int | str]:
+    """'auto' or a whole number >= ``lo``."""
+    def parse(value: Any) -> int | str:
+        if value == "auto":
+            return value
+        bad = ValueError(f"must be 'auto' or a whole number >= {lo}, got {value!r}")
+        if isinstance(value, bool):
+            raise bad
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            raise bad from None
+        if n < lo or n != float(value):
+            raise bad
+        return n
+    return parse
+
+
 def flag(value: Any) -> bool:
     if isinstance(value, bool):
         return value

@@ -97,7 +97,7 @@ def _run(**kw):
 
 
 def test_a_refit_that_learns_the_calibration_style_is_undone_by_the_probe():
-    r, said = _run()
+    r, said = _run(compensate_augment=0)  # fitted on the calibration text alone
     rows = {row["stage"]: row for row in r.stages["stages"]}
     assert r.stages["samples"] == {"calib": 32, "heldout": 8, "probe": 40}
     assert r.stages["sets"]["probe"] == "random-token probe"
@@ -115,9 +115,24 @@ def test_a_refit_that_learns_the_calibration_style_is_undone_by_the_probe():
 
 
 def test_without_the_probe_the_same_refit_is_kept():
-    r, said = _run(probe="off")
+    r, said = _run(probe="off", compensate_augment=0)
     assert "probe" not in r.stages["samples"] and not said
     assert r.stages["stages"][-1]["kept"] is True
+
+
+def test_a_refit_fitted_also_on_random_token_copies_generalizes():
+    """By default a token model's refit also fits 8 random-token copies of the calibration data
+    (other seeds than the probe's): the probe reads better after it, not worse, and it is kept."""
+    plain, _ = _run(compensate_augment=0)
+    r, said = _run()
+    rows = {row["stage"]: row for row in r.stages["stages"]}
+    assert r.recovery["compensate_data"] == {"samples": 32 * 9, "random_token_copies": 8}
+    assert rows["compensate"]["kept"] is True and not said
+    assert rows["compensate"]["probe"] > rows["pruned"]["probe"] + 0.05
+    assert rows["compensate"]["heldout"] > rows["pruned"]["heldout"]
+    undone = {row["stage"]: row for row in plain.stages["stages"]}["compensate"]
+    assert rows["compensate"]["probe"] > undone["probe"] + 0.05
+    assert "compensate_data" not in plain.recovery
 
 
 def test_metrics_that_do_not_compare_with_the_original_get_no_probe(tmp_path):
@@ -146,7 +161,7 @@ def test_the_cli_prints_the_probe_line_and_the_undone_stage(tmp_path, capsys):
         warnings.simplefilter("ignore")
         code = main(["prune", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"),
                      "--calib", str(tmp_path / "c.npz"), "--ratio", "0.5", "--criterion", "l2",
-                     "--compensate", "--quiet"])
+                     "--compensate", "--compensate-augment", "0", "--quiet"])
     text = capsys.readouterr().out
     assert code == 0 and (tmp_path / "o.onnx").is_file()
     line = next(x for x in text.splitlines() if "random-token probe samples" in x)

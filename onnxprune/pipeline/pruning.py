@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import ConstraintError, warn
 from ..ir import io
-from ..options import Option, OptionError, number
+from ..options import Option, OptionError, auto_or_count, number
 from ..options import path as path_option
 from ..recover.compensate import RIDGE
 from ..recover.soft_autograd import NotDifferentiable, soft_autograd
@@ -31,20 +31,6 @@ from .data import evaluator
 
 STRATEGIES = ("uniform", "global", "sensitivity", "soft")
 SOFT_METHODS = ("gradient", "finite", "grid")
-
-
-def _round_to(value) -> int | str:
-    if value == "auto":
-        return value
-    if isinstance(value, bool):
-        raise ValueError(f"must be 'auto' or a whole number >= 1, got {value!r}")
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"must be 'auto' or a whole number >= 1, got {value!r}") from None
-    if n < 1 or n != float(value):
-        raise ValueError(f"must be 'auto' or a whole number >= 1, got {value!r}")
-    return n
 
 
 class ScoreChannels(Pass):
@@ -128,7 +114,7 @@ class SelectChannels(Pass):
                public="soft_method"),
         Option("round_to", 1, "keep a multiple of N channels in every group; 'auto' measures "
                "how the main layer's latency steps with its width on the first provider and "
-               "picks the largest multiple that costs no time", parse=_round_to,
+               "picks the largest multiple that costs no time", parse=auto_or_count(1),
                public="round_to", metavar="N|auto", type_name="int|auto"),
         Option("min_width", 1, "never keep fewer than N channels in a group (never zero)",
                parse=number(1, integer=True), public="min_width", metavar="N", type_name="int"),
@@ -213,8 +199,9 @@ class SelectChannels(Pass):
         return PassResult(False, {k: v for k, v in info.items()
                                   if not isinstance(v, (list, dict))})
 
-    def _refit_ridge(self, ctx: Context, ev: Evaluator) -> float | None:
-        """The ridge of the refit candidates are measured after (None: measured as cut)."""
+    def _refit(self, ctx: Context, ev: Evaluator) -> tuple[float, dict] | None:
+        """The ridge and the data of the refit candidates are measured after (None: they are
+        measured as cut): the compensation pass's."""
         comp = next((p for p in ctx.planned if p.name == "compensate"), None)
         if self.refit == "off" or (self.refit == "auto" and comp is None):
             return None
@@ -226,7 +213,8 @@ class SelectChannels(Pass):
         if comp is None:
             warn("search_refit on: the search measures cuts after a refit, but this run does "
                  "not compensate (add compensate)")
-        return float(getattr(comp, "ridge", RIDGE))
+            return RIDGE, ctx.calib
+        return float(comp.ridge), comp.fit_data(ctx)
 
     def _warn_short(self, info: dict) -> None:
         """Say so when a target could not be reached (group caps, widths, rounding)."""
@@ -262,9 +250,10 @@ class SelectChannels(Pass):
                 cev = Evaluator(ctx.skeleton(), analysis, ctx.calib,
                                 get_metric(self.constraint.metric), memory=ctx.config.memory)
             try:
-                ridge = self._refit_ridge(ctx, ev)
-                if ridge is not None:
-                    sev = RefitEvaluator(ev, ctx.graph, ctx.skeleton(), analysis, ctx.calib,
+                refit = self._refit(ctx, ev)
+                if refit is not None:
+                    ridge, data = refit
+                    sev = RefitEvaluator(ev, ctx.graph, ctx.skeleton(), analysis, data,
                                          ridge, memory=ctx.config.memory)
                     scev = None if cev is None else RefitEvaluator(cev, ctx.graph, None,
                                                                    analysis, None, ridge,
