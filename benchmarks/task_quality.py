@@ -327,10 +327,13 @@ def run_ocr(args, work: Path) -> dict:
            "calib_pages": len(calib_pages), "heldout_pages": len(held_pages),
            "heldout_lines": 2 * len(held_pages), "models": {}}
     pruned: dict[str, dict[str, Path]] = {}
+    # every model's crops drawn in one order, whichever are pruned: the same draws every run
+    picks = {kind: np.sort(rng.choice(len(arrays[kind]["x"]), min(len(arrays[kind]["x"]),
+                                                                    limits[kind]), replace=False))
+             for kind in ("cls", "rec", "det")}
     for kind in args.ocr_models.split(","):
         a = arrays[kind]
-        n = len(a["x"])
-        pick = np.sort(rng.choice(n, min(n, limits[kind]), replace=False))
+        pick = picks[kind]
         calib = with_references(kind, models[kind], {k: v[pick] for k, v in a.items()})
         metric = f"{METRICS}:{metric_of[kind]}"
         rows = run_prunes(f"ppocr-{kind}", models[kind], calib, metric, {"x": shapes[kind]},

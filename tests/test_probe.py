@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 from onnxprune.api import prune
 from onnxprune.ir.arrays import Calibration
-from onnxprune.pipeline.probe import token_inputs, token_probe
+from onnxprune.pipeline.probe import token_inputs, token_probe, with_token_copies
 from onnxprune.zoo.builder import GraphBuilder
 
 SEEN = np.arange(10, 200, 10)  # the calibration text's vocabulary: 19 ids of 200
@@ -77,6 +77,24 @@ def test_the_probe_keeps_markers_and_padding_and_draws_content_from_the_vocabula
     assert np.isin(new[content], SEEN).mean() < 0.3  # mostly ids the calibration never used
     again = token_probe(gs.import_onnx(token_model()), cal, seed=1)
     assert np.array_equal(again["input_ids"], new)  # seeded
+
+
+def test_token_copies_follow_the_data_with_other_draws():
+    graph = gs.import_onnx(token_model())
+    data = templated(10)
+    cal = Calibration({**data, "pos": np.arange(8)}, {"input_ids": 0, "pos": None})
+    got = with_token_copies(graph, cal, 3, seed=7)
+    ids = got["input_ids"]
+    assert ids.shape == (40, 8) and np.array_equal(ids[:10], data["input_ids"])
+    assert got.axes == cal.axes and np.array_equal(got["pos"], np.arange(8))  # fed whole
+    for i in range(3):  # copy i is the probe of seed 7 + i: markers kept, content redrawn
+        want = token_probe(graph, cal, seed=7 + i)["input_ids"]
+        assert np.array_equal(ids[10 * (i + 1):10 * (i + 2)], want)
+    assert not np.array_equal(ids[10:20], ids[20:30])
+    assert with_token_copies(graph, cal, 0) is None
+    from tests.test_stages import _data, _mlp
+
+    assert with_token_copies(gs.import_onnx(_mlp()), Calibration(_data(10)), 2) is None
 
 
 def test_no_probe_without_token_ids_or_with_too_few_distinct_ones():
