@@ -59,10 +59,22 @@ def layer_gates(graph: gs.Graph, analysis: ChannelAnalysis) -> list[tuple[Gate, 
     return out
 
 
-def _fetch(reference: onnx.ModelProto, names: list[str], calib) -> dict[str, np.ndarray]:
+def layer_inputs(reference: onnx.ModelProto, pairs: list[tuple[Gate, gs.Node]], calib):
+    """(gate, node, the node's data input on ``calib``) for each pair, fetched for a few
+    layers per run of ``reference`` (as many as ``FETCH_BYTES`` holds)."""
     from ..recover.compensate import activations  # the tensors ``names`` on the data
 
-    return activations(reference, names, calib)
+    lo, per_run = 0, 8
+    while lo < len(pairs):
+        part = pairs[lo:lo + per_run]
+        lo += len(part)
+        names = list(dict.fromkeys(node.inputs[0].name for _, node in part))
+        acts = activations(reference, names, calib)
+        size = sum(a.nbytes for a in acts.values()) / max(len(acts), 1)
+        per_run = max(1, int(FETCH_BYTES // max(size, 1)))  # as many as fit the budget
+        for gate, node in part:
+            yield gate, node, acts[node.inputs[0].name]
+        del acts
 
 
 def _conv2d_rows(node: gs.Node, x: np.ndarray, rows: int, rng: np.random.Generator
@@ -197,40 +209,30 @@ def reconstruction_scores(graph: gs.Graph, reference: onnx.ModelProto,
     covered = np.zeros(analysis.num_units, dtype=bool)
     prunable = ~analysis.unit_frozen
     with task("reconstruction scores", len(consumers)) as advance:
-        lo, per_run = 0, 8
-        while lo < len(consumers):
-            part = consumers[lo:lo + per_run]
-            lo += len(part)
-            names = list(dict.fromkeys(node.inputs[0].name for _, node in part))
-            acts = _fetch(reference, names, calib)
-            size = sum(a.nbytes for a in acts.values()) / max(len(acts), 1)
-            per_run = max(1, int(FETCH_BYTES // max(size, 1)))  # as many as fit the budget
-            for gate, node in part:
-                units = gate.units
-                if not prunable[units].any():
-                    advance()
-                    continue
-                x = acts[node.inputs[0].name]
-                if node.op == "MatMul" and gate.axis not in (-1, x.ndim - 1):
-                    advance()
-                    continue
-                p, k = _patches(node, x, rng)
-                w = _weights(node)
-                if p.shape[1] != w.shape[0] or p.shape[1] != units.size * k:
-                    advance()
-                    continue
-                # a block of columns per unit (a channel's kernel taps; a flattened
-                # channel's positions), blocks side by side
-                col_units = np.repeat(units, k)
-                uniq, counts = np.unique(col_units, return_counts=True)
-                order = np.argsort(col_units, kind="stable")
-                centre = input_or_none(node, 2) is not None or node.op != "MatMul"
-                if np.all(counts == counts[0]):
-                    losses = layer_losses(p[:, order], w[order], int(counts[0]), centre)
-                else:  # blocks of unequal size: each unit's own output energy
-                    losses = _own_energy(p, w, col_units, uniq, centre)
-                np.add.at(scores, uniq, losses)
-                covered[uniq] = True
+        for gate, node, x in layer_inputs(reference, consumers, calib):
+            units = gate.units
+            if not prunable[units].any():
                 advance()
-            del acts
+                continue
+            if node.op == "MatMul" and gate.axis not in (-1, x.ndim - 1):
+                advance()
+                continue
+            p, k = _patches(node, x, rng)
+            w = _weights(node)
+            if p.shape[1] != w.shape[0] or p.shape[1] != units.size * k:
+                advance()
+                continue
+            # a block of columns per unit (a channel's kernel taps; a flattened channel's
+            # positions), blocks side by side
+            col_units = np.repeat(units, k)
+            uniq, counts = np.unique(col_units, return_counts=True)
+            order = np.argsort(col_units, kind="stable")
+            centre = input_or_none(node, 2) is not None or node.op != "MatMul"
+            if np.all(counts == counts[0]):
+                losses = layer_losses(p[:, order], w[order], int(counts[0]), centre)
+            else:  # blocks of unequal size: each unit's own output energy
+                losses = _own_energy(p, w, col_units, uniq, centre)
+            np.add.at(scores, uniq, losses)
+            covered[uniq] = True
+            advance()
     return scores, covered

@@ -33,13 +33,12 @@ from ..ir.weights import Skeleton, proto
 from ..progress import task
 from ..recover.compensate import (
     RIDGE,
-    activations,
     design_rows,
     layer_matrix,
     native_weight,
     refittable,
 )
-from ..scoring.reconstruction import FETCH_BYTES, layer_gates
+from ..scoring.reconstruction import layer_gates, layer_inputs
 from ..verify.oracle import GATES
 from .evaluate import Evaluator
 from .memory import default_budget
@@ -125,23 +124,14 @@ class RefitEvaluator:
             pairs.append((gate, node))
         layers, skipped, room = [], 0, budget // 2  # the Grams' share of the budget
         with task("refit grams", len(pairs)) as advance:
-            lo, per_run = 0, 8
-            while lo < len(pairs):
-                part = pairs[lo:lo + per_run]
-                lo += len(part)
-                names = list(dict.fromkeys(node.inputs[0].name for _, node in part))
-                acts = activations(reference, names, calib)
-                size = sum(a.nbytes for a in acts.values()) / max(len(acts), 1)
-                per_run = max(1, int(FETCH_BYTES // max(size, 1)))
-                for gate, node in part:
-                    layer = self._layer(gate, node, acts[node.inputs[0].name], rng, room)
-                    if layer is None:
-                        skipped += 1
-                    else:
-                        layers.append(layer)
-                        room -= layer.gram.nbytes
-                    advance()
-                del acts
+            for gate, node, x in layer_inputs(reference, pairs, calib):
+                layer = self._layer(gate, node, x, rng, room)
+                if layer is None:
+                    skipped += 1
+                else:
+                    layers.append(layer)
+                    room -= layer.gram.nbytes
+                advance()
         return layers, skipped
 
     @staticmethod
