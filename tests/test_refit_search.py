@@ -11,10 +11,10 @@ from onnxprune.api import prune
 from onnxprune.ir.graph import export_model, import_model
 from onnxprune.ir.runtime import session
 from onnxprune.recover.compensate import compensate
+from onnxprune.recover.refit import RefitEvaluator, refit
 from onnxprune.rewrite.remove import remove_units
 from onnxprune.search.evaluate import Evaluator
 from onnxprune.search.quality import get_metric
-from onnxprune.search.refit import RefitEvaluator, refit
 from onnxprune.testing import normalized
 from onnxprune.zoo.builder import GraphBuilder
 

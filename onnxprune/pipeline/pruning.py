@@ -11,12 +11,12 @@ from ..ir import io
 from ..options import Option, OptionError, auto_or_count, number
 from ..options import path as path_option
 from ..recover.compensate import RIDGE
+from ..recover.refit import RefitEvaluator, can_refit
 from ..recover.soft_autograd import NotDifferentiable, soft_autograd
 from ..rewrite.remove import remove_units
 from ..scoring import CRITERIA, NORMALIZATIONS, REDUCTIONS, normalize, score_units
 from ..search.evaluate import Evaluator
 from ..search.quality import get_metric
-from ..search.refit import RefitEvaluator, can_refit
 from ..select.budget import check_names, parse_ratio
 from ..select.common import Space, Target, bisect_shared_fraction
 from ..select.cost import CostModel

@@ -31,17 +31,17 @@ from ..analysis.model import ChannelAnalysis
 from ..ir.runtime import run_batched, session
 from ..ir.weights import Skeleton, proto
 from ..progress import task
-from ..recover.compensate import (
+from ..search.evaluate import Evaluator
+from ..search.memory import default_budget
+from ..verify.oracle import GATES
+from .compensate import (
     RIDGE,
     design_rows,
     layer_matrix,
     native_weight,
     refittable,
 )
-from ..scoring.reconstruction import layer_gates, layer_inputs
-from ..verify.oracle import GATES
-from .evaluate import Evaluator
-from .memory import default_budget
+from .layers import layer_gates, layer_inputs
 
 CACHE = 512  # refit solutions kept (the measured path asks for the same layer cuts again)
 
