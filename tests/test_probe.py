@@ -144,7 +144,8 @@ def test_a_refit_fitted_also_on_random_token_copies_generalizes():
     plain, _ = _run(compensate_augment=0)
     r, said = _run()
     rows = {row["stage"]: row for row in r.stages["stages"]}
-    assert r.recovery["compensate_data"] == {"samples": 32 * 9, "random_token_copies": 8}
+    assert r.recovery["compensate_data"] == {"samples": 32 * 9, "copies": 8,
+                                             "style": "random tokens"}
     assert rows["compensate"]["kept"] is True and not said
     assert rows["compensate"]["probe"] > rows["pruned"]["probe"] + 0.05
     assert rows["compensate"]["heldout"] > rows["pruned"]["heldout"]

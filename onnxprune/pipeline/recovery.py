@@ -17,12 +17,13 @@ from ..search.memory import rows_for
 from ..search.quality import get_metric
 from ..verify.checks import VerifyReport, cut_arrays, cut_outputs
 from . import stages
+from .augment import augmented
 from .base import Context, Pass, PassResult
 from .inputs import verification_feeds
-from .probe import token_inputs, with_token_copies
+from .probe import token_inputs
 
 AUTO_COPIES = 8  # MiniLM, 30% fewer params: held-out cosine 0.435 / 0.628 / 0.670 / 0.693 with
-# 0 / 3 / 6 / 12 copies (the plain cut: 0.628); compensation's time grows with the copies
+# 0 / 3 / 6 / 12 random-token copies (the plain cut: 0.628); compensation's time grows with them
 
 
 def _float_only(ctx: Context, by: str) -> None:
@@ -53,28 +54,31 @@ class Compensate(Pass):
     options = (
         Option("ridge", RIDGE, "ridge regularisation of the refit, relative to the mean input "
                "energy", parse=number(0), public="ridge", metavar="R", type_name="float"),
-        Option("augment", "auto", "for models that read token ids: fit the refit also on N "
-               "copies of the calibration data with random content tokens (the random-token "
-               "probe's construction, other seeds), so that it reproduces the original on any "
-               "text, not only in the calibration text's style; auto: 8 for such models, else "
-               "0", parse=auto_or_count(0), public="compensate_augment", metavar="N|auto",
-               type_name="int|auto"),
+        Option("augment", "auto", "fit the refit also on N copies of the calibration data in "
+               "other styles, so that it reproduces the original beyond the calibration data's "
+               "style: for a model that reads token ids its content tokens replaced by random "
+               "ids (the random-token probe's construction, other seeds), for one that reads "
+               "images restyled (strokes, slant, width, contrast, blur, noise); auto: 8 for "
+               "token models, else 0", parse=auto_or_count(0), public="compensate_augment",
+               metavar="N|auto", type_name="int|auto"),
     )
 
     def copies(self, ctx: Context) -> int:
-        """Random-token copies the refit fits on (0: the calibration data alone)."""
+        """Copies in other styles the refit fits on (0: the calibration data alone)."""
         if self.augment != "auto":
             return int(self.augment)
-        graph = ctx.reference if ctx.reference is not None else ctx.graph
-        return AUTO_COPIES if graph is not None and token_inputs(graph) else 0
+        return AUTO_COPIES if token_inputs(self._graph(ctx)) else 0
+
+    @staticmethod
+    def _graph(ctx: Context):
+        return ctx.reference if ctx.reference is not None else ctx.graph
 
     def fit_data(self, ctx: Context) -> Calibration:
         """What the refit fits on: the calibration data (its fitted share), with the copies."""
         calib = _need_calib(ctx, self.name)
-        graph = ctx.reference if ctx.reference is not None else ctx.graph
         n = self.copies(ctx)
         data = calib if isinstance(calib, Calibration) else Calibration(calib, axes_of(calib))
-        more = with_token_copies(graph, data, n) if n else None
+        more = augmented(self._graph(ctx), data, n) if n else None
         return more if more is not None else calib
 
     def run(self, ctx: Context) -> PassResult:
@@ -89,8 +93,9 @@ class Compensate(Pass):
             {"layer": f.node, "rows": f.rows, "error_before": f.error_before,
              "error_after": f.error_after} for f in fits])
         if calib is not ctx.calib:
+            style = "random tokens" if token_inputs(self._graph(ctx)) else "restyled images"
             ctx.recovery["compensate_data"] = {"samples": Calibration(
-                calib, axes_of(calib)).samples, "random_token_copies": self.copies(ctx)}
+                calib, axes_of(calib)).samples, "copies": self.copies(ctx), "style": style}
         kept = stages.keep_better(ctx, self.name, before, snapshot) if fits else True
         return PassResult(bool(fits) and kept, {"layers": len(fits), "kept": kept})
 
