@@ -492,9 +492,7 @@ def _fmt(v, spec=".3f") -> str:
 
 
 def _stages(row: dict) -> dict[str, dict]:
-    """Stage rows by kind; a stage fitted again ("compensate (8 random-token copies)") shows
-    its last fit."""
-    return {s["stage"].split(" (")[0]: s for s in ((row.get("stages") or {}).get("stages") or [])}
+    return {s["stage"]: s for s in ((row.get("stages") or {}).get("stages") or [])}
 
 
 def _last_stage(row: dict) -> dict:

@@ -214,7 +214,7 @@ class SelectChannels(Pass):
             warn("search_refit on: the search measures cuts after a refit, but this run does "
                  "not compensate (add compensate)")
             return RIDGE, ctx.calib
-        return float(comp.ridge), comp.fit_data(ctx)  # its first refit's data
+        return float(comp.ridge), comp.fit_data(ctx)
 
     def _warn_short(self, info: dict) -> None:
         """Say so when a target could not be reached (group caps, widths, rounding)."""

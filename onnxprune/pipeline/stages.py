@@ -124,12 +124,10 @@ def _deciding(row: dict[str, Any]) -> list[str]:
     return ["heldout" if "heldout" in row else "calib", *(["probe"] if "probe" in row else [])]
 
 
-def keep_better(ctx: Context, stage: str, before: dict[str, Any] | None, snapshot,
-                instead=None) -> bool:
+def keep_better(ctx: Context, stage: str, before: dict[str, Any] | None, snapshot) -> bool:
     """Measure the model after recovery ``stage``; if it scores worse than ``before`` on the
     held-out data (the calibration data without a held-out share), put ``snapshot`` (the graph
-    before the stage) back and say so (``instead(worse)``: what happens next when the caller
-    tries something else, None: nothing). Returns whether the stage's result was kept; the stage's row names the
+    before the stage) back and say so. Returns whether the stage's result was kept; the stage's row names the
     data sets it was worse on (``"worse"``)."""
     after = measure(ctx, stage)
     if after is None or before is None:
@@ -144,8 +142,7 @@ def keep_better(ctx: Context, stage: str, before: dict[str, Any] | None, snapsho
     ctx.graph = snapshot
     what = " and ".join(f"on the {SETS[k]} data worse ({before[k]:.4g} -> {after[k]:.4g})"
                         for k in worse)
-    then = instead(worse) if instead is not None else None
-    warn(f"{stage} made {metric.name} {what}; {then or f'kept the model before {stage}'}")
+    warn(f"{stage} made {metric.name} {what}; kept the model before {stage}")
     return False
 
 
