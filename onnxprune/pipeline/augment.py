@@ -18,7 +18,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..ir.arrays import Calibration
-from .probe import token_inputs, with_token_copies
+from .probe import token_inputs, token_probe
 
 MIN_SIDE = 16  # an image's height and width, at least
 CHANNELS = (1, 3, 4)
@@ -90,6 +90,26 @@ def _blur(a: np.ndarray) -> np.ndarray:
     return (v[:, :, :-2] + 2 * v[:, :, 1:-1] + v[:, :, 2:]) / 4
 
 
+def _followed_by(data: Calibration, copies: list[dict]) -> Calibration:
+    """``data`` with each copy's samples after its own (arrays fed whole stay as they are)."""
+    out = {}
+    for name, value in data.items():
+        axis = data.axes.get(name, 0)
+        out[name] = value if axis is None else np.concatenate(
+            [np.asarray(value)] + [np.asarray(c[name]) for c in copies], axis=axis)
+    return Calibration(out, dict(data.axes))
+
+
+def with_token_copies(graph: gs.Graph, data: Calibration, copies: int, seed: int = 1000
+                      ) -> Calibration | None:
+    """``data`` followed by ``copies`` of itself with random content tokens (``token_probe``
+    with seeds ``seed``, ``seed + 1``, ...); None when the model reads no token ids."""
+    if copies <= 0:
+        return None
+    parts = [token_probe(graph, data, seed + i) for i in range(copies)]
+    return None if parts[0] is None else _followed_by(data, parts)
+
+
 def with_image_copies(graph: gs.Graph, data: Calibration, copies: int, seed: int = 2000
                       ) -> Calibration | None:
     """``data`` followed by ``copies`` restyled copies of its images (other inputs repeated);
@@ -98,28 +118,25 @@ def with_image_copies(graph: gs.Graph, data: Calibration, copies: int, seed: int
     if copies <= 0 or not images:
         return None
     rng = np.random.default_rng(seed)
-    out = {}
-    for name, value in data.items():
-        axis = data.axes.get(name, 0)
-        if axis is None:
-            out[name] = value
-            continue
-        parts = [np.asarray(value)]
-        for _ in range(copies):
-            if name in images:
-                x = np.asarray(value)
-                nchw = x if images[name] == 1 else x.transpose(0, 3, 1, 2)
-                new = restyle(nchw, rng)
-                parts.append(new if images[name] == 1 else new.transpose(0, 2, 3, 1))
-            else:
-                parts.append(np.asarray(value))
-        out[name] = np.concatenate(parts, axis=axis).astype(np.asarray(value).dtype)
-    return Calibration(out, dict(data.axes))
+    parts = []
+    for _ in range(copies):
+        part = dict(data)
+        for name, axis in images.items():
+            x = np.asarray(data[name])
+            nchw = x if axis == 1 else x.transpose(0, 3, 1, 2)
+            new = restyle(nchw, rng)
+            part[name] = (new if axis == 1 else new.transpose(0, 2, 3, 1)).astype(x.dtype)
+        parts.append(part)
+    return _followed_by(data, parts)
 
 
-def augmented(graph: gs.Graph, data: Calibration, copies: int) -> Calibration | None:
-    """``data`` with ``copies`` copies in other styles: random tokens for a model that reads
-    token ids, restyled images for one that reads images; None when it reads neither."""
+def augmented(graph: gs.Graph, data: Calibration, copies: int
+              ) -> tuple[Calibration, str] | None:
+    """(``data`` with ``copies`` copies in other styles, the style): random tokens for a model
+    that reads token ids, restyled images for one that reads images; None when it reads
+    neither."""
     if token_inputs(graph):
-        return with_token_copies(graph, data, copies)
-    return with_image_copies(graph, data, copies)
+        more, style = with_token_copies(graph, data, copies), "random tokens"
+    else:
+        more, style = with_image_copies(graph, data, copies), "restyled images"
+    return None if more is None else (more, style)

@@ -92,20 +92,3 @@ def token_probe(graph: gs.Graph, data: Calibration, seed: int = 0) -> Calibratio
                                    int((~fixed).sum())).astype(ids.dtype)
         out[name] = new
     return Calibration(out, dict(data.axes))
-
-
-def with_token_copies(graph: gs.Graph, data: Calibration, copies: int, seed: int = 1000
-                      ) -> Calibration | None:
-    """``data`` followed by ``copies`` of itself with random content tokens (``token_probe``
-    with seeds ``seed``, ``seed + 1``, ...); None when the model reads no token ids."""
-    if copies <= 0:
-        return None
-    parts = [token_probe(graph, data, seed + i) for i in range(copies)]
-    if parts[0] is None:
-        return None
-    out = {}
-    for name, value in data.items():
-        axis = data.axes.get(name, 0)
-        out[name] = value if axis is None else np.concatenate(
-            [np.asarray(value)] + [np.asarray(p[name]) for p in parts], axis=axis)
-    return Calibration(out, dict(data.axes))

@@ -20,7 +20,6 @@ from . import stages
 from .augment import augmented
 from .base import Context, Pass, PassResult
 from .inputs import verification_feeds
-from .probe import token_inputs
 
 # MiniLM, 30% fewer params: held-out cosine 0.435 / 0.628 / 0.670 / 0.693 with 0 / 3 / 6 / 12
 # random-token copies (the plain cut: 0.628). Only when the run has the random-token probe, which
@@ -79,25 +78,28 @@ class Compensate(Pass):
 
     def fit_data(self, ctx: Context) -> Calibration:
         """What the refit fits on: the calibration data (its fitted share), with the copies."""
+        return self._fit_data(ctx)[0]
+
+    def _fit_data(self, ctx: Context) -> tuple[Calibration, str | None]:
+        """(the data, the copies' style; None: no copies)."""
         calib = _need_calib(ctx, self.name)
         n = self.copies(ctx)
         data = calib if isinstance(calib, Calibration) else Calibration(calib, axes_of(calib))
         more = augmented(self._graph(ctx), data, n) if n else None
-        return more if more is not None else calib
+        return more if more is not None else (calib, None)
 
     def run(self, ctx: Context) -> PassResult:
         graph = ctx.require("graph", self.name)
         _float_only(ctx, self.name)
         reference = ctx.export(ctx.require("reference", self.name))
-        calib = self.fit_data(ctx)
+        calib, style = self._fit_data(ctx)
         before, snapshot = stages.current(ctx), graph.copy()  # the copy shares the weights
         fits = compensate(graph, reference, ctx.analysis, ctx.plan.removed, calib, self.ridge,
                           interface=ctx.interface)
         ctx.recovery["compensate"] = [
             {"layer": f.node, "rows": f.rows, "error_before": f.error_before,
              "error_after": f.error_after} for f in fits]
-        if calib is not ctx.calib:
-            style = "random tokens" if token_inputs(self._graph(ctx)) else "restyled images"
+        if style is not None:
             ctx.recovery["compensate_data"] = {"samples": Calibration(
                 calib, axes_of(calib)).samples, "copies": self.copies(ctx), "style": style}
         kept = stages.keep_better(ctx, self.name, before, snapshot) if fits else True
