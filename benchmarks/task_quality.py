@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import string
 import subprocess
 import sys
 import tempfile
@@ -56,7 +57,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 METRICS = ROOT / "benchmarks" / "task_metrics.py"
 TARGET = 0.3
 CONFIGS = ("uniform", "sensitivity", "sens+compensate", "sens+comp+distill",
-           "refit sens+compensate")
+           "refit sens+compensate", "latin classes", "latin classes 50%")
+# the recognizer's own configurations: only the classes an English page needs (--keep-classes)
+LATIN = {"latin classes": TARGET, "latin classes 50%": 0.5}
 
 
 def has(package: str) -> bool:
@@ -64,8 +67,11 @@ def has(package: str) -> bool:
 
 
 def run_prunes(name: str, model: Path, calib: dict, metric: str, shapes: dict, work: Path,
-               distill_steps: int, distill_batch: int) -> dict:
-    """The four configurations on one model; each row keeps its error instead of stopping."""
+               distill_steps: int, distill_batch: int, only: set[str] | None = None,
+               classes: Path | None = None) -> dict:
+    """The configurations on one model (``only``: those named); each row keeps its error
+    instead of stopping. ``classes``: a file of the classes the application needs, for the
+    configurations that keep only those."""
     plan = work / f"{name}.plan.json"
     common = {"calib": calib, "input_shapes": shapes, "holdout": 0.2}
     jobs = {
@@ -81,8 +87,14 @@ def run_prunes(name: str, model: Path, calib: dict, metric: str, shapes: dict, w
         "refit sens+compensate": {"strategy": "sensitivity", "target_params": TARGET,
                                   "metric": metric, "compensate": True},
     }
+    if classes is not None:
+        for config, target in LATIN.items():
+            jobs[config] = {"keep_classes": classes, "strategy": "sensitivity",
+                            "target_params": target, "metric": metric, "compensate": True}
     rows = {}
     for config, options in jobs.items():
+        if only is not None and config not in only:
+            continue
         out = work / f"{name}.{config}.onnx"
         print(f"[{name}] {config} ...", flush=True)
         start = time.perf_counter()
@@ -92,6 +104,7 @@ def run_prunes(name: str, model: Path, calib: dict, metric: str, shapes: dict, w
             r = prune(model, out, **common, **options)
             row.update(params_before=r.params_before, params_after=r.params_after,
                        params_removed=1 - r.params_after / r.params_before,
+                       classes=r.classes,
                        stages=r.stages, recovery=_recovery_summary(r.recovery),
                        timings={k: round(v, 2) for k, v in (r.timings or {}).items()},
                        path=str(out))
@@ -310,6 +323,21 @@ def with_references(kind: str, model: Path, arrays: dict) -> dict:
     return arrays
 
 
+def latin_classes(model: Path, work: Path) -> Path:
+    """A file of the recognizer's classes an English page needs: the CTC blank (0), every
+    printable ASCII character of its dictionary (the model's "character" metadata: class i+1
+    is line i) and the space rapidocr appends as the last class."""
+    import onnx
+
+    m = onnx.load(str(model), load_external_data=False)
+    chars = next(p.value for p in m.metadata_props if p.key == "character").splitlines()
+    printable = set(string.ascii_letters + string.digits + string.punctuation)
+    keep = [0] + [i + 1 for i, c in enumerate(chars) if c in printable] + [len(chars) + 1]
+    path = work / "latin_classes.txt"
+    path.write_text(" ".join(map(str, keep)) + "\n")
+    return path
+
+
 def run_ocr(args, work: Path) -> dict:
     import rapidocr
 
@@ -336,8 +364,9 @@ def run_ocr(args, work: Path) -> dict:
         pick = picks[kind]
         calib = with_references(kind, models[kind], {k: v[pick] for k, v in a.items()})
         metric = f"{METRICS}:{metric_of[kind]}"
+        classes = latin_classes(models[kind], work) if kind == "rec" else None
         rows = run_prunes(f"ppocr-{kind}", models[kind], calib, metric, {"x": shapes[kind]},
-                          work, args.distill_steps, args.distill_batch)
+                          work, args.distill_steps, args.distill_batch, args.configs, classes)
         out["models"][kind] = {"file": models[kind].name, "samples": len(pick),
                                "input": shapes[kind], "metric": metric_of[kind], "rows": rows}
         pruned[kind] = {c: Path(r["path"]) for c, r in rows.items() if "path" in r}
@@ -357,6 +386,15 @@ def run_ocr(args, work: Path) -> dict:
         print(f"[ocr] {config}: " + ", ".join(
             f"{k.split()[0]} {v['heldout']['char_accuracy']:.3f}"
             for k, v in pipeline.items() if k.endswith(config)), flush=True)
+    # the whole pipeline pruned: det and cls as searched and compensated, rec keeping the
+    # classes an English page needs (chosen before any held-out page was read)
+    mix = {"det": "sens+compensate", "rec": "latin classes", "cls": "sens+compensate"}
+    if all(c in pruned.get(k, {}) for k, c in mix.items()):
+        eng = ocr_engine(**{k: pruned[k][c] for k, c in mix.items()})
+        pipeline["all sens+compensate, rec latin classes"] = {
+            "heldout": read_pages(eng, held_pages), "calib": read_pages(eng, calib_pages)}
+        print("[ocr] all sens+compensate, rec latin classes: "
+              f"{pipeline['all sens+compensate, rec latin classes']['heldout']}", flush=True)
     out["pipeline"] = pipeline
     out["pipeline_seconds"] = round(time.perf_counter() - start, 1)
     return out
@@ -456,7 +494,7 @@ def run_minilm(args, work: Path) -> dict:
     sentences = calib_sentences(args.samples)
     calib = encode(tok, sentences, 32)
     rows = run_prunes("minilm", model, calib, "cosine", {k: [1, 32] for k in calib}, work,
-                      args.distill_steps, args.distill_batch)
+                      args.distill_steps, args.distill_batch, args.configs)
     held = encode(tok, HELDOUT, None)  # padded to the longest held-out sentence
     ref = embed(model, held)
     ref_nb = neighbours(ref)
@@ -553,10 +591,31 @@ def _all_rows(results: dict):
         yield "minilm", results["minilm"]["rows"]
 
 
+# where a rerun of some models or configurations adds to the results instead of replacing them
+MERGED = {(), ("ocr",), ("ocr", "models"), ("ocr", "models", "*"),
+          ("ocr", "models", "*", "rows"), ("ocr", "pipeline"), ("minilm",), ("minilm", "rows")}
+
+
+def merged(old, new, path: tuple = ()):
+    """``new`` over ``old``: the dicts at the MERGED paths key by key, all else replaced."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return new
+    if not any(len(m) == len(path) and all(a in ("*", b) for a, b in zip(m, path, strict=True))
+               for m in MERGED):
+        return new
+    out = dict(old)
+    for k, v in new.items():
+        out[k] = merged(old.get(k), v, (*path, k))
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=("ocr", "minilm"), default=None)
     ap.add_argument("--ocr-models", default="cls,rec,det", help="which OCR models to prune")
+    ap.add_argument("--configs", type=lambda s: set(s.split(",")), default=None,
+                    help="run only these configurations (comma-separated; default all; "
+                    f"{', '.join(CONFIGS)}); the results file keeps the other rows")
     ap.add_argument("--pages", type=int, default=48, help="calibration pages (2 lines each)")
     ap.add_argument("--held-pages", type=int, default=40, help="held-out pages (2 lines each)")
     ap.add_argument("--samples", type=int, default=64, help="calibration samples (rec, cls, "
@@ -592,7 +651,7 @@ def main() -> int:
     results["seconds"] = round(time.perf_counter() - start, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    args.out.write_text(json.dumps({**old, **results}, indent=1, default=str) + "\n")
+    args.out.write_text(json.dumps(merged(old, results), indent=1, default=str) + "\n")
     console = Console(width=200)
     for t in tables(results):
         console.print(t)

@@ -210,6 +210,12 @@ def stage_lines(s: dict) -> list[str]:
     return lines
 
 
+def _fill_text(fill: float | None) -> str:
+    from ..rewrite.classes import MARGIN
+
+    return f"{fill:g}" if fill is not None else f"the lowest kept score - {MARGIN:g}"
+
+
 def print_prune(console: Console, r: PruneResult, model: str) -> None:
     table = Table(title=f"pruned {model}", title_justify="left")
     for col in ("", "before", "after", "kept"):
@@ -228,6 +234,12 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
     ch_a = sum(a for _, a in widths.values())
     table.add_row("channels (all groups)", f"{ch_b:,}", f"{ch_a:,}", _ratio(ch_b, ch_a))
     console.print(table)
+    if r.classes:
+        c = r.classes
+        console.print(f"classes: {c['output']} computes {c['kept']:,} of its {c['classes']:,} "
+                      f"classes ({c['params_removed']:,} parameters of {c['layer']} removed; "
+                      f"the others read {_fill_text(c['fill'])})", markup=False, highlight=False,
+                      soft_wrap=True)
     _print_widths(console, r)
     if r.stages:
         for line in stage_lines(r.stages):

@@ -19,6 +19,7 @@ from ..errors import UsageError, warn
 from ..options import Option, flag, text
 from ..search.quality import get_metric
 from .base import RUN_OPTIONS, Pass, RunConfig
+from .classes import KeepClasses
 from .data import Calibrate, MeasureQuality, UseMetric
 from .entry import LoadModel, UseModel
 from .frontend import Cleanup, Normalize
@@ -49,7 +50,7 @@ SWITCHES = (
 
 # The passes whose public options prune() takes, in pipeline order.
 PRUNE_PASSES: tuple[type[Pass], ...] = (
-    FindComponents, AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels,
+    KeepClasses, FindComponents, AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels,
     Compensate, Distill, Quantize, WriteModel, Report,
 )
 
@@ -106,6 +107,11 @@ def prune_pipeline(model: str | Path | onnx.ModelProto, output: str | Path | Non
         calib["arrays"] = calib.pop("path")
     if calib:  # where 'onnxprune run' puts it too
         passes.append(Calibrate(**calib))
+    classes = per_pass.get(KeepClasses.name, {})
+    if classes.get("keep") is not None:
+        passes.append(make(KeepClasses))
+    elif classes:
+        warn("keep_classes_output: no effect without keep_classes")
     if sw["components"] != "none":
         passes += [make(FindComponents, spec=sw["components"]), InsertFlowAdapters()]
     elif per_pass.get("components"):

@@ -189,29 +189,40 @@ class CheckNormalization(Pass):
 
     def run(self, ctx: Context) -> PassResult:
         from ..verify.checks import custom_domains
-        from ..verify.compare import close, max_diffs
 
         if ctx.source is None or custom_domains(proto(ctx.source)):
             return PassResult(False)
         if not any(name in self.NUMERIC and result.modified for name, result in ctx.log):
             ctx.normalize_deferred = True  # verification runs the input model once, for both
             return PassResult(False, {"deferred": True})
-        try:
-            feeds = verification_feeds(ctx, ctx.source, count=1)[0]
-            want = session(ctx.source).run(None, feeds)
-        except Exception:  # noqa: BLE001 - the input model itself does not run here
+        ctx.require("graph", self.name)
+        if not compare_with_input(ctx):
             return PassResult(False, {"compared": False})
-        normalized = ctx.skeleton(ctx.require("graph", self.name))
-        try:
-            got = session(normalized).run(None, feeds)
-        except Exception as err:  # noqa: BLE001 - the normalized graph broke: say where
-            raise VerificationError(blame_normalization(ctx, feeds, want)
-                                    or _normalization_failed(_first_line(err))) from None
-        ctx.normalize_diff = max_diffs(got, want)[1]
-        if not close(got, want, rtol=1e-3, atol=1e-4):
-            raise VerificationError(blame_normalization(ctx, feeds, want) or _normalization_failed(
-                f"outputs differ (relative {ctx.normalize_diff:.3g})"))
         return PassResult(False, {"relative_diff": ctx.normalize_diff})
+
+
+def compare_with_input(ctx: Context) -> bool:
+    """Compare the working (normalized) graph with the input model now, on one set of random
+    inputs: sets ``ctx.normalize_diff``; raises naming the step at fault when they differ.
+    False when the input model does not run here (nothing compared)."""
+    from ..verify.compare import close, max_diffs
+
+    try:
+        feeds = verification_feeds(ctx, ctx.source, count=1)[0]
+        want = session(ctx.source).run(None, feeds)
+    except Exception:  # noqa: BLE001 - the input model itself does not run here
+        return False
+    try:
+        got = session(ctx.skeleton()).run(None, feeds)
+    except Exception as err:  # noqa: BLE001 - the normalized graph broke: say where
+        raise VerificationError(blame_normalization(ctx, feeds, want)
+                                or _normalization_failed(_first_line(err))) from None
+    ctx.normalize_diff = max_diffs(got, want)[1]
+    ctx.normalize_deferred = False
+    if not close(got, want, rtol=1e-3, atol=1e-4):
+        raise VerificationError(blame_normalization(ctx, feeds, want) or _normalization_failed(
+            f"outputs differ (relative {ctx.normalize_diff:.3g})"))
+    return True
 
 
 def _normalization_failed(what: str) -> str:

@@ -3,6 +3,7 @@ calibrate/metric -> score -> select -> remove -> cleanup -> verify -> (recover) 
 -> write -> (report)."""
 
 from .base import PROVIDED_BY, Pass
+from .classes import KeepClasses
 from .data import Calibrate, MeasureQuality, UseMetric
 from .entry import LoadModel, UseModel
 from .frontend import (
@@ -25,7 +26,7 @@ from .structure import AnalyzeChannels, DropAdapters, FindComponents, InsertFlow
 CATALOGUE: dict[str, type[Pass]] = {
     cls.name: cls for cls in (
         Normalize, NameNodes, InferShapes, FoldConstants, ConstantReshapeTargets,
-        FoldBatchNorm, DropIdentity, Cleanup, FindComponents, InsertFlowAdapters,
+        FoldBatchNorm, DropIdentity, Cleanup, KeepClasses, FindComponents, InsertFlowAdapters,
         AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels, MeasureQuality,
         RemoveChannels, DropAdapters, Verify, Compensate, Distill, VerifyRecovered, Quantize,
         WriteModel, Report,
@@ -38,7 +39,7 @@ for _cls in (LoadModel, UseModel, *CATALOGUE.values()):
 __all__ = [
     "CATALOGUE", "STRATEGIES", "AnalyzeChannels", "Calibrate", "Cleanup", "ConstantReshapeTargets",
     "DropAdapters", "DropIdentity", "FindComponents", "FoldBatchNorm", "FoldConstants",
-    "InferShapes", "InsertFlowAdapters", "LoadModel", "MeasureQuality", "NameNodes", "Normalize",
+    "InferShapes", "InsertFlowAdapters", "KeepClasses", "LoadModel", "MeasureQuality", "NameNodes", "Normalize",
     "Quantize", "RemoveChannels", "Report", "ScoreChannels", "Compensate", "Distill",
     "VerifyRecovered", "SelectChannels", "UseMetric", "UseModel", "Verify", "WriteModel",
 ]

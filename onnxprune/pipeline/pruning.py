@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 
+from ..analysis.size import graph_params
 from ..errors import ConstraintError, warn
 from ..ir import io
 from ..options import Option, OptionError, auto_or_count, number
@@ -176,9 +177,12 @@ class SelectChannels(Pass):
             info["round_to"] = self._round_to
             if probe is not None:
                 info["latency_probe"] = {"layer": probe.layer, "cost": probe.cost}
+        self._target = _from_input(ctx, self.target, info)
         if self.plan is not None:
             removed, made = read_plan(self.plan, analysis)
             info.update(strategy="plan", plan=str(self.plan), planned=made)
+        elif self._target is not None and self._target.fraction <= 0:
+            removed = np.zeros(analysis.num_units, bool)  # keep_classes removed enough
         elif self.strategy == "uniform" and self.target is None:
             removed = select_uniform(analysis, scores, self.ratio, self._round_to,
                                      self.min_width).removed
@@ -218,12 +222,13 @@ class SelectChannels(Pass):
 
     def _warn_short(self, info: dict) -> None:
         """Say so when a target could not be reached (group caps, widths, rounding)."""
-        if self.target is None:
+        target = self._target
+        if target is None:
             return
-        reached = info[f"{self.target.kind}_reduction"]
+        reached = info[f"{target.kind}_reduction"]
         slack = self.tolerance if self.strategy == "soft" else 1e-6
-        if reached < self.target.fraction - slack:
-            warn(f"target: remove {self.target.fraction:.3g} of the {self.target.kind}, reached "
+        if reached < target.fraction - slack:
+            warn(f"target: remove {target.fraction:.3g} of the {target.kind}, reached "
                  f"{reached:.3g} (each group may lose at most max_ratio={self.max_ratio:g} of its "
                  f"channels and keeps min_width={self.min_width})")
 
@@ -231,7 +236,7 @@ class SelectChannels(Pass):
         # named components keep their ratio as a cap; every other group may lose max_ratio
         caps = {**self.ratio, "*": self.max_ratio}
         space = Space(analysis, scores, cost, caps, self._round_to, self.min_width)
-        target = self.target
+        target = self._target
         if target is None and self.constraint is None:
             # the same budget as the uniform ratio would give
             uniform = select_uniform(analysis, scores, self.ratio, self._round_to, self.min_width)
@@ -292,6 +297,18 @@ class SelectChannels(Pass):
                     coefficient_groups=[int(g.gid) for g in space.groups],
                     evaluations=extra["evaluations"], method=extra["method"])
         return removed
+
+
+def _from_input(ctx: Context, target: Target | None, info: dict) -> Target | None:
+    """A parameter target counts from the model before keep_classes: what trimming classes
+    removed counts toward it, and the channels make up the rest (of the trimmed model)."""
+    if target is None or target.kind != "params" or not ctx.classes:
+        return target
+    now = graph_params(ctx.graph)
+    before = now + ctx.classes["params_removed"]
+    rest = 1.0 - (1.0 - target.fraction) * before / max(now, 1)
+    info["target_after_classes"] = max(rest, 0.0)
+    return Target("params", max(rest, 0.0))
 
 
 def _curves(space: Space, curves, removed: np.ndarray, metric) -> list[dict]:

@@ -1,6 +1,7 @@
 """Quality per stage: the application metric of the model as it stands after each stage of a
-run (unpruned, pruned, compensated, distilled), measured by running the real model on the
-calibration samples the search used and on the held-out share it never saw.
+run (unpruned, classes kept, pruned, compensated, distilled), measured by running the real
+model on the calibration samples the search used and on the held-out share it never saw,
+always against the unpruned model with all its classes.
 
 A recovery stage that makes held-out quality worse is undone (``keep_better``): the model
 before it is kept, and a warning says so. The held-out share decides (the calibration data
@@ -72,7 +73,11 @@ def measurable(ctx: Context) -> bool:
 
 
 def _original(ctx: Context):
-    return ctx.reference if ctx.reference is not None else ctx.graph
+    """The model quality is measured against: the normalized input, before any removal."""
+    for graph in (ctx.origin, ctx.reference):
+        if graph is not None:
+            return graph
+    return ctx.graph
 
 
 def _references(ctx: Context) -> dict[str, list[np.ndarray]]:
@@ -96,6 +101,10 @@ def measure(ctx: Context, stage: str, graph=None, optimized: bool = False
     if not ctx.stages:
         ctx.stages.append({"stage": "unpruned", **{
             name: metric(refs[name], data, refs[name]) for name, data in _data(ctx).items()}})
+        if ctx.origin is not None and ctx.reference is not None:  # the trim's own cost
+            ctx.stages.append({"stage": "classes", **{
+                name: metric(_outputs(ctx, ctx.reference, data), data, refs[name])
+                for name, data in _data(ctx).items()}})
     row: dict[str, Any] = {"stage": stage}
     cuts = ctx.interface or {}  # an opened cache: the pruned model reads/writes kept heads only
     for name, data in _data(ctx).items():
