@@ -203,8 +203,10 @@ def test_the_command_line_names_bad_class_specs_in_one_line(tmp_path, capsys):
     spec = tmp_path / "keep.txt"
     spec.write_text("0-4\n7\n")
     assert main(["prune", str(src), "-o", str(tmp_path / "a.onnx"), "--keep-classes",
-                 str(spec), "--ratio", "0.2", "--json"]) == 0
+                 str(spec), "--ratio", "0.2", "--json", "--report", str(tmp_path / "rep")]) == 0
     assert '"kept": 6' in capsys.readouterr().out
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "classes kept" in html and "6 of the 40" in html
     for args, why in ((["--keep-classes", "0-99"], "class 99 does not exist"),
                       (["--keep-classes", "a"], "not a class index"),
                       (["--keep-classes", "0-3", "--keep-classes-output", "y"], "no output 'y'")):

@@ -241,7 +241,8 @@ class SelectChannels(Pass):
             # the same budget as the uniform ratio would give
             uniform = select_uniform(analysis, scores, self.ratio, self._round_to, self.min_width)
             target = Target("params", cost.reduction(uniform.removed, "params"))
-        info["target"] = None if target is None else (target.kind, target.fraction)
+        shown = self.target if self.target is not None else target  # as the user gave it
+        info["target"] = None if shown is None else (shown.kind, shown.fraction)
         if self.strategy == "uniform":
             f = bisect_shared_fraction(space, target)
             return space.mask(space.counts_for_fractions([f] * len(space.groups)))

@@ -255,6 +255,14 @@ def _selection(d: dict[str, Any], images: dict) -> str:
                             ("saved_plan", "plan written to", "")):
         if sel.get(key) is not None:
             facts.append([label, num(sel[key], fmt or ".4g")])
+    classes = d.get("classes")
+    if classes:
+        facts.append(["classes kept", f"{num(classes['kept'])} of the {num(classes['classes'])} "
+                      f"of {esc(classes['output'])} ({num(classes['params_removed'])} parameters "
+                      "removed with the others)"])
+        if sel.get("target_after_classes") is not None:
+            facts.append(["channels then remove", num(sel["target_after_classes"], ".1%")
+                          + " of the rest"])
     refit = sel.get("refit")
     if refit:
         facts.append(["candidates measured", f"after the refit of {num(refit['layers'])} "
