@@ -115,6 +115,10 @@ def _classes_of(layer: gs.Node) -> int:
     w = const_value(layer.inputs[1]) if len(layer.inputs) > 1 else None
     if w is None:
         raise ClassError(f"{layer.op} node {layer.name} has no constant weights")
+    if layer.op == "Conv" and layer.attrs.get("group", 1) != 1:
+        raise ClassError(f"Conv node {layer.name} is grouped")
+    if layer.op == "Conv" and len(layer.inputs) > 2 and const_value(layer.inputs[2]) is None:
+        raise ClassError(f"Conv node {layer.name}: its bias is not a constant")
     readers = [n.name for n in layer.inputs[1].outputs if n is not layer]
     if readers:
         raise ClassError(f"the weights of {layer.op} node {layer.name} are read by {readers[0]} "
@@ -151,29 +155,33 @@ def _cut_layer(graph: gs.Graph, layer: gs.Node, keep: np.ndarray) -> None:
                 layer.inputs[2]) is not None:
             sliced(2, -1)
     else:
-        if layer.attrs.get("group", 1) != 1:
-            raise ClassError(f"Conv node {layer.name} is grouped")
         sliced(1, 0)
         if len(layer.inputs) > 2:
             sliced(2, 0)
 
 
-def _cut_operand(graph: gs.Graph, node: gs.Node, keep: np.ndarray, axis: int, rank: int,
-                 classes: int) -> None:
+def _operand_axis(node: gs.Node, axis: int, rank: int, classes: int) -> tuple[int, int] | None:
+    """(input, its class axis) of a per-class op's constant, None when it broadcasts."""
     for i, t in enumerate(node.inputs):
         v = const_value(t)
         if v is None:
             continue
         a = axis - (rank - v.ndim)  # numpy broadcasting aligns from the right
         if a < 0 or v.shape[a] == 1:
-            return
+            return None
         if v.shape[a] != classes:
             raise ClassError(f"{node.op} node {node.name}: its constant has {v.shape[a]} "
                              f"entries on the class axis, the output {classes}")
-        new = np.take(v, keep, axis=a)
-        node.inputs[i] = gs.Constant(unique_name(graph, f"{t.name}_kept"),
-                                     np.ascontiguousarray(new))
-        return
+        return i, a
+    return None
+
+
+def _cut_operand(graph: gs.Graph, node: gs.Node, keep: np.ndarray, where: tuple[int, int]
+                 ) -> None:
+    i, a = where
+    t = node.inputs[i]
+    new = np.take(const_value(t), keep, axis=a)
+    node.inputs[i] = gs.Constant(unique_name(graph, f"{t.name}_kept"), np.ascontiguousarray(new))
 
 
 def _fill(ops: list[gs.Node]) -> float | None:
@@ -212,11 +220,13 @@ def keep_classes(graph: gs.Graph, output: str, kept) -> Trimmed:
     dtype = np.dtype(out.dtype) if out.dtype is not None else np.dtype(np.float32)
     if dtype.kind != "f":
         raise ClassError(f"output {output} is {dtype}, not a floating-point score")
+    # every check before the first change: a refused output leaves the graph as it was
+    operands = [(n, w) for n in ops if n.op in BINARY
+                if (w := _operand_axis(n, axis, rank, classes)) is not None]
     before = graph_params(graph)
     _cut_layer(graph, layer, kept)
-    for node in ops:
-        if node.op in BINARY:
-            _cut_operand(graph, node, kept, axis, rank, classes)
+    for node, where in operands:
+        _cut_operand(graph, node, kept, where)
     fill = _fill(ops)
     # the chain now ends in a tensor of kept classes; the output reads them back in place
     short = gs.Variable(unique_name(graph, f"{output}_kept"), dtype=out.dtype,
