@@ -15,8 +15,12 @@ unlike the calibration data (issue 17, "What to show").
 Configurations (target_params=0.3 each): uniform l2, sensitivity with a task metric, + compensate,
 + compensate + distill (these two reuse the sensitivity cut through a plan file), and a
 sensitivity search whose candidates are measured after compensation's refit, + compensate.
+The recognizer also keeps only the 96 classes of English text (--keep-classes; at 30% and,
+with the search + compensate for the rest, 50%), and the whole pipeline is read with det and
+cls at 30% and rec keeping them; MiniLM also runs the refit search at 10% and 15%.
 
     HF_HUB_OFFLINE=1 python benchmarks/task_quality.py [--only ocr|minilm] [--distill-steps N]
+        [--ocr-models rec] [--configs "latin classes,..."]   # a rerun keeps the other rows
 
 Results: benchmarks/results/task_quality.json and rich tables. A model whose package is not
 installed is skipped.
@@ -63,9 +67,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 METRICS = ROOT / "benchmarks" / "task_metrics.py"
 TARGET = 0.3
 CONFIGS = ("uniform", "sensitivity", "sens+compensate", "sens+comp+distill",
-           "refit sens+compensate", "latin classes", "latin classes 50%")
+           "refit sens+compensate", "latin classes", "latin classes 50%",
+           "refit sens+compensate 10%", "refit sens+compensate 15%")
 # the recognizer's own configurations: only the classes an English page needs (--keep-classes)
 LATIN = {"latin classes": TARGET, "latin classes 50%": 0.5}
+# the sentence encoder's: smaller cuts, to see where its held-out cosine stands
+SMALLER = {"refit sens+compensate 10%": 0.1, "refit sens+compensate 15%": 0.15}
 
 
 def has(package: str) -> bool:
@@ -74,10 +81,10 @@ def has(package: str) -> bool:
 
 def run_prunes(name: str, model: Path, calib: dict, metric: str, shapes: dict, work: Path,
                distill_steps: int, distill_batch: int, only: set[str] | None = None,
-               classes: Path | None = None) -> dict:
+               classes: Path | None = None, smaller: bool = False) -> dict:
     """The configurations on one model (``only``: those named); each row keeps its error
     instead of stopping. ``classes``: a file of the classes the application needs, for the
-    configurations that keep only those."""
+    configurations that keep only those; ``smaller``: also the refit search at smaller cuts."""
     plan = work / f"{name}.plan.json"
     common = {"calib": calib, "input_shapes": shapes, "holdout": 0.2}
     jobs = {
@@ -97,6 +104,8 @@ def run_prunes(name: str, model: Path, calib: dict, metric: str, shapes: dict, w
         for config, target in LATIN.items():
             jobs[config] = {"keep_classes": classes, "strategy": "sensitivity",
                             "target_params": target, "metric": metric, "compensate": True}
+    for config, target in SMALLER.items() if smaller else ():
+        jobs[config] = {**jobs["refit sens+compensate"], "target_params": target}
     rows = {}
     for config, options in jobs.items():
         if only is not None and config not in only:
@@ -218,7 +227,7 @@ def run_minilm(args, work: Path) -> dict:
     sentences = calib_sentences(args.samples)
     calib = encode(tok, sentences, 32)
     rows = run_prunes("minilm", model, calib, "cosine", {k: [1, 32] for k in calib}, work,
-                      args.distill_steps, args.distill_batch, args.configs)
+                      args.distill_steps, args.distill_batch, args.configs, smaller=True)
     held = encode(tok, HELDOUT, None)  # padded to the longest held-out sentence
     ref = embed(model, held)
     ref_nb = neighbours(ref)
