@@ -181,6 +181,11 @@ def test_a_run_counts_the_target_from_the_model_before_and_measures_against_it(t
                calib=calib)
     assert r2.plan.removed_units > 0 and r2.params_after <= 0.7 * r2.params_before + 50
     assert 0 < r2.selection["target_after_classes"] < 0.3
+    # a MAC target counts from the model before as well (the head is most of the MACs here)
+    r3 = prune(model, None, keep_classes="0-299", target_macs=0.4, strategy="global",
+               calib=calib)
+    assert 0 < r3.selection["target_after_classes"] < 0.4 and r3.plan.removed_units > 0
+    assert r3.macs_after <= 0.6 * r3.macs_before * 1.02
 
 
 def test_a_broken_trim_is_caught_before_anything_is_written(tmp_path, monkeypatch):

@@ -39,8 +39,8 @@ class KeepClasses(Pass):
         Option("keep", None, "compute only these classes of the output (indices and ranges "
                "'0-95,18709', or a file of them): the rows of the layer producing it go, the "
                "output keeps its shape and reads the others as a fill (0 after Softmax; for "
-               "logits the lowest kept score - 30). Targets count from the input model's "
-               "parameters",
+               "logits the lowest kept score - 30). Parameter and MAC targets count from the "
+               "model before",
                parse=_classes, public="keep_classes", metavar="I-J,K|FILE",
                type_name="str"),
         Option("output", None, "the output whose classes keep_classes names (default: the "

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from ..analysis.size import graph_params
+from ..analysis.size import graph_params, macs_at
 from ..errors import ConstraintError, warn
 from ..ir import io
 from ..options import Option, OptionError, auto_or_count, number
@@ -301,15 +301,19 @@ class SelectChannels(Pass):
 
 
 def _from_input(ctx: Context, target: Target | None, info: dict) -> Target | None:
-    """A parameter target counts from the model before keep_classes: what trimming classes
-    removed counts toward it, and the channels make up the rest (of the trimmed model)."""
-    if target is None or target.kind != "params" or not ctx.classes:
+    """A parameter or MAC target counts from the model before keep_classes: what trimming
+    classes removed counts toward it, and the channels make up the rest (of the trimmed
+    model; MACs at the first verification shapes)."""
+    if target is None or target.kind not in ("params", "macs") or ctx.origin is None:
         return target
-    now = graph_params(ctx.graph)
-    before = now + ctx.classes["params_removed"]
-    rest = 1.0 - (1.0 - target.fraction) * before / max(now, 1)
-    info["target_after_classes"] = max(rest, 0.0)
-    return Target("params", max(rest, 0.0))
+    if target.kind == "params":
+        before, now = graph_params(ctx.origin), graph_params(ctx.graph)
+    else:
+        shapes = ctx.input_sets[0] if ctx.input_sets else None
+        before, now = macs_at(ctx.origin, shapes), macs_at(ctx.graph, shapes)
+    rest = max(1.0 - (1.0 - target.fraction) * before / max(now, 1), 0.0)
+    info["target_after_classes"] = rest
+    return Target(target.kind, rest)
 
 
 def _curves(space: Space, curves, removed: np.ndarray, metric) -> list[dict]:
