@@ -32,6 +32,7 @@ from .pipeline.passes import (
     UseModel,
 )
 from .pipeline.result import PruneResult, memory_of, result_of
+from .rewrite.classes import class_heads
 
 __all__ = ["Analysis", "GroupStats", "PruneResult", "analyze", "component_sizes", "memory_of",
            "prune", "result_of"]
@@ -79,6 +80,7 @@ class Analysis:
     graph: object = None  # the normalized gs.Graph the analysis describes
     subgraph_params: int = 0  # parameters inside If/Loop/Scan bodies (not analyzed)
     params_by_type: dict[str, int] | None = None  # parameters per element type (int8, ...)
+    class_heads: tuple[dict, ...] = ()  # outputs whose classes --keep-classes could cut
 
     @property
     def stats(self) -> GroupStats:
@@ -126,7 +128,8 @@ def analyze(model: ModelLike, exclude: Sequence[str] = (), *, components: str = 
                     len(ctx.graph.nodes), total_time(ctx), ctx.components,
                     tuple(ctx.flows or ()), comp_stats,
                     GroupStats.of(plain) if plain is not None else None, ctx.graph,
-                    subgraph_params(ctx.graph), params_by_type(ctx.graph))
+                    subgraph_params(ctx.graph), params_by_type(ctx.graph),
+                    tuple(class_heads(ctx.graph)))
 
 
 def component_sizes(graph, components: Components, analysis: ChannelAnalysis) -> dict:

@@ -222,3 +222,21 @@ def test_the_command_line_names_bad_class_specs_in_one_line(tmp_path, capsys):
     assert src.read_bytes() == before
     with pytest.warns(UserWarning, match="keep_classes_output: no effect without keep_classes"):
         prune(_head(), None, keep_classes_output="y", ratio=0.1)
+
+
+def test_analyze_names_the_outputs_whose_classes_could_go(tmp_path, capsys):
+    from onnxprune.api import analyze
+
+    model = _head(classes=400)
+    heads = analyze(model).class_heads
+    assert heads == ({"output": model.graph.output[0].name, "classes": 400, "layer": "head",
+                      "params": 24 * 400 + 400},)
+    src = tmp_path / "m.onnx"
+    onnx.save(model, src)
+    assert main(["analyze", str(src)]) == 0
+    out = capsys.readouterr().out
+    assert "its 400 classes come from head (10,000 parameters, 97% of the model)" in out
+    b = GraphBuilder(seed=1)  # no layer computes the output's classes: nothing named
+    x = b.input("x", ["batch", 12])
+    assert analyze(b.build([b.op("Transpose", [b.gemm(x, 12, 10)], perm=[1, 0])])).class_heads \
+        == ()

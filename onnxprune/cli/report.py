@@ -52,6 +52,7 @@ def analysis_json(result: Analysis, model: str) -> dict[str, Any]:
             "prunable_channels": sum(g.prunable for g in prunable),
         },
         "subgraph_params": result.subgraph_params,
+        "class_heads": list(result.class_heads),
         "timings": result.timings,
         **_components_json(result),
     }
@@ -126,6 +127,13 @@ def print_analysis(console: Console, result: Analysis, model: str, limit: int = 
         f"{t['prunable_channels']:,} of {t['channels']:,} channels prunable; model: "
         f"{result.params:,} params{_types(result.params_by_type)}, {result.macs:,} MACs per sample"
     )
+    for h in result.class_heads:
+        share = h["params"] / max(result.params, 1)
+        if share >= 0.1:  # worth saying: the rows of classes a task never needs
+            console.print(f"output {h['output']}: its {h['classes']:,} classes come from "
+                          f"{h['layer']} ({h['params']:,} parameters, {share:.0%} of the model); "
+                          "--keep-classes keeps only those a task needs", markup=False,
+                          highlight=False, soft_wrap=True)
     if result.subgraph_params:
         console.print(f"{result.subgraph_params:,} of the parameters sit inside If/Loop/Scan "
                       "bodies, which the analysis does not enter (their channels stay); an If "

@@ -297,6 +297,25 @@ def _below(graph: gs.Graph, short: gs.Variable, axis: int, padded: gs.Variable,
     return padded
 
 
+def class_heads(graph: gs.Graph) -> list[dict]:
+    """The outputs whose classes keep_classes could cut, with the layer computing them and
+    its parameters (nothing changed)."""
+    out = []
+    for t in graph.outputs:
+        try:
+            layer, ops, _ = _chain(graph, t)
+            classes = _classes_of(layer)
+        except ClassError:
+            continue
+        if classes < 2:
+            continue
+        params = sum(int(np.prod(v.shape)) for i in layer.inputs[1:]
+                     if (v := const_value(i)) is not None)
+        out.append({"output": t.name, "classes": classes, "layer": layer.name,
+                    "params": params})
+    return out
+
+
 def _with(shape, axis: int, size: int):
     if shape is None:
         return None
