@@ -17,10 +17,8 @@ from .inputs import verification_feeds
 
 def _classes(value) -> tuple[int, ...]:
     """Indices or ranges ('0-95,18709'), a list of ints, or a file of them."""
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return parse_classes(value)
-    path = Path(str(value))
-    if path.is_file():
+    path = Path(value) if isinstance(value, (str, Path)) else None
+    if path is not None and path.is_file():
         try:
             return parse_classes(path.read_text())
         except ValueError as err:
@@ -80,8 +78,9 @@ def _check(ctx: Context, origin, trimmed) -> None:
     """The trimmed model computes what the original does on the kept classes (renormalized
     over them by a Softmax or LogSoftmax on the class axis) and exactly the fill on the others,
     at every set of verification shapes; otherwise nothing is written."""
-    feeds = verification_feeds(ctx, ctx.skeleton(origin))
-    a_sess, b_sess = session(ctx.skeleton(origin)), session(ctx.skeleton())
+    original = ctx.skeleton(origin)
+    feeds = verification_feeds(ctx, original)
+    a_sess, b_sess = session(original), session(ctx.skeleton())
     index = [t.name for t in origin.outputs].index(trimmed.output)
     for f in feeds:
         want, got = a_sess.run(None, f), b_sess.run(None, f)

@@ -44,13 +44,16 @@ class ClassError(ValueError):
 class Trimmed:
     output: str
     classes: int  # classes of the output
-    kept: int
+    indices: tuple[int, ...]  # the kept classes
     axis: int
     layer: str  # the node whose rows were cut
     fill: float | None  # the constant removed classes read; None: the lowest kept - MARGIN
     params_removed: int
-    indices: tuple[int, ...] = ()  # the kept classes
     normalizer: str | None = None  # a Softmax / LogSoftmax over the class axis on the chain
+
+    @property
+    def kept(self) -> int:
+        return len(self.indices)
 
 
 def parse_classes(spec) -> tuple[int, ...]:
@@ -251,8 +254,8 @@ def keep_classes(graph: gs.Graph, output: str, kept) -> Trimmed:
                                outputs=[out]))
     graph.cleanup().toposort()
     norm = next((n.op for n in ops if n.op in ("Softmax", "LogSoftmax")), None)
-    return Trimmed(output, classes, int(kept.size), axis, layer.name, fill,
-                   before - graph_params(graph), tuple(int(k) for k in kept), norm)
+    return Trimmed(output, classes, tuple(int(k) for k in kept), axis, layer.name, fill,
+                   before - graph_params(graph), norm)
 
 
 def _pad(graph: gs.Graph, short: gs.Variable, axis: int, rank: int, fill: float,
