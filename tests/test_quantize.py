@@ -382,3 +382,44 @@ def test_a_qdq_transformer_block_prunes_whole_heads(tmp_path):
     r = prune(model, ratio=0.5)
     assert r.verification.passed and r.params_after < r.params_before
     assert r.params_by_type_after["int8"] < r.params_by_type_before["int8"]
+
+
+def test_reduced_range_is_the_default_on_x86_cpus_without_vnni(zoo, tmp_path, monkeypatch):
+    from onnxprune.pipeline import quantization
+    from onnxprune.quant.static import lacks_vnni
+
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
+    assert lacks_vnni("x86_64", avx2)
+    assert not lacks_vnni("x86_64", avx2.replace("avx2", "avx2 avx512f avx512_vnni"))
+    assert not lacks_vnni("x86_64", avx2.replace("avx2", "avx2 avx_vnni"))
+    assert not lacks_vnni("aarch64", avx2) and not lacks_vnni("x86_64", "")  # unknown: off
+    x = _inputs("lenet", 24)
+    for lacks in (True, False):
+        monkeypatch.setattr(quantization, "cpu_lacks_vnni", lambda lacks=lacks: lacks)
+        r = prune(zoo["lenet"], tmp_path / "q.onnx", calib={"input": x}, ratio=0.2,
+                  quantize="int8", quantize_tolerance=1.0)
+        assert ("reduced range" in r.quantization["settings"]) is lacks
+    # the API's False turns it off on such a CPU, True on anywhere
+    monkeypatch.setattr(quantization, "cpu_lacks_vnni", lambda: True)
+    r = prune(zoo["lenet"], tmp_path / "q.onnx", calib={"input": x}, ratio=0.2,
+              quantize="int8", quantize_tolerance=1.0, quantize_reduce_range=False)
+    assert "reduced range" not in r.quantization["settings"]
+
+
+def test_histogram_calibration_runs_on_a_sample_count_no_batch_divides(zoo, tmp_path):
+    from onnxprune.ir.arrays import Calibration
+    from onnxprune.quant.static import calibration_batches, even_batch
+
+    assert even_batch(205, 16) == 16  # its divisors up to 16: 1 and 5
+    assert [even_batch(n, 16) for n in (208, 210, 211, 7)] == [16, 15, 16, 7]
+    model = onnx.load(zoo["lenet"])
+    x = _inputs("lenet", 211)  # prime: batches of 16, the last 3 samples left out
+    sizes = [len(b["input"]) for b in calibration_batches(model, Calibration({"input": x}), 16,
+                                                          even=True)]
+    assert sizes == [16] * 13
+    assert [len(b["input"]) for b in calibration_batches(model, Calibration({"input": x}),
+                                                         16)][-1] == 3  # minmax: all of them
+    for method in ("entropy", "percentile"):
+        r = prune(zoo["lenet"], tmp_path / f"{method}.onnx", calib={"input": _inputs("lenet", 45)},
+                  ratio=0.2, quantize="int8", quantize_method=method, quantize_tolerance=1.0)
+        assert method in r.quantization["settings"]

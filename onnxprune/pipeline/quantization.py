@@ -26,7 +26,14 @@ from ..ir.graph import import_model, infer_shapes
 from ..ir.quant import is_quantized
 from ..ir.runtime import run_batched, session, weightless
 from ..options import Option, flag, number
-from ..quant.static import METHODS, TYPES, QuantSettings, quantize_int8
+from ..quant.static import (
+    METHODS,
+    TYPES,
+    QuantSettings,
+    calibrated_samples,
+    cpu_lacks_vnni,
+    quantize_int8,
+)
 from ..search.quality import Metric, cosine, get_metric
 from . import stages
 from .base import Context, Pass, PassResult
@@ -68,9 +75,10 @@ class Quantize(Pass):
                type_name="bool"),
         Option("method", "minmax", "how activation ranges are calibrated", choices=METHODS,
                public="quantize_method"),
-        Option("reduce_range", False, "7-bit weights (CPUs without VNNI, where 8-bit products "
-               "can saturate)", parse=flag, public="quantize_reduce_range", kind="switch",
-               type_name="bool"),
+        Option("reduce_range", None, "7-bit weights, for CPUs without VNNI, where 8-bit "
+               "products can saturate (default: on when this machine is an x86 CPU without "
+               "VNNI, as onnxruntime advises; the API's False turns it off)", parse=flag,
+               public="quantize_reduce_range", kind="switch", type_name="bool"),
         Option("tolerance", None, "how much worse than the float model the int8 model's metric "
                "may be, in the metric's units (default: psnr 1 dB, accuracy, cosine and kl 0.01, "
                "mse 1.26x the float mse, a metric of your own 2 percent of its value); worse "
@@ -84,7 +92,9 @@ class Quantize(Pass):
 
     def settings(self) -> QuantSettings:
         return QuantSettings(activations=self.activations, per_channel=not self.per_tensor,
-                             method=self.method, reduce_range=self.reduce_range,
+                             method=self.method,
+                             reduce_range=(cpu_lacks_vnni() if self.reduce_range is None
+                                           else self.reduce_range),
                              batch=self.batch_size)
 
     def run(self, ctx: Context) -> PassResult:
@@ -117,7 +127,7 @@ class Quantize(Pass):
         figures = self._check_metric(ctx, graph, qgraph, source, qmodel)
         float_types, int8_types = params_by_type(graph), params_by_type(qgraph)
         info: dict[str, Any] = {
-            "type": "int8", "settings": settings.describe(), "calibration_samples": calib.samples,
+            "type": "int8", "settings": settings.describe(), "calibration_samples": calibrated_samples(source, calib, settings),
             "providers": providers, "checker": True, **figures,
             "params_by_type_float": float_types, "params_by_type": int8_types,
             "weight_bytes_float": param_bytes(float_types),

@@ -10,7 +10,9 @@ Nothing here quantizes by hand: the arrays are handed to onnxruntime's calibrato
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import platform
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +31,29 @@ TYPES = ("int8", "uint8")
 METHODS = ("minmax", "entropy", "percentile")
 PER_CHANNEL_OPSET = 13  # DequantizeLinear's axis (per-channel scales) came with opset 13
 EXTERNAL_DATA_BYTES = 1_500_000_000  # weights above this go through files as external data
+# x86 instructions whose int8 dot products do not saturate (without them onnxruntime's u8s8
+# kernels add pairs of 8-bit products in 16 bits, and 8-bit weights can overflow them)
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+@functools.cache
+def cpu_lacks_vnni() -> bool:
+    """True on an x86 CPU whose flags (Linux's /proc/cpuinfo) show no VNNI: there onnxruntime
+    advises 7-bit weights (reduce_range). False elsewhere, or when the flags cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    return lacks_vnni(platform.machine(), text)
+
+
+def lacks_vnni(machine: str, cpuinfo: str) -> bool:
+    """``cpu_lacks_vnni`` for a machine name and the text of its /proc/cpuinfo."""
+    if machine.lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
+                  if line.startswith("flags")), None)
+    return flags is not None and not any(f in flags for f in VNNI_FLAGS)
 
 
 @dataclass(frozen=True)
@@ -39,7 +64,7 @@ class QuantSettings:
     activations: str = "uint8"
     per_channel: bool = True
     method: str = "minmax"
-    reduce_range: bool = False  # 7-bit weights, for CPUs without VNNI
+    reduce_range: bool = False  # 7-bit weights, for CPUs without VNNI (see cpu_lacks_vnni)
     batch: int = 16  # calibration samples per onnxruntime run
 
     def __post_init__(self) -> None:
@@ -56,10 +81,27 @@ class QuantSettings:
                 + (", reduced range" if self.reduce_range else ""))
 
 
+def even_batch(n: int, batch: int) -> int:
+    """A batch size that splits ``n`` samples evenly, as onnxruntime's histogram calibrators
+    (entropy, percentile) need: they stack every batch's outputs into one array. The largest
+    divisor of ``n`` up to ``batch``; below half of ``batch`` (``n`` prime, say), ``batch``
+    itself, and the last, shorter batch is left out."""
+    d = next(k for k in range(min(batch, n), 0, -1) if n % k == 0)
+    return d if 2 * d >= min(batch, n) else batch
+
+
+def calibrated_samples(model: onnx.ModelProto, calib: Calibration, s: QuantSettings) -> int:
+    """How many of the calibration samples ``quantize_int8`` feeds (a fixed or even batch
+    leaves the last, shorter one out)."""
+    return sum(len(next(iter(b.values()))) if b else 0
+               for b in calibration_batches(model, calib, s.batch, even=s.method != "minmax"))
+
+
 def calibration_batches(model: onnx.ModelProto, calib: Calibration,
-                        batch: int) -> list[dict[str, np.ndarray]]:
+                        batch: int, even: bool = False) -> list[dict[str, np.ndarray]]:
     """The calibration samples as feeds of at most ``batch`` samples (of exactly the model's
-    batch when an input fixes it), model inputs only; arrays fed whole go to every batch."""
+    batch when an input fixes it), model inputs only; arrays fed whole go to every batch.
+    ``even``: every batch the same size (``even_batch``)."""
     specs = {s.name: s for s in input_specs(model)}
     names = [n for n in specs if n in calib]
     fixed = None
@@ -68,12 +110,12 @@ def calibration_batches(model: onnx.ModelProto, calib: Calibration,
         dims = specs[name].dims
         if axis is not None and axis < len(dims) and isinstance(dims[axis], int):
             fixed = dims[axis]
-    step = fixed or max(1, batch)
     n = calib.samples
+    step = fixed or (even_batch(n, max(1, batch)) if even and n else max(1, batch))
     out = []
     for lo in range(0, n, step):
         idx = np.arange(lo, min(lo + step, n))
-        if fixed is not None and len(idx) < fixed:  # a fixed batch: the last one is dropped
+        if len(idx) < step and (fixed is not None or (even and out)):  # the last one goes
             break
         out.append({k: np.ascontiguousarray(calib[k] if calib.axes.get(k) is None
                                             else np.take(calib[k], idx, axis=calib.axes[k]))
@@ -159,7 +201,7 @@ def quantize_int8(model: onnx.ModelProto, calib: Calibration,
               "percentile": CalibrationMethod.Percentile}[s.method]
     if s.per_channel:
         model = with_opset(model, PER_CHANNEL_OPSET)
-    batches = calibration_batches(model, calib, s.batch)
+    batches = calibration_batches(model, calib, s.batch, even=s.method != "minmax")
     big = weight_bytes(model) > EXTERNAL_DATA_BYTES
     extra = {"CalibStridedMinMax": 1} if s.method == "minmax" else {}  # ranges merged per batch
     with tempfile.TemporaryDirectory(prefix="onnxprune-quantize-") as tmp:
