@@ -33,6 +33,7 @@ from .pipeline.passes import (
 )
 from .pipeline.result import PruneResult, memory_of, result_of
 from .rewrite.classes import class_heads
+from .rewrite.tokens import token_inputs
 
 __all__ = ["Analysis", "GroupStats", "PruneResult", "analyze", "component_sizes", "memory_of",
            "prune", "result_of"]
@@ -81,6 +82,7 @@ class Analysis:
     subgraph_params: int = 0  # parameters inside If/Loop/Scan bodies (not analyzed)
     params_by_type: dict[str, int] | None = None  # parameters per element type (int8, ...)
     class_heads: tuple[dict, ...] = ()  # outputs whose classes --keep-classes could cut
+    token_inputs: tuple[dict, ...] = ()  # inputs whose tokens --keep-tokens could cut
 
     @property
     def stats(self) -> GroupStats:
@@ -129,7 +131,7 @@ def analyze(model: ModelLike, exclude: Sequence[str] = (), *, components: str = 
                     tuple(ctx.flows or ()), comp_stats,
                     GroupStats.of(plain) if plain is not None else None, ctx.graph,
                     subgraph_params(ctx.graph), params_by_type(ctx.graph),
-                    tuple(class_heads(ctx.graph)))
+                    tuple(class_heads(ctx.graph)), tuple(token_inputs(ctx.graph)))
 
 
 def component_sizes(graph, components: Components, analysis: ChannelAnalysis) -> dict:

@@ -162,7 +162,7 @@ def test_a_run_counts_the_target_from_the_model_before_and_measures_against_it(t
     assert r.params_before == 12 * 24 + 24 + 24 * 400 + 400  # the input model's
     assert r.params_after <= 0.5 * r.params_before + 25  # classes + channels reach it
     assert r.plan.removed_units == 0  # the classes alone removed more than half
-    assert r.selection["target_after_classes"] == 0.0
+    assert r.selection["target_after_trim"] == 0.0
     # quality is measured against the model with every class: cosine < 1 on the kept
     # distribution, the value computed independently on the held-out share
     written = onnx.load(out)
@@ -180,11 +180,11 @@ def test_a_run_counts_the_target_from_the_model_before_and_measures_against_it(t
     r2 = prune(model, tmp_path / "b.onnx", keep_classes="0-349", target_params=0.3,
                calib=calib)
     assert r2.plan.removed_units > 0 and r2.params_after <= 0.7 * r2.params_before + 50
-    assert 0 < r2.selection["target_after_classes"] < 0.3
+    assert 0 < r2.selection["target_after_trim"] < 0.3
     # a MAC target counts from the model before as well (the head is most of the MACs here)
     r3 = prune(model, None, keep_classes="0-299", target_macs=0.4, strategy="global",
                calib=calib)
-    assert 0 < r3.selection["target_after_classes"] < 0.4 and r3.plan.removed_units > 0
+    assert 0 < r3.selection["target_after_trim"] < 0.4 and r3.plan.removed_units > 0
     assert r3.macs_after <= 0.6 * r3.macs_before * 1.02
 
 

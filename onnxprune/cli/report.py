@@ -53,6 +53,7 @@ def analysis_json(result: Analysis, model: str) -> dict[str, Any]:
         },
         "subgraph_params": result.subgraph_params,
         "class_heads": list(result.class_heads),
+        "token_inputs": list(result.token_inputs),
         "timings": result.timings,
         **_components_json(result),
     }
@@ -134,6 +135,13 @@ def print_analysis(console: Console, result: Analysis, model: str, limit: int = 
                           f"{h['layer']} ({h['params']:,} parameters, {share:.0%} of the model); "
                           "--keep-classes keeps only those a task needs", markup=False,
                           highlight=False, soft_wrap=True)
+    for t in result.token_inputs:
+        share = t["params"] / max(result.params, 1)
+        if share >= 0.1:  # worth saying: the rows of tokens a task never reads
+            console.print(f"input {t['input']}: its {t['vocabulary']:,}-token embedding "
+                          f"({', '.join(t['tables'])}) holds {t['params']:,} parameters, "
+                          f"{share:.0%} of the model; --keep-tokens keeps only those a task "
+                          "reads", markup=False, highlight=False, soft_wrap=True)
     if result.subgraph_params:
         console.print(f"{result.subgraph_params:,} of the parameters sit inside If/Loop/Scan "
                       "bodies, which the analysis does not enter (their channels stay); an If "
@@ -224,6 +232,11 @@ def _fill_text(fill: float | None) -> str:
     return f"{fill:g}" if fill is not None else f"the lowest kept score - {MARGIN:g}"
 
 
+def _token_fallback(fallback: str) -> str:
+    return ("the row of their nearest kept token" if fallback == "nearest"
+            else f"the row of token {fallback}")
+
+
 def print_prune(console: Console, r: PruneResult, model: str) -> None:
     table = Table(title=f"pruned {model}", title_justify="left")
     for col in ("", "before", "after", "kept"):
@@ -248,6 +261,12 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
                       f"classes ({c['params_removed']:,} parameters of {c['layer']} removed; "
                       f"the others read {_fill_text(c['fill'])})", markup=False, highlight=False,
                       soft_wrap=True)
+    if r.tokens:
+        t = r.tokens
+        console.print(f"tokens: {t['input']} reads {t['kept']:,} of its {t['vocabulary']:,} "
+                      f"tokens ({t['params_removed']:,} parameters of {', '.join(t['tables'])} "
+                      f"removed; the others read {_token_fallback(t['fallback'])})",
+                      markup=False, highlight=False, soft_wrap=True)
     _print_widths(console, r)
     if r.stages:
         for line in stage_lines(r.stages):

@@ -152,8 +152,9 @@ class Context:
     criterion: str | None = None  # the criterion that scored them
     plan: PrunePlan | None = None
     reference: gs.Graph | None = None  # the normalized graph before removal (for the oracle)
-    origin: gs.Graph | None = None  # the normalized graph before classes were trimmed
+    origin: gs.Graph | None = None  # the normalized graph before classes / tokens were trimmed
     classes: dict[str, Any] | None = None  # what keeping only some classes did (classes pass)
+    tokens: dict[str, Any] | None = None  # what keeping only some tokens did (tokens pass)
     # graph inputs/outputs that lost channels (an opened decoder cache): name -> [(axis, keep)]
     interface: dict[str, list] | None = None
     verification: VerifyReport | None = None

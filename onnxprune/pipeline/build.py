@@ -28,6 +28,7 @@ from .pruning import RemoveChannels, ScoreChannels, SelectChannels
 from .quantization import Quantize
 from .recovery import Compensate, Distill, VerifyRecovered
 from .structure import AnalyzeChannels, DropAdapters, FindComponents, InsertFlowAdapters
+from .tokens import KeepTokens
 
 SWITCHES = (
     Option("components", "none", "split the model into components: 'auto' from node name "
@@ -50,7 +51,7 @@ SWITCHES = (
 
 # The passes whose public options prune() takes, in pipeline order.
 PRUNE_PASSES: tuple[type[Pass], ...] = (
-    KeepClasses, FindComponents, AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels,
+    KeepClasses, KeepTokens, FindComponents, AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels,
     Compensate, Distill, Quantize, WriteModel, Report,
 )
 
@@ -112,6 +113,11 @@ def prune_pipeline(model: str | Path | onnx.ModelProto, output: str | Path | Non
         passes.append(make(KeepClasses))
     elif classes:
         warn("keep_classes_output: no effect without keep_classes")
+    tokens = per_pass.get(KeepTokens.name, {})
+    if tokens.get("keep") is not None:
+        passes.append(make(KeepTokens))
+    elif tokens:
+        warn(f"{', '.join(_publics(KeepTokens.name, per_pass))}: no effect without keep_tokens")
     if sw["components"] != "none":
         passes += [make(FindComponents, spec=sw["components"]), InsertFlowAdapters()]
     elif per_pass.get("components"):

@@ -21,12 +21,14 @@ from .pruning import STRATEGIES, RemoveChannels, ScoreChannels, SelectChannels
 from .quantization import Quantize
 from .recovery import Compensate, Distill, VerifyRecovered
 from .structure import AnalyzeChannels, DropAdapters, FindComponents, InsertFlowAdapters
+from .tokens import KeepTokens
 
 # Every pass a recipe may name, by name.
 CATALOGUE: dict[str, type[Pass]] = {
     cls.name: cls for cls in (
         Normalize, NameNodes, InferShapes, FoldConstants, ConstantReshapeTargets,
-        FoldBatchNorm, DropIdentity, Cleanup, KeepClasses, FindComponents, InsertFlowAdapters,
+        FoldBatchNorm, DropIdentity, Cleanup, KeepClasses, KeepTokens,
+        FindComponents, InsertFlowAdapters,
         AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels, MeasureQuality,
         RemoveChannels, DropAdapters, Verify, Compensate, Distill, VerifyRecovered, Quantize,
         WriteModel, Report,
@@ -39,7 +41,7 @@ for _cls in (LoadModel, UseModel, *CATALOGUE.values()):
 __all__ = [
     "CATALOGUE", "STRATEGIES", "AnalyzeChannels", "Calibrate", "Cleanup", "ConstantReshapeTargets",
     "DropAdapters", "DropIdentity", "FindComponents", "FoldBatchNorm", "FoldConstants",
-    "InferShapes", "InsertFlowAdapters", "KeepClasses", "LoadModel", "MeasureQuality", "NameNodes", "Normalize",
+    "InferShapes", "InsertFlowAdapters", "KeepClasses", "KeepTokens", "LoadModel", "MeasureQuality", "NameNodes", "Normalize",
     "Quantize", "RemoveChannels", "Report", "ScoreChannels", "Compensate", "Distill",
     "VerifyRecovered", "SelectChannels", "UseMetric", "UseModel", "Verify", "WriteModel",
 ]

@@ -301,9 +301,9 @@ class SelectChannels(Pass):
 
 
 def _from_input(ctx: Context, target: Target | None, info: dict) -> Target | None:
-    """A parameter or MAC target counts from the model before keep_classes: what trimming
-    classes removed counts toward it, and the channels make up the rest (of the trimmed
-    model; MACs at the first verification shapes)."""
+    """A parameter or MAC target counts from the model before keep_classes / keep_tokens: what
+    trimming classes or tokens removed counts toward it, and the channels make up the rest (of
+    the trimmed model; MACs at the first verification shapes)."""
     if target is None or target.kind not in ("params", "macs") or ctx.origin is None:
         return target
     if target.kind == "params":
@@ -312,7 +312,7 @@ def _from_input(ctx: Context, target: Target | None, info: dict) -> Target | Non
         shapes = ctx.input_sets[0] if ctx.input_sets else None
         before, now = macs_at(ctx.origin, shapes), macs_at(ctx.graph, shapes)
     rest = max(1.0 - (1.0 - target.fraction) * before / max(now, 1), 0.0)
-    info["target_after_classes"] = rest
+    info["target_after_trim"] = rest
     return Target(target.kind, rest)
 
 

@@ -50,6 +50,7 @@ class PruneResult:
     params_by_type_after: dict[str, int] | None = None
     quantization: dict | None = None  # what quantize="int8" did: settings, metric float/int8
     classes: dict | None = None  # what keep_classes did: output, classes kept, params removed
+    tokens: dict | None = None  # what keep_tokens did: input, tokens kept, params removed
     _graphs: tuple = field(default=(None, None, None, None), repr=False, compare=False)
 
     @functools.cached_property
@@ -67,7 +68,7 @@ class PruneResult:
 def result_of(ctx: Context, params_before: int | None = None,
               macs_before: int | None = None) -> PruneResult:
     """A PruneResult from a pipeline's context (sizes before: of the graph before removal and
-    before classes were trimmed)."""
+    before classes or tokens were trimmed)."""
     before = next((g for g in (ctx.origin, ctx.reference) if g is not None), ctx.graph)
     sets = ctx.input_sets
     return PruneResult(
@@ -85,7 +86,7 @@ def result_of(ctx: Context, params_before: int | None = None,
         params_by_op=params_by_op(before, ctx.graph), report=ctx.report_path,
         params_by_type_before=params_by_type(before),
         params_by_type_after=params_by_type(ctx.graph), quantization=ctx.quantization,
-        classes=ctx.classes,
+        classes=ctx.classes, tokens=ctx.tokens,
     )
 
 
@@ -159,6 +160,7 @@ def prune_json(r: PruneResult, model: str | None) -> dict[str, Any]:
         "recovery": r.recovery,
         "quantization": r.quantization,
         "classes": r.classes,
+        "tokens": r.tokens,
         "timings": r.timings,
         "memory": r.memory,
     }

@@ -102,7 +102,8 @@ def measure(ctx: Context, stage: str, graph=None, optimized: bool = False
         ctx.stages.append({"stage": "unpruned", **{
             name: metric(refs[name], data, refs[name]) for name, data in _data(ctx).items()}})
         if ctx.origin is not None and ctx.reference is not None:  # the trim's own cost
-            ctx.stages.append({"stage": "classes", **{
+            trims = [k for k in ("classes", "tokens") if getattr(ctx, k) is not None]
+            ctx.stages.append({"stage": "+".join(trims) or "classes", **{
                 name: metric(_outputs(ctx, ctx.reference, data), data, refs[name])
                 for name, data in _data(ctx).items()}})
     row: dict[str, Any] = {"stage": stage}

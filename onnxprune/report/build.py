@@ -138,8 +138,16 @@ def _selection(d: dict[str, Any], images: dict) -> str:
         facts.append(["classes kept", f"{num(classes['kept'])} of the {num(classes['classes'])} "
                       f"of {esc(classes['output'])} ({num(classes['params_removed'])} parameters "
                       "removed with the others)"])
-        if sel.get("target_after_classes") is not None:
-            facts.append(["channels then remove", num(sel["target_after_classes"], ".1%")
+    tokens = d.get("tokens")
+    if tokens:
+        facts.append(["tokens kept", f"{num(tokens['kept'])} of the {num(tokens['vocabulary'])} "
+                      f"of {esc(tokens['input'])} ({num(tokens['params_removed'])} parameters "
+                      "removed; a removed token reads "
+                      + ("its nearest kept one" if tokens["fallback"] == "nearest"
+                         else f"token {esc(tokens['fallback'])}") + ")"])
+    if classes or tokens:
+        if sel.get("target_after_trim") is not None:
+            facts.append(["channels then remove", num(sel["target_after_trim"], ".1%")
                           + " of the rest"])
     refit = sel.get("refit")
     if refit:

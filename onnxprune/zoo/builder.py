@@ -121,3 +121,24 @@ def demo_cnn(seed: int = 0) -> onnx.ModelProto:
     h = b.relu(b.gemm(h, 64 * 4 * 4, 128, name="fc1"))
     y = b.gemm(h, 128, 10, name="classifier")
     return b.build([y], "demo_cnn")
+
+
+def demo_text(seed: int = 0, vocab: int = 4000, dim: int = 64) -> onnx.ModelProto:
+    """A small text encoder: token ids (0 is padding) -> a vocab x dim embedding table -> two
+    linear layers -> the mean over the tokens that are not padding (read from the ids, as BERT
+    exports compute their mask). The table is most of its parameters (--keep-tokens)."""
+    b = GraphBuilder(seed)
+    b.inputs.append(helper.make_tensor_value_info("input_ids", TensorProto.INT64,
+                                                  ["batch", "seq"]))
+    h = b.op("Gather", [b.weight(vocab, dim, hint="word_embeddings", scale=1.0), "input_ids"],
+             axis=0)
+    h = b.op("Relu", [b.matmul(h, dim, 2 * dim, name="fc1")])
+    h = b.matmul(h, 2 * dim, dim, name="fc2")
+    mask = b.op("Cast", [b.op("Greater", ["input_ids", b.const(np.array(0, np.int64))])],
+                to=TensorProto.FLOAT)
+    mask = b.op("Unsqueeze", [mask, b.const(np.array([-1], np.int64))])
+    axis = b.const(np.array([1], np.int64))
+    total = b.op("ReduceSum", [b.op("Mul", [h, mask]), axis], keepdims=0)
+    count = b.op("ReduceSum", [mask, axis], keepdims=0)
+    y = b.op("Div", [total, b.op("Max", [count, b.const(np.float32(1.0))])])
+    return b.build([y], "demo_text")

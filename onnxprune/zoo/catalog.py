@@ -33,6 +33,12 @@ def _demo(path: str, seed: int, train: bool, epochs: int | None) -> None:
     onnx.save(demo_cnn(seed), path)
 
 
+def _text(path: str, seed: int, train: bool, epochs: int | None) -> None:
+    from .builder import demo_text
+
+    onnx.save(demo_text(seed), path)
+
+
 def _torch_model(name: str) -> Callable[[str, int, bool, int | None], None]:
     def export(path: str, seed: int, train: bool, epochs: int | None) -> None:
         from .torch_zoo import ZOO, export_onnx
@@ -91,6 +97,9 @@ _TORCH = {
 ENTRIES: dict[str, Entry] = {
     "demo": Entry("demo", "a small CNN built with onnx.helper (BN, residual, concat, "
                   "depthwise); what 'onnxprune demo' prunes", "core", None, _demo),
+    "text": Entry("text", "a small text encoder built with onnx.helper: token ids ('input_ids', "
+                  "0 pads) -> a 4000 x 64 embedding table -> two linear layers -> masked mean "
+                  "(random weights; for --keep-tokens)", "core", None, _text),
     "autoencoder": Entry("autoencoder", "a conv autoencoder on 1x28x28 digits (input 'input')",
                          "torch", "trains on scikit-learn's digits (--epochs, default 10)",
                          _torch_model("autoencoder")),
