@@ -17,7 +17,10 @@ Configurations (target_params=0.3 each): uniform l2, sensitivity with a task met
 sensitivity search whose candidates are measured after compensation's refit, + compensate.
 The recognizer also keeps only the 96 classes of English text (--keep-classes; at 30% and,
 with the search + compensate for the rest, 50%), and the whole pipeline is read with det and
-cls at 30% and rec keeping them; MiniLM also runs the refit search at 10% and 15%.
+cls at 30% and rec keeping them; MiniLM also runs the refit search at 10% and 15%, and keeps
+only the tokens English text reads most (--keep-tokens, benchmarks/vocabulary.py, needs
+wordfreq): to 30% and 40% fewer parameters by the vocabulary alone, removed tokens reading their
+nearest kept one or [UNK], and the 30% vocabulary + the refit search to 40%.
 
     HF_HUB_OFFLINE=1 python benchmarks/task_quality.py [--only ocr|minilm] [--distill-steps N]
         [--ocr-models rec] [--configs "latin classes,..."]   # a rerun keeps the other rows
@@ -68,11 +71,16 @@ METRICS = ROOT / "benchmarks" / "task_metrics.py"
 TARGET = 0.3
 CONFIGS = ("uniform", "sensitivity", "sens+compensate", "sens+comp+distill",
            "refit sens+compensate", "latin classes", "latin classes 50%",
-           "refit sens+compensate 10%", "refit sens+compensate 15%")
+           "refit sens+compensate 10%", "refit sens+compensate 15%", "english tokens",
+           "english tokens 40%", "english tokens [UNK]", "english tokens + refit 40%")
 # the recognizer's own configurations: only the classes an English page needs (--keep-classes)
 LATIN = {"latin classes": TARGET, "latin classes 50%": 0.5}
 # the sentence encoder's: smaller cuts, to see where its held-out cosine stands
 SMALLER = {"refit sens+compensate 10%": 0.1, "refit sens+compensate 15%": 0.15}
+# and only the tokens English text reads most (--keep-tokens, benchmarks/vocabulary.py): the
+# vocabulary alone to 30% and 40% fewer parameters, the 30% one with removed tokens reading
+# [UNK] instead of their nearest kept one, and the 30% one + the refit search to 40%
+ENGLISH = {"english tokens": 0.3, "english tokens 40%": 0.4}
 
 
 def has(package: str) -> bool:
@@ -81,10 +89,12 @@ def has(package: str) -> bool:
 
 def run_prunes(name: str, model: Path, calib: dict, metric: str, shapes: dict, work: Path,
                distill_steps: int, distill_batch: int, only: set[str] | None = None,
-               classes: Path | None = None, smaller: bool = False) -> dict:
+               classes: Path | None = None, smaller: bool = False,
+               tokens: dict | None = None) -> dict:
     """The configurations on one model (``only``: those named); each row keeps its error
     instead of stopping. ``classes``: a file of the classes the application needs, for the
-    configurations that keep only those; ``smaller``: also the refit search at smaller cuts."""
+    configurations that keep only those; ``smaller``: also the refit search at smaller cuts;
+    ``tokens``: the token files of the ENGLISH configurations, and "unk": the [UNK] id."""
     plan = work / f"{name}.plan.json"
     common = {"calib": calib, "input_shapes": shapes, "holdout": 0.2}
     jobs = {
@@ -106,6 +116,16 @@ def run_prunes(name: str, model: Path, calib: dict, metric: str, shapes: dict, w
                             "target_params": target, "metric": metric, "compensate": True}
     for config, target in SMALLER.items() if smaller else ():
         jobs[config] = {**jobs["refit sens+compensate"], "target_params": target}
+    for config, target in ENGLISH.items() if tokens else ():
+        # the target counts from the model before: the rows alone reach it, no channel goes
+        jobs[config] = {"keep_tokens": tokens[config], "strategy": "sensitivity",
+                        "target_params": target, "metric": metric}
+    if tokens:
+        jobs["english tokens [UNK]"] = {**jobs["english tokens"],
+                                        "token_fallback": tokens["unk"]}
+        jobs["english tokens + refit 40%"] = {**jobs["refit sens+compensate"],
+                                              "keep_tokens": tokens["english tokens"],
+                                              "target_params": 0.4}
     rows = {}
     for config, options in jobs.items():
         if only is not None and config not in only:
@@ -119,7 +139,7 @@ def run_prunes(name: str, model: Path, calib: dict, metric: str, shapes: dict, w
             r = prune(model, out, **common, **options)
             row.update(params_before=r.params_before, params_after=r.params_after,
                        params_removed=1 - r.params_after / r.params_before,
-                       classes=r.classes,
+                       classes=r.classes, tokens=r.tokens,
                        stages=r.stages, recovery=_recovery_summary(r.recovery),
                        timings={k: round(v, 2) for k, v in (r.timings or {}).items()},
                        path=str(out))
@@ -219,6 +239,33 @@ def run_ocr(args, work: Path) -> dict:
 # -- sentence embeddings ---------------------------------------------------------------------------
 
 
+def english_files(tok, model: Path, work: Path) -> dict | None:
+    """A file of the tokens to keep for each ENGLISH configuration, and the tokenizer's [UNK]
+    id as "unk" (None without wordfreq)."""
+    if not has("wordfreq"):
+        print("minilm: wordfreq not installed, the english tokens configurations skipped",
+              flush=True)
+        return None
+    import onnx
+    from vocabulary import english_ranking, tokens_for
+
+    from onnxprune.analysis.size import graph_params
+    from onnxprune.ir.graph import import_model
+    from onnxprune.rewrite.tokens import token_inputs
+
+    graph = import_model(onnx.load(model))
+    table = token_inputs(graph)[0]  # input_ids' word embeddings
+    params, dim = graph_params(graph), table["params"] // table["vocabulary"]
+    ranking = english_ranking(tok)
+    out = {}
+    for config, target in ENGLISH.items():
+        count = tokens_for(target, params, table["vocabulary"], dim)
+        out[config] = work / f"minilm.{config}.tokens.txt"
+        out[config].write_text("\n".join(map(str, sorted(ranking[:count]))) + "\n")
+    out["unk"] = tok.unk_token_id
+    return out
+
+
 def run_minilm(args, work: Path) -> dict:
     from corpus import _minilm, minilm_module
 
@@ -227,7 +274,8 @@ def run_minilm(args, work: Path) -> dict:
     sentences = calib_sentences(args.samples)
     calib = encode(tok, sentences, 32)
     rows = run_prunes("minilm", model, calib, "cosine", {k: [1, 32] for k in calib}, work,
-                      args.distill_steps, args.distill_batch, args.configs, smaller=True)
+                      args.distill_steps, args.distill_batch, args.configs, smaller=True,
+                      tokens=english_files(tok, model, work))
     held = encode(tok, HELDOUT, None)  # padded to the longest held-out sentence
     ref = embed(model, held)
     ref_nb = neighbours(ref)
@@ -247,6 +295,10 @@ def run_minilm(args, work: Path) -> dict:
                            "heldout_min_cosine": float(cos.min()),
                            "heldout_top5_overlap": float(np.mean(overlap)),
                            "calib_mean_cosine": float(cc.mean())}
+            if row.get("tokens"):  # how much of the held-out text reads a fallback
+                kept = np.loadtxt(row["options"]["keep_tokens"], dtype=np.int64)
+                ids = held["input_ids"][held["attention_mask"] > 0]
+                row["task"]["heldout_tokens_removed"] = float(np.mean(~np.isin(ids, kept)))
         except Exception as err:  # noqa: BLE001
             row["task"] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
         print(f"[minilm] {row['config']}: {row['task']}", flush=True)
