@@ -54,6 +54,16 @@ def _encoder(tied: bool = False, cast: bool = False, types: int = 2, head: int =
     return b.build(outs)
 
 
+def _shared() -> onnx.ModelProto:
+    """Two id inputs looking one table up (an encoder-decoder's shared embeddings)."""
+    b = GraphBuilder(seed=4)
+    for name in ("ids", "decoder_ids"):
+        b.inputs.append(helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "seq"]))
+    table = b.weight(VOCAB, DIM, hint="shared")
+    a, c = (b.op("Gather", [table, n], axis=0) for n in ("ids", "decoder_ids"))
+    return b.build([b.matmul(b.op("Add", [a, c]), DIM, 4)])
+
+
 def _run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -156,7 +166,8 @@ def test_ids_through_a_cast_and_a_named_input():
 
 def test_what_cannot_be_trimmed_is_refused_before_any_change():
     cases = [
-        (_encoder(tied=True), KEPT, {}, "also read by .*tied"),
+        (_encoder(tied=True), KEPT, {}, "Transpose node .* reads it too .tied"),
+        (_shared(), KEPT, {"input": "ids"}, "looks it up from another input"),
         (_encoder(), [0, VOCAB], {}, f"token {VOCAB} does not exist"),
         (_encoder(), f"0-{VOCAB - 1}", {}, "nothing to cut"),
         (_encoder(), KEPT, {"fallback": 1}, "fallback token 1 is not among the kept"),

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx import helper
 
 from ..analysis.size import graph_params
 from ..ir.graph import const_value, unique_name
@@ -61,7 +62,7 @@ def _lookups(graph: gs.Graph, ids: gs.Tensor) -> list[tuple[gs.Node, gs.Tensor]]
         seen.add(t.name)
         for node in t.outputs:
             if node.op in ("Cast", "Identity") and node.inputs[0] is t:
-                if node.op == "Cast" and np.dtype(_dtype(node.outputs[0])).kind not in "iu":
+                if node.op == "Cast" and not _to_integer(node):
                     continue
                 todo.append(node.outputs[0])
             elif (node.op == "Gather" and len(node.inputs) > 1 and node.inputs[1] is t
@@ -71,8 +72,11 @@ def _lookups(graph: gs.Graph, ids: gs.Tensor) -> list[tuple[gs.Node, gs.Tensor]]
     return out
 
 
-def _dtype(t: gs.Tensor):
-    return t.dtype if t.dtype is not None else np.int64
+def _to_integer(cast: gs.Node) -> bool:
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(int(cast.attrs["to"]))).kind in "iu"
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def token_inputs(graph: gs.Graph) -> list[dict]:
@@ -142,10 +146,15 @@ def keep_tokens(graph: gs.Graph, kept, input: str | None = None,
     lookups = {id(n) for n, _ in found}
     for t in tables:
         others = [n for n in t.outputs if id(n) not in lookups]
-        if others or any(o is t for o in graph.outputs):
-            raise TokenError(f"embedding table {t.name} is also read by "
-                             f"{others[0].op + ' node ' + others[0].name if others else 'an output'}"
-                             " (tied to an output layer?): its rows cannot go")
+        if any(o is t for o in graph.outputs):
+            raise TokenError(f"embedding table {t.name} is an output of the model: its rows "
+                             "cannot go")
+        if others:
+            other = others[0]
+            why = ("looks it up from another input: name that one, or keep both vocabularies"
+                   if other.op == "Gather" else "reads it too (tied to an output layer?)")
+            raise TokenError(f"embedding table {t.name}: {other.op} node {other.name} {why}; "
+                             "its rows cannot go")
     keep = np.asarray(parse_classes(kept), dtype=np.int64)
     if keep[-1] >= vocab:
         raise TokenError(f"token {int(keep[-1])} does not exist: {ids.name} indexes {vocab} rows")
