@@ -41,6 +41,7 @@ class Option:
     metavar: str | None = None
     kind: str = "value"  # "value", "switch" (a CLI flag without a value), "append" (repeatable)
     type_name: str = ""  # what `onnxprune passes` shows as the type
+    bare: str | None = None  # the value of the CLI flag given without one (None: it needs one)
 
     @property
     def required(self) -> bool:

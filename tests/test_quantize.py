@@ -399,26 +399,43 @@ def test_reduced_range_is_the_default_on_x86_cpus_without_vnni(zoo, tmp_path, mo
         r = prune(zoo["lenet"], tmp_path / "q.onnx", calib={"input": x}, ratio=0.2,
                   quantize="int8", quantize_tolerance=1.0)
         assert ("reduced range" in r.quantization["settings"]) is lacks
-    # the API's False turns it off on such a CPU, True on anywhere
+        assert r.quantization["reduce_range"] == f"auto: {'on' if lacks else 'off'}"
+    # off (or the API's False) turns it off on such a CPU, on turns it on anywhere
     monkeypatch.setattr(quantization, "cpu_lacks_vnni", lambda: True)
-    r = prune(zoo["lenet"], tmp_path / "q.onnx", calib={"input": x}, ratio=0.2,
-              quantize="int8", quantize_tolerance=1.0, quantize_reduce_range=False)
-    assert "reduced range" not in r.quantization["settings"]
+    for value, on in ((False, False), ("off", False), ("on", True), (True, True)):
+        r = prune(zoo["lenet"], tmp_path / "q.onnx", calib={"input": x}, ratio=0.2,
+                  quantize="int8", quantize_tolerance=1.0, quantize_reduce_range=value)
+        assert ("reduced range" in r.quantization["settings"]) is on
+    # on the command line: the flag alone means on, and it takes auto, on or off
+    src = tmp_path / "m.onnx"
+    onnx.save(onnx.load(zoo["lenet"]), src)
+    np.savez(tmp_path / "c.npz", input=x)
+    for extra, code in ((["--quantize-reduce-range"], 0), (["--quantize-reduce-range", "off"], 0),
+                        (["--quantize-reduce-range", "maybe"], 2)):
+        assert main(["prune", str(src), "-o", str(tmp_path / "q.onnx"), "--ratio", "0.2",
+                     "--calib", str(tmp_path / "c.npz"), "--quantize", "int8",
+                     "--quantize-tolerance", "1", *extra]) == code
 
 
 def test_histogram_calibration_runs_on_a_sample_count_no_batch_divides(zoo, tmp_path):
     from onnxprune.ir.arrays import Calibration
-    from onnxprune.quant.static import calibration_batches, even_batch
+    from onnxprune.quant.static import (
+        QuantSettings,
+        calibrated_samples,
+        calibration_batches,
+        even_batch,
+    )
 
-    assert even_batch(205, 16) == 16  # its divisors up to 16: 1 and 5
-    assert [even_batch(n, 16) for n in (208, 210, 211, 7)] == [16, 15, 16, 7]
+    # as many batches as 16 needs, all the same size; fewer samples left out than batches
+    assert [even_batch(n, 16) for n in (205, 208, 210, 211, 31, 7)] == [15, 16, 15, 15, 15, 7]
     model = onnx.load(zoo["lenet"])
-    x = _inputs("lenet", 211)  # prime: batches of 16, the last 3 samples left out
-    sizes = [len(b["input"]) for b in calibration_batches(model, Calibration({"input": x}), 16,
-                                                          even=True)]
-    assert sizes == [16] * 13
-    assert [len(b["input"]) for b in calibration_batches(model, Calibration({"input": x}),
-                                                         16)][-1] == 3  # minmax: all of them
+    x = _inputs("lenet", 211)  # prime: 14 batches of 15, one sample left out
+    calib = Calibration({"input": x})
+    sizes = [len(b["input"]) for b in calibration_batches(model, calib, 16, even=True)]
+    assert sizes == [15] * 14
+    assert calibrated_samples(model, calib, QuantSettings(method="entropy")) == 210
+    assert calibrated_samples(model, calib, QuantSettings()) == 211  # minmax: all of them
+    assert [len(b["input"]) for b in calibration_batches(model, calib, 16)][-1] == 3
     for method in ("entropy", "percentile"):
         r = prune(zoo["lenet"], tmp_path / f"{method}.onnx", calib={"input": _inputs("lenet", 45)},
                   ratio=0.2, quantize="int8", quantize_method=method, quantize_tolerance=1.0)

@@ -167,12 +167,12 @@ def test_ids_through_a_cast_and_a_named_input():
 def test_what_cannot_be_trimmed_is_refused_before_any_change():
     cases = [
         (_encoder(tied=True), KEPT, {}, "Transpose node .* reads it too .tied"),
-        (_shared(), KEPT, {"input": "ids"}, "looks it up from another input"),
+        (_shared(), KEPT, {"input": "ids"}, "Gather node .* looks it up too"),
         (_encoder(), [0, VOCAB], {}, f"token {VOCAB} does not exist"),
         (_encoder(), f"0-{VOCAB - 1}", {}, "nothing to cut"),
         (_encoder(), KEPT, {"fallback": 1}, "fallback token 1 is not among the kept"),
         (_encoder(), KEPT, {"input": "nope"}, "no input 'nope'"),
-        (_encoder(types=VOCAB), KEPT, {}, "both index 60-row tables: name the one"),
+        (_encoder(types=VOCAB), KEPT, {}, "ids and types each index 60-row tables: name the one"),
     ]
     for model, kept, kw, msg in cases:
         g = gs.import_onnx(model)
@@ -268,5 +268,32 @@ def test_the_cli_says_what_it_kept_and_refuses_bad_options(tmp_path, capsys):
                  "--keep-tokens-input", "types"]) == 2
     err = capsys.readouterr().err
     assert "token 9 does not exist" in err and not out2.exists()
+    assert main(["prune", str(src), "-o", str(out2), "--keep-tokens", "kept.txt"]) == 2
+    assert "kept.txt: no such file" in capsys.readouterr().err and not out2.exists()
     assert main(["analyze", str(src)]) == 0
     assert "input ids: its 60-token embedding" in capsys.readouterr().out
+
+
+def test_nearest_is_found_in_the_widest_table_and_needs_one():
+    b = GraphBuilder(seed=5)
+    b.inputs.append(helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"]))
+    bias = b.const(np.random.default_rng(1).standard_normal(VOCAB).astype(np.float32), "bias")
+    table = b.weight(VOCAB, DIM, hint="word_embeddings", scale=1.0)
+    per_token = b.op("Unsqueeze", [b.op("Gather", [bias, "ids"], axis=0),
+                                   b.const(np.array([-1], np.int64))])
+    h = b.op("Add", [per_token, b.op("Gather", [table, "ids"], axis=0)])  # the 1-D one first
+    model = b.build([b.matmul(h, DIM, 4)])
+    trimmed, t = _trim(model, KEPT)
+    e = _table(model)
+    unit = e / np.linalg.norm(e, axis=1, keepdims=True)
+    removed = [i for i in range(VOCAB) if i not in KEPT]
+    assert np.array_equal(t.remap[removed], [KEPT[int(np.argmax(unit[KEPT] @ unit[i]))]
+                                             for i in removed])
+    assert sorted(t.tables) == sorted([bias, table])
+    b = GraphBuilder(seed=5)
+    b.inputs.append(helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"]))
+    only = b.op("Gather", [b.const(np.arange(VOCAB, dtype=np.float32), "bias"), "ids"], axis=0)
+    g = gs.import_onnx(b.build([b.op("ReduceSum", [only], keepdims=0)]))
+    with pytest.raises(TokenError, match="one value per token"):
+        keep_tokens(g, KEPT)
+    assert keep_tokens(g, KEPT, fallback=0).params_removed == VOCAB - len(KEPT)

@@ -49,6 +49,8 @@ def add_flags(parser: argparse.ArgumentParser, options: Iterable[Owned]) -> None
                 kw["choices"] = o.choices
             if o.metavar:
                 kw["metavar"] = o.metavar
+            if o.bare is not None:
+                kw.update(nargs="?", const=o.bare)
         parser.add_argument(*names, **kw)
         mapping[(owner, o.name)] = flag
     parser.set_defaults(_flags=mapping)

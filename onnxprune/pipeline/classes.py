@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +16,25 @@ from .frontend import compare_with_input
 from .inputs import verification_feeds
 
 
-def _classes(value) -> tuple[int, ...]:
+def _indices(value, noun: str) -> tuple[int, ...]:
     """Indices or ranges ('0-95,18709'), a list of ints, or a file of them."""
     path = Path(value) if isinstance(value, (str, Path)) else None
     if path is not None and path.is_file():
         try:
-            return parse_classes(path.read_text())
+            return parse_classes(path.read_text(), noun)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
-    return parse_classes(value)
+    if isinstance(value, Path) or (isinstance(value, str) and re.search(r"[/\\.]", value)):
+        raise ValueError(f"{value}: no such file (nor a list of {noun} indices like 0-95,97)")
+    return parse_classes(value, noun)
+
+
+def _classes(value) -> tuple[int, ...]:
+    return _indices(value, "class")
+
+
+def tokens(value) -> tuple[int, ...]:
+    return _indices(value, "token")
 
 
 class KeepClasses(Pass):
@@ -67,7 +78,8 @@ class KeepClasses(Pass):
         except ClassError as err:
             raise OptionError(self.name, "keep", str(err)) from None
         _check(ctx, origin, trimmed)
-        ctx.origin = origin
+        if ctx.origin is None:  # keep_tokens ran first: its origin is the model before both
+            ctx.origin = origin
         ctx.classes = {"output": trimmed.output, "classes": trimmed.classes,
                        "kept": trimmed.kept, "axis": trimmed.axis, "layer": trimmed.layer,
                        "fill": trimmed.fill, "params_removed": trimmed.params_removed}

@@ -59,6 +59,18 @@ def allowed_loss(metric: Metric, float_value: float, tolerance: float | None) ->
     return (amount * abs(float_value) if relative else amount), text
 
 
+def _reduce_range(value) -> str:
+    """on / off / auto, from those words or a bool (the API's True and False)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    word = str(value).strip().lower()
+    if word in ("auto", "on", "off"):
+        return word
+    if word in ("true", "yes", "1", "false", "no", "0"):
+        return "on" if word in ("true", "yes", "1") else "off"
+    raise ValueError(f"auto, on or off, got {value!r}")
+
+
 class Quantize(Pass):
     name = "quantize"
     description = ("Static int8 quantization by onnxruntime (QDQ, per-channel weights) "
@@ -75,10 +87,12 @@ class Quantize(Pass):
                type_name="bool"),
         Option("method", "minmax", "how activation ranges are calibrated", choices=METHODS,
                public="quantize_method"),
-        Option("reduce_range", None, "7-bit weights, for CPUs without VNNI, where 8-bit "
-               "products can saturate (default: on when this machine is an x86 CPU without "
-               "VNNI, as onnxruntime advises; the API's False turns it off)", parse=flag,
-               public="quantize_reduce_range", kind="switch", type_name="bool"),
+        Option("reduce_range", "auto", "7-bit weights, for CPUs without VNNI, where 8-bit "
+               "products can saturate: on, off, or auto: on when this machine is an x86 CPU "
+               "without VNNI, as onnxruntime advises (the model is for the CPU it will run "
+               "on: say on or off when that is another one); the flag alone means on",
+               parse=_reduce_range, public="quantize_reduce_range", metavar="auto|on|off",
+               bare="on", type_name="str"),
         Option("tolerance", None, "how much worse than the float model the int8 model's metric "
                "may be, in the metric's units (default: psnr 1 dB, accuracy, cosine and kl 0.01, "
                "mse 1.26x the float mse, a metric of your own 2 percent of its value); worse "
@@ -93,8 +107,8 @@ class Quantize(Pass):
     def settings(self) -> QuantSettings:
         return QuantSettings(activations=self.activations, per_channel=not self.per_tensor,
                              method=self.method,
-                             reduce_range=(cpu_lacks_vnni() if self.reduce_range is None
-                                           else self.reduce_range),
+                             reduce_range=(cpu_lacks_vnni() if self.reduce_range == "auto"
+                                           else self.reduce_range == "on"),
                              batch=self.batch_size)
 
     def run(self, ctx: Context) -> PassResult:
@@ -127,7 +141,8 @@ class Quantize(Pass):
         figures = self._check_metric(ctx, graph, qgraph, source, qmodel)
         float_types, int8_types = params_by_type(graph), params_by_type(qgraph)
         info: dict[str, Any] = {
-            "type": "int8", "settings": settings.describe(), "calibration_samples": calibrated_samples(source, calib, settings),
+            "type": "int8", "settings": settings.describe(),
+            "reduce_range": f"{self.reduce_range}: {'on' if settings.reduce_range else 'off'}", "calibration_samples": calibrated_samples(source, calib, settings),
             "providers": providers, "checker": True, **figures,
             "params_by_type_float": float_types, "params_by_type": int8_types,
             "weight_bytes_float": param_bytes(float_types),

@@ -9,7 +9,7 @@ from ..ir.runtime import session
 from ..options import Option, OptionError, text
 from ..rewrite.tokens import NEAREST, TokenError, fallback_ids, keep_tokens
 from .base import Context, Pass, PassResult
-from .classes import _classes
+from .classes import tokens
 from .frontend import compare_with_input
 from .inputs import verification_feeds
 
@@ -17,6 +17,8 @@ from .inputs import verification_feeds
 def _fallback(value) -> str | int:
     if isinstance(value, str) and value.strip().lower() == NEAREST:
         return NEAREST
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r}: 'nearest' or a token id")
     try:
         return int(value)
     except (TypeError, ValueError):
@@ -35,7 +37,7 @@ class KeepTokens(Pass):
                "ranges '0-999,2000', or a file of them): the embedding table loses the other "
                "rows and a remapping table sends each removed id to its fallback's row; the "
                "tokenizer and the model's inputs stay the same. Parameter and MAC targets "
-               "count from the model before", parse=_classes, public="keep_tokens",
+               "count from the model before", parse=tokens, public="keep_tokens",
                metavar="I-J,K|FILE", type_name="str"),
         Option("input", None, "the integer input whose tokens keep_tokens names (default: the "
                "one indexing the largest embedding table)", parse=text,
@@ -73,12 +75,17 @@ def _check(ctx: Context, before, trim) -> None:
     """The trimmed model computes exactly what the model before does with each removed id
     replaced by its fallback, on ids drawn over the whole vocabulary (half of them kept) at
     every set of verification shapes; otherwise nothing is written."""
+    kept = np.asarray(trim.indices)
+    # the remapping itself, independently of the oracle built from it: kept ids read their own
+    # rows, every other id a kept one
+    if not (np.array_equal(trim.remap[kept], kept) and np.isin(trim.remap, kept).all()):
+        raise VerificationError(f"keeping tokens of {trim.input}: the remapping sends a kept id "
+                                "elsewhere or a removed one to no kept token; nothing written")
     oracle = before.copy()
     fallback_ids(oracle, trim)
     want_model, got_model = ctx.skeleton(oracle), ctx.skeleton()
     feeds = verification_feeds(ctx, want_model)
     a_sess, b_sess = session(want_model), session(got_model)
-    kept = np.asarray(trim.indices)
     for i, f in enumerate(feeds):
         f = dict(f)
         ids = f[trim.input]

@@ -82,26 +82,20 @@ class QuantSettings:
 
 
 def even_batch(n: int, batch: int) -> int:
-    """A batch size that splits ``n`` samples evenly, as onnxruntime's histogram calibrators
-    (entropy, percentile) need: they stack every batch's outputs into one array. The largest
-    divisor of ``n`` up to ``batch``; below half of ``batch`` (``n`` prime, say), ``batch``
-    itself, and the last, shorter batch is left out."""
-    d = next(k for k in range(min(batch, n), 0, -1) if n % k == 0)
-    return d if 2 * d >= min(batch, n) else batch
+    """A batch size that splits ``n`` samples into equal batches, as onnxruntime's histogram
+    calibrators (entropy, percentile) need: they stack every batch's outputs into one array.
+    As many batches as ``batch`` needs, each as large as they can all be (``n`` // count);
+    the samples left over, fewer than the batches, are not fed (none when a divisor fits)."""
+    if n <= batch:
+        return max(n, 1)
+    count = -(-n // batch)
+    size = n // count
+    return next((k for k in range(batch, size - 1, -1) if n % k == 0), size)
 
 
-def calibrated_samples(model: onnx.ModelProto, calib: Calibration, s: QuantSettings) -> int:
-    """How many of the calibration samples ``quantize_int8`` feeds (a fixed or even batch
-    leaves the last, shorter one out)."""
-    return sum(len(next(iter(b.values()))) if b else 0
-               for b in calibration_batches(model, calib, s.batch, even=s.method != "minmax"))
-
-
-def calibration_batches(model: onnx.ModelProto, calib: Calibration,
-                        batch: int, even: bool = False) -> list[dict[str, np.ndarray]]:
-    """The calibration samples as feeds of at most ``batch`` samples (of exactly the model's
-    batch when an input fixes it), model inputs only; arrays fed whole go to every batch.
-    ``even``: every batch the same size (``even_batch``)."""
+def _batching(model: onnx.ModelProto, calib: Calibration, batch: int, even: bool
+              ) -> tuple[list[str], int, int, int | None]:
+    """(the model inputs calib holds, the batch size, the samples fed, a batch the model fixes)."""
     specs = {s.name: s for s in input_specs(model)}
     names = [n for n in specs if n in calib]
     fixed = None
@@ -112,11 +106,26 @@ def calibration_batches(model: onnx.ModelProto, calib: Calibration,
             fixed = dims[axis]
     n = calib.samples
     step = fixed or (even_batch(n, max(1, batch)) if even and n else max(1, batch))
+    fed = n - n % step if fixed is not None or even else n
+    return names, step, fed, fixed
+
+
+def calibrated_samples(model: onnx.ModelProto, calib: Calibration, s: QuantSettings) -> int:
+    """How many of the calibration samples ``quantize_int8`` feeds (a fixed or even batch
+    leaves the last, shorter one out)."""
+    return _batching(model, calib, s.batch, s.method != "minmax")[2]
+
+
+def calibration_batches(model: onnx.ModelProto, calib: Calibration,
+                        batch: int, even: bool = False) -> list[dict[str, np.ndarray]]:
+    """The calibration samples as feeds of at most ``batch`` samples (of exactly the model's
+    batch when an input fixes it), model inputs only; arrays fed whole go to every batch.
+    ``even``: every batch the same size (``even_batch``)."""
+    names, step, fed, fixed = _batching(model, calib, batch, even)
+    n = calib.samples
     out = []
-    for lo in range(0, n, step):
+    for lo in range(0, fed, step):
         idx = np.arange(lo, min(lo + step, n))
-        if len(idx) < step and (fixed is not None or (even and out)):  # the last one goes
-            break
         out.append({k: np.ascontiguousarray(calib[k] if calib.axes.get(k) is None
                                             else np.take(calib[k], idx, axis=calib.axes[k]))
                     for k in names})

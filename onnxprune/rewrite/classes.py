@@ -56,9 +56,10 @@ class Trimmed:
         return len(self.indices)
 
 
-def parse_classes(spec) -> tuple[int, ...]:
+def parse_classes(spec, noun: str = "class") -> tuple[int, ...]:
     """Class indices from ``"0-95,97"`` (ranges inclusive), a list of ints, or the text of a
-    file with such items separated by commas, spaces or lines; sorted, each once."""
+    file with such items separated by commas, spaces or lines; sorted, each once. ``noun``:
+    what the indices are, for the messages ("token")."""
     if isinstance(spec, (list, tuple, np.ndarray)):
         items = [str(int(v)) for v in spec]
     else:
@@ -69,12 +70,12 @@ def parse_classes(spec) -> tuple[int, ...]:
         try:
             a, b = (int(lo), int(hi)) if sep else (int(item), int(item))
         except ValueError:
-            raise ValueError(f"{item!r} is not a class index or a range like 0-95") from None
+            raise ValueError(f"{item!r} is not a {noun} index or a range like 0-95") from None
         if a < 0 or b < a:
             raise ValueError(f"{item!r}: indices are >= 0 and ranges run low-high")
         out.update(range(a, b + 1))
     if not out:
-        raise ValueError("no class index given")
+        raise ValueError(f"no {noun} index given")
     return tuple(sorted(out))
 
 

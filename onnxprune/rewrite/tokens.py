@@ -91,7 +91,7 @@ def token_inputs(graph: gs.Graph) -> list[dict]:
         if not tables:
             continue
         rows = {int(v.shape[0]) for v in tables.values() if v.ndim >= 1}
-        if len(rows) != 1:
+        if len(rows) != 1:  # keep_tokens says why
             continue
         out.append({"input": t.name, "vocabulary": rows.pop(), "tables": sorted(tables),
                     "params": sum(int(v.size) for v in tables.values())})
@@ -106,11 +106,12 @@ def _input(graph: gs.Graph, name: str | None) -> gs.Tensor:
         return inputs[name]
     found = token_inputs(graph)
     if not found:
-        raise TokenError("no integer input of the model indexes an embedding table (a Gather "
-                         "on axis 0 of a constant)")
-    if len(found) > 1 and found[1]["vocabulary"] == found[0]["vocabulary"]:
-        raise TokenError(f"inputs {found[0]['input']} and {found[1]['input']} both index "
-                         f"{found[0]['vocabulary']}-row tables: name the one whose tokens go")
+        raise TokenError("no integer input of the model indexes embedding tables of one size "
+                         "(Gathers on axis 0 of constants)")
+    same = [d["input"] for d in found if d["vocabulary"] == found[0]["vocabulary"]]
+    if len(same) > 1:
+        raise TokenError(f"inputs {' and '.join(same)} each index {found[0]['vocabulary']}-row "
+                         "tables: name the one whose tokens go")
     return inputs[found[0]["input"]]
 
 
@@ -151,11 +152,11 @@ def keep_tokens(graph: gs.Graph, kept, input: str | None = None,
                              "cannot go")
         if others:
             other = others[0]
-            why = ("looks it up from another input: name that one, or keep both vocabularies"
+            why = ("looks it up too (from another input, or on another axis)"
                    if other.op == "Gather" else "reads it too (tied to an output layer?)")
             raise TokenError(f"embedding table {t.name}: {other.op} node {other.name} {why}; "
                              "its rows cannot go")
-    keep = np.asarray(parse_classes(kept), dtype=np.int64)
+    keep = np.asarray(parse_classes(kept, "token"), dtype=np.int64)
     if keep[-1] >= vocab:
         raise TokenError(f"token {int(keep[-1])} does not exist: {ids.name} indexes {vocab} rows")
     if keep.size == vocab:
@@ -164,7 +165,11 @@ def keep_tokens(graph: gs.Graph, kept, input: str | None = None,
     position[keep] = np.arange(keep.size)
     removed = np.flatnonzero(position < 0)
     if fallback == NEAREST:
-        position[removed] = _nearest(const_value(tables[0]), keep, removed)
+        widest = max((const_value(t) for t in tables), key=lambda v: v.size)
+        if widest.size // vocab < 2:
+            raise TokenError(f"the tables {ids.name} indexes hold one value per token: no "
+                             "embedding to find a nearest token by; give a fallback token id")
+        position[removed] = _nearest(widest, keep, removed)
         how = NEAREST
     else:
         try:
