@@ -182,17 +182,7 @@ def keep_tokens(graph: gs.Graph, kept, input: str | None = None,
         how = str(fid)
     # every check before the first change: a refused trim leaves the graph as it was
     before = graph_params(graph)
-    remap = gs.Constant(unique_name(graph, f"{ids.name}_token_rows"),
-                        position.astype(np.int32))
-    rows_of: dict[str, gs.Variable] = {}
-    for node, t in found:
-        if t.name not in rows_of:
-            rows_of[t.name] = gs.Variable(unique_name(graph, f"{t.name}_rows"), dtype=np.int32,
-                                          shape=t.shape)
-            graph.nodes.append(gs.Node("Gather", unique_name(graph, f"{t.name}_token_rows"),
-                                       attrs={"axis": 0}, inputs=[remap, t],
-                                       outputs=[rows_of[t.name]]))
-        node.inputs[1] = rows_of[t.name]
+    _through(graph, found, position, "token_rows")
     for table in tables:
         new = gs.Constant(unique_name(graph, f"{table.name}_kept"),
                           np.ascontiguousarray(const_value(table)[keep]))
@@ -209,15 +199,21 @@ def fallback_ids(graph: gs.Graph, trim: TokenTrim) -> None:
     ``trim.input`` reads its ids through ``trim.remap`` (removed ids -> the id whose row they
     read now), the tables whole."""
     ids = {t.name: t for t in graph.inputs}[trim.input]
-    remap = gs.Constant(unique_name(graph, f"{ids.name}_fallback_ids"),
-                        trim.remap.astype(np.int32))
+    _through(graph, _lookups(graph, ids), trim.remap, "fallback_ids")
+    graph.toposort()
+
+
+def _through(graph: gs.Graph, found: list[tuple[gs.Node, gs.Tensor]], table: np.ndarray,
+             hint: str) -> None:
+    """Each lookup in ``found`` reads its ids through a Gather of ``table`` (int32), one per
+    ids tensor."""
+    remap = gs.Constant(unique_name(graph, hint), table.astype(np.int32))
     made: dict[str, gs.Variable] = {}
-    for node, t in _lookups(graph, ids):
+    for node, t in found:
         if t.name not in made:
-            made[t.name] = gs.Variable(unique_name(graph, f"{t.name}_fallback"), dtype=np.int32,
+            made[t.name] = gs.Variable(unique_name(graph, f"{t.name}_{hint}"), dtype=np.int32,
                                        shape=t.shape)
-            graph.nodes.append(gs.Node("Gather", unique_name(graph, f"{t.name}_fallback"),
+            graph.nodes.append(gs.Node("Gather", unique_name(graph, f"{t.name}_{hint}"),
                                        attrs={"axis": 0}, inputs=[remap, t],
                                        outputs=[made[t.name]]))
         node.inputs[1] = made[t.name]
-    graph.toposort()
