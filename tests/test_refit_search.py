@@ -73,6 +73,46 @@ def test_refit_is_least_squares_on_the_kept_rows():
     assert np.allclose(got[cols], want, atol=1e-9) and not got[~cols].any()
 
 
+def _refit_reference(gram, theta0, keep, ridge):
+    """The refit written out plainly: ridge on the kept data rows, a general solve, and the
+    output errors of both candidates as full quadratic forms."""
+    keep = np.append(keep, True)
+    k = np.flatnonzero(keep)
+    g = gram[np.ix_(k, k)].copy()
+    data = k[:-1]
+    g[np.arange(len(data)), np.arange(len(data))] += ridge * np.trace(
+        gram[np.ix_(data, data)]) / len(data)
+    theta = np.zeros_like(theta0)
+    theta[k] = np.linalg.solve(g, gram[k] @ theta0)
+    plain = theta0 * keep[:, None]
+
+    def error(t):
+        return np.einsum("io,ij,jo->", t - theta0, gram, t - theta0)
+
+    return theta if error(theta) < error(plain) else plain
+
+
+@pytest.mark.parametrize("ridge", [0.0, 1e-3, 50.0])
+def test_refit_equals_the_plain_formulation(ridge):
+    """Cholesky and the error on the removed rows alone give what the written-out refit does,
+    the plain cut included (a huge ridge shrinks the refit below the plain cut)."""
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((300, 9))
+    a[:, 4] = a[:, 1] * 0.9 + 0.1 * a[:, 4]  # a column the others can stand in for
+    a = np.concatenate([a, np.ones((300, 1))], axis=1)
+    gram = a.T @ a
+    theta0 = rng.standard_normal((10, 4))
+    chose_plain = 0
+    for trial in range(12):
+        keep = rng.random(9) < 0.6
+        keep[trial % 9] = True
+        got = refit(gram, theta0, keep, ridge=ridge)
+        want = _refit_reference(gram, theta0, keep, ridge)
+        assert np.allclose(got, want, rtol=1e-9, atol=1e-9)
+        chose_plain += np.array_equal(got, theta0 * np.append(keep, True)[:, None])
+    assert (chose_plain > 0) == (ridge == 50.0)
+
+
 def _two_branches():
     """Branch A: 8 channels of which 4 are large linear mixes of the other 4 (a refit restores
     them exactly, cutting them without one costs much); branch B: 8 independent channels of

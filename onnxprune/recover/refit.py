@@ -19,11 +19,13 @@ the Grams of the original inputs stand in for the pruned graph's.
 from __future__ import annotations
 
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import scipy.linalg
 import onnx_graphsurgeon as gs
 from onnx import helper
 
@@ -43,7 +45,9 @@ from .compensate import (
 )
 from .layers import layer_gates, layer_inputs
 
-CACHE = 512  # refit solutions kept (the measured path asks for the same layer cuts again)
+# refit solutions kept, in bytes (the measured path asks for the same layer cuts again: a few
+# per layer suffice; MiniLM's 512 solutions of 2.4 MB each doubled the search's memory)
+CACHE_BYTES = 192 << 20
 
 
 @dataclass
@@ -66,24 +70,28 @@ def refit(gram: np.ndarray, theta0: np.ndarray, keep: np.ndarray, ridge: float =
     if intercept:
         keep = np.append(keep, True)
     k = np.flatnonzero(keep)
-    g = gram[np.ix_(k, k)].copy()
+    g = gram[np.ix_(k, k)]
     data = k < len(gram) - (1 if intercept else 0)  # not the intercept
     diag = np.flatnonzero(data)
     g[diag, diag] += ridge * np.trace(g[np.ix_(diag, diag)]) / max(len(diag), 1)
     rhs = gram[k] @ theta0
-    try:
-        sol = np.linalg.solve(g, rhs)
+    try:  # symmetric positive definite with the ridge: Cholesky
+        with warnings.catch_warnings():  # ill-conditioned without a ridge: solved all the same
+            warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+            sol = scipy.linalg.solve(g, rhs, assume_a="pos", check_finite=False)
     except np.linalg.LinAlgError:
         sol = np.linalg.lstsq(g, rhs, rcond=None)[0]
     theta = np.zeros_like(theta0)
     theta[k] = sol
-    plain = theta0 * keep[:, None]
-
-    def error(t: np.ndarray) -> float:
-        d = t - theta0
-        return float(np.einsum("io,ij,jo->", d, gram, d))
-
-    return theta if error(theta) < error(plain) else plain
+    # output error on the Gram's rows, ||A (t - theta0)||^2 = sum(d * G d): the refit against
+    # the plain cut, whose difference is only the removed rows
+    d = theta - theta0
+    gone = np.flatnonzero(~keep)
+    g_gone = gram[np.ix_(gone, gone)]
+    plain_error = float(np.sum(theta0[gone] * (g_gone @ theta0[gone])))
+    if float(np.sum(d * (gram @ d))) < plain_error:
+        return theta
+    return theta0 * keep[:, None]
 
 
 class RefitEvaluator:
@@ -106,6 +114,7 @@ class RefitEvaluator:
         self.session = session(self._fed_model(), arena=False, feed_weights=False)
         self.names = [o.name for o in self.session.get_outputs()]
         self._cache: OrderedDict = OrderedDict()
+        self._cached = 0  # bytes in the cache
         self.seconds = time.perf_counter() - start
 
     def summary(self) -> dict:
@@ -209,8 +218,9 @@ class RefitEvaluator:
                     got = (native_weight(layer.node, mat),
                            None if layer.bias is None else theta[-1].astype(w.dtype))
                     self._cache[key] = got
-                    if len(self._cache) > CACHE:
-                        self._cache.popitem(last=False)
+                    self._cached += _nbytes(got)
+                    while self._cached > CACHE_BYTES and len(self._cache) > 1:
+                        self._cached -= _nbytes(self._cache.popitem(last=False)[1])
                 else:
                     self._cache.move_to_end(key)
                 w, b = got
@@ -243,6 +253,11 @@ class RefitEvaluator:
 
     def close(self) -> None:
         self._cache.clear()
+        self._cached = 0
+
+
+def _nbytes(weights: tuple[np.ndarray, np.ndarray | None]) -> int:
+    return sum(a.nbytes for a in weights if a is not None)
 
 
 def can_refit(ev: Evaluator) -> str | None:
