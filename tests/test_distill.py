@@ -260,3 +260,49 @@ def test_kl_loss_matches_distributions_not_logits():
     assert info["loss"] == "kl" and info["val_after"] < 0.5 * info["val_before"]
     with pytest.raises(UsageError, match="loss"):
         distill(student, teacher, {"x": x}, loss="l1")
+
+
+def _token_model(vocab=50, width=6, seed=0):
+    """ids -> embedding table (Gather) -> MatMul -> Relu -> MatMul: a table and two weights."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("table", (vocab, width)), ("w1", (width, 8)), ("w2", (8, 3)))]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], axis=0),
+             helper.make_node("MatMul", ["e", "w1"], ["h"]),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "tokens", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_lookup_tables_stay_as_they_are_by_default():
+    """A Gather's table is not trained (a calibration set reads few of its rows); the layers
+    after it are, and a pattern naming the table still trains it."""
+    teacher, student = _token_model(seed=0), _token_model(seed=1)
+    ids = np.random.default_rng(2).integers(0, 50, (40, 4))
+    model, info = distill(student, teacher, {"ids": ids}, steps=20, lr=1e-2, patience=None)
+    before, after = initializer_bytes(student), initializer_bytes(model)
+    assert info["trained"] == 2
+    assert after["table"] == before["table"]
+    assert after["w1"] != before["w1"] and after["w2"] != before["w2"]
+    model, info = distill(student, teacher, {"ids": ids}, steps=20, lr=1e-2, patience=None,
+                          train=["table"])
+    assert info["trained"] == 1 and initializer_bytes(model)["table"] != before["table"]
+
+
+def test_training_threads_follow_the_work_of_a_step(monkeypatch):
+    from onnxprune.recover import distill as module
+
+    model = _token_model()
+    feeds = {"ids": np.zeros((40, 4), np.int64)}
+    macs = 4 * (6 * 8 + 8 * 3)  # per sample: the two MatMuls over 4 tokens
+    monkeypatch.setattr(module.os, "sched_getaffinity", lambda _: {0, 1, 2}, raising=False)
+    monkeypatch.setattr(module, "PARALLEL_MACS", macs * 32)
+    assert module._threads(model, feeds, 32) == 3
+    assert module._threads(model, feeds, 31) == 1
+    monkeypatch.setattr(module.os, "sched_getaffinity", lambda _: {0}, raising=False)
+    assert module._threads(model, feeds, 32) == 1
