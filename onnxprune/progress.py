@@ -58,7 +58,7 @@ def status_line(now: float | None = None) -> str:
         rate = done / max(now - st["start"], 1e-9)
         count = f"{done}/{total}" if total else f"{done}"
         text = f"{st['task']} {count} ({rate:.3g}/s"
-        if total and done and rate > 0:
+        if total and done and rate > 0 and done < total:  # an estimate passed: no ETA
             text += f", ETA {_fmt((total - done) / rate)}"
         parts.append(text + ")")
         if st["status"]:

@@ -81,9 +81,9 @@ def test_a_shortlisted_measured_path_keeps_the_fragile_group(monkeypatch):
     calls = []
     real = sensitivity.measured_path
 
-    def measured(space, ev, curves, unit_cost, done, shortlist=None):
+    def measured(space, ev, curves, unit_cost, done, shortlist=None, expect=None):
         calls.append(shortlist)
-        return real(space, ev, curves, unit_cost, done, shortlist)
+        return real(space, ev, curves, unit_cost, done, shortlist, expect)
     monkeypatch.setattr(sensitivity, "measured_path", measured)
     r = _run(strategy="sensitivity", target_params=target)
     assert calls and calls[0] == 2  # the shortlist: 2 groups per step
@@ -229,3 +229,26 @@ def test_analysis_is_untouched_by_the_strategy():
     a = analyze(fragile())
     assert [g.channels for g in a.channels.groups] == [N_WIDE, N_NARROW, 16]
     assert normalized(fragile()).graph.node and import_model(normalized(fragile())).nodes
+
+
+def test_the_measured_path_progress_total_is_an_estimate_of_its_steps(monkeypatch):
+    """The measured path's progress total comes from the curves' greedy path to the target,
+    not from every level of every group (an ETA of minutes that ended in seconds)."""
+    import contextlib
+
+    from onnxprune.select import sensitivity
+
+    seen = {}
+
+    @contextlib.contextmanager
+    def task(description, total):
+        seen[description] = [total, 0]
+
+        def advance(n=1, status=None):
+            seen[description][1] += n
+        yield advance
+    monkeypatch.setattr(sensitivity, "task", task)
+    _run(strategy="sensitivity", target_params=0.3)
+    total, done = seen["sensitivity (measured)"]
+    levels = seen["sensitivity curves"][0] * len(sensitivity.LEVELS)
+    assert 0 < done <= total + 2 and total < levels / 2, (total, done, levels)

@@ -91,16 +91,18 @@ def greedy_path(space: Space, curves: list[Curve], unit_cost: np.ndarray) -> lis
 
 
 def measured_path(space: Space, ev: Evaluator, curves: list[Curve], unit_cost: np.ndarray,
-                  done, shortlist: int | None = None) -> list[list[int]]:
+                  done, shortlist: int | None = None, expect: int | None = None
+                  ) -> list[list[int]]:
     """Like :func:`greedy_path`, but every step is chosen by evaluating each group's next
     level on the *combined* mask (one batched evaluation per step), so interactions between
     groups count. With ``shortlist``, only that many groups are measured per step: those
     whose own curves promise the cheapest next level. Stops when ``done(counts, utility)``
-    says so."""
+    says so. ``expect``: the steps it will likely take (the progress total; default: every
+    level of every group)."""
     level = [0] * len(curves)
     path = [[0] * len(curves)]
     current = ev.metric.utility(ev.base)
-    total = sum(len(c.counts) - 1 for c in curves)
+    total = expect or sum(len(c.counts) - 1 for c in curves)
     with task("sensitivity (measured)", total) as advance:
         while True:
             options = [i for i, c in enumerate(curves) if level[i] + 1 < len(c.counts)]
@@ -127,6 +129,20 @@ def measured_path(space: Space, ev: Evaluator, curves: list[Curve], unit_cost: n
                 return path
 
 
+def _steps_to(path: list[list[int]], reached) -> int:
+    """The first step of ``path`` that ``reached`` accepts (its last when none does; the
+    reduction grows along a path): the prefix a target takes, and on the greedy path an
+    estimate of how far the measured path will go (its progress total)."""
+    lo, hi = 0, len(path) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if reached(path[mid], None):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def _predicted(space: Space, c: Curve, j: int, i: int, unit_cost: np.ndarray) -> float:
     """Metric lost per cost saved by the next level of group ``i`` alone (its curve)."""
     order = space.groups[i].order
@@ -140,14 +156,18 @@ def select_sensitivity(space: Space, ev: Evaluator, target: Target | None = None
     curves = sensitivity_curves(space, ev)
     steps = sum(len(c.counts) - 1 for c in curves)
     unit_cost = space.cost.unit_weights(cost_kind)
+    if target is not None:
+        def reached(counts, _=None) -> bool:
+            return space.reduction(space.mask(counts), target) >= target.fraction
+
     if constraint is None and target is not None and steps:
         # measure every step on the combined mask (interactions count), for the SHORTLIST
         # groups whose own curves promise the cheapest next steps (fewer with many steps)
         shortlist = SHORTLIST if steps * len(curves) <= max_evals else max(
             2, min(SHORTLIST, max_evals // steps))
-        path = measured_path(space, ev, curves, unit_cost,
-                             lambda counts, _: space.reduction(space.mask(counts), target)
-                             >= target.fraction, shortlist)
+        path = measured_path(space, ev, curves, unit_cost, reached, shortlist,
+                             expect=max(1, _steps_to(greedy_path(space, curves, unit_cost),
+                                                     reached)))
     else:
         path = greedy_path(space, curves, unit_cost)
     if constraint is not None:
@@ -168,13 +188,7 @@ def select_sensitivity(space: Space, ev: Evaluator, target: Target | None = None
                 advance()
         return space.mask(path[lo]), {"curves": curves, "steps": lo, "satisfied": True}
     assert target is not None
-    lo, hi = 0, len(path) - 1
-    while lo < hi:  # the shortest prefix reaching the target
-        mid = (lo + hi) // 2
-        if space.reduction(space.mask(path[mid]), target) >= target.fraction:
-            hi = mid
-        else:
-            lo = mid + 1
+    lo = _steps_to(path, reached)  # the shortest prefix reaching the target
     return space.mask(_refine_last_step(space, path, lo, target)), {"curves": curves, "steps": lo}
 
 
