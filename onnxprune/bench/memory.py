@@ -17,8 +17,6 @@ import subprocess
 import sys
 import threading
 
-from ..ir.memory import kernel_hwm as _kernel_hwm
-from ..ir.memory import reset_kernel_hwm as _reset_kernel_hwm
 
 
 def host_memory_available() -> bool:
@@ -59,10 +57,10 @@ class HostPeak:
     (bytes; None without psutil).
 
     Free heap is returned to the OS first (glibc), so the block cannot hide allocations in
-    memory freed before it. RSS comes from psutil; on Linux the kernel's high-water mark is
-    also reset on entry and read on exit (exact peak), elsewhere a thread samples RSS every
-    ``interval`` seconds. The RSS after the block is always included, so what the block keeps
-    allocated (weights, the arena) is counted even if a short spike is missed.
+    memory freed before it. RSS comes from psutil, sampled by a thread every ``interval``
+    seconds (the kernel's high-water mark is left alone: outside tools read it). The RSS after
+    the block is always included, so what the block keeps allocated (weights, the arena) is
+    counted even if a short spike is missed.
     """
 
     def __init__(self, interval: float = 0.001):
@@ -88,11 +86,9 @@ class HostPeak:
         if self._proc is None:
             return self
         _release_free_heap()
-        self._kernel = _reset_kernel_hwm()
         self._before = self._peak = self._rss()
-        if not self._kernel:
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -102,8 +98,6 @@ class HostPeak:
             self._stop.set()
             self._thread.join()
         peak = max(self._peak, self._rss())
-        if self._kernel:
-            peak = max(peak, _kernel_hwm() or 0)
         self.delta = max(0, peak - self._before)
 
 

@@ -1,13 +1,20 @@
-"""This process's resident memory high-water mark (Linux: the kernel's VmHWM, resettable;
-elsewhere the lifetime peak from getrusage)."""
+"""This process's resident memory: now, its lifetime high-water mark, and the peak of a block
+of work sampled by a thread. The kernel's high-water mark is never reset (tools outside the
+process, ``/usr/bin/time`` and ``getrusage`` among them, read it: a reset makes them
+under-report the run)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import sys
+import threading
+from collections.abc import Iterator
 
 _STATUS = "/proc/self/status"
-_CLEAR_REFS = "/proc/self/clear_refs"
+_STATM = "/proc/self/statm"
+INTERVAL = 0.005  # seconds between samples while a window is open
 
 
 def _status(field: str) -> int | None:
@@ -25,20 +32,8 @@ def kernel_hwm() -> int | None:
     return _status("VmHWM")
 
 
-def reset_kernel_hwm() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not possible."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        with open(_CLEAR_REFS, "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return kernel_hwm() is not None
-
-
 def peak_rss() -> int | None:
-    """The high-water mark since the last reset (or the process's lifetime peak), bytes."""
+    """The process's lifetime resident peak, bytes."""
     hwm = kernel_hwm()
     if hwm is not None:
         return hwm
@@ -51,5 +46,75 @@ def peak_rss() -> int | None:
 
 
 def current_rss() -> int | None:
-    """Resident memory now (Linux), bytes."""
-    return _status("VmRSS")
+    """Resident memory now, bytes (Linux: /proc/self/statm; elsewhere psutil if installed)."""
+    try:
+        with open(_STATM) as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.Process().memory_info().rss)
+
+
+class Window:
+    """The highest resident memory seen while a :func:`peak_window` block ran (bytes)."""
+
+    def __init__(self, start: int | None):
+        self.peak = start
+
+    def see(self, rss: int | None) -> None:
+        if rss is not None and (self.peak is None or rss > self.peak):
+            self.peak = rss
+
+
+class _Sampler:
+    """One daemon thread for the whole process, sampling while any window is open."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.windows: list[Window] = []
+        self.thread: threading.Thread | None = None
+        self.wake = threading.Event()
+
+    def open(self, window: Window) -> None:
+        with self.lock:
+            self.windows.append(window)
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="onnxprune-rss",
+                                               daemon=True)
+                self.thread.start()
+
+    def close(self, window: Window) -> None:
+        with self.lock:
+            self.windows.remove(window)
+
+    def _run(self) -> None:
+        while True:
+            self.wake.wait(INTERVAL)
+            rss = current_rss()
+            with self.lock:
+                if not self.windows:
+                    self.thread = None
+                    return
+                for w in self.windows:
+                    w.see(rss)
+
+
+_SAMPLER = _Sampler()
+
+
+@contextlib.contextmanager
+def peak_window() -> Iterator[Window]:
+    """``with peak_window() as w: ...`` then ``w.peak``: the highest RSS during the block,
+    sampled every ``INTERVAL`` seconds and at both ends (a spike shorter than that can be
+    missed; windows may nest)."""
+    window = Window(current_rss())
+    _SAMPLER.open(window)
+    try:
+        yield window
+    finally:
+        _SAMPLER.close(window)
+        window.see(current_rss())

@@ -14,7 +14,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..ir.graph import export_model, export_skeleton
-from ..ir.memory import current_rss, peak_rss, reset_kernel_hwm
+from ..ir.memory import current_rss, peak_window
 from ..ir.runtime import providers_option
 from ..ir.weights import Skeleton
 from ..options import Option, number, resolve, shapes, text, texts
@@ -241,13 +241,13 @@ class Pass:
             ctx.progress(self.name)
         if not ctx.memory:  # what the process held before the run (libraries, the caller)
             ctx.memory.append(("start", current_rss()))
-        reset_kernel_hwm()
         start = time.perf_counter()
-        result = self.run(ctx)
+        with peak_window() as memory:
+            result = self.run(ctx)
         if result.modified:
             ctx.shapes_of = None
         ctx.timings.append((self.name, time.perf_counter() - start))
-        ctx.memory.append((self.name, peak_rss()))
+        ctx.memory.append((self.name, memory.peak))
         ctx.log.append((self.name, result))
         return result
 
