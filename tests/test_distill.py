@@ -306,3 +306,20 @@ def test_training_threads_follow_the_work_of_a_step(monkeypatch):
     assert module._threads(model, feeds, 31) == 1
     monkeypatch.setattr(module.os, "sched_getaffinity", lambda _: {0}, raising=False)
     assert module._threads(model, feeds, 32) == 1
+
+
+def test_validation_on_torch_outputs_is_the_deployed_models_metric(models, images):
+    """The student is validated on the torch bridge's outputs; the value is onnxruntime's
+    metric of the same weights to float rounding (PSNR within 1e-3 dB)."""
+    teacher, pruned = models
+    x = images[0][:200]
+    _, info = distill(pruned, teacher, {"input": x}, metric=PSNR, steps=0, val_fraction=0.0)
+    assert info["val_before"] == pytest.approx(held_out_psnr(pruned, x), abs=1e-3)
+
+
+@pytest.mark.parametrize("samples,every", [(40, 1), (400, 10), (4000, 20)])
+def test_validation_comes_once_an_epoch_at_most_every_20_steps(samples, every):
+    teacher, student = _token_model(seed=0), _token_model(seed=1)
+    ids = np.random.default_rng(2).integers(0, 50, (samples, 4))
+    _, info = distill(student, teacher, {"ids": ids}, steps=2 * every, lr=1e-3, patience=None)
+    assert [h[0] for h in info["history"]] == [0, every, 2 * every]

@@ -2,8 +2,10 @@
 
 The student is the pruned ONNX graph, run with torch by ``TorchGraph`` so that its remaining
 weights train with autograd; the teacher is the original ONNX model, run once with
-onnxruntime. Validation runs the student's current weights with onnxruntime (through
-``write_back``), so the score is the deployed model's. The graph structure never changes.
+onnxruntime. Validation scores the student's current weights on torch's outputs (the bridge
+computes what onnxruntime does, to float rounding), or through onnxruntime for a metric that
+runs the model itself; the recovery pass then measures the deployed model with onnxruntime.
+The graph structure never changes.
 
 >>> model, info = distill(pruned, original, {"input": x},
 ...                       metric=get_metric("psnr"))        # doctest: +SKIP
@@ -36,6 +38,7 @@ __all__ = ["distill"]
 # tokens, ~4e9: 1.6x faster on 2 cores)
 PARALLEL_MACS = 1e9
 CHUNK = 256  # samples per inference call (onnxruntime or torch) outside training
+EVAL_EVERY = 20  # steps between validations at most
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 TrainSpec = Callable[[str], bool] | Iterable[str] | str | None
@@ -53,7 +56,7 @@ def distill(
     batch_size: int = 32,
     val_fraction: float = 0.2,
     patience: int | None = 5,
-    eval_every: int = 20,
+    eval_every: int | None = None,
     seed: int = 0,
     boundaries: Sequence[str] = (),
     boundary_weight: float = 0.1,
@@ -73,9 +76,10 @@ def distill(
     (by name) present in both graphs with the same shape (others are ignored and not listed in
     ``info["boundaries"]``). Adam, ``steps`` mini-batches of ``batch_size``.
 
-    Every ``eval_every`` steps the current weights are scored on the validation split:
-    ``metric`` (an ``onnxprune.search.quality.Metric``, on onnxruntime outputs of the written-back
-    model) or, without one, the negative distillation loss. The best weights win; training
+    Every ``eval_every`` steps (default: once an epoch of the training split, at most every
+    ``EVAL_EVERY``) the current weights are scored on the validation split: ``metric`` (an
+    ``onnxprune.search.quality.Metric``, on the student's outputs) or, without one, the
+    negative distillation loss. The best weights win; training
     stops after ``patience`` evaluations without improvement (``None``: never) or when the loss
     is not finite. ``train`` restricts which initializers train: a predicate on the name, or
     names / glob patterns (default: all float initializers but scalars and ``Pow``
@@ -105,6 +109,8 @@ def distill(
     train_idx, val_idx = _split(n, val_fraction, rng)
     static = _static_batch(student)
     size = static or min(batch_size, len(train_idx))
+    if eval_every is None:  # a tiny calibration set is learnt by heart in far fewer steps
+        eval_every = int(min(EVAL_EVERY, max(1, np.ceil(len(train_idx) / size))))
 
     feeds = {k: batch[k] for k in graph.input_names}
     targets = _Targets(teacher, feeds, graph, boundaries, train_idx, static)
@@ -115,7 +121,9 @@ def distill(
     def evaluate() -> float:
         if metric is None:
             return -data.mean_loss(val_idx)
-        return _metric_value(metric, graph.write_back(student), val_batch, val_teacher, static)
+        if metric.on_model:  # the metric runs the deployed model itself
+            return _model_metric(metric, graph.write_back(student))
+        return metric(data.outputs(val_idx), val_batch, val_teacher)
 
     def utility(value: float) -> float:
         u = value if metric is None else metric.utility(value)
@@ -234,6 +242,15 @@ class _Data:
             loss = loss + self.boundary_weight * torch.stack(terms[n_out:]).mean()
         return loss
 
+    def outputs(self, idx: np.ndarray) -> list[np.ndarray]:
+        """The student's outputs on samples ``idx`` (inference, in chunks), as numpy."""
+        parts = []
+        with torch.no_grad():
+            for part, valid in _chunks(idx, self.static):
+                got = self.graph.run({k: torch.from_numpy(v[part]) for k, v in self.feeds.items()})
+                parts.append([g[:valid].numpy() for g in got])
+        return [np.concatenate(p) for p in zip(*parts, strict=True)]
+
     def mean_loss(self, idx: np.ndarray) -> float:
         """The loss over all of ``idx`` (inference, in chunks)."""
         total = 0.0
@@ -350,16 +367,12 @@ def _run_ort(sess, feeds: dict[str, np.ndarray], names: Sequence[str],
     return [np.concatenate(p) for p in zip(*parts, strict=True)]
 
 
-def _metric_value(metric: Metric, model: onnx.ModelProto, batch: dict[str, np.ndarray],
-                  reference: list[np.ndarray], static: int | None) -> float:
+def _model_metric(metric: Metric, model: onnx.ModelProto) -> float:
+    """A metric that runs the model itself (episodes, a pipeline), on onnxruntime."""
     if metric.on_model == "model":
         return metric.value_of(metric.fn, model)
     sess = session(model)
-    if metric.on_model == "run":
-        return metric.value_of(metric.fn, lambda feeds: sess.run(None, feeds))
-    feeds = {k: batch[k] for k in _input_names(model)}
-    outs = _run_ort(sess, feeds, [o.name for o in sess.get_outputs()], static)
-    return metric(outs, batch, reference)
+    return metric.value_of(metric.fn, lambda feeds: sess.run(None, feeds))
 
 
 # -- small helpers ----------------------------------------------------------------------------
@@ -370,7 +383,7 @@ def _load(model: ModelLike) -> onnx.ModelProto:
 
 
 def _check_args(steps, lr, batch_size, val_fraction, eval_every, patience) -> None:
-    if steps < 0 or batch_size < 1 or eval_every < 1 or lr <= 0:
+    if steps < 0 or batch_size < 1 or (eval_every is not None and eval_every < 1) or lr <= 0:
         raise UsageError("distill: steps >= 0, batch_size >= 1, eval_every >= 1 and lr > 0")
     if not 0.0 <= val_fraction < 1.0:
         raise UsageError(f"distill: val_fraction must be in [0, 1), not {val_fraction}")
