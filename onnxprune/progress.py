@@ -94,19 +94,22 @@ def heartbeat(interval: float | None = None, stream=None) -> Iterator[None]:
 @contextlib.contextmanager
 def task(description: str, total: int | None) -> Iterator[Callable[..., None]]:
     """``with task("sensitivity", 120) as advance: ... advance(1)`` (``advance(n, status)``
-    may also say how it is going, e.g. a loss)."""
+    may also say how it is going, e.g. a loss; ``advance(0, total=N)``: a total estimated
+    once the work is under way, or None for one not known yet)."""
     if _mode == "off":
-        yield lambda n=1, status=None: None
+        yield lambda n=1, status=None, total=None: None
         return
     with _lock:
         _state.update(task=description, done=0, total=total, start=time.perf_counter(),
                       status="")
 
-    def record(n: int = 1, status: str | None = None) -> None:
+    def record(n: int = 1, status: str | None = None, total: int | None = None) -> None:
         with _lock:
             _state["done"] += n
             if status is not None:
                 _state["status"] = status
+            if total is not None:
+                _state["total"] = total
 
     try:
         if _mode == "lines":
@@ -128,9 +131,10 @@ def task(description: str, total: int | None) -> Iterator[Callable[..., None]]:
                       console=Console(stderr=True)) as bar:
             tid = bar.add_task(description, total=total, status="")
 
-            def advance(n: int = 1, status: str | None = None) -> None:
-                record(n, status)
-                bar.update(tid, advance=n, **({"status": status} if status is not None else {}))
+            def advance(n: int = 1, status: str | None = None, total: int | None = None) -> None:
+                record(n, status, total)
+                bar.update(tid, advance=n, **({"status": status} if status is not None else {}),
+                           **({"total": total} if total is not None else {}))
 
             yield advance
     finally:

@@ -279,6 +279,7 @@ class SelectChannels(Pass):
                     f"scores {c.metric} {extra['unpruned']:.4g} on the calibration data; "
                     "nothing written")
             info.update(steps=extra["steps"], satisfied=extra.get("satisfied"),
+                        curve_points=extra.get("curve_points"),
                         curves=_curves(space, extra["curves"], removed, ev.metric))
             return removed
         if self.soft_method == "grid":
@@ -318,14 +319,16 @@ def _from_input(ctx: Context, target: Target | None, info: dict) -> Target | Non
 
 def _curves(space: Space, curves, removed: np.ndarray, metric) -> list[dict]:
     """Each searched group's curve as the report shows it: the metric (not its utility) at
-    each fraction of the group's prunable channels cut alone, and the fraction chosen."""
+    each fraction of the group's prunable channels cut alone that was measured, and the
+    fraction chosen."""
     sign = 1.0 if metric.higher_is_better else -1.0
     out = []
     for g, c in zip(space.groups, curves, strict=True):
         n = max(int(g.order.size), 1)
+        seen = ~np.isnan(c.utility)  # a target's search measures only the levels it needs
         out.append({"group": int(g.gid), "channels": int(g.order.size),
-                    "fractions": [float(k) / n for k in c.counts],
-                    "metric": [float(sign * u) for u in c.utility],
+                    "fractions": [float(k) / n for k in c.counts[seen]],
+                    "metric": [float(sign * u) for u in c.utility[seen]],
                     "chosen": float(removed[g.order].sum()) / n})
     return out
 

@@ -1,11 +1,13 @@
 """Sensitivity: per-group curves of the application metric, then allocation.
 
-Each group is cut alone to a range of fractions and the metric is measured (one batched
-evaluation per group). A greedy path then deepens, step by step, the cut that costs the least
-metric per parameter (or MAC) saved, measured on the combined mask for the groups whose curves
-promise the cheapest next level (``SHORTLIST`` of them). For a target the shortest prefix of
-the path that reaches it is taken; for a constraint ("psnr>=20") the longest prefix whose
-*measured* metric still satisfies it (bisection on the path, real evaluations).
+Each group is cut alone to a range of fractions (``LEVELS``) and the metric is measured: its
+curve. A path then deepens, step by step, the cut that costs the least metric per parameter
+(or MAC) saved. For a target: the first ``GREEDY_SHARE`` of the reduction by the curves alone,
+then every step measured on the combined mask for the groups whose curves promise the
+cheapest next level (``SHORTLIST`` of them), the curves measured only at the levels the path
+asks about (``LazyCurves``); the shortest prefix reaching the target is taken. For a
+constraint ("psnr>=20"): whole curves, the greedy path, and the longest prefix whose
+*measured* metric still satisfies the constraint (bisection on the path, real evaluations).
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ LEVELS = tuple(np.round(np.arange(0.1, 1.0, 0.1), 2))
 # groups measured per step of the path: the digits autoencoder and classifier choose the same
 # cuts measuring 2 as measuring all, and the autoencoder's search takes 40% less time
 SHORTLIST = 2
+# the share of a target's reduction taken greedily from the groups' own curves before every
+# step is measured on the combined mask (the first, cheapest cuts barely interact)
+GREEDY_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -90,53 +95,108 @@ def greedy_path(space: Space, curves: list[Curve], unit_cost: np.ndarray) -> lis
         path.append([int(c.counts[j]) for c, j in zip(curves, level, strict=True)])
 
 
-def measured_path(space: Space, ev: Evaluator, curves: list[Curve], unit_cost: np.ndarray,
-                  done, shortlist: int | None = None, expect: int | None = None
+class LazyCurves:
+    """Sensitivity curves measured only where a path asks: level ``j`` of group ``i`` cut
+    alone, each once (a path needs a group's next level, never the whole curve). Unmeasured
+    points are NaN."""
+
+    def __init__(self, space: Space, ev: Evaluator, levels=LEVELS):
+        self.space, self.ev = space, ev
+        base = ev.metric.utility(ev.base)
+        self.curves = []
+        for i, g in enumerate(space.groups):
+            ks = sorted({space.legal(i, f * g.order.size) for f in levels} - {0})
+            utility = np.full(len(ks) + 1, np.nan)
+            utility[0] = base
+            self.curves.append(Curve(np.array([0] + ks), utility))
+
+    def need(self, points: list[tuple[int, int]]) -> None:
+        """Measure the points (group, level) not measured yet, in one batch."""
+        todo = [(i, j) for i, j in points if np.isnan(self.curves[i].utility[j])]
+        if not todo:
+            return
+        masks = []
+        for i, j in todo:
+            counts = [0] * len(self.curves)
+            counts[i] = int(self.curves[i].counts[j])
+            masks.append(self.space.mask(counts))
+        for (i, j), v in zip(todo, self.ev.evaluate_many(~np.array(masks)), strict=True):
+            self.curves[i].utility[j] = self.ev.metric.utility(v)
+
+    @property
+    def measured(self) -> int:
+        return int(sum((~np.isnan(c.utility[1:])).sum() for c in self.curves))
+
+
+def measured_path(space: Space, ev: Evaluator, curves: LazyCurves, unit_cost: np.ndarray,
+                  target: Target, shortlist: int | None = None, share: float = 0.0
                   ) -> list[list[int]]:
-    """Like :func:`greedy_path`, but every step is chosen by evaluating each group's next
-    level on the *combined* mask (one batched evaluation per step), so interactions between
-    groups count. With ``shortlist``, only that many groups are measured per step: those
-    whose own curves promise the cheapest next level. Stops when ``done(counts, utility)``
-    says so. ``expect``: the steps it will likely take (the progress total; default: every
-    level of every group)."""
-    level = [0] * len(curves)
-    path = [[0] * len(curves)]
-    current = ev.metric.utility(ev.base)
-    total = expect or sum(len(c.counts) - 1 for c in curves)
-    with task("sensitivity (measured)", total) as advance:
+    """States of per-group level counts, from nothing removed until ``target`` is reached.
+
+    Until ``share`` of the target's reduction, each step deepens the group whose own curve
+    promises the least metric lost per cost saved (the first cuts, where groups barely
+    interact). Then
+    every step is chosen by evaluating each candidate group's next level on the *combined*
+    mask (one batched evaluation per step), so interactions between groups count; with
+    ``shortlist``, only that many groups are measured per step: those whose own curves
+    promise the cheapest next level. Curve points are measured as the steps need them."""
+    def reduction(counts) -> float:
+        return space.reduction(space.mask(counts), target)
+
+    n = len(curves.curves)
+    level = [0] * n
+    path = [[0] * n]
+    current = None  # the measured utility of the current state (None: not measured)
+    with task("sensitivity", None) as advance:
         while True:
-            options = [i for i, c in enumerate(curves) if level[i] + 1 < len(c.counts)]
+            cs = curves.curves
+            options = [i for i, c in enumerate(cs) if level[i] + 1 < len(c.counts)]
             if not options:
                 return path
-            if shortlist is not None and len(options) > shortlist:
-                options = sorted(options, key=lambda i: _predicted(
-                    space, curves[i], level[i], i, unit_cost))[:shortlist]
-            masks, saved = [], []
-            for i in options:
-                counts = [int(c.counts[j]) for c, j in zip(curves, level, strict=True)]
-                counts[i] = int(curves[i].counts[level[i] + 1])
-                masks.append(space.mask(counts))
-                order = space.groups[i].order
-                saved.append(unit_cost[order[curves[i].counts[level[i]]:counts[i]]].sum())
-            utils = np.array([ev.metric.utility(v) for v in ev.evaluate_many(~np.array(masks))])
-            loss = np.maximum(current - utils, 0.0) / np.maximum(np.array(saved), 1e-12)
-            k = int(np.argmin(loss))
-            level[options[k]] += 1
-            current = utils[k]
-            path.append([int(c.counts[j]) for c, j in zip(curves, level, strict=True)])
+            curves.need([(i, level[i] + 1) for i in options])
+            ranked = sorted(options, key=lambda i: _predicted(space, cs[i], level[i], i,
+                                                              unit_cost))
+            if reduction(path[-1]) < share * target.fraction:
+                level[ranked[0]] += 1
+            else:
+                if current is None:
+                    if len(path) > 1:  # where the greedy prefix ended: say how far to go
+                        advance(0, total=_expected(len(path) - 1, share))
+                    current = ev.metric.utility(ev.evaluate(~space.mask(path[-1])))
+                if shortlist is not None:
+                    ranked = ranked[:shortlist]
+                masks, saved = [], []
+                for i in ranked:
+                    counts = [int(c.counts[j]) for c, j in zip(cs, level, strict=True)]
+                    counts[i] = int(cs[i].counts[level[i] + 1])
+                    masks.append(space.mask(counts))
+                    order = space.groups[i].order
+                    saved.append(unit_cost[order[cs[i].counts[level[i]]:counts[i]]].sum())
+                utils = np.array([ev.metric.utility(v)
+                                  for v in ev.evaluate_many(~np.array(masks))])
+                loss = np.maximum(current - utils, 0.0) / np.maximum(np.array(saved), 1e-12)
+                k = int(np.argmin(loss))
+                level[ranked[k]] += 1
+                current = utils[k]
+            path.append([int(c.counts[j]) for c, j in zip(cs, level, strict=True)])
             advance()
-            if done(path[-1], current):
+            if reduction(path[-1]) >= target.fraction:
                 return path
+
+
+def _expected(steps: int, share: float) -> int:
+    """All the steps a path will likely take, ``steps`` having reached ``share`` of its
+    target's reduction (reductions grow about evenly along a path)."""
+    return int(np.ceil(steps / max(share, 1e-3)))
 
 
 def _steps_to(path: list[list[int]], reached) -> int:
     """The first step of ``path`` that ``reached`` accepts (its last when none does; the
-    reduction grows along a path): the prefix a target takes, and on the greedy path an
-    estimate of how far the measured path will go (its progress total)."""
+    reduction grows along a path): the prefix a target takes."""
     lo, hi = 0, len(path) - 1
     while lo < hi:
         mid = (lo + hi) // 2
-        if reached(path[mid], None):
+        if reached(path[mid]):
             hi = mid
         else:
             lo = mid + 1
@@ -153,23 +213,23 @@ def _predicted(space: Space, c: Curve, j: int, i: int, unit_cost: np.ndarray) ->
 def select_sensitivity(space: Space, ev: Evaluator, target: Target | None = None,
                        constraint: Constraint | None = None, constraint_ev: Evaluator | None = None,
                        cost_kind: str = "params", max_evals: int = 3000) -> tuple[np.ndarray, dict]:
-    curves = sensitivity_curves(space, ev)
-    steps = sum(len(c.counts) - 1 for c in curves)
     unit_cost = space.cost.unit_weights(cost_kind)
-    if target is not None:
-        def reached(counts, _=None) -> bool:
-            return space.reduction(space.mask(counts), target) >= target.fraction
+    def reached(counts) -> bool:
+        return space.reduction(space.mask(counts), target) >= target.fraction
 
-    if constraint is None and target is not None and steps:
-        # measure every step on the combined mask (interactions count), for the SHORTLIST
-        # groups whose own curves promise the cheapest next steps (fewer with many steps)
-        shortlist = SHORTLIST if steps * len(curves) <= max_evals else max(
-            2, min(SHORTLIST, max_evals // steps))
-        path = measured_path(space, ev, curves, unit_cost, reached, shortlist,
-                             expect=max(1, _steps_to(greedy_path(space, curves, unit_cost),
-                                                     reached)))
-    else:
-        path = greedy_path(space, curves, unit_cost)
+    if constraint is None and target is not None:
+        lazy = LazyCurves(space, ev)
+        steps = sum(len(c.counts) - 1 for c in lazy.curves)
+        # measure the SHORTLIST groups whose own curves promise the cheapest next steps
+        # (fewer with many steps)
+        shortlist = SHORTLIST if steps * len(lazy.curves) <= max_evals else max(
+            2, min(SHORTLIST, max_evals // max(steps, 1)))
+        path = measured_path(space, ev, lazy, unit_cost, target, shortlist, GREEDY_SHARE)
+        lo = _steps_to(path, reached)  # the shortest prefix reaching the target
+        return space.mask(_refine_last_step(space, path, lo, target)), {
+            "curves": lazy.curves, "steps": lo, "curve_points": lazy.measured}
+    curves = sensitivity_curves(space, ev)
+    path = greedy_path(space, curves, unit_cost)
     if constraint is not None:
         cev = constraint_ev or ev
 
@@ -188,7 +248,7 @@ def select_sensitivity(space: Space, ev: Evaluator, target: Target | None = None
                 advance()
         return space.mask(path[lo]), {"curves": curves, "steps": lo, "satisfied": True}
     assert target is not None
-    lo = _steps_to(path, reached)  # the shortest prefix reaching the target
+    lo = _steps_to(path, reached)
     return space.mask(_refine_last_step(space, path, lo, target)), {"curves": curves, "steps": lo}
 
 
