@@ -18,7 +18,6 @@ import sys
 import threading
 
 
-
 def host_memory_available() -> bool:
     """Host memory is measured with psutil (the ``bench`` extra)."""
     try:

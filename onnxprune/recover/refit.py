@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import scipy.linalg
 import onnx_graphsurgeon as gs
+import scipy.linalg
 from onnx import helper
 
 from ..analysis.model import ChannelAnalysis
