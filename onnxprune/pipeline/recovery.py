@@ -122,7 +122,8 @@ class Distill(Pass):
         Option("val_fraction", 0.2, "share of the calibration data held out for validation on "
                "the metric and early stopping", parse=number(0, 1, lo_open=True, hi_open=True),
                public="distill_val", metavar="F", type_name="float"),
-        Option("patience", 5, "validations without improvement before stopping",
+        Option("patience", 10, "validations (once an epoch, at most 20 steps apart) without "
+               "improvement before stopping",
                parse=number(1, integer=True), public="distill_patience", metavar="N",
                type_name="int"),
         Option("boundaries", False, "also match the activations at component boundaries "

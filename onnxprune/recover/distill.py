@@ -55,7 +55,7 @@ def distill(
     lr: float = 1e-3,
     batch_size: int = 32,
     val_fraction: float = 0.2,
-    patience: int | None = 5,
+    patience: int | None = 10,
     eval_every: int | None = None,
     seed: int = 0,
     boundaries: Sequence[str] = (),
