@@ -69,11 +69,14 @@ def calibration(name: str, path: Path, work: Path) -> tuple[dict | None, str, di
 def _child(queue, path: str, out: str, options: dict) -> None:
     import numpy as np  # noqa: F401 - the child imports what it needs itself
 
+    from onnxprune import progress
     from onnxprune.api import prune
 
+    progress.enable("lines")  # a line every ONNXPRUNE_PROGRESS_INTERVAL seconds on stderr
     start = time.perf_counter()
     try:
-        r = prune(path, out, **options)
+        with progress.heartbeat():
+            r = prune(path, out, **options)
         queue.put({"seconds": time.perf_counter() - start,
                    "timings": dict(r.timings or {}), "stages": r.stages,
                    "params_before": r.params_before, "params_after": r.params_after,

@@ -323,3 +323,27 @@ def test_validation_comes_once_an_epoch_at_most_every_20_steps(samples, every):
     ids = np.random.default_rng(2).integers(0, 50, (samples, 4))
     _, info = distill(student, teacher, {"ids": ids}, steps=2 * every, lr=1e-3, patience=None)
     assert [h[0] for h in info["history"]] == [0, every, 2 * every]
+
+
+def test_a_student_scoring_as_the_teacher_is_not_trained():
+    """Nothing to recover (the validation metric already equals the teacher's own): no step
+    runs, the weights stay; a student below the teacher trains."""
+    teacher = _token_model(seed=0)
+    ids = np.random.default_rng(2).integers(0, 50, (40, 4))
+    cosine = get_metric("cosine")
+    model, info = distill(teacher, teacher, {"ids": ids}, metric=cosine, steps=20, lr=1e-2)
+    assert info["stopped"] == "matched" and info["steps"] == 0
+    assert initializer_bytes(model) == initializer_bytes(teacher)
+    _, info = distill(_token_model(seed=1), teacher, {"ids": ids}, metric=cosine, steps=4,
+                      lr=1e-2, patience=None)
+    assert info["stopped"] == "budget" and info["steps"] == 4
+
+
+def test_the_pass_stops_trying_learning_rates_when_nothing_is_lost():
+    """Nothing cut, nothing to recover: one try, no step (it once tried three learning rates
+    of 20 steps each on a recognizer that compensation had brought back whole)."""
+    ids = np.random.default_rng(2).integers(0, 50, (40, 4))
+    r = onnxprune.prune(_token_model(seed=0), ratio=0.0, calib={"ids": ids}, metric="cosine",
+                        recover="distill", holdout=0.0)
+    info = r.recovery["distill"]
+    assert info["stopped"] == "matched" and info["tries"] == 1 and info["steps"] == 0

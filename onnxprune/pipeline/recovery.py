@@ -169,7 +169,7 @@ class Distill(Pass):
                                   loss=self.loss_for(ctx.metric))
             info["lr"] = lr
             tries.append((sign * (info["val_after"] - info["val_before"]), model, info))
-            if tries[-1][0] > 0 and info["stopped"] != "diverged":
+            if (tries[-1][0] > 0 and info["stopped"] != "diverged") or info["stopped"] == "matched":
                 break
         _, model, info = max(tries, key=lambda t: t[0])
         info["tries"] = len(tries)

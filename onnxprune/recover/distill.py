@@ -90,7 +90,8 @@ def distill(
 
     Returns the best model (same nodes and initializer names/shapes as ``student``) and
     ``{"steps", "best_step", "val_before", "val_after", "history": [(step, train_loss,
-    val_value)], "seconds", "stopped" ("budget" | "patience" | "diverged"), "metric",
+    val_value)], "seconds", "stopped" ("budget" | "patience" | "diverged" | "matched": the
+    student already scores the teacher's own metric on the validation split), "metric",
     "boundaries", "trained"}``; ``train_loss`` is the mean mini-batch loss since the previous
     evaluation (at step 0: the loss on the first ``batch_size`` training samples).
     Deterministic for a ``seed`` (torch runs on a thread count the model alone decides:
@@ -138,6 +139,9 @@ def distill(
         best_util, best_step, best_val = utility(val_before), 0, val_before
         best_state = {k: p.detach().clone() for k, p in graph.params.items()}
         bad, window, batches = 0, [], _batches(train_idx, size, rng)
+        if metric is not None and not metric.on_model and utility(val_before) >= utility(
+                metric(val_teacher, val_batch, val_teacher)):
+            steps, stopped = 0, "matched"  # the student scores as the teacher: nothing to gain
         for step in range(1, steps + 1):
             step_loss = data.loss(next(batches))
             if not torch.isfinite(step_loss):

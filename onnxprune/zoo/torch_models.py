@@ -365,23 +365,27 @@ class UNetSmall(nn.Module):
 
 
 class AutoEncoder(nn.Module):
-    def __init__(self, latent: int = 32):
+    """The seed paper's digits autoencoder: two strided convolutions, a linear bottleneck
+    of ``latent`` units, and their mirror; ``widths``: the two convolutions' channels."""
+
+    def __init__(self, latent: int = 32, widths: tuple[int, int] = (16, 32)):
         super().__init__()
+        c1, c2 = widths
         self.encoder = nn.Sequential(
-            nn.Conv2d(1, 16, 3, stride=2, padding=1),
+            nn.Conv2d(1, c1, 3, stride=2, padding=1),
             nn.ReLU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1),
             nn.ReLU(),
             nn.Flatten(),
-            nn.Linear(32 * 7 * 7, latent),
+            nn.Linear(c2 * 7 * 7, latent),
         )
         self.decoder = nn.Sequential(
-            nn.Linear(latent, 32 * 7 * 7),
+            nn.Linear(latent, c2 * 7 * 7),
             nn.ReLU(),
-            nn.Unflatten(1, (32, 7, 7)),
-            nn.ConvTranspose2d(32, 16, 3, stride=2, padding=1, output_padding=1),
+            nn.Unflatten(1, (c2, 7, 7)),
+            nn.ConvTranspose2d(c2, c1, 3, stride=2, padding=1, output_padding=1),
             nn.ReLU(),
-            nn.ConvTranspose2d(16, 1, 3, stride=2, padding=1, output_padding=1),
+            nn.ConvTranspose2d(c1, 1, 3, stride=2, padding=1, output_padding=1),
             nn.Sigmoid(),
         )
 

@@ -154,15 +154,17 @@ def train_autoencoder(
     lr: float = 1e-2,
     batch: int = 16,
     threads: int = THREADS,
+    latent: int = 32,
+    widths: tuple[int, int] = (16, 32),
 ) -> TrainResult:
-    """Train ``torch_zoo.AutoEncoder`` on ``digits28("train")`` with MSE.
+    """Train ``torch_zoo.AutoEncoder(latent, widths)`` on ``digits28("train")`` with MSE.
 
     ``score`` is the reconstruction PSNR (dB, see ``psnr``) on ``digits28("test")``.
     """
     x, _ = digits28("train")
     x_test, _ = digits28("test")
     return _train(
-        AutoEncoder,
+        lambda: AutoEncoder(latent, tuple(widths)),
         x,
         x,
         F.mse_loss,
