@@ -41,10 +41,15 @@ def test_pools_match_local(kind):
     assert ev.evals == 2 * len(masks)
 
 
-def test_search_is_identical_on_a_process_pool():
+@pytest.mark.parametrize("kind", ["process", "ray"])
+def test_search_is_identical_on_a_pool(kind):
+    """The whole sensitivity search, its candidates scored on a process pool or on a real
+    local Ray instance (the dev extra installs ray): the same cut as in this process."""
+    if kind == "ray":
+        pytest.importorskip("ray")
     calib = {"image": np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)}
     runs = [prune(demo_cnn(), strategy="sensitivity", target_params=0.5, calib=calib,
-                  executor=kind, workers=2) for kind in ("local", "process")]
+                  executor=k, workers=2) for k in ("local", kind)]
     assert np.array_equal(runs[0].plan.removed, runs[1].plan.removed)
     assert runs[0].quality == runs[1].quality
 
