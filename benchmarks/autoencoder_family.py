@@ -75,7 +75,13 @@ def run_model(name: str, train_kw: dict, tmp: Path) -> dict:
             r = prune(path, out, calib=calib, metric="psnr", target_params=TARGET, **kw)
         row["configs"][config] = {"test": test_psnr(out),
                                   "params_kept": r.params_after / r.params_before,
-                                  "seconds": round(time.perf_counter() - start, 2)}
+                                  "seconds": round(time.perf_counter() - start, 2),
+                                  "stages": (r.stages or {}).get("stages")}
+        if "distill" in (r.recovery or {}):
+            d = r.recovery["distill"]
+            row["configs"][config]["distill"] = {k: d.get(k) for k in (
+                "steps", "best_step", "stopped", "tries", "lr", "kept", "val_before",
+                "val_after")}
         print(f"[{name}] {config}: {row['configs'][config]}", flush=True)
     c = row["configs"]
     row["goals"] = {"recipe >= unpruned - 4 dB": c["full recipe"]["test"] >= row["unpruned"] - 4,
@@ -85,13 +91,12 @@ def run_model(name: str, train_kw: dict, tmp: Path) -> dict:
 
 
 def table(rows: dict) -> list[str]:
-    head = "| model | params | unpruned dB | " + " | ".join(CONFIGS) + " | goals met |"
-    lines = [head, "|" + "---|" * (4 + len(CONFIGS))]
+    head = "| model | unpruned dB | " + " | ".join(CONFIGS) + " | goals met |"
+    lines = [head, "|" + "---|" * (3 + len(CONFIGS))]
     for name, r in rows.items():
         cells = " | ".join(f"{r['configs'][c]['test']:.2f}" for c in CONFIGS)
         met = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in r["goals"].items())
-        lines.append(f"| {name} ({MODELS[name][1]}) | {r.get('params', '-')} | "
-                     f"{r['unpruned']:.2f} | {cells} | {met} |")
+        lines.append(f"| {name} ({MODELS[name][1]}) | {r['unpruned']:.2f} | {cells} | {met} |")
     return lines
 
 

@@ -79,14 +79,15 @@ def distill(
     Every ``eval_every`` steps (default: once an epoch of the training split, at most every
     ``EVAL_EVERY``) the current weights are scored on the validation split: ``metric`` (an
     ``onnxprune.search.quality.Metric``, on the student's outputs) or, without one, the
-    negative distillation loss. The best weights win; training
-    stops after ``patience`` evaluations without improvement (``None``: never) or when the loss
-    is not finite. ``train`` restricts which initializers train: a predicate on the name, or
-    names / glob patterns (default: all float initializers but scalars and ``Pow``
-    exponents, which are arithmetic rather than weights, and lookup tables a ``Gather`` reads
-    rows of, such as token and position embeddings: a few calibration sentences would move the
-    rows of the tokens they use away from all the others, and the dense update of a vocabulary
-    was a third of each step).
+    negative distillation loss. The best weights win; training stops after ``patience``
+    evaluations without improvement spanning a tenth of ``steps`` at least (a well-trained
+    model's student may dip for a while before it gains; ``None``: never), or when the loss is
+    not finite. ``train`` restricts which initializers train: a predicate on the name, or names
+    / glob patterns (default: all float initializers but scalars and ``Pow`` exponents, which
+    are arithmetic rather than weights, and lookup tables a ``Gather`` reads rows of, such as
+    token and position embeddings: a few calibration sentences would move the rows of the
+    tokens they use away from all the others, and the dense update of a vocabulary was a third
+    of each step).
 
     Returns the best model (same nodes and initializer names/shapes as ``student``) and
     ``{"steps", "best_step", "val_before", "val_after", "history": [(step, train_loss,
@@ -161,7 +162,7 @@ def distill(
                 else:
                     bad += 1
                 advance(1, f"loss {history[-1][1]:.4g}  val {value:.4g}")
-                if patience is not None and bad >= patience:
+                if patience is not None and bad >= patience and step - best_step >= steps // 10:
                     stopped = "patience"
                     break
             else:
