@@ -94,6 +94,52 @@ def weights_as_inputs(model: onnx.ModelProto | Skeleton
     return bare, arrays
 
 
+def computing(model: onnx.ModelProto | Skeleton, names: Sequence[str]
+              ) -> onnx.ModelProto | Skeleton:
+    """``model`` cut down to the nodes that compute the tensors ``names``, which become its
+    only outputs: onnxruntime runs every node of a graph whatever a run asks for (MiniLM's
+    first query projection alone: 0.46 s for 64 sentences from the whole model, 5 ms from
+    its 17 nodes). Inputs and initializers nothing left reads are dropped (the inputs all
+    stay when none is read)."""
+    base = proto(model)
+    need = set(names)
+    keep = []
+    for node in reversed(base.graph.node):
+        if any(o in need for o in node.output):
+            keep.append(node)
+            need.update(i for i in node.input if i)
+            need.update(_subgraph_reads(node))
+    out = onnx.ModelProto()
+    out.CopyFrom(base)
+    graph = out.graph
+    del graph.node[:]
+    graph.node.extend(reversed(keep))
+    del graph.output[:]
+    graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    for field in (graph.initializer, graph.sparse_initializer, graph.input):
+        kept = [t for t in field if (t.values.name if field is graph.sparse_initializer
+                                     else t.name) in need]
+        if field is graph.input and not kept:
+            continue  # tensors of constants alone: the inputs stay (a run is fed something)
+        del field[:]
+        field.extend(kept)
+    if isinstance(model, Skeleton):
+        return Skeleton(out, {k: v for k, v in model.arrays.items() if k in need})
+    return out
+
+
+def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Every tensor name the node's subgraphs (If/Loop/Scan bodies) read, outer ones among
+    them."""
+    out: set[str] = set()
+    for attr in node.attribute:
+        for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            for inner in g.node:
+                out.update(i for i in inner.input if i)
+                out.update(_subgraph_reads(inner))
+    return out
+
+
 class WeightsFed(ort.InferenceSession):
     """A session whose large weights are graph inputs, fed on every run from arrays over the
     model's own bytes: onnxruntime copies external initializers into buffers of its own (a

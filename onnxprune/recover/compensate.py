@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..analysis.model import ChannelAnalysis
 from ..ir.arrays import axes_of
 from ..ir.graph import export_model, input_or_none
-from ..ir.runtime import run_batched, session
+from ..ir.runtime import computing, run_batched, session
 from ..ir.weights import Skeleton, proto
 from ..progress import task
 from ..search.memory import rows_for
@@ -41,19 +41,15 @@ class LayerFit:
 
 def activations(model: onnx.ModelProto | Skeleton, names: list[str], feeds: dict
                 ) -> dict[str, np.ndarray]:
-    """The tensors ``names`` of ``model`` on ``feeds`` (run in memory-sized chunks)."""
-    base = proto(model)
-    m = onnx.ModelProto()
-    m.CopyFrom(base)
-    have = {o.name for o in m.graph.output}
-    for n in names:
-        if n not in have:
-            m.graph.output.append(helper.make_empty_tensor_value_info(n))
+    """The tensors ``names`` of ``model`` on ``feeds`` (only the nodes that compute them, run
+    in memory-sized chunks)."""
+    names = list(dict.fromkeys(names))
+    run = computing(model, names)
+    m = proto(run)
     inputs = {i.name for i in m.graph.input}
     axes = axes_of(feeds)
     feeds = {k: v for k, v in feeds.items() if k in inputs}
     axes = {k: a for k, a in axes.items() if k in inputs}
-    run = Skeleton(m, model.arrays) if isinstance(model, Skeleton) else m
     outs = run_batched(session(run), feeds, names, axes=axes, max_rows=rows_for(m, feeds, axes))
     return dict(zip(names, outs, strict=True))
 
