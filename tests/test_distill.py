@@ -347,3 +347,16 @@ def test_the_pass_stops_trying_learning_rates_when_nothing_is_lost():
                         recover="distill", holdout=0.0)
     info = r.recovery["distill"]
     assert info["stopped"] == "matched" and info["tries"] == 1 and info["steps"] == 0
+
+
+def test_a_student_killed_by_its_learning_rate_stops_at_the_next_validation():
+    """The loss jumps far above the first one (a dead student): the run stops as diverged at
+    its first validation and gives the student back (it cost PP-OCR det and rec minutes of
+    slow, dead steps)."""
+    teacher, student = _token_model(seed=0), _token_model(seed=1)
+    ids = np.random.default_rng(2).integers(0, 50, (400, 4))
+    model, info = distill(student, teacher, {"ids": ids}, steps=100, lr=50.0, eval_every=5,
+                          loss="mse")
+    assert info["stopped"] == "diverged" and info["steps"] == 5, info["history"]
+    assert info["history"][-1][1] > 8 * info["history"][0][1]
+    assert initializer_bytes(model) == initializer_bytes(student)

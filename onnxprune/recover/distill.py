@@ -13,6 +13,7 @@ The graph structure never changes.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import time
@@ -39,6 +40,10 @@ __all__ = ["distill"]
 PARALLEL_MACS = 1e9
 CHUNK = 256  # samples per inference call (onnxruntime or torch) outside training
 EVAL_EVERY = 20  # steps between validations at most
+# a training loss this many times the student's first stops the run as diverged: Adam at 1e-3
+# killed PP-OCR det and rec students (constant outputs, loss 10-50x the first) and the rest of
+# such a run only cost time (MiniLM's first steps peak at 2.3x and recover)
+DIVERGED = 8.0
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 TrainSpec = Callable[[str], bool] | Iterable[str] | str | None
@@ -82,12 +87,12 @@ def distill(
     negative distillation loss. The best weights win; training stops after ``patience``
     evaluations without improvement spanning a tenth of ``steps`` at least (a well-trained
     model's student may dip for a while before it gains; ``None``: never), or when the loss is
-    not finite. ``train`` restricts which initializers train: a predicate on the name, or names
-    / glob patterns (default: all float initializers but scalars and ``Pow`` exponents, which
-    are arithmetic rather than weights, and lookup tables a ``Gather`` reads rows of, such as
-    token and position embeddings: a few calibration sentences would move the rows of the
-    tokens they use away from all the others, and the dense update of a vocabulary was a third
-    of each step).
+    not finite or ``DIVERGED`` times the first. ``train`` restricts which initializers train: a
+    predicate on the name, or names / glob patterns (default: all float initializers but
+    scalars and ``Pow`` exponents, which are arithmetic rather than weights, and lookup tables
+    a ``Gather`` reads rows of, such as token and position embeddings: a few calibration
+    sentences would move the rows of the tokens they use away from all the others, and the
+    dense update of a vocabulary was a third of each step).
 
     Returns the best model (same nodes and initializer names/shapes as ``student``) and
     ``{"steps", "best_step", "val_before", "val_after", "history": [(step, train_loss,
@@ -133,7 +138,8 @@ def distill(
 
     history: list[tuple[int, float, float]] = []
     stopped, done = "budget", 0
-    with torch_threads(_threads(student, feeds, size)), task("distill", steps) as advance:
+    with torch_threads(_threads(student, feeds, size)), _flush_denormals(), \
+            task("distill", steps) as advance:
         opt = torch.optim.Adam([graph.param(name) for name in trained], lr=lr)
         val_before = evaluate()
         history.append((0, data.mean_loss(train_idx[:size]), val_before))
@@ -156,6 +162,9 @@ def distill(
                 value = evaluate()
                 history.append((step, float(np.mean(window)), value))
                 window = []
+                if history[-1][1] > DIVERGED * max(history[0][1], 1e-12):
+                    stopped = "diverged"  # a dead student (constant outputs), not a dip
+                    break
                 if utility(value) > best_util:
                     best_util, best_step, best_val, bad = utility(value), step, value, 0
                     best_state = {k: p.detach().clone() for k, p in graph.params.items()}
@@ -406,6 +415,18 @@ def _structural(model: onnx.ModelProto) -> set[str]:
     out |= {n.input[1] for n in model.graph.node
             if n.op_type == "Pow" and len(n.input) > 1 and n.input[1] in inits}
     return out
+
+
+@contextlib.contextmanager
+def _flush_denormals():
+    """Denormal floats flushed to zero while training (a dying student's tiny values made
+    each CPU step 5x slower), restored after."""
+    was = torch.set_flush_denormal(True)  # False where the CPU cannot
+    try:
+        yield
+    finally:
+        if was:
+            torch.set_flush_denormal(False)
 
 
 def _tables(model: onnx.ModelProto) -> set[str]:
