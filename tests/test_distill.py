@@ -360,3 +360,10 @@ def test_a_student_killed_by_its_learning_rate_stops_at_the_next_validation():
     assert info["stopped"] == "diverged" and info["steps"] == 5, info["history"]
     assert info["history"][-1][1] > 8 * info["history"][0][1]
     assert initializer_bytes(model) == initializer_bytes(student)
+
+
+def test_matched_is_the_teachers_metric_to_a_thousandth():
+    from onnxprune.recover.distill import _matched
+
+    assert _matched(1.00992, 1.01) and _matched(1.0, 1.0) and _matched(-2.0, -2.001)
+    assert not _matched(0.998, 1.0) and not _matched(27.0, 28.0) and not _matched(-2.01, -2.0)
