@@ -80,6 +80,9 @@ def _child(queue, path: str, out: str, options: dict) -> None:
         queue.put({"seconds": time.perf_counter() - start,
                    "timings": dict(r.timings or {}), "stages": r.stages,
                    "params_before": r.params_before, "params_after": r.params_after,
+                   "memory_per_pass_mb": {k: round(v / 2**20) for k, v in
+                                          ((r.memory or {}).get("per_pass") or {}).items()
+                                          if v is not None},
                    "recovery": {k: ({kk: vv for kk, vv in v.items() if kk != "layers"}
                                     if isinstance(v, dict) else v)
                                 for k, v in (r.recovery or {}).items()
@@ -148,11 +151,16 @@ def run_model(model, args, work: Path) -> dict:
         options["calib"] = calib
     if args.distill_steps:
         options["distill_steps"] = args.distill_steps
+    if args.memory:
+        options["memory"] = args.memory
+        row_note = f"--memory {args.memory}"
+    else:
+        row_note = None
     if model.pins:
         options["input_values"] = model.pins
     row: dict = {"model": model.name, "metric": metric.rsplit(":", 1)[-1],
                  "calibration": "random 32" if calib is None else
-                 f"{len(next(iter(calib.values())))} samples"}
+                 f"{len(next(iter(calib.values())))} samples", "memory_option": row_note}
     print(f"[{model.name}] recipe ...", flush=True)
     full = measured(path, work / f"{model.name}.recipe.onnx", options)
     if "timings" in full:
@@ -203,6 +211,7 @@ def main() -> int:
     ap.add_argument("--models", default=None, help="comma-separated corpus names (default all)")
     ap.add_argument("--skip-plain", action="store_true", help="only the recipe")
     ap.add_argument("--distill-steps", type=int, default=None)
+    ap.add_argument("--memory", default=None, help="the run's --memory (e.g. 1G)")
     args = ap.parse_args()
     names = set(args.models.split(",")) if args.models else None
     old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"rows": {}}
