@@ -235,7 +235,7 @@ def test_kl_loss_matches_distributions_not_logits():
     the logits costs nothing, unlike MSE), and training on it brings the KL metric down."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from onnxprune.recover.distill import _kl
+    from onnxprune.recover.distill_data import kl as _kl
 
     rng = np.random.default_rng(0)
     logits = torch.from_numpy(rng.normal(size=(3, 5, 16)))

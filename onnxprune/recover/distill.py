@@ -17,18 +17,24 @@ import contextlib
 import fnmatch
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
 import torch
-from onnx import helper
 
 from ..errors import UsageError
-from ..ir.arrays import axes_of
 from ..ir.runtime import session
 from ..progress import task
 from ..search.quality import Metric
+from .distill_data import (
+    Data,
+    Targets,
+    calibration,
+    minibatches,
+    split,
+    static_batch,
+)
 from .torch_bridge import TorchGraph
 from .torch_threads import torch_threads
 
@@ -38,7 +44,6 @@ __all__ = ["distill"]
 # process may use once a step's forward pass is this many MACs (MiniLM at 32 sentences of 32
 # tokens, ~4e9: 1.6x faster on 2 cores)
 PARALLEL_MACS = 1e9
-CHUNK = 256  # samples per inference call (onnxruntime or torch) outside training
 EVAL_EVERY = 20  # steps between validations at most
 # a training loss this many times the student's first stops the run as diverged: Adam at 1e-3
 # killed PP-OCR det and rec students (constant outputs, loss 10-50x the first) and the rest of
@@ -112,18 +117,18 @@ def distill(
     student, teacher = _load(student), _load(teacher)
     graph = TorchGraph(student)
     trained = _select_trainable(graph, train, student)
-    batch = _calibration(calib, graph, student)
+    batch = calibration(calib, graph, student)
     n = len(next(iter(batch.values())))
     rng = np.random.default_rng(seed)
-    train_idx, val_idx = _split(n, val_fraction, rng)
-    static = _static_batch(student)
+    train_idx, val_idx = split(n, val_fraction, rng)
+    static = static_batch(student)
     size = static or min(batch_size, len(train_idx))
     if eval_every is None:  # a tiny calibration set is learnt by heart in far fewer steps
         eval_every = int(min(EVAL_EVERY, max(1, np.ceil(len(train_idx) / size))))
 
     feeds = {k: batch[k] for k in graph.input_names}
-    targets = _Targets(teacher, feeds, graph, boundaries, train_idx, static)
-    data = _Data(graph, feeds, targets, boundary_weight, static, loss)
+    targets = Targets(teacher, feeds, graph, boundaries, train_idx, static)
+    data = Data(graph, feeds, targets, boundary_weight, static, loss)
     val_batch = {k: v[val_idx] for k, v in batch.items()}
     val_teacher = [t[val_idx] for t in targets.outputs_all]
 
@@ -147,7 +152,7 @@ def distill(
         history.append((0, data.mean_loss(train_idx[:size]), val_before))
         best_util, best_step, best_val = utility(val_before), 0, val_before
         best_state = {k: p.detach().clone() for k, p in graph.params.items()}
-        bad, window, batches = 0, [], _batches(train_idx, size, rng)
+        bad, window, batches = 0, [], minibatches(train_idx, size, rng)
         if metric is not None and not metric.on_model and _matched(
                 utility(val_before), utility(metric(val_teacher, val_batch, val_teacher))):
             steps, stopped = 0, "matched"  # the student scores as the teacher: nothing to gain
@@ -188,199 +193,6 @@ def distill(
         "boundaries": list(targets.boundaries), "trained": len(trained), "loss": loss,
     }
     return graph.write_back(student), info
-
-
-# -- data -------------------------------------------------------------------------------------
-
-
-class _Targets:
-    """The teacher's outputs and boundary activations on every calibration sample
-    (onnxruntime, no graph optimizations), and their variances on the training split."""
-
-    def __init__(self, teacher: onnx.ModelProto, feeds: dict[str, np.ndarray],
-                 graph: TorchGraph, boundaries: Sequence[str], train_idx: np.ndarray,
-                 static: int | None):
-        produced = {o for node in teacher.graph.node for o in node.output}
-        mine = set(graph.node_outputs())
-        wanted = [b for b in dict.fromkeys(boundaries) if b in produced and b in mine]
-        outs = [o.name for o in teacher.graph.output]
-        if len(outs) != len(graph.output_names):
-            raise UsageError(f"the teacher has {len(outs)} outputs, the student "
-                             f"{len(graph.output_names)}")
-        missing = [k for k in _input_names(teacher) if k not in feeds]
-        if missing:
-            raise UsageError(f"calibration data lacks teacher input(s) {', '.join(missing)}")
-        arrays = _run_ort(session(_with_outputs(teacher, wanted)),
-                          {k: feeds[k] for k in _input_names(teacher)}, outs + wanted, static)
-        self.outputs_all = arrays[: len(outs)]
-        # the student's shapes on one sample decide which boundaries are comparable
-        probe = {k: v[np.resize(train_idx[:1], static or 1)] for k, v in feeds.items()}
-        with torch.no_grad():
-            mine_out = graph.run(probe, graph.output_names + wanted)
-        for name, t, s in zip(graph.output_names, self.outputs_all, mine_out, strict=False):
-            if t.shape[1:] != tuple(s.shape[1:]):
-                raise UsageError(f"output {name!r}: teacher shape {t.shape[1:]}, student "
-                                 f"{tuple(s.shape[1:])}")
-        keep = [i for i, (t, s) in enumerate(zip(arrays[len(outs):], mine_out[len(outs):],
-                                                 strict=True))
-                if t.shape[1:] == tuple(s.shape[1:]) and np.issubdtype(t.dtype, np.floating)]
-        self.boundaries = [wanted[i] for i in keep]
-        floats = [i for i, t in enumerate(self.outputs_all) if np.issubdtype(t.dtype, np.floating)]
-        if not floats:
-            raise UsageError("the model has no floating-point output to distill")
-        self.output_names = [graph.output_names[i] for i in floats]
-        self.outputs = [torch.from_numpy(self.outputs_all[i]) for i in floats]
-        self.acts = [torch.from_numpy(arrays[len(outs) + i]) for i in keep]
-        self.scales = [_variance(t[train_idx]) for t in self.outputs + self.acts]
-
-
-class _Data:
-    """Mini-batch losses of the student against the teacher's targets."""
-
-    def __init__(self, graph: TorchGraph, feeds: dict[str, np.ndarray], targets: _Targets,
-                 boundary_weight: float, static: int | None, kind: str = "mse"):
-        self.graph, self.feeds, self.t = graph, feeds, targets
-        self.names = targets.output_names + targets.boundaries
-        self.boundary_weight, self.static, self.kind = boundary_weight, static, kind
-
-    def loss(self, idx: np.ndarray, valid: int | None = None) -> torch.Tensor:
-        """The loss on samples ``idx`` (only the first ``valid`` count): per output the
-        normalized MSE or the KL divergence, per boundary the normalized MSE."""
-        got = self.graph.run({k: torch.from_numpy(v[idx]) for k, v in self.feeds.items()},
-                             self.names)
-        want = [t[idx] for t in self.t.outputs + self.t.acts]
-        n_out = len(self.t.outputs)
-        terms = [_kl(g[:valid], w[:valid]) if self.kind == "kl" and i < n_out
-                 else ((g[:valid] - w[:valid]) ** 2).mean() / s
-                 for i, (g, w, s) in enumerate(zip(got, want, self.t.scales, strict=True))]
-        loss = torch.stack(terms[:n_out]).mean()
-        if n_out < len(terms):
-            loss = loss + self.boundary_weight * torch.stack(terms[n_out:]).mean()
-        return loss
-
-    def outputs(self, idx: np.ndarray) -> list[np.ndarray]:
-        """The student's outputs on samples ``idx`` (inference, in chunks), as numpy."""
-        parts = []
-        with torch.no_grad():
-            for part, valid in _chunks(idx, self.static):
-                got = self.graph.run({k: torch.from_numpy(v[part]) for k, v in self.feeds.items()})
-                parts.append([g[:valid].numpy() for g in got])
-        return [np.concatenate(p) for p in zip(*parts, strict=True)]
-
-    def mean_loss(self, idx: np.ndarray) -> float:
-        """The loss over all of ``idx`` (inference, in chunks)."""
-        total = 0.0
-        with torch.no_grad():
-            for part, valid in _chunks(idx, self.static):
-                total += self.loss(part, valid).item() * valid
-        return total / len(idx)
-
-
-def _kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Mean KL(teacher || student) of the softmax over the last axis."""
-    lq = torch.log_softmax(student, -1)
-    lp = torch.log_softmax(teacher.to(lq.dtype), -1)
-    return (lp.exp() * (lp - lq)).sum(-1).mean()
-
-
-def _variance(t: torch.Tensor) -> float:
-    v = float(t.double().var(unbiased=False)) if t.numel() else 0.0
-    return v if v > 1e-12 else 1.0  # a constant target: plain MSE
-
-
-def _calibration(calib: Mapping[str, np.ndarray], graph: TorchGraph,
-                 model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    axes = axes_of(calib)
-    odd = [k for k in graph.input_names if axes.get(k, 0) != 0]
-    if odd:
-        raise UsageError(f"distillation needs every calibration input with its samples on "
-                         f"axis 0; {', '.join(odd)} has them elsewhere or is fed whole")
-    batch = {k: np.asarray(v) for k, v in calib.items()}
-    missing = [k for k in graph.input_names if k not in batch]
-    if missing:
-        raise UsageError(f"calibration data lacks model input(s) {', '.join(missing)} "
-                         f"(it has {', '.join(sorted(batch)) or 'nothing'})")
-    sizes = {len(v) for v in batch.values()}
-    if len(sizes) != 1 or 0 in sizes:
-        raise UsageError(f"calibration arrays must be non-empty and of one length, got {sizes}")
-    types = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
-    for k in graph.input_names:  # feed each input in its declared type
-        if types.get(k):
-            batch[k] = np.ascontiguousarray(batch[k], helper.tensor_dtype_to_np_dtype(types[k]))
-    return batch
-
-
-def _split(n: int, val_fraction: float, rng: np.random.Generator):
-    perm = rng.permutation(n)
-    n_val = int(round(n * val_fraction)) if val_fraction > 0 else 0
-    n_val = min(max(n_val, 1 if val_fraction > 0 else 0), n - 1)
-    if n_val == 0:
-        return np.sort(perm), np.sort(perm)
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
-
-
-def _batches(idx: np.ndarray, size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """Endless mini-batches of exactly ``size``: seeded permutations, one after another."""
-    queue = np.empty(0, np.int64)
-    while True:
-        while len(queue) < size:
-            queue = np.concatenate([queue, rng.permutation(idx)])
-        yield queue[:size]
-        queue = queue[size:]
-
-
-def _chunks(idx: np.ndarray, static: int | None) -> Iterator[tuple[np.ndarray, int]]:
-    """``idx`` in chunks and the count of real samples in each: of ``CHUNK``, or of exactly
-    a model's ``static`` batch (the last chunk padded with repeats)."""
-    size = static or CHUNK
-    for lo in range(0, len(idx), size):
-        part = idx[lo:lo + size]
-        yield (np.resize(part, size) if static else part), len(part)
-
-
-# -- onnxruntime ------------------------------------------------------------------------------
-
-
-def _input_names(model: onnx.ModelProto) -> list[str]:
-    inits = {i.name for i in model.graph.initializer}
-    return [i.name for i in model.graph.input if i.name not in inits]
-
-
-def _static_batch(model: onnx.ModelProto) -> int | None:
-    """The fixed leading dimension of the graph inputs, if any (a ``dim_value`` of -1, as
-    paddle2onnx writes for a dynamic batch, is no fixed size)."""
-    inits = {i.name for i in model.graph.initializer}
-    for i in model.graph.input:
-        dims = i.type.tensor_type.shape.dim
-        if i.name not in inits and dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
-            return int(dims[0].dim_value)
-    return None
-
-
-def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs the tensors ``names``."""
-    if not names:
-        return model
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    types = {vi.name: vi.type.tensor_type.elem_type
-             for vi in onnx.shape_inference.infer_shapes(model).graph.value_info}
-    present = {o.name for o in out.graph.output}
-    for name in names:
-        if name not in present:
-            out.graph.output.append(helper.make_tensor_value_info(
-                name, types.get(name) or onnx.TensorProto.FLOAT, None))
-    return out
-
-
-def _run_ort(sess, feeds: dict[str, np.ndarray], names: Sequence[str],
-             static: int | None) -> list[np.ndarray]:
-    n = len(next(iter(feeds.values())))
-    parts = []
-    for part, valid in _chunks(np.arange(n), static):
-        outs = sess.run(list(names), {k: v[part] for k, v in feeds.items()})
-        parts.append([o[:valid] for o in outs])
-    return [np.concatenate(p) for p in zip(*parts, strict=True)]
 
 
 def _model_metric(metric: Metric, model: onnx.ModelProto) -> float:
