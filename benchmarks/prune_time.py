@@ -1,11 +1,15 @@
 """Analysis + prune time on a ResNet-50-sized graph, side by side with Torch-Pruning.
 
     python benchmarks/prune_time.py [--model resnet50] [--ratio 0.5] [--repeat 3]
+        [--variant sequential]
 
 Both prune 50% of the channels of every group (L2 magnitude) on the same network in the same
 run. onnxprune works on the exported ONNX graph (load + normalize + analyze, then score +
 select + remove); Torch-Pruning on the torch module (DependencyGraph build, then prune).
 Verification (checker + onnxruntime + mask oracle) is reported separately: Torch-Pruning has none.
+``--variant sequential``: the same layers flattened into one ``nn.Sequential`` (stem, blocks,
+pooling, ``nn.Flatten``, head), every BatchNorm with trained-looking statistics and affine
+parameters instead of the defaults: another export of the same network.
 Needs the `bench` extra (torch, torch-pruning).
 """
 
@@ -91,15 +95,41 @@ def time_torch_pruning(model: torch.nn.Module, shape, ratio: float) -> dict:
     }
 
 
+def sequential(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """``module``'s children in one flat ``nn.Sequential`` (a container child's children in
+    its place, ``nn.Flatten`` before the head), BatchNorms given non-default statistics."""
+    parts = []
+    for name, child in module.named_children():
+        if isinstance(child, (torch.nn.Sequential, torch.nn.ModuleList)):
+            parts.extend(child.children())
+        else:
+            if name == "fc":
+                parts.append(torch.nn.Flatten(1))
+            parts.append(child)
+    seq = torch.nn.Sequential(*parts)
+    g = torch.Generator().manual_seed(seed)
+    for m in seq.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+            m.weight.data.copy_(0.5 + torch.rand(n, generator=g))
+            m.bias.data.copy_(0.2 * (torch.rand(n, generator=g) - 0.5))
+    return seq.eval()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet50", choices=sorted(ZOO))
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--variant", choices=("zoo", "sequential"), default="zoo")
     args = ap.parse_args()
     console = Console(width=120)
     torch.set_num_threads(2)
     module = build(args.model)
+    if args.variant == "sequential":
+        module = sequential(module)
     shape = ZOO[args.model][1]
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(module, Path(tmp) / f"{args.model}.onnx", shape)
@@ -134,9 +164,11 @@ def main() -> int:
         f"normalization gave it back node for node): {full:.2f} s = "
         f"{full / tp_total:.2f} x Torch-Pruning's graph build + prune ({tp_total:.2f} s)")
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"prune_time_{args.model}.json"
+    suffix = "" if args.variant == "zoo" else f"_{args.variant}"
+    out = RESULTS / f"prune_time_{args.model}{suffix}.json"
     out.write_text(json.dumps({
-        "model": args.model, "ratio": args.ratio, "repeat": args.repeat,
+        "model": args.model, "variant": args.variant, "ratio": args.ratio,
+        "repeat": args.repeat,
         "machine": {"cpu": platform.processor() or platform.machine(), "python": sys.version.split()[0],
                     "torch": torch.__version__, "torch_pruning": tp.__version__},
         "median": summary, "speedup_vs_torch_pruning": speedup,
