@@ -17,6 +17,8 @@ import subprocess
 import sys
 import threading
 
+from ..ir.memory import kernel_hwm
+
 
 def host_memory_available() -> bool:
     """Host memory is measured with psutil (the ``bench`` extra)."""
@@ -57,9 +59,10 @@ class HostPeak:
 
     Free heap is returned to the OS first (glibc), so the block cannot hide allocations in
     memory freed before it. RSS comes from psutil, sampled by a thread every ``interval``
-    seconds (the kernel's high-water mark is left alone: outside tools read it). The RSS after
-    the block is always included, so what the block keeps allocated (weights, the arena) is
-    counted even if a short spike is missed.
+    seconds; where the block raised the process's lifetime high-water mark (Linux VmHWM, read,
+    never reset: outside tools read it), that mark is the exact peak. The RSS after the block
+    is always included, so what the block keeps allocated (weights, the arena) is counted even
+    if a short spike is missed.
     """
 
     def __init__(self, interval: float = 0.001):
@@ -85,6 +88,7 @@ class HostPeak:
         if self._proc is None:
             return self
         _release_free_heap()
+        self._hwm = kernel_hwm()
         self._before = self._peak = self._rss()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -97,6 +101,9 @@ class HostPeak:
             self._stop.set()
             self._thread.join()
         peak = max(self._peak, self._rss())
+        hwm = kernel_hwm()
+        if hwm is not None and self._hwm is not None and hwm > self._hwm:
+            peak = max(peak, hwm)  # a new lifetime peak: reached inside the block
         self.delta = max(0, peak - self._before)
 
 
