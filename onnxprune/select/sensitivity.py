@@ -135,11 +135,11 @@ def measured_path(space: Space, ev: Evaluator, curves: LazyCurves, unit_cost: np
 
     Until ``share`` of the target's reduction, each step deepens the group whose own curve
     promises the least metric lost per cost saved (the first cuts, where groups barely
-    interact). Then
-    every step is chosen by evaluating each candidate group's next level on the *combined*
-    mask (one batched evaluation per step), so interactions between groups count; with
-    ``shortlist``, only that many groups are measured per step: those whose own curves
-    promise the cheapest next level. Curve points are measured as the steps need them."""
+    interact). Then every step is chosen by evaluating each candidate group's next level on
+    the *combined* mask (one batched evaluation per step), so interactions between groups
+    count; with ``shortlist``, only that many groups are measured per step: those whose own
+    curves promise the cheapest next level. Curve points are measured as the steps need
+    them."""
     def reduction(counts) -> float:
         return space.reduction(space.mask(counts), target)
 
@@ -159,9 +159,10 @@ def measured_path(space: Space, ev: Evaluator, curves: LazyCurves, unit_cost: np
             if reduction(path[-1]) < share * target.fraction:
                 level[ranked[0]] += 1
             else:
-                if current is None:
-                    if len(path) > 1:  # where the greedy prefix ended: say how far to go
-                        advance(0, total=_expected(len(path) - 1, share))
+                if current is None and len(path) == 1:  # nothing cut yet
+                    current = ev.metric.utility(ev.base)
+                elif current is None:  # where the greedy prefix ended: say how far to go
+                    advance(0, total=_expected(len(path) - 1, share))
                     current = ev.metric.utility(ev.evaluate(~space.mask(path[-1])))
                 if shortlist is not None:
                     ranked = ranked[:shortlist]
