@@ -50,7 +50,8 @@ def activations(model: onnx.ModelProto | Skeleton, names: list[str], feeds: dict
     axes = axes_of(feeds)
     feeds = {k: v for k, v in feeds.items() if k in inputs}
     axes = {k: a for k, a in axes.items() if k in inputs}
-    outs = run_batched(session(run), feeds, names, axes=axes, max_rows=rows_for(m, feeds, axes))
+    outs = run_batched(session(run, arena=False), feeds, names, axes=axes,
+                       max_rows=rows_for(m, feeds, axes))
     return dict(zip(names, outs, strict=True))
 
 
