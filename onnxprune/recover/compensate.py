@@ -10,6 +10,7 @@ to an output channel gives exactly the columns the layer multiplies with its wei
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,7 @@ from ..verify.checks import cut_arrays
 RIDGE = 1e-3  # of the mean input energy (the diagonal of the normal equations)
 MAX_ROWS = 40_000  # rows of the least-squares problem per layer (sampled)
 MAX_CELLS = 30_000_000  # rows x columns of the patch matrix
+FETCH_BYTES = 512 * 2**20  # activations fetched per run of a model (bounds memory)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,22 @@ def activations(model: onnx.ModelProto | Skeleton, names: list[str], feeds: dict
     outs = run_batched(session(run, arena=False), feeds, names, axes=axes,
                        max_rows=rows_for(m, feeds, axes))
     return dict(zip(names, outs, strict=True))
+
+
+def fetched(model: onnx.ModelProto | Skeleton, names: list[str], feeds: dict
+            ) -> Iterator[tuple[str, np.ndarray]]:
+    """``(name, tensor)`` for each of ``names`` in order, fetched a few per run of ``model``:
+    as many as ``FETCH_BYTES`` holds (sized on the run before), so that only those are held
+    at once (every refit layer's output at once took gigabytes on large activations)."""
+    lo, per_run = 0, 8
+    while lo < len(names):
+        part = names[lo:lo + per_run]
+        lo += len(part)
+        acts = activations(model, part, feeds)
+        size = sum(a.nbytes for a in acts.values()) / max(len(acts), 1)
+        per_run = max(1, int(FETCH_BYTES // max(size, 1)))
+        yield from ((n, acts[n]) for n in part)
+        del acts
 
 
 def patch_matrix(node: gs.Node, x: np.ndarray) -> np.ndarray:
@@ -207,14 +225,13 @@ def compensate(graph: gs.Graph, reference: onnx.ModelProto, analysis: ChannelAna
     ``interface``: inputs that lost channels (an opened cache), cut from ``calib`` for it."""
     fed = cut_arrays(calib, interface or {})
     targets = _targets(graph, analysis, removed)
-    wanted = [n.outputs[0].name for n in targets]
-    original = activations(reference, wanted, calib) if targets else {}
+    original = fetched(reference, [n.outputs[0].name for n in targets], calib)
     rng = np.random.default_rng(seed)
     fits = []
     with task("compensate", len(targets)) as advance:
         for node in targets:
             x = activations(export_model(graph), [node.inputs[0].name], fed)[node.inputs[0].name]
-            y = original[node.outputs[0].name]
+            _, y = next(original)
             axis = 1 if node.op != "MatMul" else y.ndim - 1
             keep = analysis.keep_mask((node.outputs[0].name, axis), removed)
             if keep is not None:

@@ -8,9 +8,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..analysis.model import ChannelAnalysis, Gate
-from .compensate import activations
-
-FETCH_BYTES = 512 * 2**20  # activations fetched per run of the model (bounds memory)
+from .compensate import fetched
 
 
 def layer_gates(graph: gs.Graph, analysis: ChannelAnalysis) -> list[tuple[Gate, gs.Node]]:
@@ -38,15 +36,7 @@ def layer_gates(graph: gs.Graph, analysis: ChannelAnalysis) -> list[tuple[Gate, 
 
 def layer_inputs(reference: onnx.ModelProto, pairs: list[tuple[Gate, gs.Node]], calib):
     """(gate, node, the node's data input on ``calib``) for each pair, fetched for a few
-    layers per run of ``reference`` (as many as ``FETCH_BYTES`` holds)."""
-    lo, per_run = 0, 8
-    while lo < len(pairs):
-        part = pairs[lo:lo + per_run]
-        lo += len(part)
-        names = list(dict.fromkeys(node.inputs[0].name for _, node in part))
-        acts = activations(reference, names, calib)
-        size = sum(a.nbytes for a in acts.values()) / max(len(acts), 1)
-        per_run = max(1, int(FETCH_BYTES // max(size, 1)))  # as many as fit the budget
-        for gate, node in part:
-            yield gate, node, acts[node.inputs[0].name]
-        del acts
+    layers per run of ``reference`` (``compensate.fetched``)."""
+    inputs = fetched(reference, [node.inputs[0].name for _, node in pairs], calib)
+    for (gate, node), (_, x) in zip(pairs, inputs, strict=True):
+        yield gate, node, x
