@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..analysis.model import ChannelAnalysis
 from ..ir.arrays import axes_of
-from ..ir.graph import export_model, input_or_none
+from ..ir.graph import export_skeleton, input_or_none
 from ..ir.runtime import computing, run_batched, session
 from ..ir.weights import Skeleton, proto
 from ..progress import task
@@ -230,7 +230,7 @@ def compensate(graph: gs.Graph, reference: onnx.ModelProto, analysis: ChannelAna
     fits = []
     with task("compensate", len(targets)) as advance:
         for node in targets:
-            x = activations(export_model(graph), [node.inputs[0].name], fed)[node.inputs[0].name]
+            x = activations(export_skeleton(graph), [node.inputs[0].name], fed)[node.inputs[0].name]
             _, y = next(original)
             axis = 1 if node.op != "MatMul" else y.ndim - 1
             keep = analysis.keep_mask((node.outputs[0].name, axis), removed)
