@@ -15,9 +15,8 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 
-from ..ir.memory import kernel_hwm
+from ..ir.memory import peak_window
 
 
 def host_memory_available() -> bool:
@@ -58,53 +57,30 @@ class HostPeak:
     (bytes; None without psutil).
 
     Free heap is returned to the OS first (glibc), so the block cannot hide allocations in
-    memory freed before it. RSS comes from psutil, sampled by a thread every ``interval``
-    seconds; where the block raised the process's lifetime high-water mark (Linux VmHWM, read,
-    never reset: outside tools read it), that mark is the exact peak. The RSS after the block
-    is always included, so what the block keeps allocated (weights, the arena) is counted even
-    if a short spike is missed.
+    memory freed before it. The peak is ``ir.memory.peak_window``'s: sampled by a thread, exact
+    where the block raised the process's lifetime high-water mark (never reset: outside tools
+    read it), and always at least the RSS after the block, so what the block keeps allocated
+    (weights, the arena) is counted even if a short spike is missed.
     """
 
-    def __init__(self, interval: float = 0.001):
-        self.interval = interval
+    def __init__(self):
         self.delta: int | None = None
-        self._proc = None
-        if host_memory_available():
-            import psutil
-
-            self._proc = psutil.Process()
-        self._peak = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _rss(self) -> int:
-        return int(self._proc.memory_info().rss)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._peak = max(self._peak, self._rss())
+        self._block = None  # the peak_window context while the block runs
 
     def __enter__(self) -> HostPeak:
-        if self._proc is None:
+        if not host_memory_available():
             return self
         _release_free_heap()
-        self._hwm = kernel_hwm()
-        self._before = self._peak = self._rss()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
+        self._block = peak_window()
+        self._seen = self._block.__enter__()
+        self._before = self._seen.peak
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._proc is None:
+        if self._block is None:
             return
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-        peak = max(self._peak, self._rss())
-        hwm = kernel_hwm()
-        if hwm is not None and self._hwm is not None and hwm > self._hwm:
-            peak = max(peak, hwm)  # a new lifetime peak: reached inside the block
-        self.delta = max(0, peak - self._before)
+        self._block.__exit__(*exc)
+        self.delta = max(0, self._seen.peak - self._before)
 
 
 def _nvidia_smi(*query: str) -> list[list[str]] | None:

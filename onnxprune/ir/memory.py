@@ -1,5 +1,5 @@
 """This process's resident memory: now, its lifetime high-water mark, and the peak of a block
-of work sampled by a thread. The kernel's high-water mark is never reset (tools outside the
+of work (sampled by a thread; exact where the block raised the lifetime mark). The kernel's high-water mark is never reset (tools outside the
 process, ``/usr/bin/time`` and ``getrusage`` among them, read it: a reset makes them
 under-report the run)."""
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import sys
 import threading
 from collections.abc import Iterator
 
@@ -30,19 +29,6 @@ def _status(field: str) -> int | None:
 def kernel_hwm() -> int | None:
     """The kernel's RSS high-water mark of this process (Linux), in bytes."""
     return _status("VmHWM")
-
-
-def peak_rss() -> int | None:
-    """The process's lifetime resident peak, bytes."""
-    hwm = kernel_hwm()
-    if hwm is not None:
-        return hwm
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not POSIX
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def current_rss() -> int | None:
@@ -109,8 +95,10 @@ _SAMPLER = _Sampler()
 @contextlib.contextmanager
 def peak_window() -> Iterator[Window]:
     """``with peak_window() as w: ...`` then ``w.peak``: the highest RSS during the block,
-    sampled every ``INTERVAL`` seconds and at both ends (a spike shorter than that can be
-    missed; windows may nest)."""
+    sampled every ``INTERVAL`` seconds and at both ends, or the process's lifetime high-water
+    mark where the block raised it (exact; read, never reset). Otherwise a spike shorter than
+    the interval can be missed. Windows may nest."""
+    hwm = kernel_hwm()
     window = Window(current_rss())
     _SAMPLER.open(window)
     try:
@@ -118,3 +106,6 @@ def peak_window() -> Iterator[Window]:
     finally:
         _SAMPLER.close(window)
         window.see(current_rss())
+        now = kernel_hwm()
+        if hwm is not None and now is not None and now > hwm:
+            window.see(now)  # a new lifetime peak: reached inside the block

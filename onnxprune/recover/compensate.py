@@ -230,7 +230,8 @@ def compensate(graph: gs.Graph, reference: onnx.ModelProto, analysis: ChannelAna
     fits = []
     with task("compensate", len(targets)) as advance:
         for node in targets:
-            x = activations(export_skeleton(graph), [node.inputs[0].name], fed)[node.inputs[0].name]
+            name = node.inputs[0].name
+            x = activations(export_skeleton(graph), [name], fed)[name]
             _, y = next(original)
             axis = 1 if node.op != "MatMul" else y.ndim - 1
             keep = analysis.keep_mask((node.outputs[0].name, axis), removed)
