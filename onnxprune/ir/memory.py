@@ -45,6 +45,26 @@ def current_rss() -> int | None:
     return int(psutil.Process().memory_info().rss)
 
 
+def release() -> None:
+    """Give the heap's freed memory back to the system (glibc's ``malloc_trim``; a no-op
+    elsewhere). glibc keeps what numpy and onnxruntime free in its heap, so resident memory
+    overstates what is held (measured: 120 MB on reconstruction scores of a 0.1M-parameter
+    Conv3d model) until this runs."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC(0)
+
+
+_LIBC = None
+
+
 class Window:
     """The highest resident memory seen while a :func:`peak_window` block ran (bytes)."""
 

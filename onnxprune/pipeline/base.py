@@ -18,7 +18,7 @@ from ..ir.memory import current_rss, peak_window
 from ..ir.runtime import providers_option
 from ..ir.weights import Skeleton
 from ..options import Option, number, resolve, shapes, text, texts
-from ..search.memory import parse_memory
+from ..search.memory import capped, parse_memory
 
 if TYPE_CHECKING:
     from ..analysis.components import Components, Flow
@@ -72,9 +72,10 @@ RUN_OPTIONS = (
            "pruned model computes with that value (the input stays, unused)", parse=_values,
            public="input_values", flag="--input-value", metavar="NAME=VALUE", kind="append",
            type_name="values"),
-    Option("memory", None, "memory budget of candidate evaluation, e.g. 4G: a search runs "
-           "candidates and calibration samples in chunks whose activations fit it (default: a "
-           "quarter of the available memory, at most 8G)", parse=parse_memory, public="memory",
+    Option("memory", None, "the most resident memory the run may hold, e.g. 4G (the "
+           "libraries, the model and its data count): searches, activation fetches, refits and "
+           "distillation size their work to what it leaves; without it, candidate runs take "
+           "at most a quarter of the available memory (8G at most)", parse=parse_memory, public="memory",
            metavar="SIZE", type_name="size"),
     Option("executor", "local", "where search candidates are scored: this process, a local "
            "process pool, or Ray actors (pip install onnxprune[ray]); results are identical",
@@ -242,7 +243,7 @@ class Pass:
         if not ctx.memory:  # what the process held before the run (libraries, the caller)
             ctx.memory.append(("start", current_rss()))
         start = time.perf_counter()
-        with peak_window() as memory:
+        with peak_window() as memory, capped(ctx.config.memory):
             result = self.run(ctx)
         if result.modified:
             ctx.shapes_of = None

@@ -11,6 +11,7 @@ from ..options import Option, OptionError, number
 from ..options import path as path_option
 from ..search.evaluate import Evaluator
 from ..search.executors import make_pool
+from ..search.memory import search_budget
 from ..search.quality import get_metric
 from .base import Context, Pass, PassResult
 from .inputs import verification_feeds
@@ -208,7 +209,7 @@ def evaluator(ctx: Context, by: str) -> Evaluator:
             raise UsageError(f"{by} needs calibration data (pass 'calibrate')")
         res.close()
         res.evaluator = Evaluator(ctx.skeleton(), ctx.analysis, ctx.calib, metric,
-                                  memory=ctx.config.memory)
+                                  memory=search_budget())
         cfg = ctx.config
         if cfg.executor != "local":
             res.evaluator.attach(make_pool(cfg.executor, res.evaluator, cfg.workers,

@@ -17,6 +17,7 @@ from ..recover.soft_autograd import NotDifferentiable, soft_autograd
 from ..rewrite.remove import remove_units
 from ..scoring import CRITERIA, NORMALIZATIONS, REDUCTIONS, normalize, score_units
 from ..search.evaluate import Evaluator
+from ..search.memory import search_budget
 from ..search.quality import get_metric
 from ..select.budget import check_names, parse_ratio
 from ..select.common import Space, Target, bisect_shared_fraction
@@ -254,13 +255,13 @@ class SelectChannels(Pass):
             cev = sev = scev = None
             if self.constraint is not None and self.constraint.metric != ev.metric.name:
                 cev = Evaluator(ctx.skeleton(), analysis, ctx.calib,
-                                get_metric(self.constraint.metric), memory=ctx.config.memory)
+                                get_metric(self.constraint.metric), memory=search_budget())
             try:
                 refit = self._refit(ctx, ev)
                 if refit is not None:
                     ridge, data = refit
                     sev = RefitEvaluator(ev, ctx.graph, ctx.skeleton(), analysis, data,
-                                         ridge, memory=ctx.config.memory)
+                                         ridge, memory=search_budget())
                     scev = None if cev is None else RefitEvaluator(cev, ctx.graph, None,
                                                                    analysis, None, ridge,
                                                                    grams_of=sev)

@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 from onnx import numpy_helper
 
-from ..errors import UsageError, VerificationError
+from ..errors import UsageError, VerificationError, warn
 from ..ir.arrays import Calibration, axes_of
 from ..ir.quant import is_quantized
 from ..ir.runtime import run_batched, session
 from ..options import Option, auto_or_count, flag, number
 from ..recover.compensate import RIDGE, compensate
-from ..search.memory import rows_for
+from ..search.memory import rows_for, search_budget
 from ..search.quality import get_metric
 from ..verify.checks import VerifyReport, cut_arrays, cut_outputs
 from . import stages
@@ -169,10 +169,14 @@ class Distill(Pass):
                                   loss=self.loss_for(ctx.metric))
             info["lr"] = lr
             tries.append((sign * (info["val_after"] - info["val_before"]), model, info))
-            if (tries[-1][0] > 0 and info["stopped"] != "diverged") or info["stopped"] == "matched":
+            if (tries[-1][0] > 0 and info["stopped"] != "diverged") or info["stopped"] in (
+                    "matched", "memory"):
                 break
         _, model, info = max(tries, key=lambda t: t[0])
         info["tries"] = len(tries)
+        if info["stopped"] == "memory":
+            warn(f"distill: one training sample needs more memory than --memory "
+                 f"{ctx.config.memory / 2**20:.0f}M leaves; not trained")
         tensors = graph.tensors()
         for init in model.graph.initializer:
             t = tensors.get(init.name)
@@ -207,7 +211,7 @@ class VerifyRecovered(Pass):
             feeds = verification_feeds(ctx, model, count=1)[0]
         outs = None
         providers = list(ctx.config.providers)
-        rows = rows_for(model, feeds, axes_of(feeds), ctx.config.memory)
+        rows = rows_for(model, feeds, axes_of(feeds), search_budget())
         cuts = ctx.interface or {}  # an opened cache: the pruned model takes the kept heads
         for provider in providers:
             outs = run_batched(session(model, [provider]), cut_arrays(feeds, cuts),

@@ -20,7 +20,7 @@ from ..ir import io
 from ..ir.arrays import Calibration
 from ..ir.runtime import run_batched, session
 from ..ir.weights import proto
-from ..search.memory import rows_for
+from ..search.memory import rows_for, search_budget
 from ..search.quality import Metric, get_metric
 from ..verify.checks import cut_arrays, cut_outputs
 from .base import Context
@@ -45,7 +45,7 @@ def _outputs(ctx: Context, graph, data: Calibration, optimized: bool = False
     model.model.ir_version = io.runtime_ir_version(model.model, ctx.source_ir)
     feeds = _inputs(model, data)
     sess = session(model, [ctx.config.providers[0]], optimized=optimized)
-    rows = rows_for(model, feeds, feeds.axes, ctx.config.memory)
+    rows = rows_for(model, feeds, feeds.axes, search_budget())
     return run_batched(sess, feeds, axes=feeds.axes, max_rows=rows)
 
 

@@ -19,18 +19,19 @@ import onnx_graphsurgeon as gs
 from onnx import TensorProto, helper, numpy_helper
 
 from ..analysis.model import ChannelAnalysis
-from ..ir.arrays import axes_of
+from ..ir.arrays import Calibration, axes_of
 from ..ir.graph import export_skeleton, input_or_none
 from ..ir.runtime import computing, run_batched, session
 from ..ir.weights import Skeleton, proto
 from ..progress import task
-from ..search.memory import rows_for
+from ..search.memory import cap, room, rows_for, search_budget
 from ..verify.checks import cut_arrays
 
 RIDGE = 1e-3  # of the mean input energy (the diagonal of the normal equations)
 MAX_ROWS = 40_000  # rows of the least-squares problem per layer (sampled)
 MAX_CELLS = 30_000_000  # rows x columns of the patch matrix
 FETCH_BYTES = 512 * 2**20  # activations fetched per run of a model (bounds memory)
+CELL_BYTES = 24  # bytes a patch-matrix cell costs while solved (float32 + float64 copies)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def activations(model: onnx.ModelProto | Skeleton, names: list[str], feeds: dict
     feeds = {k: v for k, v in feeds.items() if k in inputs}
     axes = {k: a for k, a in axes.items() if k in inputs}
     outs = run_batched(session(run, arena=False), feeds, names, axes=axes,
-                       max_rows=rows_for(m, feeds, axes))
+                       max_rows=rows_for(m, feeds, axes, search_budget(0.25)))
     return dict(zip(names, outs, strict=True))
 
 
@@ -62,15 +63,42 @@ def fetched(model: onnx.ModelProto | Skeleton, names: list[str], feeds: dict
     """``(name, tensor)`` for each of ``names`` in order, fetched a few per run of ``model``:
     as many as ``FETCH_BYTES`` holds (sized on the run before), so that only those are held
     at once (every refit layer's output at once took gigabytes on large activations)."""
-    lo, per_run = 0, 8
+    lo, per_run = 0, 8 if cap() is None else 1
     while lo < len(names):
         part = names[lo:lo + per_run]
         lo += len(part)
         acts = activations(model, part, feeds)
         size = sum(a.nbytes for a in acts.values()) / max(len(acts), 1)
-        per_run = max(1, int(FETCH_BYTES // max(size, 1)))
+        per_run = max(1, int(room(FETCH_BYTES, 0.25) // max(size, 1)))
         yield from ((n, acts[n]) for n in part)
         del acts
+
+
+def within_cap(model: onnx.ModelProto | Skeleton, names: list[str], feeds: dict,
+               share: float = 0.1, seed: int = 0) -> dict:
+    """``feeds``, or under a memory cap (``--memory``) as many of its samples (chosen at
+    random, in order) as keep ``share`` of the room left for the largest of ``names`` on
+    all of them (sized on one sample)."""
+    axes = axes_of(feeds)
+    sizes = {np.shape(v)[a] for k, v in feeds.items() if (a := axes.get(k)) is not None}
+    known = {o for node in proto(model).graph.node for o in node.output}
+    names = list(dict.fromkeys(n for n in names if n in known))
+    if cap() is None or not names or len(sizes) != 1 or sizes == {0}:
+        return feeds
+    n = sizes.pop()
+    data = feeds if isinstance(feeds, Calibration) else Calibration(dict(feeds), axes)
+    one = activations(model, names, data.take(np.arange(1)))
+    per_sample = max(max((a.nbytes for a in one.values()), default=0), 1)
+    fit = max(1, int(room(per_sample * n, share) // per_sample))
+    if fit >= n:
+        return feeds
+    pick = np.sort(np.random.default_rng(seed).choice(n, size=fit, replace=False))
+    return data.take(pick)
+
+
+def cells(default: int = MAX_CELLS) -> int:
+    """Patch-matrix cells one solve may take: ``default``, or fewer under a memory cap."""
+    return max(1, room(default * CELL_BYTES, 0.25) // CELL_BYTES)
 
 
 def patch_matrix(node: gs.Node, x: np.ndarray) -> np.ndarray:
@@ -98,8 +126,8 @@ def patch_matrix(node: gs.Node, x: np.ndarray) -> np.ndarray:
 
 def _solve(p: np.ndarray, y: np.ndarray, ridge: float, intercept: bool) -> np.ndarray:
     """argmin ||[p 1] w - y||^2 + ridge * mean(diag) * ||w_p||^2; rows of w: p's columns (+1)."""
-    a = np.concatenate([p, np.ones((len(p), 1))], axis=1) if intercept else p
-    a = a.astype(np.float64)
+    a = np.concatenate([p, np.ones((len(p), 1), p.dtype)], axis=1) if intercept else p
+    a = a.astype(np.float64, copy=False)
     gram = a.T @ a
     reg = ridge * np.trace(gram[: p.shape[1], : p.shape[1]]) / max(p.shape[1], 1)
     gram[np.arange(p.shape[1]), np.arange(p.shape[1])] += reg
@@ -206,14 +234,15 @@ def design_rows(node: gs.Node, x: np.ndarray, ys: list[np.ndarray], rng: np.rand
         per_sample = max((int(np.prod(y.shape[2:])) for y in ys), default=int(np.prod(
             x.shape[2:])))
         cols = x.shape[1] * int(np.prod(node.inputs[1].values.shape[2:]))
-        n = max(1, min(len(x), MAX_CELLS // max(cols * per_sample, 1)))
+        n = max(1, min(len(x), cells() // max(cols * per_sample, 1)))
         pick = rng.choice(len(x), size=n, replace=False) if n < len(x) else slice(None)
         p = patch_matrix(node, x[pick])
         ys = [np.moveaxis(y[pick], 1, -1).reshape(-1, y.shape[1]) for y in ys]
     else:
         p, ys = x.reshape(-1, x.shape[-1]), [y.reshape(-1, y.shape[-1]) for y in ys]
-    if len(p) > MAX_ROWS:
-        rows = rng.choice(len(p), size=MAX_ROWS, replace=False)
+    limit = MAX_ROWS if cap() is None else max(1, min(MAX_ROWS, cells() // max(p.shape[1], 1)))
+    if len(p) > limit:
+        rows = rng.choice(len(p), size=limit, replace=False)
         p, ys = p[rows], [y[rows] for y in ys]
     return p, ys
 
@@ -223,8 +252,10 @@ def compensate(graph: gs.Graph, reference: onnx.ModelProto, analysis: ChannelAna
                seed: int = 0, interface: dict | None = None) -> list[LayerFit]:
     """Refit, in place, the layers of the pruned ``graph`` that lost input channels.
     ``interface``: inputs that lost channels (an opened cache), cut from ``calib`` for it."""
-    fed = cut_arrays(calib, interface or {})
     targets = _targets(graph, analysis, removed)
+    calib = within_cap(reference, [n for t in targets for n in (t.inputs[0].name,
+                                                                 t.outputs[0].name)], calib)
+    fed = cut_arrays(calib, interface or {})
     original = fetched(reference, [n.outputs[0].name for n in targets], calib)
     rng = np.random.default_rng(seed)
     fits = []

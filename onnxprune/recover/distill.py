@@ -156,6 +156,13 @@ def distill(
         if metric is not None and not metric.on_model and _matched(
                 utility(val_before), utility(metric(val_teacher, val_batch, val_teacher))):
             steps, stopped = 0, "matched"  # the student scores as the teacher: nothing to gain
+        fit = None if static or not steps else _fitting(data, train_idx,
+                                                        list(graph.params.values()))
+        if fit == 0:
+            steps, stopped = 0, "memory"  # one sample's step does not fit under --memory
+        elif fit is not None:
+            size, data.rows = min(size, fit), min(data.rows, fit)
+            batches = minibatches(train_idx, size, rng)
         for step in range(1, steps + 1):
             step_loss = data.loss(next(batches))
             if not torch.isfinite(step_loss):
@@ -208,6 +215,31 @@ def _model_metric(metric: Metric, model: onnx.ModelProto) -> float:
 
 def _load(model: ModelLike) -> onnx.ModelProto:
     return model if isinstance(model, onnx.ModelProto) else onnx.load(os.fspath(model))
+
+
+def _fitting(data: Data, idx: np.ndarray, params) -> int | None:
+    """Samples per training step under a memory cap (``--memory``), measured: the resident
+    memory one sample's forward and backward pass adds (the first, with its one-off
+    allocations: an overestimate), against half the room the cap leaves. None: no cap; 0:
+    not even one sample fits."""
+    from ..ir.memory import current_rss, peak_window, release
+    from ..search.memory import cap, room
+
+    if cap() is None:
+        return None
+    release()
+    before = current_rss() or 0
+    with peak_window() as window:
+        loss = data.loss(idx[:1])
+        if loss.requires_grad:
+            loss.backward()
+    for p in params:
+        p.grad = None
+    release()
+    per = max((window.peak or before) - before, 1 << 20)
+    if before + per > cap():
+        return 0
+    return max(1, int(room(1 << 50, 0.5) // per))
 
 
 def _check_args(steps, lr, batch_size, val_fraction, eval_every, patience) -> None:

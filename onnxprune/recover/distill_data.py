@@ -17,6 +17,7 @@ from onnx import helper
 from ..errors import UsageError
 from ..ir.arrays import axes_of
 from ..ir.runtime import session
+from ..search.memory import cap, rows_for, search_budget
 from .torch_bridge import TorchGraph
 
 CHUNK = 256  # samples per inference call (onnxruntime or torch) outside training
@@ -39,8 +40,10 @@ class Targets:
         missing = [k for k in input_names(teacher) if k not in feeds]
         if missing:
             raise UsageError(f"calibration data lacks teacher input(s) {', '.join(missing)}")
-        arrays = run_ort(session(with_outputs(teacher, wanted)),
-                          {k: feeds[k] for k in input_names(teacher)}, outs + wanted, static)
+        run = with_outputs(teacher, wanted)
+        fed = {k: feeds[k] for k in input_names(teacher)}
+        arrays = run_ort(session(run, arena=cap() is None), fed, outs + wanted, static,
+                         _rows(run, fed))
         self.outputs_all = arrays[: len(outs)]
         # the student's shapes on one sample decide which boundaries are comparable
         probe = {k: v[np.resize(train_idx[:1], static or 1)] for k, v in feeds.items()}
@@ -71,6 +74,7 @@ class Data:
         self.graph, self.feeds, self.t = graph, feeds, targets
         self.names = targets.output_names + targets.boundaries
         self.boundary_weight, self.static, self.kind = boundary_weight, static, kind
+        self.rows = CHUNK  # samples per inference call
 
     def loss(self, idx: np.ndarray, valid: int | None = None) -> torch.Tensor:
         """The loss on samples ``idx`` (only the first ``valid`` count): per output the
@@ -91,7 +95,7 @@ class Data:
         """The student's outputs on samples ``idx`` (inference, in chunks), as numpy."""
         parts = []
         with torch.no_grad():
-            for part, valid in chunks(idx, self.static):
+            for part, valid in chunks(idx, self.static, self.rows):
                 got = self.graph.run({k: torch.from_numpy(v[part]) for k, v in self.feeds.items()})
                 parts.append([g[:valid].numpy() for g in got])
         return [np.concatenate(p) for p in zip(*parts, strict=True)]
@@ -100,7 +104,7 @@ class Data:
         """The loss over all of ``idx`` (inference, in chunks)."""
         total = 0.0
         with torch.no_grad():
-            for part, valid in chunks(idx, self.static):
+            for part, valid in chunks(idx, self.static, self.rows):
                 total += self.loss(part, valid).item() * valid
         return total / len(idx)
 
@@ -158,10 +162,18 @@ def minibatches(idx: np.ndarray, size: int, rng: np.random.Generator) -> Iterato
         queue = queue[size:]
 
 
-def chunks(idx: np.ndarray, static: int | None) -> Iterator[tuple[np.ndarray, int]]:
-    """``idx`` in chunks and the count of real samples in each: of ``CHUNK``, or of exactly
+def _rows(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> int:
+    """Samples per inference call: ``CHUNK``, fewer under a memory cap (``--memory``)."""
+    if cap() is None:
+        return CHUNK
+    return min(CHUNK, rows_for(model, feeds, None, search_budget(0.25)) or CHUNK)
+
+
+def chunks(idx: np.ndarray, static: int | None, rows: int = CHUNK
+           ) -> Iterator[tuple[np.ndarray, int]]:
+    """``idx`` in chunks and the count of real samples in each: of ``rows``, or of exactly
     a model's ``static`` batch (the last chunk padded with repeats)."""
-    size = static or CHUNK
+    size = static or rows
     for lo in range(0, len(idx), size):
         part = idx[lo:lo + size]
         yield (np.resize(part, size) if static else part), len(part)
@@ -203,10 +215,10 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
 
 
 def run_ort(sess, feeds: dict[str, np.ndarray], names: Sequence[str],
-             static: int | None) -> list[np.ndarray]:
+            static: int | None, rows: int = CHUNK) -> list[np.ndarray]:
     n = len(next(iter(feeds.values())))
     parts = []
-    for part, valid in chunks(np.arange(n), static):
+    for part, valid in chunks(np.arange(n), static, rows):
         outs = sess.run(list(names), {k: v[part] for k, v in feeds.items()})
         parts.append([o[:valid] for o in outs])
     return [np.concatenate(p) for p in zip(*parts, strict=True)]

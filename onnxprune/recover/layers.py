@@ -8,7 +8,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..analysis.model import ChannelAnalysis, Gate
-from .compensate import fetched
+from .compensate import fetched, within_cap
 
 
 def layer_gates(graph: gs.Graph, analysis: ChannelAnalysis) -> list[tuple[Gate, gs.Node]]:
@@ -36,7 +36,9 @@ def layer_gates(graph: gs.Graph, analysis: ChannelAnalysis) -> list[tuple[Gate, 
 
 def layer_inputs(reference: onnx.ModelProto, pairs: list[tuple[Gate, gs.Node]], calib):
     """(gate, node, the node's data input on ``calib``) for each pair, fetched for a few
-    layers per run of ``reference`` (``compensate.fetched``)."""
-    inputs = fetched(reference, [node.inputs[0].name for _, node in pairs], calib)
+    layers per run of ``reference`` (``compensate.fetched``); under a memory cap, on as many
+    samples of ``calib`` as fit (``compensate.within_cap``)."""
+    names = [node.inputs[0].name for _, node in pairs]
+    inputs = fetched(reference, names, within_cap(reference, names, calib))
     for (gate, node), (_, x) in zip(pairs, inputs, strict=True):
         yield gate, node, x

@@ -60,12 +60,13 @@ def _conv2d_rows(node: gs.Node, x: np.ndarray, rows: int, rng: np.random.Generat
 
 def _patches(node: gs.Node, x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
     """(patch matrix [rows, channels * k] at sampled positions, k)."""
-    from ..recover.compensate import patch_matrix  # onnxruntime's own im2col
+    from ..recover.compensate import cells, patch_matrix  # onnxruntime's own im2col
 
     k = int(np.prod(np.shape(node.inputs[1].values)[2:])) if node.op in (
         "Conv", "ConvTranspose") else 1
     cols = max(x.shape[1] * k if node.op in ("Conv", "ConvTranspose") else x.shape[-1], 1)
-    rows = min(MAX_ROWS, MAX_CELLS // cols)
+    most = cells(MAX_CELLS)  # fewer under a memory cap
+    rows = min(MAX_ROWS, most // cols)
     if cols <= MAX_COLUMNS:  # the Hessian's cost bounds the rows, down to 4 per column
         rows = min(rows, max(4 * cols, int(GRAM_FLOPS // cols**2)))
     rows = max(rows, 1)
@@ -73,7 +74,7 @@ def _patches(node: gs.Node, x: np.ndarray, rng: np.random.Generator) -> tuple[np
         p = _conv2d_rows(node, x, rows, rng)
         if p is None:
             per_sample = max(int(np.prod(x.shape[2:])), 1)
-            n = max(1, min(len(x), 2 * MAX_CELLS // (per_sample * cols)))
+            n = max(1, min(len(x), 2 * most // (per_sample * cols)))
             pick = np.sort(rng.choice(len(x), size=n, replace=False)) if n < len(x) else slice(None)
             p = patch_matrix(node, x[pick])
     else:

@@ -6,18 +6,27 @@ grow with the rows, so a detector at 128x768 with 40 samples used to reach 13 GB
 call are bounded by ``budget / (RUNTIME_FACTOR x bytes per sample)``, where the bytes per
 sample are the most bytes of computed tensors alive at once for one sample (shape inference
 at the data's shapes, each tensor freed after its last reader, as onnxruntime's planner
-reuses buffers). The budget is ``--memory`` or, by default, a quarter of the memory
-available, at most ``DEFAULT_CAP``.
+reuses buffers). The budget is, by default, a quarter of the memory available, at most
+``DEFAULT_CAP``.
+
+``--memory`` caps the whole run: the process's resident memory, measured from outside. A run
+sets the cap (``capped``) and every working set (candidate runs, fetched activations, patch
+matrices, training batches) takes a share of what the cap leaves above what the process holds
+when the set is sized (``room``), so that the model, the data and the libraries count too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 import numpy as np
 import onnx
 
 from ..errors import UsageError
+from ..ir.memory import current_rss, release
 from ..ir.runtime import weightless
 from ..ir.weights import proto
 
@@ -27,6 +36,8 @@ FALLBACK = 2 << 30  # when the available memory cannot be read
 # onnxruntime's arena and kernel workspaces over the live tensors (measured 1.1-1.7x on an
 # autoencoder, 1.9x on a text detector without an arena)
 RUNTIME_FACTOR = 2.5
+FLOOR = 16 << 20  # the least a working set is given under a cap it cannot otherwise meet
+_CAP: ContextVar[int | None] = ContextVar("onnxprune_memory_cap", default=None)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -57,6 +68,39 @@ def available_memory() -> int | None:
 def default_budget() -> int:
     free = available_memory()
     return FALLBACK if free is None else int(min(DEFAULT_CAP, DEFAULT_SHARE * free))
+
+
+@contextlib.contextmanager
+def capped(memory: int | None) -> Iterator[None]:
+    """Work inside holds the process's resident memory under ``memory`` bytes (None: no cap)."""
+    token = _CAP.set(memory)
+    try:
+        yield
+    finally:
+        _CAP.reset(token)
+
+
+def cap() -> int | None:
+    """The run's memory cap in bytes (``--memory``), None when none was given."""
+    return _CAP.get()
+
+
+def room(default: int, share: float) -> int:
+    """Bytes one working set may take: ``default`` without a cap; under one, at most ``share``
+    of what the cap leaves above the process's resident memory now (at least ``FLOOR``, or
+    ``default`` when smaller)."""
+    limit = _CAP.get()
+    if limit is None:
+        return int(default)
+    release()  # what the heap holds freed is not held
+    left = limit - (current_rss() or 0)
+    return int(max(min(FLOOR, default), min(default, share * left)))
+
+
+def search_budget(share: float = 0.5) -> int:
+    """The activation budget of candidate evaluation: the default budget, or under a cap its
+    ``share`` of the room left."""
+    return room(default_budget(), share)
 
 
 def activation_bytes(model: onnx.ModelProto, sample: dict[str, np.ndarray]) -> int | None:
