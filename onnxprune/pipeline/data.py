@@ -7,6 +7,7 @@ import numpy as np
 from ..errors import UsageError, VerificationError, warn
 from ..ir.arrays import Calibration, load_npz
 from ..ir.shapes import feeds_at, input_specs
+from ..ir.weights import proto
 from ..options import Option, OptionError, number
 from ..options import path as path_option
 from ..search.evaluate import Evaluator
@@ -73,7 +74,7 @@ class Calibrate(Pass):
             except (ValueError, OSError) as err:
                 raise OptionError(self.name, "path", str(err)) from None
         else:
-            model = ctx.export(ctx.require("graph", self.name))
+            model = ctx.skeleton(ctx.require("graph", self.name))
             ctx.calib = _random_samples(ctx, model, self.random, self.seed)
         ctx.calib = _calibration(ctx, ctx.calib)
         if self.probe == "auto":
@@ -120,7 +121,7 @@ def _calibration(ctx: Context, arrays: dict[str, np.ndarray]) -> Calibration:
     inputs without one, exactly the input's shape; at least one sample, one count for all,
     finite values; other dtypes of the same kind are cast to the model's, with a note."""
     out, axes = dict(arrays), {}
-    for spec in input_specs(ctx.export()):
+    for spec in input_specs(proto(ctx.skeleton())):
         name = spec.name
         if name in ctx.pinned:
             out[name], axes[name] = ctx.pinned[name], None

@@ -69,7 +69,7 @@ class ScoreChannels(Pass):
             "taylor", "metric") else None
         ctx.scores = score_units(
             criterion, ctx.graph, analysis, reduce=self.reduce, evaluator=ev,
-            reference=ctx.export() if criterion in ("activation", "apoz", "reconstruction")
+            reference=ctx.skeleton() if criterion in ("activation", "apoz", "reconstruction")
             else None,
             calib=ctx.calib, bn_scales=ctx.bn_scales,
         )

@@ -10,7 +10,8 @@ from onnx import numpy_helper
 from ..errors import UsageError, VerificationError, warn
 from ..ir.arrays import Calibration, axes_of
 from ..ir.quant import is_quantized
-from ..ir.runtime import run_batched, session
+from ..ir.runtime import run_batched, session, weightless
+from ..ir.weights import proto
 from ..options import Option, auto_or_count, flag, number
 from ..recover.compensate import RIDGE, compensate
 from ..search.memory import rows_for, search_budget
@@ -91,7 +92,7 @@ class Compensate(Pass):
     def run(self, ctx: Context) -> PassResult:
         graph = ctx.require("graph", self.name)
         _float_only(ctx, self.name)
-        reference = ctx.export(ctx.require("reference", self.name))
+        reference = ctx.skeleton(ctx.require("reference", self.name))
         calib, style = self._fit_data(ctx)
         before, snapshot = stages.current(ctx), graph.copy()  # the copy shares the weights
         fits = compensate(graph, reference, ctx.analysis, ctx.plan.removed, calib, self.ridge,
@@ -197,14 +198,14 @@ class VerifyRecovered(Pass):
         import onnx
 
         graph = ctx.require("graph", self.name)
-        model = ctx.export(graph)
+        model = ctx.skeleton(graph)  # the graph's arrays: nothing serialized or copied
         messages = []
         try:
-            onnx.checker.check_model(model, full_check=True)
+            onnx.checker.check_model(weightless(model), full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
             raise VerificationError(f"recovered model fails onnx.checker: {err}") from None
         calib = ctx.calib
-        names = {i.name for i in model.graph.input}
+        names = {i.name for i in proto(model).graph.input}
         feeds = Calibration({k: v for k, v in calib.items() if k in names},
                             {k: a for k, a in calib.axes.items() if k in names}) if calib else None
         if feeds is None:
@@ -220,7 +221,7 @@ class VerifyRecovered(Pass):
             raise VerificationError("recovered model produces non-finite outputs")
         reference = run_batched(session(ctx.skeleton(ctx.reference)), feeds, axes=axes_of(feeds),
                                 max_rows=rows)
-        reference = cut_outputs(reference, [o.name for o in model.graph.output], cuts)
+        reference = cut_outputs(reference, [o.name for o in proto(model).graph.output], cuts)
         metric = ctx.metric or get_metric("cosine")
         if calib is not None and not metric.on_model:
             value = metric(outs, cut_arrays(calib, cuts), reference)

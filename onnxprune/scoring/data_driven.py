@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from ..analysis.model import ChannelAnalysis
 from ..ir.arrays import axes_of
-from ..ir.runtime import run_batched, session
+from ..ir.runtime import computing, run_batched, session
+from ..ir.weights import Skeleton, proto
 from ..progress import task
 from ..search.evaluate import Evaluator
 from ..search.memory import rows_for
@@ -17,22 +17,16 @@ from ..search.memory import rows_for
 CHUNK = 64  # candidate masks per evaluation batch
 
 
-def activation_scores(reference: onnx.ModelProto, analysis: ChannelAnalysis,
+def activation_scores(reference: onnx.ModelProto | Skeleton, analysis: ChannelAnalysis,
                       calib: dict[str, np.ndarray], stat: str = "mean") -> np.ndarray:
     """Mean |a| (``stat='mean'``) or 1 - APoZ (``'apoz'``: share of non-zero activations) of
     every channel where it enters a channel-mixing layer, summed over those places."""
-    model = onnx.ModelProto()
-    model.CopyFrom(reference)
-    nodes = {n.name: n for n in model.graph.node}
-    wanted = []
-    for gate in [g for g in analysis.gates if g.batched]:
-        name = nodes[gate.node].input[gate.input_index]
-        if name not in wanted:
-            wanted.append(name)
-            model.graph.output.append(helper.make_empty_tensor_value_info(name))
-    inputs = {i.name for i in model.graph.input}
+    nodes = {n.name: n for n in proto(reference).graph.node}
+    names = list(dict.fromkeys(nodes[g.node].input[g.input_index]
+                               for g in analysis.gates if g.batched))
+    model = computing(reference, names)  # only what computes them (weights not copied)
+    inputs = {i.name for i in proto(model).graph.input}
     feeds = {k: v for k, v in calib.items() if k in inputs}
-    names = [o.name for o in model.graph.output]
     axes = axes_of(calib)
     outs = dict(zip(names, run_batched(session(model), feeds, names, axes=axes,
                                        max_rows=rows_for(model, feeds, axes)), strict=True))
