@@ -268,6 +268,9 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
                       f"removed; the others read {_token_fallback(t['fallback'])})",
                       markup=False, highlight=False, soft_wrap=True)
     _print_widths(console, r)
+    if r.calibration:
+        console.print(f"calibration: {r.calibration}", markup=False, highlight=False,
+                      soft_wrap=True)
     if r.stages:
         for line in stage_lines(r.stages):
             console.print(line, soft_wrap=True)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..calib import DEFAULT_MAX_LENGTH, Settings
+from ..calib import read as read_calibration
+from ..calib.images import RESIZE
 from ..errors import UsageError, VerificationError, warn
-from ..ir.arrays import Calibration, load_npz
+from ..ir.arrays import Calibration
 from ..ir.shapes import feeds_at, input_specs
 from ..ir.weights import proto
 from ..options import Option, OptionError, number
 from ..options import path as path_option
+from ..options import text as text_option
 from ..search.evaluate import Evaluator
 from ..search.executors import make_pool
 from ..search.memory import search_budget
@@ -25,6 +29,24 @@ def _arrays(value) -> dict[str, np.ndarray]:
     return {str(k): np.asarray(v) for k, v in value.items()}
 
 
+def _mean_std(value) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``0.5/0.5`` or ``0.485,0.456,0.406/0.229,0.224,0.225``: per-channel mean and std."""
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        mean, std = value
+    else:
+        mean, sep, std = str(value).partition("/")
+        if not sep:
+            raise ValueError(f"expected MEAN/STD such as 0.5/0.5, got {value!r}")
+    try:
+        m = tuple(float(v) for v in (mean.split(",") if isinstance(mean, str) else mean))
+        s = tuple(float(v) for v in (std.split(",") if isinstance(std, str) else std))
+    except ValueError:
+        raise ValueError(f"expected numbers in MEAN/STD, got {value!r}") from None
+    if not m or not s or any(v <= 0 for v in s):
+        raise ValueError(f"expected MEAN/STD with positive STD values, got {value!r}")
+    return m, s
+
+
 class Calibrate(Pass):
     name = "calibrate"
     description = "Calibration batch: an .npz keyed by input name (+ labels), or N random samples."
@@ -32,14 +54,41 @@ class Calibrate(Pass):
     provides = ("calib", "eval_data")
 
     options = (
-        Option("path", None, "calibration data: an .npz of arrays keyed by model input name, "
-               "batch first (plus 'labels' for accuracy)", parse=path_option, public="calib",
-               metavar="FILE.npz", type_name="path"),
+        Option("path", None, "calibration data, the kind found from the path: an .npz of "
+               "arrays keyed by model input name, batch first (plus 'labels' for accuracy); a "
+               "folder, glob or list file of images (sub-folders: class labels); a .txt (a "
+               "sample a line) or .jsonl ('text' fields) with a tokenizer; a folder of WAV/FLAC "
+               "recordings; a datasets save_to_disk folder. Readers: pip install "
+               "'onnxprune[data]'", parse=path_option, public="calib",
+               metavar="PATH", type_name="path"),
         Option("random", None, "N random calibration samples from the input shapes (no file "
                "needed)", parse=number(1, integer=True), public="calib_random", metavar="N",
                type_name="int"),
         Option("arrays", None, "calibration arrays given in code (the API's calib={...})",
                parse=_arrays, type_name="dict"),
+        Option("normalize", None, "images: per-channel MEAN/STD after scaling to [0, 1], e.g. "
+               "0.485,0.456,0.406/0.229,0.224,0.225 (default: a preprocessor_config.json beside "
+               "the model, else none)", parse=_mean_std, public="calib_normalize",
+               metavar="MEAN/STD", type_name="str"),
+        Option("resize", "stretch", "images: to the input's size by stretching, the shorter "
+               "side and a centre crop, letterbox (centred, zero padding) or pad (top-left, "
+               "zero padding: text lines)", choices=RESIZE, public="calib_resize",
+               type_name="str"),
+        Option("channels", "rgb", "images: channel order of a 3-channel input",
+               choices=("rgb", "bgr"), public="calib_channels", type_name="str"),
+        Option("tokenizer", None, "text: a tokenizers tokenizer.json (default: the one beside "
+               "the model)", parse=path_option, public="tokenizer", metavar="FILE",
+               type_name="path"),
+        Option("max_length", None, "text: tokens a sample is truncated at (default: the "
+               f"input's static length, else {DEFAULT_MAX_LENGTH})",
+               parse=number(1, integer=True), public="max_length", metavar="N",
+               type_name="int"),
+        Option("sample_rate", None, "audio: the rate recordings are resampled to, Hz "
+               "(default: a pinned sample-rate input's value)", parse=number(1, integer=True),
+               public="sample_rate", metavar="HZ", type_name="int"),
+        Option("column", None, "a datasets folder: the column to read (default: its only "
+               "column besides label)", parse=text_option, public="calib_column",
+               metavar="NAME", type_name="str"),
         Option("holdout", 0.2, "share of the calibration samples held out: never used to "
                "search or refit, only to measure quality after every stage (0: none)",
                parse=number(0, 1, hi_open=True), public="holdout", metavar="F",
@@ -62,17 +111,20 @@ class Calibrate(Pass):
                               "(path), random samples (random) or arrays")
 
     def preflight(self, ctx: Context) -> None:
-        if self.path is not None and not self.path.is_file():
-            raise OptionError(self.name, "path", f"{self.path}: no such file")
+        if self.path is not None and not any(ch in str(self.path) for ch in "*?[") and \
+                not self.path.exists():
+            raise OptionError(self.name, "path", f"{self.path}: no such file or folder")
 
     def run(self, ctx: Context) -> PassResult:
+        source = None
         if self.arrays is not None:
             ctx.calib = {k: np.asarray(v) for k, v in self.arrays.items()}
         elif self.path is not None:
-            try:
-                ctx.calib = load_npz(self.path, batch_first=False)
-            except (ValueError, OSError) as err:
-                raise OptionError(self.name, "path", str(err)) from None
+            got = read_calibration(self.path, input_specs(proto(ctx.skeleton())), Settings(
+                self.normalize, self.resize, self.channels == "bgr", self.tokenizer,
+                self.max_length, self.sample_rate, self.column, ctx.source_path,
+                dict(ctx.config.input_shapes or {}), dict(ctx.pinned)))
+            ctx.calib, source = got.arrays, got.note
         else:
             model = ctx.skeleton(ctx.require("graph", self.name))
             ctx.calib = _random_samples(ctx, model, self.random, self.seed)
@@ -81,6 +133,8 @@ class Calibrate(Pass):
             ctx.probe = token_probe(ctx.graph, ctx.calib, self.seed + 1)
         ctx.calib, ctx.heldout = split_holdout(ctx.calib, self.holdout, self.seed)
         info = {"samples": ctx.calib.samples, "arrays": sorted(ctx.calib)}
+        if source:
+            info["source"] = source
         if ctx.heldout is not None:
             info["heldout"] = ctx.heldout.samples
         if ctx.probe is not None:

@@ -51,6 +51,7 @@ class PruneResult:
     quantization: dict | None = None  # what quantize="int8" did: settings, metric float/int8
     classes: dict | None = None  # what keep_classes did: output, classes kept, params removed
     tokens: dict | None = None  # what keep_tokens did: input, tokens kept, params removed
+    calibration: str | None = None  # what --calib read, when not an .npz (images, text, ...)
     _graphs: tuple = field(default=(None, None, None, None), repr=False, compare=False)
 
     @functools.cached_property
@@ -87,6 +88,8 @@ def result_of(ctx: Context, params_before: int | None = None,
         params_by_type_before=params_by_type(before),
         params_by_type_after=params_by_type(ctx.graph), quantization=ctx.quantization,
         classes=ctx.classes, tokens=ctx.tokens,
+        calibration=next((res.info.get("source") for name, res in ctx.log
+                          if name == "calibrate" and res.info.get("source")), None),
     )
 
 
@@ -161,6 +164,7 @@ def prune_json(r: PruneResult, model: str | None) -> dict[str, Any]:
         "quantization": r.quantization,
         "classes": r.classes,
         "tokens": r.tokens,
+        "calibration": r.calibration,
         "timings": r.timings,
         "memory": r.memory,
     }

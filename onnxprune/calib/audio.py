@@ -1,0 +1,50 @@
+"""Audio as calibration arrays: WAV/FLAC/OGG files read with soundfile, mixed to mono,
+resampled (scipy's polyphase resampler) to the sample rate asked, cut into pieces of the
+input's length (the last piece of each file dropped when short)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UsageError
+from .common import need
+
+EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+
+
+def find(root: Path) -> list[Path]:
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS)
+
+
+def read(path: Path, rate: int) -> np.ndarray:
+    """Mono float32 samples of ``path`` at ``rate`` Hz."""
+    sf = need("soundfile", "soundfile", "audio")
+    try:
+        data, native = sf.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, OSError, sf.LibsndfileError) as err:
+        raise UsageError(f"{path}: not a readable audio file ({err})") from None
+    mono = data.mean(axis=1)
+    if native != rate:
+        from scipy.signal import resample_poly
+
+        f = Fraction(rate, native).limit_denominator(1000)
+        mono = resample_poly(mono, f.numerator, f.denominator).astype(np.float32)
+    return mono
+
+
+def pieces(files: list[Path], rate: int, length: int) -> np.ndarray:
+    """Every whole piece of ``length`` samples of every file, [pieces, length]."""
+    out = []
+    for f in files:
+        x = read(f, rate)
+        k = len(x) // length
+        out.extend(x[: k * length].reshape(k, length))
+    if not out:
+        raise UsageError(f"no audio file holds {length} samples at {rate} Hz "
+                         f"({len(files)} file(s) read)")
+    return np.stack(out).astype(np.float32)
