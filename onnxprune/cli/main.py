@@ -265,9 +265,11 @@ def cmd_data(args, console: Console) -> int:
     from ..zoo.catalog import write_digits
 
     out, n = write_digits(args.output, split=args.split, count=args.count,
-                          input_name=args.input_name, seed=args.seed)
-    console.print(f"wrote {out}: {n} samples under {args.input_name!r}, labels under 'labels'",
-                  markup=False, highlight=False, soft_wrap=True)
+                          input_name=args.input_name, seed=args.seed, fmt=args.format)
+    what = ("one folder per class (--calib reads them back, labels included)"
+            if args.format == "png" else f"under {args.input_name!r}, labels under 'labels'")
+    console.print(f"wrote {out}: {n} samples {what}", markup=False, highlight=False,
+                  soft_wrap=True)
     return EXIT_OK
 
 
@@ -287,10 +289,14 @@ def _add_example_parsers(sub) -> None:
     _quiet_flag(ze)
     ze.set_defaults(func=cmd_zoo)
 
-    d = sub.add_parser("data", help="write example calibration data (.npz)")
+    d = sub.add_parser("data", help="write example calibration data (.npz or PNG images)")
     d.add_argument("dataset", choices=("digits",),
                    help="digits: scikit-learn's digits as 1x28x28 images with labels")
-    d.add_argument("-o", "--output", type=Path, required=True, help="the .npz file to write")
+    d.add_argument("-o", "--output", type=Path, required=True,
+                   help="the .npz file to write (--format png: a new folder)")
+    d.add_argument("--format", choices=("npz", "png"), default="npz",
+                   help="npz: one array file; png: 8-bit grey images, a sub-folder per class "
+                        "(default npz)")
     d.add_argument("--split", choices=("train", "test"), default="train",
                    help="the stratified split (default train; test for held-out checks)")
     d.add_argument("--count", type=int, metavar="N", help="the first N samples (default all)")

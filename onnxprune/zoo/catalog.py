@@ -6,6 +6,7 @@ scikit-learn's digits."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,9 +141,11 @@ DATASETS = {"digits": "scikit-learn's 8x8 digits upsampled to 1x28x28 in [0, 1],
 
 
 def write_digits(path: str | os.PathLike, *, split: str = "train", count: int | None = None,
-                 input_name: str = "input", seed: int = 0) -> tuple[Path, int]:
+                 input_name: str = "input", seed: int = 0, fmt: str = "npz") -> tuple[Path, int]:
     """Calibration data for the digit models: ``{input_name: [N,1,28,28] float32, "labels"}``
-    written to ``path`` as an .npz (atomically); returns the path and N."""
+    written to ``path`` as an .npz (atomically), or with ``fmt="png"`` as a folder of 8-bit
+    grey PNGs, one sub-folder per class (``path/3/00017.png``: what ``--calib FOLDER``
+    reads back, labels included); returns the path and N."""
     try:
         from .digits import digits28
         x, y = digits28(split, seed=seed)
@@ -155,6 +158,8 @@ def write_digits(path: str | os.PathLike, *, split: str = "train", count: int | 
         if count < 1:
             raise UsageError(f"--count must be >= 1, got {count}")
         x, y = x[:count], y[:count]
+    if fmt == "png":
+        return _png_folder(Path(path), x, y), len(x)
     out = io.output_target(path)
     fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".npz", dir=out.parent)
     try:
@@ -165,3 +170,34 @@ def write_digits(path: str | os.PathLike, *, split: str = "train", count: int | 
         if os.path.exists(tmp):
             os.unlink(tmp)
     return out, len(x)
+
+
+def _png_folder(out: Path, x: np.ndarray, y: np.ndarray) -> Path:
+    """``x`` ([N, 1, H, W] in [0, 1]) as PNGs under ``out/<label>/``, written in a temporary
+    folder beside it and renamed into place; an existing non-empty ``out`` is refused."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise UsageError("writing PNGs needs Pillow: pip install 'onnxprune[data]'") from None
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"{out}: exists (give a new or empty folder)")
+    if not out.parent.is_dir():
+        raise UsageError(f"{out.parent}: no such folder")
+    tmp = Path(tempfile.mkdtemp(prefix=".onnxprune-", dir=out.parent))
+    try:
+        pixels = np.clip(np.rint(np.asarray(x)[:, 0] * 255), 0, 255).astype(np.uint8)
+        for i, (px, label) in enumerate(zip(pixels, np.asarray(y), strict=True)):
+            folder = tmp / str(int(label))
+            folder.mkdir(exist_ok=True)
+            Image.fromarray(px, mode="L").save(folder / f"{i:05d}.png")
+        mask = os.umask(0)
+        os.umask(mask)
+        for p in [tmp, *tmp.iterdir()]:
+            p.chmod(0o777 & ~mask)
+        if out.exists():
+            out.rmdir()
+        os.rename(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
