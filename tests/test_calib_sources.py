@@ -72,6 +72,9 @@ def test_channels_last_grey_and_the_resize_modes(tmp_path):
     assert box[5, 2] == 1.0
     pad = _read(tmp_path, nhwc, resize="pad").arrays["image"][0, :, :, 0]
     assert np.all(pad[5:] == 0) and pad[2, 2] == 1.0  # top-left, 10x5
+    normed = _read(tmp_path, nhwc, resize="pad", normalize=((0.5,), (0.5,))).arrays["image"]
+    assert np.all(normed[0, 5:] == 0) and normed[0, 2, 2, 0] == 1.0  # zero after normalizing
+    assert normed[0, 2, 8, 0] == -1.0  # black content is -1, padding 0
     crop = _read(tmp_path, nhwc, resize="crop").arrays["image"][0, :, :, 0]
     assert crop[5, 0] == 1.0 and crop[5, 9] == 0.0  # 20x10 -> centre 10x10: half white
     grey = _read(tmp_path, _cnn(("batch", 1, 10, 10))).arrays["image"]

@@ -145,6 +145,7 @@ def load(files: list, where: Layout, how: Preprocess) -> np.ndarray:
     image_mod = need("PIL.Image", "Pillow", "images")
     out = np.empty((len(files), where.height, where.width, where.channels), np.float32)
     mode = "L" if where.channels == 1 else "RGB"
+    content = np.ones((len(files), where.height, where.width), bool)  # not padding
     for i, f in enumerate(files):
         if hasattr(f, "convert"):  # an image already opened (a datasets Image column)
             rgb = f.convert(mode)
@@ -155,8 +156,11 @@ def load(files: list, where: Layout, how: Preprocess) -> np.ndarray:
                     rgb = im.convert(mode)
             except (OSError, ValueError, image_mod.DecompressionBombError) as err:
                 raise UsageError(f"{f}: not a readable image ({err})") from None
-        px = np.asarray(_resized(rgb, where, how, image_mod), np.float64).reshape(
-            where.height, where.width, -1)
+        resized, (x0, y0, x1, y1) = _resized(rgb, where, how, image_mod)
+        px = np.asarray(resized, np.float64).reshape(where.height, where.width, -1)
+        if how.resize == "pad":
+            content[i] = False
+            content[i, y0:y1, x0:x1] = True
         if how.bgr and where.channels == 3:
             px = px[..., ::-1]
         steps = 1.0 / how.rescale  # 8-bit values / 255 as numpy computes them
@@ -165,6 +169,8 @@ def load(files: list, where: Layout, how: Preprocess) -> np.ndarray:
         mean = _per_channel(how.mean, where.channels, "mean")
         std = _per_channel(how.std or (1.0,), where.channels, "std")
         out = (out - mean) / std
+    if how.resize == "pad":  # the padding is zero in the model's input (PaddleOCR's lines)
+        out[~content] = 0.0
     return out if where.channels_last else np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
@@ -178,10 +184,11 @@ def _per_channel(values, channels: int, what: str) -> np.ndarray:
 
 
 def _resized(im, where: Layout, how: Preprocess, image_mod):
+    """The image at the input's size, and the box (x0, y0, x1, y1) its content fills."""
     h, w = where.height, where.width
     bilinear = image_mod.Resampling.BILINEAR
     if how.resize == "stretch":
-        return im.resize((w, h), bilinear)
+        return im.resize((w, h), bilinear), (0, 0, w, h)
     if how.resize == "crop":  # the shorter side to the target's (or ``shortest``), the centre
         scale = max(h / im.height, w / im.width)
         if how.shortest is not None:
@@ -189,11 +196,11 @@ def _resized(im, where: Layout, how: Preprocess, image_mod):
         im = im.resize((max(w, round(im.width * scale)), max(h, round(im.height * scale))),
                        bilinear)
         left, top = (im.width - w) // 2, (im.height - h) // 2
-        return im.crop((left, top, left + w, top + h))
+        return im.crop((left, top, left + w, top + h)), (0, 0, w, h)
     scale = min(h / im.height, w / im.width)  # letterbox (centred) or pad (top-left)
     fit = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
                     bilinear)
     canvas = image_mod.new(im.mode, (w, h), 0)
     at = ((w - fit.width) // 2, (h - fit.height) // 2) if how.resize == "letterbox" else (0, 0)
     canvas.paste(fit, at)
-    return canvas
+    return canvas, (at[0], at[1], at[0] + fit.width, at[1] + fit.height)

@@ -71,9 +71,9 @@ class Calibrate(Pass):
                "the model, else none)", parse=_mean_std, public="calib_normalize",
                metavar="MEAN/STD", type_name="str"),
         Option("resize", "stretch", "images: to the input's size by stretching, the shorter "
-               "side and a centre crop, letterbox (centred, zero padding) or pad (top-left, "
-               "zero padding: text lines)", choices=RESIZE, public="calib_resize",
-               type_name="str"),
+               "side and a centre crop, letterbox (centred, black padding) or pad (top-left, "
+               "the padding zero in the model's input, as PaddleOCR pads text lines)",
+               choices=RESIZE, public="calib_resize", type_name="str"),
         Option("channels", "rgb", "images: channel order of a 3-channel input",
                choices=("rgb", "bgr"), public="calib_channels", type_name="str"),
         Option("tokenizer", None, "text: a tokenizers tokenizer.json (default: the one beside "
