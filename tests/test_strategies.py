@@ -242,12 +242,14 @@ def test_the_sensitivity_progress_total_is_an_estimate_of_its_steps(monkeypatch)
 
     @contextlib.contextmanager
     def task(description, total):
-        seen[description] = {"total": total, "done": 0, "totals": []}
+        seen[description] = {"total": total, "done": 0, "totals": [], "status": []}
 
         def advance(n=1, status=None, total=None):
             seen[description]["done"] += n
             if total is not None:
                 seen[description]["totals"].append(total)
+            if status is not None:
+                seen[description]["status"].append((seen[description]["done"], status))
         yield advance
     monkeypatch.setattr(sensitivity, "task", task)
     r = _run(strategy="sensitivity", target_params=0.3)
@@ -256,3 +258,6 @@ def test_the_sensitivity_progress_total_is_an_estimate_of_its_steps(monkeypatch)
     assert len(row["totals"]) == 1 and row["done"] > 0
     assert abs(row["totals"][0] - row["done"]) <= max(2, row["done"] // 2), row
     assert r.selection["curve_points"] == levels - len(r.selection["curves"])  # + the bases
+    # the first batch (every group's first level) is named while it runs, then cleared
+    groups = len(r.selection["curves"])
+    assert row["status"][:2] == [(0, f"measuring {groups} curve points"), (0, "")], row

@@ -110,6 +110,10 @@ class LazyCurves:
             utility[0] = base
             self.curves.append(Curve(np.array([0] + ks), utility))
 
+    def pending(self, points: list[tuple[int, int]]) -> int:
+        """How many of the points (group, level) are not measured yet."""
+        return sum(1 for i, j in points if np.isnan(self.curves[i].utility[j]))
+
     def need(self, points: list[tuple[int, int]]) -> None:
         """Measure the points (group, level) not measured yet, in one batch."""
         todo = [(i, j) for i, j in points if np.isnan(self.curves[i].utility[j])]
@@ -153,7 +157,13 @@ def measured_path(space: Space, ev: Evaluator, curves: LazyCurves, unit_cost: np
             options = [i for i, c in enumerate(cs) if level[i] + 1 < len(c.counts)]
             if not options:
                 return path
-            curves.need([(i, level[i] + 1) for i in options])
+            wanted = [(i, level[i] + 1) for i in options]
+            todo = curves.pending(wanted)
+            if todo > 1:  # the first batch is every group's first level: say so while it runs
+                advance(0, status=f"measuring {todo} curve points")
+            curves.need(wanted)
+            if todo > 1:
+                advance(0, status="")
             ranked = sorted(options, key=lambda i: _predicted(space, cs[i], level[i], i,
                                                               unit_cost))
             if reduction(path[-1]) < share * target.fraction:
