@@ -109,3 +109,44 @@ def test_prune_round_to_auto_and_bench(model_file, tmp_path, capsys):
     rows = data["bench"]["results"]
     assert [r["model"] for r in rows] == [model_file.name, out.name]
     assert rows[1]["macs"] < rows[0]["macs"] and rows[0]["speedup"] == 1.0
+
+
+def test_debug_is_taken_after_the_subcommand_too(model_file, capsys):
+    assert main(["analyze", str(model_file), "--debug"]) == 0
+    assert main(["--debug", "analyze", str(model_file)]) == 0
+    with pytest.raises(SystemExit):  # a flag the command does not have is still refused
+        main(["analyze", str(model_file), "--no-such-flag"])
+
+
+def test_a_plain_ratio_out_of_range_is_named_as_given(model_file, tmp_path, capsys):
+    assert main(["prune", str(model_file), "-o", str(tmp_path / "o.onnx"),
+                 "--ratio", "1.5"]) == EXIT_USAGE
+    assert "--ratio: 1.5 is outside [0, 1)" in capsys.readouterr().err
+    assert main(["prune", str(model_file), "-o", str(tmp_path / "o.onnx"),
+                 "--ratio", "*=0.5,fc1=1.5"]) == EXIT_USAGE
+    assert "fc1=1.5 is outside [0, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_the_demo_leaves_no_folder_behind(tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert main(["demo"]) == 0
+    assert "removed afterwards" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+    assert main(["demo", "--out-dir", str(tmp_path / "keep")]) == 0
+    assert sorted(p.name for p in (tmp_path / "keep").iterdir()) == [
+        "demo_cnn.onnx", "demo_cnn.pruned.onnx"]
+
+
+def test_example_data_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    pytest.importorskip("sklearn")
+    mask = os.umask(0o022)
+    try:
+        assert main(["data", "digits", "-o", str(tmp_path / "d.npz"), "--count", "5"]) == 0
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "d.npz").stat().st_mode & 0o777 == 0o644

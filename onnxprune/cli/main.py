@@ -231,13 +231,21 @@ def cmd_demo(args, console: Console) -> int:
 
     if not 0.0 <= args.ratio < 1.0:
         raise UsageError(f"--ratio must be in [0, 1), got {args.ratio:g}")
-    out_dir = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="onnxprune-demo-"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    src = out_dir / "demo_cnn.onnx"
-    onnx.save(demo_cnn(), str(src))
-    console.print(f"built {src}: a small CNN (BN, residual add, concat, depthwise conv, flatten)")
-    result = prune(src, out_dir / "demo_cnn.pruned.onnx", ratio=args.ratio)
-    print_prune(console, result, str(src))
+    with contextlib.ExitStack() as stack:
+        if args.out_dir:
+            out_dir = Path(args.out_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            where = str(out_dir)
+        else:  # removed afterwards: --out-dir keeps the files
+            out_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                prefix="onnxprune-demo-")))
+            where = "a temporary folder, removed afterwards (--out-dir DIR keeps the files)"
+        src = out_dir / "demo_cnn.onnx"
+        onnx.save(demo_cnn(), str(src))
+        console.print(f"built demo_cnn.onnx in {where}: a small CNN (BN, residual add, concat, "
+                      "depthwise conv, flatten)", markup=False, highlight=False, soft_wrap=True)
+        result = prune(src, out_dir / "demo_cnn.pruned.onnx", ratio=args.ratio)
+        print_prune(console, result, "demo_cnn.onnx")
     return EXIT_OK
 
 
@@ -393,7 +401,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--ratio", type=float, default=0.5, help="fraction of channels removed (default 0.5)")
     d.add_argument("--out-dir", type=Path, help="folder for the demo models (default: a temp folder)")
     d.set_defaults(func=cmd_demo)
+    _debug_everywhere(p)
     return p
+
+
+def _debug_everywhere(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` after a subcommand too (``onnxprune prune m.onnx --debug``)."""
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps its subparsers here
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for child in action.choices.values():
+                if "--debug" not in child._option_string_actions:  # noqa: SLF001
+                    child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                       help="show tracebacks on errors")
+                _debug_everywhere(child)
 
 
 def main(argv: list[str] | None = None, *, keep_handlers: bool = False) -> int:

@@ -28,7 +28,8 @@ def parse_ratio(spec: str | float | Mapping[str, float]) -> dict[str, float]:
     out.setdefault("*", 0.0)
     for name, r in out.items():
         if not 0.0 <= r < 1.0:
-            raise UsageError(f"{name}={r} is outside [0, 1)")
+            raise UsageError(f"{r:g} is outside [0, 1)" if name == "*" else
+                             f"{name}={r:g} is outside [0, 1)")
     return out
 
 

@@ -165,6 +165,9 @@ def write_digits(path: str | os.PathLike, *, split: str = "train", count: int | 
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **{input_name: x, "labels": y})
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # as open() would create it (mkstemp makes 0600)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
