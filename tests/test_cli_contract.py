@@ -369,3 +369,37 @@ def test_interrupts_at_any_time_never_leave_a_mismatch(tmp_path, sig, fractions)
         assert sha(src) == before
         assert not [f for f in os.listdir(tmp_path) if f.startswith(".onnxprune-")]
     assert "interrupted" in outcomes, (runs, outcomes)
+
+
+def test_an_interrupt_after_the_write_reports_the_model_and_exits_0(model, tmp_path, capsys,
+                                                                   monkeypatch):
+    """The output is complete once renamed into place: an interrupt then (here in the report
+    pass that follows) says so and exits 0, never 130 with a file in place."""
+    from onnxprune.pipeline import output
+
+    def interrupted(self, ctx):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)
+
+    monkeypatch.setattr(output.Report, "run", interrupted)
+    out = tmp_path / "o.onnx"
+    code, _, err = cli(capsys, "prune", model, "-o", out, "--report", tmp_path / "rep")
+    assert code == 0 and out.exists() and onnx.load(str(out)).graph.node
+    assert len(err) == 1 and f"after writing {out} (complete and verified)" in err[0]
+
+
+def test_an_interrupt_inside_the_writability_probe_leaves_no_probe_file(tmp_path, monkeypatch):
+    from onnxprune import interrupts
+    from onnxprune.ir import io as oio
+
+    real_close = os.close
+
+    def close_then_interrupt(fd):
+        os.kill(os.getpid(), signal.SIGINT)  # lands between the probe's create and unlink
+        real_close(fd)
+
+    monkeypatch.setattr(oio.os, "close", close_then_interrupt)
+    with interrupts.guarded(), pytest.raises(interrupts.Interrupted):
+        oio.output_target(tmp_path / "o.onnx")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []

@@ -438,13 +438,19 @@ def main(argv: list[str] | None = None, *, keep_handlers: bool = False) -> int:
 
 
 def _interrupted(err: Console, e: BaseException) -> int:
+    """An interrupt leaves nothing behind and exits 128 + the signal, or, once the write that
+    completes the output has landed (the model verified and renamed into place), says what
+    was written and exits 0: never a failure code with a file in place."""
     where = f" during pass {_CURRENT['pass']}" if _CURRENT["pass"] else ""
     signum = interrupts.pending() or getattr(e, "signum", signal.SIGINT)
     name = signal.Signals(signum).name
-    done = ("; " + ", ".join(map(str, io.written)) + " had been written before"
-            if io.written else "; nothing was written")
-    err.print(f"onnxprune: interrupted ({name}){where}{done}", markup=False, highlight=False,
-              soft_wrap=True)
+    if io.written:
+        err.print(f"onnxprune: interrupted ({name}){where}, after writing "
+                  f"{', '.join(map(str, io.written))} (complete and verified); the rest of the "
+                  "run was skipped", markup=False, highlight=False, soft_wrap=True)
+        return EXIT_OK
+    err.print(f"onnxprune: interrupted ({name}){where}; nothing was written", markup=False,
+              highlight=False, soft_wrap=True)
     return 128 + signum
 
 

@@ -181,10 +181,13 @@ def output_target(path: str | os.PathLike) -> Path:
 def _probe_writable(path: str | os.PathLike, folder: Path, what: str) -> None:
     """Create and remove a file in ``folder`` (permission bits do not tell for root, /proc or
     read-only mounts); OutputError naming ``path`` when it cannot."""
+    from .. import interrupts
+
     try:
-        fd, probe = tempfile.mkstemp(prefix=".onnxprune-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        with interrupts.deferred():  # an interrupt between create and unlink waits for both
+            fd, probe = tempfile.mkstemp(prefix=".onnxprune-probe-", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
     except OSError as err:
         raise OutputError(f"{path}: {what} {folder} is not writable "
                           f"({_first_line(err)})") from None
