@@ -150,3 +150,15 @@ def test_example_data_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert (tmp_path / "d.npz").stat().st_mode & 0o777 == 0o644
+
+
+def test_piped_tables_keep_whole_layer_names(tmp_path, capsys):
+    from onnxprune.zoo.builder import GraphBuilder
+
+    long = "encoder/blocks.11/attention/output_projection/MatMul_with_a_long_exported_name"
+    b = GraphBuilder(seed=0)
+    h = b.relu(b.gemm(b.input("x", ["batch", 8]), 8, 16, name=long))
+    onnx.save(b.build([b.gemm(h, 16, 4, name="head")]), str(tmp_path / "m.onnx"))
+    assert main(["analyze", str(tmp_path / "m.onnx")]) == 0  # capsys: stdout is not a terminal
+    out = capsys.readouterr().out
+    assert long in out and "…" not in out

@@ -416,12 +416,16 @@ def _debug_everywhere(parser: argparse.ArgumentParser) -> None:
                 _debug_everywhere(child)
 
 
+PIPED_WIDTH = 10_000
+
+
 def main(argv: list[str] | None = None, *, keep_handlers: bool = False) -> int:
     """Run one command; returns its exit code. ``keep_handlers``: see ``interrupts.guarded``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    console = Console(stderr=False)
+    # piped or redirected: tables at their natural width (names whole), not cut to 80 columns
+    console = Console(stderr=False, width=None if sys.stdout.isatty() else PIPED_WIDTH)
     err = Console(stderr=True)
     io.written.clear()
     with interrupts.guarded(keep=keep_handlers), _warnings_to(err):
