@@ -144,6 +144,11 @@ def test_text_with_a_tokenizer_gives_ids_masks_and_reports_truncation(tmp_path):
     (tmp_path / "tokenizer.json").write_bytes(tok.read_bytes())  # found beside the model
     j = _read(tmp_path / "s.jsonl", model, model_path=tmp_path / "m.onnx")
     assert j.arrays["input_ids"].tolist() == [[6, 3], [2, 7]]
+    (tmp_path / "long.txt").write_text("the cat sat on a mat " * 40 + "\n")
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 64}))
+    capped = _read(tmp_path / "long.txt", model, model_path=tmp_path / "m.onnx")
+    assert capped.arrays["input_ids"].shape == (1, 64)  # the model's position limit
+    assert "1 truncated at 64 tokens" in capped.note
     (tmp_path / "tokenizer.json").unlink()
     with pytest.raises(UsageError, match="text needs a tokenizer"):
         _read(tmp_path / "s.txt", model, model_path=tmp_path / "m.onnx")

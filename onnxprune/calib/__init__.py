@@ -7,6 +7,7 @@ tokenizers, soundfile, datasets) come with the ``data`` extra."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,7 +144,8 @@ def _text(path: Path, texts: list[str], free, settings: Settings) -> Read:
         raise UsageError(f"{path}: text needs a tokenizer: give --tokenizer tokenizer.json or "
                          "put tokenizer.json beside the model")
     tok = text.tokenizer(Path(tok_path))
-    limit = settings.max_length or _max_length(free) or DEFAULT_MAX_LENGTH
+    limit = (settings.max_length or _max_length(free) or _positions(settings)
+             or DEFAULT_MAX_LENGTH)
     enc = text.encode(texts, tok, {s.name: s.dtype for s in free}, limit)
     cut = f", {enc.truncated} truncated at {limit} tokens" if enc.truncated else ""
     return Read(enc.arrays, "text", f"{len(texts)} text sample(s) from {path.name}, "
@@ -156,6 +158,18 @@ def _max_length(free: list[InputSpec]) -> int | None:
         if len(s.dims) == 2 and isinstance(s.dims[1], int) and s.dims[1] > 1:
             return int(s.dims[1])
     return None
+
+
+def _positions(settings: Settings) -> int | None:
+    """The position limit of a Hugging Face ``config.json`` beside the model."""
+    config = _beside(settings, "config.json")
+    if config is None:
+        return None
+    try:
+        value = json.loads(config.read_text()).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) and value > 1 else None
 
 
 def _rate(settings: Settings) -> int:

@@ -80,7 +80,8 @@ class Calibrate(Pass):
                "the model)", parse=path_option, public="tokenizer", metavar="FILE",
                type_name="path"),
         Option("max_length", None, "text: tokens a sample is truncated at (default: the "
-               f"input's static length, else {DEFAULT_MAX_LENGTH})",
+               "input's static length, else max_position_embeddings of a config.json beside "
+               f"the model, else {DEFAULT_MAX_LENGTH})",
                parse=number(1, integer=True), public="max_length", metavar="N",
                type_name="int"),
         Option("sample_rate", None, "audio: the rate recordings are resampled to, Hz "
