@@ -16,6 +16,8 @@ from collections.abc import Iterator
 _received: list[int] = []  # signal numbers seen while guarded
 _settled: list[bool] = []  # set once the outcome is decided: later signals are ignored
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_holding: list[bool] = []  # open deferred() sections
+_held: list[int] = []  # signals that arrived inside one, raised when it ends
 
 
 class Interrupted(KeyboardInterrupt):
@@ -34,6 +36,9 @@ def _handler(signum, frame) -> None:  # noqa: ANN001 - the signal module's signa
     if _settled:
         return
     _received.append(signum)
+    if _holding:  # inside a critical section: raised when it ends
+        _held.append(signum)
+        return
     raise Interrupted(signum)
 
 
@@ -75,12 +80,21 @@ def pending() -> int | None:
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
     """Hold SIGINT/SIGTERM back for a short critical section (e.g. renaming a model and its
-    data into place); they are delivered when it ends."""
+    data into place); they are delivered when it ends. Blocking them in this thread is not
+    enough: the kernel hands a process's signal to any thread that does not block it (the
+    memory sampler, onnxruntime's pools), and Python then runs the handler in the main
+    thread at once; the handler holds what arrives while a section is open."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    _holding.append(True)
     try:
         yield
     finally:
+        _holding.pop()
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if not _holding and _held:
+            signum = _held[0]
+            _held.clear()
+            raise Interrupted(signum)

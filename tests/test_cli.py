@@ -162,3 +162,18 @@ def test_piped_tables_keep_whole_layer_names(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "m.onnx")]) == 0  # capsys: stdout is not a terminal
     out = capsys.readouterr().out
     assert long in out and "…" not in out
+
+
+def test_a_plain_prune_is_quiet_and_verbose_shows_every_pass(model_file, tmp_path, capsys):
+    assert main(["prune", str(model_file), "-o", str(tmp_path / "o.onnx"), "--ratio", "0.5",
+                 "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) <= 15, "\n".join(lines)
+    assert any(ln.startswith("group widths: 6 of 7 groups changed") for ln in lines)
+    assert any(ln.startswith("took ") and "peak memory" in ln for ln in lines)
+    assert not any("time and peak memory per pass" in ln for ln in lines)
+    assert main(["prune", str(model_file), "-o", str(tmp_path / "o.onnx"), "--ratio", "0.5",
+                 "--force", "--quiet", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "time and peak memory per pass" in out and "closest to its tolerance" in out
+    assert "group widths (6 of 7 groups changed)" in out

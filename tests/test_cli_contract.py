@@ -403,3 +403,25 @@ def test_an_interrupt_inside_the_writability_probe_leaves_no_probe_file(tmp_path
         oio.output_target(tmp_path / "o.onnx")
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_deferred_section_holds_an_interrupt_another_thread_receives():
+    """The kernel may hand SIGINT to any thread not blocking it; the section still ends
+    before the interrupt is raised."""
+    import threading
+
+    from onnxprune import interrupts
+
+    stop = threading.Event()
+    helper = threading.Thread(target=stop.wait, daemon=True)  # a thread that does not block it
+    helper.start()
+    steps = []
+    try:
+        with interrupts.guarded(), pytest.raises(interrupts.Interrupted):
+            with interrupts.deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)  # the handler runs in here, whichever thread got the signal
+                steps.append("section ended")
+    finally:
+        stop.set()
+    assert steps == ["section ended"]

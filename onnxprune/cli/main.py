@@ -10,6 +10,7 @@ import shlex
 import signal
 import sys
 import tempfile
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -111,6 +112,7 @@ def cmd_prune(args, console: Console) -> int:
     from ..options import shapes
     from .report import print_prune, prune_json
 
+    started = time.perf_counter()
     values = given(args, prune_flags())
     bench_providers = values.get("providers", "cpu")
     values["providers"] = resolve_providers(bench_providers)  # before any work
@@ -153,7 +155,8 @@ def cmd_prune(args, console: Console) -> int:
             data["bench"] = report.to_json()
         print(json.dumps({**data, "warnings": list(WARNINGS)}, indent=2))
     else:
-        print_prune(console, result, str(args.model))
+        print_prune(console, result, str(args.model), args.verbose,
+                    time.perf_counter() - started)
         if report is not None:
             print_table(report, console)
     return EXIT_OK
@@ -218,7 +221,7 @@ def cmd_run(args, console: Console) -> int:
         print(json.dumps({**prune_json(result, str(args.model)), "warnings": list(WARNINGS)},
                          indent=2))
     else:
-        print_prune(console, result, str(args.model))
+        print_prune(console, result, str(args.model), args.verbose)
     return EXIT_OK
 
 
@@ -245,7 +248,7 @@ def cmd_demo(args, console: Console) -> int:
         console.print(f"built demo_cnn.onnx in {where}: a small CNN (BN, residual add, concat, "
                       "depthwise conv, flatten)", markup=False, highlight=False, soft_wrap=True)
         result = prune(src, out_dir / "demo_cnn.pruned.onnx", ratio=args.ratio)
-        print_prune(console, result, "demo_cnn.onnx")
+        print_prune(console, result, "demo_cnn.onnx", args.verbose)
     return EXIT_OK
 
 
@@ -321,6 +324,12 @@ def _quiet_flag(p: argparse.ArgumentParser) -> None:
                         "progress shows as bars on a terminal and as a line every 10 s otherwise")
 
 
+def _verbose_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="every changed group, the tolerance that decided verification, and "
+                        "the time and peak memory of every pass (default: a summary line)")
+
+
 def prune_flags():
     from ..pipeline.build import public_options
 
@@ -378,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds per model and batch for --bench (default 3)")
     r.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     _quiet_flag(r)
+    _verbose_flag(r)
     r.set_defaults(func=cmd_prune)
 
     n = sub.add_parser("run", help="run a pipeline recipe (TOML) on a model")
@@ -389,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a recipe option, e.g. --set select.ratio=0.3 (repeatable)")
     n.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     _quiet_flag(n)
+    _verbose_flag(n)
     n.set_defaults(func=cmd_run)
 
     add_bench_parser(sub)
@@ -400,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="build a small CNN in code, prune it and show before/after")
     d.add_argument("--ratio", type=float, default=0.5, help="fraction of channels removed (default 0.5)")
     d.add_argument("--out-dir", type=Path, help="folder for the demo models (default: a temp folder)")
+    _verbose_flag(d)
     d.set_defaults(func=cmd_demo)
     _debug_everywhere(p)
     return p

@@ -179,7 +179,8 @@ def _ratio(before: int, after: int) -> str:
     return f"{after / before:.1%}" if before else "-"
 
 
-def _print_widths(console: Console, r: PruneResult, limit: int = 40) -> None:
+def _print_widths(console: Console, r: PruneResult, limit: int = 40, more: str = "--json"
+                  ) -> None:
     """The chosen width of every group that changed (the layers it slices, before -> after)."""
     groups = {g.id: g for g in r.analysis.groups}
     changed = [(gid, b, a) for gid, (b, a) in sorted(r.plan.widths.items()) if a != b]
@@ -196,7 +197,7 @@ def _print_widths(console: Console, r: PruneResult, limit: int = 40) -> None:
         t.add_row(str(gid), g.component or "-", _short(list(g.layers) or ["-"]), f"{b} -> {a}")
     console.print(t)
     if len(changed) > limit:
-        console.print(f"... {len(changed) - limit} more (use --json for all)")
+        console.print(f"... {len(changed) - limit} more (use {more} for all)")
 
 
 def quality_line(q: dict) -> str:
@@ -237,7 +238,25 @@ def _token_fallback(fallback: str) -> str:
             else f"the row of token {fallback}")
 
 
-def print_prune(console: Console, r: PruneResult, model: str) -> None:
+QUIET_WIDTHS = 3  # width changes a plain run names (-v: a table of up to 40)
+
+
+def widths_line(r: PruneResult) -> str:
+    """One line for the group widths: how many changed, the largest cuts."""
+    changed = [(b - a, gid, b, a) for gid, (b, a) in sorted(r.plan.widths.items()) if a != b]
+    if not changed:
+        return "group widths: none changed"
+    top = sorted(changed, key=lambda c: (-c[0], c[1]))[:QUIET_WIDTHS]
+    named = ", ".join(f"group {gid} {b} -> {a}" for _, gid, b, a in top)
+    return (f"group widths: {len(changed)} of {len(r.plan.widths)} groups changed, "
+            f"{'the largest ' if len(changed) > len(top) else ''}{named} (-v: each)")
+
+
+def print_prune(console: Console, r: PruneResult, model: str, verbose: bool = False,
+                wall: float | None = None) -> None:
+    """What a run did. Plain: the sizes, the largest width changes, the quality per stage,
+    the verification, one line of time and memory; ``verbose`` adds every group, the
+    tolerance that decided, and the time and peak memory of every pass."""
     table = Table(title=f"pruned {model}", title_justify="left")
     for col in ("", "before", "after", "kept"):
         table.add_column(col, justify="right")
@@ -267,7 +286,10 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
                       f"tokens ({t['params_removed']:,} parameters of {', '.join(t['tables'])} "
                       f"removed; the others read {_token_fallback(t['fallback'])})",
                       markup=False, highlight=False, soft_wrap=True)
-    _print_widths(console, r)
+    if verbose:
+        _print_widths(console, r)
+    else:
+        console.print(widths_line(r), markup=False, highlight=False, soft_wrap=True)
     if r.calibration:
         console.print(f"calibration: {r.calibration}", markup=False, highlight=False,
                       soft_wrap=True)
@@ -285,7 +307,7 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
             f"diff {v.max_abs_diff:.3g} (relative {v.max_rel_diff:.3g})"
             + (f" at {len(v.shapes)} input shape(s): {at}" if v.shapes else ""),
             soft_wrap=True)
-        if v.deciding:
+        if v.deciding and verbose:
             console.print(f"closest to its tolerance: {v.deciding}", soft_wrap=True)
     elif v is not None:
         console.print("verified by onnx.checker only: " + "; ".join(v.messages))
@@ -295,6 +317,17 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
         q = r.quantization
         console.print(summary_line(q) + f"; weights {q['weight_bytes_float']:,} -> "
                       f"{q['weight_bytes']:,} bytes", soft_wrap=True)
+    if verbose:
+        _print_passes(console, r)
+    else:
+        seconds = wall if wall is not None else sum(r.timings.values())
+        peak = f", peak memory {r.memory['peak_rss'] / 1e6:,.0f} MB" if r.memory else ""
+        console.print(f"took {seconds:.1f} s{peak} (-v: per pass)", markup=False,
+                      highlight=False)
+    _print_tail(console, r)
+
+
+def _print_passes(console: Console, r: PruneResult) -> None:
     per_pass = (r.memory or {}).get("per_pass", {})
     times = Table(title="time and peak memory per pass", title_justify="left")
     times.add_column("pass")
@@ -311,6 +344,9 @@ def print_prune(console: Console, r: PruneResult, model: str) -> None:
                  f"{m['model_weight_bytes'] / 1e6:,.1f} MB of weights)"
                  if m.get("peak_over_weights") and m.get("start_rss") else "")
         console.print(f"peak memory {m['peak_rss'] / 1e6:,.0f} MB{ratio}")
+
+
+def _print_tail(console: Console, r: PruneResult) -> None:
     refit = (r.selection or {}).get("refit")
     if refit:
         console.print(f"sensitivity measured after the refit compensation makes: "
