@@ -177,3 +177,17 @@ def test_a_plain_prune_is_quiet_and_verbose_shows_every_pass(model_file, tmp_pat
     out = capsys.readouterr().out
     assert "time and peak memory per pass" in out and "closest to its tolerance" in out
     assert "group widths (6 of 7 groups changed)" in out
+
+
+def test_quality_figures_show_the_digits_that_differ():
+    from onnxprune.cli.report import distinct, stage_lines
+
+    assert distinct([1.0, 0.99996, 0.99999]) == ["1", "0.99996", "0.99999"]
+    assert distinct([1.0, 0.5, 0.25]) == ["1", "0.5", "0.25"]  # no more digits than needed
+    assert distinct([0.9, 0.9]) == ["0.9", "0.9"]  # equal values may read alike
+    line = stage_lines({"metric": "cosine", "samples": {"calib": 8},
+                        "stages": [{"stage": "unpruned", "calib": 1.0},
+                                   {"stage": "pruned", "calib": 0.999991},
+                                   {"stage": "compensate", "calib": 0.999996, "kept": False}]})
+    assert line == ["cosine on 8 calibration samples (too few to hold any out): 1 (unpruned) "
+                    "-> 0.999991 (pruned) -> 0.999996 (compensate, undone)"]

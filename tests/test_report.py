@@ -112,6 +112,9 @@ def check_report(folder: Path, printed: dict | None = None) -> tuple[dict, Page]
             assert data[key] == value, key
     for key in ("params_before", "params_after", "macs_before", "macs_after"):
         assert f"{data[key]:,}" in page.text, key
+    wall = data["wall_seconds"]  # the TIME card: the run's wall time, not its passes' sum
+    assert wall >= sum(data["timings"].values()) - 1e-6
+    assert f"{wall:.2f} s" in page.text
     for side in ("input", "output"):
         size = data["report"]["files"][side]["bytes"]
         assert size == Path(data[side]).stat().st_size
@@ -165,7 +168,7 @@ def test_cnn_report_with_bench_is_the_printed_json(cnn, tmp_path, capsys):
     data, page = check_report(rep, printed)
     # the report waits for the benchmark: exactly the printed object, the command, the extras
     assert data == {**printed, "command": shlex.join(["onnxprune", *argv]),
-                    "report": data["report"]}
+                    "report": data["report"], "wall_seconds": data["wall_seconds"]}
     assert {"widths.png", "passes.png", "bench.png"} <= set(data["report"]["images"])
     for r in data["bench"]["results"]:
         assert exact(page, r["p50"]) and exact(page, r["throughput"])

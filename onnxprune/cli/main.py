@@ -148,6 +148,7 @@ def cmd_prune(args, console: Console) -> int:
 
         data = report_data(result, str(args.model), warnings=WARNINGS, command=later.command,
                            bench=report.to_json())
+        data["wall_seconds"] = time.perf_counter() - started
         result = dataclasses.replace(result, report=write_report(later.folder, data))
     if args.json:
         data = prune_json(result, str(args.model))

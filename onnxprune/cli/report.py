@@ -200,13 +200,25 @@ def _print_widths(console: Console, r: PruneResult, limit: int = 40, more: str =
         console.print(f"... {len(changed) - limit} more (use {more} for all)")
 
 
+def distinct(values: list[float], least: int = 4, most: int = 10) -> list[str]:
+    """The values with the fewest significant digits (``least`` to ``most``) that tell apart
+    every two that differ (``1 -> 1 -> 1`` was 1 -> 0.99996 -> 0.99999)."""
+    for digits in range(least, most + 1):
+        text = [f"{v:.{digits}g}" for v in values]
+        if all(text[i] != text[j] for i in range(len(values)) for j in range(i)
+               if values[i] != values[j]):
+            return text
+    return [f"{v:.{most}g}" for v in values]
+
+
 def quality_line(q: dict) -> str:
     """The metric at every stage the run measured: unpruned, selected cut, after recovery."""
     stages = [(label, q[key]) for key, label in (("before", "unpruned"), ("after", "pruned"),
                                                   ("after_recovery", "after recovery"))
               if q.get(key) is not None]
+    shown = distinct([value for _, value in stages])
     return f"{q['metric']} on the calibration data: " + " -> ".join(
-        f"{value:.4g} ({label})" for label, value in stages)
+        f"{text} ({label})" for text, (label, _) in zip(shown, stages, strict=True))
 
 
 STAGE_SETS = {"calib": "calibration", "heldout": "held-out"}  # runs saved before "sets"
@@ -218,9 +230,11 @@ def stage_lines(s: dict) -> list[str]:
     for key, label in (s.get("sets") or STAGE_SETS).items():
         if key not in s["samples"]:
             continue
+        rows = [row for row in s["stages"] if key in row]
+        shown = distinct([float(row[key]) for row in rows])
         steps = " -> ".join(
-            f"{row[key]:.4g} ({row['stage']}{', undone' if row.get('kept') is False else ''})"
-            for row in s["stages"] if key in row)
+            f"{text} ({row['stage']}{', undone' if row.get('kept') is False else ''})"
+            for text, row in zip(shown, rows, strict=True))
         note = (" (too few to hold any out)" if key == "calib" and "heldout" not in s["samples"]
                 else "")
         lines.append(f"{s['metric']} on {s['samples'][key]} {label} samples{note}: {steps}")

@@ -166,6 +166,7 @@ class Context:
     # bookkeeping
     timings: list[tuple[str, float]] = field(default_factory=list)
     memory: list[tuple[str, int | None]] = field(default_factory=list)  # peak RSS per pass
+    started: float = field(default_factory=time.perf_counter)  # when the run began (wall)
     log: list[tuple[str, PassResult]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # said during the run, each once
     progress: Callable[[str], None] | None = None

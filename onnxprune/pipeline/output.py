@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from ..analysis.size import graph_params
@@ -144,6 +145,7 @@ class Report(Pass):
         check_apart(self.folder, output)  # never over the model just written
         model = str(ctx.source_path) if ctx.source_path is not None else None
         data = report_data(result_of(ctx), model, warnings=ctx.warnings, command=self.command)
+        data["wall_seconds"] = time.perf_counter() - ctx.started  # the run until its report
         ctx.report_path = write_report(self.folder, data)
         return PassResult(False, {"path": str(ctx.report_path)})
 

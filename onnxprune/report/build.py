@@ -45,9 +45,12 @@ def _summary(d: dict[str, Any]) -> str:
         label = "held-out" if key == "heldout" else "calibration"
         cards.append(card(f"{s['metric']} ({label})", arrow(num(rows[0][key]), num(rows[-1][key])),
                           arrow(esc(rows[0]["stage"]), esc(rows[-1]["stage"]))))
-    total = sum((d.get("timings") or {}).values())
+    passes = sum((d.get("timings") or {}).values())
+    total = d.get("wall_seconds", passes)  # the wall time of the run (older reports: passes)
     peak = (d.get("memory") or {}).get("peak_rss")
-    cards.append(card("time", f"{total:.2f} s", f"peak RSS {nbytes(peak)}" if peak else ""))
+    detail = [f"{passes:.2f} s in passes"] if total - passes >= 0.01 else []
+    detail += [f"peak RSS {nbytes(peak)}"] if peak else []
+    cards.append(card("time", f"{total:.2f} s", ", ".join(detail)))
     return '<div class="cards">' + "".join(cards) + "</div>"
 
 
