@@ -92,3 +92,30 @@ def test_softmax_axis():
     g = group_of_tensor(res.analysis, "c2_out0")
     assert g.frozen and "sm_channel" in g.reason
 
+
+
+@pytest.mark.parametrize("opset, per_channel", [(21, True)])  # onnx's checker refuses 18's
+def test_group_norm_removes_whole_groups(opset, per_channel):
+    """Statistics over a group's channels: only whole groups go, num_groups shrinks, and the
+    scale and bias (per channel at opset 21) are sliced alike."""
+    from onnxprune.api import prune
+
+    rng = np.random.default_rng(0)
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", [2, 3, 8, 8])
+    h = b.conv(x, 3, 8, name="c1")
+    n = 8 if per_channel else 4
+    h = b.op("GroupNormalization", [h, b.const(rng.uniform(0.5, 1.5, n).astype(np.float32)),
+                                    b.const(rng.normal(0, 0.1, n).astype(np.float32))],
+             num_groups=4, epsilon=1e-5, name="gn")
+    y = b.conv(b.relu(h), 8, 2, name="c2")
+    model = b.build([(y, [2, 2, 8, 8])])  # (shape inference stops at GroupNormalization)
+    res = check_oracle(model, trials=6)
+    g = group_with_layer(res.analysis, "gn")
+    assert not g.frozen and {"c1", "c2"} <= set(g.layers)
+    r = prune(model, ratio=0.5)
+    node = next(nd for nd in r.model.graph.node if nd.op_type == "GroupNormalization")
+    groups = next(a.i for a in node.attribute if a.name == "num_groups")
+    kept = {i.name: list(i.dims) for i in r.model.graph.initializer}
+    assert groups == 2 and kept[node.input[1]] == [4 if per_channel else 2]
+    assert r.verification.passed
