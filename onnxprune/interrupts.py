@@ -64,6 +64,7 @@ def guarded(keep: bool = False) -> Iterator[None]:
             for s, h in old.items():
                 signal.signal(s, h)
             _received.clear()
+            _held.clear()
 
 
 def check() -> None:

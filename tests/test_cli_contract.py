@@ -395,11 +395,11 @@ def test_an_interrupt_inside_the_writability_probe_leaves_no_probe_file(tmp_path
     real_close = os.close
 
     def close_then_interrupt(fd):
-        os.kill(os.getpid(), signal.SIGINT)  # lands between the probe's create and unlink
+        signal.raise_signal(signal.SIGINT)  # to this thread: between create and unlink
         real_close(fd)
 
     monkeypatch.setattr(oio.os, "close", close_then_interrupt)
-    with interrupts.guarded(), pytest.raises(interrupts.Interrupted):
+    with pytest.raises(interrupts.Interrupted), interrupts.guarded():
         oio.output_target(tmp_path / "o.onnx")
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
@@ -417,10 +417,10 @@ def test_a_deferred_section_holds_an_interrupt_another_thread_receives():
     helper.start()
     steps = []
     try:
-        with interrupts.guarded(), pytest.raises(interrupts.Interrupted):
+        with pytest.raises(interrupts.Interrupted), interrupts.guarded():
             with interrupts.deferred():
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(0.2)  # the handler runs in here, whichever thread got the signal
+                signal.pthread_kill(helper.ident, signal.SIGINT)  # another thread gets it
+                time.sleep(0.2)  # the main thread runs the handler in here
                 steps.append("section ended")
     finally:
         stop.set()
