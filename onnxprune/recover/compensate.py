@@ -26,6 +26,7 @@ from ..ir.weights import Skeleton, proto
 from ..progress import task
 from ..search.memory import cap, room, rows_for, search_budget
 from ..verify.checks import cut_arrays
+from .normal_equations import NormalEquations
 
 RIDGE = 1e-3  # of the mean input energy (the diagonal of the normal equations)
 MAX_ROWS = 40_000  # rows of the least-squares problem per layer (sampled)
@@ -74,25 +75,37 @@ def fetched(model: onnx.ModelProto | Skeleton, names: list[str], feeds: dict
         del acts
 
 
-def within_cap(model: onnx.ModelProto | Skeleton, names: list[str], feeds: dict,
-               share: float = 0.1, seed: int = 0) -> dict:
-    """``feeds``, or under a memory cap (``--memory``) as many of its samples (chosen at
-    random, in order) as keep ``share`` of the room left for the largest of ``names`` on
-    all of them (sized on one sample)."""
+def fitting_samples(model: onnx.ModelProto | Skeleton, names: list[str], feeds: dict,
+                    share: float = 0.1) -> int | None:
+    """Under a memory cap (``--memory``), how many samples of ``feeds`` keep the largest of
+    ``names`` within ``share`` of the room left (sized on one sample); None without a cap or
+    when all fit."""
     axes = axes_of(feeds)
     sizes = {np.shape(v)[a] for k, v in feeds.items() if (a := axes.get(k)) is not None}
     known = {o for node in proto(model).graph.node for o in node.output}
     names = list(dict.fromkeys(n for n in names if n in known))
     if cap() is None or not names or len(sizes) != 1 or sizes == {0}:
-        return feeds
+        return None
     n = sizes.pop()
-    data = feeds if isinstance(feeds, Calibration) else Calibration(dict(feeds), axes)
-    one = activations(model, names, data.take(np.arange(1)))
+    one = activations(model, names, _calibration(feeds).take(np.arange(1)))
     per_sample = max(max((a.nbytes for a in one.values()), default=0), 1)
     fit = max(1, int(room(per_sample * n, share) // per_sample))
-    if fit >= n:
+    return None if fit >= n else fit
+
+
+def _calibration(feeds: dict) -> Calibration:
+    return feeds if isinstance(feeds, Calibration) else Calibration(dict(feeds), axes_of(feeds))
+
+
+def within_cap(model: onnx.ModelProto | Skeleton, names: list[str], feeds: dict,
+               share: float = 0.1, seed: int = 0) -> dict:
+    """``feeds``, or under a memory cap (``--memory``) as many of its samples (chosen at
+    random, in order) as ``fitting_samples`` allows."""
+    fit = fitting_samples(model, names, feeds, share)
+    if fit is None:
         return feeds
-    pick = np.sort(np.random.default_rng(seed).choice(n, size=fit, replace=False))
+    data = _calibration(feeds)
+    pick = np.sort(np.random.default_rng(seed).choice(data.samples, size=fit, replace=False))
     return data.take(pick)
 
 
@@ -225,8 +238,8 @@ def _targets(graph: gs.Graph, analysis: ChannelAnalysis, removed: np.ndarray) ->
     return [n for n in graph.nodes if n.name in lost and refittable(n)]
 
 
-def design_rows(node: gs.Node, x: np.ndarray, ys: list[np.ndarray], rng: np.random.Generator
-                ) -> tuple[np.ndarray, list[np.ndarray]]:
+def design_rows(node: gs.Node, x: np.ndarray, ys: list[np.ndarray], rng: np.random.Generator,
+                max_rows: int = MAX_ROWS) -> tuple[np.ndarray, list[np.ndarray]]:
     """The least-squares rows of a layer on input ``x``: its patch matrix (convolutions) or its
     input vectors, at most ``MAX_ROWS`` of them (sampled), with the same rows of each output
     ``ys`` (channels first for convolutions, last otherwise)."""
@@ -240,7 +253,7 @@ def design_rows(node: gs.Node, x: np.ndarray, ys: list[np.ndarray], rng: np.rand
         ys = [np.moveaxis(y[pick], 1, -1).reshape(-1, y.shape[1]) for y in ys]
     else:
         p, ys = x.reshape(-1, x.shape[-1]), [y.reshape(-1, y.shape[-1]) for y in ys]
-    limit = MAX_ROWS if cap() is None else max(1, min(MAX_ROWS, cells() // max(p.shape[1], 1)))
+    limit = max_rows if cap() is None else max(1, min(max_rows, cells() // max(p.shape[1], 1)))
     if len(p) > limit:
         rows = rng.choice(len(p), size=limit, replace=False)
         p, ys = p[rows], [y[rows] for y in ys]
@@ -253,8 +266,11 @@ def compensate(graph: gs.Graph, reference: onnx.ModelProto, analysis: ChannelAna
     """Refit, in place, the layers of the pruned ``graph`` that lost input channels.
     ``interface``: inputs that lost channels (an opened cache), cut from ``calib`` for it."""
     targets = _targets(graph, analysis, removed)
-    calib = within_cap(reference, [n for t in targets for n in (t.inputs[0].name,
-                                                                 t.outputs[0].name)], calib)
+    per_chunk = fitting_samples(reference, [n for t in targets for n in (
+        t.inputs[0].name, t.outputs[0].name)], calib)
+    if per_chunk is not None:  # under a memory cap: every sample, a chunk at a time
+        return _chunked(graph, reference, analysis, removed, calib, targets, per_chunk, ridge,
+                        seed, interface)
     fed = cut_arrays(calib, interface or {})
     original = fetched(reference, [n.outputs[0].name for n in targets], calib)
     rng = np.random.default_rng(seed)
@@ -279,4 +295,43 @@ def compensate(graph: gs.Graph, reference: onnx.ModelProto, analysis: ChannelAna
                 _store(node, sol, intercept)
             fits.append(LayerFit(node.name, len(p), before, min(before, after)))
             advance()
+    return fits
+
+
+def _chunked(graph: gs.Graph, reference, analysis: ChannelAnalysis, removed: np.ndarray,
+             calib, targets: list[gs.Node], per_chunk: int, ridge: float, seed: int,
+             interface: dict | None) -> list[LayerFit]:
+    """``compensate`` from normal equations accumulated over chunks of ``per_chunk`` samples
+    (what a memory cap leaves room for): every sample counts, none is held beyond its chunk."""
+    data = _calibration(calib)
+    chunks = [np.arange(lo, min(lo + per_chunk, data.samples))
+              for lo in range(0, data.samples, per_chunk)]
+    rng = np.random.default_rng(seed)
+    fits = []
+    with task("compensate", len(targets) * len(chunks)) as advance:
+        for node in targets:
+            name, out = node.inputs[0].name, node.outputs[0].name
+            intercept = node.op != "MatMul"
+            eq = NormalEquations(intercept)
+            skeleton = export_skeleton(graph)
+            for idx in chunks:
+                part = data.take(idx)
+                x = activations(skeleton, [name], cut_arrays(part, interface or {}))[name]
+                y = activations(reference, [out], part)[out]
+                axis = 1 if node.op != "MatMul" else y.ndim - 1
+                keep = analysis.keep_mask((out, axis), removed)
+                if keep is not None:
+                    y = np.compress(keep, y, axis=axis)
+                p, (y,) = design_rows(node, x, [y], rng, max(1, MAX_ROWS // len(chunks)))
+                eq.add(p, y)
+                del x, y, p
+                advance()
+            w0, b0 = layer_matrix(node)
+            w0 = np.concatenate([w0, (b0 if b0 is not None else np.zeros(w0.shape[1]))[None]]) \
+                if intercept else w0
+            sol = eq.solve(ridge)
+            before, after = eq.rel_error(w0), eq.rel_error(sol)
+            if after < before:
+                _store(node, sol, intercept)
+            fits.append(LayerFit(node.name, eq.rows, before, min(before, after)))
     return fits
