@@ -73,3 +73,15 @@ def flag_message(err: OptionError, args: argparse.Namespace) -> str:
 
 
 __all__ = ["REQUIRED", "add_flags", "flag_message", "given"]
+
+
+def quiet_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress on stderr (errors and warnings still print); without it, "
+                        "progress shows as bars on a terminal and as a line every 10 s otherwise")
+
+
+def verbose_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="every changed group, the tolerance that decided verification, and "
+                        "the time and peak memory of every pass (default: a summary line)")

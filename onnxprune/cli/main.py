@@ -7,11 +7,9 @@ import contextlib
 import dataclasses
 import json
 import shlex
-import signal
 import sys
 import tempfile
 import time
-import traceback
 import warnings
 from pathlib import Path
 
@@ -19,18 +17,19 @@ from rich.console import Console
 
 from .. import __version__, interrupts, progress
 from ..errors import (
-    EXIT_INTERNAL,
     EXIT_OK,
-    OnnxPruneError,
     OnnxPruneWarning,
     UsageError,
 )
 from ..ir import io
 from ..ir.runtime import resolve_providers
-from ..options import OptionError
-from .flags import add_flags, flag_message, given
+from .flags import add_flags, given
+from .flags import quiet_flag as _quiet_flag
+from .flags import verbose_flag as _verbose_flag
+from .outcome import CURRENT as _CURRENT
+from .outcome import failed as _failed
+from .outcome import interrupted as _interrupted
 
-_CURRENT: dict[str, str | None] = {"pass": None}  # the running pass, for interrupts
 WARNINGS: list[str] = []  # the run's warnings, in order (also in --json output)
 
 
@@ -319,18 +318,6 @@ def _add_example_parsers(sub) -> None:
     d.set_defaults(func=cmd_data)
 
 
-def _quiet_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="no progress on stderr (errors and warnings still print); without it, "
-                        "progress shows as bars on a terminal and as a line every 10 s otherwise")
-
-
-def _verbose_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="every changed group, the tolerance that decided verification, and "
-                        "the time and peak memory of every pass (default: a summary line)")
-
-
 def prune_flags():
     from ..pipeline.build import public_options
 
@@ -452,34 +439,3 @@ def main(argv: list[str] | None = None, *, keep_handlers: bool = False) -> int:
             if interrupts.pending() is not None:  # the interrupt surfaced as another error
                 return _interrupted(err, e)
             return _failed(err, e, args)
-
-
-def _interrupted(err: Console, e: BaseException) -> int:
-    """An interrupt leaves nothing behind and exits 128 + the signal, or, once the write that
-    completes the output has landed (the model verified and renamed into place), says what
-    was written and exits 0: never a failure code with a file in place."""
-    where = f" during pass {_CURRENT['pass']}" if _CURRENT["pass"] else ""
-    signum = interrupts.pending() or getattr(e, "signum", signal.SIGINT)
-    name = signal.Signals(signum).name
-    if io.written:
-        err.print(f"onnxprune: interrupted ({name}){where}, after writing "
-                  f"{', '.join(map(str, io.written))} (complete and verified); the rest of the "
-                  "run was skipped", markup=False, highlight=False, soft_wrap=True)
-        return EXIT_OK
-    err.print(f"onnxprune: interrupted ({name}){where}; nothing was written", markup=False,
-              highlight=False, soft_wrap=True)
-    return 128 + signum
-
-
-def _failed(err: Console, e: Exception, args: argparse.Namespace) -> int:
-    """One line for the user (a traceback with --debug); the exit code of the error's kind."""
-    if args.debug:
-        traceback.print_exc()
-    if isinstance(e, OnnxPruneError):
-        text = flag_message(e, args) if isinstance(e, OptionError) else str(e)
-        err.print(f"onnxprune: error: {text}", markup=False, highlight=False, soft_wrap=True)
-        return e.exit_code
-    first = str(e).splitlines()[0] if str(e) else type(e).__name__
-    err.print(f"onnxprune: internal error: {type(e).__name__}: {first} (rerun with --debug)",
-              markup=False, highlight=False, soft_wrap=True)
-    return EXIT_INTERNAL
