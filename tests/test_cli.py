@@ -191,3 +191,17 @@ def test_quality_figures_show_the_digits_that_differ():
                                    {"stage": "compensate", "calib": 0.999996, "kept": False}]})
     assert line == ["cosine on 8 calibration samples (too few to hold any out): 1 (unpruned) "
                     "-> 0.999991 (pruned) -> 0.999996 (compensate, undone)"]
+
+
+def test_the_cli_reference_is_the_one_the_parsers_generate():
+    """docs/cli.md lists every command and flag from the option schema; regenerate it with
+    ``python -m onnxprune.cli.reference > docs/cli.md`` when a flag changes."""
+    from pathlib import Path
+
+    from onnxprune.cli.reference import render
+
+    text = render()
+    for flag in ("--calib", "--calib-resize", "--memory", "--verbose", "--target-params"):
+        assert f"`{flag}`" in text
+    docs = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+    assert docs.read_text() == text, "docs/cli.md is stale: python -m onnxprune.cli.reference"
