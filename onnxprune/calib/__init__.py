@@ -225,21 +225,8 @@ def _dataset(path: Path, free, settings: Settings) -> Read:
         got = _images(path, [], None, free, settings, loaded=values)
     elif feature == "Audio":
         def loaded(rate, length):
-            from fractions import Fraction
-
-            from scipy.signal import resample_poly
-
-            out = []
-            for item in values:
-                x = np.asarray(item["array"], np.float32)
-                if int(item["sampling_rate"]) != rate:
-                    f = Fraction(rate, int(item["sampling_rate"])).limit_denominator(1000)
-                    x = resample_poly(x, f.numerator, f.denominator).astype(np.float32)
-                k = len(x) // length
-                out.extend(x[: k * length].reshape(k, length))
-            if not out:
-                raise UsageError(f"{path}: no recording holds {length} samples at {rate} Hz")
-            return np.stack(out)
+            return audio.cut((audio.resample(item["array"], item["sampling_rate"], rate)
+                              for item in values), length, rate, str(path))
 
         got, extra = _audio(path, [], free, settings, loaded=loaded), {}
     elif feature == "Value" and ds.features[column].dtype == "string":

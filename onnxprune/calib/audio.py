@@ -28,23 +28,31 @@ def read(path: Path, rate: int) -> np.ndarray:
         data, native = sf.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, OSError, sf.LibsndfileError) as err:
         raise UsageError(f"{path}: not a readable audio file ({err})") from None
-    mono = data.mean(axis=1)
-    if native != rate:
-        from scipy.signal import resample_poly
+    return resample(data.mean(axis=1), native, rate)
 
-        f = Fraction(rate, native).limit_denominator(1000)
-        mono = resample_poly(mono, f.numerator, f.denominator).astype(np.float32)
-    return mono
+
+def resample(x: np.ndarray, native: int, rate: int) -> np.ndarray:
+    """``x`` sampled at ``native`` Hz, at ``rate`` Hz (scipy's polyphase filter), float32."""
+    x = np.asarray(x, np.float32)
+    if int(native) == int(rate):
+        return x
+    from scipy.signal import resample_poly
+
+    f = Fraction(int(rate), int(native)).limit_denominator(1000)
+    return resample_poly(x, f.numerator, f.denominator).astype(np.float32)
+
+
+def cut(recordings, length: int, rate: int, where: str) -> np.ndarray:
+    """Every whole piece of ``length`` samples of every recording, [pieces, length]."""
+    out = []
+    for x in recordings:
+        k = len(x) // length
+        out.extend(x[: k * length].reshape(k, length))
+    if not out:
+        raise UsageError(f"{where}: no recording holds {length} samples at {rate} Hz")
+    return np.stack(out).astype(np.float32)
 
 
 def pieces(files: list[Path], rate: int, length: int) -> np.ndarray:
     """Every whole piece of ``length`` samples of every file, [pieces, length]."""
-    out = []
-    for f in files:
-        x = read(f, rate)
-        k = len(x) // length
-        out.extend(x[: k * length].reshape(k, length))
-    if not out:
-        raise UsageError(f"no audio file holds {length} samples at {rate} Hz "
-                         f"({len(files)} file(s) read)")
-    return np.stack(out).astype(np.float32)
+    return cut((read(f, rate) for f in files), length, rate, f"{len(files)} audio file(s)")

@@ -187,6 +187,23 @@ def native_weight(node: gs.Node, mat: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(new.astype(w_old.dtype))
 
 
+def solver_matrix(node: gs.Node, intercept: bool) -> np.ndarray:
+    """``layer_matrix``'s weight with its bias as a last row (zeros without one) where the
+    solver fits an intercept: the layer as the least-squares problem sees it."""
+    w0, b0 = layer_matrix(node)
+    if not intercept:
+        return w0
+    return np.concatenate([w0, (b0 if b0 is not None else np.zeros(w0.shape[1]))[None]])
+
+
+def _kept(node: gs.Node, y: np.ndarray, analysis: ChannelAnalysis, removed: np.ndarray
+          ) -> np.ndarray:
+    """The original output ``y`` of a layer at the channels its pruned version still makes."""
+    axis = 1 if node.op != "MatMul" else y.ndim - 1
+    keep = analysis.keep_mask((node.outputs[0].name, axis), removed)
+    return y if keep is None else np.compress(keep, y, axis=axis)
+
+
 def _store(node: gs.Node, sol: np.ndarray, intercept: bool) -> None:
     dtype = node.inputs[1].values.dtype
     mat = sol[:-1] if intercept else sol
@@ -280,15 +297,9 @@ def compensate(graph: gs.Graph, reference: onnx.ModelProto, analysis: ChannelAna
             name = node.inputs[0].name
             x = activations(export_skeleton(graph), [name], fed)[name]
             _, y = next(original)
-            axis = 1 if node.op != "MatMul" else y.ndim - 1
-            keep = analysis.keep_mask((node.outputs[0].name, axis), removed)
-            if keep is not None:
-                y = np.compress(keep, y, axis=axis)
-            p, (y,) = design_rows(node, x, [y], rng)
+            p, (y,) = design_rows(node, x, [_kept(node, y, analysis, removed)], rng)
             intercept = node.op != "MatMul"
-            w0, b0 = layer_matrix(node)
-            w0 = np.concatenate([w0, (b0 if b0 is not None else np.zeros(w0.shape[1]))[None]]) \
-                if intercept else w0
+            w0 = solver_matrix(node, intercept)
             sol = _solve(p, y, ridge, intercept)
             before, after = _rel_error(p, w0, y, intercept), _rel_error(p, sol, y, intercept)
             if after < before:
@@ -317,18 +328,12 @@ def _chunked(graph: gs.Graph, reference, analysis: ChannelAnalysis, removed: np.
             for idx in chunks:
                 part = data.take(idx)
                 x = activations(skeleton, [name], cut_arrays(part, interface or {}))[name]
-                y = activations(reference, [out], part)[out]
-                axis = 1 if node.op != "MatMul" else y.ndim - 1
-                keep = analysis.keep_mask((out, axis), removed)
-                if keep is not None:
-                    y = np.compress(keep, y, axis=axis)
+                y = _kept(node, activations(reference, [out], part)[out], analysis, removed)
                 p, (y,) = design_rows(node, x, [y], rng, max(1, MAX_ROWS // len(chunks)))
                 eq.add(p, y)
                 del x, y, p
                 advance()
-            w0, b0 = layer_matrix(node)
-            w0 = np.concatenate([w0, (b0 if b0 is not None else np.zeros(w0.shape[1]))[None]]) \
-                if intercept else w0
+            w0 = solver_matrix(node, intercept)
             sol = eq.solve(ridge)
             before, after = eq.rel_error(w0), eq.rel_error(sol)
             if after < before:

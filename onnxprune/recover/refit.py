@@ -42,6 +42,7 @@ from .compensate import (
     layer_matrix,
     native_weight,
     refittable,
+    solver_matrix,
 )
 from .layers import layer_gates, layer_inputs
 
@@ -158,8 +159,7 @@ class RefitEvaluator:
         a = p.astype(np.float64)
         if intercept:
             a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
-        theta0 = np.concatenate([w0, (b0 if b0 is not None else np.zeros(w0.shape[1]))[None]]) \
-            if intercept else w0
+        theta0 = solver_matrix(node, intercept)
         bias = f"{node.name}/onnxprune_refit_bias" if intercept else None
         w_native = np.asarray(node.inputs[1].values)
         b_native = None if not intercept else theta0[-1].astype(w_native.dtype)
