@@ -180,7 +180,8 @@ def test_a_plain_prune_is_quiet_and_verbose_shows_every_pass(model_file, tmp_pat
 
 
 def test_quality_figures_show_the_digits_that_differ():
-    from onnxprune.cli.report import distinct, stage_lines
+    from onnxprune.cli.report import stage_lines
+    from onnxprune.figures import distinct
 
     assert distinct([1.0, 0.99996, 0.99999]) == ["1", "0.99996", "0.99999"]
     assert distinct([1.0, 0.5, 0.25]) == ["1", "0.5", "0.25"]  # no more digits than needed

@@ -1,6 +1,6 @@
-"""The README's examples run as written: every ``$ onnxprune ...`` command, in order, in an
-empty folder (the zoo and data commands at the top make the files the others use), then its
-Python block."""
+"""The README's examples run as written: every ``$ onnxprune ...`` command of the README and
+then of docs/guide.md (which continues its worked example), in order, in an empty folder (the
+zoo and data commands at the top make the files the others use), then the Python block."""
 
 import re
 import shlex
@@ -10,12 +10,17 @@ import pytest
 
 from onnxprune.cli.main import main
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README, GUIDE = ROOT / "README.md", ROOT / "docs" / "guide.md"
+
+
+def _text() -> str:
+    return README.read_text() + "\n" + GUIDE.read_text()
 
 
 def readme_commands() -> list[str]:
     commands, current = [], None
-    for line in README.read_text().splitlines():
+    for line in _text().splitlines():
         text = line.strip()
         if current is not None:  # a continuation line
             current += " " + text.rstrip("\\").strip()
@@ -33,7 +38,7 @@ def readme_commands() -> list[str]:
 
 
 def readme_python() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    return re.findall(r"```python\n(.*?)```", _text(), re.S)
 
 
 def test_readme_lists_the_examples():

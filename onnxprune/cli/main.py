@@ -23,7 +23,7 @@ from ..errors import (
 )
 from ..ir import io
 from ..ir.runtime import resolve_providers
-from .flags import add_flags, given
+from .flags import BENCH, RUN, add_flags, from_sets, given, group, hide
 from .flags import quiet_flag as _quiet_flag
 from .flags import verbose_flag as _verbose_flag
 from .outcome import CURRENT as _CURRENT
@@ -112,7 +112,7 @@ def cmd_prune(args, console: Console) -> int:
     from .report import print_prune, prune_json
 
     started = time.perf_counter()
-    values = given(args, prune_flags())
+    values = from_sets(args.set, prune_flags(), given(args, prune_flags()))
     bench_providers = values.get("providers", "cpu")
     values["providers"] = resolve_providers(bench_providers)  # before any work
     later = None  # a report that waits for the benchmark
@@ -363,31 +363,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw the graph coloured by component (.dot, .svg or .png)")
     a.set_defaults(func=cmd_analyze)
 
-    r = sub.add_parser("prune", help="remove channels, verify, and write the smaller model")
+    r = sub.add_parser("prune", help="remove channels, verify, and write the smaller model",
+                       epilog=MORE_FLAGS)
     r.add_argument("model", type=Path, help="input .onnx file (never modified)")
-    add_flags(r, prune_flags())
-    r.add_argument("--bench", action="store_true",
-                   help="measure the original and the pruned model side by side afterwards "
-                        "(with --quantize: original, pruned float and pruned int8)")
-    r.add_argument("--bench-batch", default="1", metavar="B,...",
-                   help="batch sizes for --bench (default 1)")
-    r.add_argument("--bench-seconds", type=float, default=3.0, metavar="S",
-                   help="seconds per model and batch for --bench (default 3)")
-    r.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    _quiet_flag(r)
-    _verbose_flag(r)
+    add_flags(r, prune_flags(), grouped=True)
+    bench = group(r, BENCH)
+    bench.add_argument("--bench", action="store_true",
+                       help="measure the original and the pruned model side by side afterwards "
+                            "(with --quantize: original, pruned float and pruned int8)")
+    bench.add_argument("--bench-batch", default="1", metavar="B,...",
+                       help="batch sizes for --bench (default 1)")
+    bench.add_argument("--bench-seconds", type=float, default=3.0, metavar="S", help=hide(
+        r, "--bench-seconds", "S", "seconds per model and batch for --bench (default 3)"))
+    _output_flags(r)
     r.set_defaults(func=cmd_prune)
 
-    n = sub.add_parser("run", help="run a pipeline recipe (TOML) on a model")
+    n = sub.add_parser("run", help="run a pipeline recipe (TOML) on a model",
+                       epilog=MORE_FLAGS)
     n.add_argument("recipe", help="a recipe file, or the name of one in passes/ "
                                   "(magnitude-uniform, component-aware, application-soft, ...)")
     n.add_argument("model", type=Path, help="input .onnx file (never modified)")
-    add_flags(n, RUN_FLAGS)
-    n.add_argument("--set", action="append", metavar="PASS.OPTION=VALUE",
-                   help="override a recipe option, e.g. --set select.ratio=0.3 (repeatable)")
-    n.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    _quiet_flag(n)
-    _verbose_flag(n)
+    add_flags(n, RUN_FLAGS, grouped=True)
+    _output_flags(n, recipe=True)
     n.set_defaults(func=cmd_run)
 
     add_bench_parser(sub)
@@ -403,6 +400,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
     _debug_everywhere(p)
     return p
+
+
+MORE_FLAGS = ("more options: every pass option is --set PASS.OPTION=VALUE (onnxprune passes "
+              "lists them); docs/cli.md lists the flags --help leaves out")
+
+
+def _output_flags(p: argparse.ArgumentParser, recipe: bool = False) -> None:
+    """--json, --set, -q, -v: in the last groups of prune and run."""
+    group(p, BENCH).add_argument("--json", action="store_true",
+                                 help="print one JSON object instead of tables")
+    run = group(p, RUN)
+    run.add_argument("--set", action="append", metavar="PASS.OPTION=VALUE",
+                     help=("override a recipe option, e.g. --set select.ratio=0.3" if recipe else
+                           "any pass option, e.g. --set select.tolerance=0.02 (onnxprune "
+                           "passes lists them)") + " (repeatable)")
+    _quiet_flag(run)
+    _verbose_flag(run)
 
 
 def _debug_everywhere(parser: argparse.ArgumentParser) -> None:

@@ -48,6 +48,18 @@ def _command(name: str, parser: argparse.ArgumentParser) -> list[str]:
         lines += ["| flag | meaning |", "|---|---|"]
         lines += [f"| {_flag(a)} | {_help(a)} |" for a in rows]
         lines.append("")
+    hidden = parser.get_default("_hidden") or []
+    if hidden:
+        lines += ["More flags, left out of `--help` (the long tail, and earlier spellings kept "
+                  "for scripts); each pass option is also `--set PASS.OPTION=VALUE`:", "",
+                  "| flag | as --set | meaning |", "|---|---|---|"]
+        bar = "|", "\\|"  # a table's pipes escaped
+        lines += [f"| {', '.join(f'`{n}`' for n in names)}"
+                  f"{f' `{meta}`'.replace(*bar) if meta else ''} | "
+                  f"{f'`{where}`' if where else '-'} | "
+                  f"{text.replace('%%', '%').replace(*bar)} |"
+                  for names, meta, where, text in sorted(hidden, key=lambda h: h[0][-1])]
+        lines.append("")
     for action in parser._actions:  # noqa: SLF001
         if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
             for sub, child in action.choices.items():

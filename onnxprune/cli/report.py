@@ -10,6 +10,7 @@ from rich.table import Table
 from ..analysis.model import Group
 from ..analysis.size import types_text
 from ..api import Analysis, PruneResult
+from ..figures import distinct
 from ..pipeline.result import prune_json  # noqa: F401 - the --json object, also here
 
 
@@ -198,17 +199,6 @@ def _print_widths(console: Console, r: PruneResult, limit: int = 40, more: str =
     console.print(t)
     if len(changed) > limit:
         console.print(f"... {len(changed) - limit} more (use {more} for all)")
-
-
-def distinct(values: list[float], least: int = 4, most: int = 10) -> list[str]:
-    """The values with the fewest significant digits (``least`` to ``most``) that tell apart
-    every two that differ (``1 -> 1 -> 1`` was 1 -> 0.99996 -> 0.99999)."""
-    for digits in range(least, most + 1):
-        text = [f"{v:.{digits}g}" for v in values]
-        if all(text[i] != text[j] for i in range(len(values)) for j in range(i)
-               if values[i] != values[j]):
-            return text
-    return [f"{v:.{most}g}" for v in values]
 
 
 def quality_line(q: dict) -> str:

@@ -30,20 +30,63 @@ from .recovery import Compensate, Distill, VerifyRecovered
 from .structure import AnalyzeChannels, DropAdapters, FindComponents, InsertFlowAdapters
 from .tokens import KeepTokens
 
+TARGETS = ("params", "macs")  # --target KIND=F: select.target_<kind>
+RECOVERIES = ("compensate", "distill")
+
+
+def _targets(value: Any) -> dict[str, float]:
+    """``params=0.3`` or ``params=0.3,macs=0.5`` (or a mapping) -> {"params": 0.3, ...}."""
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, str):
+        items = [part.partition("=")[::2] for part in value.split(",") if part.strip()]
+    else:
+        raise ValueError(f"expected KIND=F, e.g. params=0.3, got {value!r}")
+    out: dict[str, float] = {}
+    for kind, raw in items:
+        kind = str(kind).strip()
+        if kind not in TARGETS:
+            raise ValueError(f"{kind or value!r}: the target is one of {', '.join(TARGETS)} "
+                             "followed by =F, e.g. params=0.3")
+        if kind in out:
+            raise ValueError(f"{kind} given twice")
+        out[kind] = raw if not isinstance(raw, str) else raw.strip()
+    if not out:
+        raise ValueError("expected KIND=F, e.g. params=0.3")
+    return out
+
+
+def _recoveries(value: Any) -> tuple[str, ...]:
+    """``none``, ``compensate``, ``distill`` or ``compensate,distill`` (or a list), in pipeline
+    order."""
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    parts = [str(p).strip() for p in parts if str(p).strip()]
+    bad = [p for p in parts if p not in (*RECOVERIES, "none")]
+    if bad or ("none" in parts and len(parts) > 1):
+        raise ValueError(f"{','.join(parts)!r}: expected none, or stages among "
+                         f"{', '.join(RECOVERIES)} separated by commas")
+    return tuple(r for r in RECOVERIES if r in parts)
+
+
 SWITCHES = (
     Option("components", "none", "split the model into components: 'auto' from node name "
            "scopes, the path of a TOML map, or 'none' (one component)", parse=text,
            public="components", metavar="auto|none|FILE", type_name="str"),
-    Option("compensate", False, "after the (verified) removal, refit every layer that lost "
-           "inputs so it reproduces the original on the calibration data (ridge least squares, "
-           "bias compensation)", parse=flag, public="compensate", kind="switch",
-           type_name="bool"),
-    Option("recover", "none", "'distill': then fine-tune the remaining weights on the "
-           "original model's outputs over the calibration data (needs torch)",
-           choices=("none", "distill"), public="recover"),
+    Option("target", None, "what the cut must reach, KIND=F for a fraction of the original "
+           "removed: params=0.3 (parameters) or macs=0.5 (multiply-accumulates), both separated "
+           "by a comma (the selection meets both); instead of --ratio",
+           parse=_targets, public="target", metavar="params=F|macs=F", type_name="targets"),
+    Option("recover", "none", "after the (verified) removal, 'compensate': refit every layer "
+           "that lost inputs so it reproduces the original on the calibration data (ridge "
+           "least squares, bias compensation); 'distill': fine-tune the remaining weights on "
+           "the original model's outputs (needs torch); both: compensate,distill",
+           parse=_recoveries, public="recover", metavar="compensate,distill",
+           type_name="list"),
+    Option("compensate", False, "the same as --recover compensate (kept for scripts)",
+           parse=flag, public="compensate", kind="switch", type_name="bool"),
     Option("quantize", "none", "'int8': then quantize the verified model (onnxruntime's static "
            "quantizer, QDQ, per-channel weights) calibrated on the calibration data, and check "
-           "its metric against the float model's (--quantize-tolerance)",
+           "its metric against the float model's (--set quantize.tolerance=...)",
            choices=("none", "int8"), public="quantize"),
     Option("verify", True, "verify the result (the API only: a model is never written "
            "unverified)", parse=flag, public="verify", flag="", type_name="bool"),
@@ -80,7 +123,7 @@ def split_options(values: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]],
                          f"{', '.join(sorted(known))})")
     per_pass: dict[str, dict[str, Any]] = {}
     run: dict[str, Any] = {}
-    switches: dict[str, Any] = {o.name: o.default for o in SWITCHES}
+    switches: dict[str, Any] = {o.name: o.convert("prune", o.default) for o in SWITCHES}
     for public, value in values.items():
         owner, o = known[public]
         if owner == "run":
@@ -89,6 +132,13 @@ def split_options(values: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]],
             switches[o.name] = o.convert("prune", value)
         else:
             per_pass.setdefault(owner, {})[o.name] = value
+    for kind, fraction in (switches.pop("target") or {}).items():  # --target params=F
+        select = per_pass.setdefault("select", {})
+        if f"target_{kind}" in select:
+            raise UsageError(f"target: {kind} given twice (target and target_{kind})")
+        select[f"target_{kind}"] = fraction
+    recover = set(switches["recover"]) | ({"compensate"} if switches.pop("compensate") else set())
+    switches["recover"] = tuple(r for r in RECOVERIES if r in recover)
     return per_pass, run, switches
 
 
@@ -135,13 +185,13 @@ def prune_pipeline(model: str | Path | onnx.ModelProto, output: str | Path | Non
         passes.append(DropAdapters())
     if sw["verify"]:
         passes.append(Verify())
-    for cls, on in ((Compensate, sw["compensate"]), (Distill, sw["recover"] == "distill")):
-        if on:
+    for cls in (Compensate, Distill):
+        if cls.name in sw["recover"]:
             passes.append(make(cls))
         elif per_pass.get(cls.name):
-            switch = "compensate" if cls is Compensate else "recover distill"
-            warn(f"{', '.join(_publics(cls.name, per_pass))}: no effect without {switch}")
-    if sw["compensate"] or sw["recover"] == "distill":
+            warn(f"{', '.join(_publics(cls.name, per_pass))}: no effect without recover "
+                 f"{cls.name}")
+    if sw["recover"]:
         passes.append(VerifyRecovered())
     if sw["quantize"] == "int8":
         if not calib:

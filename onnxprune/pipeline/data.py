@@ -47,6 +47,9 @@ def _mean_std(value) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return m, s
 
 
+RANDOM = "random:"  # --calib random:N
+
+
 class Calibrate(Pass):
     name = "calibrate"
     description = "Calibration batch: an .npz keyed by input name (+ labels), or N random samples."
@@ -58,11 +61,12 @@ class Calibrate(Pass):
                "arrays keyed by model input name, batch first (plus 'labels' for accuracy); a "
                "folder, glob or list file of images (sub-folders: class labels); a .txt (a "
                "sample a line) or .jsonl ('text' fields) with a tokenizer; a folder of WAV/FLAC "
-               "recordings; a datasets save_to_disk folder. Readers: pip install "
-               "'onnxprune[data]'", parse=path_option, public="calib",
+               "recordings; a datasets save_to_disk folder; or random:N for N random samples of "
+               "the input shapes. Readers: pip install 'onnxprune[data]'", parse=path_option,
+               public="calib",
                metavar="PATH", type_name="path"),
         Option("random", None, "N random calibration samples from the input shapes (no file "
-               "needed)", parse=number(1, integer=True), public="calib_random", metavar="N",
+               "needed; the same as --calib random:N)", parse=number(1, integer=True), public="calib_random", metavar="N",
                type_name="int"),
         Option("arrays", None, "calibration arrays given in code (the API's calib={...})",
                parse=_arrays, type_name="dict"),
@@ -106,6 +110,15 @@ class Calibrate(Pass):
     )
 
     def setup(self) -> None:
+        if self.path is not None and str(self.path).startswith(RANDOM):  # --calib random:N
+            if self.random is not None:
+                raise OptionError(self.name, "path", f"{self.path} and random both given")
+            random = next(o for o in self.options if o.name == "random")
+            try:
+                self.random = random.convert(self.name, str(self.path)[len(RANDOM):])
+            except OptionError as err:
+                raise OptionError(self.name, "path", f"{self.path}: N {err.message}") from None
+            self.path = None
         given = [o for o in ("path", "random", "arrays") if getattr(self, o) is not None]
         if len(given) != 1:
             raise OptionError(self.name, "path", "give exactly one calibration source: a file "

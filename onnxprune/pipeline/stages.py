@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import warn
+from ..figures import distinct
 from ..ir import io
 from ..ir.arrays import Calibration
 from ..ir.runtime import run_batched, session
@@ -150,8 +151,8 @@ def keep_better(ctx: Context, stage: str, before: dict[str, Any] | None, snapsho
         return True
     after["kept"], after["worse"] = False, worse
     ctx.graph = snapshot
-    what = " and ".join(f"on the {SETS[k]} data worse ({before[k]:.4g} -> {after[k]:.4g})"
-                        for k in worse)
+    what = " and ".join("on the {} data worse ({} -> {})".format(
+        SETS[k], *distinct([float(before[k]), float(after[k])])) for k in worse)
     warn(f"{stage} made {metric.name} {what}; kept the model before {stage}")
     return False
 
