@@ -9,6 +9,7 @@ from typing import Any
 
 import onnx
 
+from .analysis.blocks import Block, find_blocks
 from .analysis.channels import analyze_channels
 from .analysis.components import Components, Flow
 from .analysis.model import ChannelAnalysis
@@ -83,6 +84,7 @@ class Analysis:
     params_by_type: dict[str, int] | None = None  # parameters per element type (int8, ...)
     class_heads: tuple[dict, ...] = ()  # outputs whose classes --keep-classes could cut
     token_inputs: tuple[dict, ...] = ()  # inputs whose tokens --keep-tokens could cut
+    blocks: tuple[Block, ...] = ()  # residual blocks (--remove-blocks), removable or why not
 
     @property
     def stats(self) -> GroupStats:
@@ -131,7 +133,8 @@ def analyze(model: ModelLike, exclude: Sequence[str] = (), *, components: str = 
                     tuple(ctx.flows or ()), comp_stats,
                     GroupStats.of(plain) if plain is not None else None, ctx.graph,
                     subgraph_params(ctx.graph), params_by_type(ctx.graph),
-                    tuple(class_heads(ctx.graph)), tuple(token_inputs(ctx.graph)))
+                    tuple(class_heads(ctx.graph)), tuple(token_inputs(ctx.graph)),
+                    tuple(find_blocks(ctx.graph, ctx.analysis.node_macs)))
 
 
 def component_sizes(graph, components: Components, analysis: ChannelAnalysis) -> dict:

@@ -114,6 +114,7 @@ def check_report(folder: Path, printed: dict | None = None) -> tuple[dict, Page]
         assert f"{data[key]:,}" in page.text, key
     wall = data["wall_seconds"]  # the TIME card: the run's wall time, not its passes' sum
     assert wall >= sum(data["timings"].values()) - 1e-6
+    assert wall <= sum(data["timings"].values()) + 10  # from the run's start, not a flag
     assert f"{wall:.2f} s" in page.text
     for side in ("input", "output"):
         size = data["report"]["files"][side]["bytes"]

@@ -105,3 +105,23 @@ def test_the_dynamo_exporter_reaches_the_same_widths(exported, arch):
     assert open_ == want and tz.HIDDEN in open_ and tz.FFN in open_
     r = prune(model, ratio=0.5)
     assert r.verification.passed and r.params_after < r.params_before
+
+
+@pytest.mark.parametrize("arch", sorted(HEAD_UNITS))
+def test_attention_and_mlp_blocks_are_found_and_removed(exported, arch, tmp_path):
+    """Every layer's attention and MLP sub-blocks (pre-norm Llama/Qwen2/GPT-2, post-norm
+    BERT/ALBERT) are removable blocks; two removed, the oracle (a gate per block) proves it at
+    two sequence lengths."""
+    from onnxprune.api import analyze
+
+    model = exported(arch)
+    blocks = analyze(model).blocks
+    assert [b.kind for b in blocks] == ["attention", "mlp"] * tz.LAYERS
+    assert all(b.removable for b in blocks)
+    r = prune(model, tmp_path / "m.onnx", remove_blocks=2)
+    assert r.verification.passed and len(r.depth["removed"]) == 2
+    assert {s["input_ids"][1] for s in r.verification.shapes} == {32, 64}
+    assert r.params_after < r.params_before
+    if arch != "gpt2":  # GPT-2's Conv1D Gemms read [rows, width] of rows shape inference cannot
+        # tell through its attention (counted once); without the removed attention it can
+        assert r.macs_after < r.macs_before

@@ -22,6 +22,7 @@ _OWNER_GROUP = {"write": IO, "run": RUN, "calibrate": DATA, "compensate": RECOVE
                 "distill": RECOVERY, "quantize": QUANT, "report": BENCH}
 _OPTION_GROUP = {"input_shapes": IO, "input_values": IO, "ratio": TARGET, "target": TARGET,
                  "target_params": TARGET, "target_macs": TARGET, "constraint": TARGET,
+                 "remove_blocks": TARGET,
                  "recover": RECOVERY, "compensate": RECOVERY, "quantize": QUANT}
 
 # The options ``prune --help`` (and ``run --help``) shows: with the flags the command line adds
@@ -29,7 +30,7 @@ _OPTION_GROUP = {"input_shapes": IO, "input_values": IO, "ratio": TARGET, "targe
 # keeps its flag, hidden from --help and listed in docs/cli.md, and is also
 # ``--set PASS.OPTION=VALUE`` (``--set select.tolerance=0.02``).
 SHOWN = frozenset({
-    "output", "force", "input_shapes", "input_values", "ratio", "target", "constraint",
+    "output", "force", "input_shapes", "ratio", "target", "remove_blocks", "constraint",
     "strategy", "criterion", "metric", "components", "exclude", "plan", "keep_classes",
     "keep_tokens", "calib", "holdout", "recover", "quantize", "report", "providers", "memory",
     "executor"})

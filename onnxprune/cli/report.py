@@ -11,6 +11,7 @@ from ..analysis.model import Group
 from ..analysis.size import types_text
 from ..api import Analysis, PruneResult
 from ..figures import distinct
+from ..pipeline.depth import block_json
 from ..pipeline.result import prune_json  # noqa: F401 - the --json object, also here
 
 
@@ -55,6 +56,7 @@ def analysis_json(result: Analysis, model: str) -> dict[str, Any]:
         "subgraph_params": result.subgraph_params,
         "class_heads": list(result.class_heads),
         "token_inputs": list(result.token_inputs),
+        "blocks": [block_json(b) for b in result.blocks],
         "timings": result.timings,
         **_components_json(result),
     }
@@ -100,6 +102,20 @@ def _short(names: list[str], limit: int = 3) -> str:
     return ", ".join(names[:limit]) + more
 
 
+def _print_blocks(console: Console, result: Analysis, limit: int = 40) -> None:
+    table = Table(title="residual blocks (--remove-blocks N: the N least influential go)",
+                  title_justify="left")
+    for col, just in (("block", "left"), ("kind", "left"), ("nodes", "right"),
+                      ("params", "right"), ("MACs", "right"), ("status", "left")):
+        table.add_column(col, justify=just)
+    for b in result.blocks[:limit]:
+        table.add_row(b.name, b.kind, str(len(b.nodes)), f"{b.params:,}", f"{b.macs:,}",
+                      "removable" if b.removable else f"kept: {b.reason}")
+    console.print(table)
+    if len(result.blocks) > limit:
+        console.print(f"... {len(result.blocks) - limit} more blocks (use --json for all)")
+
+
 def print_analysis(console: Console, result: Analysis, model: str, limit: int = 60) -> None:
     data = analysis_json(result, model)
     table = Table(title=f"channel groups of {model}", title_justify="left")
@@ -129,6 +145,8 @@ def print_analysis(console: Console, result: Analysis, model: str, limit: int = 
         f"{t['prunable_channels']:,} of {t['channels']:,} channels prunable; model: "
         f"{result.params:,} params{_types(result.params_by_type)}, {result.macs:,} MACs per sample"
     )
+    if result.blocks:
+        _print_blocks(console, result)
     for h in result.class_heads:
         share = h["params"] / max(result.params, 1)
         if share >= 0.1:  # worth saying: the rows of classes a task never needs
@@ -284,6 +302,12 @@ def print_prune(console: Console, r: PruneResult, model: str, verbose: bool = Fa
                       f"classes ({c['params_removed']:,} parameters of {c['layer']} removed; "
                       f"the others read {_fill_text(c['fill'])})", markup=False, highlight=False,
                       soft_wrap=True)
+    if r.depth and r.depth["removed"]:
+        gone = r.depth["removed"]
+        console.print(f"blocks: {len(gone)} of {r.depth['removable']} removable removed, "
+                      f"by influence on {r.depth['scored_on']} data: " + ", ".join(
+                          f"{b['name']} ({b['kind']}, {b['influence']:.3g})" for b in gone),
+                      markup=False, highlight=False, soft_wrap=True)
     if r.tokens:
         t = r.tokens
         console.print(f"tokens: {t['input']} reads {t['kept']:,} of its {t['vocabulary']:,} "

@@ -47,7 +47,7 @@ ARTIFACTS = {
     "plan": "a selection of channels", "reference": "the graph before removal",
     "verification": "a verified model", "quality": "the measured quality",
     "output_path": "a written model", "report_path": "a written report",
-    "quantization": "a quantized model",
+    "quantization": "a quantized model", "depth": "removed blocks",
     "eval_data": "calibration data (or a metric that runs the model itself)",
 }
 
@@ -158,6 +158,7 @@ class Context:
     tokens: dict[str, Any] | None = None  # what keeping only some tokens did (tokens pass)
     # graph inputs/outputs that lost channels (an opened decoder cache): name -> [(axis, keep)]
     interface: dict[str, list] | None = None
+    depth: dict[str, Any] | None = None  # the residual blocks found, scored and removed
     verification: VerifyReport | None = None
     quantization: dict[str, Any] | None = None  # what quantizing the model did (int8, figures)
     float_graph: gs.Graph | None = None  # the verified float model a quantized one came from
@@ -166,7 +167,7 @@ class Context:
     # bookkeeping
     timings: list[tuple[str, float]] = field(default_factory=list)
     memory: list[tuple[str, int | None]] = field(default_factory=list)  # peak RSS per pass
-    started: float = field(default_factory=time.perf_counter)  # when the run began (wall)
+    began: float = field(default_factory=time.perf_counter)  # when the run began (wall)
     log: list[tuple[str, PassResult]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # said during the run, each once
     progress: Callable[[str], None] | None = None

@@ -21,6 +21,7 @@ from ..search.quality import get_metric
 from .base import RUN_OPTIONS, Pass, RunConfig
 from .classes import KeepClasses
 from .data import Calibrate, MeasureQuality, UseMetric
+from .depth import RemoveBlocks
 from .entry import LoadModel, UseModel
 from .frontend import Cleanup, Normalize
 from .output import Report, Verify, WriteModel
@@ -95,7 +96,7 @@ SWITCHES = (
 # The passes whose public options prune() takes, in pipeline order.
 PRUNE_PASSES: tuple[type[Pass], ...] = (
     KeepClasses, KeepTokens, FindComponents, AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels,
-    Compensate, Distill, Quantize, WriteModel, Report,
+    RemoveBlocks, Compensate, Distill, Quantize, WriteModel, Report,
 )
 
 
@@ -147,6 +148,10 @@ def prune_pipeline(model: str | Path | onnx.ModelProto, output: str | Path | Non
     """The passes and run settings of one prune, from public option values."""
     per_pass, run, sw = split_options(values)
     config = RunConfig.of(**run)
+    select = per_pass.setdefault("select", {})
+    if per_pass.get(RemoveBlocks.name, {}).get("remove") and not {
+            "ratio", "target_params", "target_macs", "plan"} & set(select):
+        select["ratio"] = 0.0  # blocks only, unless channels are asked for too
 
     def make(cls: type[Pass], **fixed: Any) -> Pass:
         return cls(**{**per_pass.get(cls.name, {}), **fixed})
@@ -180,7 +185,10 @@ def prune_pipeline(model: str | Path | onnx.ModelProto, output: str | Path | Non
     passes += [make(ScoreChannels), make(SelectChannels)]
     if calib or (metric is not None and get_metric(metric).on_model):
         passes.append(MeasureQuality())
-    passes += [RemoveChannels(), Cleanup()]
+    passes.append(RemoveChannels())
+    if per_pass.get(RemoveBlocks.name, {}).get("remove"):
+        passes.append(make(RemoveBlocks))
+    passes.append(Cleanup())
     if sw["components"] != "none":
         passes.append(DropAdapters())
     if sw["verify"]:

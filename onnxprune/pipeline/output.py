@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ..analysis.blocks import with_blocks
 from ..analysis.size import graph_params
 from ..errors import OutputError, UsageError, VerificationError, warn
 from ..ir import io
@@ -43,12 +44,17 @@ class Verify(Pass):
         # the input model runs unless normalization left it as it was, node for node
         compare = (self.compare_input and ctx.normalize_diff is None
                    and not (ctx.normalize_deferred and same_model(ctx.source, reference)))
+        removed, oracle = plan.removed, _search_oracle(ctx)
+        if ctx.depth and ctx.depth["removed"]:  # a gate per block: closed where it went
+            analysis, removed = with_blocks(analysis, removed, ctx.depth["removable"],
+                                            ctx.depth["removed"])
+            oracle = None
         report = verify_pruned(
-            pruned, reference, analysis, plan.removed,
+            pruned, reference, analysis, removed,
             source=ctx.source if compare else None,
             keep_reference=False, normalize_diff=ctx.normalize_diff,
             providers=ctx.config.providers, seed=self.seed,
-            feed_sets=feed_sets, oracle=_search_oracle(ctx),
+            feed_sets=feed_sets, oracle=oracle,
         )
         ctx.verification = report
         if not report.passed:
@@ -145,7 +151,7 @@ class Report(Pass):
         check_apart(self.folder, output)  # never over the model just written
         model = str(ctx.source_path) if ctx.source_path is not None else None
         data = report_data(result_of(ctx), model, warnings=ctx.warnings, command=self.command)
-        data["wall_seconds"] = time.perf_counter() - ctx.started  # the run until its report
+        data["wall_seconds"] = time.perf_counter() - ctx.began  # the run until its report
         ctx.report_path = write_report(self.folder, data)
         return PassResult(False, {"path": str(ctx.report_path)})
 

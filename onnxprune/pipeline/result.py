@@ -52,6 +52,7 @@ class PruneResult:
     classes: dict | None = None  # what keep_classes did: output, classes kept, params removed
     tokens: dict | None = None  # what keep_tokens did: input, tokens kept, params removed
     calibration: str | None = None  # what --calib read, when not an .npz (images, text, ...)
+    depth: dict | None = None  # the residual blocks removed (remove_blocks), with their scores
     _graphs: tuple = field(default=(None, None, None, None), repr=False, compare=False)
 
     @functools.cached_property
@@ -87,10 +88,21 @@ def result_of(ctx: Context, params_before: int | None = None,
         params_by_op=params_by_op(before, ctx.graph), report=ctx.report_path,
         params_by_type_before=params_by_type(before),
         params_by_type_after=params_by_type(ctx.graph), quantization=ctx.quantization,
-        classes=ctx.classes, tokens=ctx.tokens,
+        classes=ctx.classes, tokens=ctx.tokens, depth=depth_summary(ctx),
         calibration=next((res.info.get("source") for name, res in ctx.log
                           if name == "calibrate" and res.info.get("source")), None),
     )
+
+
+def depth_summary(ctx: Context) -> dict | None:
+    """The blocks removed and the scores that chose them (None: no depth pass)."""
+    if ctx.depth is None:
+        return None
+    from .depth import block_json
+
+    scores = ctx.depth["scores"]
+    return {"removable": len(ctx.depth["removable"]), "scored_on": ctx.depth.get("data"),
+            "removed": [block_json(b, scores.get(b.name)) for b in ctx.depth["removed"]]}
 
 
 def memory_of(ctx: Context) -> dict | None:
@@ -165,6 +177,7 @@ def prune_json(r: PruneResult, model: str | None) -> dict[str, Any]:
         "classes": r.classes,
         "tokens": r.tokens,
         "calibration": r.calibration,
+        "depth": r.depth,
         "timings": r.timings,
         "memory": r.memory,
     }

@@ -1,0 +1,26 @@
+"""Removing residual blocks: the Add passes its stream on, and the branch goes with cleanup."""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from ..analysis.blocks import Block
+from ..ir.graph import bypass
+
+
+def remove_blocks(graph: gs.Graph, blocks: list[Block]) -> int:
+    """Remove ``blocks`` from ``graph``: each Add's readers read its stream instead (a graph
+    output keeps its name through an Identity), and the nodes and weights only the branch used
+    go. Returns the number of nodes removed."""
+    before = len(graph.nodes)
+    adds = {n.name: n for n in graph.nodes if n.op == "Add"}
+    outputs = {id(t) for t in graph.outputs}
+    for block in blocks:
+        add = adds[block.name]
+        stream = add.inputs[1 - block.branch_input]
+        if id(add.outputs[0]) in outputs:
+            add.op, add.inputs, add.attrs = "Identity", [stream], {}
+        else:
+            bypass(graph, add, stream)
+    graph.cleanup().toposort()
+    return before - len(graph.nodes)
