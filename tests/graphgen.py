@@ -143,6 +143,7 @@ class _Gen(LayerSteps, ShapeSteps):
             ("unary", any_, self.unary),
             ("binary_const", any_, self.binary_const),
             ("residual", any_, self.residual),
+            ("block", any_, self.block),
             ("softmax", any_, self.softmax),
             ("concat", any_, self.concat),
             ("split", any(t.c >= 2 for t in r4 + r2 + r3), self.split),
@@ -224,8 +225,10 @@ def _check_shapes(model: onnx.ModelProto, pool: list[Live]) -> None:
 
 @st.composite
 def graphs(draw, min_steps: int = 1, max_steps: int = 10,
-           opsets: tuple[int, ...] = tuple(range(11, 19))) -> onnx.ModelProto:
-    """A random valid ONNX model over onnxprune's supported ops (see the module docstring)."""
+           opsets: tuple[int, ...] = tuple(range(11, 19)),
+           prefer: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """A random valid ONNX model over onnxprune's supported ops (see the module docstring);
+    the steps named in ``prefer`` are drawn eight times as often."""
     opset = draw(st.sampled_from(opsets))
     batch: Dim = draw(st.sampled_from(["batch", 1, 2]))
     seed = draw(st.integers(0, 2**16))
@@ -233,7 +236,8 @@ def graphs(draw, min_steps: int = 1, max_steps: int = 10,
     g.const_nodes = draw(st.integers(0, 7)) == 0
     g.graph_inputs()
     for _ in range(draw(st.integers(min_steps, max_steps))):
-        name, _, action = g.pick([s for s in g.steps() if s[1]])
+        name, _, action = g.pick([s for s in g.steps() if s[1]
+                                  for _ in range(8 if s[0] in prefer else 1)])
         action()
     g.heads()
     outputs = g.outputs()

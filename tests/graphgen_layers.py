@@ -256,6 +256,29 @@ class LayerSteps:
         self.log.append(f"{op}[residual {'same' if y in same else 'broadcast ' + str(y.shape)}]")
         return self.add(out, x.shape)
 
+    def block(self) -> Live:
+        """A residual block ``y = x + f(x)``: a private branch of two channel-preserving layers
+        (nothing else reads it, so the analysis finds a removable block), optionally scaled
+        per channel (layer scale), joined back onto the stream it read."""
+        x = self.take(2, 3, 4)
+        c, hidden = int(x.shape[1] if x.rank == 4 else x.shape[-1]), self.int_(1, MAX_C)
+        if x.rank == 4:
+            k = self.pick([1, 3])
+            h = self.b.op("Relu", [self.b.op("Conv", [x.name, self.weight(hidden, c, 1, 1)],
+                                             kernel_shape=[1, 1])])
+            f = self.b.op("Conv", [h, self.weight(c, hidden, k, k), self.vec(c, -0.1, 0.1)],
+                          kernel_shape=[k, k], pads=[k // 2] * 4)
+        else:
+            h = self.b.op("Relu", [self.b.op("MatMul", [x.name, self.weight(c, hidden)])])
+            f = self.b.op("MatMul", [h, self.weight(hidden, c)])
+        scaled = self.coin()
+        if scaled:
+            f = self.b.op("Mul", [f, self.vec((c, 1, 1) if x.rank == 4 else (c,), 0.1, 1.0)])
+        out = self.b.op("Add", [x.name, f] if self.coin() else [f, x.name])
+        self.use(x)
+        self.log.append(f"block[{c}->{hidden}->{c}{' scaled' if scaled else ''}]")
+        return self.add(out, x.shape)
+
     def softmax(self) -> Live:
         x = self.take(2, 3, 4)
         axis = self.pick([a for a in range(-x.rank, x.rank) if a % x.rank != 0])

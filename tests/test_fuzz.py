@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from test_fuzz_regressions import keep_one_per_group
 
 from onnxprune.analysis.channels import analyze_channels
-from onnxprune.api import prune
+from onnxprune.api import analyze, prune
 from onnxprune.ir.graph import import_model
 from onnxprune.testing import check_oracle, normalized
 
@@ -191,6 +191,31 @@ def prune_property(model: onnx.ModelProto, ratio: float) -> None:
     assert result.params_after <= result.params_before
     if ratio == 0.0:
         assert result.params_after == result.params_before
+
+
+@reject_known_bugs
+def depth_property(model: onnx.ModelProto, draw) -> None:
+    """Removing random residual blocks (and channels) verifies against the oracle's block
+    gates, and removes each block's nodes."""
+    note(describe(model))
+    removable = [b for b in analyze(model).blocks if b.removable]
+    event(f"removable blocks: {min(len(removable), 3)}{'+' if len(removable) > 3 else ''}")
+    if not removable:
+        return
+    k = draw(st.integers(1, len(removable)))
+    ratio = draw(st.sampled_from([0.0, 0.3]))
+    result = prune(model, ratio=ratio, remove_blocks=k)
+    assert result.verification.passed, result.verification.messages
+    assert len(result.depth["removed"]) == k
+    adds = {n.name for n in result.model.graph.node if n.op_type == "Add"}
+    assert not adds & {b["name"] for b in result.depth["removed"]}  # (an output: an Identity)
+    assert result.params_after <= result.params_before
+
+
+@settings(settings.get_profile("fast"))
+@given(graphs(prefer=("block",)), st.data())
+def test_removing_random_blocks_equals_the_oracle(model, data):
+    depth_property(model, data.draw)
 
 
 @settings(settings.get_profile("fast"))

@@ -140,6 +140,28 @@ def _kind(members: list[gs.Node]) -> str:
     return "residual"
 
 
+def layers_reading(graph: gs.Graph, readers: set[str]) -> list[gs.Node]:
+    """The weighted layers that read a stream through ``readers`` (the nodes that read a
+    removed block's output): those nodes, and what follows them through norms, activations and
+    reshapes, up to the first weighted layer on each path (never across another residual Add).
+    After a block is removed these read a changed stream: compensation refits them."""
+    found: dict[str, gs.Node] = {}
+    todo = [n for n in graph.nodes if n.name in readers]
+    seen: set[int] = set()
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.op in WEIGHTED:
+            found[node.name] = node
+            continue
+        if node.op == "Add" and not any(isinstance(t, gs.Constant) for t in node.inputs):
+            continue
+        todo += [c for t in node.outputs for c in t.outputs]
+    return [n for n in graph.nodes if n.name in found]
+
+
 # -- the oracle's view: a gate per block on its branch --------------------------------------
 
 

@@ -22,7 +22,7 @@ _OWNER_GROUP = {"write": IO, "run": RUN, "calibrate": DATA, "compensate": RECOVE
                 "distill": RECOVERY, "quantize": QUANT, "report": BENCH}
 _OPTION_GROUP = {"input_shapes": IO, "input_values": IO, "ratio": TARGET, "target": TARGET,
                  "target_params": TARGET, "target_macs": TARGET, "constraint": TARGET,
-                 "remove_blocks": TARGET,
+                 "remove_blocks": TARGET, "depth": SELECTION,
                  "recover": RECOVERY, "compensate": RECOVERY, "quantize": QUANT}
 
 # The options ``prune --help`` (and ``run --help``) shows: with the flags the command line adds
@@ -31,9 +31,9 @@ _OPTION_GROUP = {"input_shapes": IO, "input_values": IO, "ratio": TARGET, "targe
 # ``--set PASS.OPTION=VALUE`` (``--set select.tolerance=0.02``).
 SHOWN = frozenset({
     "output", "force", "input_shapes", "ratio", "target", "remove_blocks", "constraint",
-    "strategy", "criterion", "metric", "components", "exclude", "plan", "keep_classes",
+    "strategy", "criterion", "metric", "components", "exclude", "keep_classes",
     "keep_tokens", "calib", "holdout", "recover", "quantize", "report", "providers", "memory",
-    "executor"})
+    "executor", "depth"})
 _FIRST = {"output": 0, "ratio": 0, "strategy": 0, "calib": 0}  # first in their groups
 
 

@@ -136,7 +136,7 @@ def cmd_prune(args, console: Console) -> int:
             models.insert(1, result.float_model)
             names = [None, f"{Path(result.output).stem} (float)", None]
         report = run_bench(models, names=names, providers=bench_providers.split(","),
-                           batches=[int(b) for b in args.bench_batch.split(",")],
+                           batches=_batches(args.bench_batch),
                            seconds=args.bench_seconds,
                            input_shapes=shapes(values["input_shapes"])
                            if values.get("input_shapes") else None,
@@ -160,6 +160,16 @@ def cmd_prune(args, console: Console) -> int:
         if report is not None:
             print_table(report, console)
     return EXIT_OK
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        batches = [int(b) for b in text.split(",")]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1:
+        raise UsageError(f"--bench-batch: {text!r}: expected batch sizes such as 1,32")
+    return batches
 
 
 def _command(args) -> str:

@@ -302,11 +302,17 @@ def print_prune(console: Console, r: PruneResult, model: str, verbose: bool = Fa
                       f"classes ({c['params_removed']:,} parameters of {c['layer']} removed; "
                       f"the others read {_fill_text(c['fill'])})", markup=False, highlight=False,
                       soft_wrap=True)
+    if r.depth and r.depth["in_plan"] and not r.depth["removed"]:
+        console.print(f"blocks: none of {r.depth['removable']} removable chosen (channels cost "
+                      "the metric less)", markup=False, highlight=False, soft_wrap=True)
     if r.depth and r.depth["removed"]:
         gone = r.depth["removed"]
+        how = ("chosen by the search with the channels" if r.depth["in_plan"] else
+               f"by {r.depth['scored_by']} on {r.depth['scored_on']} data")
         console.print(f"blocks: {len(gone)} of {r.depth['removable']} removable removed, "
-                      f"by influence on {r.depth['scored_on']} data: " + ", ".join(
-                          f"{b['name']} ({b['kind']}, {b['influence']:.3g})" for b in gone),
+                      f"{how}: " + ", ".join(
+                          f"{b['name']} ({b['kind']}" + (f", {b['score']:.3g})" if "score" in b
+                                                        else ")") for b in gone),
                       markup=False, highlight=False, soft_wrap=True)
     if r.tokens:
         t = r.tokens

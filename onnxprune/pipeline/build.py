@@ -186,7 +186,7 @@ def prune_pipeline(model: str | Path | onnx.ModelProto, output: str | Path | Non
     if calib or (metric is not None and get_metric(metric).on_model):
         passes.append(MeasureQuality())
     passes.append(RemoveChannels())
-    if per_pass.get(RemoveBlocks.name, {}).get("remove"):
+    if per_pass.get(RemoveBlocks.name, {}).get("remove") or select.get("depth") == "auto":
         passes.append(make(RemoveBlocks))
     passes.append(Cleanup())
     if sw["components"] != "none":

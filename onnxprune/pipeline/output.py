@@ -45,7 +45,8 @@ class Verify(Pass):
         compare = (self.compare_input and ctx.normalize_diff is None
                    and not (ctx.normalize_deferred and same_model(ctx.source, reference)))
         removed, oracle = plan.removed, _search_oracle(ctx)
-        if ctx.depth and ctx.depth["removed"]:  # a gate per block: closed where it went
+        if ctx.depth and ctx.depth["removed"] and "units" not in ctx.depth:
+            # blocks removed after the selection: a gate per block, closed where it went
             analysis, removed = with_blocks(analysis, removed, ctx.depth["removable"],
                                             ctx.depth["removed"])
             oracle = None

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 
+from ..analysis.blocks import find_blocks, with_blocks
 from ..analysis.size import graph_params, macs_at
 from ..errors import ConstraintError, warn
 from ..ir import io
@@ -125,6 +126,11 @@ class SelectChannels(Pass):
                metavar="F", type_name="float"),
         Option("normalize_scores", "mean", "per-group score normalization for strategy global",
                choices=NORMALIZATIONS, public="normalize_scores"),
+        Option("depth", "off", "with strategy sensitivity, auto: every removable residual "
+               "block is a candidate beside the channel cuts (removed whole), so the search "
+               "meets the target by the mix of depth and width that costs the metric least per "
+               "parameter (or MAC) saved; off: channels only", choices=("off", "auto"),
+               public="depth"),
         Option("plan", None, "take the cut from a plan file written by save_plan for this "
                "model (no scoring or search; the strategy and targets do not apply)",
                parse=path_option, public="plan", metavar="FILE.json", type_name="path"),
@@ -151,6 +157,9 @@ class SelectChannels(Pass):
         if self.constraint is not None and self.strategy != "sensitivity":
             raise OptionError(self.name, "constraint", "works with strategy sensitivity "
                               f"(the strategy is {self.strategy})")
+        if self.depth == "auto" and (self.strategy != "sensitivity" or self.plan is not None):
+            raise OptionError(self.name, "depth", "auto works with strategy sensitivity "
+                              f"(the strategy is {'a plan' if self.plan else self.strategy})")
         self.target = (Target("params", self.target_params) if self.target_params is not None
                        else Target("macs", self.target_macs) if self.target_macs is not None
                        else None)
@@ -169,7 +178,10 @@ class SelectChannels(Pass):
         analysis = ctx.require("analysis", self.name)
         scores = ctx.scores if ctx.scores is not None else np.zeros(analysis.num_units)
         check_names(self.ratio, ctx.components.names if ctx.components is not None else ())
-        cost = CostModel(ctx.graph, analysis)
+        blocks: list = []
+        if self.depth == "auto":  # blocks join the analysis as units of their own
+            analysis, scores, blocks = _with_blocks(ctx, analysis, scores)
+        cost = CostModel(ctx.graph, analysis, blocks)
         info: dict = {"strategy": self.strategy, "criterion": ctx.criterion}
         self._round_to = self.round_to
         if self.round_to == "auto":
@@ -188,7 +200,7 @@ class SelectChannels(Pass):
             removed = select_uniform(analysis, scores, self.ratio, self._round_to,
                                      self.min_width).removed
         else:
-            removed = self._search(ctx, analysis, scores, cost, info)
+            removed = self._search(ctx, analysis, scores, cost, info, [u for u, _ in blocks])
         info["params_reduction"] = cost.reduction(removed, "params")
         info["macs_reduction"] = cost.reduction(removed, "macs")
         self._warn_short(info)
@@ -233,10 +245,10 @@ class SelectChannels(Pass):
                  f"{reached:.3g} (each group may lose at most max_ratio={self.max_ratio:g} of its "
                  f"channels and keeps min_width={self.min_width})")
 
-    def _search(self, ctx, analysis, scores, cost, info) -> np.ndarray:
+    def _search(self, ctx, analysis, scores, cost, info, blocks=()) -> np.ndarray:
         # named components keep their ratio as a cap; every other group may lose max_ratio
         caps = {**self.ratio, "*": self.max_ratio}
-        space = Space(analysis, scores, cost, caps, self._round_to, self.min_width)
+        space = Space(analysis, scores, cost, caps, self._round_to, self.min_width, blocks)
         target = self._target
         if target is None and self.constraint is None:
             # the same budget as the uniform ratio would give
@@ -300,6 +312,20 @@ class SelectChannels(Pass):
                     coefficient_groups=[int(g.gid) for g in space.groups],
                     evaluations=extra["evaluations"], method=extra["method"])
         return removed
+
+
+def _with_blocks(ctx: Context, analysis, scores):
+    """The analysis with a unit per removable residual block (the context's from now on: the
+    oracle gates them, the plan removes them, the depth pass rewrites them), the scores with
+    theirs, and (unit, block) pairs."""
+    found = find_blocks(ctx.graph, analysis.node_macs)
+    removable = [b for b in found if b.removable]
+    n = analysis.num_units
+    grown, _ = with_blocks(analysis, np.zeros(n, bool), removable, [])
+    ctx.analysis, ctx.scores = grown, np.concatenate([scores, np.zeros(len(removable))])
+    ctx.depth = {"blocks": found, "removable": removable, "removed": [], "scores": {},
+                 "units": n, "by": "search", "data": "calibration"}
+    return grown, ctx.scores, [(n + i, b) for i, b in enumerate(removable)]
 
 
 def _from_input(ctx: Context, target: Target | None, info: dict) -> Target | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import numpy_helper
 
+from ..analysis.blocks import layers_reading
 from ..errors import UsageError, VerificationError, warn
 from ..ir.arrays import Calibration, axes_of
 from ..ir.quant import is_quantized
@@ -95,8 +96,10 @@ class Compensate(Pass):
         reference = ctx.skeleton(ctx.require("reference", self.name))
         calib, style = self._fit_data(ctx)
         before, snapshot = stages.current(ctx), graph.copy()  # the copy shares the weights
+        also = [n.name for n in layers_reading(graph, set(ctx.depth["readers"]))] if (
+            ctx.depth and ctx.depth["removed"]) else []
         fits = compensate(graph, reference, ctx.analysis, ctx.plan.removed, calib, self.ridge,
-                          interface=ctx.interface)
+                          interface=ctx.interface, also=also)
         ctx.recovery["compensate"] = [
             {"layer": f.node, "rows": f.rows, "error_before": f.error_before,
              "error_after": f.error_after} for f in fits]

@@ -101,7 +101,9 @@ def depth_summary(ctx: Context) -> dict | None:
     from .depth import block_json
 
     scores = ctx.depth["scores"]
-    return {"removable": len(ctx.depth["removable"]), "scored_on": ctx.depth.get("data"),
+    return {"removable": len(ctx.depth["removable"]), "scored_by": ctx.depth.get("by"),
+            "in_plan": "units" in ctx.depth,  # chosen by the search with the channels
+            "scored_on": ctx.depth.get("data"),
             "removed": [block_json(b, scores.get(b.name)) for b in ctx.depth["removed"]]}
 
 
@@ -159,7 +161,8 @@ def prune_json(r: PruneResult, model: str | None) -> dict[str, Any]:
         "params_by_type_after": r.params_by_type_after,
         "macs_before": r.macs_before,
         "macs_after": r.macs_after,
-        "removed_channels": r.plan.removed_units,
+        "removed_channels": r.plan.removed_units - (
+            len(r.depth["removed"]) if r.depth and r.depth["in_plan"] else 0),
         "groups": [
             {"id": gid, "before": b, "after": a} for gid, (b, a) in sorted(r.plan.widths.items())
         ],

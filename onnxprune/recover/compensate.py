@@ -10,7 +10,7 @@ to an output channel gives exactly the columns the layer multiplies with its wei
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -249,9 +249,11 @@ def refittable(node: gs.Node) -> bool:
     return bias is None or (isinstance(bias, gs.Constant) and len(bias.outputs) == 1)
 
 
-def _targets(graph: gs.Graph, analysis: ChannelAnalysis, removed: np.ndarray) -> list[gs.Node]:
-    """Layers that lost input channels and can be refit on their own (weights not shared)."""
-    lost = {g.node for g in analysis.gates if removed[g.units].any()}
+def _targets(graph: gs.Graph, analysis: ChannelAnalysis, removed: np.ndarray,
+             also: Sequence[str] = ()) -> list[gs.Node]:
+    """Layers that lost input channels, or read a stream a removed block changed (``also``),
+    and can be refit on their own (weights not shared)."""
+    lost = {g.node for g in analysis.gates if removed[g.units].any()} | set(also)
     return [n for n in graph.nodes if n.name in lost and refittable(n)]
 
 
@@ -279,10 +281,12 @@ def design_rows(node: gs.Node, x: np.ndarray, ys: list[np.ndarray], rng: np.rand
 
 def compensate(graph: gs.Graph, reference: onnx.ModelProto, analysis: ChannelAnalysis,
                removed: np.ndarray, calib: dict[str, np.ndarray], ridge: float = RIDGE,
-               seed: int = 0, interface: dict | None = None) -> list[LayerFit]:
-    """Refit, in place, the layers of the pruned ``graph`` that lost input channels.
+               seed: int = 0, interface: dict | None = None, also: Sequence[str] = ()
+               ) -> list[LayerFit]:
+    """Refit, in place, the layers of the pruned ``graph`` that lost input channels, and the
+    layers ``also`` (those that read a stream a removed block changed).
     ``interface``: inputs that lost channels (an opened cache), cut from ``calib`` for it."""
-    targets = _targets(graph, analysis, removed)
+    targets = _targets(graph, analysis, removed, also)
     per_chunk = fitting_samples(reference, [n for t in targets for n in (
         t.inputs[0].name, t.outputs[0].name)], calib)
     if per_chunk is not None:  # under a memory cap: every sample, a chunk at a time

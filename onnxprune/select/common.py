@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +43,10 @@ class Space:
     """The search space of a strategy: legal per-group counts, masks and their cost."""
 
     def __init__(self, analysis: ChannelAnalysis, scores: np.ndarray, cost: CostModel,
-                 budget: Budget, round_to: int = 1, min_width: int = 1):
+                 budget: Budget, round_to: int = 1, min_width: int = 1,
+                 blocks: Sequence[int] = ()):
+        """``blocks``: units of residual blocks, each a group of one unit the search may
+        remove whole (0 or 1), beside the channel groups."""
         self.analysis, self.cost = analysis, cost
         self.groups: list[GroupSpace] = []
         for g in analysis.groups:
@@ -57,6 +61,8 @@ class Space:
                   if k == 0 or (g.channels - k) % round_to == 0]
             if len(ks) > 1:
                 self.groups.append(GroupSpace(g.id, order, np.array(ks)))
+        for i, unit in enumerate(blocks):  # ids -1, -2, ... (not channel groups)
+            self.groups.append(GroupSpace(-1 - i, np.array([unit]), np.array([0, 1])))
 
     def mask(self, counts) -> np.ndarray:
         """Removed-units mask for ``counts[i]`` units removed from group ``i`` (then links)."""

@@ -7,13 +7,17 @@ its weight (output and input channels).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..analysis.blocks import Block
 from ..analysis.model import ChannelAnalysis
 from ..analysis.size import is_param, node_macs
+
+WHOLE = -1  # an "axis" claim: the whole weight goes with one unit (a residual block)
 
 
 @dataclass
@@ -26,7 +30,10 @@ class _Param:
 class CostModel:
     """``params(removed)`` and ``macs(removed)`` for any bool mask over units."""
 
-    def __init__(self, graph: gs.Graph, analysis: ChannelAnalysis):
+    def __init__(self, graph: gs.Graph, analysis: ChannelAnalysis,
+                 blocks: Sequence[tuple[int, Block]] = ()):
+        """``blocks``: (unit, block) of residual blocks the mask may remove whole: the weights
+        only a block's branch reads go with its unit."""
         self.analysis = analysis
         self._params: dict[str, _Param] = {}
         for node in graph.nodes:
@@ -37,6 +44,12 @@ class CostModel:
         for (name, axis), units in analysis.params.items():
             if name in self._params:
                 self._params[name].axes.append((axis, units))
+        for unit, block in blocks:
+            inside = set(block.nodes)
+            for node in graph.nodes:
+                for t in node.inputs if node.name in inside else ():
+                    if t.name in self._params and all(c.name in inside for c in t.outputs):
+                        self._params[t.name].axes.append((WHOLE, np.array([unit])))
         self._macs: list[tuple[int, _Param]] = []
         for node in graph.nodes:
             m = node_macs(node)
@@ -50,6 +63,9 @@ class CostModel:
     def _kept_fraction(p: _Param, removed: np.ndarray) -> float:
         frac = 1.0
         for axis, units in p.axes:
+            if axis == WHOLE:  # the weight of a block: all of it, or nothing
+                frac *= 0.0 if removed[units[0]] else 1.0
+                continue
             owned = units >= 0
             gone = int(removed[units[owned]].sum())
             frac *= (p.shape[axis] - gone) / p.shape[axis]
@@ -76,6 +92,9 @@ class CostModel:
         pairs = [(p.size, p) for p in self._params.values()] if target == "params" else self._macs
         for amount, p in pairs:
             for axis, units in p.axes:
+                if axis == WHOLE:
+                    w[units[0]] += amount
+                    continue
                 owned = units >= 0
                 np.add.at(w, units[owned], amount / p.shape[axis])
         return w

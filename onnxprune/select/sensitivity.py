@@ -59,8 +59,8 @@ def sensitivity_curves(space: Space, ev: Evaluator, levels=LEVELS) -> list[Curve
     base = ev.metric.utility(ev.base)
     curves = []
     with task("sensitivity curves", len(space.groups)) as advance:
-        for i, g in enumerate(space.groups):
-            ks = sorted({space.legal(i, f * g.order.size) for f in levels} - {0})
+        for i in range(len(space.groups)):
+            ks = _levels(space, i, levels)
             counts = [0] * len(space.groups)
             masks = []
             for k in ks:
@@ -71,6 +71,14 @@ def sensitivity_curves(space: Space, ev: Evaluator, levels=LEVELS) -> list[Curve
             curves.append(Curve(np.array([0] + ks), np.array(util)))
             advance()
     return curves
+
+
+def _levels(space: Space, i: int, levels) -> list[int]:
+    """The counts group ``i``'s curve measures: the legal counts at ``levels`` of its units
+    (a residual block, one unit: removed whole)."""
+    g = space.groups[i]
+    return sorted({space.legal(i, f * g.order.size) for f in levels} - {0}) or [
+        int(g.counts[-1])]
 
 
 def greedy_path(space: Space, curves: list[Curve], unit_cost: np.ndarray) -> list[list[int]]:
@@ -104,8 +112,8 @@ class LazyCurves:
         self.space, self.ev = space, ev
         base = ev.metric.utility(ev.base)
         self.curves = []
-        for i, g in enumerate(space.groups):
-            ks = sorted({space.legal(i, f * g.order.size) for f in levels} - {0})
+        for i in range(len(space.groups)):
+            ks = _levels(space, i, levels)
             utility = np.full(len(ks) + 1, np.nan)
             utility[0] = base
             self.curves.append(Curve(np.array([0] + ks), utility))

@@ -13,6 +13,7 @@ from onnxprune.api import analyze, prune
 from onnxprune.cli.main import main
 from onnxprune.errors import EXIT_USAGE
 from onnxprune.ir.runtime import session
+from onnxprune.search.quality import get_metric
 from onnxprune.zoo.builder import GraphBuilder
 
 C, T = 16, 6
@@ -134,8 +135,7 @@ def test_influence_removes_the_block_that_changes_its_stream_least(tmp_path):
     model = transformer("pre", scales={1: 1e-3})  # layer 1's MLP barely adds anything
     r = prune(model, tmp_path / "m.onnx", remove_blocks=1)
     assert [b["name"] for b in r.depth["removed"]] == ["add11"]
-    others = [b for b in r.depth["removed"]]
-    assert others[0]["influence"] < 1e-4
+    assert r.depth["removed"][0]["score"] < 1e-4 and r.depth["scored_by"] == "influence"
 
 
 def test_depth_and_width_together_are_proven_together(tmp_path):
@@ -218,3 +218,63 @@ def test_analyze_lists_blocks_in_json_and_the_prune_reports_them(tmp_path, capsy
     assert main(["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--remove-blocks", "1"]) == 0
     out = capsys.readouterr().out
     assert "blocks: 1 of 2 removable removed, by influence on random data: block" in out
+
+
+@pytest.mark.parametrize("score", ["metric", "iterative"])
+def test_the_metric_ranks_blocks_with_their_gates_closed(score, tmp_path):
+    """Scored by the application metric (each block's gate closed alone, or again after each
+    removal), the nearly silent block goes first and the loss it reports is the metric's."""
+    model = transformer("pre", scales={0: 1e-4})  # layer 0's MLP adds almost nothing
+    x = np.random.default_rng(5).standard_normal((32, T, C)).astype(np.float32)
+    r = prune(model, tmp_path / "m.onnx", remove_blocks=2, calib={"x": x}, metric="cosine",
+              holdout=0, block_score=score)
+    removed = r.depth["removed"]
+    assert r.depth["scored_by"] == score and removed[0]["name"] == "add01"
+    assert 0 <= removed[0]["score"] < 1e-3 < removed[1]["score"]
+    assert r.verification.passed
+    # the quality reported after the cut is the written model's, blocks included
+    metric = get_metric("cosine")
+    ref = session(model).run(None, {"x": x})
+    value = metric(session(r.model).run(None, {"x": x}), {"x": x}, ref)
+    assert r.quality["after"] == pytest.approx(value, abs=1e-5) and value < 0.9999
+
+
+def test_compensation_refits_the_layers_that_read_a_changed_stream(tmp_path):
+    """With only blocks removed no layer lost a channel: compensation refits the first weighted
+    layers after each removed block (which read a stream without it) and the metric improves."""
+    x = np.random.default_rng(5).standard_normal((128, 3, 8, 8)).astype(np.float32)
+    r = prune(basic_blocks(), tmp_path / "m.onnx", remove_blocks=1, calib={"img": x},
+              metric="cosine", recover="compensate")
+    fits = r.recovery["compensate"]
+    assert len(fits) >= 1 and all(f["error_after"] < f["error_before"] for f in fits)
+    stages = {s["stage"]: s for s in r.stages["stages"]}
+    assert stages["compensate"]["kept"]
+    assert stages["compensate"]["calib"] > stages["pruned"]["calib"]
+    assert stages["compensate"]["heldout"] > stages["pruned"]["heldout"]
+
+
+def test_the_search_chooses_depth_and_width_together(tmp_path):
+    """depth auto: removable blocks are candidates of the sensitivity search beside the channel
+    groups; at the same parameter target it takes the near-silent block, meets the target and
+    keeps more of the metric than channels alone, and the oracle proves both cuts."""
+    model = transformer("pre", scales={0: 1e-4})
+    x = np.random.default_rng(5).standard_normal((64, T, C)).astype(np.float32)
+    runs = {d: prune(model, tmp_path / f"{d}.onnx", target="params=0.3", strategy="sensitivity",
+                     depth=d, calib={"x": x}, metric="cosine") for d in ("off", "auto")}
+    auto, off = runs["auto"], runs["off"]
+    assert off.depth is None and [b["name"] for b in auto.depth["removed"]] == ["add01"]
+    assert auto.depth["in_plan"] and auto.verification.passed
+    for r in runs.values():
+        assert 1 - r.params_after / r.params_before >= 0.3
+    held = {r: {s["stage"]: s["heldout"] for s in runs[r].stages["stages"]} for r in runs}
+    assert held["auto"]["pruned"] > held["off"]["pruned"]
+    # the channel count excludes the block's unit
+    data = auto.plan.removed_units - 1
+    assert sum(b - a for _, (b, a) in auto.plan.widths.items()) == data
+
+
+def test_depth_auto_needs_the_sensitivity_search(demo_file, tmp_path, capsys):
+    code = main(["prune", str(demo_file), "-o", str(tmp_path / "o.onnx"), "--set",
+                 "select.depth=auto"])
+    assert code == EXIT_USAGE
+    assert "depth: auto works with strategy sensitivity" in capsys.readouterr().err
