@@ -83,3 +83,30 @@ def test_distillation_refuses_a_changed_cache_interface():
     model = onnx.load(str(DATA / "llama_kv.onnx"))
     with pytest.raises(UsageError, match="cache interface"):
         prune(model, ratio=0.5, prune_kv_cache=True, calib_random=8, recover="distill")
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_attention_blocks_take_their_cache_pair_only_when_asked(name, recwarn):
+    """An attention block writes its layer's present output: kept, with the reason, unless
+    --prune-kv-cache lets the pair go with the block (an interface change, warned); verified
+    with the pruned model fed and read without the pair."""
+    model = onnx.load(str(DATA / f"{name}_kv.onnx"))
+    blocks = analyze(model).blocks
+    attention = [b for b in blocks if b.kind == "attention"]
+    assert len(attention) == 2 and not any(b.removable for b in attention)
+    assert all("--prune-kv-cache removes the pair" in b.reason for b in attention)
+    r = prune(model, remove_blocks=4, prune_kv_cache=True)
+    assert r.verification.passed and len(r.verification.shapes) == 2
+    assert [o.name for o in r.model.graph.output] == ["logits"]
+    assert not any(i.name.startswith("past_key_values") for i in r.model.graph.input)
+    assert any("key/value cache with them" in str(w.message) for w in recwarn)
+    with pytest.raises(UsageError, match="key/value cache .* without calibration data"):
+        prune(model, remove_blocks=4, prune_kv_cache=True, calib_random=4)
+
+
+def test_candidates_of_a_gemm_on_batch_times_tokens_are_scored_one_a_run():
+    """GPT-2's Conv1D layers read [batch x tokens, width]: a gate row per sample does not
+    broadcast there, so candidates run one at a time (it failed in onnxruntime)."""
+    model = onnx.load(str(DATA / "gpt2_kv.onnx"))
+    r = prune(model, ratio=0.3, calib_random=4, strategy="sensitivity", holdout=0)
+    assert r.verification.passed and 0 < r.quality["after"] < 1

@@ -318,3 +318,15 @@ def test_a_model_in_memory_gets_a_report(tmp_path):
     assert data["command"].startswith("onnxprune.prune(<ModelProto>, ")
     assert data["params_after"] == r.params_after
     assert "a model in memory" in (rep / "report.html").read_text()
+
+
+def test_the_report_names_the_blocks_removed(cnn, tmp_path, capsys):
+    folder = tmp_path / "report"
+    code = main(["prune", str(cnn), "-o", str(tmp_path / "small.onnx"), "--remove-blocks", "1",
+                 "--report", str(folder), "--json"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    data, page = check_report(folder, printed)
+    assert [b["name"] for b in data["depth"]["removed"]] == ["block1_add"]
+    row = next(r for t in page.tables for r in t if r and r[0] == "blocks removed")
+    assert row[1].startswith("1 of 1 removable, by influence on random data: block1_add (conv, ")

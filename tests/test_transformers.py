@@ -125,3 +125,12 @@ def test_attention_and_mlp_blocks_are_found_and_removed(exported, arch, tmp_path
     if arch != "gpt2":  # GPT-2's Conv1D Gemms read [rows, width] of rows shape inference cannot
         # tell through its attention (counted once); without the removed attention it can
         assert r.macs_after < r.macs_before
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+def test_a_pre_norm_layer_goes_whole(exported, arch, tmp_path):
+    """block_unit layer: a pre-norm layer's attention and MLP as one unit (Llama's norms read
+    the stream through a cast); one of the two layers removed, verified."""
+    r = prune(exported(arch), tmp_path / "m.onnx", remove_blocks=1, block_unit="layer")
+    assert r.verification.passed and r.depth["removable"] == tz.LAYERS
+    assert [b["kind"] for b in r.depth["removed"]] == ["layer"]

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..analysis.blocks import Block, find_blocks, with_blocks
-from ..errors import UsageError
+from ..errors import UsageError, warn
 from ..options import Option, number
 from ..rewrite.blocks import remove_blocks
 from ..scoring.blocks import block_influence
@@ -42,6 +42,10 @@ class RemoveBlocks(Pass):
                "metric again after each removal, with the removed blocks closed: SLEB)",
                choices=("influence", "metric", "iterative"), public="block_score",
                type_name="str"),
+        Option("unit", "block", "what one block is: block (an attention, MLP or CNN residual "
+               "branch) or layer (a pre-norm transformer layer: its attention block and the MLP "
+               "block that reads its output, removed together)", choices=("block", "layer"),
+               public="block_unit", type_name="str"),
     )
 
     def run(self, ctx: Context) -> PassResult:
@@ -54,7 +58,8 @@ class RemoveBlocks(Pass):
             n, removable = ctx.depth["units"], ctx.depth["removable"]
             gone = [b for i, b in enumerate(removable) if ctx.plan.removed[n + i]]
             return self._remove(ctx, gone)
-        blocks = find_blocks(reference, analysis.node_macs)
+        kv = next((p.kv_cache for p in ctx.planned if p.name == "analyze"), False)
+        blocks = find_blocks(reference, analysis.node_macs, self.unit, cache=kv)
         removable = [b for b in blocks if b.removable]
         if self.remove > len(removable):
             raise UsageError(f"remove_blocks: {self.remove} asked, the model has "
@@ -93,7 +98,15 @@ class RemoveBlocks(Pass):
                           for c in n.outputs[0].outputs})
         if gone:
             remove_blocks(ctx.graph, gone)
-        ctx.depth.update(removed=gone, readers=readers)
+        cache = [name for b in gone for pair in b.cache for name in pair]
+        if cache and ctx.calib is not None:
+            raise UsageError("remove_blocks: removing attention blocks with their key/value "
+                             "cache (--prune-kv-cache) is done without calibration data (its "
+                             "quality per stage compares every output); run it without --calib")
+        if cache:
+            warn("the model's interface changes (the removed attention blocks take their "
+                 f"key/value cache with them; feed and read it without): {', '.join(cache)}")
+        ctx.depth.update(removed=gone, readers=readers, cache=cache)
         return PassResult(bool(gone), {"removed": [b.name for b in gone]})
 
 

@@ -117,7 +117,7 @@ class Quantize(Pass):
         if calib is None:
             raise UsageError("quantization needs calibration data: --calib FILE.npz or "
                              "--calib-random N")
-        if ctx.interface:
+        if ctx.interface or (ctx.depth and ctx.depth.get("cache")):
             raise UsageError("quantization does not support a model whose cache interface "
                              "changed (--prune-kv-cache); run it without one of them")
         if is_quantized(graph):

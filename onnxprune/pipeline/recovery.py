@@ -39,7 +39,7 @@ def _float_only(ctx: Context, by: str) -> None:
 
 def _same_interface(ctx: Context, by: str) -> None:
     """Distillation and quantization feed the pruned model the original's data as it is."""
-    if ctx.interface:
+    if ctx.interface or (ctx.depth and ctx.depth.get("cache")):
         raise UsageError(f"{by} does not support a model whose cache interface changed "
                          "(--prune-kv-cache); run it without one of them")
 
@@ -93,6 +93,8 @@ class Compensate(Pass):
     def run(self, ctx: Context) -> PassResult:
         graph = ctx.require("graph", self.name)
         _float_only(ctx, self.name)
+        if ctx.depth and ctx.depth.get("cache"):
+            _same_interface(ctx, self.name)  # a cache pair left with its block
         reference = ctx.skeleton(ctx.require("reference", self.name))
         calib, style = self._fit_data(ctx)
         before, snapshot = stages.current(ctx), graph.copy()  # the copy shares the weights

@@ -148,6 +148,14 @@ def _selection(d: dict[str, Any], images: dict) -> str:
                       "removed; a removed token reads "
                       + ("its nearest kept one" if tokens["fallback"] == "nearest"
                          else f"token {esc(tokens['fallback'])}") + ")"])
+    depth = d.get("depth")
+    if depth and depth.get("removed"):
+        how = ("chosen by the search with the channels" if depth.get("in_plan") else
+               f"by {esc(depth['scored_by'])} on {esc(depth['scored_on'])} data")
+        facts.append(["blocks removed", f"{num(len(depth['removed']))} of "
+                      f"{num(depth['removable'])} removable, {how}: " + ", ".join(
+                          f"{esc(b['name'])} ({esc(b['kind'])}, {num(b['params'])} parameters)"
+                          for b in depth["removed"])])
     if classes or tokens:
         if sel.get("target_after_trim") is not None:
             facts.append(["channels then remove", num(sel["target_after_trim"], ".1%")

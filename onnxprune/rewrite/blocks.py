@@ -17,10 +17,16 @@ def remove_blocks(graph: gs.Graph, blocks: list[Block]) -> int:
     outputs = {id(t) for t in graph.outputs}
     for block in blocks:
         add = adds[block.name]
-        stream = add.inputs[1 - block.branch_input]
+        first, r = block.joins[0]  # where the stream enters (as rewired by earlier removals)
+        stream = adds[first].inputs[1 - r]
         if id(add.outputs[0]) in outputs:
             add.op, add.inputs, add.attrs = "Identity", [stream], {}
         else:
             bypass(graph, add, stream)
+    presents = {present for b in blocks for _, present in b.cache}
+    if presents:  # the cache pairs that went with their blocks leave the interface
+        graph.outputs = [t for t in graph.outputs if t.name not in presents]
     graph.cleanup().toposort()
+    pasts = {past for b in blocks for past, _ in b.cache}
+    graph.inputs = [t for t in graph.inputs if t.name not in pasts or t.outputs]
     return before - len(graph.nodes)

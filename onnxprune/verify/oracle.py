@@ -110,7 +110,7 @@ class Oracle:
         self.analysis = analysis
         self.model = build_gated_model(reference, analysis, inplace)
         self.session = session(self.model, threads=threads, arena=not search,
-                               feed_weights=not search)
+                               feed_weights=not search, quiet=search)  # (errors still raise)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray], keep: np.ndarray | None = None) -> list[np.ndarray]:

@@ -112,13 +112,13 @@ def test_transformer_sub_blocks_are_found_and_removed_under_the_oracle(placement
 def _zero_branches(model, blocks):
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    joins = {add: r for b in blocks for add, r in b.joins}
     for node in out.graph.node:
-        for b in blocks:
-            if node.name == b.name:
-                zero = f"{b.name}_zero"
-                out.graph.node.append(onnx.helper.make_node("Mul", [node.input[b.branch_input],
-                                                                   "zero_c"], [zero]))
-                node.input[b.branch_input] = zero
+        if node.name in joins:
+            zero = f"{node.name}_zero"
+            out.graph.node.append(onnx.helper.make_node("Mul", [node.input[joins[node.name]],
+                                                               "zero_c"], [zero]))
+            node.input[joins[node.name]] = zero
     out.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((), np.float32), "zero_c"))
     return onnx.shape_inference.infer_shapes(_sorted(out))
 
@@ -278,3 +278,57 @@ def test_depth_auto_needs_the_sensitivity_search(demo_file, tmp_path, capsys):
                  "select.depth=auto"])
     assert code == EXIT_USAGE
     assert "depth: auto works with strategy sensitivity" in capsys.readouterr().err
+
+
+def parallel_transformer(layers=2):
+    """GPT-J / PaLM style: x + attention(LN(x)) + MLP(LN(x)), one norm, an Add of three."""
+    b = GraphBuilder(seed=6, opset=18)
+    x = b.input("x", ["batch", T, C])
+    for i in range(layers):
+        norm = layernorm(b, x)
+        x = b.op("Add", [b.op("Add", [x, attention(b, norm)], name=f"inner{i}"), mlp(b, norm)],
+                 name=f"join{i}")
+    return b.build([b.matmul(x, C, 4)])
+
+
+def test_parallel_attention_and_mlp_are_one_block(tmp_path):
+    model = parallel_transformer()
+    found = blocks_of(model)
+    assert sorted(found) == ["join0", "join1"]
+    assert all(b.kind == "parallel" and b.removable for b in found.values())
+    assert found["join0"].joins == (("inner0", 1), ("join0", 1))
+    r = prune(model, tmp_path / "m.onnx", remove_blocks=1)
+    assert r.verification.passed and len(r.depth["removed"]) == 1
+    x = np.random.default_rng(3).standard_normal((2, T, C)).astype(np.float32)
+    gone = [found[b["name"]] for b in r.depth["removed"]]
+    np.testing.assert_allclose(session(r.model).run(None, {"x": x})[0],
+                               session(_zero_branches(model, gone)).run(None, {"x": x})[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_post_norm_layers_stay_blocks():
+    """Post-norm layers end in a norm that gating keeps (LN2(LN1(x))): no layer unit there."""
+    from onnxprune.analysis.blocks import find_blocks as find
+    from onnxprune.ir.graph import import_model
+    from onnxprune.testing import normalized
+
+    layers = find(import_model(normalized(transformer("post"))), unit="layer")
+    assert [b.kind for b in layers] == ["attention", "mlp"] * 2
+
+
+@pytest.mark.parametrize("placement", ["pre", "rms"])
+def test_a_whole_layer_is_one_unit_when_asked(placement, tmp_path):
+    model = transformer(placement)
+    from onnxprune.analysis.blocks import find_blocks as find
+    from onnxprune.ir.graph import import_model
+    from onnxprune.testing import normalized
+
+    layers = find(import_model(normalized(model)), unit="layer")
+    assert [(b.kind, b.name, b.removable) for b in layers] == [
+        ("layer", "add01", True), ("layer", "add11", True)]
+    assert layers[0].joins == (("add00", 1), ("add01", 1))
+    r = prune(model, tmp_path / "m.onnx", remove_blocks=1, block_unit="layer")
+    assert r.verification.passed and [b["kind"] for b in r.depth["removed"]] == ["layer"]
+    names = {n.name for n in r.model.graph.node}
+    gone = r.depth["removed"][0]["name"]
+    assert not {gone, {"add01": "add00", "add11": "add10"}[gone]} & names
