@@ -134,7 +134,8 @@ def analyze(model: ModelLike, exclude: Sequence[str] = (), *, components: str = 
                     GroupStats.of(plain) if plain is not None else None, ctx.graph,
                     subgraph_params(ctx.graph), params_by_type(ctx.graph),
                     tuple(class_heads(ctx.graph)), tuple(token_inputs(ctx.graph)),
-                    tuple(find_blocks(ctx.graph, ctx.analysis.node_macs)))
+                    tuple(find_blocks(ctx.graph, ctx.analysis.node_macs,
+                                      cache=prune_kv_cache)))
 
 
 def component_sizes(graph, components: Components, analysis: ChannelAnalysis) -> dict:

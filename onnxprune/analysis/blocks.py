@@ -21,6 +21,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .cache import cache_pairs
+from .components import ADAPTER
 from .model import ChannelAnalysis, Gate
 from .size import is_param
 
@@ -87,6 +88,7 @@ class _Graph:
         """The block whose branch outputs (the inputs ``joins`` name) are computed from
         ``stream``; ``inner``: Adds between the joins that belong to the block."""
         order = self.order
+        stream = _source(stream)  # a flow adapter reads the stream for one component
         start = order[id(stream.inputs[0])] if stream.inputs else -1
         outs = [add.inputs[r] for add, r in joins]
         if any(not t.inputs or order[id(t.inputs[0])] <= start for t in outs):
@@ -220,6 +222,13 @@ class _Graph:
         return None
 
 
+def _source(t: gs.Tensor) -> gs.Tensor:
+    """``t``, or what the flow adapters it comes through read (identity Gathers)."""
+    while t.inputs and t.inputs[0].op == "Gather" and t.inputs[0].name.startswith(ADAPTER):
+        t = t.inputs[0].inputs[0]
+    return t
+
+
 def _dims(shape) -> str:
     return "x".join(str(d) for d in shape)
 
@@ -255,6 +264,18 @@ def layers_reading(graph: gs.Graph, readers: set[str]) -> list[gs.Node]:
             continue
         todo += [c for t in node.outputs for c in t.outputs]
     return [n for n in graph.nodes if n.name in found]
+
+
+def kept_by_components(blocks: list[Block], of_node: Mapping[str, str],
+                       kept: set[str]) -> list[Block]:
+    """``blocks`` with those in a component that keeps its weights (a named component at
+    ratio 0) made not removable, with that reason."""
+    out = []
+    for b in blocks:
+        names = sorted({of_node.get(n) for n in (*b.nodes, b.name)} & kept)
+        out.append(replace(b, removable=False, reason=f"component {names[0]} keeps its "
+                           "weights (ratio 0)") if b.removable and names else b)
+    return out
 
 
 # -- the oracle's view: a gate per block on its branch --------------------------------------

@@ -22,6 +22,10 @@ else:  # pragma: no cover
 POLICIES = ("own", "freeze", "couple")
 MAX_AUTO_COMPONENTS = 32
 
+# the name prefix of a flow adapter: an identity Gather where a tensor crosses into another
+# component (rewrite/flows.py inserts them; they compute nothing)
+ADAPTER = "onnxprune_flow"
+
 
 @dataclass(frozen=True)
 class Components:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..analysis.blocks import Block, find_blocks, with_blocks
+from ..analysis.blocks import Block, find_blocks, kept_by_components, with_blocks
 from ..errors import UsageError, warn
 from ..options import Option, number
 from ..rewrite.blocks import remove_blocks
@@ -18,6 +18,8 @@ from .inputs import verification_feeds
 def block_json(b: Block, score: float | None = None) -> dict[str, Any]:
     out = {"name": b.name, "kind": b.kind, "params": b.params, "macs": b.macs,
            "nodes": len(b.nodes), "removable": b.removable, "reason": b.reason}
+    if b.cache:  # the key/value cache pair that goes with it (--prune-kv-cache)
+        out["cache"] = [name for pair in b.cache for name in pair]
     if score is not None:
         out["score"] = float(f"{float(score):.4g}")
     return out
@@ -58,8 +60,7 @@ class RemoveBlocks(Pass):
             n, removable = ctx.depth["units"], ctx.depth["removable"]
             gone = [b for i, b in enumerate(removable) if ctx.plan.removed[n + i]]
             return self._remove(ctx, gone)
-        kv = next((p.kv_cache for p in ctx.planned if p.name == "analyze"), False)
-        blocks = find_blocks(reference, analysis.node_macs, self.unit, cache=kv)
+        blocks = candidates(ctx, reference, self.unit)
         removable = [b for b in blocks if b.removable]
         if self.remove > len(removable):
             raise UsageError(f"remove_blocks: {self.remove} asked, the model has "
@@ -108,6 +109,18 @@ class RemoveBlocks(Pass):
                  f"key/value cache with them; feed and read it without): {', '.join(cache)}")
         ctx.depth.update(removed=gone, readers=readers, cache=cache)
         return PassResult(bool(gone), {"removed": [b.name for b in gone]})
+
+
+def candidates(ctx: Context, graph, unit: str) -> list[Block]:
+    """The graph's blocks as this run may remove them: with their key/value cache pair when the
+    cache may change, never in a component that keeps its weights (``--ratio "pi=0"``)."""
+    kv = next((p.kv_cache for p in ctx.planned if p.name == "analyze"), False)
+    blocks = find_blocks(graph, ctx.analysis.node_macs, unit, cache=kv)
+    select = next((p for p in ctx.planned if p.name == "select"), None)
+    kept = {c for c, r in (select.ratio if select else {}).items() if c != "*" and r == 0}
+    if ctx.components is None or not kept:
+        return blocks
+    return kept_by_components(blocks, ctx.components.of_node, kept)
 
 
 def _add_output(graph, block: Block) -> str:

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from ..analysis.blocks import find_blocks, with_blocks
+from ..analysis.blocks import with_blocks
 from ..analysis.size import graph_params, macs_at
 from ..errors import ConstraintError, warn
 from ..ir import io
@@ -318,10 +318,10 @@ def _with_blocks(ctx: Context, analysis, scores):
     """The analysis with a unit per removable residual block (the context's from now on: the
     oracle gates them, the plan removes them, the depth pass rewrites them), the scores with
     theirs, and (unit, block) pairs."""
+    from .depth import candidates
+
     depth = next((p for p in ctx.planned if p.name == "depth"), None)
-    kv = next((p.kv_cache for p in ctx.planned if p.name == "analyze"), False)
-    found = find_blocks(ctx.graph, analysis.node_macs, depth.unit if depth else "block",
-                        cache=kv)
+    found = candidates(ctx, ctx.graph, depth.unit if depth else "block")
     removable = [b for b in found if b.removable]
     n = analysis.num_units
     grown, _ = with_blocks(analysis, np.zeros(n, bool), removable, [])

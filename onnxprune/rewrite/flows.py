@@ -8,11 +8,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..analysis.components import Components, Flow
+from ..analysis.components import ADAPTER, Components, Flow
 from ..analysis.model import ChannelAnalysis
 from ..ir.graph import bypass, const_value, replace_input, unique_name
-
-ADAPTER = "onnxprune_flow"
 
 
 def insert_flow_adapters(graph: gs.Graph, components: Components, flows: list[Flow],

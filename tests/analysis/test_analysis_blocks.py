@@ -332,3 +332,26 @@ def test_a_whole_layer_is_one_unit_when_asked(placement, tmp_path):
     names = {n.name for n in r.model.graph.node}
     gone = r.depth["removed"][0]["name"]
     assert not {gone, {"add01": "add00", "add11": "add10"}[gone]} & names
+
+
+def two_components():
+    """Two components by name scope, each with one residual MLP block."""
+    b = GraphBuilder(seed=7)
+    x = b.input("x", ["batch", C])
+    for scope in ("enc", "pi"):
+        h = b.op("Relu", [b.op("MatMul", [x, b.weight(C, C)], name=f"/{scope}/fc1/MatMul")],
+                 name=f"/{scope}/act/Relu")
+        f = b.op("MatMul", [h, b.weight(C, C)], name=f"/{scope}/fc2/MatMul")
+        x = b.op("Add", [x, f], name=f"/{scope}/Add")
+    return b.build([b.op("MatMul", [x, b.weight(C, 4)], name="/pi/head/MatMul")])
+
+
+def test_a_component_that_keeps_its_weights_keeps_its_blocks(tmp_path):
+    model = two_components()
+    r = prune(model, tmp_path / "m.onnx", components="auto", ratio="*=0,pi=0",
+              remove_blocks=1)
+    assert [b["name"] for b in r.depth["removed"]] == ["/enc/Add"] and r.depth["removable"] == 1
+    with pytest.raises(Exception, match="2 asked, the model has 1 removable"):
+        prune(model, components="auto", ratio="*=0,pi=0", remove_blocks=2)
+    r = prune(model, tmp_path / "n.onnx", components="auto", remove_blocks=2)
+    assert r.depth["removable"] == 2 and r.verification.passed
