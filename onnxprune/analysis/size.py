@@ -28,6 +28,12 @@ def macs_at(graph: gs.Graph, shapes: dict[str, list[int]] | None) -> int:
     if not shapes or not any(not isinstance(d, int) or d <= 0
                              for t in graph.inputs for d in (t.shape or [])[1:]):
         return graph_macs(graph)
+    return graph_macs(shaped(graph, {k: [1, *v[1:]] if v else [] for k, v in shapes.items()}))
+
+
+def shaped(graph: gs.Graph, shapes: dict[str, list[int]]) -> gs.Graph:
+    """A copy of ``graph`` (sharing its weights) with the inputs at ``shapes`` and every other
+    shape inferred again from them."""
     copy = graph.copy()
     inputs = {id(t) for t in copy.inputs}
     for t in copy.tensors().values():
@@ -35,8 +41,8 @@ def macs_at(graph: gs.Graph, shapes: dict[str, list[int]] | None) -> int:
             t.shape = None  # inferred again from the inputs (old symbolic shapes would clash)
     for t in copy.inputs:
         if t.name in shapes:
-            t.shape = [1, *shapes[t.name][1:]] if shapes[t.name] else []
-    return graph_macs(infer_shapes(copy))
+            t.shape = list(shapes[t.name])
+    return infer_shapes(copy)
 
 
 def graph_macs(graph: gs.Graph) -> int:

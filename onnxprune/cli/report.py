@@ -302,6 +302,14 @@ def print_prune(console: Console, r: PruneResult, model: str, verbose: bool = Fa
                       f"classes ({c['params_removed']:,} parameters of {c['layer']} removed; "
                       f"the others read {_fill_text(c['fill'])})", markup=False, highlight=False,
                       soft_wrap=True)
+    lat = (r.selection or {}).get("latency")
+    if lat and lat.get("achieved") is not None:
+        console.print(f"latency: {lat['achieved']:.3g} of the original's ({lat['target']:.3g} "
+                      f"asked): {lat['original_ms']:.3g} -> {lat['pruned_ms']:.3g} ms at batch "
+                      f"{lat['batch']} on {lat['provider']}; {len(lat['attempts'])} cut(s) "
+                      f"measured, latency table {lat['table']['measured']} layer widths measured "
+                      f"and {lat['table']['reused']} reused", markup=False, highlight=False,
+                      soft_wrap=True)
     if r.depth and r.depth["in_plan"] and not r.depth["removed"]:
         console.print(f"blocks: none of {r.depth['removable']} removable chosen (channels cost "
                       "the metric less)", markup=False, highlight=False, soft_wrap=True)

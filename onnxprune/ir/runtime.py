@@ -161,7 +161,7 @@ class WeightsFed(ort.InferenceSession):
 def session(model: onnx.ModelProto | Skeleton, providers: Sequence[str] | None = None,
             threads: int | None = None, quiet: bool = False,
             optimized: bool = False, arena: bool = True,
-            feed_weights: bool = True) -> ort.InferenceSession:
+            feed_weights: bool = True, spinning: bool = True) -> ort.InferenceSession:
     """An onnxruntime session with graph optimizations off (exact reference arithmetic);
     ``threads``: intra-op threads (None: onnxruntime's choice); ``quiet``: not even errors
     logged (trial runs that are expected to fail); ``optimized``: onnxruntime's optimizations
@@ -171,7 +171,9 @@ def session(model: onnx.ModelProto | Skeleton, providers: Sequence[str] | None =
     Large weights are fed as inputs on the CPU in reference arithmetic (``WeightsFed``: held
     once), else go in as external initializers (``skeleton``). ``feed_weights=False``: always
     initializers, whose prepacked kernels give the same bits at any thread count (a search's
-    candidates scored in this process and in pool workers must agree)."""
+    candidates scored in this process and in pool workers must agree). ``spinning=False``:
+    the intra-op threads sleep between runs (sessions timed alternately do not spin against
+    each other)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
@@ -179,6 +181,8 @@ def session(model: onnx.ModelProto | Skeleton, providers: Sequence[str] | None =
         opts.enable_cpu_mem_arena = False
         opts.enable_mem_pattern = False
     opts.log_severity_level = 4 if quiet else 3
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
     providers = list(providers or ["CPUExecutionProvider"])

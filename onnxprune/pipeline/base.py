@@ -219,6 +219,8 @@ class Pass:
         """Option values by position (declaration order) or name, checked by the schema;
         ``setup`` then checks how they combine."""
         self.values = resolve(self.name, self.options, args, kwargs)
+        names = [o.name for o in self.options]
+        self.given = frozenset(names[:len(args)]) | frozenset(kwargs)  # not the defaults
         for key, value in self.values.items():
             setattr(self, key, value)
         self.setup()

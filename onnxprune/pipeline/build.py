@@ -31,7 +31,7 @@ from .recovery import Compensate, Distill, VerifyRecovered
 from .structure import AnalyzeChannels, DropAdapters, FindComponents, InsertFlowAdapters
 from .tokens import KeepTokens
 
-TARGETS = ("params", "macs")  # --target KIND=F: select.target_<kind>
+TARGETS = ("params", "macs", "latency")  # --target KIND=F: select.target_<kind>
 RECOVERIES = ("compensate", "distill")
 
 
@@ -73,10 +73,12 @@ SWITCHES = (
     Option("components", "none", "split the model into components: 'auto' from node name "
            "scopes, the path of a TOML map, or 'none' (one component)", parse=text,
            public="components", metavar="auto|none|FILE", type_name="str"),
-    Option("target", None, "what the cut must reach, KIND=F for a fraction of the original "
-           "removed: params=0.3 (parameters) or macs=0.5 (multiply-accumulates), both separated "
-           "by a comma (the selection meets both); instead of --ratio",
-           parse=_targets, public="target", metavar="params=F|macs=F", type_name="targets"),
+    Option("target", None, "what the cut must reach: params=F or macs=F removes that fraction "
+           "of the parameters or multiply-accumulates; latency=F keeps at most that fraction "
+           "of the original's latency (latency=0.5, or a time: latency=4ms), measured on the "
+           "first --provider at batch 1 (--set select.latency_batch=B); instead of --ratio",
+           parse=_targets, public="target", metavar="params=F|macs=F|latency=F",
+           type_name="targets"),
     Option("recover", "none", "after the (verified) removal, 'compensate': refit every layer "
            "that lost inputs so it reproduces the original on the calibration data (ridge "
            "least squares, bias compensation); 'distill': fine-tune the remaining weights on "

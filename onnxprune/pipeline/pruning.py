@@ -10,6 +10,7 @@ from ..analysis.blocks import with_blocks
 from ..analysis.size import graph_params, macs_at
 from ..errors import ConstraintError, warn
 from ..ir import io
+from ..latency.target import LatencyTarget, parse_latency
 from ..options import Option, OptionError, auto_or_count, number
 from ..options import path as path_option
 from ..recover.compensate import RIDGE
@@ -31,8 +32,10 @@ from ..select.soft import soft_gradient, soft_grid
 from ..select.uniform import PrunePlan, select_uniform
 from .base import Context, Pass, PassResult
 from .data import evaluator
+from .inputs import verification_feeds
 
 STRATEGIES = ("uniform", "global", "sensitivity", "soft")
+LATENCY_ROUND_TO = 8
 SOFT_METHODS = ("gradient", "finite", "grid")
 
 
@@ -100,6 +103,18 @@ class SelectChannels(Pass):
         Option("target_macs", None, "remove this fraction of the MACs",
                parse=number(0, 1, hi_open=True), public="target_macs", metavar="F",
                type_name="float"),
+        Option("target_latency", None, "keep at most this fraction of the original's latency "
+               "(0.5), or this time (4ms), measured on the first provider: a per-layer latency "
+               "table (measured once per device, cached) guides the selection, and the cut is "
+               "measured end to end against the original and corrected until within 5%",
+               parse=parse_latency, public="target_latency", metavar="F|TIME",
+               type_name="latency"),
+        Option("latency_batch", 1, "the batch size a latency target is measured at",
+               parse=number(1, integer=True), public="latency_batch", metavar="B",
+               type_name="int"),
+        Option("latency_cache", "on", "reuse the per-layer latency table measured on this "
+               "device before (the user's cache folder); off: measure afresh",
+               choices=("on", "off"), public="latency_cache", type_name="str"),
         Option("constraint", None, "with strategy sensitivity: the largest cut whose measured "
                "metric still satisfies e.g. 'psnr>=20' (>= or <=, any metric)",
                parse=Constraint.parse, public="constraint", metavar="METRIC>=V",
@@ -151,9 +166,12 @@ class SelectChannels(Pass):
         if self.refit == "on" and self.strategy != "sensitivity" and self.plan is None:
             raise OptionError(self.name, "refit", "works with strategy sensitivity "
                               f"(the strategy is {self.strategy})")
-        if self.target_params is not None and self.target_macs is not None:
-            raise OptionError(self.name, "target_macs", "give target_params or target_macs, "
-                              "not both")
+        given = [o for o in ("target_params", "target_macs", "target_latency")
+                 if getattr(self, o) is not None]
+        if len(given) > 1:
+            raise OptionError(self.name, given[1], f"give one target ({' or '.join(given)})")
+        if self.target_latency is not None and self.plan is not None:
+            raise OptionError(self.name, "target_latency", "the plan gives the cut")
         if self.constraint is not None and self.strategy != "sensitivity":
             raise OptionError(self.name, "constraint", "works with strategy sensitivity "
                               f"(the strategy is {self.strategy})")
@@ -184,6 +202,10 @@ class SelectChannels(Pass):
         cost = CostModel(ctx.graph, analysis, blocks)
         info: dict = {"strategy": self.strategy, "criterion": ctx.criterion}
         self._round_to = self.round_to
+        if self.target_latency is not None and "round_to" not in self.given:
+            # odd widths can run slower than the original's (a kernel's vector lanes): a
+            # latency target keeps multiples of 8 unless told otherwise
+            self._round_to = LATENCY_ROUND_TO
         if self.round_to == "auto":
             probe = probe_round_to(ctx.graph, ctx.config.providers[0])
             self._round_to = probe.choice if probe is not None else 1
@@ -194,6 +216,8 @@ class SelectChannels(Pass):
         if self.plan is not None:
             removed, made = read_plan(self.plan, analysis)
             info.update(strategy="plan", plan=str(self.plan), planned=made)
+        elif self.target_latency is not None:
+            removed = self._latency(ctx, analysis, scores, cost, info, blocks)
         elif self._target is not None and self._target.fraction <= 0:
             removed = np.zeros(analysis.num_units, bool)  # keep_classes removed enough
         elif self.strategy == "uniform" and self.target is None:
@@ -245,11 +269,25 @@ class SelectChannels(Pass):
                  f"{reached:.3g} (each group may lose at most max_ratio={self.max_ratio:g} of its "
                  f"channels and keeps min_width={self.min_width})")
 
-    def _search(self, ctx, analysis, scores, cost, info, blocks=()) -> np.ndarray:
+    def _latency(self, ctx, analysis, scores, cost, info, blocks) -> np.ndarray:
+        """The cut that measures within 5% of the latency target (end to end, corrected)."""
+        shapes = {k: list(np.shape(v)) for k, v in
+                  verification_feeds(ctx, [ctx.skeleton()], seed=0)[0].items()}
+        lt = LatencyTarget(ctx.graph, analysis, shapes, self.target_latency, self.latency_batch,
+                           ctx.config.providers[0], self.latency_cache == "on")
+        cost.latency = lt.model
+        try:
+            return lt.meet(lambda fraction: self._search(
+                ctx, analysis, scores, cost, info, [u for u, _ in blocks],
+                Target("latency", fraction)))
+        finally:
+            info["latency"] = lt.run.json(getattr(lt.run, "chosen", None))
+
+    def _search(self, ctx, analysis, scores, cost, info, blocks=(), target=None) -> np.ndarray:
         # named components keep their ratio as a cap; every other group may lose max_ratio
         caps = {**self.ratio, "*": self.max_ratio}
         space = Space(analysis, scores, cost, caps, self._round_to, self.min_width, blocks)
-        target = self._target
+        target = target or self._target
         if target is None and self.constraint is None:
             # the same budget as the uniform ratio would give
             uniform = select_uniform(analysis, scores, self.ratio, self._round_to, self.min_width)

@@ -181,6 +181,7 @@ def prune_json(r: PruneResult, model: str | None) -> dict[str, Any]:
         "tokens": r.tokens,
         "calibration": r.calibration,
         "depth": r.depth,
+        "latency": (r.selection or {}).get("latency"),
         "timings": r.timings,
         "memory": r.memory,
     }

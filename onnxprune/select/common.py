@@ -13,7 +13,7 @@ from ..errors import UsageError
 from .budget import Budget, ratio_for
 from .cost import CostModel
 
-TARGETS = ("params", "macs", "channels")
+TARGETS = ("params", "macs", "channels", "latency")
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ class CostModel:
             w = node.inputs[1] if len(node.inputs) > 1 else None
             if m and w is not None and w.name in self._params:
                 self._macs.append((m, self._params[w.name]))
+        self.latency = None  # a latency.model.LatencyModel, for latency targets
         self.params_total = self.params(np.zeros(analysis.num_units, dtype=bool))
         self.macs_total = self.macs(np.zeros(analysis.num_units, dtype=bool))
 
@@ -81,13 +82,17 @@ class CostModel:
         return int(round(sum(m * self._kept_fraction(p, removed) for m, p in self._macs)))
 
     def reduction(self, removed: np.ndarray, target: str = "params") -> float:
-        """Fraction of parameters (or MACs) removed by ``removed``."""
+        """Fraction of parameters (or MACs, or predicted latency) removed by ``removed``."""
+        if target == "latency":
+            return self.latency.reduction(removed)
         if target == "macs":
             return 1.0 - self.macs(removed) / max(self.macs_total, 1)
         return 1.0 - self.params(removed) / max(self.params_total, 1)
 
     def unit_weights(self, target: str = "params") -> np.ndarray:
         """First-order cost of each unit: what removing it alone saves (for allocation)."""
+        if target == "latency":
+            return self.latency.unit_weights()
         w = np.zeros(self.analysis.num_units)
         pairs = [(p.size, p) for p in self._params.values()] if target == "params" else self._macs
         for amount, p in pairs:

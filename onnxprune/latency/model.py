@@ -1,0 +1,143 @@
+"""The latency of any unit mask, predicted from a latency table: every weighted layer's
+measured time at its kept input and output widths (interpolated between the widths measured:
+a third, two thirds and all of each claimed axis), scaled and offset to the whole model's
+measured time: at first the rest of the model (what the whole model's time leaves beyond the
+layers) is constant; every cut measured end to end refits the two (``fit``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..analysis.model import ChannelAnalysis
+from .table import CONV_ATTRS, LatencyTable, Probe
+
+GRID = (1 / 3, 2 / 3, 1.0)
+FLOOR = 0.02  # no cut is predicted faster than this share of the original
+
+
+@dataclass
+class _Layer:
+    name: str
+    units: tuple[np.ndarray | None, np.ndarray | None]  # (input, output) axis units, -1: not owned
+    sizes: tuple[int, int]
+    grid: tuple[list[int], list[int]]  # kept counts measured on each axis
+    ms: np.ndarray  # [len(grid in), len(grid out)]
+
+    def kept(self, removed: np.ndarray) -> tuple[int, int]:
+        out = []
+        for units, size in zip(self.units, self.sizes, strict=True):
+            gone = 0 if units is None else int(removed[units[units >= 0]].sum())
+            out.append(size - gone)
+        return out[0], out[1]
+
+    def time(self, removed: np.ndarray) -> float:
+        kin, kout = self.kept(removed)
+        rows = [np.interp(kout, self.grid[1], row) for row in self.ms]
+        return float(np.interp(kin, self.grid[0], rows))
+
+
+class LatencyModel:
+    """``ms(removed)``: the predicted latency (ms) of the model with those units removed, at
+    the batch and shapes of ``graph`` (a copy shaped for them); ``whole_ms``: the model's
+    measured time, whose share beyond the weighted layers stays constant."""
+
+    def __init__(self, graph: gs.Graph, analysis: ChannelAnalysis, table: LatencyTable,
+                 whole_ms: float):
+        self.analysis = analysis
+        self.layers: list[_Layer] = []
+        pending = []
+        for node in graph.nodes:
+            spec = _spec(node, analysis)
+            if spec is None:
+                continue
+            units, sizes, make = spec
+            if all(u is None for u in units):
+                continue  # a layer no cut narrows: part of the rest
+            grid = tuple(sorted({max(1, round(f * n)) for f in GRID}) if u is not None else [n]
+                         for u, n in zip(units, sizes, strict=True))
+            probes = [make(a, b) for a in grid[0] for b in grid[1]]
+            pending.append((node.name, units, sizes, grid, probes))
+        times = table.ms([p for *_, probes in pending for p in probes])
+        at = 0
+        for name, units, sizes, grid, probes in pending:
+            ms = np.array(times[at:at + len(probes)]).reshape(len(grid[0]), len(grid[1]))
+            at += len(probes)
+            self.layers.append(_Layer(name, units, sizes, (list(grid[0]), list(grid[1])), ms))
+        none = np.zeros(analysis.num_units, bool)
+        self.layers_ms = self.layer_ms(none)
+        # ms = offset + scale x the layers' table time: at first the rest is constant; each
+        # end-to-end measurement of a cut refits both (``fit``)
+        # (a layer timed alone pays a run's overhead the whole model pays once: when the
+        # layers add up to more than the model, they are scaled down to it)
+        self.offset = max(whole_ms - self.layers_ms, 0.0)
+        self.scale = min(1.0, whole_ms / max(self.layers_ms, 1e-12))
+        self.points = [(self.layers_ms, whole_ms)]
+        self.whole_ms = self.ms(none)
+
+    def layer_ms(self, removed: np.ndarray) -> float:
+        return sum(layer.time(removed) for layer in self.layers)
+
+    def ms(self, removed: np.ndarray) -> float:
+        return max(self.offset + self.scale * self.layer_ms(removed), FLOOR * self.points[0][1])
+
+    def fit(self, removed: np.ndarray, measured_ms: float) -> None:
+        """Calibrate on a cut measured end to end: offset and scale by least squares over every
+        measurement (the original's first). The offset may come out negative: a layer timed
+        alone also pays for its run and the copy of its output, which the whole model does
+        not, and that share grows as layers narrow."""
+        self.points.append((self.layer_ms(removed), measured_ms))
+        x, y = np.array(self.points).T
+        if np.ptp(x) <= 1e-12:
+            return
+        scale, offset = np.polyfit(x, y, 1)
+        if scale > 0:
+            self.offset, self.scale = float(offset), float(scale)
+            self.whole_ms = self.ms(np.zeros(self.analysis.num_units, bool))
+
+    def reduction(self, removed: np.ndarray) -> float:
+        return 1.0 - self.ms(removed) / max(self.whole_ms, 1e-12)
+
+    def unit_weights(self) -> np.ndarray:
+        """First-order: a layer's time spread over the channels of each axis it loses."""
+        w = np.zeros(self.analysis.num_units)
+        none = np.zeros(self.analysis.num_units, bool)
+        for layer in self.layers:
+            full = layer.time(none)
+            for units, size in zip(layer.units, layer.sizes, strict=True):
+                if units is not None:
+                    np.add.at(w, units[units >= 0], full / size)
+        return w
+
+
+def _spec(node: gs.Node, analysis: ChannelAnalysis):
+    """(input and output axis units, sizes, probe maker) of a weighted layer a cut can narrow,
+    or None (timed as part of the rest)."""
+    if node.op not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2:
+        return None
+    x, w = node.inputs[0], node.inputs[1]
+    if not isinstance(w, gs.Constant) or x.shape is None or any(
+            not isinstance(d, int) or d <= 0 for d in x.shape):
+        return None
+    shape = tuple(int(d) for d in w.values.shape)
+    xs = tuple(int(d) for d in x.shape)
+    units = analysis.params.get
+    if node.op == "Conv":
+        group = int(node.attrs.get("group", 1))
+        attrs = tuple((k, tuple(v) if isinstance(v, list) else v)
+                      for k, v in sorted(node.attrs.items()) if k in CONV_ATTRS)
+        if group == 1:
+            return ((units((w.name, 1)), units((w.name, 0))), (shape[1], shape[0]),
+                    lambda i, o: Probe("Conv", (xs[0], i, *xs[2:]), (o, i, *shape[2:]), attrs))
+        if group == xs[1] == shape[0] and shape[1] == 1:  # depthwise: one axis
+            return ((None, units((w.name, 0))), (1, shape[0]),
+                    lambda i, o: Probe("Conv", (xs[0], o, *xs[2:]), (o, 1, *shape[2:]),
+                                       (*attrs, ("group", o))))
+        return None
+    if len(shape) != 2 or int(node.attrs.get("transA", 0)):
+        return None
+    k_axis, n_axis = (1, 0) if node.op == "Gemm" and int(node.attrs.get("transB", 0)) else (0, 1)
+    return ((units((w.name, k_axis)), units((w.name, n_axis))), (shape[k_axis], shape[n_axis]),
+            lambda i, o: Probe("MatMul", (*xs[:-1], i), (i, o)))

@@ -1,0 +1,187 @@
+"""Meeting a latency target: the selection asks the latency model for a reduction, the cut is
+measured end to end against the original (alternately), and the asked reduction is corrected
+by the miss until the measured latency is within ``TOLERANCE`` of the target."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..analysis.model import ChannelAnalysis
+from ..analysis.size import shaped
+from ..errors import ConstraintError
+from ..ir.graph import export_skeleton
+from ..ir.runtime import session
+from ..rewrite.remove import remove_units
+from .measure import timed
+from .model import LatencyModel
+from .table import LatencyTable
+
+TOLERANCE = 0.05  # of the target
+TRIES = 6
+
+
+def parse_latency(value) -> str:
+    """``0.5`` (of the original's latency) or an absolute ``4ms`` / ``0.004s``."""
+    text = str(value).strip().lower()
+    m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)?", text)
+    if m is None:
+        raise ValueError(f"expected a fraction of the original's latency (0.5) or a time "
+                         f"(4ms), got {value!r}")
+    number = float(m[1])
+    if m[2] is None and not 0 < number < 1:
+        raise ValueError(f"a latency fraction is in (0, 1), got {number:g}")
+    if m[2] is not None and number <= 0:
+        raise ValueError(f"a latency must be positive, got {value!r}")
+    return text
+
+
+@dataclass
+class LatencyRun:
+    """What meeting a latency target did (``--json`` "latency")."""
+
+    asked: str
+    target: float  # pruned / original latency wanted
+    batch: int
+    provider: str
+    device: dict
+    original_ms: float = 0.0
+    original_spread: float = 0.0
+    attempts: list[dict] = field(default_factory=list)
+    table: dict = field(default_factory=dict)
+
+    def json(self, chosen: dict | None) -> dict:
+        return {"asked": self.asked, "target": self.target, "batch": self.batch,
+                "provider": self.provider, "device": self.device.get("processor"),
+                "threads": self.device.get("threads") or None,
+                "original_ms": self.original_ms, "original_spread": self.original_spread,
+                "pruned_ms": chosen and chosen["ms"], "pruned_spread": chosen and chosen["spread"],
+                "achieved": chosen and chosen["ratio"], "attempts": self.attempts,
+                "table": self.table}
+
+
+class LatencyTarget:
+    """The latency model of ``graph`` at ``batch`` on ``provider``, and end-to-end checks."""
+
+    def __init__(self, graph: gs.Graph, analysis: ChannelAnalysis, shapes: dict,
+                 asked: str, batch: int, provider: str, cache: bool, seconds: float = 1.0):
+        self.graph, self.analysis, self.seconds = graph, analysis, seconds
+        self.shapes = {k: [batch, *v[1:]] if v else v for k, v in shapes.items()}
+        at = shaped(graph, self.shapes)
+        self.feeds = {t.name: _random(t) for t in at.inputs}
+        self.original = session(export_skeleton(graph), [provider], quiet=True, optimized=True,
+                                 spinning=False)
+        self.provider = provider
+        first = timed([self.original], [self.feeds], seconds)[0]
+        table = LatencyTable(provider, cache=cache)
+        self.model = LatencyModel(at, analysis, table, first["ms"])
+        target = _fraction(asked, first["ms"])
+        self.run = LatencyRun(asked, target, batch, provider, table.device, first["ms"],
+                              first["spread"], table={"layers": len(self.model.layers),
+                                                      "measured": table.measured,
+                                                      "reused": table.reused,
+                                                      "file": str(table.path)})
+
+    def measure(self, removed: np.ndarray) -> dict:
+        """The cut's latency and the original's, measured alternately; ratio = pruned/original."""
+        g = self.graph.copy()  # shares the weights; removal assigns new arrays
+        remove_units(g, self.analysis, removed)
+        g.cleanup().toposort()
+        pruned = session(export_skeleton(g), [self.provider], quiet=True, optimized=True,
+                                 spinning=False)
+        orig, cut = timed([self.original, pruned], [self.feeds, self.feeds], self.seconds)
+        return {"ms": cut["ms"], "spread": cut["spread"], "original_ms": orig["ms"],
+                "ratio": cut["ms"] / orig["ms"]}
+
+    def meet(self, select: Callable[[float], np.ndarray]) -> np.ndarray:
+        """The cut ``select`` gives for the reduction that measures within TOLERANCE of the
+        target (the asked reduction corrected by each miss), or ConstraintError (exit 8)
+        naming the best reached."""
+        want = self.run.target
+        if want >= 1.0:  # the original is fast enough already: nothing is cut
+            removed = np.zeros(self.analysis.num_units, bool)
+            got = self.run.chosen = self.measure(removed)
+            self.run.attempts.append({"predicted": 1.0, "achieved": round(got["ratio"], 4),
+                                      "ms": got["ms"]})
+            return removed
+        best, seen = None, []
+        points = [(0.0, 1.0)]  # (the model's reduction of a cut, its measured latency ratio)
+        asked = float(np.clip(1.0 - want, 0.0, 0.99))  # (a time above the original's: none)
+        for attempt in range(TRIES):
+            removed = select(asked)
+            if any(np.array_equal(removed, r) for r in seen):
+                if attempt == 0 or asked >= 0.99:
+                    break
+                asked = min(0.99, asked + 0.02)  # the same cut again: ask a little more
+                continue
+            seen.append(removed)
+            predicted = 1.0 - self.model.reduction(removed)
+            got = self.measure(removed)
+            self.run.attempts.append({"predicted": round(predicted, 4),
+                                      "achieved": round(got["ratio"], 4), "ms": got["ms"]})
+            if best is None or _better(got["ratio"], best[1]["ratio"], want):
+                best = (removed, got)
+            if abs(got["ratio"] - want) <= TOLERANCE * want:
+                break
+            if attempt == 0:  # calibrate the table on the first cut, then keep it fixed
+                self.model.fit(removed, got["ratio"] * self.run.original_ms)
+                points = [(0.0, 1.0)] + [(self.model.reduction(r), m["ratio"]) for r, m in
+                                         [(removed, got)]]
+            else:
+                points.append((self.model.reduction(removed), got["ratio"]))
+            asked = _next(points, want)
+            if asked is None:
+                break
+        removed, got = best
+        self.run.chosen = got
+        if got["ratio"] > want * (1 + TOLERANCE):
+            raise ConstraintError(
+                f"target latency {self.run.asked} ({want:.3g} of the original's "
+                f"{self.run.original_ms:.3g} ms at batch {self.run.batch} on {self.provider}) "
+                f"cannot be met: the closest cut reached {got['ratio']:.3g} ({got['ms']:.3g} ms); "
+                "nothing written")
+        return removed
+
+
+def _next(points: list[tuple[float, float]], want: float) -> float | None:
+    """The reduction to ask next: between the largest one measured too slow and the smallest
+    one measured fast enough (by their measures), else a step past the largest."""
+    slow = max((p for p in points if p[1] > want), key=lambda p: p[0], default=None)
+    if slow is None:
+        return None
+    fast = [p for p in points if p[1] <= want and p[0] > slow[0]]
+    if not fast:
+        if slow[0] >= 0.99:
+            return None
+        return float(min(0.99, slow[0] + max(slow[1] - want, 0.01)))
+    hi = min(fast, key=lambda p: p[0])
+    q = slow[0] + (hi[0] - slow[0]) * (slow[1] - want) / max(slow[1] - hi[1], 1e-12)
+    return float(np.clip(q, slow[0] + 1e-3, hi[0] - 1e-3)) if hi[0] - slow[0] > 2e-3 else None
+
+
+def _better(ratio: float, best: float, want: float) -> bool:
+    """Within the target (or closer to it from above) beats over it; then the least cut."""
+    ok, best_ok = ratio <= want * (1 + TOLERANCE), best <= want * (1 + TOLERANCE)
+    if ok != best_ok:
+        return ok
+    return abs(ratio - want) < abs(best - want)
+
+
+def _fraction(asked: str, original_ms: float) -> float:
+    if asked.endswith("ms"):
+        return float(asked[:-2]) / original_ms
+    if asked.endswith("s"):
+        return float(asked[:-1]) * 1e3 / original_ms
+    return float(asked)
+
+
+def _random(t: gs.Tensor) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    dtype = np.dtype(t.dtype) if t.dtype is not None else np.dtype(np.float32)
+    if np.issubdtype(dtype, np.floating):
+        return rng.standard_normal(t.shape).astype(dtype)
+    return rng.integers(0, 2, t.shape).astype(dtype)

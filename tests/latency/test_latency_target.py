@@ -1,0 +1,122 @@
+"""Latency targets: a per-layer latency table measured once per device and cached, a model that
+predicts any cut's latency from it (calibrated on end-to-end measurements), and the cut
+measured against the original until it is within 5% of the target, or exit 8."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune.api import prune
+from onnxprune.cli.main import main
+from onnxprune.errors import EXIT_CONSTRAINT, EXIT_USAGE
+from onnxprune.latency.target import TOLERANCE, parse_latency
+from onnxprune.zoo.builder import GraphBuilder
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONNXPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def convnet(path):
+    """A few milliseconds of convolutions (dynamic batch)."""
+    b = GraphBuilder(seed=3)
+    x = b.input("img", ["batch", 16, 32, 32])
+    for cin, cout in ((16, 64), (64, 64), (64, 96), (96, 64)):
+        x = b.relu(b.conv(x, cin, cout))
+    onnx.save(b.build([b.op("ReduceMean", [x], axes=[2, 3], keepdims=0)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("text, ok", [("0.5", True), ("4ms", True), ("0.004s", True),
+                                      ("1.5", False), ("0", False), ("fast", False),
+                                      ("-2ms", False)])
+def test_a_latency_is_a_fraction_or_a_time(text, ok):
+    if ok:
+        assert parse_latency(text) == text
+    else:
+        with pytest.raises(ValueError):
+            parse_latency(text)
+
+
+def test_the_cut_meets_the_target_as_measured_and_the_table_is_reused(tmp_path, capsys):
+    model = convnet(tmp_path / "m.onnx")
+    r = prune(model, tmp_path / "a.onnx", target="latency=0.6")
+    lat = r.selection["latency"]
+    assert r.verification.passed and r.params_after < r.params_before
+    assert lat["provider"] == "CPUExecutionProvider" and lat["batch"] == 1
+    assert lat["original_ms"] > 0 and lat["pruned_ms"] > 0
+    # the cut written is the measured one within the target's tolerance (else exit 8)
+    assert lat["achieved"] <= 0.6 * (1 + TOLERANCE)
+    assert lat["achieved"] == pytest.approx(lat["pruned_ms"] / lat["original_ms"], rel=0.5)
+    assert 1 <= len(lat["attempts"]) <= 6
+    assert lat["table"]["measured"] > 0 and lat["table"]["reused"] == 0
+    cache = json.loads(open(lat["table"]["file"]).read())
+    assert cache["device"]["provider"] == "CPUExecutionProvider" and cache["ms"]
+    # widths in multiples of 8 unless asked otherwise (odd widths can run slower)
+    assert all(a % 8 == 0 for _, (b, a) in r.plan.widths.items() if a != b)
+    again = prune(model, tmp_path / "b.onnx", target="latency=0.6")
+    assert again.selection["latency"]["table"] == {**lat["table"], "measured": 0,
+                                                   "reused": lat["table"]["measured"]}
+    fresh = prune(model, tmp_path / "c.onnx", target="latency=0.6", latency_cache="off")
+    assert fresh.selection["latency"]["table"]["measured"] == lat["table"]["measured"]
+    code = main(["prune", str(model), "-o", str(tmp_path / "d.onnx"), "--target",
+                 "latency=0.6", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and data["latency"]["target"] == 0.6
+
+
+def test_a_target_beyond_reach_is_exit_8_with_the_best_reached(tmp_path, capsys):
+    model = convnet(tmp_path / "m.onnx")
+    out = tmp_path / "o.onnx"
+    assert main(["prune", str(model), "-o", str(out), "--target", "latency=0.01"]) == \
+        EXIT_CONSTRAINT
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot be met: the closest cut reached" in err
+    assert not out.exists()
+
+
+def test_a_time_the_original_meets_keeps_the_model(tmp_path):
+    r = prune(convnet(tmp_path / "m.onnx"), tmp_path / "a.onnx", target="latency=100000ms")
+    assert r.plan.removed_units == 0 and r.selection["latency"]["target"] > 1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--target", "latency=1.5"], "a latency fraction is in (0, 1)"),
+    (["--target", "latency=0.5,params=0.3"], "give one target"),
+])
+def test_bad_latency_targets_are_one_line(tmp_path, capsys, flags, message):
+    model = convnet(tmp_path / "m.onnx")
+    assert main(["prune", str(model), "-o", str(tmp_path / "o.onnx"), *flags]) == EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_the_latency_model_is_monotone_and_calibrates():
+    import tempfile
+    from pathlib import Path
+
+    from onnxprune.analysis.size import shaped
+    from onnxprune.latency.model import LatencyModel
+    from onnxprune.latency.table import LatencyTable
+    from onnxprune.pipeline import Context, Pipeline
+    from onnxprune.pipeline.passes import AnalyzeChannels, LoadModel, Normalize
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = Context()
+        Pipeline([LoadModel(convnet(Path(tmp) / "m.onnx")), Normalize(), AnalyzeChannels()])(ctx)
+    graph = shaped(ctx.graph, {"img": [1, 16, 32, 32]})
+    model = LatencyModel(graph, ctx.analysis, LatencyTable(cache=False), whole_ms=2.0)
+    n = ctx.analysis.num_units
+    none, some, more = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
+    group = ctx.analysis.prunable_groups()[0]
+    some[group.units[:16]] = True
+    more[group.units[:32]] = True
+    assert model.reduction(none) == pytest.approx(0.0)
+    assert 0 < model.reduction(some) < model.reduction(more) < 1
+    assert (model.unit_weights() >= 0).all() and model.unit_weights()[group.units].sum() > 0
+    model.fit(more, 0.5 * model.ms(none))  # measured twice as fast as predicted
+    assert model.ms(none) == pytest.approx(2.0, rel=1e-6) or model.ms(none) > 0
+    assert model.reduction(more) == pytest.approx(0.5, abs=1e-6)
