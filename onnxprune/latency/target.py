@@ -114,9 +114,11 @@ class LatencyTarget:
         for attempt in range(TRIES):
             removed = select(asked)
             if any(np.array_equal(removed, r) for r in seen):
-                if attempt == 0 or asked >= 0.99:
+                if attempt == 0:
                     break
-                asked = min(0.99, asked + 0.02)  # the same cut again: ask a little more
+                # the same cut again: ask a little more (or less) in the direction of the miss
+                step = 0.03 if best[1]["ratio"] > want else -0.03
+                asked = float(np.clip(asked + step, 0.0, 0.99))
                 continue
             seen.append(removed)
             predicted = 1.0 - self.model.reduction(removed)

@@ -148,6 +148,13 @@ def _selection(d: dict[str, Any], images: dict) -> str:
                       "removed; a removed token reads "
                       + ("its nearest kept one" if tokens["fallback"] == "nearest"
                          else f"token {esc(tokens['fallback'])}") + ")"])
+    lat = d.get("latency")
+    if lat and lat.get("achieved") is not None:
+        facts.append(["latency", f"{num(lat['achieved'], '.3g')} of the original's "
+                      f"({num(lat['target'], '.3g')} asked): {num(lat['original_ms'], '.3g')} -> "
+                      f"{num(lat['pruned_ms'], '.3g')} ms at batch {num(lat['batch'])} on "
+                      f"{esc(lat['provider'])} ({esc(lat['device'] or '')}), "
+                      f"{num(len(lat['attempts']))} cut(s) measured"])
     depth = d.get("depth")
     if depth and depth.get("removed"):
         how = ("chosen by the search with the channels" if depth.get("in_plan") else

@@ -120,3 +120,24 @@ def test_the_latency_model_is_monotone_and_calibrates():
     model.fit(more, 0.5 * model.ms(none))  # measured twice as fast as predicted
     assert model.ms(none) == pytest.approx(2.0, rel=1e-6) or model.ms(none) > 0
     assert model.reduction(more) == pytest.approx(0.5, abs=1e-6)
+
+
+def test_the_report_shows_the_latency_reached(tmp_path, capsys):
+    from html.parser import HTMLParser
+
+    model = convnet(tmp_path / "m.onnx")
+    folder = tmp_path / "report"
+    assert main(["prune", str(model), "-o", str(tmp_path / "o.onnx"), "--target",
+                 "latency=0.7", "--report", str(folder), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    chunks: list[str] = []
+
+    class Text(HTMLParser):
+        def handle_data(self, text):
+            chunks.append(text)
+
+    Text().feed((folder / "report.html").read_text())
+    text = "".join(chunks)
+    lat = data["latency"]
+    assert (f"{lat['achieved']:.3g} of the original's (0.7 asked): "
+            f"{lat['original_ms']:.3g} -> {lat['pruned_ms']:.3g} ms at batch 1") in text
