@@ -101,25 +101,33 @@ def macs_matched(path: Path, original, feeds, want: float, shapes, seconds: floa
     return best
 
 
-def row(console, name: str, path: Path, batch: int, seconds: float) -> dict:
+# the searches beside the default uniform cut, per model: blocks as candidates where channels
+# alone cannot reach the target
+VARIANTS = {"bert": {"sensitivity, --depth auto": {"strategy": "sensitivity", "depth": "auto",
+                                                    "calib_random": 16}}}
+
+
+def row(console, name: str, path: Path, batch: int, seconds: float, variant: str = "uniform",
+        options: dict | None = None) -> dict:
     original = onnx.load(str(path))
     shapes = {i.name: [batch, SEQ] for i in original.graph.input
               if len(i.type.tensor_type.shape.dim) == 2} or None
     t = time.perf_counter()
     try:
         r = prune(path, target="latency=0.5", latency_batch=batch, latency_cache="off",
-                  input_shapes=shapes)
+                  input_shapes=shapes, **(options or {}))
     except ConstraintError as err:  # exit 8: what the closest cut reached is the figure
-        console.log(f"{name} batch {batch}: {err}")
-        return {"model": name, "batch": batch, "achieved": None, "error": str(err),
-                "seconds": round(time.perf_counter() - t, 1)}
+        console.log(f"{name} batch {batch} ({variant}): {err}")
+        return {"model": name, "batch": batch, "variant": variant, "achieved": None,
+                "error": str(err), "seconds": round(time.perf_counter() - t, 1)}
     secs = time.perf_counter() - t
     lat = r.selection["latency"]
     feeds = _feeds(original, 16)
     bench = _feeds(original, batch)
     macs_cut, macs_ratio, macs_frac = macs_matched(path, original, bench, lat["achieved"],
                                                    shapes, seconds)
-    out = {"model": name, "batch": batch, "achieved": lat["achieved"],
+    out = {"model": name, "batch": batch, "variant": variant, "achieved": lat["achieved"],
+           "blocks": [b["name"] for b in (r.depth or {}).get("removed", [])],
            "original_ms": lat["original_ms"], "pruned_ms": lat["pruned_ms"],
            "attempts": len(lat["attempts"]), "table_layers": lat["table"]["layers"],
            "table_widths": lat["table"]["measured"], "seconds": round(secs, 1),
@@ -152,26 +160,34 @@ def main() -> int:
                 export_model(name, path)
             for batch in (int(b) for b in args.batches.split(",")):
                 rows.append(row(console, name, path, batch, args.seconds))
+                for variant, options in VARIANTS.get(name, {}).items():
+                    rows.append(row(console, name, path, batch, args.seconds, variant,
+                                    options))
     table = Table(title="--target latency=0.5, CPU provider (a MAC target tuned to the same "
                   "latency beside it)", title_justify="left")
-    for col in ("model", "batch", "original ms", "reached", "cuts measured", "s",
+    for col in ("model", "search", "batch", "original ms", "reached", "cuts measured", "s",
                 "cosine", "MAC-target cut: latency", "its cosine"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for r in rows:
         if r["achieved"] is None:
-            table.add_row(r["model"], str(r["batch"]), "-", "exit 8: " + r["error"].split(
-                "cannot be met: ")[-1].split(";")[0], "-", f"{r['seconds']:.0f}", "-", "-", "-")
+            table.add_row(r["model"], r.get("variant", "uniform"), str(r["batch"]), "-",
+                          "exit 8: " + r["error"].split("cannot be met: ")[-1].split(";")[0],
+                          "-", f"{r['seconds']:.0f}", "-", "-", "-")
             continue
-        table.add_row(r["model"], str(r["batch"]), f"{r['original_ms']:.2f}",
+        table.add_row(r["model"], r.get("variant", "uniform"), str(r["batch"]),
+                      f"{r['original_ms']:.2f}",
                       f"{r['achieved']:.3f}", str(r["attempts"]), f"{r['seconds']:.0f}",
                       f"{r['cosine_latency']:.4f}", f"{r['macs_ratio']:.3f}",
                       f"{r['cosine_macs']:.4f}")
     console.print(table)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "latency_target.json"
-    done = {(r["model"], r["batch"]) for r in rows}  # rows not rerun now stay
+    def key(r):
+        return r["model"], r["batch"], r.get("variant", "uniform")
+
+    done = {key(r) for r in rows}  # rows not rerun now stay
     kept = [r for r in (json.loads(path.read_text()) if path.exists() else [])
-            if (r["model"], r["batch"]) not in done]
+            if key(r) not in done]
     path.write_text(json.dumps(kept + rows, indent=1) + "\n")
     return 0
 

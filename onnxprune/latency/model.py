@@ -6,11 +6,13 @@ layers) is constant; every cut measured end to end refits the two (``fit``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..analysis.blocks import Block
 from ..analysis.model import ChannelAnalysis
 from .table import CONV_ATTRS, LatencyTable, Probe
 
@@ -25,6 +27,7 @@ class _Layer:
     sizes: tuple[int, int]
     grid: tuple[list[int], list[int]]  # kept counts measured on each axis
     ms: np.ndarray  # [len(grid in), len(grid out)]
+    block: int | None = None  # the unit of the residual block it is in (removed: no time)
 
     def kept(self, removed: np.ndarray) -> tuple[int, int]:
         out = []
@@ -34,6 +37,8 @@ class _Layer:
         return out[0], out[1]
 
     def time(self, removed: np.ndarray) -> float:
+        if self.block is not None and removed[self.block]:
+            return 0.0
         kin, kout = self.kept(removed)
         rows = [np.interp(kout, self.grid[1], row) for row in self.ms]
         return float(np.interp(kin, self.grid[0], rows))
@@ -45,17 +50,23 @@ class LatencyModel:
     measured time, whose share beyond the weighted layers stays constant."""
 
     def __init__(self, graph: gs.Graph, analysis: ChannelAnalysis, table: LatencyTable,
-                 whole_ms: float):
+                 whole_ms: float, blocks: Sequence[tuple[int, Block]] = ()):
+        """``blocks``: (unit, block) of residual blocks a mask may remove whole: the layers
+        inside one take no time once it is gone."""
         self.analysis = analysis
+        block_of = {n: unit for unit, b in blocks for n in b.nodes}
+        # a leading size shape inference lost (an embedding's Gather) is the batch
+        batch = next((t.shape[0] for t in graph.inputs if t.shape and isinstance(
+            t.shape[0], int)), None)
         self.layers: list[_Layer] = []
         pending = []
         for node in graph.nodes:
-            spec = _spec(node, analysis)
+            spec = _spec(node, analysis, batch)
             if spec is None:
                 continue
             units, sizes, make = spec
-            if all(u is None for u in units):
-                continue  # a layer no cut narrows: part of the rest
+            if all(u is None for u in units) and node.name not in block_of:
+                continue  # a layer no cut narrows or removes: part of the rest
             grid = tuple(sorted({max(1, round(f * n)) for f in GRID}) if u is not None else [n]
                          for u, n in zip(units, sizes, strict=True))
             probes = [make(a, b) for a in grid[0] for b in grid[1]]
@@ -65,7 +76,8 @@ class LatencyModel:
         for name, units, sizes, grid, probes in pending:
             ms = np.array(times[at:at + len(probes)]).reshape(len(grid[0]), len(grid[1]))
             at += len(probes)
-            self.layers.append(_Layer(name, units, sizes, (list(grid[0]), list(grid[1])), ms))
+            self.layers.append(_Layer(name, units, sizes, (list(grid[0]), list(grid[1])), ms,
+                                      block_of.get(name)))
         none = np.zeros(analysis.num_units, bool)
         self.layers_ms = self.layer_ms(none)
         # ms = offset + scale x the layers' table time: at first the rest is constant; each
@@ -106,23 +118,27 @@ class LatencyModel:
         none = np.zeros(self.analysis.num_units, bool)
         for layer in self.layers:
             full = layer.time(none)
+            if layer.block is not None:
+                w[layer.block] += full
             for units, size in zip(layer.units, layer.sizes, strict=True):
                 if units is not None:
                     np.add.at(w, units[units >= 0], full / size)
         return w
 
 
-def _spec(node: gs.Node, analysis: ChannelAnalysis):
+def _spec(node: gs.Node, analysis: ChannelAnalysis, batch: int | None = None):
     """(input and output axis units, sizes, probe maker) of a weighted layer a cut can narrow,
     or None (timed as part of the rest)."""
     if node.op not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2:
         return None
     x, w = node.inputs[0], node.inputs[1]
-    if not isinstance(w, gs.Constant) or x.shape is None or any(
-            not isinstance(d, int) or d <= 0 for d in x.shape):
+    if not isinstance(w, gs.Constant) or x.shape is None:
+        return None
+    dims = [batch if i == 0 and not isinstance(d, int) else d for i, d in enumerate(x.shape)]
+    if any(not isinstance(d, int) or d <= 0 for d in dims):
         return None
     shape = tuple(int(d) for d in w.values.shape)
-    xs = tuple(int(d) for d in x.shape)
+    xs = tuple(int(d) for d in dims)
     units = analysis.params.get
     if node.op == "Conv":
         group = int(node.attrs.get("group", 1))

@@ -5,17 +5,19 @@ by the miss until the measured latency is within ``TOLERANCE`` of the target."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..analysis.blocks import Block
 from ..analysis.model import ChannelAnalysis
 from ..analysis.size import shaped
 from ..errors import ConstraintError
 from ..ir.graph import export_skeleton
 from ..ir.runtime import session
+from ..rewrite.blocks import remove_blocks
 from ..rewrite.remove import remove_units
 from .measure import timed
 from .model import LatencyModel
@@ -68,8 +70,11 @@ class LatencyTarget:
     """The latency model of ``graph`` at ``batch`` on ``provider``, and end-to-end checks."""
 
     def __init__(self, graph: gs.Graph, analysis: ChannelAnalysis, shapes: dict,
-                 asked: str, batch: int, provider: str, cache: bool, seconds: float = 1.0):
+                 asked: str, batch: int, provider: str, cache: bool, seconds: float = 1.0,
+                 blocks: Sequence[tuple[int, Block]] = ()):
+        """``blocks``: (unit, block) of residual blocks the selection may remove whole."""
         self.graph, self.analysis, self.seconds = graph, analysis, seconds
+        self.blocks = list(blocks)
         self.shapes = {k: [batch, *v[1:]] if v else v for k, v in shapes.items()}
         at = shaped(graph, self.shapes)
         self.feeds = {t.name: _random(t) for t in at.inputs}
@@ -78,7 +83,7 @@ class LatencyTarget:
         self.provider = provider
         first = timed([self.original], [self.feeds], seconds)[0]
         table = LatencyTable(provider, cache=cache)
-        self.model = LatencyModel(at, analysis, table, first["ms"])
+        self.model = LatencyModel(at, analysis, table, first["ms"], self.blocks)
         target = _fraction(asked, first["ms"])
         self.run = LatencyRun(asked, target, batch, provider, table.device, first["ms"],
                               first["spread"], table={"layers": len(self.model.layers),
@@ -90,6 +95,9 @@ class LatencyTarget:
         """The cut's latency and the original's, measured alternately; ratio = pruned/original."""
         g = self.graph.copy()  # shares the weights; removal assigns new arrays
         remove_units(g, self.analysis, removed)
+        gone = [b for unit, b in self.blocks if removed[unit]]
+        if gone:
+            remove_blocks(g, gone)
         g.cleanup().toposort()
         pruned = session(export_skeleton(g), [self.provider], quiet=True, optimized=True,
                                  spinning=False)

@@ -274,7 +274,7 @@ class SelectChannels(Pass):
         shapes = {k: list(np.shape(v)) for k, v in
                   verification_feeds(ctx, [ctx.skeleton()], seed=0)[0].items()}
         lt = LatencyTarget(ctx.graph, analysis, shapes, self.target_latency, self.latency_batch,
-                           ctx.config.providers[0], self.latency_cache == "on")
+                           ctx.config.providers[0], self.latency_cache == "on", blocks=blocks)
         cost.latency = lt.model
         try:
             return lt.meet(lambda fraction: self._search(

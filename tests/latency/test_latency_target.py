@@ -141,3 +141,39 @@ def test_the_report_shows_the_latency_reached(tmp_path, capsys):
     lat = data["latency"]
     assert (f"{lat['achieved']:.3g} of the original's (0.7 asked): "
             f"{lat['original_ms']:.3g} -> {lat['pruned_ms']:.3g} ms at batch 1") in text
+
+
+def test_a_removed_block_takes_its_layers_time_with_it():
+    """Blocks as latency candidates (--depth auto under a latency target): the layers inside a
+    removed block take no time in the latency model, and its unit weighs their time."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "analysis"))
+    from test_analysis_blocks import T, C, transformer
+
+    from onnxprune.analysis.blocks import find_blocks, with_blocks
+    from onnxprune.analysis.size import shaped
+    from onnxprune.ir.graph import import_model
+    from onnxprune.latency.model import LatencyModel
+    from onnxprune.latency.table import LatencyTable
+    from onnxprune.analysis.channels import analyze_channels
+    from onnxprune.testing import normalized
+
+    graph = import_model(normalized(transformer("pre")))
+    analysis = analyze_channels(graph)
+    blocks = [b for b in find_blocks(graph) if b.removable]
+    grown, _ = with_blocks(analysis, np.zeros(analysis.num_units, bool), blocks, [])
+    n = analysis.num_units
+    pairs = [(n + i, b) for i, b in enumerate(blocks)]
+    model = LatencyModel(shaped(graph, {"x": [1, T, C]}), grown,
+                         LatencyTable(cache=False), whole_ms=1.0, blocks=pairs)
+    inside = [layer for layer in model.layers if layer.block is not None]
+    assert {layer.block for layer in inside} == {u for u, _ in pairs}
+    none = np.zeros(grown.num_units, bool)
+    gone = none.copy()
+    gone[n + 1] = True  # the first MLP block
+    saved = sum(layer.time(none) for layer in inside if layer.block == n + 1)
+    assert saved > 0
+    assert model.layer_ms(gone) == pytest.approx(model.layer_ms(none) - saved)
+    assert model.unit_weights()[n + 1] == pytest.approx(saved)
