@@ -156,7 +156,8 @@ def flag_message(err: OptionError, args: argparse.Namespace) -> str:
     return f"{flag}: {err.message}" if flag else str(err)
 
 
-__all__ = ["REQUIRED", "add_flags", "flag_message", "from_sets", "given", "group"]
+__all__ = ["REQUIRED", "add_flags", "debug_everywhere", "flag_message", "from_sets", "given",
+           "group", "output_flags"]
 
 
 def quiet_flag(p: argparse.ArgumentParser) -> None:
@@ -169,3 +170,31 @@ def verbose_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="every changed group, the tolerance that decided verification, and "
                         "the time and peak memory of every pass (default: a summary line)")
+
+
+MORE_FLAGS = ("more options: every pass option is --set PASS.OPTION=VALUE (onnxprune passes "
+              "lists them); docs/cli.md lists the flags --help leaves out")
+
+
+def output_flags(p: argparse.ArgumentParser, recipe: bool = False) -> None:
+    """--json, --set, -q, -v: in the last groups of prune and run."""
+    group(p, BENCH).add_argument("--json", action="store_true",
+                                 help="print one JSON object instead of tables")
+    run = group(p, RUN)
+    run.add_argument("--set", action="append", metavar="PASS.OPTION=VALUE",
+                     help=("override a recipe option, e.g. --set select.ratio=0.3" if recipe else
+                           "any pass option, e.g. --set select.tolerance=0.02 (onnxprune "
+                           "passes lists them)") + " (repeatable)")
+    quiet_flag(run)
+    verbose_flag(run)
+
+
+def debug_everywhere(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` after a subcommand too (``onnxprune prune m.onnx --debug``)."""
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps its subparsers here
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for child in action.choices.values():
+                if "--debug" not in child._option_string_actions:  # noqa: SLF001
+                    child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                       help="show tracebacks on errors")
+                debug_everywhere(child)

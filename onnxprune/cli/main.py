@@ -23,7 +23,17 @@ from ..errors import (
 )
 from ..ir import io
 from ..ir.runtime import resolve_providers
-from .flags import BENCH, RUN, add_flags, from_sets, given, group, hide
+from .flags import (
+    BENCH,
+    MORE_FLAGS,
+    add_flags,
+    debug_everywhere,
+    from_sets,
+    given,
+    group,
+    hide,
+    output_flags,
+)
 from .flags import quiet_flag as _quiet_flag
 from .flags import verbose_flag as _verbose_flag
 from .outcome import CURRENT as _CURRENT
@@ -385,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="batch sizes for --bench (default 1)")
     bench.add_argument("--bench-seconds", type=float, default=3.0, metavar="S", help=hide(
         r, "--bench-seconds", "S", "seconds per model and batch for --bench (default 3)"))
-    _output_flags(r)
+    output_flags(r)
     r.set_defaults(func=cmd_prune)
 
     n = sub.add_parser("run", help="run a pipeline recipe (TOML) on a model",
@@ -394,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(magnitude-uniform, component-aware, application-soft, ...)")
     n.add_argument("model", type=Path, help="input .onnx file (never modified)")
     add_flags(n, RUN_FLAGS, grouped=True)
-    _output_flags(n, recipe=True)
+    output_flags(n, recipe=True)
     n.set_defaults(func=cmd_run)
 
     add_bench_parser(sub)
@@ -408,36 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out-dir", type=Path, help="folder for the demo models (default: a temp folder)")
     _verbose_flag(d)
     d.set_defaults(func=cmd_demo)
-    _debug_everywhere(p)
+    debug_everywhere(p)
     return p
-
-
-MORE_FLAGS = ("more options: every pass option is --set PASS.OPTION=VALUE (onnxprune passes "
-              "lists them); docs/cli.md lists the flags --help leaves out")
-
-
-def _output_flags(p: argparse.ArgumentParser, recipe: bool = False) -> None:
-    """--json, --set, -q, -v: in the last groups of prune and run."""
-    group(p, BENCH).add_argument("--json", action="store_true",
-                                 help="print one JSON object instead of tables")
-    run = group(p, RUN)
-    run.add_argument("--set", action="append", metavar="PASS.OPTION=VALUE",
-                     help=("override a recipe option, e.g. --set select.ratio=0.3" if recipe else
-                           "any pass option, e.g. --set select.tolerance=0.02 (onnxprune "
-                           "passes lists them)") + " (repeatable)")
-    _quiet_flag(run)
-    _verbose_flag(run)
-
-
-def _debug_everywhere(parser: argparse.ArgumentParser) -> None:
-    """``--debug`` after a subcommand too (``onnxprune prune m.onnx --debug``)."""
-    for action in parser._actions:  # noqa: SLF001 - argparse keeps its subparsers here
-        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
-            for child in action.choices.values():
-                if "--debug" not in child._option_string_actions:  # noqa: SLF001
-                    child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                                       help="show tracebacks on errors")
-                _debug_everywhere(child)
 
 
 PIPED_WIDTH = 10_000
