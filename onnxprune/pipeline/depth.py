@@ -94,16 +94,16 @@ class RemoveBlocks(Pass):
 
     @staticmethod
     def _remove(ctx: Context, gone: list[Block]) -> PassResult:
-        names = {b.name for b in gone}
-        readers = sorted({c.name for n in ctx.graph.nodes if n.name in names
-                          for c in n.outputs[0].outputs})
-        if gone:
-            remove_blocks(ctx.graph, gone)
         cache = [name for b in gone for pair in b.cache for name in pair]
         if cache and ctx.calib is not None:
             raise UsageError("remove_blocks: removing attention blocks with their key/value "
                              "cache (--prune-kv-cache) is done without calibration data (its "
                              "quality per stage compares every output); run it without --calib")
+        names = {b.name for b in gone}
+        readers = sorted({c.name for n in ctx.graph.nodes if n.name in names
+                          for c in n.outputs[0].outputs})
+        if gone:
+            remove_blocks(ctx.graph, gone)
         if cache:
             warn("the model's interface changes (the removed attention blocks take their "
                  f"key/value cache with them; feed and read it without): {', '.join(cache)}")
