@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,7 @@ class Analysis:
     class_heads: tuple[dict, ...] = ()  # outputs whose classes --keep-classes could cut
     token_inputs: tuple[dict, ...] = ()  # inputs whose tokens --keep-tokens could cut
     blocks: tuple[Block, ...] = ()  # residual blocks (--remove-blocks), removable or why not
+    influence: dict[str, float] = field(default_factory=dict)  # block -> influence (with data)
 
     @property
     def stats(self) -> GroupStats:
@@ -110,12 +111,16 @@ def _front(model: ModelLike, exclude: Sequence[str], components: str, scope_dept
 def analyze(model: ModelLike, exclude: Sequence[str] = (), *, components: str = "none",
             scope_depth: int | None = None, flow_policy: str = "own",
             input_values=None, input_shapes=None, prune_kv_cache: bool = False,
+            calib: str | Path | dict | None = None,
             progress: Callable[[str], None] | None = None) -> Analysis:
     """Normalize ``model`` and find its coupled channel groups.
 
     ``components``: "none" (one component), "auto" (name scopes) or a TOML map's path;
     ``flow_policy``: how tensors crossing components are treated (own | freeze | couple);
-    ``prune_kv_cache``: heads may leave a decoder's past/present cache (analysis.cache).
+    ``prune_kv_cache``: heads may leave a decoder's past/present cache (analysis.cache);
+    ``calib``: calibration data (a path, ``random:N``, arrays, or the calibrate pass's options
+    as a dict with ``path``/``random``/``arrays``) on which each removable block's influence
+    is measured (``Analysis.influence``).
 
     >>> result = analyze("agent.onnx", components="auto")      # doctest: +SKIP
     >>> [(g.component, g.channels) for g in result.channels.prunable_groups()]  # doctest: +SKIP
@@ -127,15 +132,35 @@ def analyze(model: ModelLike, exclude: Sequence[str] = (), *, components: str = 
     comp_stats = None
     if ctx.components is not None:
         comp_stats = component_sizes(ctx.graph, ctx.components, ctx.analysis)
+    blocks = tuple(find_blocks(ctx.graph, ctx.analysis.node_macs, cache=prune_kv_cache))
+    influence = _influence(ctx, blocks, calib) if calib is not None else {}
     return Analysis(ctx.analysis, graph_params(ctx.graph),
                     macs_at(ctx.graph, ctx.input_sets[0] if ctx.input_sets else None),
                     len(ctx.graph.nodes), total_time(ctx), ctx.components,
                     tuple(ctx.flows or ()), comp_stats,
                     GroupStats.of(plain) if plain is not None else None, ctx.graph,
                     subgraph_params(ctx.graph), params_by_type(ctx.graph),
-                    tuple(class_heads(ctx.graph)), tuple(token_inputs(ctx.graph)),
-                    tuple(find_blocks(ctx.graph, ctx.analysis.node_macs,
-                                      cache=prune_kv_cache)))
+                    tuple(class_heads(ctx.graph)), tuple(token_inputs(ctx.graph)), blocks,
+                    influence)
+
+
+def _influence(ctx: Context, blocks: tuple[Block, ...], calib) -> dict[str, float]:
+    """Block Influence of every removable block on the calibration data."""
+    from .pipeline.passes import Calibrate
+    from .scoring.blocks import block_influence
+
+    opts = dict(calib) if isinstance(calib, dict) and any(
+        k in calib for k in ("path", "random", "arrays")) else (
+        {"arrays": calib} if isinstance(calib, dict) else {"path": calib})
+    Calibrate(**{**opts, "holdout": 0.0, "probe": "off"})(ctx)
+    removable = [b for b in blocks if b.removable]
+    outputs = {n.name: n.outputs[0].name for n in ctx.graph.nodes
+               if n.name in {b.name for b in removable}}
+    inputs = {t.name for t in ctx.graph.inputs}
+    scores = block_influence(ctx.skeleton(), removable, outputs,
+                             {k: v for k, v in ctx.calib.items() if k in inputs},
+                             ctx.analysis.slots)
+    return {b.name: float(s) for b, s in zip(removable, scores, strict=True)}
 
 
 def component_sizes(graph, components: Components, analysis: ChannelAnalysis) -> dict:

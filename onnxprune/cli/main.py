@@ -102,7 +102,8 @@ def cmd_analyze(args, console: Console) -> int:
                          flow_policy=values.get("flow_policy", "own"),
                          input_values=values.get("input_values"),
                          input_shapes=values.get("input_shapes"),
-                         prune_kv_cache=values.get("prune_kv_cache", False), progress=named)
+                         prune_kv_cache=values.get("prune_kv_cache", False),
+                         calib=_calib_options(values), progress=named)
     if args.graph:
         from ..analysis.components import single
         from .draw import draw
@@ -170,6 +171,14 @@ def cmd_prune(args, console: Console) -> int:
         if report is not None:
             print_table(report, console)
     return EXIT_OK
+
+
+def _calib_options(values: dict) -> dict | None:
+    """The calibration options given to analyze, by their pass option names."""
+    from ..pipeline.passes import Calibrate
+
+    out = {o.name: values[o.public] for o in Calibrate.options if o.public in values}
+    return out or None
 
 
 def _batches(text: str) -> list[int]:
@@ -352,7 +361,9 @@ def _flag_sets():
     components = next(o for o in SWITCHES if o.name == "components")
     analyze = [("prune", components), *[(FindComponents.name, o) for o in FindComponents.options],
                *[(AnalyzeChannels.name, o) for o in AnalyzeChannels.options],
-               *[("run", o) for o in RUN_OPTIONS if o.name in ("input_values", "input_shapes")]]
+               *[("run", o) for o in RUN_OPTIONS if o.name in ("input_values", "input_shapes")],
+               *[(Calibrate.name, o) for o in Calibrate.options
+                 if o.name not in ("holdout", "probe")]]  # with data: each block's influence
     run = [*[("run", o) for o in RUN_OPTIONS], *[(Calibrate.name, o) for o in Calibrate.options],
            *[(WriteModel.name, o) for o in WriteModel.options],
            *[(Report.name, o) for o in Report.options]]

@@ -56,7 +56,9 @@ def analysis_json(result: Analysis, model: str) -> dict[str, Any]:
         "subgraph_params": result.subgraph_params,
         "class_heads": list(result.class_heads),
         "token_inputs": list(result.token_inputs),
-        "blocks": [block_json(b) for b in result.blocks],
+        "blocks": [{**block_json(b), **({"influence": result.influence[b.name]}
+                                         if b.name in result.influence else {})}
+                   for b in result.blocks],
         "timings": result.timings,
         **_components_json(result),
     }
@@ -105,12 +107,19 @@ def _short(names: list[str], limit: int = 3) -> str:
 def _print_blocks(console: Console, result: Analysis, limit: int = 40) -> None:
     table = Table(title="residual blocks (--remove-blocks N: the N least influential go)",
                   title_justify="left")
-    for col, just in (("block", "left"), ("kind", "left"), ("nodes", "right"),
-                      ("params", "right"), ("MACs", "right"), ("status", "left")):
+    cols = [("block", "left"), ("kind", "left"), ("nodes", "right"), ("params", "right"),
+            ("MACs", "right"), ("status", "left")]
+    if result.influence:  # measured on calibration data
+        cols.insert(5, ("influence", "right"))
+    for col, just in cols:
         table.add_column(col, justify=just)
     for b in result.blocks[:limit]:
-        table.add_row(b.name, b.kind, str(len(b.nodes)), f"{b.params:,}", f"{b.macs:,}",
-                      "removable" if b.removable else f"kept: {b.reason}")
+        row = [b.name, b.kind, str(len(b.nodes)), f"{b.params:,}", f"{b.macs:,}",
+               "removable" if b.removable else f"kept: {b.reason}"]
+        if result.influence:
+            score = result.influence.get(b.name)
+            row.insert(5, "-" if score is None else f"{score:.3g}")
+        table.add_row(*row)
     console.print(table)
     if len(result.blocks) > limit:
         console.print(f"... {len(result.blocks) - limit} more blocks (use --json for all)")

@@ -355,3 +355,18 @@ def test_a_component_that_keeps_its_weights_keeps_its_blocks(tmp_path):
         prune(model, components="auto", ratio="*=0,pi=0", remove_blocks=2)
     r = prune(model, tmp_path / "n.onnx", components="auto", remove_blocks=2)
     assert r.depth["removable"] == 2 and r.verification.passed
+
+
+def test_analyze_with_data_gives_each_block_its_influence(tmp_path, capsys):
+    model = transformer("pre", scales={1: 1e-3})
+    x = np.random.default_rng(9).standard_normal((16, T, C)).astype(np.float32)
+    result = analyze(model, calib={"x": x})
+    assert set(result.influence) == {"add00", "add01", "add10", "add11"}
+    assert min(result.influence, key=result.influence.get) == "add11"  # the scaled-down MLP
+    r = prune(model, remove_blocks=1, calib={"x": x}, holdout=0)
+    assert r.depth["removed"][0]["score"] == pytest.approx(result.influence["add11"], rel=1e-3)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    assert main(["analyze", str(path), "--calib", "random:4", "--json"]) == 0
+    blocks = json.loads(capsys.readouterr().out)["blocks"]
+    assert all(0 <= b["influence"] <= 2 for b in blocks)
