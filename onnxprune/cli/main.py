@@ -10,15 +10,13 @@ import shlex
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 from rich.console import Console
 
-from .. import __version__, interrupts, progress
+from .. import __version__, interrupts
 from ..errors import (
     EXIT_OK,
-    OnnxPruneWarning,
     UsageError,
 )
 from ..ir import io
@@ -36,58 +34,9 @@ from .flags import (
 )
 from .flags import quiet_flag as _quiet_flag
 from .flags import verbose_flag as _verbose_flag
-from .outcome import CURRENT as _CURRENT
 from .outcome import failed as _failed
 from .outcome import interrupted as _interrupted
-
-WARNINGS: list[str] = []  # the run's warnings, in order (also in --json output)
-
-
-@contextlib.contextmanager
-def _warnings_to(err: Console):
-    """onnxprune's warnings as one line each on stderr, each said once; others as usual."""
-    WARNINGS.clear()
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", OnnxPruneWarning)
-        shown = warnings.showwarning
-
-        def show(message, category, filename, lineno, file=None, line=None):
-            if not issubclass(category, OnnxPruneWarning):
-                return shown(message, category, filename, lineno, file, line)
-            if str(message) not in WARNINGS:
-                WARNINGS.append(str(message))
-                err.print(f"onnxprune: warning: {message}", markup=False, highlight=False,
-                          soft_wrap=True)
-
-        warnings.showwarning = show
-        yield
-
-
-@contextlib.contextmanager
-def _status(what: str, quiet: bool = False):
-    """Progress on stderr while ``what`` runs: a spinner naming the pass and rich bars on a
-    terminal; a line every few seconds when stderr is a file or a pipe; nothing with
-    ``--quiet``. Yields the callback passes report their names to."""
-    mode = "off" if quiet else ("bars" if sys.stderr.isatty() else "lines")
-    progress.enable(mode)
-
-    def named(name: str) -> None:
-        _CURRENT["pass"] = name
-        progress.set_pass(name)
-
-    try:
-        if mode != "bars":
-            with progress.heartbeat():
-                yield named
-            return
-        with Console(stderr=True).status(f"{what}...") as status:
-            def update(name: str) -> None:
-                named(name)
-                status.update(f"{what}: {name}...")
-
-            yield update
-    finally:
-        progress.enable("off")
+from .status import WARNINGS, status, warnings_to
 
 
 def cmd_analyze(args, console: Console) -> int:
@@ -95,7 +44,7 @@ def cmd_analyze(args, console: Console) -> int:
     from .report import analysis_json, print_analysis
 
     values = given(args, ANALYZE_FLAGS)
-    with _status("analyzing", args.quiet) as named:
+    with status("analyzing", args.quiet) as named:
         result = analyze(args.model, exclude=values.get("exclude", ()),
                          components=values.get("components", "none"),
                          scope_depth=values.get("scope_depth"),
@@ -135,7 +84,7 @@ def cmd_prune(args, console: Console) -> int:
             later = Report(values.pop("report"), command=values.pop("report_command"))
             later.preflight(None)
             later.check_model(values["output"])
-    with _status("pruning", args.quiet) as named:
+    with status("pruning", args.quiet) as named:
         result = prune(args.model, progress=named, **values)
     report = None
     if args.bench:
@@ -242,7 +191,7 @@ def cmd_run(args, console: Console) -> int:
         steps.append(Report(values["report"], command=_command(args)))
         steps[-1].check_model(values["output"])
     ctx = Context(config=config)
-    with _status(f"running {recipe.path.stem}", args.quiet) as named:
+    with status(f"running {recipe.path.stem}", args.quiet) as named:
         ctx.progress = named
         Pipeline([LoadModel(args.model), *steps])(ctx)
     result = result_of(ctx)
@@ -294,7 +243,7 @@ def cmd_zoo(args, console: Console) -> int:
             table.add_row(e.name, e.description, e.needs, e.trainable or "-")
         console.print(table)
         return EXIT_OK
-    with _status(f"exporting {args.name}", args.quiet):
+    with status(f"exporting {args.name}", args.quiet):
         out = export_model(args.name, args.output, seed=args.seed, train=args.train,
                            epochs=args.epochs)
     console.print(f"wrote {out}", markup=False, highlight=False, soft_wrap=True)
@@ -445,7 +394,7 @@ def main(argv: list[str] | None = None, *, keep_handlers: bool = False) -> int:
     console = Console(stderr=False, width=None if sys.stdout.isatty() else PIPED_WIDTH)
     err = Console(stderr=True)
     io.written.clear()
-    with interrupts.guarded(keep=keep_handlers), _warnings_to(err):
+    with interrupts.guarded(keep=keep_handlers), warnings_to(err):
         try:
             code = args.func(args, console)
             interrupts.check()

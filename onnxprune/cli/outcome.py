@@ -44,6 +44,7 @@ def failed(err: Console, e: Exception, args: argparse.Namespace) -> int:
         err.print(f"onnxprune: error: {text}", markup=False, highlight=False, soft_wrap=True)
         return e.exit_code
     first = str(e).splitlines()[0] if str(e) else type(e).__name__
-    err.print(f"onnxprune: internal error: {type(e).__name__}: {first} (rerun with --debug)",
-              markup=False, highlight=False, soft_wrap=True)
+    where = f" in pass {CURRENT['pass']}" if CURRENT["pass"] else ""
+    err.print(f"onnxprune: internal error{where}: {type(e).__name__}: {first} (rerun with "
+              "--debug)", markup=False, highlight=False, soft_wrap=True)
     return EXIT_INTERNAL

@@ -249,6 +249,9 @@ class Pass:
         start = time.perf_counter()
         with peak_window() as memory, capped(ctx.config.memory):
             result = self.run(ctx)
+        missing = sorted(a for a in self.gives() - {"eval_data"} if getattr(ctx, a, None) is None)
+        if missing:  # a pass that does not do what it declares is a bug, named here
+            raise RuntimeError(f"pass {self.name!r} did not provide {', '.join(missing)}")
         if result.modified:
             ctx.shapes_of = None
         ctx.timings.append((self.name, time.perf_counter() - start))

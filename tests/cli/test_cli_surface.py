@@ -98,3 +98,21 @@ def test_api_takes_the_same_spellings(demo_file, tmp_path):
               criterion="activation", recover=["compensate"])
     assert a.params_after == b.params_after == c.params_after
     assert list(a.recovery) == list(b.recovery) == list(c.recovery)
+
+
+def test_an_internal_error_names_its_pass_and_a_pass_must_provide_what_it_declares(
+        demo_file, tmp_path, capsys, monkeypatch):
+    """A bug is one line naming the pass it happened in; a pass that does not set what its
+    contract declares is such a bug (caught after the pass, not by a later one)."""
+    from onnxprune.pipeline.pruning import SelectChannels
+
+    def broken(self, ctx):
+        from onnxprune.pipeline.base import PassResult
+        return PassResult(False)  # declares "plan", sets nothing
+
+    monkeypatch.setattr(SelectChannels, "run", broken)
+    assert main(["prune", str(demo_file), "-o", str(tmp_path / "o.onnx")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("onnxprune: internal error in pass select: RuntimeError: pass 'select' did "
+                   "not provide plan (rerun with --debug)")
+    assert not (tmp_path / "o.onnx").exists()
