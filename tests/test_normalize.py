@@ -156,3 +156,47 @@ def test_shape_inference_runs_again_only_after_a_change(monkeypatch, with_bn):
     assert len(calls) == (2 if with_bn else 1)
     assert sum(bool(r.info.get("skipped")) for r in ran) == len(ran) - len(calls) > 0
     assert all(t.shape is not None for t in ctx.graph.tensors().values())
+
+
+def test_a_squeeze_without_axes_on_a_symbolic_batch_is_left_alone(tmp_path):
+    """Opset 11, ``Squeeze`` without axes on ``[batch, 1]``: at batch 1 it drops both axes, so
+    naming ``axes=[1]`` would change the output; the symbolic size is not guessed (it was:
+    exit 6, "squeeze-axes changed the model's outputs")."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.api import prune
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((1, 16)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1, name="fc1"),
+             helper.make_node("Relu", ["h"], ["a"], name="relu"),
+             helper.make_node("Gemm", ["a", "w2"], ["y"], transB=1, name="fc2"),
+             helper.make_node("Squeeze", ["y"], ["out"], name="sq")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 7
+    r = prune(model, tmp_path / "o.onnx", ratio=0.3)
+    assert r.verification.passed and [s["x"][0] for s in r.verification.shapes] == [1, 2]
+    sq = next(n for n in r.model.graph.node if n.op_type == "Squeeze")
+    assert not sq.attribute and len(sq.input) == 1  # still without axes
+    assert r.params_after < r.params_before
+
+
+def test_channels_through_a_squeeze_without_axes_are_kept_with_the_reason():
+    """``x.squeeze()`` after global pooling on a symbolic batch (old torch exports): the
+    channel axis could be cut to one channel and then dropped too; it is kept, and says why."""
+    from onnxprune.api import analyze
+    from onnxprune.zoo.builder import GraphBuilder
+
+    b = GraphBuilder(seed=1, opset=11)
+    x = b.relu(b.conv(b.input("img", ["batch", 3, 8, 8]), 3, 16))
+    pooled = b.op("GlobalAveragePool", [x])
+    flat = b.op("Squeeze", [pooled])
+    model = b.build([(b.gemm(flat, 16, 4), ["batch", 4])])
+    groups = analyze(model).channels.groups
+    conv = next(g for g in groups if g.channels == 16)
+    assert conv.frozen and "without axes" in conv.reason

@@ -143,7 +143,8 @@ def channel_shuffles_to_gather(graph: gs.Graph) -> int:
 
 def explicit_squeeze_axes(graph: gs.Graph) -> int:
     """Squeeze without axes drops every size-1 axis, which would include a channel axis
-    pruned down to one channel: name the axes it drops now, while the shapes are original."""
+    pruned down to one channel: name the axes it drops now, while the shapes are original.
+    A symbolic size (a batch that may be 1) is not guessed: such a Squeeze stays as it is."""
     from ..ir.graph import shape_of
 
     changed = 0
@@ -152,7 +153,7 @@ def explicit_squeeze_axes(graph: gs.Graph) -> int:
             len(node.inputs) > 1 and not (isinstance(node.inputs[1], gs.Variable)
                                           and node.inputs[1].is_empty()))
         shape = shape_of(node.inputs[0])
-        if has_axes or shape is None or None in shape:
+        if has_axes or shape is None or any(not isinstance(d, int) for d in shape):
             continue
         axes = [i for i, d in enumerate(shape) if d == 1]
         if int(graph.opset) < 13:

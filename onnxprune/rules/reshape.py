@@ -388,6 +388,9 @@ class Squeeze(OpRule):
         for a, atoms in env.tracked(x).items():
             if a in gone:
                 env.freeze(atoms, f"Squeeze {node.name}: squeezes channel axis {a}")
+            elif not axes:  # (normalization names the axes where every size is known)
+                env.freeze(atoms, f"Squeeze {node.name} without axes: a channel axis cut to "
+                                  "one channel would be dropped")
             else:
                 env.set(node.outputs[0], a - sum(1 for g in gone if g < a), atoms)
 

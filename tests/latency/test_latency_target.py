@@ -150,14 +150,14 @@ def test_a_removed_block_takes_its_layers_time_with_it():
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "analysis"))
-    from test_analysis_blocks import T, C, transformer
+    from test_analysis_blocks import C, T, transformer
 
     from onnxprune.analysis.blocks import find_blocks, with_blocks
+    from onnxprune.analysis.channels import analyze_channels
     from onnxprune.analysis.size import shaped
     from onnxprune.ir.graph import import_model
     from onnxprune.latency.model import LatencyModel
     from onnxprune.latency.table import LatencyTable
-    from onnxprune.analysis.channels import analyze_channels
     from onnxprune.testing import normalized
 
     graph = import_model(normalized(transformer("pre")))
