@@ -18,6 +18,7 @@ _settled: list[bool] = []  # set once the outcome is decided: later signals are 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _holding: list[bool] = []  # open deferred() sections
 _held: list[int] = []  # signals that arrived inside one, raised when it ends
+_runs: list = []  # the onnxruntime RunOptions long runs take while guarded (run_options())
 
 
 class Interrupted(KeyboardInterrupt):
@@ -55,9 +56,11 @@ def guarded(keep: bool = False) -> Iterator[None]:
     _received.clear()
     _settled.clear()
     old = {s: signal.signal(s, _handler) for s in _SIGNALS}
+    watch = _Watcher()
     try:
         yield
     finally:
+        watch.close()
         if keep:
             _settled.append(True)
         else:
@@ -65,6 +68,53 @@ def guarded(keep: bool = False) -> Iterator[None]:
                 signal.signal(s, h)
             _received.clear()
             _held.clear()
+
+
+def run_options():
+    """The RunOptions a long onnxruntime run takes while guarded (None otherwise): a signal
+    terminates the run in progress at once. Python runs its handlers in the main thread only
+    between bytecodes, so a signal arriving during a long run waited for it to end (5 s into a
+    sensitivity search's batch of candidates); the watcher thread sets the run's terminate flag
+    from the signal's wakeup byte instead, and the run raises, the interrupt is seen."""
+    return _runs[0] if _runs else None
+
+
+class _Watcher:
+    """A thread woken by the C-level signal handler's byte (``signal.set_wakeup_fd``) that
+    terminates the guarded run's onnxruntime runs."""
+
+    def __init__(self):
+        import socket
+
+        import onnxruntime as ort
+
+        self.options = ort.RunOptions()
+        _runs[:] = [self.options]
+        self.read, self.write = socket.socketpair()
+        self.write.setblocking(False)
+        self.old = signal.set_wakeup_fd(self.write.fileno(), warn_on_full_buffer=False)
+        self.thread = threading.Thread(target=self._watch, name="onnxprune-signals",
+                                       daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while True:
+            try:
+                data = self.read.recv(16)
+            except OSError:
+                return
+            if not data:
+                return
+            if not _settled and any(b in _SIGNALS for b in data):
+                self.options.terminate = True
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self.old)
+        _runs.clear()
+        for sock in (self.write, self.read):
+            with contextlib.suppress(OSError):
+                sock.shutdown(2)
+            sock.close()
 
 
 def check() -> None:

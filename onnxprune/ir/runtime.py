@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from .. import interrupts
 from ..errors import UnsupportedModelError, UsageError
 from .weights import NP_TYPES, Skeleton, proto, to_skeleton
 
@@ -241,7 +242,7 @@ def run_batched(run, feeds: dict[str, np.ndarray], names: Sequence[str] | None =
         sess = run
         fixed = fixed or static_batch(sess, feeds, axes)
         out_names = list(names) if names is not None else [o.name for o in sess.get_outputs()]
-        run = lambda f: sess.run(out_names, f)  # noqa: E731
+        run = lambda f: sess.run(out_names, f, interrupts.run_options())  # noqa: E731
     sizes = {np.shape(v)[axes[k]] for k, v in feeds.items() if axes[k] is not None}
     n = sizes.pop() if sizes else 1
     step = fixed or (max_rows if max_rows and max_rows < n else None)

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .. import interrupts
 from ..analysis.model import ChannelAnalysis
 from ..ir.runtime import session
 from ..ir.weights import Skeleton, embed
@@ -119,7 +120,8 @@ class Oracle:
         gates = np.ones((1, n), dtype=np.float32)
         if keep is not None and n:
             gates = np.asarray(keep, dtype=np.float32).reshape(-1, n)
-        return self.session.run(self.output_names, {**feeds, GATES: gates})
+        return self.session.run(self.output_names, {**feeds, GATES: gates},
+                                interrupts.run_options())
 
     def baked(self, keep: np.ndarray) -> onnx.ModelProto:
         """A standalone model: the gated reference with these gates as a constant."""
