@@ -60,14 +60,16 @@ def guarded(keep: bool = False) -> Iterator[None]:
     try:
         yield
     finally:
-        watch.close()
-        if keep:
-            _settled.append(True)
-        else:
-            for s, h in old.items():
-                signal.signal(s, h)
-            _received.clear()
-            _held.clear()
+        try:
+            watch.close()  # (a pending signal's handler may raise here: the rest still runs)
+        finally:
+            if keep:
+                _settled.append(True)
+            else:
+                for s, h in old.items():
+                    signal.signal(s, h)
+                _received.clear()
+                _held.clear()
 
 
 def run_options():
