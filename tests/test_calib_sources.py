@@ -87,7 +87,17 @@ def test_a_glob_a_list_file_and_a_preprocessor_config_beside_the_model(tmp_path)
     assert len(_read(tmp_path / "*.png", _cnn()).arrays["image"]) == 2
     (tmp_path / "list.txt").write_text("p1.jpg\np2.png\np3.jpg\n")
     assert kind_of(tmp_path / "list.txt") == "images"
-    assert len(_read(tmp_path / "list.txt", _cnn()).arrays["image"]) == 3
+    got = _read(tmp_path / "list.txt", _cnn()).arrays
+    assert len(got["image"]) == 3 and "labels" not in got
+    # a path and its label a line (ImageNet's validation lists)
+    (tmp_path / "labelled.txt").write_text("p1.jpg 7\np2.png 0\np3.jpg 7\n")
+    assert kind_of(tmp_path / "labelled.txt") == "images"
+    read = _read(tmp_path / "labelled.txt", _cnn())
+    assert read.arrays["labels"].tolist() == [7, 0, 7] and "labels of 2 classes" in read.note
+    np.testing.assert_array_equal(read.arrays["image"], got["image"])
+    (tmp_path / "mixed.txt").write_text("p1.jpg 7\np2.png\n")
+    with pytest.raises(UsageError, match="some lines give a label and some do not"):
+        _read(tmp_path / "mixed.txt", _cnn())
     model_path = tmp_path / "m.onnx"
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({
         "do_normalize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
@@ -144,6 +154,16 @@ def test_text_with_a_tokenizer_gives_ids_masks_and_reports_truncation(tmp_path):
     (tmp_path / "tokenizer.json").write_bytes(tok.read_bytes())  # found beside the model
     j = _read(tmp_path / "s.jsonl", model, model_path=tmp_path / "m.onnx")
     assert j.arrays["input_ids"].tolist() == [[6, 3], [2, 7]]
+    # sentence pairs (a cross-encoder's input): both texts, encoded as a pair
+    (tmp_path / "pairs.jsonl").write_text('{"text": "a cat", "text_pair": "the dog ran"}\n'
+                                          '{"text": "the mat", "text_pair": "sat"}\n')
+    pairs = _read(tmp_path / "pairs.jsonl", model, model_path=tmp_path / "m.onnx")
+    assert pairs.arrays["input_ids"].tolist() == [[6, 3, 2, 8, 9], [2, 7, 4, 0, 0]]
+    assert "2 text pair(s)" in pairs.note
+    (tmp_path / "half.jsonl").write_text('{"text": "a cat", "text_pair": "sat"}\n'
+                                         '{"text": "the mat"}\n')
+    with pytest.raises(UsageError, match="some lines have a 'text_pair'"):
+        _read(tmp_path / "half.jsonl", model, model_path=tmp_path / "m.onnx")
     (tmp_path / "long.txt").write_text("the cat sat on a mat " * 40 + "\n")
     (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 64}))
     capped = _read(tmp_path / "long.txt", model, model_path=tmp_path / "m.onnx")

@@ -132,11 +132,11 @@ def _images(path: Path, files, labels, free, settings: Settings, loaded=None) ->
                 f"{where.channels}x{where.height}x{where.width}"
                 f"{' (channels last)' if where.channels_last else ''}, resize {how.resize}"
                 f"{', normalized' if how.mean is not None else ''}"
-                f"{', labels from ' + str(len(set(labels))) + ' folders' if labels else ''}"
+                f"{', labels of ' + str(len(set(labels))) + ' classes' if labels else ''}"
                 f"{', preprocessing from ' + config.name if config else ''}")
 
 
-def _text(path: Path, texts: list[str], free, settings: Settings) -> Read:
+def _text(path: Path, texts: list, free, settings: Settings) -> Read:
     if not texts:
         raise UsageError(f"{path}: no text samples")
     tok_path = settings.tokenizer or _beside(settings, "tokenizer.json")
@@ -148,7 +148,8 @@ def _text(path: Path, texts: list[str], free, settings: Settings) -> Read:
              or DEFAULT_MAX_LENGTH)
     enc = text.encode(texts, tok, {s.name: s.dtype for s in free}, limit)
     cut = f", {enc.truncated} truncated at {limit} tokens" if enc.truncated else ""
-    return Read(enc.arrays, "text", f"{len(texts)} text sample(s) from {path.name}, "
+    what = "text pair(s)" if isinstance(texts[0], tuple) else "text sample(s)"
+    return Read(enc.arrays, "text", f"{len(texts)} {what} from {path.name}, "
                 f"{enc.length} tokens with padding{cut} (tokenizer {Path(tok_path).name})")
 
 

@@ -103,9 +103,26 @@ def layout(dims: tuple, shape: list[int] | None, hf: tuple[int, int] | None, nam
     return Layout(int(c), int(h), int(w), last)
 
 
+def _listed(root: Path) -> list[tuple[str, str | None]]:
+    """The (path, label) of every line of a list file: ``path`` or ``path label`` (a whole
+    number after the last space, as ImageNet's validation lists write it)."""
+    out = []
+    for line in root.read_text(errors="replace").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        head, _, tail = line.rpartition(" ")
+        if head and tail.lstrip("-").isdigit() and Path(head.strip()).suffix.lower() in EXTENSIONS:
+            out.append((head.strip(), tail))
+        else:
+            out.append((line, None))
+    return out
+
+
 def find(root: Path) -> tuple[list[Path], list[str] | None]:
     """Image files under a folder (sorted; one level of sub-folders as classes, whose sorted
-    names are the labels 0, 1, ...), a glob pattern, or a list file (one path a line)."""
+    names are the labels 0, 1, ...), a glob pattern, or a list file (one path a line, or a path
+    and its label)."""
     text = str(root)
     if any(ch in text for ch in "*?["):
         base = Path(text.split("*")[0].split("?")[0].split("[")[0] or ".").parent
@@ -113,9 +130,16 @@ def find(root: Path) -> tuple[list[Path], list[str] | None]:
         files = sorted(p for p in base.glob(pattern) if p.suffix.lower() in EXTENSIONS)
         return files, None
     if root.is_file():
-        lines = [ln.strip() for ln in root.read_text(errors="replace").splitlines() if ln.strip()]
-        files = [(root.parent / ln) if not Path(ln).is_absolute() else Path(ln) for ln in lines]
-        return files, None
+        entries = _listed(root)
+        files = [(root.parent / ln) if not Path(ln).is_absolute() else Path(ln)
+                 for ln, _ in entries]
+        labels = [label for _, label in entries]
+        if all(label is None for label in labels):
+            return files, None
+        if any(label is None for label in labels):
+            raise UsageError(f"{root}: some lines give a label and some do not (a path, or a "
+                             "path and a whole-number label, on every line)")
+        return files, labels
     direct = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
     folders = sorted(p for p in root.iterdir() if p.is_dir())
     if direct or not folders:
@@ -131,7 +155,7 @@ def find(root: Path) -> tuple[list[Path], list[str] | None]:
 def is_image_list(path: Path) -> bool:
     """A text file whose every line names an existing image file."""
     try:
-        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        lines = [ln for ln, _ in _listed(path)]
     except OSError:
         return False
     return bool(lines) and all(

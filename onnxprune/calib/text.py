@@ -26,8 +26,9 @@ class Encoded:
     length: int
 
 
-def lines(path: Path) -> list[str]:
-    """The samples of a ``.txt`` (non-empty lines) or ``.jsonl`` (``text`` fields) file."""
+def lines(path: Path) -> list[str] | list[tuple[str, str]]:
+    """The samples of a ``.txt`` (non-empty lines) or ``.jsonl`` (``text`` fields; with a
+    ``text_pair`` field on every line, sentence pairs for a cross-encoder) file."""
     try:
         raw = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -44,7 +45,13 @@ def lines(path: Path) -> list[str]:
             raise UsageError(f"{path}:{no}: not a JSON object") from None
         if not isinstance(item, dict) or not isinstance(item.get("text"), str):
             raise UsageError(f"{path}:{no}: no string field 'text'")
-        out.append(item["text"])
+        pair = item.get("text_pair")
+        if pair is not None and not isinstance(pair, str):
+            raise UsageError(f"{path}:{no}: 'text_pair' is not a string")
+        out.append(item["text"] if pair is None else (item["text"], pair))
+    if len({isinstance(t, tuple) for t in out}) > 1:
+        raise UsageError(f"{path}: some lines have a 'text_pair' and some do not (pairs on "
+                         "every line, or on none)")
     return out
 
 

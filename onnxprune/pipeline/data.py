@@ -59,8 +59,9 @@ class Calibrate(Pass):
     options = (
         Option("path", None, "calibration data, the kind found from the path: an .npz of "
                "arrays keyed by model input name, batch first (plus 'labels' for accuracy); a "
-               "folder, glob or list file of images (sub-folders: class labels); a .txt (a "
-               "sample a line) or .jsonl ('text' fields) with a tokenizer; a folder of WAV/FLAC "
+               "folder, glob or list file of images (sub-folders, or a label after each listed path: "
+               "class labels); a .txt (a sample a line) or .jsonl ('text' fields, and "
+               "'text_pair' for sentence pairs) with a tokenizer; a folder of WAV/FLAC "
                "recordings; a datasets save_to_disk folder; or random:N for N random samples of "
                "the input shapes. Readers: pip install 'onnxprune[data]'", parse=path_option,
                public="calib",
