@@ -209,3 +209,21 @@ def test_bench_chooses_shapes_and_feeds_pins(tmp_path):
     report = run_bench([stateful_model()], providers=["cpu"], batches=[1], repeat=2, warmup=0,
                        input_values=["sr=16000"])
     assert report.settings["input_values"] == {"sr": 16000} and report.rows[0].runs == 2
+
+
+def test_one_set_of_shapes_for_a_dynamic_model_is_said(monkeypatch, recwarn):
+    """Verification at a single set of shapes of a model with dynamic sizes is a weaker proof:
+    the run says so (unless the shapes were given)."""
+    from onnxprune.pipeline import inputs
+
+    real = inputs.choose_shapes
+    monkeypatch.setattr(inputs, "choose_shapes", lambda *a, **k: real(*a, **k)[:1])
+    r = prune(conv_net(), ratio=0.5)
+    assert len(r.verification.shapes) == 1
+    said = [str(w.message) for w in recwarn]
+    assert any(m.startswith("verification ran at one set of input shapes (x 1x3x") for m in said)
+    monkeypatch.undo()
+    recwarn.clear()
+    prune(conv_net(), ratio=0.5)  # two sets: nothing said
+    prune(conv_net(), ratio=0.5, input_shapes=["x=1x3x40x48"])  # given: nothing said
+    assert not [w for w in recwarn if "one set of input shapes" in str(w.message)]

@@ -9,6 +9,7 @@ from ..analysis.blocks import with_blocks
 from ..analysis.size import graph_params
 from ..errors import OutputError, UsageError, VerificationError, warn
 from ..ir import io
+from ..ir.weights import proto
 from ..options import Option, OptionError, flag, number, text
 from ..options import path as path_option
 from ..verify.checks import verify_pruned
@@ -62,8 +63,21 @@ class Verify(Pass):
             blame = (blame_normalization(ctx, feed_sets[0])
                      if ctx.normalize_deferred else None)
             raise VerificationError(blame or "verification failed: " + "; ".join(report.messages))
+        if len(feed_sets) < 2 and _dynamic(reference) and not ctx.config.input_shapes:
+            shown = "; ".join(f"{k} {'x'.join(map(str, v))}" for k, v in report.shapes[0].items())
+            warn(f"verification ran at one set of input shapes ({shown}): no other size of "
+                 "the dynamic dimensions ran; give --input-shape NAME=DxD... for a second")
         stages.measure(ctx, "pruned")
         return PassResult(False, {"max_abs_diff": report.max_abs_diff})
+
+
+def _dynamic(model) -> bool:
+    """Whether a graph input has a dimension that is not a fixed number."""
+    for vi in proto(model).graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        if any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims):
+            return True
+    return False
 
 
 def _search_oracle(ctx: Context):
