@@ -1,0 +1,130 @@
+"""Distillation throughput: samples per second through a training step (forward, backward,
+Adam), this source tree against another one given with --baseline (an earlier onnxprune), side
+by side in one run (issue 34: >= 10x on PP-OCR rec and MiniLM).
+
+    git worktree add /tmp/onnxprune-base <commit>
+    HF_HUB_OFFLINE=1 python benchmarks/distill_throughput.py --baseline /tmp/onnxprune-base
+
+Each model's student is its plain 30% cut (uniform, no data; not compensated, so that no
+version declines to train it), its teacher the original, the data the recipe's
+(benchmarks/recipe_time.py). A child process per (tree, run) imports onnxprune from that tree
+and times ``distill`` twice (after a one-step run that pays for imports and warm-up), with ``--steps`` and with ``--steps + --more`` steps, validation
+and early stopping off: the difference over ``--more`` steps is one step's time, without the
+set-up (the teacher's targets, the bridge). The runs of the two trees alternate (``--repeats``
+rounds; the median is reported). The first batch's loss before training (the same data,
+student and teacher) is printed for both trees: equal losses, faster steps.
+Results: benchmarks/results/distill_throughput.json. Needs the real extra (MiniLM, rapidocr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "real"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+RESULTS = ROOT / "benchmarks" / "results" / "distill_throughput.json"
+
+CHILD = r"""
+import json, sys, time
+import numpy as np
+from onnxprune.recover.distill import distill
+student, teacher, data, steps, batch = sys.argv[1:6]
+calib = dict(np.load(data))
+out = {}
+for n in (1, int(steps), int(steps) + int(sys.argv[6])):  # the first: imports and warm-up
+    t = time.perf_counter()
+    _, info = distill(student, teacher, calib, steps=n, lr=1e-5, batch_size=int(batch),
+                      val_fraction=0.2, patience=None, eval_every=10**6)
+    out[n] = {"seconds": time.perf_counter() - t, "steps": info["steps"],
+              "loss0": info["history"][0][1]}
+print("RESULT " + json.dumps(out))
+"""
+
+
+def prepared(name: str, work: Path) -> tuple[Path, Path, Path]:
+    """(student, teacher, data .npz) of one corpus model."""
+    import numpy as np
+    from corpus import CORPUS
+    from recipe_time import calibration
+
+    from onnxprune.api import prune
+
+    model = next(m for m in CORPUS if m.name == name)
+    teacher = model.locate(work)
+    calib, _, extra = calibration(name, teacher, work)
+    student = work / f"{name}.student.onnx"
+    prune(teacher, student, target_params=0.3, **extra)
+    data = work / f"{name}.npz"
+    np.savez(data, **{k: v for k, v in calib.items() if isinstance(v, np.ndarray)})
+    return student, teacher, data
+
+
+def timed(src: Path, files: tuple[Path, Path, Path], steps: int, more: int, batch: int
+          ) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    proc = subprocess.run([sys.executable, "-c", CHILD, *map(str, files), str(steps),
+                           str(batch), str(more)], capture_output=True, text=True, env=env,
+                          cwd=tempfile.gettempdir(), check=False)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"{src}: {proc.stderr.strip().splitlines()[-1:]}")
+    runs = {int(k): v for k, v in json.loads(line[7:]).items()}
+    a, b = runs[steps], runs[steps + more]
+    if b["steps"] - a["steps"] != more:
+        raise RuntimeError(f"{src}: trained {a['steps']} and {b['steps']} steps")
+    per_step = (b["seconds"] - a["seconds"]) / more
+    return {"step_seconds": per_step, "samples_per_second": batch / per_step,
+            "loss0": a["loss0"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--baseline", type=Path, required=True,
+                    help="a source tree of an earlier onnxprune (its folder holding onnxprune/)")
+    ap.add_argument("--models", default="minilm,ppocr-v6-rec")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--more", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    trees = {"baseline": args.baseline.resolve(), "current": ROOT}
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            files = prepared(name, Path(tmp))
+            runs: dict[str, list] = {k: [] for k in trees}
+            for _ in range(args.repeats):
+                for tree, src in trees.items():
+                    runs[tree].append(timed(src, files, args.steps, args.more, args.batch))
+                    print(f"[{name}] {tree}: {runs[tree][-1]}", flush=True)
+            row = {tree: {"step_seconds": statistics.median(r["step_seconds"] for r in rs),
+                          "loss0": rs[0]["loss0"], "runs": rs} for tree, rs in runs.items()}
+            for r in row.values():
+                r["samples_per_second"] = args.batch / r["step_seconds"]
+            row["speedup"] = row["current"]["samples_per_second"] / \
+                row["baseline"]["samples_per_second"]
+            rows[name] = row
+            print(f"[{name}] {row['baseline']['samples_per_second']:.2f} -> "
+                  f"{row['current']['samples_per_second']:.2f} samples/s "
+                  f"({row['speedup']:.1f}x); first-batch loss "
+                  f"{row['baseline']['loss0']:.6g} / {row['current']['loss0']:.6g}", flush=True)
+    out = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "batch": args.batch,
+           "baseline": str(args.baseline), "rows": rows}
+    RESULTS.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
