@@ -17,6 +17,10 @@ EXIT_UNSUPPORTED = 5
 EXIT_VERIFY_FAILED = 6
 EXIT_OUTPUT = 7
 EXIT_CONSTRAINT = 8
+EXIT_HOST_UNREACHABLE = 10  # --target-host / bench --host: cannot connect
+EXIT_HOST_AUTH = 11  # the device refuses the login (or its host key)
+EXIT_HOST_RUNTIME = 12  # no Python with numpy and onnxruntime there
+EXIT_HOST_TIMEOUT = 13  # a command there ran past its time
 
 
 class OnnxPruneError(Exception):
@@ -53,6 +57,22 @@ class ConstraintError(OnnxPruneError):
     """A requested bound cannot be met (not even by the unpruned model)."""
 
     exit_code = EXIT_CONSTRAINT
+
+
+class HostUnreachableError(OnnxPruneError):
+    exit_code = EXIT_HOST_UNREACHABLE
+
+
+class HostAuthError(OnnxPruneError):
+    exit_code = EXIT_HOST_AUTH
+
+
+class HostRuntimeError(OnnxPruneError):
+    exit_code = EXIT_HOST_RUNTIME
+
+
+class HostTimeoutError(OnnxPruneError):
+    exit_code = EXIT_HOST_TIMEOUT
 
 
 class OnnxPruneWarning(UserWarning):

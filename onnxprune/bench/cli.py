@@ -17,6 +17,7 @@ from rich.console import Console
 
 from ..errors import EXIT_OK, OutputError, UsageError
 from .providers import PROVIDERS
+from .remote import parse
 from .render import markdown, plot, print_table
 from .runner import DEFAULT_SECONDS, Progress, run_bench
 
@@ -63,6 +64,14 @@ def _input_shape(text: str) -> tuple[str, list[int]]:
     return name, shape
 
 
+def _host(text: str) -> str:
+    try:
+        parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text.strip()
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``bench`` on the subparsers of the ``onnxprune`` parser."""
     b = subparsers.add_parser(
@@ -94,6 +103,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "without it, sizes are chosen as prune's verification chooses them)")
     b.add_argument("--input-value", action="append", metavar="NAME=VALUE",
                    help="pin an input to a value, e.g. sr=16000 (repeatable)")
+    b.add_argument("--host", type=_host, metavar="USER@HOST[:PORT]",
+                   help="measure on that device over SSH (it needs Python with numpy and "
+                        "onnxruntime; a script and the models are copied into a temporary "
+                        "folder there, removed after; host memory is not measured there)")
     b.add_argument("--json", type=Path, metavar="FILE",
                    help="write the results as JSON ('-': print them instead of the table)")
     b.add_argument("--plot", type=Path, metavar="FILE",
@@ -167,7 +180,7 @@ def cmd_bench(args, console: Console) -> int:
             args.models, providers=args.provider, batches=args.batch, threads=args.threads,
             warmup=args.warmup, repeat=args.repeat, seconds=args.seconds,
             input_shapes=dict(args.input_shape or []), input_values=args.input_value,
-            progress=progress, notice=notice,
+            progress=progress, notice=notice, host=args.host,
         )
     data = json.dumps(report.to_json(), indent=2)
     if args.json is not None and str(args.json) == "-":

@@ -34,6 +34,8 @@ from ..ir.runtime import session
 from ..ir.shapes import choose_shapes, parse_values
 from .memory import device_memory_available, host_memory_available
 from .providers import Provider, Session, open_session, resolve_providers
+from .remote import Host
+from .remote_bench import device_providers, measure_remote
 from .report import BenchReport, BenchRow, compare_to_original
 from .stats import summarize
 from .workload import BenchModel, check_shape_names, load_models
@@ -89,6 +91,7 @@ def run_bench(
     progress: Callable[[Progress], None] | None = None,
     notice: Callable[[str], None] | None = None,
     names: Sequence[str | None] | None = None,
+    host: str | None = None,
 ) -> BenchReport:
     """Benchmark ``models`` (the first is the original) on every provider and batch.
 
@@ -97,7 +100,8 @@ def run_bench(
     dimensions other than the batch (the others are chosen as verification chooses them,
     ``ir.shapes``); ``input_values`` pins inputs (``sr=16000``). ``notice`` receives one-line notices (skipped providers
     or batches; default: stderr); they are also kept in the report. ``names``: what the
-    report calls each model (default: its file name, or a model's graph name).
+    report calls each model (default: its file name, or a model's graph name). ``host``:
+    ``USER@HOST[:PORT]``, a device the models are measured on over SSH (``bench.remote``).
     """
     repeat, seconds = _budget(repeat, seconds)
     batches = _positive_ints(batches, "batch")
@@ -113,23 +117,20 @@ def run_bench(
         notices.append(message)
         (notice or _stderr_notice)(message)
 
-    specs = resolve_providers(providers, note)
-    if any(not p.device for p in specs) and not host_memory_available():
-        note("psutil is not installed: host peak memory is not measured "
-             "(pip install 'onnxprune[bench]')")
-    if any(p.device for p in specs) and not device_memory_available():
-        note("nvidia-smi not found: GPU peak memory is not measured")
-    loaded = load_models(models, names)
-    check_shape_names(loaded, input_shapes)
-    pinned = parse_values(input_values, loaded[0].proto)
-    input_shapes = _with_chosen_shapes(loaded[0], input_shapes, pinned)
-    tick = _Ticker(progress)
-    rows: list[BenchRow] = []
-    for provider in specs:
-        provider.prime(threads)
-        for batch in batches:
-            rows += _measure_group(loaded, provider, batch, threads, warmup, repeat, seconds,
-                                   input_shapes, pinned, tick, note)
+    args = (models, names, providers, batches, threads, warmup, repeat, seconds, input_shapes,
+            input_values, progress, note)
+    if host is not None:
+        with Host(host) as device:
+            rows, specs, loaded, input_shapes, pinned = _measure(*args, device)
+        info = device.info()
+        environment = {"onnxruntime": info["onnxruntime"],
+                       "available_providers": info["providers"], "python": info["python"],
+                       "platform": info["platform"], "machine": info["machine"],
+                       "cpu_count": info["cpus"], "processor": info["processor"],
+                       "host": host}
+    else:
+        rows, specs, loaded, input_shapes, pinned = _measure(*args, None)
+        environment = _environment()
     settings = {
         "providers": [p.name for p in specs], "batches": batches, "threads": threads,
         "warmup": warmup, "repeat": repeat, "seconds": seconds,
@@ -137,7 +138,39 @@ def run_bench(
         "input_values": {k: np.asarray(v).tolist() for k, v in pinned.items()},
     }
     return BenchReport(compare_to_original(rows, loaded[0].name), [m.name for m in loaded],
-                       settings, _environment(), notices)
+                       settings, environment, notices)
+
+
+def _measure(models, names, providers, batches, threads, warmup, repeat, seconds,
+             input_shapes, input_values, progress, note, device: Host | None) -> tuple:
+    """(rows, providers measured, loaded models, input shapes, pinned inputs)."""
+    if device is not None:
+        specs = device_providers(device, providers, note)
+    else:
+        specs = resolve_providers(providers, note)
+        if any(not p.device for p in specs) and not host_memory_available():
+            note("psutil is not installed: host peak memory is not measured "
+                 "(pip install 'onnxprune[bench]')")
+        if any(p.device for p in specs) and not device_memory_available():
+            note("nvidia-smi not found: GPU peak memory is not measured")
+    loaded = load_models(models, names)
+    check_shape_names(loaded, input_shapes)
+    pinned = parse_values(input_values, loaded[0].proto)
+    input_shapes = _with_chosen_shapes(loaded[0], input_shapes, pinned)
+    tick = _Ticker(progress)
+    rows: list = []
+    for provider in specs:
+        if device is None:
+            provider.prime(threads)
+        for batch in batches:
+            if device is not None:
+                tick(Progress("measure", provider.name, batch, None, 0, repeat))
+                rows += measure_remote(device, loaded, provider, batch, threads, warmup,
+                                       repeat, seconds, input_shapes, pinned, note, MIN_ROUNDS)
+            else:
+                rows += _measure_group(loaded, provider, batch, threads, warmup, repeat,
+                                       seconds, input_shapes, pinned, tick, note)
+    return rows, specs, loaded, input_shapes, pinned
 
 
 def _with_chosen_shapes(model, given, pinned) -> dict[str, list[int]]:

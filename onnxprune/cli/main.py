@@ -100,7 +100,8 @@ def cmd_prune(args, console: Console) -> int:
                            seconds=args.bench_seconds,
                            input_shapes=shapes(values["input_shapes"])
                            if values.get("input_shapes") else None,
-                           input_values=values.get("input_values"))
+                           input_values=values.get("input_values"),
+                           host=values.get("target_host"))
     if later is not None:
         from ..pipeline.result import report_data
         from ..report import write_report

@@ -6,23 +6,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 from functools import cache
 
 import onnxruntime as ort
+
+from ..bench import on_device
 
 
 @cache
 def processor() -> str:
     """The CPU's model name (Linux: /proc/cpuinfo), else what the platform says."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return on_device.processor()
 
 
 def fingerprint(provider: str, threads: int | None) -> dict:

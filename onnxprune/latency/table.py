@@ -15,10 +15,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..ir.runtime import session
 from ..progress import task
-from .device import fingerprint, key
-from .measure import timed
+from .device import key
+from .timer import LocalTimer
 
 CONV_ATTRS = ("kernel_shape", "strides", "pads", "dilations", "auto_pad")
 
@@ -61,9 +60,11 @@ class LatencyTable:
     """Milliseconds of probes on ``provider``; measured once per device (``cache``)."""
 
     def __init__(self, provider: str = "CPUExecutionProvider", threads: int | None = None,
-                 cache: bool = True, seconds: float = 0.04):
+                 cache: bool = True, seconds: float = 0.04, timer=None):
+        """``timer``: where the probes are timed (``latency.timer``; default: here)."""
         self.provider, self.threads, self.cache, self.seconds = provider, threads, cache, seconds
-        self.device = fingerprint(provider, threads)
+        self.timer = timer or LocalTimer(provider, threads)
+        self.device = self.timer.device
         self.path = cache_folder() / f"{key(self.device)}.json"
         self.entries: dict[str, float] = {}
         self.measured = self.reused = 0
@@ -80,14 +81,16 @@ class LatencyTable:
         self.reused += len({p.key for p in probes}) - len(todo)
         if todo:
             with task("latency table", len(todo)) as advance:
-                for lo in range(0, len(todo), 8):  # a few at a time, timed alternately
-                    part = todo[lo:lo + 8]
-                    sessions = [session(p.model(), [self.provider], self.threads, quiet=True,
-                                        optimized=True, spinning=False) for p in part]
+                # a few at a time, timed alternately; a remote device takes all at once
+                step = 8 if isinstance(self.timer, LocalTimer) else len(todo)
+                for lo in range(0, len(todo), step):
+                    part = todo[lo:lo + step]
                     feeds = [{"x": np.random.default_rng(1).standard_normal(p.x).astype(
                         np.float32)} for p in part]
-                    for p, t in zip(part, timed(sessions, feeds, self.seconds * len(part),
-                                                rounds=50), strict=True):
+                    groups = [range(i, min(i + 8, len(part))) for i in range(0, len(part), 8)]
+                    ms = self.timer.time([p.model() for p in part], feeds, self.seconds, 50,
+                                         groups)
+                    for p, t in zip(part, ms, strict=True):
                         self.entries[p.key] = t["ms"]
                     advance(len(part))
             self.measured += len(todo)

@@ -16,12 +16,11 @@ from ..analysis.model import ChannelAnalysis
 from ..analysis.size import shaped
 from ..errors import ConstraintError
 from ..ir.graph import export_skeleton
-from ..ir.runtime import session
 from ..rewrite.blocks import remove_blocks
 from ..rewrite.remove import remove_units
-from .measure import timed
 from .model import LatencyModel
 from .table import LatencyTable
+from .timer import LocalTimer
 
 TOLERANCE = 0.05  # of the target
 TRIES = 6
@@ -55,6 +54,7 @@ class LatencyRun:
     original_spread: float = 0.0
     attempts: list[dict] = field(default_factory=list)
     table: dict = field(default_factory=dict)
+    host: str | None = None  # the device measured over SSH (--target-host); None: here
 
     def json(self, chosen: dict | None) -> dict:
         return {"asked": self.asked, "target": self.target, "batch": self.batch,
@@ -63,7 +63,7 @@ class LatencyRun:
                 "original_ms": self.original_ms, "original_spread": self.original_spread,
                 "pruned_ms": chosen and chosen["ms"], "pruned_spread": chosen and chosen["spread"],
                 "achieved": chosen and chosen["ratio"], "attempts": self.attempts,
-                "table": self.table}
+                "table": self.table, "host": self.host}
 
 
 class LatencyTarget:
@@ -71,18 +71,19 @@ class LatencyTarget:
 
     def __init__(self, graph: gs.Graph, analysis: ChannelAnalysis, shapes: dict,
                  asked: str, batch: int, provider: str, cache: bool, seconds: float = 1.0,
-                 blocks: Sequence[tuple[int, Block]] = ()):
-        """``blocks``: (unit, block) of residual blocks the selection may remove whole."""
+                 blocks: Sequence[tuple[int, Block]] = (), timer=None):
+        """``blocks``: (unit, block) of residual blocks the selection may remove whole;
+        ``timer``: where latencies are measured (``latency.timer``; default: here)."""
         self.graph, self.analysis, self.seconds = graph, analysis, seconds
         self.blocks = list(blocks)
         self.shapes = {k: [batch, *v[1:]] if v else v for k, v in shapes.items()}
         at = shaped(graph, self.shapes)
         self.feeds = {t.name: _random(t) for t in at.inputs}
-        self.original = session(export_skeleton(graph), [provider], quiet=True, optimized=True,
-                                 spinning=False)
+        self.original = export_skeleton(graph)
         self.provider = provider
-        first = timed([self.original], [self.feeds], seconds)[0]
-        table = LatencyTable(provider, cache=cache)
+        self.timer = timer or LocalTimer(provider)
+        first = self.timer.time([self.original], [self.feeds], seconds, keep=[0])[0]
+        table = LatencyTable(provider, cache=cache, timer=self.timer)
         self.model = LatencyModel(at, analysis, table, first["ms"], self.blocks)
         target = _fraction(asked, first["ms"])
         self.run = LatencyRun(asked, target, batch, provider, table.device, first["ms"],
@@ -90,6 +91,7 @@ class LatencyTarget:
                                                       "measured": table.measured,
                                                       "reused": table.reused,
                                                       "file": str(table.path)})
+        self.run.host = None if isinstance(self.timer, LocalTimer) else self.timer.where
 
     def measure(self, removed: np.ndarray) -> dict:
         """The cut's latency and the original's, measured alternately; ratio = pruned/original."""
@@ -99,9 +101,8 @@ class LatencyTarget:
         if gone:
             remove_blocks(g, gone)
         g.cleanup().toposort()
-        pruned = session(export_skeleton(g), [self.provider], quiet=True, optimized=True,
-                                 spinning=False)
-        orig, cut = timed([self.original, pruned], [self.feeds, self.feeds], self.seconds)
+        orig, cut = self.timer.time([self.original, export_skeleton(g)],
+                                    [self.feeds, self.feeds], self.seconds / 2, keep=[0])
         return {"ms": cut["ms"], "spread": cut["spread"], "original_ms": orig["ms"],
                 "ratio": cut["ms"] / orig["ms"]}
 

@@ -59,6 +59,14 @@ def _values(value: Any) -> Mapping[str, Any] | list[str]:
     return texts(value)
 
 
+def target_host(value: Any) -> str:
+    from ..bench.remote import parse
+
+    spec = str(value).strip()
+    parse(spec)  # USER@HOST[:PORT], or ValueError
+    return spec
+
+
 RUN_OPTIONS = (
     Option("providers", "cpu", "onnxruntime execution providers the result "
            "must run on (verification, the latency probe); short names cpu, cuda, tensorrt",
@@ -84,7 +92,13 @@ RUN_OPTIONS = (
            parse=number(1, integer=True), public="workers", metavar="N", type_name="int"),
     Option("ray_address", None, "a Ray cluster to join (default: start a local Ray)",
            parse=text, public="ray_address", metavar="ADDR", type_name="str"),
+    Option("target_host", None, "the device that will run the model, over SSH: a latency "
+           "target's tables and end-to-end checks and --bench are measured there (it needs "
+           "Python with numpy and onnxruntime; a script and the models are copied into a "
+           "temporary folder it removes)", parse=target_host, public="target_host",
+           metavar="USER@HOST[:PORT]", type_name="str"),
 )
+
 
 
 @dataclass(frozen=True)
@@ -98,12 +112,13 @@ class RunConfig:
     workers: int | None = None
     ray_address: str | None = None
     memory: int | None = None  # bytes; None: the default budget
+    target_host: str | None = None  # USER@HOST[:PORT]: latencies measured there over SSH
 
     @classmethod
     def of(cls, **values: Any) -> RunConfig:
         v = resolve("run", RUN_OPTIONS, (), values)
         return cls(tuple(v["providers"]), v["input_shapes"], v["input_values"], v["executor"],
-                   v["workers"], v["ray_address"], v["memory"])
+                   v["workers"], v["ray_address"], v["memory"], v["target_host"])
 
 
 class Resources:

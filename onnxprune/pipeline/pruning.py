@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
 
 from ..analysis.blocks import with_blocks
 from ..analysis.size import graph_params, macs_at
+from ..bench.remote import Host
 from ..errors import ConstraintError, warn
 from ..ir import io
 from ..latency.target import LatencyTarget, parse_latency
+from ..latency.timer import timer
 from ..options import Option, OptionError, auto_or_count, number
 from ..options import path as path_option
 from ..recover.compensate import RIDGE
@@ -273,8 +276,16 @@ class SelectChannels(Pass):
         """The cut that measures within 5% of the latency target (end to end, corrected)."""
         shapes = {k: list(np.shape(v)) for k, v in
                   verification_feeds(ctx, [ctx.skeleton()], seed=0)[0].items()}
-        lt = LatencyTarget(ctx.graph, analysis, shapes, self.target_latency, self.latency_batch,
-                           ctx.config.providers[0], self.latency_cache == "on", blocks=blocks)
+        with contextlib.ExitStack() as stack:
+            host = ctx.config.target_host
+            opened = stack.enter_context(Host(host)) if host else None
+            provider = ctx.config.providers[0]
+            lt = LatencyTarget(ctx.graph, analysis, shapes, self.target_latency,
+                               self.latency_batch, provider, self.latency_cache == "on",
+                               blocks=blocks, timer=timer(provider, opened))
+            return self._meet(ctx, analysis, scores, cost, info, blocks, lt)
+
+    def _meet(self, ctx, analysis, scores, cost, info, blocks, lt) -> np.ndarray:
         cost.latency = lt.model
         try:
             return lt.meet(lambda fraction: self._search(
