@@ -318,3 +318,15 @@ def test_cli_checks_outputs_before_measuring(models, tmp_path, monkeypatch):
         cmd_bench(_parse(str(models[0]), "--markdown", str(models[0])), Console())
     with pytest.raises(UsageError, match="unknown image type"):
         cmd_bench(_parse(str(models[0]), "--plot", str(tmp_path / "p.xyz")), Console())
+
+
+def test_benchmarked_sessions_do_not_spin_between_runs():
+    """Models run alternately: a session whose threads spin after its run takes the cores from
+    the next model (ResNet-50 measured 48 ms beside its cut and 25 ms alone); the bench here
+    and the device script over SSH use the same settings."""
+    from onnxprune.bench import on_device
+    from onnxprune.bench.providers import session_options
+
+    for opts in (session_options(), session_options(2), on_device.session_options()):
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert session_options(3).intra_op_num_threads == 3

@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 
 from ..errors import UnsupportedModelError, UsageError
 from ..ir.runtime import PROVIDER_HINTS
+from . import on_device
 from .memory import DevicePeak, HostPeak
 from .workload import BenchModel
 
@@ -83,13 +84,11 @@ def resolve_providers(names: Sequence[str], notice: Callable[[str], None]) -> li
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     """Deployment settings: all graph optimizations (ORT_ENABLE_ALL), ``intra_op_num_threads``
-    when ``threads`` is given, else onnxruntime's default."""
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    return opts
+    when ``threads`` is given, else onnxruntime's default; intra-op threads that sleep between
+    runs (models run alternately: a spinning session's threads took the cores from the next
+    one, ResNet-50 measured 48 ms beside its cut and 25 ms alone). The device script's
+    (``on_device``), so a bench here and one on a device over SSH measure alike."""
+    return on_device.session_options(threads)
 
 
 def open_session(model: BenchModel, provider: Provider, feeds: Mapping[str, np.ndarray],
