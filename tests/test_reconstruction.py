@@ -8,7 +8,7 @@ import pytest
 
 from onnxprune.api import prune
 from onnxprune.ir.runtime import session
-from onnxprune.recover.compensate import patch_matrix
+from onnxprune.rules.layers import patch_matrix
 from onnxprune.scoring import reconstruction as rec
 from onnxprune.zoo.builder import GraphBuilder
 

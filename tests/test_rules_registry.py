@@ -25,6 +25,13 @@ def test_every_rule_counts_macs_or_says_why(name):
 
 
 @pytest.mark.parametrize("name", sorted(RULES))
+def test_every_rule_views_its_weight_as_a_matrix_or_says_why(name):
+    rule = RULES[name]
+    assert _overrides(rule, "layer") == (rule.no_layer is None), name
+    assert rule.no_layer is None or rule.no_layer.strip()
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
 def test_statistics_gates_come_with_their_rebuild(name):
     rule = RULES[name]
     assert _overrides(rule, "stats_gate") == rule.gates_stats, name

@@ -1,13 +1,14 @@
-"""The layers a refit can read: where a gate feeds a Conv/ConvTranspose/Gemm/MatMul with a
-constant weight, and their data inputs on calibration data, fetched a few layers per run."""
+"""The layers a refit can read: where a gate feeds a layer its rule views as a matrix product
+(``rules/layers.py``), and their data inputs on calibration data, fetched a few layers per
+run."""
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from ..analysis.model import ChannelAnalysis, Gate
+from ..rules import layer_of
 from .compensate import fetched, within_cap
 
 
@@ -17,18 +18,11 @@ def layer_gates(graph: gs.Graph, analysis: ChannelAnalysis) -> list[tuple[Gate, 
     out = []
     for gate in analysis.gates:
         node = nodes.get(gate.node)
-        if node is None or not gate.batched or gate.input_index != 0 or len(node.inputs) < 2:
+        if node is None or not gate.batched or gate.input_index != 0:
             continue
-        w = node.inputs[1]
-        if not isinstance(w, gs.Constant) or node.op not in ("Conv", "ConvTranspose", "Gemm",
-                                                              "MatMul"):
-            continue
-        if node.op in ("Conv", "ConvTranspose") and (int(node.attrs.get("group", 1)) != 1
-                                                      or gate.axis != 1):
-            continue
-        if node.op == "Gemm" and (int(node.attrs.get("transA", 0)) or gate.axis != 1):
-            continue
-        if node.op == "MatMul" and np.ndim(w.values) != 2:
+        view = layer_of(node)
+        # channels first: the gate must be on axis 1; channels last: the readers check it
+        if view is None or (not view.channels_last and gate.axis != 1):
             continue
         out.append((gate, node))
     return out

@@ -33,14 +33,13 @@ from ..analysis.model import ChannelAnalysis
 from ..ir.runtime import run_batched, session
 from ..ir.weights import Skeleton, proto
 from ..progress import task
+from ..rules.layers import Layer
 from ..search.evaluate import Evaluator
 from ..search.memory import default_budget
 from ..verify.oracle import GATES
 from .compensate import (
     RIDGE,
     design_rows,
-    layer_matrix,
-    native_weight,
     refittable,
     solver_matrix,
 )
@@ -53,7 +52,7 @@ CACHE_BYTES = 192 << 20
 
 @dataclass
 class _Layer:
-    node: gs.Node
+    view: Layer  # the layer (rules/layers.py)
     weight: str  # the input its weight is fed through
     bias: str | None  # ... and its bias (None: a MatMul, whose bias is another node)
     col_units: np.ndarray  # the unit of each solver column (the intercept not included)
@@ -128,7 +127,8 @@ class RefitEvaluator:
         rng = np.random.default_rng(seed)
         pairs, seen = [], set()
         for gate, node in layer_gates(graph, analysis):
-            if node.name in seen or not refittable(node) or analysis.unit_frozen[gate.units].all():
+            if node.name in seen or refittable(node) is None or analysis.unit_frozen[
+                    gate.units].all():
                 continue
             seen.add(node.name)
             pairs.append((gate, node))
@@ -146,24 +146,23 @@ class RefitEvaluator:
 
     @staticmethod
     def _layer(gate, node: gs.Node, x: np.ndarray, rng, room: int) -> _Layer | None:
-        if node.op == "MatMul" and gate.axis not in (-1, x.ndim - 1):
+        view = refittable(node)
+        if view.data_axis(x.ndim) != gate.axis % x.ndim:
             return None
-        w0, b0 = layer_matrix(node)
-        k = int(np.prod(np.shape(node.inputs[1].values)[2:])) if node.op in (
-            "Conv", "ConvTranspose") else 1
-        intercept = node.op != "MatMul"
+        w0, _ = view.matrix()
+        k, intercept = view.kernel, view.intercept
         cols = w0.shape[0] + (1 if intercept else 0)
         if w0.shape[0] != gate.units.size * k or cols * cols * 8 > room:
             return None
-        p, _ = design_rows(node, x, [], rng)
+        p, _ = design_rows(view, x, [], rng)
         a = p.astype(np.float64)
         if intercept:
             a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
-        theta0 = solver_matrix(node, intercept)
+        theta0 = solver_matrix(view)
         bias = f"{node.name}/onnxprune_refit_bias" if intercept else None
         w_native = np.asarray(node.inputs[1].values)
         b_native = None if not intercept else theta0[-1].astype(w_native.dtype)
-        return _Layer(node, node.inputs[1].name, bias, np.repeat(gate.units, k), theta0,
+        return _Layer(view, node.inputs[1].name, bias, np.repeat(gate.units, k), theta0,
                       a.T @ a, (w_native, b_native))
 
     def _fed_model(self) -> onnx.ModelProto | Skeleton:
@@ -185,7 +184,7 @@ class RefitEvaluator:
                 arrays.pop(layer.weight, None)
             if layer.bias is None:
                 continue
-            n = nodes[layer.node.name]
+            n = nodes[layer.view.node.name]
             model.graph.input.append(helper.make_tensor_value_info(
                 layer.bias, helper.np_dtype_to_tensor_dtype(w.dtype), [int(layer.theta0.shape[1])]))
             while len(n.input) < 2:
@@ -215,7 +214,7 @@ class RefitEvaluator:
                     theta = refit(layer.gram, layer.theta0, ~gone, self.ridge,
                                   layer.bias is not None)
                     mat = theta[:-1] if layer.bias is not None else theta
-                    got = (native_weight(layer.node, mat),
+                    got = (layer.view.weight(mat),
                            None if layer.bias is None else theta[-1].astype(w.dtype))
                     self._cache[key] = got
                     self._cached += _nbytes(got)

@@ -9,6 +9,7 @@ from .einsum import Einsum
 from .elementwise import Broadcast, Unary
 from .expand import Expand
 from .gather import Gather
+from .layers import Layer
 from .linear import Gemm, MatMul
 from .norm import (
     BatchNormalization,
@@ -25,7 +26,7 @@ from .resize import Resize
 from .shape import Shape
 from .slicing import Pad, Slice
 
-__all__ = ["OpRule", "Rewriter", "RuleRegistry", "default_registry"]
+__all__ = ["OpRule", "Rewriter", "RuleRegistry", "default_registry", "layer_of"]
 
 
 class RuleRegistry:
@@ -67,3 +68,15 @@ def default_registry() -> RuleRegistry:
         Concat(), Split(), Slice(), Gather(), Pad(), Resize(), Shape(), Expand(),
         QuantizeDequantize(), QOperator(),
     ])
+
+
+_DEFAULT: RuleRegistry | None = None
+
+
+def layer_of(node) -> Layer | None:
+    """``node`` as a matrix product with a constant weight (``rules/layers.py``), as its
+    rule sees it; None where it is not one."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = default_registry()
+    return _DEFAULT.lookup(node.op, node.domain or "").layer(node)

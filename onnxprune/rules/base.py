@@ -16,6 +16,7 @@ import onnx_graphsurgeon as gs
 
 from ..ir.graph import const_value, new_constant, unique_name
 from .env import Env
+from .layers import Layer
 
 Keep = Callable[[gs.Tensor, int], "np.ndarray | None"]
 
@@ -65,9 +66,10 @@ class OpRule:
 
     Everything the project knows about an op sits here, as hooks: how channels propagate,
     how the node is fixed after removal, how many multiply-accumulates it costs, how the mask
-    oracle gates its statistics, and whether the torch interpreter can run it. A rule that
-    leaves a hook at its default says why (``no_macs``, ``no_lowering``); a registry test
-    checks that every rule does one or the other."""
+    oracle gates its statistics, how its weight reads as a matrix (``layer``), and whether the
+    torch interpreter can run it. A rule that leaves a hook at its default says why
+    (``no_macs``, ``no_layer``, ``no_lowering``); a registry test checks that every rule does
+    one or the other."""
 
     ops: tuple[str, ...] = ()
     # why the MAC count is 0 (None: the rule counts them in ``macs``)
@@ -77,6 +79,8 @@ class OpRule:
     # the rule records "stats" gates (statistics over channels) and rebuilds them in
     # ``stats_gate`` for the oracle
     gates_stats: bool = False
+    # why the op is no weighted layer a refit can see as a matrix product (None: ``layer``)
+    no_layer: str | None = "not a layer with a weight matrix"
 
     def propagate(self, node: gs.Node, env: Env) -> None:
         raise NotImplementedError
@@ -90,6 +94,11 @@ class OpRule:
 
     def data_rank(self, node: onnx.NodeProto, ranks: dict[str, int]) -> int | None:
         """The rank of the gated data input when shape inference could not tell it."""
+        return None
+
+    def layer(self, node: gs.Node) -> Layer | None:
+        """The node as a matrix product with a constant weight (``rules/layers.py``), or None
+        where this one is not (a weight computed at run time, groups, ``transA``)."""
         return None
 
     def stats_gate(self, node: onnx.NodeProto, p: str, q: str, rank: int, elem: int,

@@ -17,6 +17,7 @@ from ..ir.graph import input_or_none, prod, shape_of, static_dims, weight_shape
 from ..ir.quant import is_weight
 from .base import OpRule, Rewriter, freeze_all
 from .env import Env
+from .layers import ConvLayer, ConvTransposeLayer, Layer
 
 
 class _ConvBase(OpRule):
@@ -103,6 +104,15 @@ class Conv(_ConvBase):
     """Weight [Cout, Cin/group, k...]."""
 
     ops = ("Conv",)
+    no_layer = None
+    view = ConvLayer
+
+    def layer(self, node: gs.Node) -> Layer | None:
+        """One group and a constant weight: a matrix product on the patch matrix (groups
+        mix channels only within a group, which no single matrix of the layer says)."""
+        ok = (len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant)
+              and int(node.attrs.get("group", 1)) == 1)
+        return self.view(node) if ok else None
 
 
 class ConvTranspose(_ConvBase):
@@ -110,6 +120,9 @@ class ConvTranspose(_ConvBase):
 
     ops = ("ConvTranspose",)
     transposed = True
+    no_layer = None
+    view = ConvTransposeLayer
+    layer = Conv.layer
 
     def propagate(self, node: gs.Node, env: Env) -> None:
         shape = node.attrs.get("output_shape")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -9,6 +10,7 @@ from ..ir.graph import input_or_none, prod, shape_of, static_dims, weight_shape
 from ..ir.quant import is_weight
 from .base import OpRule, freeze_all
 from .env import Env
+from .layers import GemmLayer, Layer, MatMulLayer
 
 
 class Gemm(OpRule):
@@ -16,6 +18,13 @@ class Gemm(OpRule):
 
     ops = ("Gemm",)
     no_macs = None
+    no_layer = None
+
+    def layer(self, node: gs.Node) -> Layer | None:
+        """A constant 2-D B and no ``transA``."""
+        ok = (len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant)
+              and np.ndim(node.inputs[1].values) == 2 and not int(node.attrs.get("transA", 0)))
+        return GemmLayer(node) if ok else None
 
     def macs(self, node: gs.Node) -> int:
         y = static_dims(shape_of(node.outputs[0]))
@@ -75,6 +84,13 @@ class MatMul(OpRule):
 
     ops = ("MatMul",)
     no_macs = None
+    no_layer = None
+
+    def layer(self, node: gs.Node) -> Layer | None:
+        """A constant 2-D weight (a Linear layer); a product of activations is none."""
+        ok = (len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant)
+              and np.ndim(node.inputs[1].values) == 2)
+        return MatMulLayer(node) if ok else None
 
     def macs(self, node: gs.Node) -> int:
         """Output elements x the contracted length (linear layers and attention products)."""

@@ -27,6 +27,9 @@ from ..analysis.model import ChannelAnalysis
 from ..ir.graph import input_or_none
 from ..progress import task
 from ..recover.layers import layer_gates, layer_inputs
+from ..rules import layer_of
+from ..rules.layers import Layer
+from ..search.memory import cells
 
 MAX_ROWS = 20_000  # rows of a layer's patch matrix (sampled)
 MAX_CELLS = 16_000_000  # rows x columns of a patch matrix (bounds memory: 128 MB in float64)
@@ -58,36 +61,27 @@ def _conv2d_rows(node: gs.Node, x: np.ndarray, rows: int, rng: np.random.Generat
     return np.stack(taps, axis=-1).reshape(len(pick), -1)  # columns: (channel, ky, kx)
 
 
-def _patches(node: gs.Node, x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """(patch matrix [rows, channels * k] at sampled positions, k)."""
-    from ..recover.compensate import cells, patch_matrix  # onnxruntime's own im2col
-
-    k = int(np.prod(np.shape(node.inputs[1].values)[2:])) if node.op in (
-        "Conv", "ConvTranspose") else 1
-    cols = max(x.shape[1] * k if node.op in ("Conv", "ConvTranspose") else x.shape[-1], 1)
+def _patches(view: Layer, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The layer's patch matrix [rows, channels * k] at sampled positions (float64)."""
+    k = view.kernel
+    cols = max(x.shape[1] * k if view.spatial else x.shape[-1], 1)
     most = cells(MAX_CELLS)  # fewer under a memory cap
     rows = min(MAX_ROWS, most // cols)
     if cols <= MAX_COLUMNS:  # the Hessian's cost bounds the rows, down to 4 per column
         rows = min(rows, max(4 * cols, int(GRAM_FLOPS // cols**2)))
     rows = max(rows, 1)
-    if node.op in ("Conv", "ConvTranspose"):
-        p = _conv2d_rows(node, x, rows, rng)
-        if p is None:
+    if view.spatial:
+        p = _conv2d_rows(view.node, x, rows, rng)
+        if p is None:  # onnxruntime's own im2col, on the samples that fit
             per_sample = max(int(np.prod(x.shape[2:])), 1)
             n = max(1, min(len(x), 2 * most // (per_sample * cols)))
             pick = np.sort(rng.choice(len(x), size=n, replace=False)) if n < len(x) else slice(None)
-            p = patch_matrix(node, x[pick])
+            p = view.rows(x[pick])
     else:
-        p = x.reshape(-1, x.shape[-1])
+        p = view.rows(x)
     if len(p) > rows:
         p = p[np.sort(rng.choice(len(p), size=rows, replace=False))]
-    return p.astype(np.float64), k
-
-
-def _weights(node: gs.Node) -> np.ndarray:
-    from ..recover.compensate import layer_matrix  # the [inputs * k, outputs] view the refit uses
-
-    return layer_matrix(node)[0]
+    return p.astype(np.float64)
 
 
 def layer_losses(p: np.ndarray, w: np.ndarray, k: int, centre: bool,
@@ -174,11 +168,12 @@ def reconstruction_scores(graph: gs.Graph, reference: onnx.ModelProto,
             if not prunable[units].any():
                 advance()
                 continue
-            if node.op == "MatMul" and gate.axis not in (-1, x.ndim - 1):
+            view = layer_of(node)
+            if view.data_axis(x.ndim) != gate.axis % x.ndim:
                 advance()
                 continue
-            p, k = _patches(node, x, rng)
-            w = _weights(node)
+            p, k = _patches(view, x, rng), view.kernel
+            w = view.matrix()[0]
             if p.shape[1] != w.shape[0] or p.shape[1] != units.size * k:
                 advance()
                 continue
@@ -187,7 +182,7 @@ def reconstruction_scores(graph: gs.Graph, reference: onnx.ModelProto,
             col_units = np.repeat(units, k)
             uniq, counts = np.unique(col_units, return_counts=True)
             order = np.argsort(col_units, kind="stable")
-            centre = input_or_none(node, 2) is not None or node.op != "MatMul"
+            centre = input_or_none(node, 2) is not None or view.intercept
             if np.all(counts == counts[0]):
                 losses = layer_losses(p[:, order], w[order], int(counts[0]), centre)
             else:  # blocks of unequal size: each unit's own output energy

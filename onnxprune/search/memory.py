@@ -37,6 +37,8 @@ FALLBACK = 2 << 30  # when the available memory cannot be read
 # autoencoder, 1.9x on a text detector without an arena)
 RUNTIME_FACTOR = 2.5
 FLOOR = 16 << 20  # the least a working set is given under a cap it cannot otherwise meet
+MAX_CELLS = 30_000_000  # rows x columns of a refit's patch matrix
+CELL_BYTES = 24  # bytes a patch-matrix cell costs while solved (float32 + float64 copies)
 _CAP: ContextVar[int | None] = ContextVar("onnxprune_memory_cap", default=None)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -95,6 +97,11 @@ def room(default: int, share: float) -> int:
     release()  # what the heap holds freed is not held
     left = limit - (current_rss() or 0)
     return int(max(min(FLOOR, default), min(default, share * left)))
+
+
+def cells(default: int = MAX_CELLS) -> int:
+    """Patch-matrix cells one solve may take: ``default``, or fewer under a memory cap."""
+    return max(1, room(default * CELL_BYTES, 0.25) // CELL_BYTES)
 
 
 def search_budget(share: float = 0.5) -> int:

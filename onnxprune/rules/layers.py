@@ -1,0 +1,188 @@
+"""Weighted layers as matrix products: the one place that knows their weight layouts.
+
+Per output position a layer computes ``y = x W (+ b)``: ``rows(x)`` are the rows its data
+input gives (a convolution's patch matrix, im2col order: input channel-major, then the kernel
+taps), ``matrix()`` its weight as ``[inputs x kernel, outputs]`` with the bias as the solver
+sees it, ``weight(mat)`` that matrix back in the layer's own layout and dtype. Compensation,
+the refit search, reconstruction scores and BatchNorm folding read layers through this view;
+the rules give it (``OpRule.layer``: Conv and ConvTranspose of one group, Gemm without
+``transA``, MatMul with a constant 2-D weight).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+from onnx import TensorProto, helper, numpy_helper
+
+from ..ir.graph import input_or_none
+from ..ir.runtime import session
+
+
+class Layer:
+    """A weighted layer ``node`` (its weight: ``node.inputs[1]``)."""
+
+    op = ""
+    intercept = True  # the layer adds a bias the solver fits (MatMul's is another node)
+    spatial = False  # its rows are a feature map's positions (a patch matrix per sample)
+    channels_last = False  # its data's channels are on the last axis (else on axis 1)
+
+    def __init__(self, node: gs.Node):
+        self.node = node
+
+    @property
+    def w(self) -> np.ndarray:
+        return np.asarray(self.node.inputs[1].values)
+
+    @property
+    def kernel(self) -> int:
+        """Columns per input channel (a convolution's kernel taps; 1 for dense layers)."""
+        return 1
+
+    def data_axis(self, rank: int) -> int:
+        """The channel axis of the data input and output (rank: theirs)."""
+        return rank - 1 if self.channels_last else 1
+
+    def weight_out_axis(self) -> int:
+        """The weight's axis of output channels."""
+        raise NotImplementedError
+
+    def matrix(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The weight as [inputs x kernel, outputs] (float64), the bias as the solver sees
+        it (None without one)."""
+        raise NotImplementedError
+
+    def weight(self, mat: np.ndarray) -> np.ndarray:
+        """``matrix()``'s layout back in the layer's own, and its dtype."""
+        raise NotImplementedError
+
+    def rows(self, x: np.ndarray) -> np.ndarray:
+        """The rows [positions, inputs x kernel] its data input ``x`` gives."""
+        return x.reshape(-1, x.shape[-1])
+
+    def out_rows(self, y: np.ndarray) -> np.ndarray:
+        """Its output ``y`` as [positions, outputs], in ``rows``' order."""
+        return y.reshape(-1, y.shape[-1])
+
+    def own_bias(self) -> bool:
+        """Whether its bias (if any) is its own: a constant no other node reads."""
+        b = input_or_none(self.node, 2)
+        return b is None or (isinstance(b, gs.Constant) and len(b.outputs) == 1)
+
+
+def _bias(node: gs.Node) -> np.ndarray | None:
+    b = input_or_none(node, 2)
+    return None if b is None else np.asarray(b.values, np.float64).reshape(-1)
+
+
+class ConvLayer(Layer):
+    """Weight [Cout, Cin, k...]."""
+
+    op = "Conv"
+    spatial = True
+
+    @property
+    def kernel(self) -> int:
+        return int(np.prod(self.w.shape[2:]))
+
+    def weight_out_axis(self) -> int:
+        return 0
+
+    def matrix(self):
+        w = self.w.astype(np.float64)
+        return w.reshape(w.shape[0], -1).T, _bias(self.node)
+
+    def weight(self, mat):
+        return np.ascontiguousarray(mat.T.reshape(self.w.shape).astype(self.w.dtype))
+
+    def rows(self, x):
+        return patch_matrix(self.node, x)
+
+    def out_rows(self, y):
+        return np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
+
+
+class ConvTransposeLayer(ConvLayer):
+    """Weight [Cin, Cout, k...]."""
+
+    op = "ConvTranspose"
+
+    def weight_out_axis(self) -> int:
+        return 1
+
+    def matrix(self):
+        w = self.w.astype(np.float64)
+        cin, cout = w.shape[:2]
+        return w.reshape(cin, cout, self.kernel).transpose(0, 2, 1).reshape(
+            cin * self.kernel, cout), _bias(self.node)
+
+    def weight(self, mat):
+        cin, cout = self.w.shape[:2]
+        new = mat.reshape(cin, self.kernel, cout).transpose(0, 2, 1).reshape(self.w.shape)
+        return np.ascontiguousarray(new.astype(self.w.dtype))
+
+
+class GemmLayer(Layer):
+    """``alpha * x B + beta * C``; B [in, out], or [out, in] with ``transB``."""
+
+    op = "Gemm"
+
+    def _trans(self) -> bool:
+        return bool(int(self.node.attrs.get("transB", 0)))
+
+    def weight_out_axis(self) -> int:
+        return 0 if self._trans() else 1
+
+    def matrix(self):
+        w = self.w.astype(np.float64)
+        alpha = float(self.node.attrs.get("alpha", 1.0))
+        beta = float(self.node.attrs.get("beta", 1.0))
+        bias = _bias(self.node)
+        return (w.T if self._trans() else w) * alpha, None if bias is None else bias * beta
+
+    def weight(self, mat):
+        mat = mat / float(self.node.attrs.get("alpha", 1.0))
+        new = mat.T if self._trans() else mat
+        return np.ascontiguousarray(new.astype(self.w.dtype))
+
+
+class MatMulLayer(Layer):
+    """``x W``, W [in, out]; channels on the last axis; no bias of its own."""
+
+    op = "MatMul"
+    intercept = False
+    channels_last = True
+
+    def weight_out_axis(self) -> int:
+        return 1
+
+    def matrix(self):
+        return self.w.astype(np.float64), None
+
+    def weight(self, mat):
+        return np.ascontiguousarray(mat.astype(self.w.dtype))
+
+
+def patch_matrix(node: gs.Node, x: np.ndarray) -> np.ndarray:
+    """The patch matrix [rows, Cin * k] of a Conv/ConvTranspose on input ``x``, taken from
+    onnxruntime itself: a probe with the layer's attributes whose one-hot weights copy every
+    (input channel, kernel position) to an output channel."""
+    w = np.asarray(node.inputs[1].values)
+    cin = x.shape[1]
+    kernel = w.shape[2:]
+    k = int(np.prod(kernel))
+    eye = np.zeros((cin * k, cin, *kernel), np.float32)
+    for c in range(cin):
+        eye[c * k:(c + 1) * k, c] = np.eye(k, dtype=np.float32).reshape(k, *kernel)
+    if node.op == "ConvTranspose":
+        eye = eye.transpose(1, 0, *range(2, eye.ndim)).copy()  # [Cin, Cin*k, ...]
+    attrs = {a: v for a, v in node.attrs.items() if a != "group"}
+    probe = helper.make_node(node.op, ["x", "w"], ["y"], **attrs)
+    graph = helper.make_graph([probe], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(eye, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    y = session(model).run(None, {"x": x.astype(np.float32)})[0]
+    return np.moveaxis(y, 1, -1).reshape(-1, cin * k)

@@ -1,0 +1,67 @@
+"""The layer view (``rules/layers.py``): a weighted op's rule says how its weight reads as a
+[inputs x kernel, outputs] matrix and back, and which rows its input gives; the product of
+those rows and that matrix (plus the bias) is the layer's own output as onnxruntime computes
+it, and the matrix goes back to the very weight."""
+
+import numpy as np
+import onnx_graphsurgeon as gs
+import pytest
+
+from onnxprune.ir.graph import import_model
+from onnxprune.ir.runtime import session
+from onnxprune.rules import layer_of
+from onnxprune.zoo.builder import GraphBuilder
+
+RNG = np.random.default_rng(0)
+
+
+def _w(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+CASES = {
+    "conv": (["batch", 3, 9, 9], lambda b, x: b.op(
+        "Conv", [x, b.const(_w(5, 3, 3, 2)), b.const(_w(5))], strides=[2, 1], pads=[1, 0, 1, 1],
+        dilations=[1, 2])),
+    "conv-transpose": (["batch", 3, 5, 5], lambda b, x: b.op(
+        "ConvTranspose", [x, b.const(_w(3, 4, 3, 3)), b.const(_w(4))], strides=[2, 2])),
+    "gemm": (["batch", 6], lambda b, x: b.op(
+        "Gemm", [x, b.const(_w(7, 6)), b.const(_w(7))], transB=1, alpha=0.5, beta=2.0)),
+    "matmul": (["batch", 4, 6], lambda b, x: b.op("MatMul", [x, b.const(_w(6, 7))])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_rows_times_the_matrix_is_the_layer(case):
+    shape, build = CASES[case]
+    b = GraphBuilder(seed=0)
+    x = b.input("x", shape)
+    model = b.build([build(b, x)])
+    node = next(n for n in import_model(model).nodes if n.op in (
+        "Conv", "ConvTranspose", "Gemm", "MatMul"))
+    view = layer_of(node)
+    assert view is not None and view.op == node.op
+    xs = RNG.standard_normal([2] + shape[1:]).astype(np.float32)
+    y = session(model).run(None, {"x": xs})[0]
+    mat, bias = view.matrix()
+    pred = view.rows(xs).astype(np.float64) @ mat + (0.0 if bias is None else bias)
+    # float32 layers against a float64 product of the same numbers: rounding only
+    np.testing.assert_allclose(pred, view.out_rows(y), rtol=1e-4, atol=1e-4)
+    assert np.array_equal(view.weight(mat), np.asarray(node.inputs[1].values))
+    assert view.weight(mat).dtype == np.float32
+    assert view.data_axis(len(shape)) == (len(shape) - 1 if case == "matmul" else 1)
+    out = view.weight_out_axis()
+    assert np.shape(node.inputs[1].values)[out] == mat.shape[1]
+
+
+def test_what_is_not_a_matrix_product_has_no_view():
+    b = GraphBuilder(seed=0)
+    x = b.input("x", ["batch", 4, 6, 6])
+    grouped = b.op("Conv", [x, b.const(_w(4, 2, 3, 3))], group=2)
+    q = b.input("q", ["batch", 3, 5])
+    product = b.op("MatMul", [q, b.op("Transpose", [q], perm=[0, 2, 1])])
+    graph = import_model(b.build([grouped, product]))
+    views = {n.op: layer_of(n) for n in graph.nodes}
+    assert views["Conv"] is None and views["MatMul"] is None
+    relu = gs.Node("Relu", inputs=[graph.inputs[0]], outputs=[gs.Variable("r")])
+    assert layer_of(relu) is None
