@@ -87,10 +87,11 @@ SWITCHES = (
            type_name="list"),
     Option("compensate", False, "the same as --recover compensate (kept for scripts)",
            parse=flag, public="compensate", kind="switch", type_name="bool"),
-    Option("quantize", "none", "'int8': then quantize the verified model (onnxruntime's static "
-           "quantizer, QDQ, per-channel weights) calibrated on the calibration data, and check "
-           "its metric against the float model's (--set quantize.tolerance=...)",
-           choices=("none", "int8"), public="quantize"),
+    Option("quantize", "none", "then quantize the verified model with onnxruntime's "
+           "quantizers and check its metric against the float model's (--set "
+           "quantize.tolerance=...): int8, static (QDQ, per-channel weights, calibrated on the "
+           "calibration data); int4, weight-only MatMul blocks (MatMulNBits, for language "
+           "models)", choices=("none", "int8", "int4"), public="quantize"),
     Option("verify", True, "verify the result (the API only: a model is never written "
            "unverified)", parse=flag, public="verify", flag="", type_name="bool"),
 )
@@ -203,13 +204,14 @@ def prune_pipeline(model: str | Path | onnx.ModelProto, output: str | Path | Non
                  f"{cls.name}")
     if sw["recover"]:
         passes.append(VerifyRecovered())
-    if sw["quantize"] == "int8":
+    if sw["quantize"] != "none":
         if not calib:
-            raise UsageError("--quantize int8 calibrates on calibration data: give --calib "
-                             "FILE.npz or --calib-random N")
-        passes.append(make(Quantize))
+            what = "calibrates" if sw["quantize"] == "int8" else "is checked"
+            raise UsageError(f"--quantize {sw['quantize']} {what} on calibration data: give "
+                             "--calib FILE.npz or --calib-random N")
+        passes.append(make(Quantize, type=sw["quantize"]))
     elif per_pass.get(Quantize.name):
-        warn(f"{', '.join(_publics(Quantize.name, per_pass))}: no effect without quantize int8")
+        warn(f"{', '.join(_publics(Quantize.name, per_pass))}: no effect without --quantize")
     if output is not None:
         passes.append(make(WriteModel, path=output))
     report = per_pass.get("report", {})

@@ -34,6 +34,7 @@ from ..quant.static import (
     cpu_lacks_vnni,
     quantize_int8,
 )
+from ..quant.weight_only import quantize_int4
 from ..search.quality import Metric, cosine, get_metric
 from . import stages
 from .base import Context, Pass, PassResult
@@ -73,12 +74,19 @@ def _reduce_range(value) -> str:
 
 class Quantize(Pass):
     name = "quantize"
-    description = ("Static int8 quantization by onnxruntime (QDQ, per-channel weights) "
-                   "calibrated on the calibration data; checked against the float model.")
+    description = ("Quantization by onnxruntime's quantizers: static int8 (QDQ, per-channel "
+                   "weights, calibrated on the calibration data) or weight-only int4 "
+                   "(MatMulNBits blocks); checked against the float model.")
     requires = ("graph", "verification", "calib")
     provides = ("quantization",)
 
     options = (
+        Option("type", "int8", "int8: static, weights and activations (QDQ); int4: "
+               "weight-only, MatMul weights in 4-bit blocks (MatMulNBits, what onnxruntime "
+               "GenAI runs)", choices=("int8", "int4"), type_name="str"),
+        Option("block_size", 32, "int4: input rows per block of a weight (one scale each)",
+               parse=number(16, integer=True), public="quantize_block_size", metavar="N",
+               type_name="int"),
         Option("activations", "uint8", "element type of quantized activations (uint8: what "
                "onnxruntime recommends on x86 CPUs; int8: ARM, GPUs)", choices=TYPES,
                public="quantize_activations"),
@@ -127,7 +135,8 @@ class Quantize(Pass):
         source = ctx.export(graph)
         source.ir_version = io.runtime_ir_version(source, ctx.source_ir)
         try:
-            quantized = quantize_int8(source, calib, settings)
+            quantized = (quantize_int4(source, self.block_size) if self.type == "int4"
+                         else quantize_int8(source, calib, settings))
         except (UsageError, UnsupportedModelError):
             raise
         except Exception as err:  # noqa: BLE001 - the quantizer's own failures
@@ -140,21 +149,27 @@ class Quantize(Pass):
         providers = self._check_runs(ctx, qmodel)
         figures = self._check_metric(ctx, graph, qgraph, source, qmodel)
         float_types, int8_types = params_by_type(graph), params_by_type(qgraph)
+        int4 = self.type == "int4"
         info: dict[str, Any] = {
-            "type": "int8", "settings": settings.describe(),
-            "reduce_range": f"{self.reduce_range}: {'on' if settings.reduce_range else 'off'}", "calibration_samples": calibrated_samples(source, calib, settings),
+            "type": self.type,
+            "settings": (f"weight-only MatMulNBits, blocks of {self.block_size}, symmetric"
+                         if int4 else settings.describe()),
+            "reduce_range": None if int4 else
+            f"{self.reduce_range}: {'on' if settings.reduce_range else 'off'}",
+            "calibration_samples": 0 if int4 else calibrated_samples(source, calib, settings),
             "providers": providers, "checker": True, **figures,
             "params_by_type_float": float_types, "params_by_type": int8_types,
             "weight_bytes_float": param_bytes(float_types),
             "weight_bytes": param_bytes(int8_types),
-            "quantized_nodes": sum(n.op == "QuantizeLinear" for n in qgraph.nodes),
+            "quantized_nodes": sum(n.op == ("MatMulNBits" if int4 else "QuantizeLinear")
+                                   for n in qgraph.nodes),
         }
         ctx.quantization = info
         ctx.float_graph, ctx.graph = graph, qgraph
         if ctx.verification is not None:
             ctx.verification = replace(ctx.verification,
                                        messages=(*ctx.verification.messages, summary_line(info)))
-        return PassResult(True, {k: info[k] for k in ("settings", "metric", "float", "int8")
+        return PassResult(True, {k: info[k] for k in ("settings", "metric", "float", self.type)
                                  if k in info})
 
     def _check_runs(self, ctx: Context, model: onnx.ModelProto) -> list[str]:
@@ -201,12 +216,12 @@ class Quantize(Pass):
         loss = metric.utility(was) - metric.utility(now)
         allowed, text = allowed_loss(metric, was, self.tolerance)
         figures = {"metric": metric.name, "data": where, "samples": samples, "float": was,
-                   "int8": now, "loss": loss, "tolerance": allowed, "tolerance_text": text,
+                   self.type: now, "quantized": now, "loss": loss, "tolerance": allowed, "tolerance_text": text,
                    "agreement": agreement}
         if not loss <= allowed:  # NaN fails too
             on = f" on {samples} {where} samples" if samples else ""
             raise VerificationError(
-                f"int8 quantization makes {metric.name}{on} {now:.4g} against the float "
+                f"{self.type} quantization makes {metric.name}{on} {now:.4g} against the float "
                 f"model's {was:.4g}: worse by {loss:.4g}, more than the tolerance {text}; "
                 "nothing written (a larger --quantize-tolerance, --quantize-method entropy or "
                 "percentile, or no --quantize)")
@@ -236,9 +251,11 @@ def summary_line(info: dict[str, Any]) -> str:
     """One line for the report: what was quantized and how its metric compares."""
     on = (f" on {info['samples']} {info['data']} samples" if info.get("samples")
           else "")
-    return (f"quantized to int8 ({info['settings']}; calibrated on "
-            f"{info['calibration_samples']} samples): {info['metric']}{on} "
-            f"{info['float']:.4g} (float) -> {info['int8']:.4g} (int8), tolerance "
+    kind = info.get("type", "int8")
+    calibrated = (f"; calibrated on {info['calibration_samples']} samples"
+                  if info.get("calibration_samples") else "")
+    return (f"quantized to {kind} ({info['settings']}{calibrated}): {info['metric']}{on} "
+            f"{info['float']:.4g} (float) -> {info['quantized']:.4g} ({kind}), tolerance "
             f"{info['tolerance_text']}"
             + (f"; cosine with the float model {info['agreement']:.4f}"
                if info.get("agreement") is not None else "")

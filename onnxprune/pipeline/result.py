@@ -48,7 +48,7 @@ class PruneResult:
     report: Path | None = None  # the report.html written (--report)
     params_by_type_before: dict[str, int] | None = None  # parameters per element type
     params_by_type_after: dict[str, int] | None = None
-    quantization: dict | None = None  # what quantize="int8" did: settings, metric float/int8
+    quantization: dict | None = None  # what quantize did: type, settings, metric float/quantized
     classes: dict | None = None  # what keep_classes did: output, classes kept, params removed
     tokens: dict | None = None  # what keep_tokens did: input, tokens kept, params removed
     calibration: str | None = None  # what --calib read, when not an .npz (images, text, ...)
