@@ -9,7 +9,12 @@ select + remove); Torch-Pruning on the torch module (DependencyGraph build, then
 Verification (checker + onnxruntime + mask oracle) is reported separately: Torch-Pruning has none.
 ``--variant sequential``: the same layers flattened into one ``nn.Sequential`` (stem, blocks,
 pooling, ``nn.Flatten``, head), every BatchNorm with trained-looking statistics and affine
-parameters instead of the defaults: another export of the same network.
+parameters instead of the defaults: another export of the same network. ``--variant
+torchvision`` / ``timm``: the network as those libraries build it (``torchvision.models``,
+``timm.create_model``; random weights, the same BatchNorm statistics), in a venv that has them
+(torchvision does not load beside the CPU torch 2.13.0 the bench extra pins: a venv with
+torch 2.14.1, torchvision 0.29.1, timm and torch-pruning 1.6.1, onnxprune installed without
+extras).
 Needs the `bench` extra (torch, torch-pruning).
 """
 
@@ -106,16 +111,34 @@ def sequential(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             if name == "fc":
                 parts.append(torch.nn.Flatten(1))
             parts.append(child)
-    seq = torch.nn.Sequential(*parts)
+    return trained_norms(torch.nn.Sequential(*parts), seed)
+
+
+def trained_norms(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """``module`` (in eval mode) with its BatchNorms given non-default statistics and affine
+    parameters, as training leaves them."""
     g = torch.Generator().manual_seed(seed)
-    for m in seq.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-            m.weight.data.copy_(0.5 + torch.rand(n, generator=g))
-            m.bias.data.copy_(0.2 * (torch.rand(n, generator=g) - 0.5))
-    return seq.eval()
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+                m.weight.data.copy_(0.5 + torch.rand(n, generator=g))
+                m.bias.data.copy_(0.2 * (torch.rand(n, generator=g) - 0.5))
+    return module.eval()
+
+
+def library_model(variant: str, name: str) -> torch.nn.Module:
+    """The network as torchvision or timm builds it (random weights, trained-looking norms):
+    another export of the same network, written independently of the project's zoo."""
+    if variant == "torchvision":
+        import torchvision
+
+        return trained_norms(getattr(torchvision.models, name)(weights=None))
+    import timm
+
+    return trained_norms(timm.create_model(name, pretrained=False))
 
 
 def main() -> int:
@@ -123,11 +146,15 @@ def main() -> int:
     ap.add_argument("--model", default="resnet50", choices=sorted(ZOO))
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--variant", choices=("zoo", "sequential"), default="zoo")
+    ap.add_argument("--variant", choices=("zoo", "sequential", "torchvision", "timm"),
+                    default="zoo")
     args = ap.parse_args()
     console = Console(width=120)
     torch.set_num_threads(2)
-    module = build(args.model)
+    if args.variant in ("torchvision", "timm"):
+        module = library_model(args.variant, args.model)
+    else:
+        module = build(args.model)
     if args.variant == "sequential":
         module = sequential(module)
     shape = ZOO[args.model][1]

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 from onnxprune.api import prune
@@ -177,3 +178,17 @@ def test_a_removed_block_takes_its_layers_time_with_it():
     assert saved > 0
     assert model.layer_ms(gone) == pytest.approx(model.layer_ms(none) - saved)
     assert model.unit_weights()[n + 1] == pytest.approx(saved)
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
+                    reason="CUDAExecutionProvider not available (no GPU here)")
+def test_a_latency_target_on_the_gpu(tmp_path):
+    """On the first provider given: the CUDA provider's own table, cut and measurement."""
+    model = convnet(tmp_path / "m.onnx")
+    r = prune(model, tmp_path / "a.onnx", target="latency=0.6", providers=["cuda"],
+              latency_batch=8)
+    lat = r.selection["latency"]
+    assert lat["provider"] == "CUDAExecutionProvider" and lat["batch"] == 8
+    assert lat["achieved"] <= 0.6 * (1 + TOLERANCE) and r.verification.passed
+    cache = json.loads(open(lat["table"]["file"]).read())
+    assert cache["device"]["provider"] == "CUDAExecutionProvider"
