@@ -70,3 +70,15 @@ def read_only_dir(tmp_path):
             yield ro
         finally:
             ro.chmod(0o700)
+
+
+def convnet(path):
+    """A few milliseconds of convolutions (dynamic batch): the latency tests' model."""
+    import onnx
+
+    b = GraphBuilder(seed=3)
+    x = b.input("img", ["batch", 16, 32, 32])
+    for cin, cout in ((16, 64), (64, 64), (64, 96), (96, 64)):
+        x = b.relu(b.conv(x, cin, cout))
+    onnx.save(b.build([b.op("ReduceMean", [x], axes=[2, 3], keepdims=0)]), str(path))
+    return path

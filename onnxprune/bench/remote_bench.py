@@ -15,7 +15,7 @@ from .providers import PROVIDERS, Provider
 from .remote import Host
 from .report import BenchRow
 from .stats import summarize
-from .workload import BenchModel
+from .workload import BenchModel, at_batch
 
 
 def device_providers(host: Host, names: Sequence[str], note: Callable[[str], None]
@@ -50,18 +50,12 @@ def measure_remote(host: Host, models: list[BenchModel], provider: Provider, bat
                    seconds: float | None, input_shapes, pinned,
                    note: Callable[[str], None], min_rounds: int) -> list[BenchRow]:
     """The rows of one group, timed on ``host``."""
-    chosen, feeds, macs = [], [], []
-    for model in models:
-        shapes = model.shapes(batch, input_shapes)
-        if shapes is None:
-            note(f"skipping {model.name} at batch {batch}: its inputs fix the batch to "
-                 f"{model.fixed_batch}")
-            continue
-        chosen.append(model)
-        feeds.append({**model.feeds(shapes), **pinned})
-        macs.append(model.macs(shapes))
-    if not chosen:
+    taken = at_batch(models, batch, input_shapes, pinned, note)
+    if not taken:
         return []
+    chosen = [m for m, _, _ in taken]
+    feeds = [f for _, _, f in taken]
+    macs = [m.macs(shapes) for m, shapes, _ in taken]
     times = host.time([_bytes(m) for m in chosen], feeds,
                       providers=list(provider.ort_providers), threads=threads, warmup=warmup,
                       repeat=repeat, seconds=seconds or 0.0, min_rounds=min_rounds)

@@ -38,7 +38,7 @@ from .remote import Host
 from .remote_bench import device_providers, measure_remote
 from .report import BenchReport, BenchRow, compare_to_original
 from .stats import summarize
-from .workload import BenchModel, check_shape_names, load_models
+from .workload import BenchModel, at_batch, check_shape_names, load_models
 
 DEFAULT_SECONDS = 3.0
 MIN_ROUNDS = 5
@@ -199,14 +199,8 @@ def _measure_group(models: list[BenchModel], provider: Provider, batch: int,
                    input_shapes, pinned, tick: _Ticker,
                    note: Callable[[str], None]) -> list[BenchRow]:
     sessions: list[tuple[BenchModel, Session, int, int | None]] = []
-    for model in models:
-        shapes = model.shapes(batch, input_shapes)
-        if shapes is None:
-            note(f"skipping {model.name} at batch {batch}: its inputs fix the batch to "
-                 f"{model.fixed_batch}")
-            continue
+    for model, shapes, feeds in at_batch(models, batch, input_shapes, pinned, note):
         tick(Progress("session", provider.name, batch, model.name, 0, None))
-        feeds = {**model.feeds(shapes), **pinned}
         with provider.memory_probe() as memory:
             session = _open(model, provider, feeds, threads)
         sessions.append((model, session, model.macs(shapes), memory.delta))

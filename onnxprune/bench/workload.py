@@ -12,7 +12,7 @@ of the whole batch: ``batch x`` the per-sample count for a model with a batch di
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,3 +157,18 @@ def check_shape_names(models: Sequence[BenchModel], given: Shapes | None) -> Non
     if unknown:
         raise UsageError(f"--input-shape names no model input: {', '.join(unknown)} "
                          f"(inputs: {', '.join(sorted(known))})")
+
+
+def at_batch(models: list[BenchModel], batch: int, input_shapes, pinned,
+             note: Callable[[str], None]) -> list[tuple[BenchModel, dict, dict]]:
+    """(model, shapes, feeds) of each model that runs at ``batch``; the others are skipped
+    with a note (their inputs fix another batch)."""
+    out = []
+    for model in models:
+        shapes = model.shapes(batch, input_shapes)
+        if shapes is None:
+            note(f"skipping {model.name} at batch {batch}: its inputs fix the batch to "
+                 f"{model.fixed_batch}")
+            continue
+        out.append((model, shapes, {**model.feeds(shapes), **pinned}))
+    return out

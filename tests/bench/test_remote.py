@@ -11,9 +11,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import sshd
+from conftest import convnet
 
 from onnxprune.api import prune
 from onnxprune.bench.on_device import alternate, run_job
@@ -54,16 +54,6 @@ def device(server, monkeypatch, tmp_path):
 
 def _remote_folders() -> set[str]:
     return set(glob.glob(str(Path(tempfile.gettempdir()) / "onnxprune-*")))
-
-
-def convnet(path: Path) -> Path:
-    """A few milliseconds of convolutions (dynamic batch)."""
-    b = GraphBuilder(seed=3)
-    x = b.input("img", ["batch", 16, 32, 32])
-    for cin, cout in ((16, 64), (64, 64), (64, 96), (96, 64)):
-        x = b.relu(b.conv(x, cin, cout))
-    onnx.save(b.build([b.op("ReduceMean", [x], axes=[2, 3], keepdims=0)]), str(path))
-    return path
 
 
 def test_the_device_script_times_groups_alternately():

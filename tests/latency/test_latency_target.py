@@ -5,30 +5,19 @@ measured against the original until it is within 5% of the target, or exit 8."""
 import json
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
+from conftest import convnet
 
 from onnxprune.api import prune
 from onnxprune.cli.main import main
 from onnxprune.errors import EXIT_CONSTRAINT, EXIT_USAGE
 from onnxprune.latency.target import TOLERANCE, parse_latency
-from onnxprune.zoo.builder import GraphBuilder
 
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ONNXPRUNE_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def convnet(path):
-    """A few milliseconds of convolutions (dynamic batch)."""
-    b = GraphBuilder(seed=3)
-    x = b.input("img", ["batch", 16, 32, 32])
-    for cin, cout in ((16, 64), (64, 64), (64, 96), (96, 64)):
-        x = b.relu(b.conv(x, cin, cout))
-    onnx.save(b.build([b.op("ReduceMean", [x], axes=[2, 3], keepdims=0)]), str(path))
-    return path
 
 
 @pytest.mark.parametrize("text, ok", [("0.5", True), ("4ms", True), ("0.004s", True),
