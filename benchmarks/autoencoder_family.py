@@ -4,7 +4,9 @@ each pruned to 60% fewer parameters, judged on the 450 test images no run sees (
 
     python benchmarks/autoencoder_family.py [--only NAME,...]
 
-Configurations: uniform L2; soft coefficients (autograd); sensitivity + compensate (the
+Configurations: uniform L2; soft coefficients (autograd) with channels ranked by L2, and as
+by default (each of L2, activation and reconstruction ranks them, the metric on the
+calibration data keeps the best); sensitivity + compensate (the
 search measured after the refit); the full recipe, sensitivity + compensate + distill
 (1500 steps). Calibration: 256 training images, of which each run holds out 20%. Goals: the
 full recipe >= unpruned - 4 dB and soft >= uniform + 3 dB on every model.
@@ -43,7 +45,9 @@ MODELS = {
 }
 CONFIGS = {
     "uniform l2": {"strategy": "uniform", "criterion": "l2"},
-    "soft (autograd)": {"strategy": "soft", "criterion": "l2"},
+    "soft, l2 ranking": {"strategy": "soft", "criterion": "l2"},
+    # the default: each of l2, activation and reconstruction ranks, the metric keeps the best
+    "soft (autograd)": {"strategy": "soft"},
     "sensitivity + compensate": {"strategy": "sensitivity", "compensate": True},
     "full recipe": {"strategy": "sensitivity", "compensate": True, "recover": "distill",
                     "distill_steps": 1500},

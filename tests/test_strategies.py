@@ -261,3 +261,33 @@ def test_the_sensitivity_progress_total_is_an_estimate_of_its_steps(monkeypatch)
     # the first batch (every group's first level) is named while it runs, then cleared
     groups = len(r.selection["curves"])
     assert row["status"][:2] == [(0, f"measuring {groups} curve points"), (0, "")], row
+
+
+def deceptive(seed: int = 0):
+    """x -> fc1 (64: 16 small weights carry the signal; 48 large weights a negative bias keeps
+    below zero: dead after the ReLU) -> fc2: weight magnitude ranks the dead channels first."""
+    b = GraphBuilder(seed=seed)
+    rng = np.random.default_rng(seed)
+    x = b.input("x", ["batch", 16])
+    w1 = rng.standard_normal((N_WIDE, 16)).astype(np.float32) / 4
+    w1[N_SIGNAL:] *= 8
+    bias = np.full(N_WIDE, 0.1, np.float32)
+    bias[N_SIGNAL:] = -100.0
+    h = b.relu(b.op("Gemm", [x, b.const(w1), b.const(bias)], transB=1, name="wide"))
+    y = b.gemm(h, N_WIDE, 16, name="out")
+    return b.build([y], "deceptive")
+
+
+def test_soft_ranks_by_each_criterion_and_keeps_the_best_by_the_metric():
+    model = deceptive()
+    kw = dict(calib=CALIB, metric="cosine", strategy="soft", target_params=0.3)
+    auto, l2 = prune(model, **kw), prune(model, criterion="l2", **kw)
+    sel = auto.selection
+    assert set(sel["criteria"]) == {"l2", "activation", "reconstruction"}
+    # the dead channels' large weights mislead l2; the metric sees it and picks another
+    assert sel["criterion"] != "l2"
+    assert sel["criteria"][sel["criterion"]] == max(sel["criteria"].values())
+    assert sel["criteria"]["l2"] < sel["criteria"][sel["criterion"]] - 0.05
+    assert auto.quality["after"] > l2.quality["after"] + 0.05 and auto.verification.passed
+    # a criterion given is the one used
+    assert l2.selection["criterion"] == "l2" and "criteria" not in l2.selection

@@ -18,7 +18,6 @@ from ..options import Option, OptionError, auto_or_count, number
 from ..options import path as path_option
 from ..recover.compensate import RIDGE
 from ..recover.refit import RefitEvaluator, can_refit
-from ..recover.soft_autograd import NotDifferentiable, soft_autograd
 from ..rewrite.remove import remove_units
 from ..scoring import CRITERIA, NORMALIZATIONS, REDUCTIONS, normalize, score_units
 from ..search.evaluate import Evaluator
@@ -31,11 +30,11 @@ from ..select.global_threshold import select_global
 from ..select.latency import probe_round_to
 from ..select.plans import plan_json, read_plan
 from ..select.sensitivity import Constraint, select_sensitivity
-from ..select.soft import soft_gradient, soft_grid
 from ..select.uniform import PrunePlan, select_uniform
 from .base import Context, Pass, PassResult
 from .data import evaluator
 from .inputs import verification_feeds
+from .soft_criteria import criterion_auto, soft, soft_by_criteria
 
 STRATEGIES = ("uniform", "global", "sensitivity", "soft")
 LATENCY_ROUND_TO = 8
@@ -50,7 +49,8 @@ class ScoreChannels(Pass):
 
     options = (
         Option("criterion", None, "channel importance (default: reconstruction when "
-               "calibration data is given, else l2): l1/l2 weight magnitude, bn (BatchNorm "
+               "calibration data is given, else l2; strategy soft with calibration data tries "
+               "l2, activation and reconstruction and keeps the best by the metric): l1/l2 weight magnitude, bn (BatchNorm "
                "scale), lamp, fpgm, activation (mean |a| on calibration data), apoz, "
                "reconstruction (how well the consuming layers can be refit without the "
                "channel: greedy structured OBS on calibration data), taylor (finite differences "
@@ -344,23 +344,13 @@ class SelectChannels(Pass):
                         curve_points=extra.get("curve_points"),
                         curves=_curves(space, extra["curves"], removed, ev.metric))
             return removed
-        if self.soft_method == "grid":
-            removed, extra = soft_grid(space, ev, target, self.tolerance)
-            extra["method"] = "grid"
-        else:
-            extra = None
-            if self.soft_method == "gradient":
-                try:
-                    removed, extra = soft_autograd(space, ev, target, self.tolerance)
-                except NotDifferentiable as why:
-                    info["autograd"] = str(why)
-            if extra is None:
-                removed, extra = soft_gradient(space, ev, target, self.tolerance)
-                extra["method"] = "finite differences"
-        info.update(coefficients=[float(c) for c in extra["coefficients"]],
-                    coefficient_groups=[int(g.gid) for g in space.groups],
-                    evaluations=extra["evaluations"], method=extra["method"])
-        return removed
+        run = lambda sp, seen: soft(sp, ev, target, seen, self.soft_method,  # noqa: E731
+                                    self.tolerance)
+        if not criterion_auto(ctx):
+            return run(space, info)
+        caps = {**self.ratio, "*": self.max_ratio}
+        return soft_by_criteria(ctx, analysis, scores, info, ev, run, lambda ranks: Space(
+            analysis, ranks, cost, caps, self._round_to, self.min_width, blocks))
 
 
 def _with_blocks(ctx: Context, analysis, scores):
