@@ -7,7 +7,8 @@ The autoencoder of onnxprune.zoo (conv encoder -> Linear latent -> Linear -> Unf
 ConvTranspose decoder) is trained on the digits set upsampled to 28x28; calibration uses 256
 training images, PSNR is measured on the held-out test images with the pruned ONNX model.
 Strategies: uniform L2, global L2, sensitivity (PSNR curves), soft coefficients (gradient and
-grid), and the constraint mode; Torch-Pruning's MagnitudePruner (L2, the same network) is
+grid), and the constraint mode (sensitivity and soft with their default criterion: reconstruction
+for sensitivity; for soft the best of l2, activation and reconstruction by the metric); Torch-Pruning's MagnitudePruner (L2, the same network) is
 matched to each parameter target by bisection on its ratio.
 Needs the dev extra (torch, scikit-learn) and the bench extra (torch-pruning).
 """
@@ -34,8 +35,9 @@ from onnxprune.zoo.train import export, psnr, train_autoencoder
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = {
-    "uniform L2": {"strategy": "uniform"},
-    "global L2": {"strategy": "global"},
+    # L2 as named (with calibration data the default criterion is reconstruction)
+    "uniform L2": {"strategy": "uniform", "criterion": "l2"},
+    "global L2": {"strategy": "global", "criterion": "l2"},
     "sensitivity": {"strategy": "sensitivity"},
     "soft (gradient)": {"strategy": "soft", "soft_method": "gradient"},
     "soft (grid)": {"strategy": "soft", "soft_method": "grid"},
