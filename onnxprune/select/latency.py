@@ -14,7 +14,9 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from ..analysis.size import node_macs
+from ..bench.on_device import session_options
 from ..progress import task
+from ..rules import layer_of
 
 MULTIPLES = (1, 2, 4, 8, 16, 32)
 
@@ -29,10 +31,9 @@ class RoundingProbe:
 
 
 def _layer(graph: gs.Graph) -> gs.Node | None:
-    """The Conv (group 1) or Gemm/MatMul that does the most work."""
+    """The Conv (group 1) or Gemm/MatMul with a constant weight that does the most work."""
     layers = [n for n in graph.nodes if n.op in ("Conv", "Gemm", "MatMul")
-              and isinstance(n.inputs[1], gs.Constant) and int(n.attrs.get("group", 1)) == 1
-              and n.inputs[0].shape is not None]
+              and layer_of(n) is not None and n.inputs[0].shape is not None]
     return max(layers, key=node_macs, default=None)
 
 
@@ -63,13 +64,15 @@ def probe_round_to(graph: gs.Graph, provider: str = "CPUExecutionProvider", span
     node = _layer(graph)
     if node is None:
         return None
-    full = int(node.inputs[1].values.shape[0 if node.op == "Conv" else -1])
+    # its output features (a Gemm with transB, as torch's Linear exports, holds them first)
+    full = int(node.inputs[1].values.shape[layer_of(node).weight_out_axis()])
     base = max(full // 2, span + 1)
     widths = list(range(base - span, base + 2 * span + 1))
     x = np.random.default_rng(1).standard_normal(
         [1 if not isinstance(d, int) else d for d in node.inputs[0].shape]).astype(np.float32)
-    sessions = [ort.InferenceSession(_probe_model(node, w).SerializeToString(), providers=[provider])
-                for w in widths]
+    # sessions that sleep between runs: the widths run interleaved
+    sessions = [ort.InferenceSession(_probe_model(node, w).SerializeToString(),
+                                     session_options(), providers=[provider]) for w in widths]
     times = [[] for _ in widths]
     with task("latency probe", rounds) as advance:
         for r in range(rounds + 2):
