@@ -6,6 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..ir.graph import const_value, detach, input_or_none
+from ..rules import rule_of
 
 FOLDABLE = ("Conv", "ConvTranspose", "Gemm")
 
@@ -46,18 +47,11 @@ def _affine(gamma, beta, mean, var, eps):
 
 
 def _fold_into(layer: gs.Node, scale: np.ndarray, shift: np.ndarray) -> bool:
-    w = np.asarray(layer.inputs[1].values)
-    dtype = w.dtype
-    w64 = w.astype(np.float64)
-    if layer.op == "Conv":
-        w_new = w64 * scale.reshape((-1,) + (1,) * (w.ndim - 1))
-    elif layer.op == "ConvTranspose":
-        g = int(layer.attrs.get("group", 1))
-        cin, cout_g = w.shape[0], w.shape[1]
-        blocks = w64.reshape((g, cin // g, cout_g) + w.shape[2:])
-        w_new = (blocks * scale.reshape((g, 1, cout_g) + (1,) * (w.ndim - 2))).reshape(w.shape)
-    else:  # Gemm: output features are B's columns (rows with transB)
-        w_new = w64 * (scale[:, None] if int(layer.attrs.get("transB", 0)) else scale[None, :])
+    dtype = np.asarray(layer.inputs[1].values).dtype
+    w_new = rule_of(layer).scale_outputs(layer, scale)  # the rule knows the weight's layout
+    if w_new is None:
+        return False
+    if layer.op == "Gemm":  # its bias is beta * C
         beta = float(layer.attrs.get("beta", 1.0))
         c = input_or_none(layer, 2)
         c_val = const_value(c) if c is not None else None

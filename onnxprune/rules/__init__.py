@@ -26,7 +26,7 @@ from .resize import Resize
 from .shape import Shape
 from .slicing import Pad, Slice
 
-__all__ = ["OpRule", "Rewriter", "RuleRegistry", "default_registry", "layer_of"]
+__all__ = ["OpRule", "Rewriter", "RuleRegistry", "default_registry", "layer_of", "rule_of"]
 
 
 class RuleRegistry:
@@ -73,10 +73,15 @@ def default_registry() -> RuleRegistry:
 _DEFAULT: RuleRegistry | None = None
 
 
-def layer_of(node) -> Layer | None:
-    """``node`` as a matrix product with a constant weight (``rules/layers.py``), as its
-    rule sees it; None where it is not one."""
+def rule_of(node) -> OpRule:
+    """The default registry's rule of ``node``."""
     global _DEFAULT
     if _DEFAULT is None:
         _DEFAULT = default_registry()
-    return _DEFAULT.lookup(node.op, node.domain or "").layer(node)
+    return _DEFAULT.lookup(node.op, node.domain or "")
+
+
+def layer_of(node) -> Layer | None:
+    """``node`` as a matrix product with a constant weight (``rules/layers.py``), as its
+    rule sees it; None where it is not one."""
+    return rule_of(node).layer(node)

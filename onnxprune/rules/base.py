@@ -96,6 +96,11 @@ class OpRule:
         """The rank of the gated data input when shape inference could not tell it."""
         return None
 
+    def scale_outputs(self, node: gs.Node, scale: np.ndarray) -> np.ndarray | None:
+        """Its constant weight with output channel ``c`` scaled by ``scale[c]`` (float64; any
+        groups), what folding a per-channel affine after it takes; None where it has none."""
+        return None
+
     def layer(self, node: gs.Node) -> Layer | None:
         """The node as a matrix product with a constant weight (``rules/layers.py``), or None
         where this one is not (a weight computed at run time, groups, ``transA``)."""

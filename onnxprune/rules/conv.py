@@ -36,6 +36,19 @@ class _ConvBase(OpRule):
     def data_rank(self, node: onnx.NodeProto, ranks: dict[str, int]) -> int | None:
         return ranks.get(node.input[1]) if len(node.input) > 1 else None  # the weight's
 
+    def scale_outputs(self, node: gs.Node, scale: np.ndarray) -> np.ndarray | None:
+        """Conv: output channels on the weight's first axis, any group. ConvTranspose: each
+        group's block [Cin/group, Cout/group, k...] holds its output channels second."""
+        if len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant):
+            return None
+        w = np.asarray(node.inputs[1].values, np.float64)
+        if not self.transposed:
+            return w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+        g = int(node.attrs.get("group", 1))
+        cin, cout_g = w.shape[0], w.shape[1]
+        blocks = w.reshape((g, cin // g, cout_g) + w.shape[2:])
+        return (blocks * scale.reshape((g, 1, cout_g) + (1,) * (w.ndim - 2))).reshape(w.shape)
+
     def propagate(self, node: gs.Node, env: Env) -> None:
         x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
         b = input_or_none(node, 2)

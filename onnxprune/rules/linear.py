@@ -20,6 +20,13 @@ class Gemm(OpRule):
     no_macs = None
     no_layer = None
 
+    def scale_outputs(self, node: gs.Node, scale: np.ndarray) -> np.ndarray | None:
+        view = self.layer(node)
+        if view is None:
+            return None
+        w = np.asarray(node.inputs[1].values, np.float64)
+        return w * (scale[:, None] if view.weight_out_axis() == 0 else scale[None, :])
+
     def layer(self, node: gs.Node) -> Layer | None:
         """A constant 2-D B and no ``transA``."""
         ok = (len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant)

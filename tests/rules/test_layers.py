@@ -6,6 +6,7 @@ it, and the matrix goes back to the very weight."""
 import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
+from onnx import numpy_helper
 
 from onnxprune.ir.graph import import_model
 from onnxprune.ir.runtime import session
@@ -65,3 +66,38 @@ def test_what_is_not_a_matrix_product_has_no_view():
     assert views["Conv"] is None and views["MatMul"] is None
     relu = gs.Node("Relu", inputs=[graph.inputs[0]], outputs=[gs.Variable("r")])
     assert layer_of(relu) is None
+
+
+SCALED = {
+    "grouped conv": (["batch", 4, 6, 6], lambda b, x: b.op("Conv", [x, b.const(_w(6, 2, 3, 3))],
+                                                        group=2), 1),
+    "grouped conv-transpose": (["batch", 4, 5, 5], lambda b, x: b.op(
+        "ConvTranspose", [x, b.const(_w(4, 3, 3, 3))], group=2, strides=[2, 2]), 1),
+    "gemm transB": (["batch", 6], lambda b, x: b.op("Gemm", [x, b.const(_w(7, 6))], transB=1),
+                    1),
+    "gemm": (["batch", 6], lambda b, x: b.op("Gemm", [x, b.const(_w(6, 7))]), 1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SCALED))
+def test_scaled_outputs_scale_each_output_channel(case):
+    """What folding a BatchNorm takes: the rule scales each output channel's weights, any
+    groups; the layer's output channel c is then scale[c] times what it was."""
+    from onnxprune.rules import rule_of
+
+    shape, build, axis = SCALED[case]
+    b = GraphBuilder(seed=0)
+    x = b.input("x", shape)
+    model = b.build([build(b, x)])
+    node = next(n for n in import_model(model).nodes if n.op in ("Conv", "ConvTranspose",
+                                                                 "Gemm"))
+    xs = RNG.standard_normal([2] + shape[1:]).astype(np.float32)
+    y = session(model).run(None, {"x": xs})[0]
+    scale = RNG.uniform(0.5, 2.0, y.shape[axis])
+    w = rule_of(node).scale_outputs(node, scale)
+    for init in model.graph.initializer:
+        if init.name == node.inputs[1].name:
+            init.CopyFrom(numpy_helper.from_array(w.astype(np.float32), init.name))
+    scaled = session(model).run(None, {"x": xs})[0]
+    expected = y * scale.reshape((-1,) + (1,) * (y.ndim - 2))
+    np.testing.assert_allclose(scaled, expected, rtol=1e-4, atol=1e-5)
