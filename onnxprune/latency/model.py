@@ -14,6 +14,7 @@ import onnx_graphsurgeon as gs
 
 from ..analysis.blocks import Block
 from ..analysis.model import ChannelAnalysis
+from .blocks import own_times
 from .table import CONV_ATTRS, LatencyTable, Probe
 
 GRID = (1 / 3, 2 / 3, 1.0)
@@ -50,9 +51,11 @@ class LatencyModel:
     measured time, whose share beyond the weighted layers stays constant."""
 
     def __init__(self, graph: gs.Graph, analysis: ChannelAnalysis, table: LatencyTable,
-                 whole_ms: float, blocks: Sequence[tuple[int, Block]] = ()):
+                 whole_ms: float, blocks: Sequence[tuple[int, Block]] = (),
+                 feeds: dict | None = None):
         """``blocks``: (unit, block) of residual blocks a mask may remove whole: the layers
-        inside one take no time once it is gone."""
+        inside one take no time once it is gone, nor, with ``feeds`` (the model's inputs
+        at the batch and shapes measured), the block's own work beyond them."""
         self.analysis = analysis
         block_of = {n: unit for unit, b in blocks for n in b.nodes}
         # a leading size shape inference lost (an embedding's Gather) is the batch
@@ -79,6 +82,14 @@ class LatencyModel:
             self.layers.append(_Layer(name, units, sizes, (list(grid[0]), list(grid[1])), ms,
                                       block_of.get(name)))
         none = np.zeros(analysis.num_units, bool)
+        # a block's own time beyond its weighted layers (attention products, softmax, norms)
+        self.extras: dict[int, float] = {}
+        if blocks and feeds is not None:
+            inside: dict[int, float] = {}
+            for layer in self.layers:
+                if layer.block is not None:
+                    inside[layer.block] = inside.get(layer.block, 0.0) + layer.time(none)
+            self.extras = own_times(graph, blocks, feeds, table.timer, inside, table.seconds)
         self.layers_ms = self.layer_ms(none)
         # ms = offset + scale x the layers' table time: at first the rest is constant; each
         # end-to-end measurement of a cut refits both (``fit``)
@@ -90,7 +101,9 @@ class LatencyModel:
         self.whole_ms = self.ms(none)
 
     def layer_ms(self, removed: np.ndarray) -> float:
-        return sum(layer.time(removed) for layer in self.layers)
+        """The table's time of the kept layers, and of the kept blocks' own work."""
+        return (sum(layer.time(removed) for layer in self.layers)
+                + sum(ms for unit, ms in self.extras.items() if not removed[unit]))
 
     def ms(self, removed: np.ndarray) -> float:
         return max(self.offset + self.scale * self.layer_ms(removed), FLOOR * self.points[0][1])
@@ -123,6 +136,8 @@ class LatencyModel:
             for units, size in zip(layer.units, layer.sizes, strict=True):
                 if units is not None:
                     np.add.at(w, units[units >= 0], full / size)
+        for unit, ms in self.extras.items():  # a block's own work goes with it
+            w[unit] += ms
         return w
 
 

@@ -84,7 +84,7 @@ class LatencyTarget:
         self.timer = timer or LocalTimer(provider)
         first = self.timer.time([self.original], [self.feeds], seconds, keep=[0])[0]
         table = LatencyTable(provider, cache=cache, timer=self.timer)
-        self.model = LatencyModel(at, analysis, table, first["ms"], self.blocks)
+        self.model = LatencyModel(at, analysis, table, first["ms"], self.blocks, self.feeds)
         target = _fraction(asked, first["ms"])
         self.run = LatencyRun(asked, target, batch, provider, table.device, first["ms"],
                               first["spread"], table={"layers": len(self.model.layers),
