@@ -64,7 +64,11 @@ class Host:
         if shutil.which("ssh") is None or shutil.which("scp") is None:
             raise UsageError("--target-host needs the OpenSSH client (ssh, scp) on this machine")
         self.python = os.environ.get("ONNXPRUNE_REMOTE_PYTHON", "python3")
-        self.timeout = float(os.environ.get("ONNXPRUNE_REMOTE_TIMEOUT", "600"))
+        try:
+            self.timeout = float(os.environ.get("ONNXPRUNE_REMOTE_TIMEOUT", "600"))
+        except ValueError:
+            raise UsageError("ONNXPRUNE_REMOTE_TIMEOUT: expected seconds, got "
+                             f"{os.environ['ONNXPRUNE_REMOTE_TIMEOUT']!r}") from None
         self.config = os.environ.get("ONNXPRUNE_SSH_CONFIG")
         self.folder: str | None = None
         self.sent: set[str] = set()
