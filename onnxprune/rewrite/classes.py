@@ -24,7 +24,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis.size import graph_params
-from ..ir.graph import const_value, normalize_axis, shape_of, unique_name
+from ..ir.graph import const_value, input_or_none, normalize_axis, shape_of, unique_name
+from ..rules import layer_of
 
 # per-class ops: (fill after it, or None: the fill of what it reads)
 UNARY = {"Identity": None, "Softmax": 0.0, "Sigmoid": 0.0, "Relu": 0.0, "Exp": 0.0,
@@ -99,8 +100,12 @@ def _chain(graph: gs.Graph, out: gs.Variable) -> tuple[gs.Node, list[gs.Node], i
             raise ClassError(f"{tensor.name} is not computed by a layer")
         node = tensor.inputs[0]
         if node.op in LAYERS:
-            axis = 1 if node.op == "Conv" else rank - 1
-            return node, ops, axis
+            view = layer_of(node)
+            if view is None:
+                raise ClassError(f"{node.op} node {node.name}: its weight is not a constant "
+                                 "matrix whose columns are the classes (grouped, computed at "
+                                 "run time, or of another rank)")
+            return node, ops, view.data_axis(rank)
         if node.op not in UNARY and node.op not in BINARY:
             raise ClassError(f"{node.op} node {node.name} between the output and its layer is "
                              f"not a per-class op ({', '.join([*UNARY, *BINARY])} are)")
@@ -116,29 +121,18 @@ def _chain(graph: gs.Graph, out: gs.Variable) -> tuple[gs.Node, list[gs.Node], i
 
 
 def _classes_of(layer: gs.Node) -> int:
-    w = const_value(layer.inputs[1]) if len(layer.inputs) > 1 else None
-    if w is None:
-        raise ClassError(f"{layer.op} node {layer.name} has no constant weights")
-    if layer.op == "Conv" and layer.attrs.get("group", 1) != 1:
-        raise ClassError(f"Conv node {layer.name} is grouped")
     if layer.op == "Conv" and len(layer.inputs) > 2 and const_value(layer.inputs[2]) is None:
         raise ClassError(f"Conv node {layer.name}: its bias is not a constant")
     readers = [n.name for n in layer.inputs[1].outputs if n is not layer]
     if readers:
         raise ClassError(f"the weights of {layer.op} node {layer.name} are read by {readers[0]} "
                          "too (tied): its rows cannot go")
-    if layer.op == "MatMul":
-        if w.ndim < 2:
-            raise ClassError(f"MatMul node {layer.name}: a weight vector has no class axis")
-        return int(w.shape[-1])
-    if layer.op == "Gemm":
-        return int(w.shape[0] if layer.attrs.get("transB", 0) else w.shape[1])
-    return int(w.shape[0])
+    return int(np.shape(layer.inputs[1].values)[layer_of(layer).weight_out_axis()])
 
 
 def _cut_layer(graph: gs.Graph, layer: gs.Node, keep: np.ndarray) -> None:
     """Slice the layer's weights (and bias) to the kept classes (a weight other nodes read
-    too stays for them)."""
+    too stays for them); the layer view says which axis of its weight holds them."""
 
     def sliced(index: int, axis: int) -> None:
         t = layer.inputs[index]
@@ -151,17 +145,10 @@ def _cut_layer(graph: gs.Graph, layer: gs.Node, keep: np.ndarray) -> None:
         layer.inputs[index] = gs.Constant(unique_name(graph, f"{t.name}_kept"),
                                           np.ascontiguousarray(new))
 
-    if layer.op == "MatMul":
-        sliced(1, -1)
-    elif layer.op == "Gemm":
-        sliced(1, 0 if layer.attrs.get("transB", 0) else 1)
-        if len(layer.inputs) > 2 and layer.inputs[2] is not None and const_value(
-                layer.inputs[2]) is not None:
-            sliced(2, -1)
-    else:
-        sliced(1, 0)
-        if len(layer.inputs) > 2:
-            sliced(2, 0)
+    sliced(1, layer_of(layer).weight_out_axis())
+    bias = input_or_none(layer, 2)
+    if bias is not None and const_value(bias) is not None:
+        sliced(2, -1)  # a Conv's bias, a Gemm's C: classes last
 
 
 def _operand_axis(node: gs.Node, axis: int, rank: int, classes: int) -> tuple[int, int] | None:
