@@ -120,7 +120,25 @@ def cmd_prune(args, console: Console) -> int:
                     time.perf_counter() - started)
         if report is not None:
             print_table(report, console)
+            line = latency_check(result, report)
+            if line:
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
     return EXIT_OK
+
+
+def latency_check(result, report) -> str | None:
+    """With a latency target and --bench at its batch: what the bench measures beside what
+    the selection measured (the same ratio, measured again)."""
+    lat = (result.selection or {}).get("latency")
+    if not lat or not lat.get("achieved"):
+        return None
+    rows = {r.model: r for r in report.rows if r.batch == lat["batch"]}
+    original, pruned = rows.get(report.models[0]), rows.get(report.models[-1])
+    if original is None or pruned is None:
+        return None
+    return (f"latency target {lat['asked']}: the bench measures {pruned.p50 / original.p50:.3g} "
+            f"of the original's p50 at batch {lat['batch']} (the selection measured "
+            f"{lat['achieved']:.3g})")
 
 
 def _calib_options(values: dict) -> dict | None:

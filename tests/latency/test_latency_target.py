@@ -181,3 +181,18 @@ def test_a_latency_target_on_the_gpu(tmp_path):
     assert lat["achieved"] <= 0.6 * (1 + TOLERANCE) and r.verification.passed
     cache = json.loads(open(lat["table"]["file"]).read())
     assert cache["device"]["provider"] == "CUDAExecutionProvider"
+
+
+def test_bench_after_a_latency_target_measures_the_ratio_again(tmp_path, capsys):
+    import re
+
+    model = convnet(tmp_path / "m.onnx")
+    assert main(["prune", str(model), "-o", str(tmp_path / "o.onnx"), "--target",
+                 "latency=0.6", "--bench", "--bench-seconds", "0.3"]) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"latency target 0.6: the bench measures ([\d.]+) of the original's p50 at "
+                  r"batch 1 \(the selection measured ([\d.]+)\)", out)
+    assert m, out[-600:]
+    bench, selected = float(m[1]), float(m[2])
+    assert selected <= 0.6 * (1 + TOLERANCE)
+    assert 0.5 * selected < bench < 1.6 * selected  # the same cut measured again, within noise
