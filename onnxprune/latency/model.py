@@ -14,6 +14,7 @@ import onnx_graphsurgeon as gs
 
 from ..analysis.blocks import Block
 from ..analysis.model import ChannelAnalysis
+from ..rules import layer_of
 from .blocks import own_times
 from .table import CONV_ATTRS, LatencyTable, Probe
 
@@ -155,20 +156,21 @@ def _spec(node: gs.Node, analysis: ChannelAnalysis, batch: int | None = None):
     shape = tuple(int(d) for d in w.values.shape)
     xs = tuple(int(d) for d in dims)
     units = analysis.params.get
-    if node.op == "Conv":
+    view = layer_of(node)
+    attrs = tuple((k, tuple(v) if isinstance(v, list) else v)
+                  for k, v in sorted(node.attrs.items()) if k in CONV_ATTRS)
+    if view is None:  # depthwise: one axis, its group count the width
         group = int(node.attrs.get("group", 1))
-        attrs = tuple((k, tuple(v) if isinstance(v, list) else v)
-                      for k, v in sorted(node.attrs.items()) if k in CONV_ATTRS)
-        if group == 1:
-            return ((units((w.name, 1)), units((w.name, 0))), (shape[1], shape[0]),
-                    lambda i, o: Probe("Conv", (xs[0], i, *xs[2:]), (o, i, *shape[2:]), attrs))
-        if group == xs[1] == shape[0] and shape[1] == 1:  # depthwise: one axis
+        if node.op == "Conv" and group == xs[1] == shape[0] and shape[1] == 1:
             return ((None, units((w.name, 0))), (1, shape[0]),
                     lambda i, o: Probe("Conv", (xs[0], o, *xs[2:]), (o, 1, *shape[2:]),
                                        (*attrs, ("group", o))))
         return None
-    if len(shape) != 2 or int(node.attrs.get("transA", 0)):
-        return None
-    k_axis, n_axis = (1, 0) if node.op == "Gemm" and int(node.attrs.get("transB", 0)) else (0, 1)
-    return ((units((w.name, k_axis)), units((w.name, n_axis))), (shape[k_axis], shape[n_axis]),
-            lambda i, o: Probe("MatMul", (*xs[:-1], i), (i, o)))
+    out_axis = view.weight_out_axis()
+    in_axis = 1 - out_axis  # the weight's input-channel axis (a conv's second, a matrix's other)
+    axes = (units((w.name, in_axis)), units((w.name, out_axis)))
+    sizes = (shape[in_axis], shape[out_axis])
+    if view.spatial:
+        return axes, sizes, lambda i, o: Probe("Conv", (xs[0], i, *xs[2:]), (o, i, *shape[2:]),
+                                               attrs)
+    return axes, sizes, lambda i, o: Probe("MatMul", (*xs[:-1], i), (i, o))
