@@ -10,8 +10,8 @@ import onnx
 import pytest
 
 from onnxprune.ir.memory import current_rss, release
-from onnxprune.recover.compensate import within_cap
 from onnxprune.search import memory
+from onnxprune.search.activations import within_cap
 from onnxprune.search.memory import MAX_CELLS, cells
 from onnxprune.zoo.builder import GraphBuilder
 

@@ -86,7 +86,7 @@ def test_a_subgraph_keeps_the_outer_tensors_it_reads():
 def test_fetched_yields_every_name_in_order_a_few_per_run(monkeypatch):
     """Layer outputs come a few per run, as many as the fetch budget holds (sized on the run
     before), duplicates included, each equal to a fetch of its own."""
-    from onnxprune.recover import compensate
+    from onnxprune.search import activations as acts
 
     model = _two_branch_model()
     rng = np.random.default_rng(3)
@@ -94,14 +94,14 @@ def test_fetched_yields_every_name_in_order_a_few_per_run(monkeypatch):
              "y": rng.standard_normal((6, 3)).astype(np.float32)}
     names = ["a", "h", "c", "out", "h", "a", "c", "out", "a", "h", "out"]
     runs = []
-    real = compensate.activations
+    real = acts.activations
 
     def counted(m, part, f):
         runs.append(list(part))
         return real(m, part, f)
-    monkeypatch.setattr(compensate, "activations", counted)
-    monkeypatch.setattr(compensate, "FETCH_BYTES", 6 * 3000 * 4 * 2)  # two of h's size
-    got = list(compensate.fetched(model, names, feeds))
+    monkeypatch.setattr(acts, "activations", counted)
+    monkeypatch.setattr(acts, "FETCH_BYTES", 6 * 3000 * 4 * 2)  # two of h's size
+    got = list(acts.fetched(model, names, feeds))
     assert [n for n, _ in got] == names
     assert [len(r) for r in runs] == [8, 2, 1]  # 8 first, then what the budget holds
     for n, a in got:

@@ -10,7 +10,7 @@ taken from onnxruntime itself).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,20 +18,17 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..analysis.model import ChannelAnalysis
-from ..ir.arrays import Calibration, axes_of
 from ..ir.graph import export_skeleton, input_or_none
-from ..ir.runtime import computing, run_batched, session
-from ..ir.weights import Skeleton, proto
 from ..progress import task
 from ..rules import layer_of
 from ..rules.layers import Layer
-from ..search.memory import cap, cells, room, rows_for, search_budget
+from ..search.activations import activations, as_calibration, fetched, fitting_samples
+from ..search.memory import cap, cells
 from ..verify.checks import cut_arrays
 from .normal_equations import NormalEquations
 
 RIDGE = 1e-3  # of the mean input energy (the diagonal of the normal equations)
 MAX_ROWS = 40_000  # rows of the least-squares problem per layer (sampled)
-FETCH_BYTES = 512 * 2**20  # activations fetched per run of a model (bounds memory)
 
 
 @dataclass(frozen=True)
@@ -40,72 +37,6 @@ class LayerFit:
     rows: int
     error_before: float  # relative error of the pruned layer on calibration data
     error_after: float  # ... after the refit
-
-
-def activations(model: onnx.ModelProto | Skeleton, names: list[str], feeds: dict
-                ) -> dict[str, np.ndarray]:
-    """The tensors ``names`` of ``model`` on ``feeds`` (only the nodes that compute them, run
-    in memory-sized chunks)."""
-    names = list(dict.fromkeys(names))
-    run = computing(model, names)
-    m = proto(run)
-    inputs = {i.name for i in m.graph.input}
-    axes = axes_of(feeds)
-    feeds = {k: v for k, v in feeds.items() if k in inputs}
-    axes = {k: a for k, a in axes.items() if k in inputs}
-    outs = run_batched(session(run, arena=False), feeds, names, axes=axes,
-                       max_rows=rows_for(m, feeds, axes, search_budget(0.25)))
-    return dict(zip(names, outs, strict=True))
-
-
-def fetched(model: onnx.ModelProto | Skeleton, names: list[str], feeds: dict
-            ) -> Iterator[tuple[str, np.ndarray]]:
-    """``(name, tensor)`` for each of ``names`` in order, fetched a few per run of ``model``:
-    as many as ``FETCH_BYTES`` holds (sized on the run before), so that only those are held
-    at once (every refit layer's output at once took gigabytes on large activations)."""
-    lo, per_run = 0, 8 if cap() is None else 1
-    while lo < len(names):
-        part = names[lo:lo + per_run]
-        lo += len(part)
-        acts = activations(model, part, feeds)
-        size = sum(a.nbytes for a in acts.values()) / max(len(acts), 1)
-        per_run = max(1, int(room(FETCH_BYTES, 0.25) // max(size, 1)))
-        yield from ((n, acts[n]) for n in part)
-        del acts
-
-
-def fitting_samples(model: onnx.ModelProto | Skeleton, names: list[str], feeds: dict,
-                    share: float = 0.1) -> int | None:
-    """Under a memory cap (``--memory``), how many samples of ``feeds`` keep the largest of
-    ``names`` within ``share`` of the room left (sized on one sample); None without a cap or
-    when all fit."""
-    axes = axes_of(feeds)
-    sizes = {np.shape(v)[a] for k, v in feeds.items() if (a := axes.get(k)) is not None}
-    known = {o for node in proto(model).graph.node for o in node.output}
-    names = list(dict.fromkeys(n for n in names if n in known))
-    if cap() is None or not names or len(sizes) != 1 or sizes == {0}:
-        return None
-    n = sizes.pop()
-    one = activations(model, names, _calibration(feeds).take(np.arange(1)))
-    per_sample = max(max((a.nbytes for a in one.values()), default=0), 1)
-    fit = max(1, int(room(per_sample * n, share) // per_sample))
-    return None if fit >= n else fit
-
-
-def _calibration(feeds: dict) -> Calibration:
-    return feeds if isinstance(feeds, Calibration) else Calibration(dict(feeds), axes_of(feeds))
-
-
-def within_cap(model: onnx.ModelProto | Skeleton, names: list[str], feeds: dict,
-               share: float = 0.1, seed: int = 0) -> dict:
-    """``feeds``, or under a memory cap (``--memory``) as many of its samples (chosen at
-    random, in order) as ``fitting_samples`` allows."""
-    fit = fitting_samples(model, names, feeds, share)
-    if fit is None:
-        return feeds
-    data = _calibration(feeds)
-    pick = np.sort(np.random.default_rng(seed).choice(data.samples, size=fit, replace=False))
-    return data.take(pick)
 
 
 def _solve(p: np.ndarray, y: np.ndarray, ridge: float, intercept: bool) -> np.ndarray:
@@ -245,7 +176,7 @@ def _chunked(graph: gs.Graph, reference, analysis: ChannelAnalysis, removed: np.
              interface: dict | None) -> list[LayerFit]:
     """``compensate`` from normal equations accumulated over chunks of ``per_chunk`` samples
     (what a memory cap leaves room for): every sample counts, none is held beyond its chunk."""
-    data = _calibration(calib)
+    data = as_calibration(calib)
     chunks = [np.arange(lo, min(lo + per_chunk, data.samples))
               for lo in range(0, data.samples, per_chunk)]
     rng = np.random.default_rng(seed)

@@ -34,6 +34,7 @@ from ..ir.runtime import run_batched, session
 from ..ir.weights import Skeleton, proto
 from ..progress import task
 from ..rules.layers import Layer
+from ..search.activations import layer_gates, layer_inputs
 from ..search.evaluate import Evaluator
 from ..search.memory import default_budget
 from ..verify.oracle import GATES
@@ -43,7 +44,6 @@ from .compensate import (
     refittable,
     solver_matrix,
 )
-from .layers import layer_gates, layer_inputs
 
 # refit solutions kept, in bytes (the measured path asks for the same layer cuts again: a few
 # per layer suffice; MiniLM's 512 solutions of 2.4 MB each doubled the search's memory)

@@ -10,7 +10,7 @@ import onnx
 
 from ..analysis.blocks import Block
 from ..ir.weights import Skeleton
-from ..recover.compensate import fetched
+from ..search.activations import fetched
 
 
 def channel_axis(block: Block, slots: Mapping[tuple[str, int], np.ndarray], rank: int) -> int:

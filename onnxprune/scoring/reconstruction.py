@@ -26,9 +26,9 @@ import onnx_graphsurgeon as gs
 from ..analysis.model import ChannelAnalysis
 from ..ir.graph import input_or_none
 from ..progress import task
-from ..recover.layers import layer_gates, layer_inputs
 from ..rules import layer_of
 from ..rules.layers import Layer
+from ..search.activations import layer_gates, layer_inputs
 from ..search.memory import cells
 
 MAX_ROWS = 20_000  # rows of a layer's patch matrix (sampled)
