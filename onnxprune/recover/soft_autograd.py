@@ -82,7 +82,7 @@ def soft_autograd(space: Space, ev: Evaluator, target: Target, tol: float = 0.02
         from .torch_bridge import TorchGraph
     except ImportError as err:
         raise NotDifferentiable(f"torch is not installed ({err})") from None
-    from ..select.soft import _hard, _repair, _shared_start, target_shares
+    from ..select.soft import hard_cut, repair_to_target, shared_start, target_shares
 
     if ev.metric.on_model or not all(ev.axes.get(k) in (0, None) for k in ev.batch):
         raise NotDifferentiable("the metric runs the model itself or the data is not batch-first")
@@ -96,7 +96,7 @@ def soft_autograd(space: Space, ev: Evaluator, target: Target, tol: float = 0.02
     for p in graph.params.values():
         p.requires_grad_(False)
 
-    c0 = _shared_start(space, target)
+    c0 = shared_start(space, target)
     share = torch.tensor(target_shares(space, target), dtype=torch.float64)
     scale = max(abs(ev.metric.utility(ev.base)), 1.0)
     floats = [v for k, v in ev.batch.items() if k not in LABEL_KEYS and v.dtype.kind == "f"]
@@ -140,6 +140,6 @@ def soft_autograd(space: Space, ev: Evaluator, target: Target, tol: float = 0.02
             history.append(float(util.detach()))
             advance()
     coeffs = c.detach().numpy().astype(np.float64)
-    coeffs = _repair(space, coeffs, target, tol)
-    return _hard(space, coeffs), {"coefficients": coeffs, "evaluations": ev.evals,
+    coeffs = repair_to_target(space, coeffs, target, tol)
+    return hard_cut(space, coeffs), {"coefficients": coeffs, "evaluations": ev.evals,
                                   "history": history, "method": "autograd"}

@@ -25,14 +25,15 @@ from .common import Space, Target
 GRID = tuple(np.round(np.arange(0.0, 0.95, 0.1), 2))
 
 
-def _hard(space: Space, c: np.ndarray) -> np.ndarray:
+def hard_cut(space: Space, c: np.ndarray) -> np.ndarray:
+    """The unit mask of coefficients ``c`` (each group's fraction, clipped to [0, 1])."""
     return space.mask(space.counts_for_fractions(np.clip(c, 0, 1)))
 
 
-def _repair(space: Space, c: np.ndarray, target: Target, tol: float) -> np.ndarray:
+def repair_to_target(space: Space, c: np.ndarray, target: Target, tol: float) -> np.ndarray:
     """Shift every coefficient by one common offset until the reduction is within ``tol``."""
     def red(shift: float) -> float:
-        return space.reduction(_hard(space, np.clip(c + shift, 0, 1)), target)
+        return space.reduction(hard_cut(space, np.clip(c + shift, 0, 1)), target)
 
     if abs(red(0.0) - target.fraction) <= tol:
         return np.clip(c, 0, 1)
@@ -44,7 +45,8 @@ def _repair(space: Space, c: np.ndarray, target: Target, tol: float) -> np.ndarr
     return np.clip(c + best, 0, 1)
 
 
-def _shared_start(space: Space, target: Target) -> np.ndarray:
+def shared_start(space: Space, target: Target) -> np.ndarray:
+    """Coefficients that start every group at the one fraction meeting ``target``."""
     from .common import bisect_shared_fraction
 
     return np.full(len(space.groups), bisect_shared_fraction(space, target))
@@ -57,7 +59,7 @@ def _rebalance(space: Space, c: np.ndarray, fixed: int, target: Target) -> np.nd
     def red(shift: float) -> float:
         t = c.copy()
         t[others] = np.clip(c[others] + shift, 0, 1)
-        return space.reduction(_hard(space, t), target)
+        return space.reduction(hard_cut(space, t), target)
 
     lo, hi = -1.0, 1.0
     for _ in range(24):
@@ -72,8 +74,8 @@ def soft_grid(space: Space, ev: Evaluator, target: Target, tol: float = 0.02,
               sweeps: int = 2) -> tuple[np.ndarray, dict]:
     """Coordinate search: each group's coefficient over the grid, the others rebalanced so the
     reduction stays on target; the best measured metric wins each coordinate."""
-    c = _shared_start(space, target)
-    best = ev.metric.utility(ev.evaluate(~_hard(space, c)))
+    c = shared_start(space, target)
+    best = ev.metric.utility(ev.evaluate(~hard_cut(space, c)))
     with task("soft coefficients (grid)", sweeps * len(space.groups)) as advance:
         for _ in range(sweeps):
             for i in range(len(space.groups)):
@@ -82,17 +84,17 @@ def soft_grid(space: Space, ev: Evaluator, target: Target, tol: float = 0.02,
                     t = c.copy()
                     t[i] = v
                     t = _rebalance(space, t, i, target)
-                    if space.reduction(_hard(space, t), target) >= target.fraction - tol:
+                    if space.reduction(hard_cut(space, t), target) >= target.fraction - tol:
                         trials.append(t)
                 if trials:
-                    masks = np.array([_hard(space, t) for t in trials])
+                    masks = np.array([hard_cut(space, t) for t in trials])
                     utils = [ev.metric.utility(u) for u in ev.evaluate_many(~masks)]
                     j = int(np.argmax(utils))
                     if utils[j] > best:
                         best, c = utils[j], trials[j]
                 advance()
-    c = _repair(space, c, target, tol)
-    return _hard(space, c), {"coefficients": c, "evaluations": ev.evals}
+    c = repair_to_target(space, c, target, tol)
+    return hard_cut(space, c), {"coefficients": c, "evaluations": ev.evals}
 
 
 def _soft_gates(space: Space, c: np.ndarray, temperature: float) -> np.ndarray:
@@ -119,7 +121,7 @@ def soft_gradient(space: Space, ev: Evaluator, target: Target, tol: float = 0.02
                   steps: int = 60, lr: float = 0.05, temperature: float = 1.0,
                   delta: float = 0.05) -> tuple[np.ndarray, dict]:
     n = len(space.groups)
-    c = _shared_start(space, target)
+    c = shared_start(space, target)
     per_group = target_shares(space, target)
     scale = max(abs(ev.metric.utility(ev.base)), 1.0)
     m, v = np.zeros(n), np.zeros(n)
@@ -139,5 +141,5 @@ def soft_gradient(space: Space, ev: Evaluator, target: Target, tol: float = 0.02
                         0, 1)
             history.append(float(utils[0] * scale))
             advance()
-    c = _repair(space, c, target, tol)
-    return _hard(space, c), {"coefficients": c, "evaluations": ev.evals, "history": history}
+    c = repair_to_target(space, c, target, tol)
+    return hard_cut(space, c), {"coefficients": c, "evaluations": ev.evals, "history": history}
