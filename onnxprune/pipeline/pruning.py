@@ -344,13 +344,15 @@ class SelectChannels(Pass):
                         curve_points=extra.get("curve_points"),
                         curves=_curves(space, extra["curves"], removed, ev.metric))
             return removed
-        run = lambda sp, seen: soft(sp, ev, target, seen, self.soft_method,  # noqa: E731
-                                    self.tolerance)
+        def run(on: Space, seen: dict) -> np.ndarray:
+            return soft(on, ev, target, seen, self.soft_method, self.tolerance)
+
+        def space_of(ranks: np.ndarray) -> Space:  # the same space, channels ranked by ``ranks``
+            return Space(analysis, ranks, cost, caps, self._round_to, self.min_width, blocks)
+
         if not criterion_auto(ctx):
             return run(space, info)
-        caps = {**self.ratio, "*": self.max_ratio}
-        return soft_by_criteria(ctx, analysis, scores, info, ev, run, lambda ranks: Space(
-            analysis, ranks, cost, caps, self._round_to, self.min_width, blocks))
+        return soft_by_criteria(ctx, analysis, scores, info, ev, run, space_of)
 
 
 def _with_blocks(ctx: Context, analysis, scores):
