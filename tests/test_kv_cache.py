@@ -10,7 +10,6 @@ import onnx
 import pytest
 
 from onnxprune.api import analyze, prune
-from onnxprune.errors import UsageError
 from onnxprune.ir.runtime import session
 from onnxprune.ir.shapes import choose_shapes, evaluate_dim
 
@@ -79,10 +78,40 @@ def test_heads_leave_every_past_present_pair_alike(name, recwarn):
     assert outs["present.1.value"].shape == (2, MODELS[name] // 2, 7, 8)
 
 
-def test_distillation_refuses_a_changed_cache_interface():
+def test_distillation_learns_from_the_teacher_cut_as_the_student_reads_and_writes_it():
+    """An opened cache: the student is fed the cache cut to its kept heads, and its targets are
+    the teacher's outputs (on the whole cache) cut alike."""
+    from onnxprune.recover.distill_data import Targets
+    from onnxprune.recover.torch_bridge import TorchGraph
+
     model = onnx.load(str(DATA / "llama_kv.onnx"))
-    with pytest.raises(UsageError, match="cache interface"):
-        prune(model, ratio=0.5, prune_kv_cache=True, calib_random=8, recover="distill")
+    r = prune(model, ratio=0.5, prune_kv_cache=True)
+    kept = np.array([True, False])  # a cut of the 2 key/value heads (Targets applies any)
+    rng = np.random.default_rng(1)
+    feeds = {"input_ids": rng.integers(0, 64, (4, 3)), "attention_mask": np.ones((4, 7), np.int64),
+             "position_ids": np.tile(np.arange(4, 7), (4, 1))}
+    for layer in range(2):
+        for kind in ("key", "value"):
+            feeds[f"past_key_values.{layer}.{kind}"] = rng.standard_normal((4, 2, 4, 8)).astype(
+                np.float32)
+    teacher = dict(zip([o.name for o in model.graph.output], session(model).run(None, feeds),
+                       strict=True))
+    cut = {v.name: [(1, kept)] for v in [*r.model.graph.input, *r.model.graph.output]
+           if v.name.startswith(("past", "present"))}
+    student = {k: np.compress(kept, v, axis=1) if k in cut else v for k, v in feeds.items()}
+    graph = TorchGraph(r.model)
+    targets = Targets(model, student, graph, (), np.arange(4), None, feeds, cut)
+    for name, t in zip(graph.output_names, targets.outputs_all, strict=True):
+        expected = teacher[name] if name == "logits" else np.compress(kept, teacher[name], 1)
+        np.testing.assert_array_equal(t, expected)
+    assert targets.outputs_all[1].shape == (4, 1, 7, 8)
+    # and the whole recipe runs on it: each stage measured on the kept heads, kept or undone
+    r = prune(model, ratio=0.5, prune_kv_cache=True, calib_random=16, compensate=True,
+              recover="distill")
+    assert r.verification.passed
+    assert [s["stage"] for s in r.stages["stages"]] == ["unpruned", "pruned", "compensate",
+                                                        "distill"]
+    assert 0 < r.stages["stages"][1]["calib"] < 1
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -100,8 +129,30 @@ def test_attention_blocks_take_their_cache_pair_only_when_asked(name, recwarn):
     assert [o.name for o in r.model.graph.output] == ["logits"]
     assert not any(i.name.startswith("past_key_values") for i in r.model.graph.input)
     assert any("key/value cache with them" in str(w.message) for w in recwarn)
-    with pytest.raises(UsageError, match="key/value cache .* without calibration data"):
-        prune(model, remove_blocks=4, prune_kv_cache=True, calib_random=4)
+
+
+def test_attention_blocks_leave_with_their_cache_in_a_calibrated_recipe():
+    """With calibration data the metric reads the outputs that stay whatever goes (the logits):
+    the search's figure on the oracle and the written model's stage figure are one number,
+    and compensation and distillation feed the pruned model without the pair."""
+    model = onnx.load(str(DATA / "llama_kv.onnx"))
+    r = prune(model, remove_blocks=4, prune_kv_cache=True, calib_random=16, compensate=True,
+              recover="distill")
+    assert r.verification.passed and [o.name for o in r.model.graph.output] == ["logits"]
+    rows = {s["stage"]: s for s in r.stages["stages"]}
+    assert set(rows) == {"unpruned", "pruned", "compensate", "distill"}
+    assert rows["pruned"]["calib"] == pytest.approx(r.quality["after"], abs=1e-5)
+    assert rows["pruned"]["calib"] < 0.99  # four blocks of four: a real loss to measure
+    # the figure is the logits' cosine: recomputed here on the held-out share's definition
+    plain = prune(model, remove_blocks=4, prune_kv_cache=True, calib_random=16)
+    rng = np.random.default_rng(3)
+    feeds = {"input_ids": rng.integers(0, 64, (3, 5)), "attention_mask": np.ones((3, 9), np.int64),
+             "position_ids": np.tile(np.arange(4, 9), (3, 1))}
+    past = {f"past_key_values.{i}.{k}": rng.standard_normal((3, 2, 4, 8)).astype(np.float32)
+            for i in range(2) for k in ("key", "value")}
+    want = session(model).run(["logits"], {**feeds, **past})[0]
+    got = session(plain.model).run(None, feeds)[0]
+    assert got.shape == want.shape and not np.allclose(got, want, atol=1e-3)
 
 
 def test_candidates_of_a_gemm_on_batch_times_tokens_are_scored_one_a_run():

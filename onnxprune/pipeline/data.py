@@ -18,6 +18,7 @@ from ..search.evaluate import Evaluator
 from ..search.executors import make_pool
 from ..search.memory import search_budget
 from ..search.quality import get_metric
+from . import stages
 from .base import Context, Pass, PassResult
 from .inputs import verification_feeds
 from .probe import token_probe
@@ -279,7 +280,7 @@ def evaluator(ctx: Context, by: str) -> Evaluator:
             raise UsageError(f"{by} needs calibration data (pass 'calibrate')")
         res.close()
         res.evaluator = Evaluator(ctx.skeleton(), ctx.analysis, ctx.calib, metric,
-                                  memory=search_budget())
+                                  memory=search_budget(), reads=stages.reads(ctx))
         cfg = ctx.config
         if cfg.executor != "local":
             res.evaluator.attach(make_pool(cfg.executor, res.evaluator, cfg.workers,

@@ -11,6 +11,7 @@ from ..errors import UsageError, warn
 from ..options import Option, number
 from ..rewrite.blocks import remove_blocks
 from ..scoring.blocks import block_influence
+from . import stages
 from .base import Context, Pass, PassResult
 from .inputs import verification_feeds
 
@@ -95,10 +96,6 @@ class RemoveBlocks(Pass):
     @staticmethod
     def _remove(ctx: Context, gone: list[Block]) -> PassResult:
         cache = [name for b in gone for pair in b.cache for name in pair]
-        if cache and ctx.calib is not None:
-            raise UsageError("remove_blocks: removing attention blocks with their key/value "
-                             "cache (--prune-kv-cache) is done without calibration data (its "
-                             "quality per stage compares every output); run it without --calib")
         names = {b.name for b in gone}
         readers = sorted({c.name for n in ctx.graph.nodes if n.name in names
                           for c in n.outputs[0].outputs})
@@ -138,7 +135,8 @@ def _evaluator(ctx: Context, model, removable: list[Block]):
         raise UsageError("remove_blocks: scoring blocks by the metric needs calibration data "
                          "(--calib)")
     analysis, _ = with_blocks(ctx.analysis, ctx.plan.removed, removable, [])
-    return Evaluator(model, analysis, ctx.calib, metric, memory=search_budget())
+    return Evaluator(model, analysis, ctx.calib, metric, memory=search_budget(),
+                     reads=stages.reads(ctx))
 
 
 def _keep(ctx: Context, blocks: int, closed: list[int]) -> np.ndarray:

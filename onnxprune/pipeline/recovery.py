@@ -93,8 +93,6 @@ class Compensate(Pass):
     def run(self, ctx: Context) -> PassResult:
         graph = ctx.require("graph", self.name)
         _float_only(ctx, self.name)
-        if ctx.depth and ctx.depth.get("cache"):
-            _same_interface(ctx, self.name)  # a cache pair left with its block
         reference = ctx.skeleton(ctx.require("reference", self.name))
         calib, style = self._fit_data(ctx)
         before, snapshot = stages.current(ctx), graph.copy()  # the copy shares the weights
@@ -159,7 +157,6 @@ class Distill(Pass):
                              f"{err}") from None
         graph = ctx.require("graph", self.name)
         _float_only(ctx, self.name)
-        _same_interface(ctx, self.name)
         calib = _need_calib(ctx, self.name)
         teacher = ctx.export(ctx.require("reference", self.name))
         bounds = [f.tensor for f in (ctx.flows or [])] if self.boundaries else []
@@ -172,7 +169,8 @@ class Distill(Pass):
                                   steps=self.steps, lr=lr, batch_size=self.batch_size,
                                   val_fraction=self.val_fraction, patience=self.patience,
                                   boundaries=bounds, seed=self.seed,
-                                  loss=self.loss_for(ctx.metric))
+                                  loss=self.loss_for(ctx.metric), interface=ctx.interface,
+                                  reads=stages.reads(ctx))
             info["lr"] = lr
             tries.append((sign * (info["val_after"] - info["val_before"]), model, info))
             if (tries[-1][0] > 0 and info["stopped"] != "diverged") or info["stopped"] in (
@@ -194,6 +192,14 @@ class Distill(Pass):
         return PassResult(kept, {"steps": info.get("steps"), "kept": kept})
 
 
+def _inputs_of(model, data) -> Calibration:
+    """``data`` as ``model`` takes it: the arrays of its inputs (with their batch axes)."""
+    names = {i.name for i in proto(model).graph.input}
+    axes = axes_of(data)
+    return Calibration({k: v for k, v in data.items() if k in names},
+                       {k: a for k, a in axes.items() if k in names})
+
+
 class VerifyRecovered(Pass):
     name = "verify-recovered"
     description = "After refitting: checker, onnxruntime, finite outputs, metric vs original."
@@ -209,12 +215,11 @@ class VerifyRecovered(Pass):
             onnx.checker.check_model(weightless(model), full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
             raise VerificationError(f"recovered model fails onnx.checker: {err}") from None
+        original = ctx.skeleton(ctx.reference)
         calib = ctx.calib
-        names = {i.name for i in proto(model).graph.input}
-        feeds = Calibration({k: v for k, v in calib.items() if k in names},
-                            {k: a for k, a in calib.axes.items() if k in names}) if calib else None
-        if feeds is None:
-            feeds = verification_feeds(ctx, model, count=1)[0]
+        ref_feeds = _inputs_of(original, calib) if calib else verification_feeds(
+            ctx, original, count=1)[0]
+        feeds = _inputs_of(model, ref_feeds)  # a cache pair may have left with its block
         outs = None
         providers = list(ctx.config.providers)
         rows = rows_for(model, feeds, axes_of(feeds), search_budget())
@@ -224,12 +229,16 @@ class VerifyRecovered(Pass):
                                axes=axes_of(feeds), max_rows=rows)
         if not all(np.all(np.isfinite(o)) for o in outs):
             raise VerificationError("recovered model produces non-finite outputs")
-        reference = run_batched(session(ctx.skeleton(ctx.reference)), feeds, axes=axes_of(feeds),
+        reference = run_batched(session(original), ref_feeds, axes=axes_of(ref_feeds),
                                 max_rows=rows)
-        reference = cut_outputs(reference, [o.name for o in proto(model).graph.output], cuts)
+        names = [o.name for o in proto(model).graph.output]
+        reference = cut_outputs(reference, names, cuts,
+                                [o.name for o in proto(original).graph.output])
         metric = ctx.metric or get_metric("cosine")
         if calib is not None and not metric.on_model:
-            value = metric(outs, cut_arrays(calib, cuts), reference)
+            read = stages.reads(ctx)
+            value = metric(stages.reading(outs, names, read), cut_arrays(calib, cuts),
+                           stages.reading(reference, names, read))
             ctx.quality = {**(ctx.quality or {"metric": metric.name}), "after_recovery": value}
             messages.append(f"{metric.name} after recovery: {value:.4g}")
         old = ctx.verification

@@ -81,6 +81,25 @@ def _original(ctx: Context):
     return ctx.graph
 
 
+def reads(ctx: Context) -> list[str] | None:
+    """The outputs the metric reads, by name: all (None) unless a decoder's key/value cache
+    may leave with its blocks (``--prune-kv-cache`` with depth); then the others, in every
+    candidate and stage alike (which cache pairs remain differs from cut to cut)."""
+    gone = {present for b in ((ctx.depth or {}).get("removable") or ())
+            for _, present in b.cache}
+    if not gone:
+        return None
+    return [o.name for o in _original(ctx).outputs if o.name not in gone]
+
+
+def reading(outputs: list[np.ndarray], names: list[str], read: list[str] | None
+            ) -> list[np.ndarray]:
+    """``outputs`` (named ``names``) that the metric reads (``reads``)."""
+    if read is None:
+        return outputs
+    return [o for o, n in zip(outputs, names, strict=True) if n in set(read)]
+
+
 def _references(ctx: Context) -> dict[str, list[np.ndarray]]:
     """The unpruned model's outputs on each data set (computed once per run)."""
     refs = ctx.resources.references
@@ -99,9 +118,11 @@ def measure(ctx: Context, stage: str, graph=None, optimized: bool = False
     if not measurable(ctx):
         return None
     metric, refs = _metric(ctx), _references(ctx)
+    of, read = [o.name for o in _original(ctx).outputs], reads(ctx)
     if not ctx.stages:
         ctx.stages.append({"stage": "unpruned", **{
-            name: metric(refs[name], data, refs[name]) for name, data in _data(ctx).items()}})
+            name: metric(reading(refs[name], of, read), data, reading(refs[name], of, read))
+            for name, data in _data(ctx).items()}})
         if ctx.origin is not None and ctx.reference is not None:  # the trim's own cost
             trims = [k for k in ("classes", "tokens") if getattr(ctx, k) is not None]
             ctx.stages.append({"stage": "+".join(trims) or "classes", **{
@@ -109,14 +130,13 @@ def measure(ctx: Context, stage: str, graph=None, optimized: bool = False
                 for name, data in _data(ctx).items()}})
     row: dict[str, Any] = {"stage": stage}
     cuts = ctx.interface or {}  # an opened cache: the pruned model reads/writes kept heads only
+    graph = ctx.graph if graph is None else graph
+    names = [o.name for o in graph.outputs]  # a cache pair may have left with its block
     for name, data in _data(ctx).items():
         fed = Calibration(cut_arrays(dict(data), cuts), data.axes) if cuts else data
-        outs = _outputs(ctx, ctx.graph if graph is None else graph, fed, optimized)
-        ref = refs[name]
-        if cuts:
-            names = [o.name for o in (ctx.graph if graph is None else graph).outputs]
-            ref = cut_outputs(ref, names, cuts)
-        row[name] = metric(outs, fed, ref)
+        outs = _outputs(ctx, graph, fed, optimized)
+        ref = refs[name] if names == of and not cuts else cut_outputs(refs[name], names, cuts, of)
+        row[name] = metric(reading(outs, names, read), fed, reading(ref, names, read))
     ctx.stages.append(row)
     return row
 

@@ -27,13 +27,16 @@ from ..errors import UsageError
 from ..ir.runtime import session
 from ..progress import task
 from ..search.quality import Metric
+from ..verify.checks import cut_arrays
 from .distill_data import (
     Data,
     Targets,
     calibration,
+    input_names,
     minibatches,
     split,
     static_batch,
+    typed,
 )
 from .torch_bridge import TorchGraph
 from .torch_threads import torch_threads
@@ -73,6 +76,8 @@ def distill(
     boundary_weight: float = 0.1,
     train: TrainSpec = None,
     loss: str = "mse",
+    interface: Mapping | None = None,
+    reads: Sequence[str] | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
     """Fine-tune ``student``'s float initializers to reproduce ``teacher``'s outputs.
 
@@ -100,6 +105,12 @@ def distill(
     sentences would move the rows of the tokens they use away from all the others, and the
     dense update of a vocabulary was a third of each step).
 
+    ``interface``: when the student's interface differs from the teacher's (a decoder's
+    key/value cache cut to the kept heads: ``verify.checks.cut_arrays``'s cuts; inputs and
+    outputs the student lacks are left out by name), ``calib`` is the teacher's data, cut for
+    the student, and the teacher's outputs are cut alike. ``reads``: the outputs ``metric``
+    reads, by name (None: all).
+
     Returns the best model (same nodes and initializer names/shapes as ``student``) and
     ``{"steps", "best_step", "val_before", "val_after", "history": [(step, train_loss,
     val_value)], "seconds", "stopped" ("budget" | "patience" | "diverged" | "matched": the
@@ -117,6 +128,10 @@ def distill(
     student, teacher = _load(student), _load(teacher)
     graph = TorchGraph(student)
     trained = _select_trainable(graph, train, student)
+    teacher_feeds = None
+    if interface is not None or not set(input_names(teacher)) <= set(graph.input_names):
+        teacher_feeds = typed(calib, teacher)
+        calib = cut_arrays(calib, interface or {})
     batch = calibration(calib, graph, student)
     n = len(next(iter(batch.values())))
     rng = np.random.default_rng(seed)
@@ -127,17 +142,20 @@ def distill(
         eval_every = int(min(EVAL_EVERY, max(1, np.ceil(len(train_idx) / size))))
 
     feeds = {k: batch[k] for k in graph.input_names}
-    targets = Targets(teacher, feeds, graph, boundaries, train_idx, static)
+    targets = Targets(teacher, feeds, graph, boundaries, train_idx, static, teacher_feeds,
+                      dict(interface or {}))
     data = Data(graph, feeds, targets, boundary_weight, static, loss)
     val_batch = {k: v[val_idx] for k, v in batch.items()}
-    val_teacher = [t[val_idx] for t in targets.outputs_all]
+    read = [i for i, n in enumerate(graph.output_names) if reads is None or n in set(reads)]
+    val_teacher = [targets.outputs_all[i][val_idx] for i in read]
 
     def evaluate() -> float:
         if metric is None:
             return -data.mean_loss(val_idx)
         if metric.on_model:  # the metric runs the deployed model itself
             return _model_metric(metric, graph.write_back(student))
-        return metric(data.outputs(val_idx), val_batch, val_teacher)
+        outs = data.outputs(val_idx)
+        return metric([outs[i] for i in read], val_batch, val_teacher)
 
     def utility(value: float) -> float:
         u = value if metric is None else metric.utility(value)

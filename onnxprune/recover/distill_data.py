@@ -18,6 +18,7 @@ from ..errors import UsageError
 from ..ir.arrays import axes_of
 from ..ir.runtime import session
 from ..search.memory import cap, rows_for, search_budget
+from ..verify.checks import cut_outputs
 from .torch_bridge import TorchGraph
 
 CHUNK = 256  # samples per inference call (onnxruntime or torch) outside training
@@ -29,22 +30,24 @@ class Targets:
 
     def __init__(self, teacher: onnx.ModelProto, feeds: dict[str, np.ndarray],
                  graph: TorchGraph, boundaries: Sequence[str], train_idx: np.ndarray,
-                 static: int | None):
+                 static: int | None, teacher_feeds: dict[str, np.ndarray] | None = None,
+                 cuts: dict | None = None):
+        """``teacher_feeds``: what the teacher reads when the student's interface differs (a
+        key/value cache cut to the kept heads, or gone with its block; default ``feeds``);
+        ``cuts``: the channels the student's outputs lost (``verify.checks.cut_arrays``)."""
         produced = {o for node in teacher.graph.node for o in node.output}
         mine = set(graph.node_outputs())
         wanted = [b for b in dict.fromkeys(boundaries) if b in produced and b in mine]
-        outs = [o.name for o in teacher.graph.output]
-        if len(outs) != len(graph.output_names):
-            raise UsageError(f"the teacher has {len(outs)} outputs, the student "
-                             f"{len(graph.output_names)}")
-        missing = [k for k in input_names(teacher) if k not in feeds]
+        outs = _matching_outputs(teacher, graph)
+        theirs = feeds if teacher_feeds is None else teacher_feeds
+        missing = [k for k in input_names(teacher) if k not in theirs]
         if missing:
             raise UsageError(f"calibration data lacks teacher input(s) {', '.join(missing)}")
         run = with_outputs(teacher, wanted)
-        fed = {k: feeds[k] for k in input_names(teacher)}
+        fed = {k: theirs[k] for k in input_names(teacher)}
         arrays = run_ort(session(run, arena=cap() is None), fed, outs + wanted, static,
                          _rows(run, fed))
-        self.outputs_all = arrays[: len(outs)]
+        self.outputs_all = cut_outputs(arrays[: len(outs)], outs, cuts or {})
         # the student's shapes on one sample decide which boundaries are comparable
         probe = {k: v[np.resize(train_idx[:1], static or 1)] for k, v in feeds.items()}
         with torch.no_grad():
@@ -64,6 +67,18 @@ class Targets:
         self.outputs = [torch.from_numpy(self.outputs_all[i]) for i in floats]
         self.acts = [torch.from_numpy(arrays[len(outs) + i]) for i in keep]
         self.scales = [variance(t[train_idx]) for t in self.outputs + self.acts]
+
+
+def _matching_outputs(teacher: onnx.ModelProto, graph: TorchGraph) -> list[str]:
+    """The teacher's outputs the student's are compared with: by name (a student may have lost
+    outputs with a removed block: a key/value cache), else in order."""
+    names = [o.name for o in teacher.graph.output]
+    if set(graph.output_names) <= set(names):
+        return list(graph.output_names)
+    if len(names) != len(graph.output_names):
+        raise UsageError(f"the teacher has {len(names)} outputs, the student "
+                         f"{len(graph.output_names)}")
+    return names
 
 
 class Data:
@@ -141,6 +156,13 @@ def calibration(calib: Mapping[str, np.ndarray], graph: TorchGraph,
         if types.get(k):
             batch[k] = np.ascontiguousarray(batch[k], helper.tensor_dtype_to_np_dtype(types[k]))
     return batch
+
+
+def typed(calib: Mapping[str, np.ndarray], model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The arrays of ``model``'s inputs in ``calib``, each in its declared type."""
+    types = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    return {k: np.ascontiguousarray(calib[k], helper.tensor_dtype_to_np_dtype(t) if t else None)
+            for k, t in types.items() if k in calib}
 
 
 def split(n: int, val_fraction: float, rng: np.random.Generator):

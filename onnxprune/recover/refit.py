@@ -246,9 +246,7 @@ class RefitEvaluator:
     def evaluate_many(self, masks: np.ndarray) -> np.ndarray:
         masks = np.asarray(masks, dtype=np.float32).reshape(-1, self.analysis.num_units)
         self.evals += len(masks)
-        ev = self.ev
-        return np.array([self.metric(self.outputs(keep), ev.batch, ev.reference)
-                         for keep in masks])
+        return np.array([self.ev.score(self.outputs(keep)) for keep in masks])
 
     def close(self) -> None:
         self._cache.clear()

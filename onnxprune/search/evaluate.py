@@ -4,6 +4,8 @@ K x N samples when the model has a dynamic batch and every gated tensor is batch
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnx
 
@@ -22,12 +24,18 @@ MAX_ROWS = 4096  # samples per onnxruntime call when candidates are batched
 class Evaluator:
     def __init__(self, reference: onnx.ModelProto | Skeleton, analysis: ChannelAnalysis,
                  calib: dict[str, np.ndarray] | None, metric: Metric, max_rows: int = MAX_ROWS,
-                 threads: int | None = None, memory: int | None = None):
+                 threads: int | None = None, memory: int | None = None,
+                 reads: Sequence[str] | None = None):
         """``memory``: the budget (bytes) the activations of one call must fit (None: the
-        default budget, ``search.memory``); it bounds ``max_rows``."""
+        default budget, ``search.memory``); it bounds ``max_rows``. ``reads``: the outputs the
+        metric reads, by name (None: all; a decoder's key/value cache outputs may leave with
+        their blocks, and the metric then reads the others)."""
         self.analysis, self.metric, self.max_rows = analysis, metric, max_rows
         self._reference, self.calib = reference, calib
         self.oracle = Oracle(reference, analysis, threads=threads, search=True)
+        self.reads = None if reads is None else list(reads)
+        self._read = None if reads is None else [
+            i for i, name in enumerate(self.oracle.output_names) if name in set(reads)]
         self.evals = 0
         self.pool = None  # an executors pool: candidates are scored by its workers
         if metric.on_model:  # the metric drives the model itself (e.g. episodes)
@@ -64,13 +72,21 @@ class Evaluator:
                         and self.n <= self.max_rows
                         and all(self.axes.get(k) in (0, None) for k in self.inputs))
         self.reference = self._forward(self.inputs, np.ones((1, analysis.num_units), np.float32))
-        self.base = metric(self.reference, self.batch, self.reference)
+        self.base = self.score(self.reference)
         self._check_base()
 
     def _check_base(self) -> None:
         if not np.isfinite(self.base):
             raise UsageError(f"metric {self.metric.name} of the unpruned model is {self.base} "
                              "on the calibration data; a metric must be finite")
+
+    def score(self, outputs: list[np.ndarray]) -> float:
+        """The metric of the gated model's ``outputs`` (all of them, on the calibration data)
+        against the unpruned model's."""
+        if self._read is None:
+            return self.metric(outputs, self.batch, self.reference)
+        return self.metric([outputs[i] for i in self._read], self.batch,
+                           [self.reference[i] for i in self._read])
 
     def _forward(self, inputs: dict[str, np.ndarray], gates: np.ndarray) -> list[np.ndarray]:
         """Run the gated model, in chunks of the model's static batch size if it has one."""
@@ -120,8 +136,7 @@ class Evaluator:
         if self.metric.on_model:
             return np.array([self._of_model(m) for m in masks])
         if not self.batched:
-            return np.array([self.metric(self.outputs(m), self.batch, self.reference)
-                             for m in masks])
+            return np.array([self.score(self.outputs(m)) for m in masks])
         per_call = max(1, self.max_rows // max(self.n, 1))
         values = []
         for lo in range(0, len(masks), per_call):
@@ -138,7 +153,7 @@ class Evaluator:
                 return np.array([*values, *self.evaluate_local(masks[lo:])])
             for i in range(k):
                 part = [o[i * self.n:(i + 1) * self.n] for o in outs]
-                values.append(self.metric(part, self.batch, self.reference))
+                values.append(self.score(part))
         return np.array(values)
 
 

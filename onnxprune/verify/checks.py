@@ -168,8 +168,13 @@ def cut_arrays(arrays: dict[str, np.ndarray], cuts: dict) -> dict[str, np.ndarra
     return Calibration(out, arrays.axes) if isinstance(arrays, Calibration) else out
 
 
-def cut_outputs(outputs: list[np.ndarray], names: Sequence[str], cuts: dict) -> list[np.ndarray]:
-    cut = cut_arrays(dict(zip(names, outputs, strict=True)), cuts)
+def cut_outputs(outputs: list[np.ndarray], names: Sequence[str], cuts: dict,
+                of: Sequence[str] | None = None) -> list[np.ndarray]:
+    """The original's ``outputs`` as the pruned model gives them: ``names`` (its outputs, in its
+    order; ``of``: the names of ``outputs`` when some left with a block, a key/value cache) with
+    the channels an opened cache lost left out."""
+    by_name = dict(zip(names if of is None else of, outputs, strict=True))
+    cut = cut_arrays({n: by_name[n] for n in names}, cuts)
     return [cut[n] for n in names]
 
 
