@@ -144,11 +144,12 @@ class SelectChannels(Pass):
                metavar="F", type_name="float"),
         Option("normalize_scores", "mean", "per-group score normalization for strategy global",
                choices=NORMALIZATIONS, public="normalize_scores"),
-        Option("depth", "off", "with strategy sensitivity, auto: every removable residual "
-               "block is a candidate beside the channel cuts (removed whole), so the search "
-               "meets the target by the mix of depth and width that costs the metric least per "
-               "parameter (or MAC) saved; off: channels only", choices=("off", "auto"),
-               public="depth"),
+        Option("depth", "off", "with strategy sensitivity or soft, auto: every removable "
+               "residual block is a candidate beside the channel cuts (removed whole), so the "
+               "search meets the target by the mix of depth and width that costs the metric "
+               "least (sensitivity: per parameter or MAC saved; soft: a coefficient per block "
+               "that scales its branch, the block going at one half); off: channels only",
+               choices=("off", "auto"), public="depth"),
         Option("plan", None, "take the cut from a plan file written by save_plan for this "
                "model (no scoring or search; the strategy and targets do not apply)",
                parse=path_option, public="plan", metavar="FILE.json", type_name="path"),
@@ -178,9 +179,10 @@ class SelectChannels(Pass):
         if self.constraint is not None and self.strategy != "sensitivity":
             raise OptionError(self.name, "constraint", "works with strategy sensitivity "
                               f"(the strategy is {self.strategy})")
-        if self.depth == "auto" and (self.strategy != "sensitivity" or self.plan is not None):
-            raise OptionError(self.name, "depth", "auto works with strategy sensitivity "
-                              f"(the strategy is {'a plan' if self.plan else self.strategy})")
+        if self.depth == "auto" and (self.strategy not in ("sensitivity", "soft")
+                                     or self.plan is not None):
+            raise OptionError(self.name, "depth", "auto works with strategy sensitivity or "
+                              f"soft (the strategy is {'a plan' if self.plan else self.strategy})")
         self.target = (Target("params", self.target_params) if self.target_params is not None
                        else Target("macs", self.target_macs) if self.target_macs is not None
                        else None)

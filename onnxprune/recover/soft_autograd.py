@@ -82,7 +82,7 @@ def soft_autograd(space: Space, ev: Evaluator, target: Target, tol: float = 0.02
         from .torch_bridge import TorchGraph
     except ImportError as err:
         raise NotDifferentiable(f"torch is not installed ({err})") from None
-    from ..select.soft import hard_cut, repair_to_target, shared_start, target_shares
+    from ..select.soft import hard_cut, settle, shared_start, soft_gates, target_shares
 
     if ev.metric.on_model or not all(ev.axes.get(k) in (0, None) for k in ev.batch):
         raise NotDifferentiable("the metric runs the model itself or the data is not batch-first")
@@ -103,12 +103,12 @@ def soft_autograd(space: Space, ev: Evaluator, target: Target, tol: float = 0.02
     peak = 1.0 if not floats or float(np.max(floats[0])) <= 1.0 + 1e-6 else float(
         np.max(np.abs(floats[0])))  # as the numpy psnr takes it
 
-    orders = [torch.as_tensor(g.order, dtype=torch.long) for g in space.groups]
     positions = [torch.arange(g.order.size, dtype=torch.float32) + 0.5 for g in space.groups]
-    sizes = [float(g.order.size) for g in space.groups]
     data = {k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in ev.batch.items()}
     names = [k for k in ev.inputs]
+    read = ev.read  # the outputs the metric reads (None: all)
     ref = [torch.as_tensor(np.ascontiguousarray(r)) for r in ev.reference]
+    ref = ref if read is None else [ref[i] for i in read]
     n = ev.n
     rows = ev.static_batch or min(n, BATCH)
     rng = np.random.default_rng(seed)
@@ -124,10 +124,11 @@ def soft_autograd(space: Space, ev: Evaluator, target: Target, tol: float = 0.02
                                    if rows < n else np.arange(n))
             batch = {k: (v[pick] if ev.axes.get(k) == 0 else v) for k, v in data.items()}
             gates = torch.ones(space.analysis.num_units, dtype=torch.float32)
-            for order, pos, size, ci in zip(orders, positions, sizes, c, strict=True):
-                gates = gates.index_put(
-                    (order,), torch.sigmoid((pos - ci.float() * size) / temperature))
+            for order, value in soft_gates(space, c.float(), positions,
+                                           lambda x: torch.sigmoid(x / temperature)):
+                gates = gates.index_put((torch.as_tensor(order, dtype=torch.long),), value)
             outs = graph.run({**{k: batch[k] for k in names}, GATES: gates[None]})
+            outs = outs if read is None else [outs[i] for i in read]
             util = fn(outs, batch, [r[pick] for r in ref], peak)
             mu = 10.0 * (1 + step / 10)  # the penalty stiffens as the search goes on
             miss = share @ c - target.fraction
@@ -140,6 +141,6 @@ def soft_autograd(space: Space, ev: Evaluator, target: Target, tol: float = 0.02
             history.append(float(util.detach()))
             advance()
     coeffs = c.detach().numpy().astype(np.float64)
-    coeffs = repair_to_target(space, coeffs, target, tol)
+    coeffs = settle(space, ev, coeffs, target, tol)
     return hard_cut(space, coeffs), {"coefficients": coeffs, "evaluations": ev.evals,
                                   "history": history, "method": "autograd"}

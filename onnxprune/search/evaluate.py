@@ -34,7 +34,8 @@ class Evaluator:
         self._reference, self.calib = reference, calib
         self.oracle = Oracle(reference, analysis, threads=threads, search=True)
         self.reads = None if reads is None else list(reads)
-        self._read = None if reads is None else [
+        # the indices of the outputs the metric reads (None: all)
+        self.read = None if reads is None else [
             i for i, name in enumerate(self.oracle.output_names) if name in set(reads)]
         self.evals = 0
         self.pool = None  # an executors pool: candidates are scored by its workers
@@ -83,10 +84,10 @@ class Evaluator:
     def score(self, outputs: list[np.ndarray]) -> float:
         """The metric of the gated model's ``outputs`` (all of them, on the calibration data)
         against the unpruned model's."""
-        if self._read is None:
+        if self.read is None:
             return self.metric(outputs, self.batch, self.reference)
-        return self.metric([outputs[i] for i in self._read], self.batch,
-                           [self.reference[i] for i in self._read])
+        return self.metric([outputs[i] for i in self.read], self.batch,
+                           [self.reference[i] for i in self.read])
 
     def _forward(self, inputs: dict[str, np.ndarray], gates: np.ndarray) -> list[np.ndarray]:
         """Run the gated model, in chunks of the model's static batch size if it has one."""

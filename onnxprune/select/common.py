@@ -64,6 +64,11 @@ class Space:
         for i, unit in enumerate(blocks):  # ids -1, -2, ... (not channel groups)
             self.groups.append(GroupSpace(-1 - i, np.array([unit]), np.array([0, 1])))
 
+    @property
+    def block_groups(self) -> np.ndarray:
+        """Which groups are residual blocks (one unit each, removed whole or kept)."""
+        return np.array([g.gid < 0 for g in self.groups], bool)
+
     def mask(self, counts) -> np.ndarray:
         """Removed-units mask for ``counts[i]`` units removed from group ``i`` (then links)."""
         removed = np.zeros(self.analysis.num_units, dtype=bool)

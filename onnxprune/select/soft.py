@@ -12,6 +12,10 @@ Two optimisers, as compared in the application-specific pruning paper:
   evaluation per step) and followed with Adam, the reduction held by a quadratic penalty.
 
 Both end with hard masks repaired to the tolerance by shifting all coefficients together.
+
+A residual block (``--depth auto``) is a group of one unit: its coefficient ``c`` scales its
+branch by ``1 - c`` in the relaxation (the gate of the block's branch), starts at 0 (kept), and
+the block goes when ``c`` reaches one half.
 """
 
 from __future__ import annotations
@@ -25,31 +29,84 @@ from .common import Space, Target
 GRID = tuple(np.round(np.arange(0.0, 0.95, 0.1), 2))
 
 
+BLOCK_CUT = 0.5  # a block's coefficient from which it goes
+
+
 def hard_cut(space: Space, c: np.ndarray) -> np.ndarray:
-    """The unit mask of coefficients ``c`` (each group's fraction, clipped to [0, 1])."""
-    return space.mask(space.counts_for_fractions(np.clip(c, 0, 1)))
+    """The unit mask of coefficients ``c`` (each group's fraction, clipped to [0, 1]; a block
+    goes at ``BLOCK_CUT``)."""
+    c = np.clip(np.asarray(c, float), 0, 1)
+    blocks = space.block_groups
+    c = np.where(blocks, (c >= BLOCK_CUT).astype(float), c) if blocks.any() else c
+    return space.mask(space.counts_for_fractions(c))
+
+
+def soft_gates(space: Space, c, positions, gate):
+    """Every unit's gate for coefficients ``c`` (numbers or torch scalars): a channel group's
+    units by ``gate(position - c * size)`` (a sigmoid, open for the last units of the removal
+    order), a block's branch by ``1 - c``; ``positions``: each group's unit positions + 0.5."""
+    for g, pos, ci, block in zip(space.groups, positions, c, space.block_groups, strict=True):
+        # a block: one gate, its branch scaled by 1 - c (shaped as its one position)
+        yield g.order, (1 - ci) + 0 * pos if block else gate(pos - ci * g.order.size)
 
 
 def repair_to_target(space: Space, c: np.ndarray, target: Target, tol: float) -> np.ndarray:
-    """Shift every coefficient by one common offset until the reduction is within ``tol``."""
+    """Shift every channel group's coefficient by one common offset until the reduction is
+    within ``tol`` (blocks stay as their coefficients decide: kept or removed)."""
+    c = np.clip(np.asarray(c, float), 0, 1)
+    moves = ~space.block_groups
+    c[~moves] = (c[~moves] >= BLOCK_CUT).astype(float)
+
+    def shifted(shift: float) -> np.ndarray:
+        return np.where(moves, np.clip(c + shift, 0, 1), c)
+
     def red(shift: float) -> float:
-        return space.reduction(hard_cut(space, np.clip(c + shift, 0, 1)), target)
+        return space.reduction(hard_cut(space, shifted(shift)), target)
 
     if abs(red(0.0) - target.fraction) <= tol:
-        return np.clip(c, 0, 1)
+        return c
     lo, hi = -1.0, 1.0
     for _ in range(40):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if red(mid) < target.fraction else (lo, mid)
     best = min((lo, hi), key=lambda s: abs(red(s) - target.fraction))
-    return np.clip(c + best, 0, 1)
+    return shifted(best)
+
+
+UNSETTLED = (0.25, 0.75)  # block coefficients near the cut, checked on the hard model
+SETTLE_AT_MOST = 4
+
+
+def settle(space: Space, ev: Evaluator, c: np.ndarray, target: Target, tol: float
+           ) -> np.ndarray:
+    """The coefficients repaired to the target, with each block whose coefficient ended near
+    the cut (``UNSETTLED``, nearest first, at most ``SETTLE_AT_MOST``) removed or kept as the
+    metric of the hard cut prefers (the channels repaired around it each time): a relaxation's
+    branch scaled by one half says little about the model without it."""
+    best = repair_to_target(space, c, target, tol)
+    near = [i for i in np.flatnonzero(space.block_groups) if UNSETTLED[0] <= c[i] < UNSETTLED[1]]
+    near = sorted(near, key=lambda i: abs(c[i] - BLOCK_CUT))[:SETTLE_AT_MOST]
+    if not near:
+        return best
+    best_util = ev.metric.utility(ev.evaluate(~hard_cut(space, best)))
+    for i in near:
+        trial = np.asarray(c, float).copy()
+        trial[space.block_groups] = best[space.block_groups]
+        trial[i] = 0.0 if best[i] >= BLOCK_CUT else 1.0
+        trial = repair_to_target(space, trial, target, tol)
+        util = ev.metric.utility(ev.evaluate(~hard_cut(space, trial)))
+        if util > best_util:
+            best, best_util = trial, util
+    return best
 
 
 def shared_start(space: Space, target: Target) -> np.ndarray:
     """Coefficients that start every group at the one fraction meeting ``target``."""
     from .common import bisect_shared_fraction
 
-    return np.full(len(space.groups), bisect_shared_fraction(space, target))
+    c = np.full(len(space.groups), bisect_shared_fraction(space, target))
+    c[space.block_groups] = 0.0  # blocks start kept; the search decides whether they go
+    return c
 
 
 def _rebalance(space: Space, c: np.ndarray, fixed: int, target: Target) -> np.ndarray:
@@ -93,15 +150,16 @@ def soft_grid(space: Space, ev: Evaluator, target: Target, tol: float = 0.02,
                     if utils[j] > best:
                         best, c = utils[j], trials[j]
                 advance()
-    c = repair_to_target(space, c, target, tol)
+    c = settle(space, ev, c, target, tol)
     return hard_cut(space, c), {"coefficients": c, "evaluations": ev.evals}
 
 
 def _soft_gates(space: Space, c: np.ndarray, temperature: float) -> np.ndarray:
     gates = np.ones(space.analysis.num_units, np.float32)
-    for g, ci in zip(space.groups, c, strict=True):
-        pos = np.arange(g.order.size) + 0.5
-        gates[g.order] = 1.0 / (1.0 + np.exp(-(pos - ci * g.order.size) / temperature))
+    positions = [np.arange(g.order.size) + 0.5 for g in space.groups]
+    for units, value in soft_gates(space, c, positions,
+                                   lambda x: 1.0 / (1.0 + np.exp(-x / temperature))):
+        gates[units] = value
     return gates
 
 
@@ -141,5 +199,5 @@ def soft_gradient(space: Space, ev: Evaluator, target: Target, tol: float = 0.02
                         0, 1)
             history.append(float(utils[0] * scale))
             advance()
-    c = repair_to_target(space, c, target, tol)
+    c = settle(space, ev, c, target, tol)
     return hard_cut(space, c), {"coefficients": c, "evaluations": ev.evals, "history": history}
