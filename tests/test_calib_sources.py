@@ -70,15 +70,52 @@ def test_channels_last_grey_and_the_resize_modes(tmp_path):
     box = _read(tmp_path, nhwc, resize="letterbox").arrays["image"][0, :, :, 0]
     assert np.all(box[:2] == 0) and np.all(box[-2:] == 0)  # 10x5 centred: rows 0-1, 8-9 padding
     assert box[5, 2] == 1.0
-    pad = _read(tmp_path, nhwc, resize="pad").arrays["image"][0, :, :, 0]
-    assert np.all(pad[5:] == 0) and pad[2, 2] == 1.0  # top-left, 10x5
-    normed = _read(tmp_path, nhwc, resize="pad", normalize=((0.5,), (0.5,))).arrays["image"]
-    assert np.all(normed[0, 5:] == 0) and normed[0, 2, 2, 0] == 1.0  # zero after normalizing
-    assert normed[0, 2, 8, 0] == -1.0  # black content is -1, padding 0
+    wide = _cnn(("batch", 10, 40, 3))  # pad: the height to 10, the width 20 of 40, padded
+    pad = _read(tmp_path, wide, resize="pad").arrays["image"][0, :, :, 0]
+    assert np.all(pad[:, 20:] == 0) and pad[5, 2] == 1.0 and pad[5, 15] == 0.0
+    normed = _read(tmp_path, wide, resize="pad", normalize=((0.5,), (0.5,))).arrays["image"]
+    assert np.all(normed[0, :, 20:] == 0) and normed[0, 5, 2, 0] == 1.0  # zero after normalizing
+    assert normed[0, 5, 15, 0] == -1.0  # black content is -1, padding 0
     crop = _read(tmp_path, nhwc, resize="crop").arrays["image"][0, :, :, 0]
     assert crop[5, 0] == 1.0 and crop[5, 9] == 0.0  # 20x10 -> centre 10x10: half white
     grey = _read(tmp_path, _cnn(("batch", 1, 10, 10))).arrays["image"]
     assert grey.shape == (1, 1, 10, 10) and 0.99 < grey[0, 0, 5, 1] <= 1.0
+
+
+def _paddle_rec(image: np.ndarray, height: int, width: int, cv2) -> np.ndarray:
+    """PaddleOCR's recognizer preprocessing (resize_norm_img), spelled here from its source: a
+    BGR line to the input's height, its width in ratio rounded up and at most the input's,
+    (x / 255 - 0.5) / 0.5, zeros to the right."""
+    ratio = image.shape[1] / image.shape[0]
+    w = width if np.ceil(height * ratio) > width else int(np.ceil(height * ratio))
+    resized = cv2.resize(image, (w, height)).astype("float32")
+    resized = resized.transpose((2, 0, 1)) / 255
+    resized -= 0.5
+    resized /= 0.5
+    out = np.zeros((3, height, width), np.float32)
+    out[:, :, :w] = resized
+    return out
+
+
+def test_pad_with_opencv_gives_paddleocrs_own_arrays(tmp_path):
+    """--calib-resize pad, --calib-channels bgr, --calib-normalize 0.5/0.5 and
+    calibrate.resampler=opencv are PaddleOCR's recognizer preprocessing: the arrays equal its
+    own (to float32 rounding of the same 8-bit pixels: one 8-bit step is 0.0078 there), lines
+    wider than the input squeezed as it squeezes them; Pillow's resampling differs."""
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(0)
+    want = []
+    for i, (h, w) in enumerate([(10, 20), (12, 90), (30, 40), (7, 3), (24, 50)]):
+        bgr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(bgr[..., ::-1]).save(tmp_path / f"{i}.png")  # stored as RGB
+        want.append(_paddle_rec(bgr, 24, 96, cv2))
+    model = _cnn(("batch", 3, 24, 96), name="x")
+    how = {"resize": "pad", "bgr": True, "normalize": ((0.5,), (0.5,))}
+    got = _read(tmp_path, model, resampler="opencv", **how)
+    assert "(OpenCV)" in got.note
+    np.testing.assert_allclose(got.arrays["x"], np.stack(want), rtol=0, atol=1e-6)
+    pillow = _read(tmp_path, model, **how).arrays["x"]
+    assert np.max(np.abs(pillow - np.stack(want))) > 2 / 255  # antialiased: other pixels
 
 
 def test_a_glob_a_list_file_and_a_preprocessor_config_beside_the_model(tmp_path):

@@ -37,6 +37,7 @@ class Settings:
     model_path: Path | None = None  # its folder may hold tokenizer.json, preprocessor_config
     shapes: dict = field(default_factory=dict)  # --input-shape
     pinned: dict = field(default_factory=dict)  # --input-value
+    resampler: str = "pillow"  # images: pillow | opencv (calibrate.resampler)
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,8 @@ def _images(path: Path, files, labels, free, settings: Settings, loaded=None) ->
     where = images.layout(spec.dims, settings.shapes.get(spec.name),
                           images.hf_size(config) if config else None, spec.name)
     mean, std = settings.normalize or (None, None)
-    how = images.Preprocess(settings.resize, settings.bgr, mean, std)
+    how = images.Preprocess(settings.resize, settings.bgr, mean, std,
+                            resampler=settings.resampler)
     if config is not None:
         how = images.Preprocess.from_hf(config, how)
     arrays = {spec.name: images.load(files if loaded is None else loaded, where, how)}
@@ -131,6 +133,7 @@ def _images(path: Path, files, labels, free, settings: Settings, loaded=None) ->
     return Read(arrays, "images", f"{count} image(s) from {path} as {spec.name} "
                 f"{where.channels}x{where.height}x{where.width}"
                 f"{' (channels last)' if where.channels_last else ''}, resize {how.resize}"
+                f"{' (OpenCV)' if how.resampler == 'opencv' else ''}"
                 f"{', normalized' if how.mean is not None else ''}"
                 f"{', labels of ' + str(len(set(labels))) + ' classes' if labels else ''}"
                 f"{', preprocessing from ' + config.name if config else ''}")

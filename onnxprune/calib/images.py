@@ -6,6 +6,7 @@ deviation, laid out NCHW or NHWC as the input is; sub-folders of a folder are cl
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from .common import need
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 RESIZE = ("stretch", "crop", "letterbox", "pad")
+RESAMPLERS = ("pillow", "opencv")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Preprocess:
     std: tuple[float, ...] | None = None
     rescale: float = 1 / 255
     shortest: int | None = None  # crop: the shorter side before the centre crop (None: fit)
+    resampler: str = "pillow"  # bilinear by Pillow (with its antialiasing) or OpenCV (without)
 
     @staticmethod
     def from_hf(path: Path, base: Preprocess) -> Preprocess:
@@ -60,7 +63,8 @@ class Preprocess:
             shortest = size
         crop = bool(cfg.get("do_center_crop"))
         resize = "crop" if crop and base.resize == "stretch" else base.resize
-        return Preprocess(resize, base.bgr, mean, std, rescale, shortest if crop else None)
+        return Preprocess(resize, base.bgr, mean, std, rescale, shortest if crop else None,
+                          base.resampler)
 
 
 def hf_size(path: Path) -> tuple[int, int] | None:
@@ -210,21 +214,42 @@ def _per_channel(values, channels: int, what: str) -> np.ndarray:
 def _resized(im, where: Layout, how: Preprocess, image_mod):
     """The image at the input's size, and the box (x0, y0, x1, y1) its content fills."""
     h, w = where.height, where.width
-    bilinear = image_mod.Resampling.BILINEAR
+    scale = _Scale(how.resampler, image_mod)
     if how.resize == "stretch":
-        return im.resize((w, h), bilinear), (0, 0, w, h)
+        return scale(im, w, h), (0, 0, w, h)
     if how.resize == "crop":  # the shorter side to the target's (or ``shortest``), the centre
-        scale = max(h / im.height, w / im.width)
+        factor = max(h / im.height, w / im.width)
         if how.shortest is not None:
-            scale = max(scale, how.shortest / min(im.height, im.width))
-        im = im.resize((max(w, round(im.width * scale)), max(h, round(im.height * scale))),
-                       bilinear)
+            factor = max(factor, how.shortest / min(im.height, im.width))
+        im = scale(im, max(w, round(im.width * factor)), max(h, round(im.height * factor)))
         left, top = (im.width - w) // 2, (im.height - h) // 2
         return im.crop((left, top, left + w, top + h)), (0, 0, w, h)
-    scale = min(h / im.height, w / im.width)  # letterbox (centred) or pad (top-left)
-    fit = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
-                    bilinear)
+    if how.resize == "pad":  # PaddleOCR's text lines: the height to the input's, the width
+        # kept in ratio (rounded up) up to the input's (a wider line is squeezed), padded right
+        fit = scale(im, min(w, math.ceil(h * im.width / im.height)), h)
+        at = (0, 0)
+    else:  # letterbox: fitted inside, centred
+        factor = min(h / im.height, w / im.width)
+        fit = scale(im, max(1, round(im.width * factor)), max(1, round(im.height * factor)))
+        at = ((w - fit.width) // 2, (h - fit.height) // 2)
     canvas = image_mod.new(im.mode, (w, h), 0)
-    at = ((w - fit.width) // 2, (h - fit.height) // 2) if how.resize == "letterbox" else (0, 0)
     canvas.paste(fit, at)
     return canvas, (at[0], at[1], at[0] + fit.width, at[1] + fit.height)
+
+
+class _Scale:
+    """Bilinear resizing of a Pillow image: Pillow's (antialiased when it shrinks, as
+    torchvision and Hugging Face processors resize) or OpenCV's ``cv2.resize`` (no
+    antialiasing, 8-bit fixed point: as PaddleOCR and YOLO exports preprocess)."""
+
+    def __init__(self, resampler: str, image_mod):
+        self.image_mod, self.cv2 = image_mod, None
+        if resampler == "opencv":
+            self.cv2 = need("cv2", "opencv-python-headless", "images with OpenCV's resize")
+
+    def __call__(self, im, width: int, height: int):
+        if self.cv2 is None:
+            return im.resize((width, height), self.image_mod.Resampling.BILINEAR)
+        px = self.cv2.resize(np.asarray(im), (width, height),
+                             interpolation=self.cv2.INTER_LINEAR)
+        return self.image_mod.fromarray(px, im.mode)

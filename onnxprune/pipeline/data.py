@@ -6,7 +6,7 @@ import numpy as np
 
 from ..calib import DEFAULT_MAX_LENGTH, Settings
 from ..calib import read as read_calibration
-from ..calib.images import RESIZE
+from ..calib.images import RESAMPLERS, RESIZE
 from ..errors import UsageError, VerificationError, warn
 from ..ir.arrays import Calibration
 from ..ir.shapes import feeds_at, input_specs
@@ -77,9 +77,15 @@ class Calibrate(Pass):
                "the model, else none)", parse=_mean_std, public="calib_normalize",
                metavar="MEAN/STD", type_name="str"),
         Option("resize", "stretch", "images: to the input's size by stretching, the shorter "
-               "side and a centre crop, letterbox (centred, black padding) or pad (top-left, "
-               "the padding zero in the model's input, as PaddleOCR pads text lines)",
+               "side and a centre crop, letterbox (centred, black padding) or pad (PaddleOCR's "
+               "text lines: the height to the input's, the width in ratio rounded up and at "
+               "most the input's, padded right; the padding zero in the model's input)",
                choices=RESIZE, public="calib_resize", type_name="str"),
+        Option("resampler", "pillow", "images: the bilinear resize of Pillow (antialiased when "
+               "it shrinks, as torchvision and Hugging Face processors resize) or of OpenCV "
+               "(cv2.resize, as PaddleOCR and YOLO pipelines preprocess; needs "
+               "opencv-python-headless): the one the model's own pipeline uses gives its very "
+               "arrays", choices=RESAMPLERS, public="calib_resampler", type_name="str"),
         Option("channels", "rgb", "images: channel order of a 3-channel input",
                choices=("rgb", "bgr"), public="calib_channels", type_name="str"),
         Option("tokenizer", None, "text: a tokenizers tokenizer.json (default: the one beside "
@@ -139,7 +145,7 @@ class Calibrate(Pass):
             got = read_calibration(self.path, input_specs(proto(ctx.skeleton())), Settings(
                 self.normalize, self.resize, self.channels == "bgr", self.tokenizer,
                 self.max_length, self.sample_rate, self.column, ctx.source_path,
-                dict(ctx.config.input_shapes or {}), dict(ctx.pinned)))
+                dict(ctx.config.input_shapes or {}), dict(ctx.pinned), self.resampler))
             ctx.calib, source = got.arrays, got.note
         else:
             model = ctx.skeleton(ctx.require("graph", self.name))
