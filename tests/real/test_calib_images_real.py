@@ -31,7 +31,6 @@ def test_rec_from_a_folder_of_line_images_matches_the_npz_route(tmp_path):
     if not available(REC) or importlib.util.find_spec("PIL") is None:
         pytest.skip("rapidocr or Pillow is not installed (pip install -e '.[real,data]')")
     import cv2
-    import onnxruntime as ort
     from ocr_pages import held_fonts, make_pages, ocr_engine
 
     path = REC.locate(tmp_path)
