@@ -9,6 +9,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..ir.graph import const_value, input_or_none, normalize_axis, shape_of
+from ..rules.reshape import monomial
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,38 @@ class Unknown:
     """A size computed from symbolic dimensions (e.g. batch x heads): a Reshape can infer it."""
 
 
-Elem = int | DimRef | Unknown
+@dataclass(frozen=True)
+class Product:
+    """A product of dimensions with symbolic ones among them (``batch * 4``, tf2onnx's
+    ``ReduceProd`` of gathered sizes), as a monomial: a static factor and symbols."""
+
+    static: int
+    symbols: tuple[str, ...]
+
+
+Elem = int | DimRef | Unknown | Product
+
+
+def _monomial(e: Elem) -> tuple[int, tuple[str, ...]] | None:
+    """``e`` as (static factor, symbols), or None (an unknown expression)."""
+    if isinstance(e, int):
+        return e, ()
+    if isinstance(e, Product):
+        return e.static, e.symbols
+    if isinstance(e, DimRef) and e.dim is not None:
+        return monomial(e.dim)
+    return None
+
+
+def _times(elems: list[Elem]) -> Elem:
+    """The product of ``elems``: an int, a ``Product``, or ``Unknown``."""
+    static, symbols = 1, []
+    for e in elems:
+        m = _monomial(e)
+        if m is None:
+            return Unknown()
+        static, symbols = static * m[0], symbols + list(m[1])
+    return Product(static, tuple(sorted(symbols))) if symbols else int(static)
 ARITHMETIC = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Div": np.floor_divide}
 
 
@@ -75,7 +107,14 @@ def evaluate(tensor: gs.Tensor, depth: int = 0) -> list[Elem] | None:
         n = max(len(a), len(b))
         a, b = a * n if len(a) == 1 else a, b * n if len(b) == 1 else b
         return [int(ARITHMETIC[op](x, y)) if isinstance(x, int) and isinstance(y, int)
-                else Unknown() for x, y in zip(a, b, strict=True)]
+                else _times([x, y]) if op == "Mul" else Unknown()
+                for x, y in zip(a, b, strict=True)]
+    if op == "ReduceProd":  # of a shape vector: the product of its sizes (one entry)
+        data = evaluate(node.inputs[0], depth + 1)
+        axes = node.attrs.get("axes", [0])
+        if data is None or len(node.inputs) > 1 or list(axes) not in ([0], [-1]):
+            return None
+        return [_times(data)]
     if op == "Slice":
         data = evaluate(node.inputs[0], depth + 1)
         bounds = [const_value(input_or_none(node, i)) for i in range(1, 5)]
@@ -88,10 +127,12 @@ def evaluate(tensor: gs.Tensor, depth: int = 0) -> list[Elem] | None:
 
 
 def as_reshape_target(elems: list[Elem], data: gs.Tensor) -> np.ndarray | None:
-    """A constant Reshape target: ints, 0 to copy an unchanged input dimension, one -1."""
+    """A constant Reshape target: ints, 0 to copy an unchanged input dimension, one -1. A
+    target with a -1 and one symbolic size (tf2onnx's ``[batch * heads, -1, dims]``) takes the
+    -1's static value from the input's size and the -1 in the symbolic size's place."""
     in_shape = shape_of(data) or []
     out: list[int] = []
-    unknown = 0
+    unknown = []
     for i, e in enumerate(elems):
         if isinstance(e, int):
             out.append(e)
@@ -102,7 +143,34 @@ def as_reshape_target(elems: list[Elem], data: gs.Tensor) -> np.ndarray | None:
             out.append(0)
         else:
             out.append(-1)
-            unknown += 1
-    if unknown > 1 or (unknown == 1 and -1 in [e for e in elems if isinstance(e, int)]):
+            unknown.append(i)
+    inferred = [i for i, e in enumerate(elems) if isinstance(e, int) and e == -1]
+    if len(unknown) == 1 and inferred:
+        return _infer_static(elems, out, unknown[0], inferred[0], in_shape)
+    if len(unknown) > 1:
         return None
     return np.array(out, dtype=np.int64)
+
+
+def _infer_static(elems: list[Elem], out: list[int], symbolic: int, inferred: int,
+                  in_shape: list) -> np.ndarray | None:
+    """``out`` with the given -1 (``inferred``) replaced by its static value, which the input's
+    size over the other entries' gives when the symbols cancel, and the one symbolic entry
+    (``symbolic``) by -1; None when they do not cancel."""
+    total = _times([DimRef("", i, d) if d is not None else Unknown()
+                    for i, d in enumerate(in_shape)]) if in_shape else Unknown()
+    others = _times([elems[i] if out[i] != 0 else DimRef("", i, in_shape[i])
+                     for i in range(len(elems)) if i != inferred])
+    t, o = _monomial(total), _monomial(others)
+    if t is None or o is None or o[0] == 0 or t[0] % o[0]:
+        return None
+    rest = list(t[1])
+    for sym in o[1]:
+        if sym not in rest:
+            return None
+        rest.remove(sym)
+    if rest:
+        return None
+    fixed = list(out)
+    fixed[inferred], fixed[symbolic] = t[0] // o[0], -1
+    return np.array(fixed, dtype=np.int64)

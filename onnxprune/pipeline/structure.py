@@ -7,6 +7,7 @@ from ..analysis.components import POLICIES, find_components, find_flows
 from ..analysis.model import ChannelAnalysis
 from ..ir.graph import infer_shapes
 from ..ir.symbolic import could_refine, shape_bound
+from ..normalize.cleanup import constant_reshape_targets
 from ..options import Option, flag, number, text, texts
 from ..rewrite.flows import drop_identity_gathers, insert_flow_adapters
 from .base import Context, Pass, PassResult
@@ -62,13 +63,19 @@ class DropAdapters(Pass):
         return PassResult(drop_identity_gathers(ctx.require("graph", self.name)) > 0)
 
 
+REFINE_ROUNDS = 4
+
+
 def analyze_graph(graph, **options) -> ChannelAnalysis:
     """``analyze_channels``; when a shape froze channels and ONNX's inference left dimensions
     open around the ops that decide, the graph's shapes are refined by symbolic inference (in
     place: annotations only) and the analysis runs again."""
     analysis = analyze_channels(graph, **options)
     if shape_bound(analysis) and could_refine(graph):
-        infer_shapes(graph, symbolic=True)
+        for _ in range(REFINE_ROUNDS):  # refined shapes resolve reshape targets computed from
+            infer_shapes(graph, symbolic=True)  # them (tf2onnx's ReduceProd of sizes), which
+            if not constant_reshape_targets(graph):  # tells the shapes after them
+                break
         analysis = analyze_channels(graph, **options)
     return analysis
 

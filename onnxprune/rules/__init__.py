@@ -18,7 +18,7 @@ from .norm import (
     LayerNormalization,
     Softmax,
 )
-from .pool import ArgReduce, Pool, Reduce
+from .pool import ArgReduce, GlobalMean, Pool, Reduce
 from .quant import QOperator, QuantizeDequantize
 from .recurrent import Recurrent
 from .reshape import Flatten, Reshape, Squeeze, Transpose, Unsqueeze
@@ -63,7 +63,7 @@ def default_registry() -> RuleRegistry:
         Unary(), Broadcast(),
         BatchNormalization(), InstanceNormalization(), GroupNormalization(),
         LayerNormalization(), Softmax(),
-        Pool(), Reduce(), ArgReduce(), Recurrent(),
+        Pool(), GlobalMean(), Reduce(), ArgReduce(), Recurrent(),
         Reshape(), Flatten(), Transpose(), Squeeze(), Unsqueeze(),
         Concat(), Split(), Slice(), Gather(), Pad(), Resize(), Shape(), Expand(),
         QuantizeDequantize(), QOperator(),

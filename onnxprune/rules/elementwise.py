@@ -6,6 +6,7 @@ import onnx_graphsurgeon as gs
 
 from ..ir.quant import is_weight
 from .base import OpRule
+from .constant_chain import constant_chain
 from .env import Env
 from .expand import expanded_constant
 
@@ -93,6 +94,14 @@ def join_broadcast(
             elif (src := expanded_constant(t, ax, n, env)) is not None:
                 env.claim(src[0], src[1], src[2], base)
                 env.set(t, ax, base)  # the Expand's target follows the kept channels
+            elif (chain := constant_chain(t, ax, n, env)) is not None:
+                claims, mapped, met = chain
+                for reader, weight, wax in claims:
+                    env.claim_weight(reader, weight, wax, base)
+                for u, uax in mapped:  # the chain follows the kept channels
+                    env.set(u, uax, base)
+                for atoms in met:
+                    env.union(base, atoms)
             else:
                 env.freeze(
                     base, f"{node.op} {node.name}: operand {t.name} has no channel map on axis {ax}"

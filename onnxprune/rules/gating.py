@@ -18,6 +18,8 @@ def stats_constants(p: str, node: onnx.NodeProto, rank: int, elem: int,
         axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
         if axes is None and not (len(node.input) > 1 and node.input[1]):
             axes = list(range(rank))  # (with an axes input, the node's own is reused)
+    elif node.op_type == "GlobalAveragePool":
+        axes = list(range(2, rank))
     else:
         axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
         axes = list(range(axis % rank, rank))

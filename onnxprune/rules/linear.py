@@ -172,3 +172,21 @@ def _activation_product(node: gs.Node, env: Env) -> None:
         else:
             for _, _, atoms in entries:
                 env.freeze(atoms, f"MatMul {node.name}: batch axis {oax} does not match")
+    _folded_batch(node, env, (a, ra), (b, rb), ry=ry)
+
+
+def _folded_batch(node: gs.Node, env: Env, *operands: tuple[gs.Tensor, int], ry: int) -> None:
+    """Heads folded into a symbolic batch axis of both operands (``[b*H, s, d]``, as tf2onnx
+    and torch's decomposed attention multiply them) stay folded in the product: each batch
+    entry is multiplied on its own, so a head leaves all three alike. Anything else leaves
+    the folds unread (then they freeze: ``analysis.channels``)."""
+    folds = [env.folds.get(t.name, {}) for t, _ in operands]
+    for oax in {ax + ry - r for (_, r), f in zip(operands, folds, strict=True) for ax in f}:
+        axes = [oax - (ry - r) for _, r in operands]
+        atoms = [f.get(ax) for f, ax in zip(folds, axes, strict=True)]
+        if any(x is None for x in atoms) or len({len(x) for x in atoms}) != 1:
+            continue
+        env.union(atoms[0], atoms[1])
+        for t, _ in operands:
+            env.fold_readers.add((node.name, t.name))
+        env.folds.setdefault(node.outputs[0].name, {})[oax] = atoms[0]

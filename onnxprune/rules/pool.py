@@ -17,10 +17,7 @@ from .gating import stats_constants, weighted_mean
 class Pool(OpRule):
     """Pools work per sample and channel over the spatial axes (>= 2)."""
 
-    ops = (
-        "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
-        "GlobalLpPool",
-    )
+    ops = ("MaxPool", "AveragePool", "LpPool", "GlobalMaxPool", "GlobalLpPool")
 
     def propagate(self, node: gs.Node, env: Env) -> None:
         if len(node.outputs) > 1 and node.outputs[1].outputs:
@@ -31,6 +28,31 @@ class Pool(OpRule):
                 env.freeze(atoms, f"{node.op} {node.name}: pools over axis {ax}")
             else:
                 env.set(node.outputs[0], ax, atoms)
+
+
+class GlobalMean(Pool):
+    """GlobalAveragePool: per channel over the spatial axes; over a channel axis (a 3-D
+    ``[N, T, C]`` whose last axis is the channels: a layer norm's moments, as tf2onnx spells
+    them) it is the mean over the kept channels, gated as ``ReduceMean`` is (``stats``)."""
+
+    ops = ("GlobalAveragePool",)
+    gates_stats = True
+
+    def stats_gate(self, node: onnx.NodeProto, p: str, q: str, rank: int, elem: int,
+                   opset: int) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
+        return (stats_constants(p, node, rank, elem, opset),
+                weighted_mean(node, p, q, opset))
+
+    def propagate(self, node: gs.Node, env: Env) -> None:
+        tracked = env.tracked(node.inputs[0])
+        over = [ax for ax in tracked if ax >= 2]
+        for ax, atoms in tracked.items():
+            if ax < 2:
+                env.set(node.outputs[0], ax, atoms)
+            elif len(over) == 1:
+                env.gate(node, 0, ax, atoms, kind="stats")
+            else:
+                env.freeze(atoms, f"{node.op} {node.name}: pools over channel axes {over}")
 
 
 REDUCE = (

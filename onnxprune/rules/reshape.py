@@ -19,7 +19,7 @@ from .env import Env
 Mono = tuple[int, tuple[str, ...]]  # a dimension as static factor x symbolic factors
 
 
-def _mono(d: Dim) -> Mono | None:
+def monomial(d: Dim) -> Mono | None:
     """A size as a monomial; a product dimension from symbolic inference (``batch*sequence``,
     ``4*sequence``) splits into its factors, any other expression stays one symbol."""
     if d is None:
@@ -289,9 +289,9 @@ class Reshape(OpRule):
         if in_shape is None or target is None and (out_shape is None or None in out_shape):
             freeze_all(node, env, "target shape is not a known constant")
             return
-        in_monos = [_mono(d) for d in in_shape]
+        in_monos = [monomial(d) for d in in_shape]
         if target is None:  # computed (Shape pieces): the inferred output shape tells
-            out_monos = [_mono(d) for d in out_shape]
+            out_monos = [monomial(d) for d in out_shape]
         else:
             target = [int(v) for v in np.asarray(target).ravel()]
             out_monos = resolve_target(in_monos, target, bool(node.attrs.get("allowzero", 0)))
@@ -343,7 +343,7 @@ class Flatten(OpRule):
             freeze_all(node, env, "input shape unknown")
             return
         axis = normalize_axis(int(node.attrs.get("axis", 1)), len(in_shape))
-        in_monos = [_mono(d) for d in in_shape]
+        in_monos = [monomial(d) for d in in_shape]
         out_monos = [_product(in_monos[:axis]), _product(in_monos[axis:])]
         for a, atoms in env.tracked(x).items():
             where = map_axis(in_monos, out_monos, a)

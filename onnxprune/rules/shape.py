@@ -35,7 +35,7 @@ class Shape(OpRule):
 
 
 CARRY = ("Slice", "Gather", "Concat", "Unsqueeze", "Squeeze", "Cast", "Identity", "Mul", "Add",
-         "Sub", "Div", "Reshape")
+         "Sub", "Div", "Reshape", "ReduceProd", "Max", "Min")  # tf2onnx: products of dims
 
 
 def only_shapes(t: gs.Tensor, depth: int = 0) -> bool:
