@@ -55,6 +55,27 @@ def test_the_first_sizes_the_model_accepts(tmp_path):
         choose_shapes(m, runs=lambda feeds: False)
 
 
+def test_an_input_a_layer_contracts_takes_the_size_it_accepts(recwarn):
+    """An image beside a fixed-size vector declared [N, D]: D feeds a Gemm of 32 inputs (through
+    a Relu), so it is 32 in every set while the image takes two sizes; verified at both sets
+    (the vector took the image's sizes and every second set failed, verified at one)."""
+    from onnxprune.ir.shapes import fixed_sizes
+
+    b = GraphBuilder(seed=0)
+    x, v = b.input("image", ["N", 3, "H", "W"]), b.input("bits", ["N", "D"])
+    h = b.op("Flatten", [b.op("GlobalAveragePool", [b.relu(b.conv(x, 3, 8, name="c1"))])],
+             axis=1)
+    g = b.gemm(b.relu(v), 32, 8, name="fcv")
+    m = b.build([b.gemm(b.relu(b.op("Add", [h, g])), 8, 4, name="head")])
+    assert fixed_sizes(m) == {"D": 32}
+    sets = choose_shapes(m)
+    assert [s["bits"] for s in sets] == [[1, 32], [2, 32]]
+    assert [s["image"][2] for s in sets] == [CANDIDATES[0], CANDIDATES[1]]
+    r = prune(m, ratio=0.5)
+    assert r.verification.passed and len(r.verification.shapes) == 2
+    assert not [w for w in recwarn if "one set of input shapes" in str(w.message)]
+
+
 def test_batch_axes_are_found():
     b = GraphBuilder(seed=0)
     ins = [b.input("x", ["batch", "seq"]), b.input("state", [2, "batch", 8]),

@@ -14,7 +14,9 @@ The rule (documented in the README):
   multiple of 32 for the usual total strides; with calibration data the first set takes its
   per-sample shapes instead;
 - a dimension written as arithmetic of other named ones (Optimum's attention mask of
-  ``past_sequence_length + sequence_length``) takes the value they give.
+  ``past_sequence_length + sequence_length``) takes the value they give;
+- a dimension a layer with a constant weight contracts (a Gemm's or MatMul's reduction axis,
+  a Conv's input channels: ``fixed_sizes``) takes the one size that layer accepts.
 
 Verification then runs at both sets, since a rewrite that is right at one size can be wrong at
 another.
@@ -32,6 +34,7 @@ import onnx
 
 from ..errors import UsageError
 from .runtime import NP_TYPES, graph_inputs
+from .weights import proto
 
 CANDIDATES = (32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 512, 640, 768, 1024)
 Dim = int | str | None  # a size, a named symbol, or an anonymous symbolic dimension
@@ -141,10 +144,12 @@ def choose_shapes(model: onnx.ModelProto, *, given: Mapping[str, Sequence[int]] 
     if unknown:
         raise UsageError(f"input shape for {', '.join(unknown)}: the model has no such input")
     free = _free_symbols(specs, given)
+    fixed = {k: v for k, v in fixed_sizes(model).items() if k in free}
+    free = [k for k in free if k not in fixed]
     batched = any(s.batch_axis is not None and not isinstance(s.dims[s.batch_axis], int)
                   and s.name not in given for s in specs)
     if not free and not batched:
-        return [_assign(specs, given, {}, 1)]
+        return [_assign(specs, given, fixed, 1)]
     runs = runs or (lambda feeds: True)
     pinned = dict(pinned or {})
 
@@ -159,14 +164,14 @@ def choose_shapes(model: onnx.ModelProto, *, given: Mapping[str, Sequence[int]] 
     for value in CANDIDATES:
         if len(sets) >= count or not free and len(sets) >= 1:
             break
-        shapes = _assign(specs, given, {k: value for k in free}, len(sets) + 1)
+        shapes = _assign(specs, given, {**fixed, **{k: value for k in free}}, len(sets) + 1)
         if shapes in sets:
             continue
         tried.append(value)
         if accepted(shapes):
             sets.append(shapes)
     if not free and batched and len(sets) < count:
-        extra = _assign(specs, given, {}, 2)
+        extra = _assign(specs, given, fixed, 2)
         if extra not in sets and accepted(extra):
             sets.append(extra)
     if not sets:
@@ -176,6 +181,56 @@ def choose_shapes(model: onnx.ModelProto, *, given: Mapping[str, Sequence[int]] 
                          f"{', '.join(map(str, tried))}); give them with --input-shape "
                          "NAME=DxD... (and --input-value for inputs that select a branch)")
     return sets
+
+
+PASS_ALONG = ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "Gelu", "Erf", "Elu", "Selu", "Clip",
+              "Abs", "Neg", "Cast", "Identity", "Dropout", "Softplus", "HardSigmoid")
+
+
+def fixed_sizes(model: onnx.ModelProto) -> dict[str, int]:
+    """Symbolic input sizes the graph accepts one value of: an axis a layer with a constant
+    weight contracts (a Gemm's or a MatMul's reduction axis, a Conv's input channels), read
+    directly or through elementwise ops (a bit vector ``[N, D]`` into ``Gemm(W: [32, 8])``
+    is 32 wide, whatever size the image beside it takes)."""
+    g = proto(model).graph
+    shapes = {i.name: list(i.dims) for i in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].t.dims:
+            shapes[n.output[0]] = list(n.attribute[0].t.dims)
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for n in g.node:
+        for i, name in enumerate(n.input):
+            readers.setdefault(name, []).append((n, i))
+
+    def attr(n: onnx.NodeProto, name: str, default: int) -> int:
+        return next((a.i for a in n.attribute if a.name == name), default)
+
+    def contracted(name: str, axis: int, rank: int, depth: int = 0) -> int | None:
+        for n, i in readers.get(name, []):
+            w = shapes.get(n.input[1]) if len(n.input) > 1 and i == 0 else None
+            if n.op_type in PASS_ALONG and i == 0 and depth < 8:
+                size = contracted(n.output[0], axis, rank, depth + 1)
+            elif n.op_type == "Gemm" and w and len(w) == 2 and rank == 2 and \
+                    axis == (0 if attr(n, "transA", 0) else 1):
+                size = w[1] if attr(n, "transB", 0) else w[0]
+            elif n.op_type == "MatMul" and w and len(w) >= 2 and axis == rank - 1:
+                size = w[-2]
+            elif n.op_type == "Conv" and w and len(w) > 2 and axis == 1:
+                size = w[1] * attr(n, "group", 1)
+            else:
+                size = None
+            if size:
+                return int(size)
+        return None
+
+    out: dict[str, int] = {}
+    for s in input_specs(model):
+        for axis in s.symbolic:
+            if axis != s.batch_axis:
+                size = contracted(s.name, axis, len(s.dims))
+                if size is not None:
+                    out.setdefault(_symbol(s, axis), size)
+    return out
 
 
 def _symbol(spec: InputSpec, axis: int) -> str:
