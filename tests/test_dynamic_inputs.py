@@ -76,6 +76,21 @@ def test_an_input_a_layer_contracts_takes_the_size_it_accepts(recwarn):
     assert not [w for w in recwarn if "one set of input shapes" in str(w.message)]
 
 
+def test_shapes_whose_activations_would_not_fit_are_refused_before_they_run(monkeypatch):
+    """The chooser's runner sizes shapes far larger than the first it tried (shape inference)
+    and refuses one whose activations exceed the search budget without running it."""
+    from onnxprune.pipeline import inputs
+    from onnxprune.search.memory import activation_bytes
+
+    m = conv_net()
+    at = {n: {"x": np.zeros((1, 3, n, n), np.float32)} for n in (32, 64, 128)}
+    monkeypatch.setattr(inputs, "search_budget", lambda: activation_bytes(m, at[64]) * 2)
+    runs = inputs._runner(m)
+    assert runs(at[32]) and runs(at[64])  # 4x the first: run without sizing
+    assert not runs(at[128])  # 16x: sized first, over the budget, never run
+    assert inputs._runner(m)(at[128])  # the model does run there (as a first try)
+
+
 def test_batch_axes_are_found():
     b = GraphBuilder(seed=0)
     ins = [b.input("x", ["batch", "seq"]), b.input("state", [2, "batch", 8]),

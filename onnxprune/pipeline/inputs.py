@@ -12,6 +12,7 @@ from ..errors import UsageError
 from ..ir.runtime import session
 from ..ir.shapes import choose_shapes, feeds_at, input_specs
 from ..ir.weights import Skeleton
+from ..search.memory import activation_bytes, search_budget
 from .base import Context
 
 
@@ -39,10 +40,23 @@ def verification_feeds(ctx: Context,
             for i, shapes in enumerate(ctx.input_sets[:count])]
 
 
+GROWTH = 4  # shapes this many times the first one's elements are sized before they run
+
+
 def _runner(model: onnx.ModelProto | Skeleton):
+    """Whether the model runs at the feeds. Shapes far larger than the first tried are sized
+    first (shape inference): one whose activations would not fit the search's memory budget is
+    refused without running (a model that fails at every size must not reach gigabytes on the
+    way to 1024 x 1024)."""
     state: dict = {}
 
     def runs(feeds: dict[str, np.ndarray]) -> bool:
+        size = sum(int(np.size(v)) for v in feeds.values())
+        first = state.setdefault("first", size)
+        if size > GROWTH * first:
+            need = activation_bytes(model, feeds)
+            if need is not None and need > search_budget():
+                return False
         try:
             if "session" not in state:
                 state["session"] = session(model, quiet=True)
