@@ -159,17 +159,18 @@ class LatencyTarget:
 
 
 def _next(points: list[tuple[float, float]], want: float) -> float | None:
-    """The reduction to ask next: between the largest one measured too slow and the smallest
-    one measured fast enough (by their measures), else a step past the largest."""
-    slow = max((p for p in points if p[1] > want), key=lambda p: p[0], default=None)
-    if slow is None:
-        return None
-    fast = [p for p in points if p[1] <= want and p[0] > slow[0]]
+    """The reduction to ask next: between the least cut measured fast enough and the largest
+    cut below it (measured too slow, or none at all), else a step past the largest cut. Cuts
+    need not measure monotonically (some widths run slower than wider ones): a fast cut far
+    under the target is approached from below, never left for larger cuts that measure slow."""
+    fast = [p for p in points if p[1] <= want]
     if not fast:
+        slow = max(points, key=lambda p: p[0])
         if slow[0] >= 0.99:
             return None
         return float(min(0.99, slow[0] + max(slow[1] - want, 0.01)))
     hi = min(fast, key=lambda p: p[0])
+    slow = max((p for p in points if p[0] < hi[0]), key=lambda p: p[0], default=(0.0, 1.0))
     q = slow[0] + (hi[0] - slow[0]) * (slow[1] - want) / max(slow[1] - hi[1], 1e-12)
     return float(np.clip(q, slow[0] + 1e-3, hi[0] - 1e-3)) if hi[0] - slow[0] > 2e-3 else None
 

@@ -196,3 +196,18 @@ def test_bench_after_a_latency_target_measures_the_ratio_again(tmp_path, capsys)
     bench, selected = float(m[1]), float(m[2])
     assert selected <= 0.6 * (1 + TOLERANCE)
     assert 0.5 * selected < bench < 1.6 * selected  # the same cut measured again, within noise
+
+
+def test_a_fast_cut_far_under_the_target_is_approached_from_below():
+    """Latency need not fall with every cut (a decoder's widths that run slower than wider
+    ones): a first cut measured at 0.40 of the original, and larger cuts slower than 0.7,
+    lead the next try between no cut and that first cut (it went on to larger cuts, kept the
+    0.40 one, and lost the quality a 0.7 target leaves)."""
+    from onnxprune.latency.target import _next
+
+    points = [(0.0, 1.0), (0.10, 0.40), (0.30, 0.99), (0.45, 0.96)]
+    q = _next(points, 0.7)
+    assert q is not None and 0.0 < q < 0.10
+    # monotone measures bracket as before: between the largest slow cut and the least fast one
+    assert 0.2 < _next([(0.0, 1.0), (0.2, 0.8), (0.5, 0.5)], 0.7) < 0.5
+    assert _next([(0.0, 1.0), (0.2, 0.8)], 0.7) > 0.2  # nothing fast yet: a step past
