@@ -166,9 +166,11 @@ def _soft_gates(space: Space, c: np.ndarray, temperature: float) -> np.ndarray:
 def target_shares(space: Space, target: Target) -> np.ndarray:
     """Each group's share of what the target counts (params, MACs or channels): the
     reduction of coefficients ``c`` is about ``shares @ c``."""
-    weights = space.cost.unit_weights("macs" if target.kind == "macs" else "params")
+    kind = target.kind if target.kind in ("macs", "latency") else "params"
+    weights = space.cost.unit_weights(kind)
     per_group = np.array([weights[g.order].sum() for g in space.groups])
-    total = space.cost.params_total if target.kind != "macs" else space.cost.macs_total
+    total = {"params": space.cost.params_total, "macs": space.cost.macs_total,
+             "latency": space.cost.latency.whole_ms if kind == "latency" else 0}[kind]
     if target.kind == "channels":
         per_group = np.array([g.order.size for g in space.groups], float)
         total = per_group.sum()

@@ -211,3 +211,33 @@ def test_a_fast_cut_far_under_the_target_is_approached_from_below():
     # monotone measures bracket as before: between the largest slow cut and the least fast one
     assert 0.2 < _next([(0.0, 1.0), (0.2, 0.8), (0.5, 0.5)], 0.7) < 0.5
     assert _next([(0.0, 1.0), (0.2, 0.8)], 0.7) > 0.2  # nothing fast yet: a step past
+
+
+def test_soft_coefficients_weigh_groups_by_their_time_under_a_latency_target():
+    """Soft's penalty reads each group's share of what the target counts: of the model's time
+    under a latency target (it read parameters: a block of little weight and much time, or a
+    layer of many weights and little time, pulled the wrong way)."""
+    import tempfile
+    from pathlib import Path
+
+    from onnxprune.analysis.size import shaped
+    from onnxprune.latency.model import LatencyModel
+    from onnxprune.latency.table import LatencyTable
+    from onnxprune.pipeline import Context, Pipeline
+    from onnxprune.pipeline.passes import AnalyzeChannels, LoadModel, Normalize
+    from onnxprune.select.common import Space, Target
+    from onnxprune.select.cost import CostModel
+    from onnxprune.select.soft import target_shares
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = Context()
+        Pipeline([LoadModel(convnet(Path(tmp) / "m.onnx")), Normalize(), AnalyzeChannels()])(ctx)
+    graph = shaped(ctx.graph, {"img": [1, 16, 32, 32]})
+    cost = CostModel(graph, ctx.analysis)
+    cost.latency = LatencyModel(graph, ctx.analysis, LatencyTable(cache=False), whole_ms=2.0)
+    space = Space(ctx.analysis, np.zeros(ctx.analysis.num_units), cost, {"*": 0.9})
+    time = target_shares(space, Target("latency", 0.3))
+    weights = cost.latency.unit_weights()
+    expected = np.array([weights[g.order].sum() for g in space.groups]) / cost.latency.whole_ms
+    np.testing.assert_allclose(time, expected)
+    assert not np.allclose(time, target_shares(space, Target("params", 0.3)))
