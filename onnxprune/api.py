@@ -10,6 +10,7 @@ from typing import Any
 import onnx
 
 from .analysis.blocks import Block, find_blocks
+from .analysis.branches import branch_inputs
 from .analysis.channels import analyze_channels
 from .analysis.components import Components, Flow
 from .analysis.model import ChannelAnalysis
@@ -86,6 +87,7 @@ class Analysis:
     token_inputs: tuple[dict, ...] = ()  # inputs whose tokens --keep-tokens could cut
     blocks: tuple[Block, ...] = ()  # residual blocks (--remove-blocks), removable or why not
     influence: dict[str, float] = field(default_factory=dict)  # block -> influence (with data)
+    branch_inputs: dict[str, list[str]] = field(default_factory=dict)  # If -> inputs deciding it
 
     @property
     def stats(self) -> GroupStats:
@@ -141,7 +143,7 @@ def analyze(model: ModelLike, exclude: Sequence[str] = (), *, components: str = 
                     GroupStats.of(plain) if plain is not None else None, ctx.graph,
                     subgraph_params(ctx.graph), params_by_type(ctx.graph),
                     tuple(class_heads(ctx.graph)), tuple(token_inputs(ctx.graph)), blocks,
-                    influence)
+                    influence, branch_inputs(ctx.graph))
 
 
 def _influence(ctx: Context, blocks: tuple[Block, ...], calib) -> dict[str, float]:

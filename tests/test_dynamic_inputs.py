@@ -138,6 +138,7 @@ def test_a_pinned_input_opens_the_network_inside_an_if(tmp_path):
     model = branching_model()
     plain = analyze(model)
     assert plain.params == 0 or plain.stats.prunable == 0  # everything inside the If
+    assert plain.branch_inputs == {"if16": ["sr"]}  # analyze names the input and the flag
     r = prune(model, tmp_path / "o.onnx", ratio=0.5, input_values=["sr=16000"])
     assert r.verification.passed and r.params_after < r.params_before
     assert all(s["sr"] == [] for s in r.verification.shapes)
@@ -149,6 +150,21 @@ def test_a_pinned_input_opens_the_network_inside_an_if(tmp_path):
     got = ort.InferenceSession(str(r.output)).run(None, {
         "x": np.ones((2, 3, 8, 8), np.float32), "sr": np.array(8000)})
     assert got[0].shape == (2, 4, 8, 8)  # (it computes the pinned branch whatever sr says)
+
+
+def test_analyze_says_which_input_decides_the_branches(tmp_path, capsys):
+    from onnxprune.cli.main import main
+
+    path = tmp_path / "vad.onnx"
+    onnx.save(branching_model(), path)
+    assert main(["analyze", str(path)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "If node if16 chooses its branch by input sr" in out
+    assert "--input-value sr=VALUE" in out
+    assert main(["analyze", str(path), "--json"]) == 0
+    import json
+
+    assert json.loads(capsys.readouterr().out)["branch_inputs"] == {"if16": ["sr"]}
 
 
 def test_pins_are_typed_and_checked():

@@ -54,6 +54,7 @@ def analysis_json(result: Analysis, model: str) -> dict[str, Any]:
             "prunable_channels": sum(g.prunable for g in prunable),
         },
         "subgraph_params": result.subgraph_params,
+        "branch_inputs": result.branch_inputs,
         "class_heads": list(result.class_heads),
         "token_inputs": list(result.token_inputs),
         "blocks": [{**block_json(b), **({"influence": result.influence[b.name]}
@@ -171,10 +172,15 @@ def print_analysis(console: Console, result: Analysis, model: str, limit: int = 
                           f"{share:.0%} of the model; --keep-tokens keeps only those a task "
                           "reads", markup=False, highlight=False, soft_wrap=True)
     if result.subgraph_params:
+        decided = sorted({i for names in result.branch_inputs.values() for i in names})
+        how = (f"; If node {', '.join(result.branch_inputs)} chooses its branch by input "
+               f"{', '.join(decided)}: pin it to the value your application feeds "
+               f"(--input-value {decided[0]}=VALUE) and the branch it takes is inlined and "
+               "analyzed" if decided else "; an If whose condition a pinned input decides is "
+               "inlined (--input-value)")
         console.print(f"{result.subgraph_params:,} of the parameters sit inside If/Loop/Scan "
-                      "bodies, which the analysis does not enter (their channels stay); an If "
-                      "whose condition a pinned input decides is inlined (--input-value)",
-                      soft_wrap=True)
+                      "bodies, which the analysis does not enter (their channels stay)" + how,
+                      markup=False, soft_wrap=True)
 
 
 def _print_components(console: Console, data: dict[str, Any]) -> None:

@@ -7,11 +7,12 @@ from pathlib import Path
 
 from ..analysis.blocks import with_blocks
 from ..analysis.size import graph_params
-from ..errors import OutputError, UsageError, VerificationError, warn
+from ..errors import ConstraintError, OutputError, UsageError, VerificationError, warn
 from ..ir import io
 from ..ir.weights import proto
 from ..options import Option, OptionError, flag, number, text
 from ..options import path as path_option
+from ..rewrite.share import share_identical_constants
 from ..verify.checks import verify_pruned
 from ..verify.identity import same_model
 from . import stages
@@ -99,6 +100,10 @@ class WriteModel(Pass):
                type_name="path"),
         Option("force", False, "allow the output to replace the input file", parse=flag,
                public="force", kind="switch", type_name="bool"),
+        Option("allow_larger", False, "write the model even when it stores more parameters "
+               "than the input (weights the input shares, cut a different way for each reader, "
+               "stored apart); without it such a run writes nothing (exit 8)", parse=flag,
+               public="allow_larger", kind="switch", type_name="bool"),
     )
 
     def preflight(self, ctx: Context) -> None:
@@ -114,11 +119,21 @@ class WriteModel(Pass):
         self._check_not_input(ctx)
         if ctx.verification is None or not ctx.verification.passed:
             raise OutputError("refusing to write a model that has not passed verification")
-        model = ctx.skeleton(graph)  # written from the graph's arrays
-        after = graph_params(ctx.float_graph if ctx.float_graph is not None else graph)
+        counted = ctx.float_graph if ctx.float_graph is not None else graph
+        after = graph_params(counted)
         if ctx.source_params is not None and after > ctx.source_params:
-            warn(f"the written model has more parameters than the input ({after:,} > "
-                 f"{ctx.source_params:,}): weights the input shares are stored apart")
+            share_identical_constants(graph)  # vectors unshared to be cut, still equal
+            if counted is not graph:
+                share_identical_constants(counted)
+            after = graph_params(counted)
+        if ctx.source_params is not None and after > ctx.source_params:
+            message = (f"the pruned model has more parameters than the input ({after:,} > "
+                       f"{ctx.source_params:,}): weights the input shares are cut a different "
+                       "way for each reader and stored apart")
+            if not self.allow_larger:
+                raise ConstraintError(f"{message}; nothing written (--allow-larger writes it)")
+            warn(message)
+        model = ctx.skeleton(graph)  # written from the graph's arrays
         ctx.output_path = io.save_model(model, self.path, source_ir=ctx.source_ir)
         return PassResult(False, {"path": str(ctx.output_path)})
 
