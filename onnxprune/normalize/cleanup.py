@@ -79,11 +79,15 @@ def constant_reshape_targets(graph: gs.Graph) -> int:
     return changed
 
 
+# recurrent ops whose inputs 5 and 6 are optional initial states (onnxruntime's int8 LSTM too)
+RECURRENT = ("RNN", "GRU", "LSTM", "DynamicQuantizeLSTM")
+
+
 def drop_zero_initial_states(graph: gs.Graph) -> int:
     """RNN/GRU/LSTM initial states that are all zeros (a ConstantOfShape of 0, as torch
     exports them) are dropped: an absent initial state is zero by definition."""
     dropped = 0
-    for node in [n for n in graph.nodes if n.op in ("RNN", "GRU", "LSTM")]:
+    for node in [n for n in graph.nodes if n.op in RECURRENT]:
         for i in (5, 6):
             if i >= len(node.inputs):
                 continue

