@@ -30,18 +30,24 @@ class Pool(OpRule):
                 env.set(node.outputs[0], ax, atoms)
 
 
-class GlobalMean(Pool):
-    """GlobalAveragePool: per channel over the spatial axes; over a channel axis (a 3-D
-    ``[N, T, C]`` whose last axis is the channels: a layer norm's moments, as tf2onnx spells
-    them) it is the mean over the kept channels, gated as ``ReduceMean`` is (``stats``)."""
+class MeanStats(OpRule):
+    """A mean over channels is exact as the mean over the kept ones: the oracle weights it by
+    the gates (a ``stats`` gate)."""
 
-    ops = ("GlobalAveragePool",)
     gates_stats = True
 
     def stats_gate(self, node: onnx.NodeProto, p: str, q: str, rank: int, elem: int,
                    opset: int) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
         return (stats_constants(p, node, rank, elem, opset),
                 weighted_mean(node, p, q, opset))
+
+
+class GlobalMean(MeanStats):
+    """GlobalAveragePool: per channel over the spatial axes; over a channel axis (a 3-D
+    ``[N, T, C]`` whose last axis is the channels: a layer norm's moments, as tf2onnx spells
+    them) it is the mean over the kept channels, gated as ``ReduceMean`` is (``stats``)."""
+
+    ops = ("GlobalAveragePool",)
 
     def propagate(self, node: gs.Node, env: Env) -> None:
         tracked = env.tracked(node.inputs[0])
@@ -64,16 +70,10 @@ REDUCE = (
 SUM_LIKE = ("ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2")  # zeros add nothing
 
 
-class Reduce(OpRule):
+class Reduce(MeanStats):
     """Reduce over ``axes`` (attribute before opset 18, ReduceSum before 13; input after)."""
 
     ops = REDUCE
-    gates_stats = True
-
-    def stats_gate(self, node: onnx.NodeProto, p: str, q: str, rank: int, elem: int,
-                   opset: int) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
-        return (stats_constants(p, node, rank, elem, opset),
-                weighted_mean(node, p, q, opset))
 
     def propagate(self, node: gs.Node, env: Env) -> None:
         x = node.inputs[0]
