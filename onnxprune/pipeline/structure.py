@@ -69,7 +69,9 @@ REFINE_ROUNDS = 4
 def analyze_graph(graph, **options) -> ChannelAnalysis:
     """``analyze_channels``; when a shape froze channels and ONNX's inference left dimensions
     open around the ops that decide, the graph's shapes are refined by symbolic inference (in
-    place: annotations only) and the analysis runs again."""
+    place), reshape targets the refined shapes resolve become constants (the same values for
+    every input size: ``normalize.cleanup.constant_reshape_targets``), and the analysis runs
+    again."""
     analysis = analyze_channels(graph, **options)
     if shape_bound(analysis) and could_refine(graph):
         for _ in range(REFINE_ROUNDS):  # refined shapes resolve reshape targets computed from

@@ -38,7 +38,7 @@ def constant_chain(t: gs.Tensor, axis: int, n: int, env: Env
         rank = env.rank(u)
         if rank is None or len(u.inputs) != 1 or env.is_output(u) or len(seen) > MAX_NODES:
             return False
-        if not all(r.op in CHAIN_OPS or r.op in ("Add", "Sub", "Mul", "Div") for r in u.outputs):
+        if not all(r.op in CHAIN_OPS for r in u.outputs):
             return False
         node = u.inputs[0]
         if node.op not in CHAIN_OPS:
