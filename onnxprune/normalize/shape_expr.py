@@ -9,7 +9,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..ir.graph import const_value, input_or_none, normalize_axis, shape_of
-from ..rules.reshape import monomial
+from ..rules.reshape import divide, monomial
 
 
 @dataclass(frozen=True)
@@ -161,16 +161,9 @@ def _infer_static(elems: list[Elem], out: list[int], symbolic: int, inferred: in
                     for i, d in enumerate(in_shape)]) if in_shape else Unknown()
     others = _times([elems[i] if out[i] != 0 else DimRef("", i, in_shape[i])
                      for i in range(len(elems)) if i != inferred])
-    t, o = _monomial(total), _monomial(others)
-    if t is None or o is None or o[0] == 0 or t[0] % o[0]:
-        return None
-    rest = list(t[1])
-    for sym in o[1]:
-        if sym not in rest:
-            return None
-        rest.remove(sym)
-    if rest:
+    value = divide(_monomial(total), _monomial(others))
+    if value is None or value[1]:  # the -1 holds a symbol: no constant says it
         return None
     fixed = list(out)
-    fixed[inferred], fixed[symbolic] = t[0] // o[0], -1
+    fixed[inferred], fixed[symbolic] = value[0], -1
     return np.array(fixed, dtype=np.int64)

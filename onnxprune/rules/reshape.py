@@ -253,17 +253,25 @@ def resolve_target(in_shape: list[Mono | None], target: list[int], allowzero: bo
         else:
             out.append(None if v == -1 else (int(v), ()))
     if -1 in target:
-        total = _product(in_shape)
-        known = _product([m for m, v in zip(out, target, strict=True) if v != -1])
-        if total is None or known is None or known[0] == 0 or total[0] % known[0]:
+        rest = divide(_product(in_shape),
+                      _product([m for m, v in zip(out, target, strict=True) if v != -1]))
+        if rest is None:
             return None
-        rest = list(total[1])
-        for s in known[1]:
-            if s not in rest:
-                return None
-            rest.remove(s)
-        out[target.index(-1)] = (total[0] // known[0], tuple(rest))
+        out[target.index(-1)] = rest
     return out
+
+
+def divide(total: Mono | None, known: Mono | None) -> Mono | None:
+    """``total / known`` as a monomial, or None when it is not one (a static remainder, a
+    symbol of ``known`` that ``total`` lacks, or either unknown)."""
+    if total is None or known is None or known[0] == 0 or total[0] % known[0]:
+        return None
+    rest = list(total[1])
+    for s in known[1]:
+        if s not in rest:
+            return None
+        rest.remove(s)
+    return total[0] // known[0], tuple(rest)
 
 
 def _same_suffix(in_shape: list[Mono | None], target: list[int], a: int):
