@@ -17,7 +17,7 @@ from onnxprune.ir.runtime import session
 from onnxprune.normalize.shape_expr import as_reshape_target, evaluate
 from onnxprune.zoo.builder import GraphBuilder
 
-BERT = Path(__file__).parent / "data" / "tf2onnx" / "bert_tf.onnx"
+BERT = Path(__file__).resolve().parents[1] / "data" / "tf2onnx" / "bert_tf.onnx"
 T, C = 8, 32
 
 

@@ -51,7 +51,7 @@ def templated(n: int = 40, seed: int = 0) -> dict[str, np.ndarray]:
 def test_token_inputs_are_the_integer_inputs_that_index_an_embedding_table():
     graph = gs.import_onnx(token_model(types=True))
     assert token_inputs(graph) == {"input_ids": 200}  # the 2-row segment table is not one
-    from tests.test_stages import _mlp
+    from test_stages import _mlp
 
     assert token_inputs(gs.import_onnx(_mlp())) == {}
 
@@ -93,7 +93,7 @@ def test_token_copies_follow_the_data_with_other_draws():
         assert np.array_equal(ids[10 * (i + 1):10 * (i + 2)], want)
     assert not np.array_equal(ids[10:20], ids[20:30])
     assert with_token_copies(graph, cal, 0) is None
-    from tests.test_stages import _data, _mlp
+    from test_stages import _data, _mlp
 
     assert with_token_copies(gs.import_onnx(_mlp()), Calibration(_data(10)), 2) is None
 
@@ -102,7 +102,7 @@ def test_no_probe_without_token_ids_or_with_too_few_distinct_ones():
     graph = gs.import_onnx(token_model())
     few = {"input_ids": np.tile(np.array([1, 10, 20, 30, 40, 50, 60, 2]), (10, 1))}
     assert token_probe(graph, Calibration(few)) is None
-    from tests.test_stages import _data, _mlp
+    from test_stages import _data, _mlp
 
     assert token_probe(gs.import_onnx(_mlp()), Calibration(_data(10))) is None
 

@@ -13,7 +13,7 @@ from onnxprune.api import analyze, prune
 from onnxprune.ir.runtime import session
 from onnxprune.ir.shapes import choose_shapes, evaluate_dim
 
-DATA = Path(__file__).parent / "data" / "optimum"
+DATA = Path(__file__).resolve().parents[1] / "data" / "optimum"
 MODELS = {"llama": 2, "gpt2": 4}  # key/value heads per layer
 
 
