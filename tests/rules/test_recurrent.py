@@ -10,7 +10,7 @@ from onnxprune.testing import check_oracle
 from onnxprune.zoo.builder import GraphBuilder
 
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
-T, B, I, H = 5, 2, 6, 8
+T, B, IN, H = 5, 2, 6, 8
 
 
 def recurrent(op: str, init: str | None = None, peepholes: bool = False):
@@ -18,8 +18,8 @@ def recurrent(op: str, init: str | None = None, peepholes: bool = False):
     rng = np.random.default_rng(0)
     g = GATES[op]
     b = GraphBuilder(seed=0, opset=14)
-    x = b.matmul(b.input("x", [T, B, 4]), 4, I, name="proj")
-    ins = [x, b.const(rng.normal(0, 0.3, (1, g * H, I)).astype(np.float32)),
+    x = b.matmul(b.input("x", [T, B, 4]), 4, IN, name="proj")
+    ins = [x, b.const(rng.normal(0, 0.3, (1, g * H, IN)).astype(np.float32)),
            b.const(rng.normal(0, 0.3, (1, g * H, H)).astype(np.float32)),
            b.const(rng.normal(0, 0.1, (1, 2 * g * H)).astype(np.float32))]
     if init is not None:  # sequence_lens absent, initial_h (and LSTM's initial_c)
@@ -40,7 +40,7 @@ def group(analysis, channels: int):
 @pytest.mark.parametrize("op", sorted(GATES))
 def test_hidden_units_and_input_channels_prune_as_the_oracle_says(op):
     res = check_oracle(recurrent(op), trials=4)
-    units, inputs = group(res.analysis, H), group(res.analysis, I)
+    units, inputs = group(res.analysis, H), group(res.analysis, IN)
     assert not units.frozen and "head" in units.layers
     assert not inputs.frozen and "proj" in inputs.layers
     r = prune(recurrent(op), ratio=0.5)
