@@ -24,8 +24,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from onnxprune.api import _front, prune
+from onnxprune.api import prune
 from onnxprune.ir.graph import export_model
+from onnxprune.pipeline.build import analysis_front
 from onnxprune.search.evaluate import Evaluator
 from onnxprune.search.executors import make_pool
 from onnxprune.search.quality import get_metric
@@ -46,7 +47,7 @@ def executors() -> list[str]:
 
 
 def score_candidates(path, calib, metric, n_masks, workers, console) -> list[dict]:
-    ctx, _ = _front(path, (), "none", None, "own", None)
+    ctx, _ = analysis_front(path, (), "none", None, "own", None)
     rng = np.random.default_rng(0)
     rows = []
     for kind in executors():

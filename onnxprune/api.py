@@ -11,7 +11,6 @@ import onnx
 
 from .analysis.blocks import Block, find_blocks
 from .analysis.branches import branch_inputs
-from .analysis.channels import analyze_channels
 from .analysis.components import Components, Flow
 from .analysis.model import ChannelAnalysis
 from .analysis.size import (
@@ -23,16 +22,8 @@ from .analysis.size import (
     subgraph_params,
 )
 from .errors import collect_warnings
-from .pipeline import Context, Pass, Pipeline, RunConfig, total_time
-from .pipeline.build import prune_pipeline, public_options
-from .pipeline.passes import (
-    AnalyzeChannels,
-    FindComponents,
-    InsertFlowAdapters,
-    LoadModel,
-    Normalize,
-    UseModel,
-)
+from .pipeline import Context, Pipeline, RunConfig, total_time
+from .pipeline.build import analysis_front, prune_pipeline, public_options
 from .pipeline.result import PruneResult, memory_of, result_of
 from .rewrite.classes import class_heads
 from .rewrite.tokens import token_inputs
@@ -41,10 +32,6 @@ __all__ = ["Analysis", "GroupStats", "PruneResult", "analyze", "component_sizes"
            "prune", "result_of"]
 
 ModelLike = str | Path | onnx.ModelProto
-
-
-def _entry(model: ModelLike) -> Pass:
-    return UseModel(model) if isinstance(model, onnx.ModelProto) else LoadModel(model)
 
 
 @dataclass(frozen=True)
@@ -94,22 +81,6 @@ class Analysis:
         return GroupStats.of(self.channels)
 
 
-def _front(model: ModelLike, exclude: Sequence[str], components: str, scope_depth: int | None,
-           flow_policy: str, progress, check: bool = True, config: RunConfig | None = None,
-           kv_cache: bool = False) -> tuple[Context, ChannelAnalysis | None]:
-    """Load, normalize, find components and adapters, analyze. Returns the context and the
-    analysis of the same graph with plain coupling (when components are used)."""
-    ctx = Context(config=config or RunConfig(), progress=progress)
-    Pipeline([_entry(model), Normalize(check=check)])(ctx)
-    plain = None
-    if components != "none":
-        FindComponents(components, scope_depth, flow_policy)(ctx)
-        plain = analyze_channels(ctx.graph, exclude=exclude, component_of=ctx.components.of_node)
-        InsertFlowAdapters()(ctx)
-    AnalyzeChannels(exclude, kv_cache=kv_cache)(ctx)
-    return ctx, plain
-
-
 def analyze(model: ModelLike, exclude: Sequence[str] = (), *, components: str = "none",
             scope_depth: int | None = None, flow_policy: str = "own",
             input_values=None, input_shapes=None, prune_kv_cache: bool = False,
@@ -127,7 +98,7 @@ def analyze(model: ModelLike, exclude: Sequence[str] = (), *, components: str = 
     >>> result = analyze("agent.onnx", components="auto")      # doctest: +SKIP
     >>> [(g.component, g.channels) for g in result.channels.prunable_groups()]  # doctest: +SKIP
     """
-    ctx, plain = _front(model, exclude, components, scope_depth, flow_policy, progress,
+    ctx, plain = analysis_front(model, exclude, components, scope_depth, flow_policy, progress,
                         check=False, config=RunConfig.of(input_values=input_values,
                                                          input_shapes=input_shapes),
                         kv_cache=prune_kv_cache)

@@ -64,9 +64,9 @@ def check_oracle(
         analysis = analyze_graph(graph, exclude=exclude)
         reference = export_model(graph)  # with the shapes the analysis saw
     else:
-        from .api import _front
+        from .pipeline.build import analysis_front
 
-        ctx, _ = _front(model, exclude, components, None, flow_policy, None)
+        ctx, _ = analysis_front(model, exclude, components, None, flow_policy, None)
         reference, analysis = export_model(ctx.graph), ctx.analysis
     oracle = Oracle(reference, analysis)
     feeds = feeds or random_feeds(reference, seed=seed)

@@ -192,27 +192,20 @@ def cmd_passes(args, console: Console) -> int:
 
 def cmd_run(args, console: Console) -> int:
     from ..api import result_of
-    from ..pipeline import Context, Pipeline, RunConfig
-    from ..pipeline.passes import Calibrate, LoadModel, Report, WriteModel
+    from ..pipeline import Context, RunConfig
+    from ..pipeline.build import recipe_pipeline
     from ..pipeline.recipes import load_recipe, parse_sets
     from .report import print_prune, prune_json
 
     values = given(args, RUN_FLAGS)
     config = RunConfig.of(**{k: values.pop(k) for k in list(values) if k in _RUN_NAMES})
     recipe = load_recipe(args.recipe)
-    steps = recipe.build(parse_sets(args.set))
-    calib = {o.name: values[o.public] for o in Calibrate.options if o.public in values}
-    if calib:
-        at = next((i + 1 for i, p in enumerate(steps) if p.name == "normalize"), 0)
-        steps.insert(at, Calibrate(**calib))
-    steps.append(WriteModel(values["output"], force=values.get("force", False)))
-    if "report" in values:
-        steps.append(Report(values["report"], command=_command(args)))
-        steps[-1].check_model(values["output"])
+    pipeline = recipe_pipeline(args.model, recipe.build(parse_sets(args.set)), values,
+                               _command(args) if "report" in values else None)
     ctx = Context(config=config)
     with status(f"running {recipe.path.stem}", args.quiet) as named:
         ctx.progress = named
-        Pipeline([LoadModel(args.model), *steps])(ctx)
+        pipeline(ctx)
     result = result_of(ctx)
     if args.json:
         print(json.dumps({**prune_json(result, str(args.model)), "warnings": list(WARNINGS)},

@@ -1,4 +1,6 @@
-"""The prune pipeline as a recipe built in code from public options.
+"""Where every pipeline is assembled: the prune pipeline as a recipe built in code from public
+options (``prune_pipeline``), a recipe file's run (``recipe_pipeline``: ``onnxprune run``) and
+the analysis front (``analysis_front``: ``analyze``, the oracle check, the executors' bench).
 
 ``onnxprune.prune(**options)`` and ``onnxprune prune --flags`` both come here: every public
 option is a pass option (``select.ratio`` is ``ratio``), a run setting (``providers``), or
@@ -15,11 +17,14 @@ from typing import Any
 
 import onnx
 
+from ..analysis.channels import analyze_channels
+from ..analysis.model import ChannelAnalysis
 from ..errors import UsageError, warn
 from ..options import Option, flag, text
 from ..search.quality import get_metric
-from .base import RUN_OPTIONS, Pass, RunConfig
+from .base import RUN_OPTIONS, Context, Pass, RunConfig
 from .classes import KeepClasses
+from .core import Pipeline
 from .data import Calibrate, MeasureQuality, UseMetric
 from .depth import RemoveBlocks
 from .entry import LoadModel, UseModel
@@ -159,8 +164,7 @@ def prune_pipeline(model: str | Path | onnx.ModelProto, output: str | Path | Non
     def make(cls: type[Pass], **fixed: Any) -> Pass:
         return cls(**{**per_pass.get(cls.name, {}), **fixed})
 
-    passes: list[Pass] = [UseModel(model) if isinstance(model, onnx.ModelProto)
-                          else LoadModel(model), Normalize()]
+    passes: list[Pass] = [entry(model), Normalize()]
     calib = dict(per_pass.get("calibrate", {}))
     if isinstance(calib.get("path"), dict):  # the API's calib={...}
         calib["arrays"] = calib.pop("path")
@@ -257,3 +261,41 @@ def _publics(owner: str, per_pass: Mapping[str, Mapping[str, Any]]) -> list[str]
 
 def _options_of(owner: str) -> tuple[Option, ...]:
     return next(cls.options for cls in PRUNE_PASSES if cls.name == owner)
+
+
+def entry(model: str | Path | onnx.ModelProto) -> Pass:
+    """The pass a pipeline starts from: a model in memory, or a file."""
+    return UseModel(model) if isinstance(model, onnx.ModelProto) else LoadModel(model)
+
+
+def analysis_front(model: str | Path | onnx.ModelProto, exclude: tuple[str, ...] | list[str],
+                   components: str, scope_depth: int | None, flow_policy: str, progress,
+                   check: bool = True, config: RunConfig | None = None,
+                   kv_cache: bool = False) -> tuple[Context, ChannelAnalysis | None]:
+    """Load, normalize, find components and adapters, analyze. Returns the context and the
+    analysis of the same graph with plain coupling (when components are used)."""
+    ctx = Context(config=config or RunConfig(), progress=progress)
+    Pipeline([entry(model), Normalize(check=check)])(ctx)
+    plain = None
+    if components != "none":
+        FindComponents(components, scope_depth, flow_policy)(ctx)
+        plain = analyze_channels(ctx.graph, exclude=exclude, component_of=ctx.components.of_node)
+        InsertFlowAdapters()(ctx)
+    AnalyzeChannels(exclude, kv_cache=kv_cache)(ctx)
+    return ctx, plain
+
+
+def recipe_pipeline(model: str | Path, steps: list[Pass], values: Mapping[str, Any],
+                    command: str | None = None) -> Pipeline:
+    """A recipe file's passes (``steps``, built with its ``--set`` overrides) as one run:
+    calibration data after normalization when given, the write and the report after."""
+    steps = list(steps)
+    calib = {o.name: values[o.public] for o in Calibrate.options if o.public in values}
+    if calib:
+        at = next((i + 1 for i, p in enumerate(steps) if p.name == "normalize"), 0)
+        steps.insert(at, Calibrate(**calib))
+    steps.append(WriteModel(values["output"], force=values.get("force", False)))
+    if "report" in values:
+        steps.append(Report(values["report"], command=command))
+        steps[-1].check_model(values["output"])
+    return Pipeline([LoadModel(model), *steps])
