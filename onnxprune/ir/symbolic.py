@@ -52,7 +52,7 @@ def input_symbols(graph: gs.Graph) -> set[str]:
 # computed shapes (attention masks), reshapes with computed targets, products of activations.
 # Open spatial sizes of convolutional nets (every Conv output under a dynamic height and width)
 # need no symbolic inference, which costs seconds on such graphs.
-NEEDS = ("Expand", "Where", "Reshape", "MatMul", "Einsum")
+NEEDS = ("Expand", "Where", "Reshape", "MatMul", "Einsum", "MatMulNBits")
 
 
 # freeze reasons a better-known shape can lift (rules/: elementwise, reshape, linear, expand)
@@ -86,7 +86,9 @@ def _open(graph: gs.Graph, names: set[str]) -> bool:
     return False
 
 
-_CACHE: dict[bytes, dict[str, list[Dim]]] = {}  # the last few graphs (normalization repeats)
+# the last few graphs (normalization repeats): shapes, and element types (contrib ops' outputs,
+# which ONNX's inference leaves untyped)
+_CACHE: dict[bytes, tuple[dict[str, list[Dim]], dict[str, int]]] = {}
 
 
 def _key(model: onnx.ModelProto) -> bytes:
@@ -101,6 +103,10 @@ def _key(model: onnx.ModelProto) -> bytes:
 
 def symbolic_shapes(model: onnx.ModelProto) -> dict[str, list[Dim]]:
     """Every tensor's shape by onnxruntime's symbolic inference; {} when it cannot run."""
+    return _inferred(model)[0]
+
+
+def _inferred(model: onnx.ModelProto) -> tuple[dict[str, list[Dim]], dict[str, int]]:
     key = _key(model)
     if key not in _CACHE:
         if len(_CACHE) >= 4:
@@ -109,7 +115,7 @@ def symbolic_shapes(model: onnx.ModelProto) -> dict[str, list[Dim]]:
     return _CACHE[key]
 
 
-def _infer(model: onnx.ModelProto) -> dict[str, list[Dim]]:
+def _infer(model: onnx.ModelProto) -> tuple[dict[str, list[Dim]], dict[str, int]]:
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     except ImportError:  # pragma: no cover - onnxruntime ships it
@@ -120,13 +126,14 @@ def _infer(model: onnx.ModelProto) -> dict[str, list[Dim]]:
         with contextlib.redirect_stdout(io.StringIO()):
             out = _complete(SymbolicShapeInference, model)
     except Exception:  # best effort, like ONNX's: unknown ops, custom domains
-        return {}
+        return {}, {}
     finally:
         log.level = level
     if out is None:
-        return {}
-    return {vi.name: d for vi in list(out.graph.value_info) + list(out.graph.output)
-            if (d := _dims(vi)) is not None}
+        return {}, {}
+    infos = list(out.graph.value_info) + list(out.graph.output)
+    return ({vi.name: d for vi in infos if (d := _dims(vi)) is not None},
+            {vi.name: t for vi in infos if (t := vi.type.tensor_type.elem_type)})
 
 
 def _complete(inference, model: onnx.ModelProto) -> onnx.ModelProto | None:
@@ -152,11 +159,13 @@ def refine_shapes(graph: gs.Graph, model: onnx.ModelProto) -> None:
     names = input_symbols(graph)
     if not _open(graph, names):
         return
-    found = symbolic_shapes(model)
+    found, types = _inferred(model)
     for name, tensor in graph.tensors().items():
         dims = found.get(name)
         if dims is None or not isinstance(tensor, gs.Variable) or not tensor.inputs:
             continue
+        if tensor.dtype is None and types.get(name):  # an untyped shape is not exported
+            tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(types[name])
         if tensor.shape is None:
             tensor.shape = [d if over_inputs(d, names) else None for d in dims]
             continue

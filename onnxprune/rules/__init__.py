@@ -11,6 +11,7 @@ from .expand import Expand
 from .gather import Gather
 from .layers import Layer
 from .linear import Gemm, MatMul
+from .nbits import MatMulNBits
 from .norm import (
     BatchNormalization,
     GroupNormalization,
@@ -30,36 +31,41 @@ __all__ = ["OpRule", "Rewriter", "RuleRegistry", "default_registry", "layer_of",
 
 
 class RuleRegistry:
-    """Op type (default ONNX domain) -> rule. Ops of other domains have no rule."""
+    """Op type (default ONNX domain) -> rule; ops of other domains by (domain, op), where a
+    rule says its domain (onnxruntime's MatMulNBits); any other op has no rule."""
 
     def __init__(self, rules: list[OpRule] = ()):
         self._rules: dict[str, OpRule] = {}
+        self._other: dict[tuple[str, str], OpRule] = {}
         self._freeze = FreezeRule()
         for rule in rules:
             self.add(rule)
 
     def add(self, rule: OpRule) -> None:
         for op in rule.ops:
-            if op in self._rules:
+            table, key = (self._rules, op) if not rule.domain else (self._other,
+                                                                   (rule.domain, op))
+            if key in table:
                 raise ValueError(f"two rules for op {op}")
-            self._rules[op] = rule
+            table[key] = rule
 
     def lookup(self, op: str, domain: str = "") -> OpRule:
         if domain not in ("", "ai.onnx"):
-            return self._freeze
+            return self._other.get((domain, op), self._freeze)
         return self._rules.get(op, self._freeze)
 
     def supported(self) -> list[str]:
-        return sorted(self._rules)
+        return sorted(self._rules) + sorted(f"{d}.{op}" for d, op in self._other)
 
     def rules(self) -> list[OpRule]:
         """Every rule once, in registration order."""
-        return list({id(r): r for r in self._rules.values()}.values())
+        every = [*self._rules.values(), *self._other.values()]
+        return list({id(r): r for r in every}.values())
 
 
 def default_registry() -> RuleRegistry:
     return RuleRegistry([
-        Conv(), ConvTranspose(), Gemm(), MatMul(), Einsum(),
+        Conv(), ConvTranspose(), Gemm(), MatMul(), MatMulNBits(), Einsum(),
         Unary(), Broadcast(),
         BatchNormalization(), InstanceNormalization(), GroupNormalization(),
         LayerNormalization(), Softmax(),

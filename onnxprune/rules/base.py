@@ -72,6 +72,7 @@ class OpRule:
     one or the other."""
 
     ops: tuple[str, ...] = ()
+    domain: str = ""  # the ops' domain ("" the default; onnxruntime's contrib ops: com.microsoft)
     # why the MAC count is 0 (None: the rule counts them in ``macs``)
     no_macs: str | None = "not a multiply-accumulate layer (MAC counters leave it out)"
     # op type -> why the torch interpreter has no lowering for it (used by distillation)
