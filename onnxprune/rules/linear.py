@@ -114,16 +114,23 @@ class MatMul(OpRule):
         if not is_weight(w) or len(weight_shape(w)) != 2 or rank is None or rank < 2:
             freeze_all(node, env, "not an activation times a 2-D constant weight")
             return
-        last = rank - 1
-        for ax, atoms in env.tracked(a).items():
-            if ax != last:  # rows and batch axes are independent
-                env.set(y, ax, atoms)
+        last = pass_rows(env, a, y, rank)
         if env.get(a, last) is not None:
             env.claim_weight(node, w, 0, env.get(a, last))
             env.gate(node, 0, last)
         out = env.fresh(weight_shape(w)[1])
         env.claim_weight(node, w, 1, out)
         env.set(y, last, out)
+
+
+def pass_rows(env: Env, a: gs.Tensor, y: gs.Tensor, rank: int) -> int:
+    """A product over ``a``'s last axis: its rows and batch axes pass to ``y`` as they are.
+    Returns the contracted axis."""
+    last = rank - 1
+    for ax, atoms in env.tracked(a).items():
+        if ax != last:
+            env.set(y, ax, atoms)
+    return last
 
 
 def _activation_product(node: gs.Node, env: Env) -> None:

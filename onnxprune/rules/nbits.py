@@ -16,6 +16,7 @@ import onnx_graphsurgeon as gs
 from ..ir.graph import input_or_none, prod, shape_of, static_dims
 from .base import OpRule, Rewriter, freeze_all
 from .env import Env
+from .linear import pass_rows
 
 
 def _attrs(node: gs.Node) -> tuple[int, int, int, int]:
@@ -55,10 +56,7 @@ class MatMulNBits(OpRule):
         if rank is None:  # ONNX's inference stops at contrib ops; symbolic inference knows it
             freeze_all(node, env, "data rank unknown")
             return
-        last = rank - 1
-        for ax, atoms in env.tracked(a).items():
-            if ax != last:  # rows and batch axes are independent
-                env.set(y, ax, atoms)
+        last = pass_rows(env, a, y, rank)
         ins = env.get(a, last)
         if ins is not None:
             if k % block:
