@@ -13,6 +13,7 @@ from scipy.sparse.csgraph import connected_components
 
 from ..errors import warn
 from ..rules import RuleRegistry, default_registry
+from ..rules.constant_chain import unfollowed
 from ..rules.env import Env
 from .cache import cache_pairs, join_cache, open_cache
 from .model import ChannelAnalysis, Gate, Group, Member, ParamSlice
@@ -41,6 +42,7 @@ def analyze_channels(
         registry.lookup(node.op, node.domain or "").propagate(node, env)
     join_cache(env, graph, pairs)
     _freeze_stray_folds(graph, env)
+    unfollowed(env, env.chains)
     tensors = graph.tensors()
     for name, reason in (freeze or {}).items():
         if name in tensors:

@@ -25,7 +25,8 @@ def constant_chain(t: gs.Tensor, axis: int, n: int, env: Env
     (weights to claim as (reader, weight, axis), tensors to map as (tensor, axis), tracked atoms
     met on the way, joined with the caller's); None when it is not: an operand that is neither
     a weight of ``n`` entries there, nor of size 1 there, nor tracked, nor such a chain; a
-    tensor of the chain read by anything but elementwise ops, or a graph output."""
+    tensor of the chain read by anything but elementwise ops, or a graph output. Every reader
+    of a chain's tensor must follow its channels in the end (``unfollowed``)."""
     claims: list[tuple[gs.Node, gs.Tensor, int]] = []
     mapped: list[tuple[gs.Tensor, int]] = []
     met: list[np.ndarray] = []
@@ -66,3 +67,17 @@ def constant_chain(t: gs.Tensor, axis: int, n: int, env: Env
     if n <= 1 or rank is None or not walk(t, axis - rank) or not claims:
         return None
     return claims, mapped, met
+
+
+def unfollowed(env: Env, chains: list[tuple[gs.Tensor, int, np.ndarray]]) -> None:
+    """After propagation: a chain's tensor read by an op whose output does not carry its
+    channels (a side path that never joins a stream: its size would change unseen) freezes
+    the channels."""
+    for u, axis, atoms in chains:
+        rank = env.rank(u)
+        for reader in u.outputs:
+            out = reader.outputs[0] if reader.outputs else None
+            r = env.rank(out) if out is not None else None
+            if r is None or rank is None or env.get(out, axis + r - rank) is None:
+                env.freeze(atoms, f"{reader.op} {reader.name}: reads per-channel values of "
+                                  f"{u.name} without following their channels")

@@ -100,6 +100,7 @@ def join_broadcast(
                     env.claim_weight(reader, weight, wax, base)
                 for u, uax in mapped:  # the chain follows the kept channels
                     env.set(u, uax, base)
+                    env.chains.append((u, uax, base))
                 for atoms in met:
                     env.union(base, atoms)
             else:

@@ -27,6 +27,9 @@ class Env:
         # any other reader freezes them (analysis.channels)
         self.folds: dict[str, dict[int, np.ndarray]] = {}
         self.fold_readers: set[tuple[str, str]] = set()  # (node, tensor)
+        # tensors of per-channel values computed from constants (rules/constant_chain.py):
+        # (tensor, axis, atoms), each reader checked after propagation
+        self.chains: list[tuple[gs.Tensor, int, np.ndarray]] = []
 
     # -- reading the graph -------------------------------------------------------------
     def shape(self, tensor: gs.Tensor | None) -> list[Dim] | None:

@@ -113,3 +113,20 @@ def test_a_reshape_target_with_a_product_of_sizes_becomes_constant(shape, expect
     elems = evaluate(reshape.inputs[1])
     got = as_reshape_target(elems, x)
     assert (got is None) if expected is None else got.tolist() == expected
+
+
+def test_per_channel_values_read_off_the_stream_freeze_with_the_reason():
+    """s = gamma / (mean + 2) multiplies the stream (a join) and also feeds a side path that
+    never joins it (a Gemm): cutting gamma would change that path's width unseen, so the
+    channels stay, saying why (the run failed verification before)."""
+    b = GraphBuilder(seed=0, opset=13)
+    x = b.relu(b.gemm(b.input("x", ["N", 8]), 8, 16, name="fc1"))
+    mean = b.op("ReduceMean", [x], axes=[1], keepdims=1)
+    s = b.op("Mul", [b.op("Reciprocal", [b.op("Add", [mean, b.const(np.float32(2.0))])]),
+                     b.const(np.linspace(0.5, 1.5, 16).astype(np.float32))])
+    side = b.gemm(b.op("Add", [s, b.const(np.float32(1.0))]), 16, 3, name="fc_side")
+    model = b.build([b.gemm(b.op("Mul", [x, s]), 16, 3, name="fc2"), side])
+    group = next(g for g in analyze(model).channels.groups if g.channels == 16)
+    assert group.frozen and "without following their channels" in group.reason
+    r = prune(model, ratio=0.5)
+    assert r.verification.passed and r.params_after == r.params_before
