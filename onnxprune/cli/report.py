@@ -343,6 +343,12 @@ def print_prune(console: Console, r: PruneResult, model: str, verbose: bool = Fa
                       f"tokens ({t['params_removed']:,} parameters of {', '.join(t['tables'])} "
                       f"removed; the others read {_token_fallback(t['fallback'])})",
                       markup=False, highlight=False, soft_wrap=True)
+    for f in r.factors or ():
+        how = ("stored as two factors" if f["factorized"] else
+               "multiplied back: fewer parameters as one matrix")
+        console.print(f"factorized: {f['matrix']} {'x'.join(map(str, f['shape']))} keeps rank "
+                      f"{f['rank']} of {f['full_rank']} ({how})", markup=False,
+                      highlight=False, soft_wrap=True)
     if verbose:
         _print_widths(console, r)
     else:

@@ -168,9 +168,11 @@ class Context:
     criterion: str | None = None  # the criterion that scored them
     plan: PrunePlan | None = None
     reference: gs.Graph | None = None  # the normalized graph before removal (for the oracle)
-    origin: gs.Graph | None = None  # the normalized graph before classes / tokens were trimmed
+    origin: gs.Graph | None = None  # the normalized graph before classes / tokens / factors
     classes: dict[str, Any] | None = None  # what keeping only some classes did (classes pass)
     tokens: dict[str, Any] | None = None  # what keeping only some tokens did (tokens pass)
+    factors: list | None = None  # the matrices written as two factors (factorize pass)
+    factorization: list[dict] | None = None  # per factorized matrix: the rank kept (unfactorize)
     # graph inputs/outputs that lost channels (an opened decoder cache): name -> [(axis, keep)]
     interface: dict[str, list] | None = None
     depth: dict[str, Any] | None = None  # the residual blocks found, scored and removed

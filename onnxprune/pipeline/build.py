@@ -28,6 +28,7 @@ from .core import Pipeline
 from .data import Calibrate, MeasureQuality, UseMetric
 from .depth import RemoveBlocks
 from .entry import LoadModel, UseModel
+from .factors import Factorize, Unfactorize
 from .frontend import Cleanup, Normalize
 from .output import Report, Verify, WriteModel
 from .pruning import RemoveChannels, ScoreChannels, SelectChannels
@@ -103,7 +104,7 @@ SWITCHES = (
 
 # The passes whose public options prune() takes, in pipeline order.
 PRUNE_PASSES: tuple[type[Pass], ...] = (
-    KeepClasses, KeepTokens, FindComponents, AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels,
+    KeepClasses, KeepTokens, Factorize, FindComponents, AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels,
     RemoveBlocks, Compensate, Distill, Quantize, WriteModel, Report,
 )
 
@@ -180,6 +181,11 @@ def prune_pipeline(model: str | Path | onnx.ModelProto, output: str | Path | Non
         passes.append(make(KeepTokens))
     elif tokens:
         warn(f"{', '.join(_publics(KeepTokens.name, per_pass))}: no effect without keep_tokens")
+    factorize = make(Factorize)  # auto: where the search measures what each rank costs
+    factorized = factorize.mode == "on" or (factorize.mode == "auto" and
+                                            select.get("strategy") == "sensitivity")
+    if factorized:
+        passes.append(factorize)
     if sw["components"] != "none":
         passes += [make(FindComponents, spec=sw["components"]), InsertFlowAdapters()]
     elif per_pass.get("components"):
@@ -198,6 +204,8 @@ def prune_pipeline(model: str | Path | onnx.ModelProto, output: str | Path | Non
     passes.append(Cleanup())
     if sw["components"] != "none":
         passes.append(DropAdapters())
+    if factorized:
+        passes.append(Unfactorize())
     if sw["verify"]:
         passes.append(Verify())
     for cls in (Compensate, Distill):

@@ -8,7 +8,7 @@ from ..calib import DEFAULT_MAX_LENGTH, Settings
 from ..calib import read as read_calibration
 from ..calib.images import RESAMPLERS, RESIZE
 from ..errors import UsageError, VerificationError, warn
-from ..ir.arrays import Calibration
+from ..ir.arrays import Calibration, axes_of
 from ..ir.shapes import feeds_at, input_specs
 from ..ir.weights import proto
 from ..options import Option, OptionError, number
@@ -292,6 +292,21 @@ def evaluator(ctx: Context, by: str) -> Evaluator:
             res.evaluator.attach(make_pool(cfg.executor, res.evaluator, cfg.workers,
                                            cfg.ray_address))
     return res.evaluator
+
+
+def augmented_evaluator(ctx: Context, copies: int) -> Evaluator | None:
+    """An evaluator of the current graph on the calibration data followed by ``copies``
+    copies of it in other styles (``pipeline/augment.py``; None: the model reads neither
+    token ids nor images). The caller closes it."""
+    from .augment import augmented
+
+    data = ctx.calib if isinstance(ctx.calib, Calibration) else Calibration(
+        ctx.calib, axes_of(ctx.calib))
+    more = augmented(ctx.graph, data, copies) if copies > 0 else None
+    if more is None:
+        return None
+    return Evaluator(ctx.skeleton(), ctx.analysis, more[0], ctx.metric or get_metric("cosine"),
+                     memory=search_budget(), reads=stages.reads(ctx))
 
 
 class MeasureQuality(Pass):

@@ -6,6 +6,7 @@ from .base import PROVIDED_BY, Pass
 from .classes import KeepClasses
 from .data import Calibrate, MeasureQuality, UseMetric
 from .entry import LoadModel, UseModel
+from .factors import Factorize, Unfactorize
 from .frontend import (
     Cleanup,
     ConstantReshapeTargets,
@@ -27,10 +28,10 @@ from .tokens import KeepTokens
 CATALOGUE: dict[str, type[Pass]] = {
     cls.name: cls for cls in (
         Normalize, NameNodes, InferShapes, FoldConstants, ConstantReshapeTargets,
-        FoldBatchNorm, DropIdentity, Cleanup, KeepClasses, KeepTokens,
+        FoldBatchNorm, DropIdentity, Cleanup, KeepClasses, KeepTokens, Factorize,
         FindComponents, InsertFlowAdapters,
         AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels, MeasureQuality,
-        RemoveChannels, DropAdapters, Verify, Compensate, Distill, VerifyRecovered, Quantize,
+        RemoveChannels, DropAdapters, Unfactorize, Verify, Compensate, Distill, VerifyRecovered, Quantize,
         WriteModel, Report,
     )
 }
@@ -40,8 +41,9 @@ for _cls in (LoadModel, UseModel, *CATALOGUE.values()):
 
 __all__ = [
     "CATALOGUE", "STRATEGIES", "AnalyzeChannels", "Calibrate", "Cleanup", "ConstantReshapeTargets",
-    "DropAdapters", "DropIdentity", "FindComponents", "FoldBatchNorm", "FoldConstants",
+    "DropAdapters", "DropIdentity", "Factorize", "FindComponents", "FoldBatchNorm", "FoldConstants",
     "InferShapes", "InsertFlowAdapters", "KeepClasses", "KeepTokens", "LoadModel", "MeasureQuality", "NameNodes", "Normalize",
     "Quantize", "RemoveChannels", "Report", "ScoreChannels", "Compensate", "Distill",
-    "VerifyRecovered", "SelectChannels", "UseMetric", "UseModel", "Verify", "WriteModel",
+    "VerifyRecovered", "SelectChannels", "Unfactorize", "UseMetric", "UseModel", "Verify",
+    "WriteModel",
 ]

@@ -32,7 +32,7 @@ from ..select.plans import plan_json, read_plan
 from ..select.sensitivity import Constraint, select_sensitivity
 from ..select.uniform import PrunePlan, select_uniform
 from .base import Context, Pass, PassResult
-from .data import evaluator
+from .data import augmented_evaluator, evaluator
 from .inputs import verification_feeds
 from .soft_criteria import criterion_auto, soft, soft_by_criteria
 
@@ -126,6 +126,12 @@ class SelectChannels(Pass):
                "the least-squares refit compensation makes (one Gram matrix per layer from the "
                "calibration data), so the search cuts what compensation can repair; auto: when "
                "the run compensates", choices=("auto", "on", "off"), public="search_refit"),
+        Option("augment", "auto", "with strategy sensitivity: measure candidates also on N "
+               "copies of the calibration data in other styles (compensate_augment's); auto: "
+               "1 when a token table was factorized and the run measures the random-token probe "
+               "(the table's rank changes every token, the calibration data reads few)",
+               parse=auto_or_count(0), public="search_augment", metavar="N|auto",
+               type_name="int|auto"),
         Option("tolerance", 0.02, "how close soft coefficients must bring the reduction to the "
                "target", parse=number(0, 1), public="tolerance", metavar="T", type_name="float"),
         Option("soft_method", "gradient", "the optimiser of soft coefficients: gradient "
@@ -245,6 +251,11 @@ class SelectChannels(Pass):
         return PassResult(False, {k: v for k, v in info.items()
                                   if not isinstance(v, (list, dict))})
 
+    def _copies(self, ctx: Context) -> int:
+        if self.augment != "auto":
+            return int(self.augment)
+        return int(ctx.probe is not None and any(f.kind == "table" for f in ctx.factors or ()))
+
     def _refit(self, ctx: Context, ev: Evaluator) -> tuple[float, dict] | None:
         """The ridge and the data of the refit candidates are measured after (None: they are
         measured as cut): the compensation pass's."""
@@ -316,6 +327,8 @@ class SelectChannels(Pass):
         ev = evaluator(ctx, f"strategy {self.strategy}")
         if self.strategy == "sensitivity":
             cev = sev = scev = None
+            aev = augmented_evaluator(ctx, self._copies(ctx))
+            ev, info["search_samples"] = aev or ev, (aev or ev).n
             if self.constraint is not None and self.constraint.metric != ev.metric.name:
                 cev = Evaluator(ctx.skeleton(), analysis, ctx.calib,
                                 get_metric(self.constraint.metric), memory=search_budget())
@@ -324,7 +337,8 @@ class SelectChannels(Pass):
                 if refit is not None:
                     ridge, data = refit
                     sev = RefitEvaluator(ev, ctx.graph, ctx.skeleton(), analysis, data,
-                                         ridge, memory=search_budget())
+                                         ridge, memory=search_budget(),
+                                         skip=frozenset(f.node for f in ctx.factors or ()))
                     scev = None if cev is None else RefitEvaluator(cev, ctx.graph, None,
                                                                    analysis, None, ridge,
                                                                    grams_of=sev)
@@ -333,7 +347,7 @@ class SelectChannels(Pass):
                                                     scev or cev,
                                                     target.kind if target else "params")
             finally:
-                for e in (cev, sev, scev):
+                for e in (cev, sev, scev, aev):
                     if e is not None:
                         e.close()
             if extra.get("satisfied") is False:

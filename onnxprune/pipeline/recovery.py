@@ -99,7 +99,8 @@ class Compensate(Pass):
         also = [n.name for n in layers_reading(graph, set(ctx.depth["readers"]))] if (
             ctx.depth and ctx.depth["removed"]) else []
         fits = compensate(graph, reference, ctx.analysis, ctx.plan.removed, calib, self.ridge,
-                          interface=ctx.interface, also=also)
+                          interface=ctx.interface, also=also,
+                          skip=[f.node for f in ctx.factors or ()])
         ctx.recovery["compensate"] = [
             {"layer": f.node, "rows": f.rows, "error_before": f.error_before,
              "error_after": f.error_after} for f in fits]

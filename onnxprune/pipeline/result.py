@@ -51,6 +51,7 @@ class PruneResult:
     quantization: dict | None = None  # what quantize did: type, settings, metric float/quantized
     classes: dict | None = None  # what keep_classes did: output, classes kept, params removed
     tokens: dict | None = None  # what keep_tokens did: input, tokens kept, params removed
+    factors: list | None = None  # factorize: per matrix its shape, rank kept, left factorized
     calibration: str | None = None  # what --calib read, when not an .npz (images, text, ...)
     depth: dict | None = None  # the residual blocks removed (remove_blocks), with their scores
     _graphs: tuple = field(default=(None, None, None, None), repr=False, compare=False)
@@ -88,7 +89,7 @@ def result_of(ctx: Context, params_before: int | None = None,
         params_by_op=params_by_op(before, ctx.graph), report=ctx.report_path,
         params_by_type_before=params_by_type(before),
         params_by_type_after=params_by_type(ctx.graph), quantization=ctx.quantization,
-        classes=ctx.classes, tokens=ctx.tokens, depth=depth_summary(ctx),
+        classes=ctx.classes, tokens=ctx.tokens, factors=ctx.factorization, depth=depth_summary(ctx),
         calibration=next((res.info.get("source") for name, res in ctx.log
                           if name == "calibrate" and res.info.get("source")), None),
     )
@@ -179,6 +180,7 @@ def prune_json(r: PruneResult, model: str | None) -> dict[str, Any]:
         "quantization": r.quantization,
         "classes": r.classes,
         "tokens": r.tokens,
+        "factors": r.factors,
         "calibration": r.calibration,
         "depth": r.depth,
         "latency": (r.selection or {}).get("latency"),

@@ -123,9 +123,9 @@ def measure(ctx: Context, stage: str, graph=None, optimized: bool = False
         ctx.stages.append({"stage": "unpruned", **{
             name: metric(reading(refs[name], of, read), data, reading(refs[name], of, read))
             for name, data in _data(ctx).items()}})
-        if ctx.origin is not None and ctx.reference is not None:  # the trim's own cost
-            trims = [k for k in ("classes", "tokens") if getattr(ctx, k) is not None]
-            ctx.stages.append({"stage": "+".join(trims) or "classes", **{
+        trims = [k for k in ("classes", "tokens") if getattr(ctx, k) is not None]
+        if trims and ctx.reference is not None:  # the trim's own cost (factors cost nothing)
+            ctx.stages.append({"stage": "+".join(trims), **{
                 name: metric(_outputs(ctx, ctx.reference, data), data, refs[name])
                 for name, data in _data(ctx).items()}})
     row: dict[str, Any] = {"stage": stage}

@@ -110,10 +110,10 @@ def refittable(node: gs.Node) -> Layer | None:
 
 
 def _targets(graph: gs.Graph, analysis: ChannelAnalysis, removed: np.ndarray,
-             also: Sequence[str] = ()) -> list[Layer]:
+             also: Sequence[str] = (), skip: Sequence[str] = ()) -> list[Layer]:
     """Layers that lost input channels, or read a stream a removed block changed (``also``),
-    and can be refit on their own (weights not shared)."""
-    lost = {g.node for g in analysis.gates if removed[g.units].any()} | set(also)
+    and can be refit on their own (weights not shared), but those in ``skip``."""
+    lost = ({g.node for g in analysis.gates if removed[g.units].any()} | set(also)) - set(skip)
     return [v for n in graph.nodes if n.name in lost and (v := refittable(n)) is not None]
 
 
@@ -139,12 +139,14 @@ def design_rows(layer: Layer, x: np.ndarray, ys: list[np.ndarray], rng: np.rando
 
 def compensate(graph: gs.Graph, reference: onnx.ModelProto, analysis: ChannelAnalysis,
                removed: np.ndarray, calib: dict[str, np.ndarray], ridge: float = RIDGE,
-               seed: int = 0, interface: dict | None = None, also: Sequence[str] = ()
-               ) -> list[LayerFit]:
+               seed: int = 0, interface: dict | None = None, also: Sequence[str] = (),
+               skip: Sequence[str] = ()) -> list[LayerFit]:
     """Refit, in place, the layers of the pruned ``graph`` that lost input channels, and the
-    layers ``also`` (those that read a stream a removed block changed).
+    layers ``also`` (those that read a stream a removed block changed), but those in
+    ``skip`` (the second factors of factorized matrices: their truncation is already the best
+    fit over every row of the matrix, where a refit would fit the calibration data's).
     ``interface``: inputs that lost channels (an opened cache), cut from ``calib`` for it."""
-    targets = _targets(graph, analysis, removed, also)
+    targets = _targets(graph, analysis, removed, also, skip)
     per_chunk = fitting_samples(reference, [n for t in targets for n in (
         t.node.inputs[0].name, t.node.outputs[0].name)], calib)
     if per_chunk is not None:  # under a memory cap: every sample, a chunk at a time

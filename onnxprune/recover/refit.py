@@ -100,9 +100,13 @@ class RefitEvaluator:
 
     def __init__(self, ev: Evaluator, graph: gs.Graph, reference: onnx.ModelProto | Skeleton | None,
                  analysis: ChannelAnalysis, calib, ridge: float = RIDGE, seed: int = 0,
-                 memory: int | None = None, grams_of: RefitEvaluator | None = None):
+                 memory: int | None = None, grams_of: RefitEvaluator | None = None,
+                 skip: frozenset[str] = frozenset()):
         """``reference`` (the graph as a model) is run on ``calib`` for the Grams, unless
-        ``grams_of`` (an evaluator of the same graph and data) has them."""
+        ``grams_of`` (an evaluator of the same graph and data) has them. ``skip``: layers (by
+        node name) never refit (the second factor of a factorized matrix: its truncation is
+        already the best fit over every row, not the calibration data's)."""
+        self.skip = skip
         start = time.perf_counter()
         self.ev, self.metric, self.base, self.analysis = ev, ev.metric, ev.base, analysis
         self.n, self.ridge, self.evals = ev.n, ridge, 0
@@ -127,7 +131,8 @@ class RefitEvaluator:
         rng = np.random.default_rng(seed)
         pairs, seen = [], set()
         for gate, node in layer_gates(graph, analysis):
-            if node.name in seen or refittable(node) is None or analysis.unit_frozen[
+            if node.name in seen or node.name in self.skip or refittable(node) is None or \
+                    analysis.unit_frozen[
                     gate.units].all():
                 continue
             seen.add(node.name)

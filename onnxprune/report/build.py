@@ -148,6 +148,10 @@ def _selection(d: dict[str, Any], images: dict) -> str:
                       "removed; a removed token reads "
                       + ("its nearest kept one" if tokens["fallback"] == "nearest"
                          else f"token {esc(tokens['fallback'])}") + ")"])
+    for f in d.get("factors") or ():
+        facts.append(["factorized", f"{esc(f['matrix'])} {'x'.join(map(str, f['shape']))}: "
+                      f"rank {num(f['rank'])} of {num(f['full_rank'])} kept, "
+                      + ("stored as two factors" if f["factorized"] else "multiplied back")])
     lat = d.get("latency")
     if lat and lat.get("achieved") is not None:
         facts.append(["latency", f"{num(lat['achieved'], '.3g')} of the original's "
