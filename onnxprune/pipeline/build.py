@@ -22,6 +22,7 @@ from ..analysis.model import ChannelAnalysis
 from ..errors import UsageError, warn
 from ..options import Option, flag, text
 from ..search.quality import get_metric
+from ..select.plans import plan_factorized
 from .base import RUN_OPTIONS, Context, Pass, RunConfig
 from .classes import KeepClasses
 from .core import Pipeline
@@ -182,8 +183,9 @@ def prune_pipeline(model: str | Path | onnx.ModelProto, output: str | Path | Non
     elif tokens:
         warn(f"{', '.join(_publics(KeepTokens.name, per_pass))}: no effect without keep_tokens")
     factorize = make(Factorize)  # auto: where the search measures what each rank costs
-    factorized = factorize.mode == "on" or (factorize.mode == "auto" and
-                                            select.get("strategy") == "sensitivity")
+    factorized = factorize.mode == "on" or (factorize.mode == "auto" and (
+        select.get("strategy") == "sensitivity" or (
+            select.get("plan") is not None and plan_factorized(select["plan"]))))
     if factorized:
         passes.append(factorize)
     if sw["components"] != "none":

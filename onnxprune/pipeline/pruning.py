@@ -244,6 +244,7 @@ class SelectChannels(Pass):
         })
         if self.save_plan is not None:
             where = str(ctx.source_path) if ctx.source_path is not None else None
+            info["factorized"] = [f.weight for f in ctx.factors or ()]  # a plan run does too
             data = plan_json(analysis, removed, info, where)
             io.write_file(self.save_plan, (json.dumps(data, indent=1) + "\n").encode(), "plan")
             info["saved_plan"] = str(self.save_plan)

@@ -53,6 +53,16 @@ def _plain(value: Any) -> bool:
     return True
 
 
+def plan_factorized(path: str | Path) -> bool:
+    """Whether the run that made a plan factorized matrices (a run from it must too; a file
+    that does not read is read_plan's to report)."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return bool(data.get("selection", {}).get("factorized"))
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
 def read_plan(path: str | Path, analysis: ChannelAnalysis) -> tuple[np.ndarray, dict]:
     """The removed-unit mask a plan file describes for ``analysis``, and what the plan's
     selection recorded; a file that is not a plan, or one made for another model, is a

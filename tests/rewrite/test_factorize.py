@@ -180,3 +180,15 @@ def test_factorize_on_takes_the_classifier_too(tmp_path):
               strategy="sensitivity", target_params=0.3, factorize="on")
     assert r.verification.passed
     assert sorted(f["matrix"] for f in r.factors) == ["emb", "head"]
+
+
+def test_a_plan_made_with_factors_is_reused_with_them(tmp_path):
+    path, plan = tmp_path / "m.onnx", tmp_path / "plan.json"
+    onnx.save(_model(head=False), path)
+    calib = {"ids": _ids(64)}
+    first = prune(path, tmp_path / "a.onnx", calib=calib, metric="cosine",
+                  strategy="sensitivity", target_params=0.3, save_plan=plan)
+    again = prune(path, tmp_path / "b.onnx", calib=calib, metric="cosine", plan=plan,
+                  compensate=True)
+    assert again.verification.passed and again.factors == first.factors
+    assert again.params_after == first.params_after
