@@ -33,6 +33,7 @@ from ..select.sensitivity import Constraint, select_sensitivity
 from ..select.uniform import PrunePlan, select_uniform
 from .base import Context, Pass, PassResult
 from .data import augmented_evaluator, evaluator
+from .stages import probe
 from .inputs import verification_feeds
 from .soft_criteria import criterion_auto, soft, soft_by_criteria
 
@@ -125,7 +126,10 @@ class SelectChannels(Pass):
         Option("refit", "auto", "with strategy sensitivity: measure every candidate cut after "
                "the least-squares refit compensation makes (one Gram matrix per layer from the "
                "calibration data), so the search cuts what compensation can repair; auto: when "
-               "the run compensates", choices=("auto", "on", "off"), public="search_refit"),
+               "the run compensates, unless it measures the random-token probe (a model that "
+               "reads token ids: the refit learns the calibration text's style, and cuts that "
+               "need it read worse on other text)", choices=("auto", "on", "off"),
+               public="search_refit"),
         Option("augment", "auto", "with strategy sensitivity: measure candidates also on N "
                "copies of the calibration data in other styles (compensate_augment's); auto: "
                "1 when a token table was factorized and the run measures the random-token probe "
@@ -255,13 +259,14 @@ class SelectChannels(Pass):
     def _copies(self, ctx: Context) -> int:
         if self.augment != "auto":
             return int(self.augment)
-        return int(ctx.probe is not None and any(f.kind == "table" for f in ctx.factors or ()))
+        return int(probe(ctx) is not None and any(f.kind == "table" for f in ctx.factors or ()))
 
     def _refit(self, ctx: Context, ev: Evaluator) -> tuple[float, dict] | None:
         """The ridge and the data of the refit candidates are measured after (None: they are
         measured as cut): the compensation pass's."""
         comp = next((p for p in ctx.planned if p.name == "compensate"), None)
-        if self.refit == "off" or (self.refit == "auto" and comp is None):
+        text = probe(ctx) is not None  # a token model's refit learns the calibration text
+        if self.refit == "off" or (self.refit == "auto" and (comp is None or text)):
             return None
         why = can_refit(ev)
         if why is not None:

@@ -171,7 +171,7 @@ class Distill(Pass):
                                   val_fraction=self.val_fraction, patience=self.patience,
                                   boundaries=bounds, seed=self.seed,
                                   loss=self.loss_for(ctx.metric), interface=ctx.interface,
-                                  reads=stages.reads(ctx))
+                                  reads=stages.reads(ctx), guard=stages.probe(ctx))
             info["lr"] = lr
             tries.append((sign * (info["val_after"] - info["val_before"]), model, info))
             if (tries[-1][0] > 0 and info["stopped"] != "diverged") or info["stopped"] in (

@@ -62,9 +62,15 @@ def _data(ctx: Context) -> dict[str, Calibration]:
         out["calib"] = ctx.calib
     if ctx.heldout is not None:
         out["heldout"] = ctx.heldout
-    if ctx.probe is not None and _metric(ctx).against_reference:
+    if probe(ctx) is not None:
         out["probe"] = ctx.probe  # pipeline/probe.py
     return out
+
+
+def probe(ctx: Context):
+    """The random-token probe when the run measures it (a token model, and a metric that
+    compares with the original), else None."""
+    return ctx.probe if ctx.probe is not None and _metric(ctx).against_reference else None
 
 
 def measurable(ctx: Context) -> bool:

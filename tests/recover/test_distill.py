@@ -367,3 +367,49 @@ def test_matched_is_the_teachers_metric_to_a_thousandth():
 
     assert _matched(1.00992, 1.01) and _matched(1.0, 1.0) and _matched(-2.0, -2.001)
     assert not _matched(0.998, 1.0) and not _matched(27.0, 28.0) and not _matched(-2.01, -2.0)
+
+
+def _student_off_on_a_few_tokens():
+    """The teacher's token model with the table rows of tokens 0-4 replaced: fitting those
+    five tokens moves the weights every other token reads (where the student was exact)."""
+    from onnx import numpy_helper
+
+    teacher = _token_model(seed=0)
+    student = onnx.ModelProto()
+    student.CopyFrom(teacher)
+    table = numpy_helper.to_array(student.graph.initializer[0]).copy()
+    table[:5] = np.random.default_rng(9).standard_normal(table[:5].shape)
+    student.graph.initializer[0].CopyFrom(numpy_helper.from_array(table, "table"))
+    return teacher, student
+
+
+def test_a_guard_set_keeps_weights_that_only_fit_the_calibration_style():
+    teacher, student = _student_off_on_a_few_tokens()
+    rng = np.random.default_rng(2)
+    calib, guard = {"ids": rng.integers(0, 5, (40, 4))}, {"ids": rng.integers(5, 50, (40, 4))}
+    cos = get_metric("cosine")
+
+    def on_guard(model):
+        return cos(session(model).run(None, guard), guard, session(teacher).run(None, guard))
+
+    assert on_guard(student) == pytest.approx(1.0)
+    free, info = distill(student, teacher, calib, metric=cos, steps=200, lr=5e-2)
+    assert info["val_after"] > info["val_before"] + 0.2 and on_guard(free) < 0.9  # learnt 0-4
+    kept, info = distill(student, teacher, calib, metric=cos, steps=200, lr=5e-2, guard=guard)
+    assert info["guard"] == 40 and info["best_step"] == 0 and info["steps"] < 200
+    assert initializer_bytes(kept) == initializer_bytes(student)
+
+
+def test_gains_below_min_gain_keep_their_weights_but_let_patience_stop(monkeypatch):
+    from onnxprune.recover import distill as module
+
+    teacher, student = _token_model(seed=0), _token_model(seed=1)
+    ids = {"ids": np.random.default_rng(2).integers(0, 50, (40, 4))}
+    cos = get_metric("cosine")
+    _, full = distill(student, teacher, ids, metric=cos, steps=200, lr=5e-2, patience=3,
+                      eval_every=2)
+    monkeypatch.setattr(module, "MIN_GAIN", 10.0)  # no gain counts
+    _, cut = distill(student, teacher, ids, metric=cos, steps=200, lr=5e-2, patience=3,
+                     eval_every=2)
+    assert full["steps"] > 40 and cut["stopped"] == "patience" and cut["steps"] == 20
+    assert cut["best_step"] == 20 and cut["val_after"] > cut["val_before"]  # weights kept

@@ -192,3 +192,20 @@ def test_a_plan_made_with_factors_is_reused_with_them(tmp_path):
                   compensate=True)
     assert again.verification.passed and again.factors == first.factors
     assert again.params_after == first.params_after
+
+
+def test_a_token_model_searches_on_a_random_token_copy_and_without_the_refit(tmp_path):
+    """With the probe measured (a token model, cosine): the search measures candidates on the
+    calibration data and one random-token copy when a table was factorized, and as cut (no
+    refit), unless asked."""
+    path = tmp_path / "m.onnx"
+    onnx.save(_model(head=False), path)
+    calib = {"ids": _ids(80)}  # 64 fitted, 16 held out
+    common = dict(calib=calib, metric="cosine", strategy="sensitivity", target_params=0.3,
+                  compensate=True)
+    r = prune(path, tmp_path / "a.onnx", **common)
+    assert r.selection["search_samples"] == 128 and r.selection.get("refit") is None
+    r = prune(path, tmp_path / "b.onnx", factorize="off", search_refit="on", **common)
+    assert r.selection["search_samples"] == 64 and r.selection["refit"]["layers"] >= 1
+    r = prune(path, tmp_path / "c.onnx", search_augment=2, **common)
+    assert r.selection["search_samples"] == 192
