@@ -111,7 +111,11 @@ def factorize(graph: gs.Graph, aspect: float = ASPECT, share: float = SHARE,
         a_t = gs.Constant(unique_name(graph, f"{w.name}.factor_a"), np.ascontiguousarray(a))
         b_t = gs.Constant(unique_name(graph, f"{w.name}.factor_b"),
                           np.ascontiguousarray(b.T if trans_b else b))
-        inner = gs.Variable(unique_name(graph, f"{w.name}.factor_inner"), dtype=original.dtype)
+        fed = node.inputs[1] if kind == "table" else node.inputs[0]  # ids, or the activation
+        shape = None if fed.shape is None else (
+            [*fed.shape, a.shape[1]] if kind == "table" else [*fed.shape[:-1], a.shape[1]])
+        inner = gs.Variable(unique_name(graph, f"{w.name}.factor_inner"), dtype=original.dtype,
+                            shape=shape)
         first = unique_name(graph, f"{node.name}.factor")
         if kind == "table":
             graph.nodes.append(gs.Node("Gather", first, {"axis": 0}, [a_t, node.inputs[1]],

@@ -209,3 +209,20 @@ def test_a_token_model_searches_on_a_random_token_copy_and_without_the_refit(tmp
     assert r.selection["search_samples"] == 64 and r.selection["refit"]["layers"] >= 1
     r = prune(path, tmp_path / "c.onnx", search_augment=2, **common)
     assert r.selection["search_samples"] == 192
+
+
+def test_the_rank_of_the_demo_text_encoders_table_prunes(tmp_path):
+    """The zoo's text encoder (a random 4000 x 64 table, a mean over the tokens): the inner
+    tensor gets its shape where it is made, so its rank is a prunable group and the target is
+    met (it froze as 'not an activation times a 2-D constant weight' when its shape was left to
+    an inference the pipeline does not run again)."""
+    from onnxprune.zoo.builder import demo_text
+
+    path = tmp_path / "text.onnx"
+    onnx.save(demo_text(), path)
+    ids = np.random.default_rng(1).integers(1, 4000, (96, 16))
+    r = prune(path, tmp_path / "p.onnx", calib={"input_ids": ids}, metric="cosine",
+              strategy="sensitivity", target_params=0.3)
+    (f,) = r.factors
+    assert f["factorized"] and f["rank"] < 64 and r.verification.passed
+    assert 1 - r.params_after / r.params_before >= 0.3 - 1e-9
