@@ -9,7 +9,7 @@ from onnxprune.api import prune
 from onnxprune.errors import UsageError
 from onnxprune.ir.graph import import_model
 from onnxprune.search import memory
-from onnxprune.search.evaluate import Evaluator
+from onnxprune.search.evaluate import MAX_ROWS, Evaluator
 from onnxprune.search.quality import get_metric
 from onnxprune.zoo.builder import GraphBuilder
 
@@ -46,14 +46,15 @@ def test_activation_bytes_are_the_peak_of_live_tensors():
 def test_a_small_budget_chunks_calls_and_scores_the_same():
     model = _mlp()
     analysis = analyze_channels(import_model(model))
-    data = {"x": np.random.default_rng(0).standard_normal((300, 12)).astype(np.float32)}
+    data = {"x": np.random.default_rng(0).standard_normal((200, 12)).astype(np.float32)}
     metric = get_metric("cosine")
     free = Evaluator(model, analysis, data, metric, memory=1 << 30)
-    tight = Evaluator(model, analysis, data, metric, memory=1 << 20)
-    assert free.batched and free.max_rows > 300
-    # 1 MB over a few hundred bytes per sample (the gated model's tensors): far below K x N
+    tight = Evaluator(model, analysis, data, metric, memory=1 << 17)
+    assert free.batched and free.max_rows == MAX_ROWS > 200
+    # 128 KB over a few hundred bytes per sample (the gated model's tensors): below K x N
     assert tight.per_sample is not None
-    assert tight.max_rows == (1 << 20) // int(tight.per_sample * memory.RUNTIME_FACTOR)
+    assert tight.max_rows == (1 << 17) // int(tight.per_sample * memory.RUNTIME_FACTOR)
+    assert tight.max_rows < 200 and not tight.batched
     masks = np.random.default_rng(1).uniform(size=(40, analysis.num_units)) > 0.3
     a, b = free.evaluate_many(masks), tight.evaluate_many(masks)
     assert np.allclose(a, b, rtol=1e-6, atol=1e-7)
