@@ -165,3 +165,27 @@ def test_sum_over_two_channel_axes_chains_two_gates():
     y = b.op("ReduceSum", [h], axes=[1, 3], keepdims=0, name="rsum")
     res = check_oracle(b.build([y]), trials=3)
     assert sum(g.kind == "mul" and g.node == "rsum" for g in res.analysis.gates) == 2
+
+
+def test_global_average_pool_over_a_reshaped_channel_axis_at_opset_12():
+    """A channel axis split by a Reshape and pooled by GlobalAveragePool (a gated mean): before
+    opset 13 ReduceSum takes its axes as an attribute only, and the gate's sums reduced every
+    axis (batch and channels too: [2, 2, 1, 1] read [1, 1, 1, 1] with all gates open). The
+    gated mean is now a ratio of two GlobalAveragePools."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((4, 1)).astype(np.float32)
+    inits = [numpy_helper.from_array(np.array([0, 8, 4], np.int64), "s1"),
+             numpy_helper.from_array(w, "w"),
+             numpy_helper.from_array(np.array([0, 2, 4, 1], np.int64), "s2")]
+    nodes = [helper.make_node("Reshape", ["x", "s1"], ["r1"]),
+             helper.make_node("MatMul", ["r1", "w"], ["m"]),
+             helper.make_node("Reshape", ["m", "s2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "gap12", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 2, 1, 1]),
+         helper.make_tensor_value_info("r2", TensorProto.FLOAT, ["b", 2, 4, 1])], inits)
+    for opset in (12, 13):
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        check_oracle(model, seed=0)

@@ -35,6 +35,9 @@ def _reduce_sum(x: str, y: str, node: onnx.NodeProto, p: str, name: str,
                 opset: int) -> onnx.NodeProto:
     """ReduceSum over the stats node's axes (its own axes input when it has one), keepdims as
     the node (LayerNormalization keeps them)."""
+    if node.op_type == "GlobalAveragePool":  # a mean, not a sum: their ratio is the same,
+        # and it needs no axes (ReduceSum before opset 13 takes them as an attribute only)
+        return helper.make_node("GlobalAveragePool", [x], [y], name=name)
     keep = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
     own = node.op_type == "ReduceMean" and len(node.input) > 1 and node.input[1]
     axes = node.input[1] if own else p + "_axes"
