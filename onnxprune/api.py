@@ -10,7 +10,7 @@ from typing import Any
 import onnx
 
 from .analysis.blocks import Block, find_blocks
-from .analysis.branches import branch_inputs
+from .analysis.branches import branch_inputs, opened_inputs
 from .analysis.components import Components, Flow
 from .analysis.model import ChannelAnalysis
 from .analysis.size import (
@@ -75,6 +75,7 @@ class Analysis:
     blocks: tuple[Block, ...] = ()  # residual blocks (--remove-blocks), removable or why not
     influence: dict[str, float] = field(default_factory=dict)  # block -> influence (with data)
     branch_inputs: dict[str, list[str]] = field(default_factory=dict)  # If -> inputs deciding it
+    opened: dict[str, list[str]] = field(default_factory=dict)  # the same, Ifs pruned branchwise
 
     @property
     def stats(self) -> GroupStats:
@@ -114,7 +115,7 @@ def analyze(model: ModelLike, exclude: Sequence[str] = (), *, components: str = 
                     GroupStats.of(plain) if plain is not None else None, ctx.graph,
                     subgraph_params(ctx.graph), params_by_type(ctx.graph),
                     tuple(class_heads(ctx.graph)), tuple(token_inputs(ctx.graph)), blocks,
-                    influence, branch_inputs(ctx.graph))
+                    influence, branch_inputs(ctx.graph), opened_inputs(ctx.graph, ctx.branches))
 
 
 def _influence(ctx: Context, blocks: tuple[Block, ...], calib) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Which graph inputs decide the branches of an ``If``: a network inside If bodies (a
-voice-activity model choosing its network by sample rate) is not analyzed until the input that
-decides the condition is pinned (``--input-value``), which inlines the branch taken."""
+voice-activity model choosing its network by sample rate) is opened, both branches side by
+side (``rewrite/branches.py``), or, pinned (``--input-value``), inlined as the branch taken."""
 
 from __future__ import annotations
 
@@ -10,33 +10,59 @@ import onnx_graphsurgeon as gs
 def branch_inputs(graph: gs.Graph) -> dict[str, list[str]]:
     """If node -> the graph inputs its condition is computed from (only Ifs whose condition
     is a function of graph inputs and constants, and that hold parameters in a body)."""
-    inputs = {t.name for t in graph.inputs}
     out: dict[str, list[str]] = {}
     for node in graph.nodes:
-        if node.op != "If" or not _holds_weights(node):
-            continue
-        found: set[str] = set()
-        todo, seen, ok = [node.inputs[0]], set(), True
-        while todo and ok:
-            t = todo.pop()
-            if t.name in seen or isinstance(t, gs.Constant):
-                continue
-            seen.add(t.name)
-            if t.name in inputs:
-                found.add(t.name)
-            elif len(t.inputs) == 1 and not t.inputs[0].attrs.get("then_branch"):
-                todo.extend(x for x in t.inputs[0].inputs if x is not None and x.name)
-            else:
-                ok = False
-        if ok and found:
-            out[node.name] = sorted(found)
+        if node.op == "If" and holds_weights(node):
+            found = _deciding(graph, node.inputs[0])
+            if found:
+                out[node.name] = found
     return out
 
 
-def _holds_weights(node: gs.Node) -> bool:
-    for value in node.attrs.values():
-        if isinstance(value, gs.Graph) and any(
-                isinstance(t, gs.Constant) and t.values.size > 1
-                for n in value.nodes for t in n.inputs):
+def opened_inputs(graph: gs.Graph, opened) -> dict[str, list[str]]:
+    """The same for the Ifs written as both branches (``rewrite.branches.Opened``), whose
+    condition tensor is still in the graph; those opened inside another's branch left out."""
+    tensors = graph.tensors()
+    out: dict[str, list[str]] = {}
+    for record in opened or ():
+        if record.inside is None and record.cond in tensors:
+            out[record.name] = _deciding(graph, tensors[record.cond])
+    return out
+
+
+def _deciding(graph: gs.Graph, cond: gs.Tensor) -> list[str]:
+    """The graph inputs ``cond`` is computed from; empty when something else decides it (a
+    node with branches of its own, a node of several results)."""
+    inputs = {t.name for t in graph.inputs}
+    found: set[str] = set()
+    todo, seen = [cond], set()
+    while todo:
+        t = todo.pop()
+        if t.name in seen or isinstance(t, gs.Constant):
+            continue
+        seen.add(t.name)
+        if t.name in inputs:
+            found.add(t.name)
+        elif len(t.inputs) == 1 and not t.inputs[0].attrs.get("then_branch"):
+            todo.extend(x for x in t.inputs[0].inputs if x is not None and x.name)
+        else:
+            return []
+    return sorted(found)
+
+
+def holds_weights(node: gs.Node) -> bool:
+    """A node with a parameter (a constant of more than one element, an initializer or a
+    Constant node) in a branch, or in a branch's branch."""
+    return any(_weighted(sub) for sub in node.subgraphs())
+
+
+def _weighted(graph: gs.Graph) -> bool:
+    for n in graph.nodes:
+        if any(isinstance(t, gs.Constant) and t.values.size > 1 for t in n.inputs):
+            return True
+        value = n.attrs.get("value") if n.op == "Constant" else None
+        if isinstance(value, gs.Constant) and value.values.size > 1:
+            return True
+        if holds_weights(n):
             return True
     return False

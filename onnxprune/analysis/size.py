@@ -84,18 +84,20 @@ def is_param(tensor: gs.Tensor) -> bool:
     return dtype == np.int32 and any(n.op in QUANT_CONSUMERS for n in tensor.outputs)
 
 
-def _unique_params(graph: gs.Graph, seen: dict[str, gs.Constant] | None = None
-                   ) -> dict[str, gs.Constant]:
-    """Each parameter constant once, by name, those used inside If/Loop/Scan bodies too, and
-    the values of Constant nodes (exporters that store weights that way, before folding)."""
+def _unique_params(graph: gs.Graph, seen: dict[int, gs.Constant] | None = None
+                   ) -> dict[int, gs.Constant]:
+    """Each parameter constant once, those used inside If/Loop/Scan bodies too, and the values
+    of Constant nodes (exporters that store weights that way, before folding). Once by array,
+    not by name (two branches may each hold an initializer of one name) nor by tensor (a
+    graph's copy copies the tensors a body reads, not their arrays)."""
     seen = {} if seen is None else seen
     for node in graph.nodes:
         for t in node.inputs:
-            if t.name not in seen and is_param(t):
-                seen[t.name] = t
+            if is_param(t):
+                seen.setdefault(id(t._values), t)  # noqa: SLF001 - the array (or lazy proto)
         value = node.attrs.get("value") if node.op == "Constant" else None
         if isinstance(value, gs.Constant) and node.outputs and is_param(value):
-            seen.setdefault(node.outputs[0].name, value)  # weights as Constant nodes
+            seen.setdefault(id(value._values), value)  # noqa: SLF001 - weights as Constant nodes
         for value in node.attrs.values():
             for sub in value if isinstance(value, list) else [value]:
                 if isinstance(sub, gs.Graph):
@@ -110,13 +112,10 @@ def graph_params(graph: gs.Graph) -> int:
 
 def subgraph_params(graph: gs.Graph) -> int:
     """Parameters only If/Loop/Scan bodies use (the analysis does not reach inside them)."""
-    top: dict[str, gs.Constant] = {}
-    for node in graph.nodes:
-        for t in node.inputs:
-            if is_param(t):
-                top[t.name] = t
-    return sum(int(np.prod(t.shape)) for name, t in _unique_params(graph).items()
-               if name not in top)
+    top = {id(t._values) for node in graph.nodes for t in node.inputs  # noqa: SLF001
+           if is_param(t)}
+    return sum(int(np.prod(t.shape)) for key, t in _unique_params(graph).items()
+               if key not in top)
 
 
 def params_by_type(graph: gs.Graph) -> dict[str, int]:

@@ -55,6 +55,7 @@ def analysis_json(result: Analysis, model: str) -> dict[str, Any]:
         },
         "subgraph_params": result.subgraph_params,
         "branch_inputs": result.branch_inputs,
+        "opened_branches": result.opened,
         "class_heads": list(result.class_heads),
         "token_inputs": list(result.token_inputs),
         "blocks": [{**block_json(b), **({"influence": result.influence[b.name]}
@@ -171,6 +172,13 @@ def print_analysis(console: Console, result: Analysis, model: str, limit: int = 
                           f"({', '.join(t['tables'])}) holds {t['params']:,} parameters, "
                           f"{share:.0%} of the model; --keep-tokens keeps only those a task "
                           "reads", markup=False, highlight=False, soft_wrap=True)
+    for name, decided in result.opened.items():
+        pin = (f"; --input-value {decided[0]}=VALUE prunes only the branch that value takes "
+               "(inlined)" if decided else "")
+        console.print(f"If node {name}"
+                      + (f" (its branch chosen by input {', '.join(decided)})" if decided else "")
+                      + ": both branches are analyzed and pruned, and the written model keeps "
+                      "the If" + pin, markup=False, soft_wrap=True)
     if result.subgraph_params:
         decided = sorted({i for names in result.branch_inputs.values() for i in names})
         how = (f"; If node {', '.join(result.branch_inputs)} chooses its branch by input "

@@ -9,6 +9,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
+from .scopes import shared_constants
 from .symbolic import refine_shapes
 from .weights import Skeleton, graph_skeleton, import_skeleton, lift_constants, proto
 
@@ -31,7 +32,8 @@ def export_model(graph: gs.Graph, ir_version: int | None = None,
     """The graph as a model; ``like``: the model it came from, whose model-level fields the IR
     does not carry (metadata, doc string, producer, version, domain, local functions, graph
     output types) are kept."""
-    model = gs.export_onnx(graph, do_type_check=False)
+    with shared_constants(graph):  # a weight branches share: one initializer
+        model = gs.export_onnx(graph, do_type_check=False)
     if ir_version is not None:
         model.ir_version = ir_version
     if like is not None:
@@ -260,3 +262,24 @@ def weight_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
             producer.inputs[0], gs.Constant):
         return tuple(producer.inputs[0].values.shape)
     return None
+
+
+def adopt(branch: gs.Graph, prefix: str) -> list[gs.Node]:
+    """The branch's nodes, their names and local tensors' names prefixed (with the If's name,
+    so they stay unique in the outer graph); a constant something outside the branch reads too
+    (a weight the other branch shares) keeps its name."""
+    mine = {id(n) for n in _all_nodes(branch)}
+    for tensor in branch._local_tensors().values():  # noqa: SLF001 - graphsurgeon's own helper
+        if tensor.name and not (isinstance(tensor, gs.Constant)
+                                and any(id(r) not in mine for r in tensor.outputs)):
+            tensor.name = f"{prefix}/{tensor.name}"
+    for n in branch.nodes:
+        n.name = f"{prefix}/{n.name}" if n.name else f"{prefix}/{n.op}"
+    return list(branch.nodes)
+
+
+def _all_nodes(graph: gs.Graph):
+    for node in graph.nodes:
+        yield node
+        for sub in node.subgraphs():
+            yield from _all_nodes(sub)

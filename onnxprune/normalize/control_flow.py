@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..ir.graph import const_value
+from ..ir.graph import adopt, const_value
 
 
 def inline_constant_ifs(graph: gs.Graph) -> int:
@@ -29,7 +29,7 @@ def inline_constant_ifs(graph: gs.Graph) -> int:
             continue
         branch: gs.Graph = node.attrs["then_branch" if bool(np.asarray(cond).ravel()[0])
                                       else "else_branch"]
-        nodes = _adopt(branch, node)
+        nodes = adopt(branch, node.name)
         outputs = {id(t) for t in graph.outputs}
         # (an If may declare fewer outputs than its branch computes: the rest are unused)
         for out, sub_out in zip(node.outputs, branch.outputs, strict=False):
@@ -47,14 +47,3 @@ def inline_constant_ifs(graph: gs.Graph) -> int:
     if inlined:
         graph.cleanup().toposort()
     return inlined
-
-
-def _adopt(branch: gs.Graph, node: gs.Node) -> list[gs.Node]:
-    """The branch's nodes, their names and local tensors' names prefixed with the If's name
-    (so they stay unique in the outer graph)."""
-    for tensor in branch._local_tensors().values():  # noqa: SLF001 - graphsurgeon's own helper
-        if tensor.name:
-            tensor.name = f"{node.name}/{tensor.name}"
-    for n in branch.nodes:
-        n.name = f"{node.name}/{n.name}" if n.name else f"{node.name}/{n.op}"
-    return list(branch.nodes)

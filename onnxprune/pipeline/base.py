@@ -172,6 +172,7 @@ class Context:
     classes: dict[str, Any] | None = None  # what keeping only some classes did (classes pass)
     tokens: dict[str, Any] | None = None  # what keeping only some tokens did (tokens pass)
     factors: list | None = None  # the matrices written as two factors (factorize pass)
+    branches: list | None = None  # Ifs written as both branches until closed (open-branches)
     factorization: list[dict] | None = None  # per factorized matrix: the rank kept (unfactorize)
     # graph inputs/outputs that lost channels (an opened decoder cache): name -> [(axis, keep)]
     interface: dict[str, list] | None = None

@@ -24,6 +24,7 @@ from ..options import Option, flag, text
 from ..search.quality import get_metric
 from ..select.plans import plan_factorized
 from .base import RUN_OPTIONS, Context, Pass, RunConfig
+from .branches import CloseBranches
 from .classes import KeepClasses
 from .core import Pipeline
 from .data import Calibrate, MeasureQuality, UseMetric
@@ -218,6 +219,7 @@ def prune_pipeline(model: str | Path | onnx.ModelProto, output: str | Path | Non
                  f"{cls.name}")
     if sw["recover"]:
         passes.append(VerifyRecovered())
+    passes.append(CloseBranches())  # (nothing to do unless normalization opened an If)
     if sw["quantize"] != "none":
         if not calib:
             what = "calibrates" if sw["quantize"] == "int8" else "is checked"
@@ -304,6 +306,8 @@ def recipe_pipeline(model: str | Path, steps: list[Pass], values: Mapping[str, A
     if calib:
         at = next((i + 1 for i, p in enumerate(steps) if p.name == "normalize"), 0)
         steps.insert(at, Calibrate(**calib))
+    if not any(p.name == CloseBranches.name for p in steps):
+        steps.append(CloseBranches())  # an If the normalization opened is written closed
     steps.append(WriteModel(values["output"], force=values.get("force", False)))
     if "report" in values:
         steps.append(Report(values["report"], command=command))

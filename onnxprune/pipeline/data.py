@@ -161,6 +161,12 @@ class Calibrate(Pass):
             info["heldout"] = ctx.heldout.samples
         if ctx.probe is not None:
             info["probe"] = ctx.probe.samples
+        if ctx.branches:
+            opened = ", ".join(o.name for o in ctx.branches if o.inside is None)
+            warn(f"the model's If ({opened}) was opened to prune both branches; what the "
+                 "calibration data measures is the branch it takes, and the other's channels "
+                 "read as free to a search: pin the input that chooses (--input-value) when "
+                 "the application takes one branch")
         return PassResult(False, info)
 
 

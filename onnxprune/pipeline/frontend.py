@@ -23,7 +23,9 @@ from ..normalize.cleanup import (
 from ..normalize.control_flow import inline_constant_ifs
 from ..normalize.fold_bn import fold_batchnorms
 from ..options import Option, flag, resolve
+from ..rewrite.share import share_identical_constants
 from .base import Context, Pass, PassResult
+from .branches import OpenBranches
 from .core import Fixpoint, Pipeline
 from .inputs import verification_feeds
 
@@ -64,6 +66,9 @@ class FoldConstants(Pass):
         ort.set_default_logger_severity(3)  # folding's sessions: no optimizer chatter
         graph.fold_constants(fold_shapes=True, error_ok=True, flatten_subgraphs=False,
                              should_exclude_node=_keeps_quantization).cleanup().toposort()
+        if any(True for n in graph.nodes for _ in n.subgraphs()):
+            # what both branches compute from one weight folds to a copy each: one again
+            share_identical_constants(graph, branches_only=True)
         return PassResult(len(graph.nodes) != before)
 
 
@@ -265,6 +270,12 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
+def _folds() -> Fixpoint:
+    return Fixpoint([DropIdentity(), FoldConstants(), InlineConstantIfs(),
+                     ConstantReshapeTargets(), FoldBatchNorm(), DropZeroStates(), InferShapes(),
+                     ShuffleToGather()])
+
+
 class Normalize(Pipeline):
     """The normalization every model goes through before analysis; ``check`` compares the
     result with the input model right away."""
@@ -286,10 +297,11 @@ class Normalize(Pipeline):
             InferShapes(),
             # Identity first: folding would copy a weight an exporter shares through Identity
             # nodes (tied layers) once per use
-            Fixpoint([DropIdentity(), FoldConstants(), InlineConstantIfs(),
-                      ConstantReshapeTargets(), FoldBatchNorm(), DropZeroStates(), InferShapes(),
-                      ShuffleToGather()]),
+            _folds(),
             Cleanup(),
+            # a network in If branches the inputs choose at run time: both branches, side by
+            # side (what they expose folds like the rest)
+            OpenBranches(Fixpoint([_folds(), Cleanup()], max_rounds=1)),
             UnshareFilledVectors(),
             InferShapes(),
             ExplicitSqueezeAxes(),

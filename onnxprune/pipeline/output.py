@@ -17,6 +17,7 @@ from ..verify.checks import verify_pruned
 from ..verify.identity import same_model
 from . import stages
 from .base import Context, Pass, PassResult
+from .branches import verify_branches
 from .frontend import blame_normalization
 from .inputs import verification_feeds
 
@@ -64,6 +65,8 @@ class Verify(Pass):
             blame = (blame_normalization(ctx, feed_sets[0])
                      if ctx.normalize_deferred else None)
             raise VerificationError(blame or "verification failed: " + "; ".join(report.messages))
+        if ctx.branches:  # the inputs took one branch of each opened If: each, forced
+            verify_branches(ctx, ctx.reference, analysis, removed, feed_sets, self.seed)
         if len(feed_sets) < 2 and _dynamic(reference) and not ctx.config.input_shapes:
             shown = "; ".join(f"{k} {'x'.join(map(str, v))}" for k, v in report.shapes[0].items())
             warn(f"verification ran at one set of input shapes ({shown}): no other size of "

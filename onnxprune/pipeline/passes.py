@@ -3,6 +3,7 @@ calibrate/metric -> score -> select -> remove -> cleanup -> verify -> (recover) 
 -> write -> (report)."""
 
 from .base import PROVIDED_BY, Pass
+from .branches import CloseBranches, OpenBranches
 from .classes import KeepClasses
 from .data import Calibrate, MeasureQuality, UseMetric
 from .entry import LoadModel, UseModel
@@ -28,10 +29,11 @@ from .tokens import KeepTokens
 CATALOGUE: dict[str, type[Pass]] = {
     cls.name: cls for cls in (
         Normalize, NameNodes, InferShapes, FoldConstants, ConstantReshapeTargets,
-        FoldBatchNorm, DropIdentity, Cleanup, KeepClasses, KeepTokens, Factorize,
+        FoldBatchNorm, DropIdentity, Cleanup, OpenBranches, KeepClasses, KeepTokens, Factorize,
         FindComponents, InsertFlowAdapters,
         AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels, MeasureQuality,
-        RemoveChannels, DropAdapters, Unfactorize, Verify, Compensate, Distill, VerifyRecovered, Quantize,
+        RemoveChannels, DropAdapters, Unfactorize, Verify, Compensate, Distill, VerifyRecovered, CloseBranches,
+        Quantize,
         WriteModel, Report,
     )
 }
@@ -40,9 +42,10 @@ for _cls in (LoadModel, UseModel, *CATALOGUE.values()):
         PROVIDED_BY.setdefault(_artifact, _cls.name)
 
 __all__ = [
-    "CATALOGUE", "STRATEGIES", "AnalyzeChannels", "Calibrate", "Cleanup", "ConstantReshapeTargets",
+    "CATALOGUE", "STRATEGIES", "AnalyzeChannels", "Calibrate", "Cleanup", "CloseBranches", "ConstantReshapeTargets",
     "DropAdapters", "DropIdentity", "Factorize", "FindComponents", "FoldBatchNorm", "FoldConstants",
     "InferShapes", "InsertFlowAdapters", "KeepClasses", "KeepTokens", "LoadModel", "MeasureQuality", "NameNodes", "Normalize",
+    "OpenBranches",
     "Quantize", "RemoveChannels", "Report", "ScoreChannels", "Compensate", "Distill",
     "VerifyRecovered", "SelectChannels", "Unfactorize", "UseMetric", "UseModel", "Verify",
     "WriteModel",

@@ -33,9 +33,9 @@ from ..select.sensitivity import Constraint, select_sensitivity
 from ..select.uniform import PrunePlan, select_uniform
 from .base import Context, Pass, PassResult
 from .data import augmented_evaluator, evaluator
-from .stages import probe
 from .inputs import verification_feeds
 from .soft_criteria import criterion_auto, soft, soft_by_criteria
+from .stages import probe
 
 STRATEGIES = ("uniform", "global", "sensitivity", "soft")
 LATENCY_ROUND_TO = 8
