@@ -11,6 +11,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis.branches import holds_weights
+from ..analysis.size import macs_at
 from ..errors import UsageError, VerificationError, warn
 from ..ir.runtime import session
 from ..ir.shapes import choose_shapes
@@ -63,6 +64,8 @@ class CloseBranches(Pass):
             return PassResult(False)
         graph = ctx.require("graph", self.name)
         flat = graph.copy()
+        sets = ctx.input_sets
+        macs = macs_at(flat, sets[0] if sets else None)  # (counting does not enter an If)
         feeds = verification_feeds(ctx, ctx.skeleton(flat))
         want = {v: _run(ctx, flat, ctx.branches, v, feeds) for v in (True, False)}
         try:
@@ -78,7 +81,7 @@ class CloseBranches(Pass):
                                         "this")
         closed = [o.name for o in ctx.branches]
         ctx.branches = None
-        return PassResult(True, {"closed": closed})
+        return PassResult(True, {"closed": closed, "macs": macs})
 
 
 def verify_branches(ctx: Context, reference: gs.Graph, analysis, removed, feed_sets,

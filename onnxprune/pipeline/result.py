@@ -82,7 +82,9 @@ def result_of(ctx: Context, params_before: int | None = None,
         params_after=graph_params(ctx.graph),
         macs_before=macs_at(before, sets[0] if sets else None) if macs_before is None
         else macs_before,
-        macs_after=macs_at(ctx.graph, sets[0] if sets else None),
+        macs_after=next((res.info["macs"] for name, res in ctx.log  # both branches, as before
+                         if name == "close-branches" and "macs" in res.info),
+                        None) or macs_at(ctx.graph, sets[0] if sets else None),
         timings=total_time(ctx), output=ctx.output_path, quality=ctx.quality,
         selection=ctx.select_info, recovery=ctx.recovery or None,
         params_input=ctx.source_params, stages=stage_summary(ctx), memory=memory_of(ctx),

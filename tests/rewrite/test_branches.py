@@ -201,3 +201,8 @@ def test_a_search_on_calibration_data_is_told_it_measures_one_branch(tmp_path, r
             str(w.message)]
     assert len(said) == 1 and "--input-value" in said[0]
     assert r.verification.passed
+
+
+def test_the_macs_after_count_both_branches_as_the_macs_before_do(tmp_path):
+    r = prune(_model(), tmp_path / "o.onnx", ratio=0.5)
+    assert 0 < r.macs_after < r.macs_before  # not 0 (counting does not enter the If)
