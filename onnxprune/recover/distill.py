@@ -56,6 +56,12 @@ DIVERGED = 8.0
 # reset patience: MiniLM at lr 1e-5 gained 1e-5 of cosine per validation for 200 more steps
 # (0.9914 at step 96, 0.9926 at 300, 70 s)
 MIN_GAIN = 1e-4
+# guard samples scored at each gain (the first ones): MiniLM's 64 probe sentences cost 0.23 s a
+# validation, as much as a training step, at every gain of a slow learning rate
+GUARD_ROWS = 16
+# gains the guard refuses in a row before the run stops: this learning rate fits the calibration
+# data's style (MiniLM at 1e-4: every gain refused, 30 steps to patience, 12 s)
+GUARD_PATIENCE = 3
 MATCHED = 1e-3  # a student this close to the teacher's own validation metric is not trained
 
 ModelLike = onnx.ModelProto | str | os.PathLike
@@ -117,10 +123,11 @@ def distill(
     the student, and the teacher's outputs are cut alike. ``reads``: the outputs ``metric``
     reads, by name (None: all).
 
-    ``guard``: samples of another style (the random-token probe), never trained on: with a
-    ``metric``, weights that make it score worse on them than the student did are never the
-    best, so patience stops a run that only learns the calibration data's style (MiniLM on
-    templated sentences: 300 steps whose every gain the probe then undid).
+    ``guard``: samples of another style (the random-token probe; its first ``GUARD_ROWS``),
+    never trained on: with a ``metric``, weights that make it score worse on them than the
+    student did are never the best, and ``GUARD_PATIENCE`` such gains in a row stop the run
+    (``"stopped": "guard"``): it learns the calibration data's style only (MiniLM on templated
+    sentences: 300 steps whose every gain the probe then undid).
 
     Returns the best model (same nodes and initializer names/shapes as ``student``) and
     ``{"steps", "best_step", "val_before", "val_after", "history": [(step, train_loss,
@@ -150,7 +157,7 @@ def distill(
     guard_idx = np.arange(0)
     if guard is not None and metric is not None and not metric.on_model and \
             teacher_feeds is None:  # appended after the samples the split draws from
-        extra = calibration(guard, graph, student)
+        extra = {k: v[:GUARD_ROWS] for k, v in calibration(guard, graph, student).items()}
         if set(extra) == set(batch):
             guard_idx = np.arange(n, n + len(next(iter(extra.values()))))
             batch = {k: np.concatenate([v, extra[k]]) for k, v in batch.items()}
@@ -199,6 +206,7 @@ def distill(
         best_util, best_step, best_val = utility(val_before), 0, val_before
         best_state = {k: p.detach().clone() for k, p in graph.params.items()}
         bad, last, window, batches = 0, 0, [], minibatches(train_idx, size, rng)
+        refused = 0  # gains on the validation split the guard refused, in a row
         if metric is not None and not metric.on_model and _matched(
                 utility(val_before), utility(metric(val_teacher, val_batch, val_teacher))):
             steps, stopped = 0, "matched"  # the student scores as the teacher: nothing to gain
@@ -225,14 +233,18 @@ def distill(
                 if history[-1][1] > DIVERGED * max(history[0][1], 1e-12):
                     stopped = "diverged"  # a dead student (constant outputs), not a dip
                     break
-                if utility(value) > best_util and guarded():
+                better = utility(value) > best_util
+                if better and guarded():
                     gained = utility(value) - best_util > MIN_GAIN * abs(best_util)
                     best_util, best_step, best_val = utility(value), step, value
                     best_state = {k: p.detach().clone() for k, p in graph.params.items()}
-                    bad, last = (0, step) if gained else (bad + 1, last)
+                    bad, last, refused = (0, step, 0) if gained else (bad + 1, last, 0)
                 else:
-                    bad += 1
+                    bad, refused = bad + 1, refused + 1 if better else refused
                 advance(1, f"loss {history[-1][1]:.4g}  val {value:.4g}")
+                if refused >= GUARD_PATIENCE:
+                    stopped = "guard"  # its gains are the calibration style's alone
+                    break
                 if patience is not None and bad >= patience and step - last >= steps // 10:
                     stopped = "patience"
                     break

@@ -396,8 +396,26 @@ def test_a_guard_set_keeps_weights_that_only_fit_the_calibration_style():
     free, info = distill(student, teacher, calib, metric=cos, steps=200, lr=5e-2)
     assert info["val_after"] > info["val_before"] + 0.2 and on_guard(free) < 0.9  # learnt 0-4
     kept, info = distill(student, teacher, calib, metric=cos, steps=200, lr=5e-2, guard=guard)
-    assert info["guard"] == 40 and info["best_step"] == 0 and info["steps"] < 200
+    assert info["guard"] == 16 and info["best_step"] == 0 and info["steps"] < 200  # 16 scored
     assert initializer_bytes(kept) == initializer_bytes(student)
+
+
+def test_gains_the_guard_keeps_refusing_stop_the_run(monkeypatch):
+    """Three refused gains in a row end a run that fits the calibration style only; without
+    the rule it ran on to patience."""
+    from onnxprune.recover import distill as module
+
+    teacher, student = _student_off_on_a_few_tokens()
+    rng = np.random.default_rng(2)
+    calib, guard = {"ids": rng.integers(0, 5, (40, 4))}, {"ids": rng.integers(5, 50, (40, 4))}
+    cos = get_metric("cosine")
+    _, quick = distill(student, teacher, calib, metric=cos, steps=200, lr=5e-2, guard=guard,
+                       eval_every=2)
+    monkeypatch.setattr(module, "GUARD_PATIENCE", 10**6)
+    _, slow = distill(student, teacher, calib, metric=cos, steps=200, lr=5e-2, guard=guard,
+                      eval_every=2)
+    assert quick["stopped"] == "guard" and quick["steps"] == 6 and quick["best_step"] == 0
+    assert slow["stopped"] == "patience" and slow["steps"] >= 20
 
 
 def test_gains_below_min_gain_keep_their_weights_but_let_patience_stop(monkeypatch):
