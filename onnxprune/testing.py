@@ -14,7 +14,7 @@ from .ir.graph import export_model, import_model
 from .ir.runtime import random_feeds, session
 from .pipeline import Context, Pipeline
 from .pipeline.passes import Normalize, UseModel
-from .pipeline.structure import analyze_graph
+from .pipeline.passes.structure import analyze_graph
 from .rewrite.remove import remove_units
 from .verify.compare import close, max_diffs
 from .verify.oracle import Oracle

@@ -6,7 +6,13 @@ import pytest
 
 from onnxprune.api import prune
 from onnxprune.ir.arrays import Calibration
-from onnxprune.pipeline.augment import _blur, _shifted, _slant, image_inputs, with_image_copies
+from onnxprune.pipeline.support.augment import (
+    _blur,
+    _shifted,
+    _slant,
+    image_inputs,
+    with_image_copies,
+)
 from onnxprune.zoo.builder import GraphBuilder, demo_cnn
 
 

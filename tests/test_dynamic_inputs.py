@@ -79,7 +79,7 @@ def test_an_input_a_layer_contracts_takes_the_size_it_accepts(recwarn):
 def test_shapes_whose_activations_would_not_fit_are_refused_before_they_run(monkeypatch):
     """The chooser's runner sizes shapes far larger than the first it tried (shape inference)
     and refuses one whose activations exceed the search budget without running it."""
-    from onnxprune.pipeline import inputs
+    from onnxprune.pipeline.support import inputs
     from onnxprune.search.memory import activation_bytes
 
     m = conv_net()
@@ -191,7 +191,7 @@ def test_shape_with_a_range_folds_right(tmp_path):
 def test_a_normalization_step_that_breaks_the_model_is_named(monkeypatch):
     import onnx_graphsurgeon as gs
 
-    from onnxprune.pipeline import frontend
+    from onnxprune.pipeline.passes import frontend
 
     def breaks(self, ctx):  # a weight of the wrong shape: the model no longer runs
         conv = next(n for n in ctx.graph.nodes if n.op == "Conv")
@@ -263,7 +263,7 @@ def test_bench_chooses_shapes_and_feeds_pins(tmp_path):
 def test_one_set_of_shapes_for_a_dynamic_model_is_said(monkeypatch, recwarn):
     """Verification at a single set of shapes of a model with dynamic sizes is a weaker proof:
     the run says so (unless the shapes were given)."""
-    from onnxprune.pipeline import inputs
+    from onnxprune.pipeline.support import inputs
 
     real = inputs.choose_shapes
     monkeypatch.setattr(inputs, "choose_shapes", lambda *a, **k: real(*a, **k)[:1])

@@ -137,7 +137,8 @@ def test_normalized_graph_has_shapes_for_analysis():
 def test_shape_inference_runs_again_only_after_a_change(monkeypatch, with_bn):
     """Normalization infers shapes once when no step changes the graph; a step that changes
     it (a BatchNorm folded) makes the next inference run."""
-    from onnxprune.pipeline import Context, Normalize, Pipeline, UseModel, frontend
+    from onnxprune.pipeline import Context, Normalize, Pipeline, UseModel
+    from onnxprune.pipeline.passes import frontend
 
     calls = []
     real = frontend.infer_shapes

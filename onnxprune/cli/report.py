@@ -11,7 +11,7 @@ from ..analysis.model import Group
 from ..analysis.size import types_text
 from ..api import Analysis, PruneResult
 from ..figures import distinct
-from ..pipeline.depth import block_json
+from ..pipeline.passes.depth import block_json
 from ..pipeline.result import prune_json  # noqa: F401 - the --json object, also here
 
 
@@ -383,7 +383,7 @@ def print_prune(console: Console, r: PruneResult, model: str, verbose: bool = Fa
     elif v is not None:
         console.print("verified by onnx.checker only: " + "; ".join(v.messages))
     if r.quantization:
-        from ..pipeline.quantization import summary_line
+        from ..pipeline.passes.quantization import summary_line
 
         q = r.quantization
         console.print(summary_line(q) + f"; weights {q['weight_bytes_float']:,} -> "

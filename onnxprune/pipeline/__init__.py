@@ -1,7 +1,10 @@
-"""The pass pipeline: what a pass is and what passes share (``base``), the pipeline that runs
-them (``core``), every pass grouped by stage (entry, frontend, structure, data, pruning,
-recovery, output), the catalogue recipes name passes from (``passes``), the recipe loader and
-the prune pipeline built from options (``build``)."""
+"""The pass pipeline. Infrastructure here: what a pass is and the context passes share
+(``base``), the pipeline that runs them (``core``), the passes that load a model (``entry``),
+the prune pipeline built from options and a recipe's run (``build``), the recipe loader
+(``recipes``) and the result a run returns (``result``). The passes themselves, grouped by
+stage, and the catalogue recipes name them from: ``passes/`` (frontend, branches, classes,
+tokens, factors, structure, data, pruning, depth, recovery, output, quantization). What passes
+share that is not a pass: ``support/`` (inputs, stages, probe, augment, soft_criteria)."""
 
 from .base import RUN_OPTIONS, Context, Pass, PassResult, Resources, RunConfig
 from .core import Fixpoint, Pipeline, peak_memory, total_time

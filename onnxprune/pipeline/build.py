@@ -24,20 +24,20 @@ from ..options import Option, flag, text
 from ..search.quality import get_metric
 from ..select.plans import plan_factorized
 from .base import RUN_OPTIONS, Context, Pass, RunConfig
-from .branches import CloseBranches
-from .classes import KeepClasses
 from .core import Pipeline
-from .data import Calibrate, MeasureQuality, UseMetric
-from .depth import RemoveBlocks
 from .entry import LoadModel, UseModel
-from .factors import Factorize, Unfactorize
-from .frontend import Cleanup, Normalize
-from .output import Report, Verify, WriteModel
-from .pruning import RemoveChannels, ScoreChannels, SelectChannels
-from .quantization import Quantize
-from .recovery import Compensate, Distill, VerifyRecovered
-from .structure import AnalyzeChannels, DropAdapters, FindComponents, InsertFlowAdapters
-from .tokens import KeepTokens
+from .passes.branches import CloseBranches
+from .passes.classes import KeepClasses
+from .passes.data import Calibrate, MeasureQuality, UseMetric
+from .passes.depth import RemoveBlocks
+from .passes.factors import Factorize, Unfactorize
+from .passes.frontend import Cleanup, Normalize
+from .passes.output import Report, Verify, WriteModel
+from .passes.pruning import RemoveChannels, ScoreChannels, SelectChannels
+from .passes.quantization import Quantize
+from .passes.recovery import Compensate, Distill, VerifyRecovered
+from .passes.structure import AnalyzeChannels, DropAdapters, FindComponents, InsertFlowAdapters
+from .passes.tokens import KeepTokens
 
 TARGETS = ("params", "macs", "latency")  # --target KIND=F: select.target_<kind>
 RECOVERIES = ("compensate", "distill")

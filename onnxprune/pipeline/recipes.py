@@ -25,8 +25,8 @@ from ..errors import UsageError
 from ..options import OptionError
 from .core import Pass, Pipeline
 from .entry import LoadModel
-from .output import WriteModel
 from .passes import CATALOGUE
+from .passes.output import WriteModel
 
 if sys.version_info >= (3, 11):
     import tomllib

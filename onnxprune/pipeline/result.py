@@ -21,7 +21,7 @@ from ..select.uniform import PrunePlan
 from ..verify.checks import VerifyReport
 from .base import Context
 from .core import peak_memory, total_time
-from .stages import summary as stage_summary
+from .support.stages import summary as stage_summary
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def depth_summary(ctx: Context) -> dict | None:
     """The blocks removed and the scores that chose them (None: no depth pass)."""
     if ctx.depth is None:
         return None
-    from .depth import block_json
+    from .passes.depth import block_json
 
     scores = ctx.depth["scores"]
     return {"removable": len(ctx.depth["removable"]), "scored_by": ctx.depth.get("by"),

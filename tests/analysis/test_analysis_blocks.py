@@ -147,8 +147,8 @@ def test_the_oracle_tells_a_removed_block_from_a_kept_one(tmp_path):
     """The gate is what verification relies on: the pruned model does not equal the reference
     with the removed block's gate open."""
     from onnxprune.pipeline import Context, Pipeline
-    from onnxprune.pipeline.depth import RemoveBlocks
     from onnxprune.pipeline.passes import AnalyzeChannels, LoadModel, Normalize, RemoveChannels
+    from onnxprune.pipeline.passes.depth import RemoveBlocks
     from onnxprune.select.uniform import select_uniform
     from onnxprune.verify.checks import verify_pruned
 

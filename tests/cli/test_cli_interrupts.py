@@ -23,7 +23,7 @@ def test_an_interrupt_swallowed_inside_a_pass_still_stops_the_run(model, tmp_pat
     """onnxruntime may turn an interrupt into another exception that broad handlers swallow
     (as the normalization check does): the flag still stops the run before the write."""
     from onnxprune import interrupts
-    from onnxprune.pipeline import frontend
+    from onnxprune.pipeline.passes import frontend
 
     def swallowing(self, ctx):
         try:
@@ -88,7 +88,7 @@ def test_an_interrupt_after_the_write_reports_the_model_and_exits_0(model, tmp_p
                                                                    monkeypatch):
     """The output is complete once renamed into place: an interrupt then (here in the report
     pass that follows) says so and exits 0, never 130 with a file in place."""
-    from onnxprune.pipeline import output
+    from onnxprune.pipeline.passes import output
 
     def interrupted(self, ctx):
         os.kill(os.getpid(), signal.SIGINT)

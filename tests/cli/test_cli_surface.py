@@ -104,7 +104,7 @@ def test_an_internal_error_names_its_pass_and_a_pass_must_provide_what_it_declar
         demo_file, tmp_path, capsys, monkeypatch):
     """A bug is one line naming the pass it happened in; a pass that does not set what its
     contract declares is such a bug (caught after the pass, not by a later one)."""
-    from onnxprune.pipeline.pruning import SelectChannels
+    from onnxprune.pipeline.passes.pruning import SelectChannels
 
     def broken(self, ctx):
         from onnxprune.pipeline.base import PassResult

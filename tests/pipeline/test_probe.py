@@ -10,8 +10,8 @@ from onnx import TensorProto, helper
 
 from onnxprune.api import prune
 from onnxprune.ir.arrays import Calibration
-from onnxprune.pipeline.augment import with_token_copies
-from onnxprune.pipeline.probe import token_inputs, token_probe
+from onnxprune.pipeline.support.augment import with_token_copies
+from onnxprune.pipeline.support.probe import token_inputs, token_probe
 from onnxprune.zoo.builder import GraphBuilder
 
 SEEN = np.arange(10, 200, 10)  # the calibration text's vocabulary: 19 ids of 200

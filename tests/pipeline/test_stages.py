@@ -8,7 +8,7 @@ import pytest
 from onnxprune.api import prune
 from onnxprune.ir.arrays import Calibration
 from onnxprune.ir.runtime import session
-from onnxprune.pipeline.data import split_holdout
+from onnxprune.pipeline.passes.data import split_holdout
 from onnxprune.search.quality import cosine
 from onnxprune.zoo.builder import GraphBuilder
 

@@ -206,7 +206,7 @@ def test_quantize_per_tensor_and_metric_tolerance(zoo, tmp_path):
 
 def test_a_quantized_model_worse_than_the_tolerance_is_not_written(zoo, tmp_path, capsys,
                                                                     monkeypatch):
-    from onnxprune.pipeline import quantization
+    from onnxprune.pipeline.passes import quantization
 
     monkeypatch.setitem(quantization.TOLERANCES, "cosine", (-1.0, False, "-1 (impossible)"))
     np.savez(tmp_path / "c.npz", input=_inputs("lenet", 20))
@@ -385,7 +385,7 @@ def test_a_qdq_transformer_block_prunes_whole_heads(tmp_path):
 
 
 def test_reduced_range_is_the_default_on_x86_cpus_without_vnni(zoo, tmp_path, monkeypatch):
-    from onnxprune.pipeline import quantization
+    from onnxprune.pipeline.passes import quantization
     from onnxprune.quant.static import lacks_vnni
 
     avx2 = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n"

@@ -136,7 +136,7 @@ def test_a_weight_both_branches_read_is_one_group_and_stored_once(tmp_path):
 def test_verification_checks_the_branch_the_inputs_do_not_take(monkeypatch, tmp_path):
     """A cut that breaks the branch no verification input chooses (sr is random there) is
     still caught: each branch is verified with the condition forced."""
-    from onnxprune.pipeline import pruning
+    from onnxprune.pipeline.passes import pruning
 
     removal = pruning.RemoveChannels.run
 

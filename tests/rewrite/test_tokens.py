@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxprune.api import analyze, prune
 from onnxprune.cli.main import main
 from onnxprune.errors import VerificationError
-from onnxprune.pipeline import tokens as pt
+from onnxprune.pipeline.passes import tokens as pt
 from onnxprune.rewrite.tokens import TokenError, keep_tokens, token_inputs
 from onnxprune.zoo.builder import GraphBuilder
 

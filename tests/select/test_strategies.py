@@ -77,7 +77,7 @@ def test_a_shortlisted_measured_path_keeps_the_fragile_group(monkeypatch):
 
     def bounded(*args, **kw):
         return original(*args, **{**kw, "max_evals": 4})
-    monkeypatch.setattr("onnxprune.pipeline.pruning.select_sensitivity", bounded)
+    monkeypatch.setattr("onnxprune.pipeline.passes.pruning.select_sensitivity", bounded)
     calls = []
     real = sensitivity.measured_path
 

@@ -11,7 +11,7 @@ from onnxprune.errors import VerificationError
 from onnxprune.ir.graph import import_model
 from onnxprune.ir.runtime import skeleton
 from onnxprune.ir.weights import Skeleton
-from onnxprune.pipeline import frontend
+from onnxprune.pipeline.passes import frontend
 from onnxprune.verify import checks
 from onnxprune.verify.identity import same_model
 from onnxprune.zoo.builder import GraphBuilder

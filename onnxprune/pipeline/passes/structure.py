@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from ..analysis.channels import analyze_channels
-from ..analysis.components import POLICIES, find_components, find_flows
-from ..analysis.model import ChannelAnalysis
-from ..ir.graph import infer_shapes
-from ..ir.symbolic import could_refine, shape_bound
-from ..normalize.cleanup import constant_reshape_targets
-from ..options import Option, flag, number, text, texts
-from ..rewrite.flows import drop_identity_gathers, insert_flow_adapters
-from .base import Context, Pass, PassResult
+from ...analysis.channels import analyze_channels
+from ...analysis.components import POLICIES, find_components, find_flows
+from ...analysis.model import ChannelAnalysis
+from ...ir.graph import infer_shapes
+from ...ir.symbolic import could_refine, shape_bound
+from ...normalize.cleanup import constant_reshape_targets
+from ...options import Option, flag, number, text, texts
+from ...rewrite.flows import drop_identity_gathers, insert_flow_adapters
+from ..base import Context, Pass, PassResult
 
 
 class FindComponents(Pass):

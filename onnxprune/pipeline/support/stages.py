@@ -6,7 +6,7 @@ always against the unpruned model with all its classes.
 A recovery stage that makes held-out quality worse is undone (``keep_better``): the model
 before it is kept, and a warning says so. The held-out share decides (the calibration data
 when there is none), and so does the random-token probe when the run has one
-(``pipeline/probe.py``): a stage must not make either worse.
+(``pipeline/support/probe.py``): a stage must not make either worse.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import warn
-from ..figures import distinct
-from ..ir import io
-from ..ir.arrays import Calibration
-from ..ir.runtime import run_batched, session
-from ..ir.weights import proto
-from ..search.memory import rows_for, search_budget
-from ..search.quality import Metric, get_metric
-from ..verify.checks import cut_arrays, cut_outputs
-from .base import Context
+from ...errors import warn
+from ...figures import distinct
+from ...ir import io
+from ...ir.arrays import Calibration
+from ...ir.runtime import run_batched, session
+from ...ir.weights import proto
+from ...search.memory import rows_for, search_budget
+from ...search.quality import Metric, get_metric
+from ...verify.checks import cut_arrays, cut_outputs
+from ..base import Context
 
 # the data sets a stage is measured on, in report order, with their names in reports
 SETS = {"calib": "calibration", "heldout": "held-out", "probe": "random-token probe"}
@@ -63,7 +63,7 @@ def _data(ctx: Context) -> dict[str, Calibration]:
     if ctx.heldout is not None:
         out["heldout"] = ctx.heldout
     if probe(ctx) is not None:
-        out["probe"] = ctx.probe  # pipeline/probe.py
+        out["probe"] = ctx.probe  # pipeline/support/probe.py
     return out
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import VerificationError
-from ..ir.runtime import session
-from ..options import Option, number
-from ..rewrite.factorize import ASPECT, SHARE, factorize, unfactorize
-from .base import Context, Pass, PassResult
+from ...errors import VerificationError
+from ...ir.runtime import session
+from ...options import Option, number
+from ...rewrite.factorize import ASPECT, SHARE, factorize, unfactorize
+from ..base import Context, Pass, PassResult
+from ..support.inputs import verification_feeds
 from .frontend import compare_with_input
-from .inputs import verification_feeds
 
 # the factorized graph against the graph before: float32 products of float64 factors, summed
 # in another order (MiniLM's embedding: 2e-7 relative)

@@ -1,12 +1,14 @@
-"""The passes of the pruning pipeline: load -> normalize -> components -> analyze ->
-calibrate/metric -> score -> select -> remove -> cleanup -> verify -> (recover) -> (quantize)
--> write -> (report)."""
+"""The passes of the pruning pipeline, one module per stage: load (``..entry``) -> normalize
+(``frontend``, ``branches``) -> classes/tokens/factors -> components and analysis
+(``structure``) -> calibrate/metric (``data``) -> score/select/remove (``pruning``) -> blocks
+(``depth``) -> verify/write/report (``output``) -> recover (``recovery``) -> quantize
+(``quantization``); and ``CATALOGUE``, every pass a recipe may name."""
 
-from .base import PROVIDED_BY, Pass
+from ..base import PROVIDED_BY, Pass
+from ..entry import LoadModel, UseModel
 from .branches import CloseBranches, OpenBranches
 from .classes import KeepClasses
 from .data import Calibrate, MeasureQuality, UseMetric
-from .entry import LoadModel, UseModel
 from .factors import Factorize, Unfactorize
 from .frontend import (
     Cleanup,

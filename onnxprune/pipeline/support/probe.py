@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..ir.arrays import Calibration
+from ...ir.arrays import Calibration
 
 MIN_ROWS = 64  # rows of an embedding table (smaller tables: segment or type ids)
 MIN_DISTINCT = 16  # distinct content ids the data must use to say what the vocabulary is

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import weakref
 
-from ..errors import VerificationError
-from ..ir.graph import import_model, infer_shapes
-from ..ir.runtime import session
-from ..ir.shapes import parse_values
-from ..ir.weights import proto
-from ..normalize.cleanup import (
+from ...errors import VerificationError
+from ...ir.graph import import_model, infer_shapes
+from ...ir.runtime import session
+from ...ir.shapes import parse_values
+from ...ir.weights import proto
+from ...normalize.cleanup import (
     channel_shuffles_to_gather,
     constant_reshape_targets,
     drop_identities,
@@ -20,14 +20,14 @@ from ..normalize.cleanup import (
     shape_ranges_to_slices,
     unshare_filled_vectors,
 )
-from ..normalize.control_flow import inline_constant_ifs
-from ..normalize.fold_bn import fold_batchnorms
-from ..options import Option, flag, resolve
-from ..rewrite.share import share_identical_constants
-from .base import Context, Pass, PassResult
+from ...normalize.control_flow import inline_constant_ifs
+from ...normalize.fold_bn import fold_batchnorms
+from ...options import Option, flag, resolve
+from ...rewrite.share import share_identical_constants
+from ..base import Context, Pass, PassResult
+from ..core import Fixpoint, Pipeline
+from ..support.inputs import verification_feeds
 from .branches import OpenBranches
-from .core import Fixpoint, Pipeline
-from .inputs import verification_feeds
 
 
 class InferShapes(Pass):
@@ -193,7 +193,7 @@ class CheckNormalization(Pass):
     NUMERIC = ("fold-batchnorm",)
 
     def run(self, ctx: Context) -> PassResult:
-        from ..verify.checks import custom_domains
+        from ...verify.checks import custom_domains
 
         if ctx.source is None or custom_domains(proto(ctx.source)):
             return PassResult(False)
@@ -210,7 +210,7 @@ def compare_with_input(ctx: Context) -> bool:
     """Compare the working (normalized) graph with the input model now, on one set of random
     inputs: sets ``ctx.normalize_diff``; raises naming the step at fault when they differ.
     False when the input model does not run here (nothing compared)."""
-    from ..verify.compare import close, max_diffs
+    from ...verify.compare import close, max_diffs
 
     try:
         feeds = verification_feeds(ctx, ctx.source, count=1)[0]
@@ -238,7 +238,7 @@ def blame_normalization(ctx: Context, feeds: dict, want: list | None = None) -> 
     """Replay the normalization from the input model, one step at a time, and name the first
     step after which the model no longer runs or computes something else (None: every step
     keeps the model as it was)."""
-    from ..verify.compare import close
+    from ...verify.compare import close
 
     try:
         want = want if want is not None else session(ctx.source).run(None, feeds)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import VerificationError
-from ..ir.runtime import session
-from ..options import Option, OptionError, text
-from ..rewrite.tokens import NEAREST, TokenError, fallback_ids, keep_tokens
-from .base import Context, Pass, PassResult
+from ...errors import VerificationError
+from ...ir.runtime import session
+from ...options import Option, OptionError, text
+from ...rewrite.tokens import NEAREST, TokenError, fallback_ids, keep_tokens
+from ..base import Context, Pass, PassResult
+from ..support.inputs import verification_feeds
 from .classes import tokens
 from .frontend import compare_with_input
-from .inputs import verification_feeds
 
 
 def _fallback(value) -> str | int:

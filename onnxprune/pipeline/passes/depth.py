@@ -6,14 +6,14 @@ from typing import Any
 
 import numpy as np
 
-from ..analysis.blocks import Block, find_blocks, kept_by_components, with_blocks
-from ..errors import UsageError, warn
-from ..options import Option, number
-from ..rewrite.blocks import remove_blocks
-from ..scoring.blocks import block_influence
-from . import stages
-from .base import Context, Pass, PassResult
-from .inputs import verification_feeds
+from ...analysis.blocks import Block, find_blocks, kept_by_components, with_blocks
+from ...errors import UsageError, warn
+from ...options import Option, number
+from ...rewrite.blocks import remove_blocks
+from ...scoring.blocks import block_influence
+from ..base import Context, Pass, PassResult
+from ..support import stages
+from ..support.inputs import verification_feeds
 
 
 def block_json(b: Block, score: float | None = None) -> dict[str, Any]:
@@ -126,9 +126,9 @@ def _add_output(graph, block: Block) -> str:
 
 def _evaluator(ctx: Context, model, removable: list[Block]):
     """The mask-oracle evaluator with a gate per block (the channel gates as the analysis's)."""
-    from ..search.evaluate import Evaluator
-    from ..search.memory import search_budget
-    from ..search.quality import get_metric
+    from ...search.evaluate import Evaluator
+    from ...search.memory import search_budget
+    from ...search.quality import get_metric
 
     metric = ctx.metric or get_metric("cosine")
     if ctx.calib is None and not metric.on_model:

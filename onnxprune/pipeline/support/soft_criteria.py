@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..recover.soft_autograd import NotDifferentiable, soft_autograd
-from ..scoring import score_units
-from ..select.soft import soft_gradient, soft_grid
-from .base import Context
+from ...recover.soft_autograd import NotDifferentiable, soft_autograd
+from ...scoring import score_units
+from ...select.soft import soft_gradient, soft_grid
+from ..base import Context
 
 SOFT_CRITERIA = ("l2", "activation", "reconstruction")
 

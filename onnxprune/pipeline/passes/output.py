@@ -5,21 +5,21 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..analysis.blocks import with_blocks
-from ..analysis.size import graph_params
-from ..errors import ConstraintError, OutputError, UsageError, VerificationError, warn
-from ..ir import io
-from ..ir.weights import proto
-from ..options import Option, OptionError, flag, number, text
-from ..options import path as path_option
-from ..rewrite.share import share_identical_constants
-from ..verify.checks import verify_pruned
-from ..verify.identity import same_model
-from . import stages
-from .base import Context, Pass, PassResult
+from ...analysis.blocks import with_blocks
+from ...analysis.size import graph_params
+from ...errors import ConstraintError, OutputError, UsageError, VerificationError, warn
+from ...ir import io
+from ...ir.weights import proto
+from ...options import Option, OptionError, flag, number, text
+from ...options import path as path_option
+from ...rewrite.share import share_identical_constants
+from ...verify.checks import verify_pruned
+from ...verify.identity import same_model
+from ..base import Context, Pass, PassResult
+from ..support import stages
+from ..support.inputs import verification_feeds
 from .branches import verify_branches
 from .frontend import blame_normalization
-from .inputs import verification_feeds
 
 
 class Verify(Pass):
@@ -163,7 +163,7 @@ class Report(Pass):
             raise OptionError(self.name, "folder", "is required")
 
     def preflight(self, ctx: Context) -> None:
-        from ..report import check_target
+        from ...report import check_target
 
         try:
             check_target(self.folder)
@@ -172,13 +172,13 @@ class Report(Pass):
 
     def check_model(self, model_path: str | Path) -> None:
         """The model is not written where the report writes one of its files."""
-        from ..report import check_apart
+        from ...report import check_apart
 
         check_apart(self.folder, model_path)
 
     def run(self, ctx: Context) -> PassResult:
-        from ..report import check_apart, write_report
-        from .result import report_data, result_of
+        from ...report import check_apart, write_report
+        from ..result import report_data, result_of
 
         output = ctx.require("output_path", self.name)
         check_apart(self.folder, output)  # never over the model just written

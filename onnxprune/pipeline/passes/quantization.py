@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..analysis.size import param_bytes, params_by_type
-from ..errors import UnsupportedModelError, UsageError, VerificationError
-from ..ir import io
-from ..ir.arrays import Calibration, axes_of
-from ..ir.graph import import_model, infer_shapes
-from ..ir.quant import is_quantized
-from ..ir.runtime import run_batched, session, weightless
-from ..options import Option, flag, number
-from ..quant.static import (
+from ...analysis.size import param_bytes, params_by_type
+from ...errors import UnsupportedModelError, UsageError, VerificationError
+from ...ir import io
+from ...ir.arrays import Calibration, axes_of
+from ...ir.graph import import_model, infer_shapes
+from ...ir.quant import is_quantized
+from ...ir.runtime import run_batched, session, weightless
+from ...options import Option, flag, number
+from ...quant.static import (
     METHODS,
     TYPES,
     QuantSettings,
@@ -34,11 +34,11 @@ from ..quant.static import (
     cpu_lacks_vnni,
     quantize_int8,
 )
-from ..quant.weight_only import quantize_int4
-from ..search.quality import Metric, cosine, get_metric
-from . import stages
-from .base import Context, Pass, PassResult
-from .inputs import verification_feeds
+from ...quant.weight_only import quantize_int4
+from ...search.quality import Metric, cosine, get_metric
+from ..base import Context, Pass, PassResult
+from ..support import stages
+from ..support.inputs import verification_feeds
 
 # How much worse than the float model the int8 one may be, per metric: (amount, relative to
 # the float model's value?, how it reads). Metrics of your own: 2% of the float value.

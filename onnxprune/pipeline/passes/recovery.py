@@ -7,21 +7,21 @@ from __future__ import annotations
 import numpy as np
 from onnx import numpy_helper
 
-from ..analysis.blocks import layers_reading
-from ..errors import UsageError, VerificationError, warn
-from ..ir.arrays import Calibration, axes_of
-from ..ir.quant import is_quantized
-from ..ir.runtime import run_batched, session, weightless
-from ..ir.weights import proto
-from ..options import Option, auto_or_count, flag, number
-from ..recover.compensate import RIDGE, compensate
-from ..search.memory import rows_for, search_budget
-from ..search.quality import get_metric
-from ..verify.checks import VerifyReport, cut_arrays, cut_outputs
-from . import stages
-from .augment import augmented
-from .base import Context, Pass, PassResult
-from .inputs import verification_feeds
+from ...analysis.blocks import layers_reading
+from ...errors import UsageError, VerificationError, warn
+from ...ir.arrays import Calibration, axes_of
+from ...ir.quant import is_quantized
+from ...ir.runtime import run_batched, session, weightless
+from ...ir.weights import proto
+from ...options import Option, auto_or_count, flag, number
+from ...recover.compensate import RIDGE, compensate
+from ...search.memory import rows_for, search_budget
+from ...search.quality import get_metric
+from ...verify.checks import VerifyReport, cut_arrays, cut_outputs
+from ..base import Context, Pass, PassResult
+from ..support import stages
+from ..support.augment import augmented
+from ..support.inputs import verification_feeds
 
 # MiniLM, 30% fewer params: held-out cosine 0.435 / 0.628 / 0.670 / 0.693 with 0 / 3 / 6 / 12
 # random-token copies (the plain cut: 0.628). Only when the run has the random-token probe, which
@@ -152,7 +152,7 @@ class Distill(Pass):
 
     def run(self, ctx: Context) -> PassResult:
         try:
-            from ..recover.distill import distill
+            from ...recover.distill import distill
         except ImportError as err:
             raise UsageError(f"distillation needs torch (pip install 'onnxprune[torch]'): "
                              f"{err}") from None

@@ -7,35 +7,35 @@ import json
 
 import numpy as np
 
-from ..analysis.blocks import with_blocks
-from ..analysis.size import graph_params, macs_at
-from ..bench.remote import Host
-from ..errors import ConstraintError, warn
-from ..ir import io
-from ..latency.target import LatencyTarget, parse_latency
-from ..latency.timer import timer
-from ..options import Option, OptionError, auto_or_count, number
-from ..options import path as path_option
-from ..recover.compensate import RIDGE
-from ..recover.refit import RefitEvaluator, can_refit
-from ..rewrite.remove import remove_units
-from ..scoring import CRITERIA, NORMALIZATIONS, REDUCTIONS, normalize, score_units
-from ..search.evaluate import Evaluator
-from ..search.memory import search_budget
-from ..search.quality import get_metric
-from ..select.budget import check_names, parse_ratio
-from ..select.common import Space, Target, bisect_shared_fraction
-from ..select.cost import CostModel
-from ..select.global_threshold import select_global
-from ..select.latency import probe_round_to
-from ..select.plans import plan_json, read_plan
-from ..select.sensitivity import Constraint, select_sensitivity
-from ..select.uniform import PrunePlan, select_uniform
-from .base import Context, Pass, PassResult
+from ...analysis.blocks import with_blocks
+from ...analysis.size import graph_params, macs_at
+from ...bench.remote import Host
+from ...errors import ConstraintError, warn
+from ...ir import io
+from ...latency.target import LatencyTarget, parse_latency
+from ...latency.timer import timer
+from ...options import Option, OptionError, auto_or_count, number
+from ...options import path as path_option
+from ...recover.compensate import RIDGE
+from ...recover.refit import RefitEvaluator, can_refit
+from ...rewrite.remove import remove_units
+from ...scoring import CRITERIA, NORMALIZATIONS, REDUCTIONS, normalize, score_units
+from ...search.evaluate import Evaluator
+from ...search.memory import search_budget
+from ...search.quality import get_metric
+from ...select.budget import check_names, parse_ratio
+from ...select.common import Space, Target, bisect_shared_fraction
+from ...select.cost import CostModel
+from ...select.global_threshold import select_global
+from ...select.latency import probe_round_to
+from ...select.plans import plan_json, read_plan
+from ...select.sensitivity import Constraint, select_sensitivity
+from ...select.uniform import PrunePlan, select_uniform
+from ..base import Context, Pass, PassResult
+from ..support.inputs import verification_feeds
+from ..support.soft_criteria import criterion_auto, soft, soft_by_criteria
+from ..support.stages import probe
 from .data import augmented_evaluator, evaluator
-from .inputs import verification_feeds
-from .soft_criteria import criterion_auto, soft, soft_by_criteria
-from .stages import probe
 
 STRATEGIES = ("uniform", "global", "sensitivity", "soft")
 LATENCY_ROUND_TO = 8

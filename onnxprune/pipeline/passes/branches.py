@@ -10,16 +10,16 @@ from contextlib import contextmanager
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..analysis.branches import holds_weights
-from ..analysis.size import macs_at
-from ..errors import UsageError, VerificationError, warn
-from ..ir.runtime import session
-from ..ir.shapes import choose_shapes
-from ..ir.weights import proto
-from ..rewrite.branches import Opened, close_ifs, open_ifs
-from ..verify.compare import close
-from .base import Context, Pass, PassResult
-from .inputs import verification_feeds
+from ...analysis.branches import holds_weights
+from ...analysis.size import macs_at
+from ...errors import UsageError, VerificationError, warn
+from ...ir.runtime import session
+from ...ir.shapes import choose_shapes
+from ...ir.weights import proto
+from ...rewrite.branches import Opened, close_ifs, open_ifs
+from ...verify.compare import close
+from ..base import Context, Pass, PassResult
+from ..support.inputs import verification_feeds
 
 
 class OpenBranches(Pass):
@@ -88,7 +88,7 @@ def verify_branches(ctx: Context, reference: gs.Graph, analysis, removed, feed_s
                     seed: int) -> None:
     """Verify the cut once per branch of every opened If, each forced whatever the inputs
     choose (the inputs take one of them): raises naming the branch that fails."""
-    from ..verify.checks import verify_pruned
+    from ...verify.checks import verify_pruned
 
     graph = ctx.require("graph", "verify")
     for value in (True, False):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..ir.arrays import Calibration
+from ...ir.arrays import Calibration
 from .probe import token_inputs, token_probe
 
 MIN_SIDE = 16  # an image's height and width, at least

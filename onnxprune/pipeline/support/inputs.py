@@ -8,12 +8,12 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 
-from ..errors import UsageError
-from ..ir.runtime import session
-from ..ir.shapes import choose_shapes, feeds_at, input_specs
-from ..ir.weights import Skeleton
-from ..search.memory import activation_bytes, search_budget
-from .base import Context
+from ...errors import UsageError
+from ...ir.runtime import session
+from ...ir.shapes import choose_shapes, feeds_at, input_specs
+from ...ir.weights import Skeleton
+from ...search.memory import activation_bytes, search_budget
+from ..base import Context
 
 
 def verification_feeds(ctx: Context,

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..calib import DEFAULT_MAX_LENGTH, Settings
-from ..calib import read as read_calibration
-from ..calib.images import RESAMPLERS, RESIZE
-from ..errors import UsageError, VerificationError, warn
-from ..ir.arrays import Calibration, axes_of
-from ..ir.shapes import feeds_at, input_specs
-from ..ir.weights import proto
-from ..options import Option, OptionError, number
-from ..options import path as path_option
-from ..options import text as text_option
-from ..search.evaluate import Evaluator
-from ..search.executors import make_pool
-from ..search.memory import search_budget
-from ..search.quality import get_metric
-from . import stages
-from .base import Context, Pass, PassResult
-from .inputs import verification_feeds
-from .probe import token_probe
+from ...calib import DEFAULT_MAX_LENGTH, Settings
+from ...calib import read as read_calibration
+from ...calib.images import RESAMPLERS, RESIZE
+from ...errors import UsageError, VerificationError, warn
+from ...ir.arrays import Calibration, axes_of
+from ...ir.shapes import feeds_at, input_specs
+from ...ir.weights import proto
+from ...options import Option, OptionError, number
+from ...options import path as path_option
+from ...options import text as text_option
+from ...search.evaluate import Evaluator
+from ...search.executors import make_pool
+from ...search.memory import search_budget
+from ...search.quality import get_metric
+from ..base import Context, Pass, PassResult
+from ..support import stages
+from ..support.inputs import verification_feeds
+from ..support.probe import token_probe
 
 
 def _arrays(value) -> dict[str, np.ndarray]:
@@ -302,9 +302,9 @@ def evaluator(ctx: Context, by: str) -> Evaluator:
 
 def augmented_evaluator(ctx: Context, copies: int) -> Evaluator | None:
     """An evaluator of the current graph on the calibration data followed by ``copies``
-    copies of it in other styles (``pipeline/augment.py``; None: the model reads neither
+    copies of it in other styles (``pipeline/support/augment.py``; None: the model reads neither
     token ids nor images). The caller closes it."""
-    from .augment import augmented
+    from ..support.augment import augmented
 
     data = ctx.calib if isinstance(ctx.calib, Calibration) else Calibration(
         ctx.calib, axes_of(ctx.calib))

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import VerificationError
-from ..ir.runtime import session
-from ..options import Option, OptionError, text
-from ..rewrite.classes import MARGIN, ClassError, keep_classes, parse_classes
-from .base import Context, Pass, PassResult
+from ...errors import VerificationError
+from ...ir.runtime import session
+from ...options import Option, OptionError, text
+from ...rewrite.classes import MARGIN, ClassError, keep_classes, parse_classes
+from ..base import Context, Pass, PassResult
+from ..support.inputs import verification_feeds
 from .frontend import compare_with_input
-from .inputs import verification_feeds
 
 
 def _indices(value, noun: str) -> tuple[int, ...]:
