@@ -334,7 +334,7 @@ def _flag_sets():
 ANALYZE_FLAGS, RUN_FLAGS, _RUN_NAMES = _flag_sets()
 
 
-from ..bench.cli import add_parser as add_bench_parser  # noqa: E402
+from .bench import add_parser as add_bench_parser  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,13 +14,13 @@ import onnxprune
 from onnxprune.analysis.size import graph_macs, graph_params
 from onnxprune.bench import providers as bench_providers
 from onnxprune.bench import runner
-from onnxprune.bench.cli import add_parser, cmd_bench
 from onnxprune.bench.memory import HostPeak, host_memory_available
 from onnxprune.bench.render import markdown, plot, print_table
 from onnxprune.bench.report import ROW_KEYS
 from onnxprune.bench.runner import run_bench
 from onnxprune.bench.stats import summarize
 from onnxprune.bench.workload import load_models
+from onnxprune.cli.bench import add_parser, cmd_bench
 from onnxprune.errors import OutputError, UnsupportedModelError, UsageError
 from onnxprune.ir.graph import import_model, infer_shapes
 from onnxprune.zoo.builder import GraphBuilder, demo_cnn
@@ -297,21 +297,35 @@ def test_cli_json_to_stdout(models, capsys):
     assert data["results"][0]["runs"] == 3
 
 
-def test_cli_defaults_and_usage_errors(models, capsys):
-    args = _parse(str(models[0]))
-    assert (args.provider, args.batch, args.warmup) == (["cpu"], [1], 10)
-    assert args.repeat is None and args.seconds is None  # run_bench then uses 3 s
-    for bad in (["--repeat", "5", "--seconds", "1"], ["--batch", "0"], ["--batch", "a,b"],
-                ["--provider", "tpu"], ["--input-shape", "x=1xq"], ["--warmup", "-1"]):
-        with pytest.raises(SystemExit) as exit_:
-            _parse(str(models[0]), *bad)
-        assert exit_.value.code == 2
-    args = _parse(str(models[0]), "--input-shape", "x=1x3x8x8", "--seconds", "0.5")
-    assert args.input_shape == [("x", [1, 3, 8, 8])] and args.seconds == 0.5
+def test_cli_defaults_and_usage_errors(models, capsys, monkeypatch):
+    """The flags come from the option schema (bench/options.py): defaults as documented, and a
+    bad value is one line naming its flag, exit 2, before anything runs."""
+    from onnxprune.bench.options import bench_values
+    from onnxprune.cli.bench import OWNED
+    from onnxprune.cli.flags import given
+    from onnxprune.cli.main import main
+
+    v = bench_values(given(_parse(str(models[0])), OWNED))
+    assert (v["providers"], v["batches"], v["warmup"]) == (["cpu"], [1], 10)
+    assert v["repeat"] is None and v["seconds"] is None  # run_bench then uses 3 s
+    monkeypatch.setattr("onnxprune.cli.bench.run_bench", lambda *a, **k: pytest.fail("ran"))
+    for bad, flag in ((["--repeat", "5", "--seconds", "1"], "--seconds"),
+                      (["--batch", "0"], "--batch"), (["--batch", "a,b"], "--batch"),
+                      (["--provider", "tpu"], "--provider"),
+                      (["--input-shape", "x=1xq"], "--input-shape"),
+                      (["--warmup", "-1"], "--warmup")):
+        assert main(["bench", str(models[0]), *bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"onnxprune: error: {flag}: "), err
+    v = bench_values(given(_parse(str(models[0]), "--input-shape", "x=1x3x8x8", "--seconds",
+                                  "0.5", "--batch", "1,4"), OWNED))
+    assert v["input_shapes"] == {"x": [1, 3, 8, 8]} and v["seconds"] == 0.5
+    assert v["batches"] == [1, 4]
+    assert given(_parse(str(models[0]), "--json"), OWNED)["json"] == "-"  # alone: print
 
 
 def test_cli_checks_outputs_before_measuring(models, tmp_path, monkeypatch):
-    monkeypatch.setattr("onnxprune.bench.cli.run_bench", lambda *a, **k: pytest.fail("ran"))
+    monkeypatch.setattr("onnxprune.cli.bench.run_bench", lambda *a, **k: pytest.fail("ran"))
     with pytest.raises(OutputError, match="does not exist"):
         cmd_bench(_parse(str(models[0]), "--json", str(tmp_path / "no" / "r.json")), Console())
     with pytest.raises(OutputError, match="overwrite an input"):
