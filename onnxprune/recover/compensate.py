@@ -39,21 +39,6 @@ class LayerFit:
     error_after: float  # ... after the refit
 
 
-def _solve(p: np.ndarray, y: np.ndarray, ridge: float, intercept: bool) -> np.ndarray:
-    """argmin ||[p 1] w - y||^2 + ridge * mean(diag) * ||w_p||^2; rows of w: p's columns (+1)."""
-    a = np.concatenate([p, np.ones((len(p), 1), p.dtype)], axis=1) if intercept else p
-    a = a.astype(np.float64, copy=False)
-    gram = a.T @ a
-    reg = ridge * np.trace(gram[: p.shape[1], : p.shape[1]]) / max(p.shape[1], 1)
-    gram[np.arange(p.shape[1]), np.arange(p.shape[1])] += reg
-    return np.linalg.solve(gram, a.T @ y.astype(np.float64))
-
-
-def _rel_error(p: np.ndarray, w: np.ndarray, y: np.ndarray, intercept: bool) -> float:
-    pred = p @ w[: p.shape[1]] + (w[-1] if intercept else 0.0)
-    return float(np.linalg.norm(pred - y) / max(np.linalg.norm(y), 1e-12))
-
-
 def solver_matrix(layer: Layer) -> np.ndarray:
     """The layer's weight matrix with its bias as a last row (zeros without one) where the
     solver fits an intercept: the layer as the least-squares problem sees it."""
@@ -162,10 +147,10 @@ def compensate(graph: gs.Graph, reference: onnx.ModelProto, analysis: ChannelAna
             x = activations(export_skeleton(graph), [name], fed)[name]
             _, y = next(original)
             p, (y,) = design_rows(layer, x, [_kept(layer, y, analysis, removed)], rng)
-            intercept = layer.intercept
-            w0 = solver_matrix(layer)
-            sol = _solve(p, y, ridge, intercept)
-            before, after = _rel_error(p, w0, y, intercept), _rel_error(p, sol, y, intercept)
+            eq = NormalEquations(layer.intercept)  # errors from its sums: no product again
+            eq.add(p, y)
+            w0, sol = solver_matrix(layer), eq.solve(ridge)
+            before, after = eq.rel_error(w0), eq.rel_error(sol)
             if after < before:
                 _store(layer, sol)
             fits.append(LayerFit(layer.node.name, len(p), before, min(before, after)))

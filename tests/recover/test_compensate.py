@@ -98,8 +98,24 @@ def test_cli_compensate(tmp_path, capsys):
         data["quality"]["after"]
 
 
+def _solve(p, y, ridge, intercept):
+    """The ridge least squares by its definition: argmin ||[p 1] w - y||^2 + ridge *
+    mean(diag(p^T p)) * ||w_p||^2."""
+    a = np.concatenate([p, np.ones((len(p), 1), p.dtype)], axis=1) if intercept else p
+    a = a.astype(np.float64)
+    d = p.shape[1]
+    reg = ridge * np.trace(a[:, :d].T @ a[:, :d]) / d
+    penalty = np.zeros(a.shape[1])
+    penalty[:d] = reg
+    return np.linalg.solve(a.T @ a + np.diag(penalty), a.T @ y.astype(np.float64))
+
+
+def _rel_error(p, w, y, intercept):
+    pred = p.astype(np.float64) @ w[: p.shape[1]] + (w[-1] if intercept else 0.0)
+    return float(np.linalg.norm(pred - y) / np.linalg.norm(y))
+
+
 def test_normal_equations_in_chunks_solve_as_all_rows_at_once():
-    from onnxprune.recover.compensate import _rel_error, _solve
     from onnxprune.recover.normal_equations import NormalEquations
 
     rng = np.random.default_rng(0)
