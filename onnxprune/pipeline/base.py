@@ -39,7 +39,7 @@ class PassResult:
 
 # What passes exchange through the context (contract names are these field names), and what
 # each one is, for messages. "eval_data" is what candidate evaluation runs on: calibration data
-# or a metric that runs the model itself.
+# or a metric that runs the model itself. Every other field of Context is BOOKKEEPING.
 ARTIFACTS = {
     "graph": "a model", "source": "the input model", "components": "components",
     "flows": "components and their flows", "analysis": "the channel analysis",
@@ -49,7 +49,26 @@ ARTIFACTS = {
     "output_path": "a written model", "report_path": "a written report",
     "quantization": "a quantized model", "depth": "removed blocks",
     "eval_data": "calibration data (or a metric that runs the model itself)",
+    "source_path": "the input model's path", "source_ir": "the input model's IR version",
+    "source_params": "the input model's parameters", "pinned": "pinned input values",
+    "bn_scales": "the folded BatchNorms' scales",
+    "normalize_diff": "how far normalization moved the outputs",
+    "normalize_deferred": "verification compares with the input model",
+    "input_sets": "the input shapes checks run at",
+    "branches": "If nodes written as both branches", "origin": "the graph before classes, "
+    "tokens or factors", "classes": "the classes kept", "tokens": "the tokens kept",
+    "factors": "matrices written as two factors", "factorization": "the rank each kept",
+    "heldout": "the held-out calibration data", "probe": "the random-token probe",
+    "criterion": "the criterion that scored the channels",
+    "select_info": "what the selection learned",
+    "interface": "graph inputs and outputs that lost channels",
+    "stages": "the quality after each stage", "recovery": "what recovery did",
+    "float_graph": "the float model a quantized one came from",
 }
+# The run's own state: settings, resources, timings and logs, caches.
+BOOKKEEPING = frozenset({
+    "config", "resources", "log", "timings", "memory", "warnings", "began", "started",
+    "planned", "progress", "shapes_of", "input_sets_from_calib"})
 
 
 def _values(value: Any) -> Mapping[str, Any] | list[str]:
@@ -225,12 +244,15 @@ class Pass:
 
     Contracts: ``requires`` names the artifacts (context fields) a pass reads and
     ``provides`` those it sets; ``needs()``/``gives()`` may refine them from the options.
-    A pipeline checks the whole list before its first pass runs."""
+    A pipeline checks the whole list before its first pass runs, and each pass that it set
+    what it provides. ``uses``: artifacts it reads when present, or sets only sometimes (not
+    checked at run time; a test checks that every artifact ``run`` touches is declared)."""
 
     name: ClassVar[str] = "pass"
     description: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
     provides: ClassVar[tuple[str, ...]] = ()
+    uses: ClassVar[tuple[str, ...]] = ()
     options: ClassVar[tuple[Option, ...]] = ()
 
     def __init__(self, *args: Any, **kwargs: Any):

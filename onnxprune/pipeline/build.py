@@ -33,9 +33,10 @@ from .passes.depth import RemoveBlocks
 from .passes.factors import Factorize, Unfactorize
 from .passes.frontend import Cleanup, Normalize
 from .passes.output import Report, Verify, WriteModel
-from .passes.pruning import RemoveChannels, ScoreChannels, SelectChannels
+from .passes.pruning import ScoreChannels, SelectChannels
 from .passes.quantization import Quantize
 from .passes.recovery import Compensate, Distill, VerifyRecovered
+from .passes.removal import RemoveChannels
 from .passes.structure import AnalyzeChannels, DropAdapters, FindComponents, InsertFlowAdapters
 from .passes.tokens import KeepTokens
 

@@ -18,6 +18,7 @@ class LoadModel(Pass):
     name = "load"
     description = "Load the model (and external data); reject what cannot be handled."
     provides = ("graph", "source")
+    uses = ("source_ir", "source_params", "source_path")
     options = (Option("path", help="the .onnx file (never modified)", parse=path_option,
                       type_name="path"),)
 
@@ -45,6 +46,7 @@ class UseModel(Pass):
     name = "use-model"
     description = "Start from an in-memory ModelProto (the Python API's entry)."
     provides = ("graph", "source")
+    uses = ("source_ir", "source_params")
     options = (Option("model", help="an onnx.ModelProto", parse=_model_proto,
                       type_name="ModelProto"),)
 

@@ -136,18 +136,18 @@ def test_a_weight_both_branches_read_is_one_group_and_stored_once(tmp_path):
 def test_verification_checks_the_branch_the_inputs_do_not_take(monkeypatch, tmp_path):
     """A cut that breaks the branch no verification input chooses (sr is random there) is
     still caught: each branch is verified with the condition forced."""
-    from onnxprune.pipeline.passes import pruning
+    from onnxprune.pipeline.passes import removal
 
-    removal = pruning.RemoveChannels.run
+    removal_run = removal.RemoveChannels.run
 
     def breaks_then(self, ctx):
-        result = removal(self, ctx)
+        result = removal_run(self, ctx)
         for node in ctx.graph.nodes:
             if node.name.endswith("then_c2"):
                 node.inputs[1].values = node.inputs[1].values * 1.5
         return result
 
-    monkeypatch.setattr(pruning.RemoveChannels, "run", breaks_then)
+    monkeypatch.setattr(removal.RemoveChannels, "run", breaks_then)
     with pytest.raises(VerificationError, match="then branch of if16"):
         prune(_model(), tmp_path / "o.onnx", ratio=0.5)
     assert not (tmp_path / "o.onnx").exists()

@@ -56,7 +56,7 @@ def test_a_slightly_wrong_weight_is_caught(monkeypatch):
         conv.inputs[1].values = np.array(conv.inputs[1].values) * np.float32(1.001)
         return out
 
-    monkeypatch.setattr("onnxprune.pipeline.passes.pruning.remove_units", perturbed)
+    monkeypatch.setattr("onnxprune.pipeline.passes.removal.remove_units", perturbed)
     with pytest.raises(VerificationError, match="mask oracle mismatch"):
         prune(demo_cnn(), ratio=0.5)
 

@@ -1,8 +1,9 @@
 """The passes of the pruning pipeline, one module per stage: load (``..entry``) -> normalize
 (``frontend``, ``branches``) -> classes/tokens/factors -> components and analysis
-(``structure``) -> calibrate/metric (``data``) -> score/select/remove (``pruning``) -> blocks
-(``depth``) -> verify/write/report (``output``) -> recover (``recovery``) -> quantize
-(``quantization``); and ``CATALOGUE``, every pass a recipe may name."""
+(``structure``) -> calibrate/metric (``data``) -> score/select (``pruning``) -> remove
+(``removal``) -> blocks (``depth``) -> verify/write/report (``output``) -> recover
+(``recovery``) -> quantize (``quantization``); and ``CATALOGUE``, every pass a recipe may
+name."""
 
 from ..base import PROVIDED_BY, Pass
 from ..entry import LoadModel, UseModel
@@ -21,9 +22,10 @@ from .frontend import (
     Normalize,
 )
 from .output import Report, Verify, WriteModel
-from .pruning import STRATEGIES, RemoveChannels, ScoreChannels, SelectChannels
+from .pruning import STRATEGIES, ScoreChannels, SelectChannels
 from .quantization import Quantize
 from .recovery import Compensate, Distill, VerifyRecovered
+from .removal import RemoveChannels
 from .structure import AnalyzeChannels, DropAdapters, FindComponents, InsertFlowAdapters
 from .tokens import KeepTokens
 

@@ -29,6 +29,7 @@ class OpenBranches(Pass):
                    "the model is written); left as it is when the branches cannot both run on "
                    "the same inputs.")
     requires = ("graph",)  # and sets branches where it opens one
+    uses = ("branches",)
 
     def __init__(self, after: Pass | None = None):
         super().__init__()
@@ -58,6 +59,7 @@ class CloseBranches(Pass):
     name = "close-branches"
     description = "Move each opened If's branches back into it, checked branch by branch."
     requires = ("graph",)
+    uses = ("branches", "input_sets")
 
     def run(self, ctx: Context) -> PassResult:
         if not ctx.branches:

@@ -43,6 +43,7 @@ class KeepClasses(Pass):
                    "the others' rows and the output reads a constant for them (same shape).")
     requires = ("graph",)
     provides = ("origin",)
+    uses = ("classes", "normalize_deferred", "source")
 
     options = (
         Option("keep", None, "compute only these classes of the output (indices and ranges "

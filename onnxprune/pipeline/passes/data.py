@@ -56,6 +56,7 @@ class Calibrate(Pass):
     description = "Calibration batch: an .npz keyed by input name (+ labels), or N random samples."
     requires = ("graph",)
     provides = ("calib", "eval_data")
+    uses = ("branches", "heldout", "pinned", "probe", "source_path")
 
     options = (
         Option("path", None, "calibration data, the kind found from the path: an .npz of "

@@ -23,6 +23,7 @@ class Factorize(Pass):
     description = ("Write wide matrices (token tables, classifiers) as the product of two "
                    "by their singular values, so that their rank prunes as a channel group.")
     requires = ("graph",)  # and sets origin where it factorizes (not declared: only then)
+    uses = ("factors", "normalize_deferred", "origin", "source")
 
     options = (
         Option("mode", "auto", "on: write every matrix at least 'aspect' times longer than "
@@ -63,6 +64,7 @@ class Unfactorize(Pass):
     name = "unfactorize"
     description = "Multiply back the factors whose kept rank saves no parameters."
     requires = ("graph",)
+    uses = ("factorization", "factors")
 
     def run(self, ctx: Context) -> PassResult:
         if not ctx.factors:

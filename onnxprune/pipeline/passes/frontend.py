@@ -129,6 +129,7 @@ class FoldBatchNorm(Pass):
     name = "fold-batchnorm"
     description = "Fold BatchNormalization into the Conv/ConvTranspose/Gemm before it."
     requires = ("graph",)
+    uses = ("bn_scales",)
 
     def run(self, ctx: Context) -> PassResult:
         n = fold_batchnorms(ctx.require("graph", self.name), ctx.bn_scales)

@@ -27,6 +27,8 @@ class Verify(Pass):
     description = "Checker, onnxruntime on each provider, and the mask oracle; fail loudly."
     requires = ("analysis", "plan", "reference")
     provides = ("verification",)
+    uses = (
+        "branches", "depth", "graph", "normalize_deferred", "normalize_diff", "source", "source_ir")
 
     options = (
         Option("seed", 0, "seed of the random inputs", parse=number(0, integer=True),
@@ -96,6 +98,7 @@ class WriteModel(Pass):
     description = "Write the verified model atomically (never over the input unless forced)."
     requires = ("graph", "verification")
     provides = ("output_path",)
+    uses = ("float_graph", "source_ir", "source_params", "source_path")
 
     options = (
         Option("path", help="where the pruned model goes (never the input, unless forced)",
@@ -147,6 +150,7 @@ class Report(Pass):
                    "the model is written.")
     requires = ("output_path",)
     provides = ("report_path",)
+    uses = ("source_path",)
 
     options = (
         Option("folder", None, "write a report of the run into this folder (made if missing): "

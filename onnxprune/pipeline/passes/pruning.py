@@ -18,7 +18,6 @@ from ...options import Option, OptionError, auto_or_count, number
 from ...options import path as path_option
 from ...recover.compensate import RIDGE
 from ...recover.refit import RefitEvaluator, can_refit
-from ...rewrite.remove import remove_units
 from ...scoring import CRITERIA, NORMALIZATIONS, REDUCTIONS, normalize, score_units
 from ...search.evaluate import Evaluator
 from ...search.memory import search_budget
@@ -47,6 +46,7 @@ class ScoreChannels(Pass):
     description = "Importance per channel: " + ", ".join(CRITERIA) + "."
     requires = ("analysis",)
     provides = ("scores",)
+    uses = ("bn_scales", "calib", "criterion", "graph")
 
     options = (
         Option("criterion", None, "channel importance (default: reconstruction when "
@@ -90,6 +90,8 @@ class SelectChannels(Pass):
     description = "How many channels each group loses: " + ", ".join(STRATEGIES) + "."
     requires = ("analysis",)
     provides = ("plan",)
+    uses = ("calib", "components", "criterion", "factors", "graph", "scores", "select_info",
+        "source_path")
 
     options = (
         Option("strategy", "uniform", "how many channels each group loses: uniform (the ratio "
@@ -424,27 +426,3 @@ def _curves(space: Space, curves, removed: np.ndarray, metric) -> list[dict]:
                     "metric": [float(sign * u) for u in c.utility[seen]],
                     "chosen": float(removed[g.order].sum()) / n})
     return out
-
-
-class RemoveChannels(Pass):
-    name = "remove"
-    description = "Slice parameters, fix attributes and shapes of the selected channels."
-    requires = ("analysis", "plan")
-    provides = ("reference",)
-
-    def run(self, ctx: Context) -> PassResult:
-        graph, analysis = ctx.require("graph", self.name), ctx.require("analysis", self.name)
-        plan = ctx.require("plan", self.name)
-        ctx.reference = graph.copy()  # shares the weights; removal assigns new arrays
-        names = [t.name for t in [*graph.inputs, *graph.outputs]]
-        ctx.interface = analysis.interface_cuts(names, plan.removed) or None
-        removed = remove_units(graph, analysis, plan.removed)
-        info = {"params_removed": removed}
-        if ctx.interface:
-            info["interface"] = {n: {str(a): f"{k.size} -> {int(k.sum())}" for a, k in axes}
-                                 for n, axes in ctx.interface.items()}
-            shown = ", ".join(f"{n} axis {a}: {k.size} -> {int(k.sum())}"
-                              for n, axes in ctx.interface.items() for a, k in axes)
-            warn(f"the model's interface changes (feed and read the cache at its new shapes): "
-                 f"{shown}")
-        return PassResult(plan.removed_units > 0, info)

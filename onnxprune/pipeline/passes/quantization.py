@@ -79,6 +79,7 @@ class Quantize(Pass):
                    "(MatMulNBits blocks); checked against the float model.")
     requires = ("graph", "verification", "calib")
     provides = ("quantization",)
+    uses = ("depth", "float_graph", "heldout", "interface", "metric", "source_ir")
 
     options = (
         Option("type", "int8", "int8: static, weights and activations (QDQ); int4: "

@@ -54,6 +54,7 @@ class Compensate(Pass):
     name = "compensate"
     description = "Refit layers that lost inputs to reproduce the original (ridge least squares)."
     requires = ("analysis", "plan", "reference", "calib")
+    uses = ("depth", "factors", "graph", "interface", "probe", "recovery")
 
     options = (
         Option("ridge", RIDGE, "ridge regularisation of the refit, relative to the mean input "
@@ -115,6 +116,7 @@ class Distill(Pass):
     name = "distill"
     description = "Fine-tune the pruned model's weights on the original's outputs (torch)."
     requires = ("reference", "calib")
+    uses = ("flows", "graph", "interface", "metric", "recovery")
 
     options = (
         Option("steps", 300, "optimizer steps at most", parse=number(1, integer=True),
@@ -205,6 +207,7 @@ class VerifyRecovered(Pass):
     name = "verify-recovered"
     description = "After refitting: checker, onnxruntime, finite outputs, metric vs original."
     requires = ("reference", "verification")
+    uses = ("calib", "graph", "interface", "metric", "quality")
 
     def run(self, ctx: Context) -> PassResult:
         import onnx

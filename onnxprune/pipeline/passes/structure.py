@@ -44,6 +44,7 @@ class InsertFlowAdapters(Pass):
     name = "flow-adapters"
     description = "Give components their own channels where an 'own' flow crosses into them."
     requires = ("graph", "components")
+    uses = ("flows",)
 
     def run(self, ctx: Context) -> PassResult:
         graph = ctx.require("graph", self.name)
@@ -87,6 +88,7 @@ class AnalyzeChannels(Pass):
     description = "Find coupled channel groups with the op-rule registry."
     requires = ("graph",)
     provides = ("analysis",)
+    uses = ("components", "flows")
 
     options = (
         Option("exclude", (), "freeze every channel touching nodes whose name matches this "

@@ -31,6 +31,7 @@ class KeepTokens(Pass):
                    "loses the other rows, removed ids read a kept token's row (same ids in).")
     requires = ("graph",)
     provides = ("origin",)
+    uses = ("normalize_deferred", "source", "tokens")
 
     options = (
         Option("keep", None, "keep only these token ids of the input vocabulary (ids and "
