@@ -23,7 +23,7 @@ from ..ir import io
 class Entry:
     name: str
     description: str
-    needs: str  # the extra it needs ("core": none)
+    needs: str  # the extra it needs ("core": none; "examples": torch, gymnasium, scikit-learn)
     trainable: str | None  # what --train does, or None
     export: Callable[[str, int, bool, int | None], None]  # (path, seed, train, epochs)
 
@@ -102,15 +102,16 @@ ENTRIES: dict[str, Entry] = {
                   "0 pads) -> a 4000 x 64 embedding table -> two linear layers -> masked mean "
                   "(random weights; for --keep-tokens)", "core", None, _text),
     "autoencoder": Entry("autoencoder", "a conv autoencoder on 1x28x28 digits (input 'input')",
-                         "torch", "trains on scikit-learn's digits (--epochs, default 10)",
+                         "examples", "trains on scikit-learn's digits (--epochs, default 10)",
                          _torch_model("autoencoder")),
     "classifier": Entry("classifier", "a digits CNN classifier on 1x28x28 (input 'input')",
-                        "torch", "trains on scikit-learn's digits (--epochs, default 10)",
+                        "examples", "trains on scikit-learn's digits (--epochs, default 10)",
                         _classifier),
     "agent": Entry("agent", "a Pendulum control agent: encoder, dynamics, reward, pi, q "
-                   "(inputs 'obs', 'action')", "torch",
+                   "(inputs 'obs', 'action')", "examples",
                    "trains in gymnasium's Pendulum (--epochs = seconds, default 120)", _agent),
-    **{name: Entry(name, text, "torch", None, _torch_model(name)) for name, text in _TORCH.items()},
+    **{name: Entry(name, text, "examples", None, _torch_model(name))
+       for name, text in _TORCH.items()},
 }
 
 
@@ -133,8 +134,8 @@ def export_model(name: str, path: str | os.PathLike, *, seed: int = 0, train: bo
             entry.export(staged, seed, train, epochs)
             return io.save_model(onnx.load(staged), out)
     except ImportError as err:
-        raise UsageError(f"zoo model {name!r} needs the {entry.needs} extra "
-                         f"(pip install 'onnxprune[{entry.needs}]'): {err}") from None
+        raise UsageError(f"zoo model {name!r} needs {err.name or 'a package not installed'} "
+                         f"(pip install 'onnxprune[{entry.needs}]')") from None
 
 
 DATASETS = {"digits": "scikit-learn's 8x8 digits upsampled to 1x28x28 in [0, 1], with labels"}
@@ -149,9 +150,9 @@ def write_digits(path: str | os.PathLike, *, split: str = "train", count: int | 
     try:
         from .digits import digits28
         x, y = digits28(split, seed=seed)
-    except ImportError as err:
-        raise UsageError(f"the digits data needs scikit-learn (pip install 'onnxprune[dev]'): "
-                         f"{err}") from None
+    except ImportError:
+        raise UsageError("the digits data needs scikit-learn (pip install "
+                         "'onnxprune[examples]')") from None
     except ValueError as err:
         raise UsageError(str(err)) from None
     if count is not None:

@@ -54,7 +54,7 @@ def _digits28_all() -> tuple[np.ndarray, np.ndarray]:
         from sklearn.datasets import load_digits
     except ImportError as err:
         raise ImportError(
-            "digits28 needs scikit-learn (pip install scikit-learn, or the 'dev' extra)"
+            "digits28 needs scikit-learn (pip install 'onnxprune[examples]')"
         ) from err
     digits = load_digits()
     images = digits.images / 16.0  # [N, 8, 8], values 0..16
