@@ -42,10 +42,14 @@ class Option:
     kind: str = "value"  # "value", "switch" (a CLI flag without a value), "append" (repeatable)
     type_name: str = ""  # what `onnxprune passes` shows as the type
     bare: str | None = None  # the value of the CLI flag given without one (None: it needs one)
+    aliases: tuple[str, ...] = ()  # earlier public names, still accepted (keywords and flags)
 
     @property
     def required(self) -> bool:
         return self.default is REQUIRED
+
+    def alias_flags(self) -> list[str]:
+        return ["--" + a.replace("_", "-") for a in self.aliases]
 
     def cli_flag(self) -> str | None:
         if self.flag is not None:

@@ -88,7 +88,7 @@ def add_flags(parser: argparse.ArgumentParser, options: Iterable[Owned], *,
         flag = o.cli_flag()
         if not flag:
             continue
-        names = [n for n in (o.short, flag) if n]
+        names = [n for n in (o.short, flag) if n] + o.alias_flags()
         kw: dict[str, Any] = {"dest": o.public, "help": _help(o)}
         where: Any = parser
         if grouped:

@@ -127,9 +127,21 @@ def public_options() -> dict[str, tuple[str, Option]]:
     return out
 
 
+def public_aliases() -> dict[str, str]:
+    """An earlier public name -> the option's name now (both accepted)."""
+    return {a: public for public, (_, o) in public_options().items() for a in o.aliases}
+
+
 def split_options(values: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], dict, dict]:
     """Public values -> ({pass: {option: value}}, run settings, switches), by the schema."""
     known = public_options()
+    values = dict(values)
+    for alias, public in public_aliases().items():
+        if alias in values:
+            if public in values:
+                raise UsageError(f"{alias} and {public} are one option (its earlier name and "
+                                 "its name): give one")
+            values[public] = values.pop(alias)
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise UsageError(f"unknown option(s) {', '.join(unknown)} (options: "

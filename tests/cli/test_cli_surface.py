@@ -116,3 +116,23 @@ def test_an_internal_error_names_its_pass_and_a_pass_must_provide_what_it_declar
     assert err == ("onnxprune: internal error in pass select: RuntimeError: pass 'select' did "
                    "not provide plan (rerun with --debug)")
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_renamed_options_keep_their_earlier_names():
+    """One name per option family (keep_tokens_*, compensate_*); the earlier public names stay
+    accepted, by the API and on the command line, and both at once is one usage error."""
+    from onnxprune.errors import UsageError
+    from onnxprune.pipeline.build import public_aliases, split_options
+
+    assert public_aliases() == {"ridge": "compensate_ridge",
+                                "token_fallback": "keep_tokens_fallback"}
+    for alias, public in public_aliases().items():
+        value = 0.5 if public == "compensate_ridge" else "nearest"
+        new, old = split_options({public: value}), split_options({alias: value})
+        assert new == old and new[0]  # the same pass option either way
+        with pytest.raises(UsageError, match="are one option"):
+            split_options({public: value, alias: value})
+    parser = build_parser()
+    for flag in ("--ridge", "--compensate-ridge"):
+        args = parser.parse_args(["prune", "m.onnx", "-o", "s.onnx", flag, "0.25"])
+        assert args.compensate_ridge == "0.25"

@@ -58,7 +58,8 @@ class Compensate(Pass):
 
     options = (
         Option("ridge", RIDGE, "ridge regularisation of the refit, relative to the mean input "
-               "energy", parse=number(0), public="ridge", metavar="R", type_name="float"),
+               "energy", parse=number(0), public="compensate_ridge", aliases=("ridge",),
+               metavar="R", type_name="float"),
         Option("augment", "auto", "fit the refit also on N copies of the calibration data in "
                "other styles, so that it reproduces the original beyond the calibration data's "
                "style: for a model that reads token ids its content tokens replaced by random "

@@ -45,7 +45,8 @@ class KeepTokens(Pass):
                public="keep_tokens_input", metavar="NAME", type_name="str"),
         Option("fallback", NEAREST, "what a removed token reads: 'nearest' (the kept token "
                "whose embedding is most similar, by cosine) or a kept token id (e.g. the "
-               "tokenizer's [UNK])", parse=_fallback, public="token_fallback",
+               "tokenizer's [UNK])", parse=_fallback, public="keep_tokens_fallback",
+               aliases=("token_fallback",),
                metavar="nearest|ID", type_name="str"),
     )
 
