@@ -1,5 +1,5 @@
 """The op cases the torch interpreter is checked on against onnxruntime
-(tests/test_recover_bridge.py): (id, opset, input shape, build(b, x) -> output names)."""
+(tests/recover/test_bridge.py): (id, opset, input shape, build(b, x) -> output names)."""
 
 import numpy as np
 from bridge_builders import (
