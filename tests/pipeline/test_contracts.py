@@ -62,3 +62,19 @@ def test_the_scan_sees_an_undeclared_read():
             return ctx.probe, ctx.require("plan")
 
     assert touched(Sneaky) == {"probe", "plan"}
+
+
+def test_every_pass_of_the_package_is_in_the_catalogue():
+    """A recipe may name every pass (the catalogue was typed by hand and missed the front end's
+    steps and the removal of blocks)."""
+    import importlib
+    import pkgutil
+
+    import onnxprune.pipeline.passes as package
+
+    found = set()
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        found |= {c.name for c in vars(module).values() if isinstance(c, type)
+                  and issubclass(c, Pass) and c.__module__ == module.__name__}
+    assert found - set(CATALOGUE) == set() and {"depth", "pin-inputs"} <= found

@@ -10,16 +10,25 @@ from ..entry import LoadModel, UseModel
 from .branches import CloseBranches, OpenBranches
 from .classes import KeepClasses
 from .data import Calibrate, MeasureQuality, UseMetric
+from .depth import RemoveBlocks
 from .factors import Factorize, Unfactorize
 from .frontend import (
+    CheckNormalization,
     Cleanup,
     ConstantReshapeTargets,
     DropIdentity,
+    DropZeroStates,
+    ExplicitSqueezeAxes,
     FoldBatchNorm,
     FoldConstants,
     InferShapes,
+    InlineConstantIfs,
     NameNodes,
     Normalize,
+    PinInputs,
+    ShapeRanges,
+    ShuffleToGather,
+    UnshareFilledVectors,
 )
 from .output import Report, Verify, WriteModel
 from .pruning import STRATEGIES, ScoreChannels, SelectChannels
@@ -29,16 +38,18 @@ from .removal import RemoveChannels
 from .structure import AnalyzeChannels, DropAdapters, FindComponents, InsertFlowAdapters
 from .tokens import KeepTokens
 
-# Every pass a recipe may name, by name.
+# Every pass a recipe may name, by name, in pipeline order (a test checks that every pass of
+# this package is here).
 CATALOGUE: dict[str, type[Pass]] = {
     cls.name: cls for cls in (
-        Normalize, NameNodes, InferShapes, FoldConstants, ConstantReshapeTargets,
-        FoldBatchNorm, DropIdentity, Cleanup, OpenBranches, KeepClasses, KeepTokens, Factorize,
-        FindComponents, InsertFlowAdapters,
-        AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels, MeasureQuality,
-        RemoveChannels, DropAdapters, Unfactorize, Verify, Compensate, Distill, VerifyRecovered, CloseBranches,
-        Quantize,
-        WriteModel, Report,
+        Normalize, NameNodes, PinInputs, ShapeRanges, InferShapes, DropIdentity, FoldConstants,
+        InlineConstantIfs, ConstantReshapeTargets, FoldBatchNorm, DropZeroStates,
+        ShuffleToGather, Cleanup, OpenBranches, UnshareFilledVectors, ExplicitSqueezeAxes,
+        CheckNormalization, KeepClasses, KeepTokens, Factorize, FindComponents,
+        InsertFlowAdapters, AnalyzeChannels, Calibrate, UseMetric, ScoreChannels,
+        SelectChannels, MeasureQuality, RemoveChannels, RemoveBlocks, DropAdapters, Unfactorize,
+        Verify, Compensate, Distill, VerifyRecovered, CloseBranches, Quantize, WriteModel,
+        Report,
     )
 }
 for _cls in (LoadModel, UseModel, *CATALOGUE.values()):
@@ -46,11 +57,12 @@ for _cls in (LoadModel, UseModel, *CATALOGUE.values()):
         PROVIDED_BY.setdefault(_artifact, _cls.name)
 
 __all__ = [
-    "CATALOGUE", "STRATEGIES", "AnalyzeChannels", "Calibrate", "Cleanup", "CloseBranches", "ConstantReshapeTargets",
-    "DropAdapters", "DropIdentity", "Factorize", "FindComponents", "FoldBatchNorm", "FoldConstants",
-    "InferShapes", "InsertFlowAdapters", "KeepClasses", "KeepTokens", "LoadModel", "MeasureQuality", "NameNodes", "Normalize",
-    "OpenBranches",
-    "Quantize", "RemoveChannels", "Report", "ScoreChannels", "Compensate", "Distill",
-    "VerifyRecovered", "SelectChannels", "Unfactorize", "UseMetric", "UseModel", "Verify",
-    "WriteModel",
+    "AnalyzeChannels", "CATALOGUE", "Calibrate", "CheckNormalization", "Cleanup", "CloseBranches",
+    "Compensate", "ConstantReshapeTargets", "Distill", "DropAdapters", "DropIdentity",
+    "DropZeroStates", "ExplicitSqueezeAxes", "Factorize", "FindComponents", "FoldBatchNorm",
+    "FoldConstants", "InferShapes", "InlineConstantIfs", "InsertFlowAdapters", "KeepClasses",
+    "KeepTokens", "LoadModel", "MeasureQuality", "NameNodes", "Normalize", "OpenBranches",
+    "PinInputs", "Quantize", "RemoveBlocks", "RemoveChannels", "Report", "STRATEGIES",
+    "ScoreChannels", "SelectChannels", "ShapeRanges", "ShuffleToGather", "Unfactorize",
+    "UnshareFilledVectors", "UseMetric", "UseModel", "Verify", "VerifyRecovered", "WriteModel",
 ]

@@ -32,6 +32,7 @@ class RemoveBlocks(Pass):
                    "Influence on the calibration data); verified with a gate per block.")
     requires = ("graph", "reference", "analysis")
     provides = ("depth",)
+    uses = ("calib", "plan", "quality")
 
     options = (
         Option("remove", 0, "remove this many whole residual blocks (attention or MLP "

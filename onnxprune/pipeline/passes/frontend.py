@@ -81,6 +81,7 @@ class PinInputs(Pass):
     name = "pin-inputs"
     description = "Read pinned inputs (--input-value) as constants, so what they select folds."
     requires = ("graph",)
+    uses = ("pinned", "source")
 
     def run(self, ctx: Context) -> PassResult:
         graph = ctx.require("graph", self.name)
@@ -190,6 +191,7 @@ class CheckNormalization(Pass):
                    "verification chooses them) when a step changed its arithmetic; otherwise "
                    "verification compares them, at no extra cost. Name the step at fault.")
     requires = ("graph",)
+    uses = ("normalize_deferred", "normalize_diff", "source")
     # the steps that change arithmetic (the others rename, fold shapes, rewire or inline)
     NUMERIC = ("fold-batchnorm",)
 
