@@ -189,3 +189,35 @@ def test_global_average_pool_over_a_reshaped_channel_axis_at_opset_12():
     for opset in (12, 13):
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
         check_oracle(model, seed=0)
+
+
+def test_a_block_inside_a_removed_parallel_block_goes_with_it():
+    """A stream s, a residual branch joined by one Add and a second branch by the next: the
+    parallel block (both branches) contains the first block. Removing both used to bypass the
+    inner Add first and then read its inputs, gone (found by the depth fuzzer)."""
+    from onnxprune.analysis.blocks import find_blocks
+    from onnxprune.rewrite.blocks import remove_blocks
+
+    b = GraphBuilder(seed=0)
+    x = b.input("x", ["N", 2, 6, 6])
+    s = b.conv(x, 2, 3, name="stem")
+    inner = b.op("Add", [b.conv(b.relu(b.conv(s, 3, 3, name="c1")), 3, 3, name="c2"), s],
+                 name="join1")
+    outer = b.op("Add", [b.op("Softmax", [s], axis=1), inner], name="join2")
+    model = b.build([b.conv(outer, 3, 2, name="head")])
+    graph = import_model(normalized(model))
+    blocks = {blk.name: blk for blk in find_blocks(graph) if blk.removable}
+    assert {"join1", "join2"} <= set(blocks) and "join1" in blocks["join2"].nodes
+    remove_blocks(graph, [blocks["join1"], blocks["join2"]])
+    assert not any(n.op == "Add" for n in graph.nodes)
+    # the reference: the head reads the stem's output directly (rewired by hand)
+    ref = import_model(normalized(model))
+    by = {n.name: n for n in ref.nodes}
+    stem_out = by["join1"].inputs[1]
+    head = next(n for n in ref.nodes if n.op == "Conv" and n.inputs[0] is by["join2"].outputs[0])
+    head.inputs[0] = stem_out
+    ref.cleanup().toposort()
+    kept, want = export_model(graph), export_model(ref)
+    feeds = random_feeds(want, seed=0)
+    got, expected = session(kept).run(None, feeds)[0], session(want).run(None, feeds)[0]
+    np.testing.assert_array_equal(got, expected)

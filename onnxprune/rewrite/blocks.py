@@ -11,8 +11,11 @@ from ..ir.graph import bypass
 def remove_blocks(graph: gs.Graph, blocks: list[Block]) -> int:
     """Remove ``blocks`` from ``graph``: each Add's readers read its stream instead (a graph
     output keeps its name through an Identity), and the nodes and weights only the branch used
-    go. Returns the number of nodes removed."""
+    go. A block inside another one removed (a residual branch of a parallel block) goes with
+    it. Returns the number of nodes removed."""
     before = len(graph.nodes)
+    inside = {n for b in blocks for n in b.nodes}
+    blocks = [b for b in blocks if b.name not in inside]
     adds = {n.name: n for n in graph.nodes if n.op == "Add"}
     outputs = {id(t) for t in graph.outputs}
     for block in blocks:

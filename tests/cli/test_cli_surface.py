@@ -136,3 +136,25 @@ def test_renamed_options_keep_their_earlier_names():
     for flag in ("--ridge", "--compensate-ridge"):
         args = parser.parse_args(["prune", "m.onnx", "-o", "s.onnx", flag, "0.25"])
         assert args.compensate_ridge == "0.25"
+
+
+def test_the_readme_lists_the_flags_prune_help_shows():
+    """The README's flag list is checked against the parser (it was typed by hand and drifted
+    from the schema): every flag --help shows is there, and nothing else."""
+    import argparse
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("`onnxprune prune --help` shows")
+    text = readme[start:readme.index("Every other option", start)]
+    listed = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*[a-z]|-[a-z])(?![\w-])", text))
+    listed.discard("--help")  # (the sentence naming the command)
+    prune = next(a for a in build_parser()._subparsers._group_actions[0].choices.values()
+                 if a.prog.endswith("prune"))
+    shown = [a for a in prune._actions if a.option_strings and a.help != argparse.SUPPRESS
+             and "--help" not in a.option_strings]
+    missing = [a.option_strings for a in shown if not set(a.option_strings) & listed]
+    known = {s for a in shown for s in a.option_strings}
+    assert missing == [] and listed - known == set()
+    assert len(shown) == 30

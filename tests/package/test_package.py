@@ -65,7 +65,7 @@ def test_a_core_install_prunes_runs_recipes_and_benches(wheel_site, tmp_path):
         assert r.returncode == 0, (args, r.stderr[-500:])
     assert {"m.onnx", "p.onnx", "r.onnx", "c.onnx"} <= {p.name for p in tmp_path.iterdir()}
     r = _cli(wheel_site, "zoo", "export", "autoencoder", "-o", "ae.onnx", cwd=tmp_path)
-    assert r.returncode == 2 and "pip install 'onnxprune[torch]'" in r.stderr
+    assert r.returncode == 2 and "pip install 'onnxprune[examples]'" in r.stderr
     # a report needs matplotlib: said before any work
     r = _cli(wheel_site, "prune", "m.onnx", "-o", "q.onnx", "--report", "rep", cwd=tmp_path)
     assert r.returncode == 2 and "--report: a report needs matplotlib" in r.stderr, r.stderr
