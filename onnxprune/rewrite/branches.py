@@ -42,7 +42,7 @@ def open_ifs(graph: gs.Graph) -> list[Opened]:
         if node.op != "If" or not holds_weights(node):
             index += 1
             continue
-        nodes, record = _open(graph, node)
+        nodes, record = _open(node)
         record.inside = within.get(id(node))
         within.update((id(n), record.name) for n in nodes)
         graph.nodes[index:index + 1] = nodes
@@ -52,7 +52,7 @@ def open_ifs(graph: gs.Graph) -> list[Opened]:
     return opened
 
 
-def _open(graph: gs.Graph, node: gs.Node) -> tuple[list[gs.Node], Opened]:
+def _open(node: gs.Node) -> tuple[list[gs.Node], Opened]:
     name = node.name
     then, other = node.attrs["then_branch"], node.attrs["else_branch"]
     cond = node.inputs[0]

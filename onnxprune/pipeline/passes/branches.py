@@ -28,8 +28,8 @@ class OpenBranches(Pass):
                    "per output, so both are analyzed, pruned and verified (closed again before "
                    "the model is written); left as it is when the branches cannot both run on "
                    "the same inputs.")
-    requires = ("graph",)  # and sets branches where it opens one
-    uses = ("branches",)
+    requires = ("graph",)
+    uses = ("branches",)  # set where it opens one
 
     def __init__(self, after: Pass | None = None):
         super().__init__()
