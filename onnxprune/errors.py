@@ -101,3 +101,10 @@ def collect_warnings(into: list[str]) -> Iterator[list[str]]:
         yield into
     finally:
         _SINKS.reset(token)
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's message, its first line (its type's name when it has none): what an
+    error line quotes of a library's failure."""
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

@@ -4,7 +4,10 @@ side (``rewrite/branches.py``), or, pinned (``--input-value``), inlined as the b
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_graphsurgeon as gs
+
+from .size import unique_params
 
 
 def branch_inputs(graph: gs.Graph) -> dict[str, list[str]]:
@@ -51,18 +54,8 @@ def _deciding(graph: gs.Graph, cond: gs.Tensor) -> list[str]:
 
 
 def holds_weights(node: gs.Node) -> bool:
-    """A node with a parameter (a constant of more than one element, an initializer or a
-    Constant node) in a branch, or in a branch's branch."""
-    return any(_weighted(sub) for sub in node.subgraphs())
-
-
-def _weighted(graph: gs.Graph) -> bool:
-    for n in graph.nodes:
-        if any(isinstance(t, gs.Constant) and t.values.size > 1 for t in n.inputs):
-            return True
-        value = n.attrs.get("value") if n.op == "Constant" else None
-        if isinstance(value, gs.Constant) and value.values.size > 1:
-            return True
-        if holds_weights(n):
-            return True
-    return False
+    """A node with a parameter of more than one element (an initializer or a Constant node's
+    value, ``size.unique_params``) in a branch, or in a branch's branch; shape and index
+    constants are not parameters."""
+    return any(int(np.prod(t.shape)) > 1 for sub in node.subgraphs()
+               for t in unique_params(sub).values())

@@ -84,7 +84,7 @@ def is_param(tensor: gs.Tensor) -> bool:
     return dtype == np.int32 and any(n.op in QUANT_CONSUMERS for n in tensor.outputs)
 
 
-def _unique_params(graph: gs.Graph, seen: dict[int, gs.Constant] | None = None
+def unique_params(graph: gs.Graph, seen: dict[int, gs.Constant] | None = None
                    ) -> dict[int, gs.Constant]:
     """Each parameter constant once, those used inside If/Loop/Scan bodies too, and the values
     of Constant nodes (exporters that store weights that way, before folding). Once by array,
@@ -101,20 +101,20 @@ def _unique_params(graph: gs.Graph, seen: dict[int, gs.Constant] | None = None
         for value in node.attrs.values():
             for sub in value if isinstance(value, list) else [value]:
                 if isinstance(sub, gs.Graph):
-                    _unique_params(sub, seen)
+                    unique_params(sub, seen)
     return seen
 
 
 def graph_params(graph: gs.Graph) -> int:
     """Elements of the parameter constants the nodes use (each initializer once)."""
-    return sum(int(np.prod(t.shape)) for t in _unique_params(graph).values())
+    return sum(int(np.prod(t.shape)) for t in unique_params(graph).values())
 
 
 def subgraph_params(graph: gs.Graph) -> int:
     """Parameters only If/Loop/Scan bodies use (the analysis does not reach inside them)."""
     top = {id(t._values) for node in graph.nodes for t in node.inputs  # noqa: SLF001
            if is_param(t)}
-    return sum(int(np.prod(t.shape)) for key, t in _unique_params(graph).items()
+    return sum(int(np.prod(t.shape)) for key, t in unique_params(graph).items()
                if key not in top)
 
 
@@ -122,7 +122,7 @@ def params_by_type(graph: gs.Graph) -> dict[str, int]:
     """Parameter elements per element type ("float32", "int8", "int4", "bfloat16", ...), each
     initializer once, largest first; they sum to ``graph_params``."""
     out: dict[str, int] = {}
-    for t in _unique_params(graph).values():
+    for t in unique_params(graph).values():
         name = type_name(param_dtype(t))
         out[name] = out.get(name, 0) + int(np.prod(t.shape))
     return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))

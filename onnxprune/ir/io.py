@@ -20,7 +20,13 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .. import interrupts
-from ..errors import InputMissingError, InvalidModelError, OutputError, UnsupportedModelError
+from ..errors import (
+    InputMissingError,
+    InvalidModelError,
+    OutputError,
+    UnsupportedModelError,
+    first_line,
+)
 from . import stream
 from .mapped import read_mapped
 from .runtime import default_opset, weightless
@@ -80,12 +86,12 @@ def load_skeleton(path: str | os.PathLike) -> Skeleton:
     try:  # the skeleton with its weights as typed inputs: nothing re-read or re-serialized
         onnx.checker.check_model(weightless(skeleton))
     except onnx.checker.ValidationError as err:
-        raise InvalidModelError(f"{p}: the model is not valid ONNX ({_first_line(err)})") from err
+        raise InvalidModelError(f"{p}: the model is not valid ONNX ({first_line(err)})") from err
     return skeleton
 
 
 def _missing_data(p: Path, err: BaseException) -> InvalidModelError:
-    return InvalidModelError(f"{p}: external data is missing ({_first_line(err)}); keep the "
+    return InvalidModelError(f"{p}: external data is missing ({first_line(err)}); keep the "
                              "data file(s) next to the model")
 
 
@@ -93,7 +99,7 @@ def _check(p: Path) -> None:
     try:
         onnx.checker.check_model(str(p))  # from the file: no re-serialization of the weights
     except onnx.checker.ValidationError as err:
-        raise InvalidModelError(f"{p}: the model is not valid ONNX ({_first_line(err)})") from err
+        raise InvalidModelError(f"{p}: the model is not valid ONNX ({first_line(err)})") from err
 
 
 def _parse(p: Path, model: onnx.ModelProto | None = None) -> onnx.ModelProto:
@@ -103,7 +109,7 @@ def _parse(p: Path, model: onnx.ModelProto | None = None) -> onnx.ModelProto:
         try:
             model = onnx.load(str(p), load_external_data=False)
         except (DecodeError, RuntimeError, ValueError) as err:
-            raise InvalidModelError(f"{p}: not a readable ONNX model ({_first_line(err)})") from err
+            raise InvalidModelError(f"{p}: not a readable ONNX model ({first_line(err)})") from err
     if not model.graph.node:
         raise InvalidModelError(f"{p}: the model has no graph nodes (not an ONNX model?)")
     if model.ir_version > onnx.IR_VERSION:
@@ -190,7 +196,7 @@ def _probe_writable(path: str | os.PathLike, folder: Path, what: str) -> None:
             os.unlink(probe)
     except OSError as err:
         raise OutputError(f"{path}: {what} {folder} is not writable "
-                          f"({_first_line(err)})") from None
+                          f"({first_line(err)})") from None
 
 
 def folder_target(path: str | os.PathLike) -> Path:
@@ -297,7 +303,7 @@ def save_model(
     try:
         tmpdir = Path(tempfile.mkdtemp(prefix=".onnxprune-", dir=folder))
     except OSError as err:
-        raise OutputError(f"{path}: cannot write the model ({_first_line(err)})") from None
+        raise OutputError(f"{path}: cannot write the model ({first_line(err)})") from None
     try:
         tmp_model = tmpdir / out.name
         data_name = None
@@ -337,15 +343,11 @@ def save_model(
                 if name.startswith(out.name + ".") and name.endswith(".data") and stale.is_file():
                     stale.unlink(missing_ok=True)
     except OSError as err:
-        raise OutputError(f"{path}: cannot write the model ({_first_line(err)})") from err
+        raise OutputError(f"{path}: cannot write the model ({first_line(err)})") from err
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return out
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def write_file(path: str | os.PathLike, data: bytes, what: str = "file") -> Path:
@@ -355,7 +357,7 @@ def write_file(path: str | os.PathLike, data: bytes, what: str = "file") -> Path
     try:
         fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", dir=out.parent)
     except OSError as err:
-        raise OutputError(f"{path}: cannot write the {what} ({_first_line(err)})") from None
+        raise OutputError(f"{path}: cannot write the {what} ({first_line(err)})") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -364,7 +366,7 @@ def write_file(path: str | os.PathLike, data: bytes, what: str = "file") -> Path
         with interrupts.deferred():
             os.replace(tmp, out)
     except OSError as err:
-        raise OutputError(f"{path}: cannot write the {what} ({_first_line(err)})") from None
+        raise OutputError(f"{path}: cannot write the {what} ({first_line(err)})") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import UsageError, first_line
 
 Outputs = list[np.ndarray]
 Batch = dict[str, np.ndarray]
@@ -51,7 +51,7 @@ class Metric:
             raise
         except Exception as err:  # noqa: BLE001 - the user's code: report, do not crash
             raise UsageError(f"--metric {self.name}: the function raised "
-                             f"{type(err).__name__}: {_first_line(err)}") from None
+                             f"{type(err).__name__}: {first_line(err)}") from None
 
     def utility(self, value: float) -> float:
         """The value oriented so that higher is better (not a number: the worst)."""
@@ -201,7 +201,3 @@ def get_metric(spec: str) -> Metric:
                          f"or (model); it takes ({shown})") from None
     return Metric(spec, True, lambda outputs, batch, reference: user(outputs, batch))
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__

@@ -12,7 +12,7 @@ import onnx_graphsurgeon as gs
 
 from ...analysis.branches import holds_weights
 from ...analysis.size import macs_at
-from ...errors import UsageError, VerificationError, warn
+from ...errors import UsageError, VerificationError, first_line, warn
 from ...ir.runtime import session
 from ...ir.shapes import choose_shapes
 from ...ir.weights import proto
@@ -142,7 +142,7 @@ def _runs_both_ways(ctx: Context, opened: list[Opened]) -> str | None:
             with forced(ctx.graph, opened, value):
                 sessions.append(session(ctx.skeleton(), quiet=True))
     except Exception as err:  # noqa: BLE001 - e.g. outputs of shapes no Where can choose
-        return _first_line(err)
+        return first_line(err)
 
     def runs(feeds) -> bool:
         try:
@@ -166,12 +166,8 @@ def _runs_both_ways(ctx: Context, opened: list[Opened]) -> str | None:
     try:
         got = [session(ctx.skeleton(), quiet=True).run(None, f) for f in feed_sets]
     except Exception as err:  # noqa: BLE001 - e.g. outputs of shapes no Where can choose
-        return _first_line(err)
+        return first_line(err)
     if not all(close(g, w, rtol=1e-5, atol=1e-6) for g, w in zip(got, want, strict=True)):
         return "the opened graph computes something else"
     return None
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:160] if text else type(err).__name__

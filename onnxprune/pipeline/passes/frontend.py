@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import weakref
 
-from ...errors import VerificationError
+from ...errors import VerificationError, first_line
 from ...ir.graph import import_model, infer_shapes
 from ...ir.runtime import session
 from ...ir.shapes import parse_values
@@ -224,7 +224,7 @@ def compare_with_input(ctx: Context) -> bool:
         got = session(ctx.skeleton()).run(None, feeds)
     except Exception as err:  # noqa: BLE001 - the normalized graph broke: say where
         raise VerificationError(blame_normalization(ctx, feeds, want)
-                                or _normalization_failed(_first_line(err))) from None
+                                or _normalization_failed(first_line(err))) from None
     ctx.normalize_diff = max_diffs(got, want)[1]
     ctx.normalize_deferred = False
     if not close(got, want, rtol=1e-3, atol=1e-4):
@@ -254,7 +254,7 @@ def blame_normalization(ctx: Context, feeds: dict, want: list | None = None) -> 
             got = session(trial.skeleton()).run(None, feeds)
         except Exception as err:  # noqa: BLE001
             return (f"normalization step {step.name!r} broke the model "
-                    f"({_first_line(err)}); please report this")
+                    f"({first_line(err)}); please report this")
         if not close(got, want, rtol=1e-3, atol=1e-4):
             return (f"normalization step {step.name!r} changed the model's outputs; "
                     "please report this")
@@ -267,10 +267,6 @@ def _flat(steps: list[Pass]) -> list[Pass]:
         out += _flat(p.passes) if isinstance(p, Pipeline) else [p]
     return out
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def _folds() -> Fixpoint:

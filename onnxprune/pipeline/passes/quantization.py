@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from ...analysis.size import param_bytes, params_by_type
-from ...errors import UnsupportedModelError, UsageError, VerificationError
+from ...errors import UnsupportedModelError, UsageError, VerificationError, first_line
 from ...ir import io
 from ...ir.arrays import Calibration, axes_of
 from ...ir.graph import import_model, infer_shapes
@@ -141,9 +141,8 @@ class Quantize(Pass):
         except (UsageError, UnsupportedModelError):
             raise
         except Exception as err:  # noqa: BLE001 - the quantizer's own failures
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UnsupportedModelError(f"onnxruntime's quantizer failed on the pruned model: "
-                                        f"{type(err).__name__}: {first}") from None
+                                        f"{type(err).__name__}: {first_line(err)}") from None
         qgraph = infer_shapes(import_model(quantized))  # the quantizer keeps no value_info
         qmodel = ctx.export(qgraph)
         qmodel.ir_version = io.runtime_ir_version(qmodel, ctx.source_ir)
