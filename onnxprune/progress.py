@@ -18,7 +18,7 @@ MODES = ("off", "bars", "lines")
 INTERVAL = float(os.environ.get("ONNXPRUNE_PROGRESS_INTERVAL", "10"))  # seconds between lines
 _mode = "off"
 _state: dict = {"pass": None, "task": None, "done": 0, "total": None, "start": 0.0,
-                "status": "", "run_start": 0.0}
+                "status": "", "run_start": 0.0, "at_most": False}
 _lock = threading.Lock()
 
 
@@ -56,10 +56,11 @@ def status_line(now: float | None = None) -> str:
     if st["task"]:
         done, total = st["done"], st["total"]
         rate = done / max(now - st["start"], 1e-9)
-        count = f"{done}/{total}" if total else f"{done}"
+        bound = "at most " if st["at_most"] else ""  # work that may stop early
+        count = f"{done}/{bound}{total}" if total else f"{done}"
         text = f"{st['task']} {count} ({rate:.3g}/s"
         if total and done and rate > 0 and done < total:  # an estimate passed: no ETA
-            text += f", ETA {_fmt((total - done) / rate)}"
+            text += f", ETA {bound}{_fmt((total - done) / rate)}"
         parts.append(text + ")")
         if st["status"]:
             parts.append(st["status"])
@@ -92,16 +93,19 @@ def heartbeat(interval: float | None = None, stream=None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def task(description: str, total: int | None) -> Iterator[Callable[..., None]]:
+def task(description: str, total: int | None, at_most: bool = False
+         ) -> Iterator[Callable[..., None]]:
     """``with task("sensitivity", 120) as advance: ... advance(1)`` (``advance(n, status)``
     may also say how it is going, e.g. a loss; ``advance(0, total=N)``: a total estimated
-    once the work is under way, or None for one not known yet)."""
+    once the work is under way, or None for one not known yet). ``at_most``: ``total`` is a
+    bound the work may stop well before (early stopping): the count and the time left say
+    "at most"."""
     if _mode == "off":
         yield lambda n=1, status=None, total=None: None
         return
     with _lock:
         _state.update(task=description, done=0, total=total, start=time.perf_counter(),
-                      status="")
+                      status="", at_most=at_most)
 
     def record(n: int = 1, status: str | None = None, total: int | None = None) -> None:
         with _lock:
@@ -129,7 +133,8 @@ def task(description: str, total: int | None) -> Iterator[Callable[..., None]]:
                       MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
                       TextColumn("{task.fields[status]}"), transient=True,
                       console=Console(stderr=True)) as bar:
-            tid = bar.add_task(description, total=total, status="")
+            shown = f"{description} (at most {total})" if at_most and total else description
+            tid = bar.add_task(shown, total=total, status="")
 
             def advance(n: int = 1, status: str | None = None, total: int | None = None) -> None:
                 record(n, status, total)
@@ -139,4 +144,4 @@ def task(description: str, total: int | None) -> Iterator[Callable[..., None]]:
             yield advance
     finally:
         with _lock:
-            _state.update(task=None, status="")
+            _state.update(task=None, status="", at_most=False)

@@ -197,7 +197,7 @@ def distill(
     history: list[tuple[int, float, float]] = []
     stopped, done = "budget", 0
     with torch_threads(_threads(student, feeds, size)), _flush_denormals(), \
-            task("distill", steps) as advance:
+            task("distill", steps, at_most=True) as advance:  # stops early
         opt = torch.optim.Adam([graph.param(name) for name in trained], lr=lr)
         val_before = evaluate()
         guard_floor = utility(evaluate(guard_idx, guard_batch, guard_teacher)) if \
