@@ -92,9 +92,24 @@ def candidates(graph: gs.Graph, aspect: float = ASPECT, share: float = SHARE,
 
 
 def _svd(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(U S, Vt) of ``w`` [m, n] at full rank min(m, n), computed in float64, in w's type."""
-    u, s, vt = np.linalg.svd(w.astype(np.float64), full_matrices=False)
-    return (u * s).astype(w.dtype), vt.astype(w.dtype)
+    """(U S, Vt) of ``w`` [m, n] at full rank min(m, n), computed in float64, in w's type.
+
+    From the eigenvectors V of the smaller Gram matrix (taking w tall, [p, q] with p >= q):
+    U S = w V and Vt = V^T, so w = (U S) Vt to float64 rounding whatever w's conditioning (V
+    is orthogonal), the columns in decreasing singular value; a wide w is its transpose's
+    factors turned around. MiniLM's 30,522 x 384 token table: 0.2 s, where numpy's SVD of the
+    tall matrix took 1.0-2.3 s."""
+    wide = w.shape[0] < w.shape[1]
+    x = w.astype(np.float64).T if wide else w.astype(np.float64)
+    _, v = np.linalg.eigh(x.T @ x)
+    v = v[:, ::-1]  # decreasing eigenvalues: the leading singular directions first
+    us = x @ v
+    if wide:  # w = V (U S)^T: w's U S is V S, its Vt is U^T
+        s = np.linalg.norm(us, axis=0)
+        a, b = v * s, (us / np.maximum(s, np.finfo(np.float64).tiny)).T
+    else:
+        a, b = us, v.T
+    return np.ascontiguousarray(a.astype(w.dtype)), np.ascontiguousarray(b.astype(w.dtype))
 
 
 def factorize(graph: gs.Graph, aspect: float = ASPECT, share: float = SHARE,

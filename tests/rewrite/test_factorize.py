@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.api import prune
@@ -225,3 +226,28 @@ def test_the_rank_of_the_demo_text_encoders_table_prunes(tmp_path):
     (f,) = r.factors
     assert f["factorized"] and f["rank"] < 64 and r.verification.passed
     assert 1 - r.params_after / r.params_before >= 0.3 - 1e-9
+
+
+@pytest.mark.parametrize("shape", [(300, 40), (40, 300), (50, 50)])
+def test_the_factors_are_the_svds_tall_or_wide(shape):
+    """U S and Vt from the smaller Gram matrix: their product is the matrix to float32
+    rounding, the first factor's columns carry the singular values in decreasing order, and a
+    truncation to rank r is the best one (Eckart-Young: its error is the dropped singular
+    values'), as numpy's SVD gives; a rank-deficient matrix stays finite."""
+    from onnxprune.rewrite.factorize import _svd
+
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal(shape) * np.exp(-np.arange(shape[1]) / 10)).astype(np.float32)
+    a, b = _svd(w)
+    s = np.linalg.svd(w.astype(np.float64), compute_uv=False)
+    scale = np.abs(w).max()
+    assert np.abs(a.astype(np.float64) @ b - w).max() < 1e-5 * scale
+    np.testing.assert_allclose(np.linalg.norm(a.astype(np.float64), axis=0), s, rtol=1e-4,
+                               atol=1e-6 * s[0])
+    r = min(shape) // 3
+    err = np.linalg.norm(a[:, :r].astype(np.float64) @ b[:r] - w)
+    assert err == pytest.approx(np.sqrt((s[r:] ** 2).sum()), rel=1e-4)
+    low = np.outer(np.arange(1, shape[0] + 1), np.ones(shape[1])).astype(np.float32)
+    a, b = _svd(low)
+    assert np.isfinite(a).all() and np.isfinite(b).all()
+    assert np.abs(a.astype(np.float64) @ b - low).max() < 1e-5 * np.abs(low).max()
