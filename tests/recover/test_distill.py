@@ -1,7 +1,5 @@
 """Knowledge distillation (recover.distill) of a pruned digits autoencoder from the original."""
 
-import contextlib
-
 import numpy as np
 import onnx
 import pytest
@@ -433,34 +431,3 @@ def test_gains_below_min_gain_keep_their_weights_but_let_patience_stop(monkeypat
                      eval_every=2)
     assert full["steps"] > 40 and cut["stopped"] == "patience" and cut["steps"] == 20
     assert cut["best_step"] == 20 and cut["val_after"] > cut["val_before"]  # weights kept
-
-
-def test_distillation_progress_says_its_steps_are_a_bound(monkeypatch):
-    """Distillation stops early (patience, the guard, divergence): its progress line counts the
-    steps and the time left as "at most" the budget's (an ETA of a minute for a run that ended
-    in four seconds read as a promise)."""
-    lines = []
-    real = progress.task
-
-    @contextlib.contextmanager
-    def watched(description, total, at_most=False):
-        with real(description, total, at_most) as advance:
-            def step(n=1, status=None, total=None):
-                advance(n, status, total)
-                lines.append(progress.status_line())
-            yield step
-
-    monkeypatch.setattr("onnxprune.recover.distill.task", watched)
-    progress.enable("lines")
-    try:
-        teacher, student = _token_model(seed=0), _token_model(seed=1)
-        ids = np.random.default_rng(2).integers(0, 50, (40, 4))
-        _, info = distill(student, teacher, {"ids": ids}, steps=50, lr=1e-2, patience=None)
-        with progress.task("sensitivity", 10) as advance:  # a count that is not a bound
-            advance(1)
-            plain = progress.status_line()
-    finally:
-        progress.enable("off")
-    assert info["steps"] == 50
-    assert "distill 1/at most 50" in lines[0] and ", ETA at most " in lines[0], lines[0]
-    assert "sensitivity 1/10" in plain and "at most" not in plain, plain
