@@ -216,6 +216,14 @@ def table(rows: dict) -> list[str]:
     return lines
 
 
+def jobs(corpus, names: set[str] | None) -> list[tuple]:
+    """(corpus model, row name) for each row asked (None: all): MiniLM twice, its arrays and
+    its text file (``TEXT``)."""
+    return [(m, n) for m in corpus if m.prunable
+            for n in ([m.name, TEXT] if m.name == "minilm" else [m.name])
+            if not names or n in names]
+
+
 def main() -> int:
     from corpus import CORPUS, available
 
@@ -229,18 +237,11 @@ def main() -> int:
     old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"rows": {}}
     rows = dict(old.get("rows", {}))
     with tempfile.TemporaryDirectory() as tmp:
-        for model in CORPUS:
-            wanted = model.name in names or (model.name == "minilm" and TEXT in names) \
-                if names else True
-            if not wanted or not model.prunable:
-                continue
+        for model, name in jobs(CORPUS, names):
             if not available(model):
-                print(f"{model.name}: {model.package} not installed, skipped", flush=True)
+                print(f"{name}: {model.package} not installed, skipped", flush=True)
                 continue
-            if not names or model.name in names:
-                rows[model.name] = run_model(model, args, Path(tmp))
-            if model.name == "minilm" and (not names or TEXT in names):
-                rows[TEXT] = run_model(model, args, Path(tmp), TEXT)
+            rows[name] = run_model(model, args, Path(tmp), name)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"machine": f"{platform.processor() or platform.machine()}, "
                                               f"{os.cpu_count()} CPUs",
