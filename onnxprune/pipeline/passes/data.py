@@ -21,6 +21,7 @@ from ...search.quality import get_metric
 from ..base import Context, Pass, PassResult
 from ..support import stages
 from ..support.inputs import verification_feeds
+from ..support.padding import trim_padding
 from ..support.probe import token_probe
 
 
@@ -114,6 +115,11 @@ class Calibrate(Pass):
                "(catches refits that learn the calibration text's style). auto: when the model "
                "reads token ids; off: never", choices=("auto", "off"), public="probe",
                type_name="str"),
+        Option("trim", "auto", "trailing positions every sample's attention mask zeroes (token "
+               "arrays padded to a fixed length): auto drops them from the sequence inputs when "
+               "the original model's outputs are the same without them (each stage then runs "
+               "only the real tokens); off: the arrays as given", choices=("auto", "off"),
+               public="calib_trim", type_name="str"),
         Option("seed", 0, "seed of the random samples and of the held-out split",
                parse=number(0, integer=True), type_name="int"),
     )
@@ -152,6 +158,10 @@ class Calibrate(Pass):
             model = ctx.skeleton(ctx.require("graph", self.name))
             ctx.calib = _random_samples(ctx, model, self.random, self.seed)
         ctx.calib = _calibration(ctx, ctx.calib)
+        if self.trim == "auto":
+            ctx.calib, trimmed = trim_padding(ctx.skeleton(), ctx.calib)
+            if trimmed is not None:
+                source = f"{source}; {trimmed}" if source else str(trimmed)
         if self.probe == "auto":
             ctx.probe = token_probe(ctx.graph, ctx.calib, self.seed + 1)
         ctx.calib, ctx.heldout = split_holdout(ctx.calib, self.holdout, self.seed)
