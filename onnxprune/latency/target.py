@@ -1,6 +1,10 @@
 """Meeting a latency target: the selection asks the latency model for a reduction, the cut is
 measured end to end against the original (alternately), and the asked reduction is corrected
-by the miss until the measured latency is within ``TOLERANCE`` of the target."""
+by the miss until the measured latency is within ``TOLERANCE`` of the target. Where two cuts
+the selection gives next to each other measure on either side of the band (a step of every
+layer at once can jump over it: MobileNetV2 at batch 32 measured 0.55 and 0.45 for a 0.5
+target), cuts between them are measured: the one cut with the groups where they differ taken
+from the other, a few at a time, bisected on how many."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from .timer import LocalTimer
 
 TOLERANCE = 0.05  # of the target
 TRIES = 6
+MIX_TRIES = 4  # cuts measured between the closest slow and fast ones
 
 
 def parse_latency(value) -> str:
@@ -117,7 +122,7 @@ class LatencyTarget:
             self.run.attempts.append({"predicted": 1.0, "achieved": round(got["ratio"], 4),
                                       "ms": got["ms"]})
             return removed
-        best, seen = None, []
+        best, seen, measured = None, [], []
         points = [(0.0, 1.0)]  # (the model's reduction of a cut, its measured latency ratio)
         asked = float(np.clip(1.0 - want, 0.0, 0.99))  # (a time above the original's: none)
         for attempt in range(TRIES):
@@ -130,13 +135,11 @@ class LatencyTarget:
                 asked = float(np.clip(asked + step, 0.0, 0.99))
                 continue
             seen.append(removed)
-            predicted = 1.0 - self.model.reduction(removed)
-            got = self.measure(removed)
-            self.run.attempts.append({"predicted": round(predicted, 4),
-                                      "achieved": round(got["ratio"], 4), "ms": got["ms"]})
+            got = self._try(removed)
+            measured.append((removed, got))
             if best is None or _better(got["ratio"], best[1]["ratio"], want):
                 best = (removed, got)
-            if abs(got["ratio"] - want) <= TOLERANCE * want:
+            if _within(got["ratio"], want):
                 break
             if attempt == 0:  # calibrate the table on the first cut, then keep it fixed
                 self.model.fit(removed, got["ratio"] * self.run.original_ms)
@@ -147,6 +150,8 @@ class LatencyTarget:
             asked = _next(points, want)
             if asked is None:
                 break
+        if not _within(best[1]["ratio"], want):
+            best = self._between(measured, best, want)
         removed, got = best
         self.run.chosen = got
         if got["ratio"] > want * (1 + TOLERANCE):
@@ -156,6 +161,62 @@ class LatencyTarget:
                 f"cannot be met: the closest cut reached {got['ratio']:.3g} ({got['ms']:.3g} ms); "
                 "nothing written")
         return removed
+
+    def _try(self, removed: np.ndarray) -> dict:
+        """Measure a cut and record it as an attempt."""
+        predicted = 1.0 - self.model.reduction(removed)
+        got = self.measure(removed)
+        self.run.attempts.append({"predicted": round(predicted, 4),
+                                  "achieved": round(got["ratio"], 4), "ms": got["ms"]})
+        return got
+
+    def _between(self, measured: list[tuple[np.ndarray, dict]], best, want: float):
+        """Cuts between the slow cut and the fast cut measured closest to the target: the slow
+        one with the first k of the groups where they differ taken from the fast one (the
+        groups that save most by the latency model first), k bisected by measurement."""
+        slow = [m for m in measured if m[1]["ratio"] > want]
+        fast = [m for m in measured if m[1]["ratio"] <= want]
+        if not slow or not fast:
+            return best
+        lo_cut = min(slow, key=lambda m: m[1]["ratio"])[0]
+        hi_cut = max(fast, key=lambda m: m[1]["ratio"])[0]
+        items = differing(self.analysis, lo_cut, hi_cut)
+        saving = [self.model.ms(lo_cut) - self.model.ms(mixed(lo_cut, hi_cut, [i]))
+                  for i in items]
+        items = [items[i] for i in np.argsort(saving)[::-1]]
+        lo, hi = 0, len(items)  # lo: measured slow, hi: measured fast
+        for _ in range(MIX_TRIES):
+            if hi - lo <= 1:
+                break
+            k = (lo + hi) // 2
+            removed = self.analysis.enforce_links(mixed(lo_cut, hi_cut, items[:k]))
+            got = self._try(removed)
+            if _better(got["ratio"], best[1]["ratio"], want):
+                best = (removed, got)
+            if _within(got["ratio"], want):
+                break
+            lo, hi = (k, hi) if got["ratio"] > want else (lo, k)
+        return best
+
+
+def differing(analysis: ChannelAnalysis, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
+    """The units where cuts ``a`` and ``b`` differ, by whole groups (either cut's choice for a
+    group is valid) and lone units (blocks)."""
+    diff, groups = np.asarray(a) != np.asarray(b), np.asarray(analysis.unit_group)
+    items = [np.flatnonzero(groups == g) for g in np.unique(groups[diff & (groups >= 0)])]
+    return items + [np.array([u]) for u in np.flatnonzero(diff & (groups < 0))]
+
+
+def mixed(a: np.ndarray, b: np.ndarray, items: Sequence[np.ndarray]) -> np.ndarray:
+    """Cut ``a`` with ``items`` (unit arrays) as cut ``b`` has them."""
+    out = np.array(a, dtype=bool)
+    for units in items:
+        out[units] = b[units]
+    return out
+
+
+def _within(ratio: float, want: float) -> bool:
+    return abs(ratio - want) <= TOLERANCE * want
 
 
 def _next(points: list[tuple[float, float]], want: float) -> float | None:
