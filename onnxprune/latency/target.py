@@ -173,29 +173,36 @@ class LatencyTarget:
     def _between(self, measured: list[tuple[np.ndarray, dict]], best, want: float):
         """Cuts between the slow cut and the fast cut measured closest to the target: the slow
         one with the first k of the groups where they differ taken from the fast one (the
-        groups that save most by the latency model first), k bisected by measurement."""
+        groups that save most by the latency model first), k bisected by measurement. When
+        those two differ in one group or block alone, the slow end is the original (the fast
+        cut's blocks with fewer of its channels)."""
+        none = np.zeros(self.analysis.num_units, bool)
         slow = [m for m in measured if m[1]["ratio"] > want]
         fast = [m for m in measured if m[1]["ratio"] <= want]
-        if not slow or not fast:
+        if not fast:
             return best
-        lo_cut = min(slow, key=lambda m: m[1]["ratio"])[0]
         hi_cut = max(fast, key=lambda m: m[1]["ratio"])[0]
-        items = differing(self.analysis, lo_cut, hi_cut)
-        saving = [self.model.ms(lo_cut) - self.model.ms(mixed(lo_cut, hi_cut, [i]))
-                  for i in items]
-        items = [items[i] for i in np.argsort(saving)[::-1]]
-        lo, hi = 0, len(items)  # lo: measured slow, hi: measured fast
-        for _ in range(MIX_TRIES):
-            if hi - lo <= 1:
-                break
-            k = (lo + hi) // 2
-            removed = self.analysis.enforce_links(mixed(lo_cut, hi_cut, items[:k]))
-            got = self._try(removed)
-            if _better(got["ratio"], best[1]["ratio"], want):
-                best = (removed, got)
-            if _within(got["ratio"], want):
-                break
-            lo, hi = (k, hi) if got["ratio"] > want else (lo, k)
+        ends = [min(slow, key=lambda m: m[1]["ratio"])[0]] if slow else []
+        tries = MIX_TRIES
+        for lo_cut in [*ends, none]:
+            items = differing(self.analysis, lo_cut, hi_cut)
+            if len(items) < 2:
+                continue
+            saving = [self.model.ms(lo_cut) - self.model.ms(mixed(lo_cut, hi_cut, [i]))
+                      for i in items]
+            items = [items[i] for i in np.argsort(saving)[::-1]]
+            lo, hi = 0, len(items)  # lo: measured slow, hi: measured fast
+            while tries and hi - lo > 1:
+                tries -= 1
+                k = (lo + hi) // 2
+                removed = self.analysis.enforce_links(mixed(lo_cut, hi_cut, items[:k]))
+                got = self._try(removed)
+                if _better(got["ratio"], best[1]["ratio"], want):
+                    best = (removed, got)
+                if _within(got["ratio"], want):
+                    return best
+                lo, hi = (k, hi) if got["ratio"] > want else (lo, k)
+            break
         return best
 
 

@@ -247,6 +247,36 @@ def test_cuts_between_two_that_jump_over_the_band_are_measured():
     assert 1 <= len(lt.run.attempts) <= 4
 
 
+def test_two_cuts_a_block_apart_are_bridged_from_the_original():
+    """The slow and the fast cut differ by one removed block alone (nothing between them):
+    the fast cut's block is kept with fewer of its channels, bisected from the original."""
+    from types import SimpleNamespace
+
+    from onnxprune.latency.target import LatencyTarget
+
+    groups = np.append(np.repeat(np.arange(8), 4), -1)  # 8 groups of 4 channels, a block
+    analysis = SimpleNamespace(unit_group=groups, num_units=33,
+                               enforce_links=lambda r: np.array(r, bool))
+
+    def ratio(removed):  # the block saves 0.3, a channel 0.015
+        return 1 - 0.3 * removed[32] - 0.015 * removed[:32].sum()
+
+    fast = np.zeros(33, bool)
+    fast[::4] = fast[1::4] = True  # two channels of each group, and the block (unit 32)
+    slow = fast.copy()
+    slow[32] = False
+    lt = LatencyTarget.__new__(LatencyTarget)
+    lt.analysis = analysis
+    lt.model = SimpleNamespace(ms=lambda r: 10 * ratio(r), reduction=lambda r: 1 - ratio(r))
+    lt.run = SimpleNamespace(attempts=[])
+    lt.measure = lambda r: {"ms": 10 * ratio(r), "ratio": ratio(r), "spread": 0.0}
+    measured = [(slow, lt.measure(slow)), (fast, lt.measure(fast))]
+    assert measured[0][1]["ratio"] > 0.525 and measured[1][1]["ratio"] < 0.475
+    removed, got = lt._between(measured, measured[1], 0.5)
+    assert abs(got["ratio"] - 0.5) <= TOLERANCE * 0.5, got
+    assert removed[32] and removed[:32].sum() < fast[:32].sum()  # the block, fewer channels
+
+
 def test_soft_coefficients_weigh_groups_by_their_time_under_a_latency_target():
     """Soft's penalty reads each group's share of what the target counts: of the model's time
     under a latency target (it read parameters: a block of little weight and much time, or a
