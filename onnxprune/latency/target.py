@@ -173,9 +173,9 @@ class LatencyTarget:
     def _between(self, measured: list[tuple[np.ndarray, dict]], best, want: float):
         """Cuts between the slow cut and the fast cut measured closest to the target: the slow
         one with the first k of the groups where they differ taken from the fast one (the
-        groups that save most by the latency model first), k bisected by measurement. When
-        those two differ in one group or block alone, the slow end is the original (the fast
-        cut's blocks with fewer of its channels)."""
+        groups that save most by the latency model first), k bisected by measurement. Then,
+        if none of those measured within the band (they differ in a block and a group or two),
+        the same from the original (the fast cut's blocks with fewer of its channels)."""
         none = np.zeros(self.analysis.num_units, bool)
         slow = [m for m in measured if m[1]["ratio"] > want]
         fast = [m for m in measured if m[1]["ratio"] <= want]
@@ -202,7 +202,6 @@ class LatencyTarget:
                 if _within(got["ratio"], want):
                     return best
                 lo, hi = (k, hi) if got["ratio"] > want else (lo, k)
-            break
         return best
 
 
