@@ -60,6 +60,9 @@ class LatencyRun:
     attempts: list[dict] = field(default_factory=list)
     table: dict = field(default_factory=dict)
     host: str | None = None  # the device measured over SSH (--target-host); None: here
+    # how the cut was chosen: within the band, or (none was) the best metric of the cuts
+    # measured faster, or the closest to the target
+    chosen_by: str = "band"
 
     def json(self, chosen: dict | None) -> dict:
         return {"asked": self.asked, "target": self.target, "batch": self.batch,
@@ -68,7 +71,7 @@ class LatencyRun:
                 "original_ms": self.original_ms, "original_spread": self.original_spread,
                 "pruned_ms": chosen and chosen["ms"], "pruned_spread": chosen and chosen["spread"],
                 "achieved": chosen and chosen["ratio"], "attempts": self.attempts,
-                "table": self.table, "host": self.host}
+                "table": self.table, "host": self.host, "chosen_by": self.chosen_by}
 
 
 class LatencyTarget:
@@ -80,6 +83,7 @@ class LatencyTarget:
         """``blocks``: (unit, block) of residual blocks the selection may remove whole;
         ``timer``: where latencies are measured (``latency.timer``; default: here)."""
         self.graph, self.analysis, self.seconds = graph, analysis, seconds
+        self.tried: list[tuple[np.ndarray, dict]] = []  # every cut measured: (removed, got)
         self.blocks = list(blocks)
         self.shapes = {k: [batch, *v[1:]] if v else v for k, v in shapes.items()}
         at = shaped(graph, self.shapes)
@@ -111,10 +115,13 @@ class LatencyTarget:
         return {"ms": cut["ms"], "spread": cut["spread"], "original_ms": orig["ms"],
                 "ratio": cut["ms"] / orig["ms"]}
 
-    def meet(self, select: Callable[[float], np.ndarray]) -> np.ndarray:
+    def meet(self, select: Callable[[float], np.ndarray],
+             quality: Callable[[np.ndarray], float] | None = None) -> np.ndarray:
         """The cut ``select`` gives for the reduction that measures within TOLERANCE of the
         target (the asked reduction corrected by each miss), or ConstraintError (exit 8)
-        naming the best reached."""
+        naming the best reached. When no cut measures within it but some measure faster,
+        the fast cut ``quality`` (of a removed mask; higher is better: the application
+        metric on the calibration data) scores best is chosen, else the closest to it."""
         want = self.run.target
         if want >= 1.0:  # the original is fast enough already: nothing is cut
             removed = np.zeros(self.analysis.num_units, bool)
@@ -152,6 +159,7 @@ class LatencyTarget:
                 break
         if not _within(best[1]["ratio"], want):
             best = self._between(measured, best, want)
+        best, self.run.chosen_by = _choose(self.tried, best, want, quality)
         removed, got = best
         self.run.chosen = got
         if got["ratio"] > want * (1 + TOLERANCE):
@@ -166,6 +174,7 @@ class LatencyTarget:
         """Measure a cut and record it as an attempt."""
         predicted = 1.0 - self.model.reduction(removed)
         got = self.measure(removed)
+        self.tried.append((removed, got))
         self.run.attempts.append({"predicted": round(predicted, 4),
                                   "achieved": round(got["ratio"], 4), "ms": got["ms"]})
         return got
@@ -203,6 +212,20 @@ class LatencyTarget:
                     return best
                 lo, hi = (k, hi) if got["ratio"] > want else (lo, k)
         return best
+
+
+def _choose(tried: list, best, want: float, quality) -> tuple[tuple, str]:
+    """(the cut to keep, why): ``best`` when it measures within the band or over the target
+    (closest); when it measures faster than the band, the cut measured faster than the target
+    that ``quality`` scores best (the closest of equals), as any of them meets the latency
+    asked and none the band."""
+    if _within(best[1]["ratio"], want):
+        return best, "band"
+    if quality is None or best[1]["ratio"] > want:
+        return best, "closest"
+    fast = [c for c in tried if c[1]["ratio"] <= want]
+    scored = [(quality(r), m["ratio"], i) for i, (r, m) in enumerate(fast)]
+    return fast[max(scored)[2]], "metric"
 
 
 def differing(analysis: ChannelAnalysis, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:

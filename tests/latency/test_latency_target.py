@@ -238,7 +238,7 @@ def test_cuts_between_two_that_jump_over_the_band_are_measured():
     lt = LatencyTarget.__new__(LatencyTarget)
     lt.analysis = analysis
     lt.model = SimpleNamespace(ms=lambda r: 10 * ratio(r), reduction=lambda r: 1 - ratio(r))
-    lt.run = SimpleNamespace(attempts=[])
+    lt.run, lt.tried = SimpleNamespace(attempts=[]), []
     lt.measure = lambda r: {"ms": 10 * ratio(r), "ratio": ratio(r), "spread": 0.0}
     measured = [(slow, lt.measure(slow)), (fast, lt.measure(fast))]
     removed, got = lt._between(measured, measured[1], 0.5)
@@ -268,13 +268,36 @@ def test_two_cuts_a_block_apart_are_bridged_from_the_original():
     lt = LatencyTarget.__new__(LatencyTarget)
     lt.analysis = analysis
     lt.model = SimpleNamespace(ms=lambda r: 10 * ratio(r), reduction=lambda r: 1 - ratio(r))
-    lt.run = SimpleNamespace(attempts=[])
+    lt.run, lt.tried = SimpleNamespace(attempts=[]), []
     lt.measure = lambda r: {"ms": 10 * ratio(r), "ratio": ratio(r), "spread": 0.0}
     measured = [(slow, lt.measure(slow)), (fast, lt.measure(fast))]
     assert measured[0][1]["ratio"] > 0.525 and measured[1][1]["ratio"] < 0.475
     removed, got = lt._between(measured, measured[1], 0.5)
     assert abs(got["ratio"] - 0.5) <= TOLERANCE * 0.5, got
     assert removed[32] and removed[:32].sum() < fast[:32].sum()  # the block, fewer channels
+
+
+def test_with_no_cut_in_the_band_the_fast_cut_of_the_best_metric_is_kept():
+    """Faster than the band is all a model of steps can give (the digits autoencoder's first
+    layer at 16 or 8 channels: 0.92 or 0.6 of its latency for 0.7): any cut measured faster
+    meets the latency asked, so the one the metric scores best is kept, not the closest."""
+    from onnxprune.latency.target import _choose
+
+    def cut(*units):
+        r = np.zeros(6, bool)
+        r[list(units)] = True
+        return r
+
+    slow, near, far = cut(0), cut(0, 1, 2, 3, 4), cut(5)
+    tried = [(slow, {"ratio": 0.9}), (near, {"ratio": 0.62}), (far, {"ratio": 0.55})]
+    quality = lambda r: -float(r.sum())  # noqa: E731 - fewer channels removed read better
+    kept, why = _choose(tried, tried[1], 0.7, quality)
+    assert why == "metric" and kept[0] is far
+    kept, why = _choose(tried, tried[1], 0.7, None)  # no metric (no data): the closest
+    assert why == "closest" and kept[0] is near
+    inside = (cut(1), {"ratio": 0.69})
+    assert _choose([*tried, inside], inside, 0.7, quality) == (inside, "band")
+    assert _choose(tried[:1], tried[0], 0.7, quality) == (tried[0], "closest")  # none fast
 
 
 def test_soft_coefficients_weigh_groups_by_their_time_under_a_latency_target():

@@ -308,10 +308,14 @@ class SelectChannels(Pass):
 
     def _meet(self, ctx, analysis, scores, cost, info, blocks, lt) -> np.ndarray:
         cost.latency = lt.model
+        quality = None
+        if ctx.calib is not None or getattr(ctx.metric, "on_model", False):
+            ev = evaluator(ctx, "the latency target")
+            quality = lambda removed: ev.metric.utility(ev.evaluate(~removed))  # noqa: E731
         try:
             return lt.meet(lambda fraction: self._search(
                 ctx, analysis, scores, cost, info, [u for u, _ in blocks],
-                Target("latency", fraction)))
+                Target("latency", fraction)), quality)
         finally:
             info["latency"] = lt.run.json(getattr(lt.run, "chosen", None))
 
