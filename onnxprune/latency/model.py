@@ -145,7 +145,7 @@ class LatencyModel:
 def _spec(node: gs.Node, analysis: ChannelAnalysis, batch: int | None = None):
     """(input and output axis units, sizes, probe maker) of a weighted layer a cut can narrow,
     or None (timed as part of the rest)."""
-    if node.op not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2:
+    if node.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.inputs) < 2:
         return None
     x, w = node.inputs[0], node.inputs[1]
     if not isinstance(w, gs.Constant) or x.shape is None:
@@ -170,6 +170,9 @@ def _spec(node: gs.Node, analysis: ChannelAnalysis, batch: int | None = None):
     in_axis = 1 - out_axis  # the weight's input-channel axis (a conv's second, a matrix's other)
     axes = (units((w.name, in_axis)), units((w.name, out_axis)))
     sizes = (shape[in_axis], shape[out_axis])
+    if view.spatial and node.op == "ConvTranspose":  # weight [in, out, k...]
+        return axes, sizes, lambda i, o: Probe("ConvTranspose", (xs[0], i, *xs[2:]),
+                                               (i, o, *shape[2:]), attrs)
     if view.spatial:
         return axes, sizes, lambda i, o: Probe("Conv", (xs[0], i, *xs[2:]), (o, i, *shape[2:]),
                                                attrs)

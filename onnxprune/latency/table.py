@@ -19,14 +19,14 @@ from ..progress import task
 from .device import key
 from .timer import LocalTimer
 
-CONV_ATTRS = ("kernel_shape", "strides", "pads", "dilations", "auto_pad")
+CONV_ATTRS = ("kernel_shape", "strides", "pads", "dilations", "auto_pad", "output_padding")
 
 
 @dataclass(frozen=True)
 class Probe:
     """One layer at one width, standalone: ``x`` the input's shape, ``w`` the weight's."""
 
-    op: str  # Conv or MatMul
+    op: str  # Conv, ConvTranspose or MatMul
     x: tuple[int, ...]
     w: tuple[int, ...]
     attrs: tuple = ()  # (name, value) pairs (Conv)
