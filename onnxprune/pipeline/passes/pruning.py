@@ -90,7 +90,8 @@ class SelectChannels(Pass):
     description = "How many channels each group loses: " + ", ".join(STRATEGIES) + "."
     requires = ("analysis",)
     provides = ("plan",)
-    uses = ("calib", "components", "criterion", "factors", "graph", "scores", "select_info",
+    uses = ("calib", "components", "criterion", "factors", "graph", "metric", "scores",
+            "select_info",
         "source_path")
 
     options = (
