@@ -91,8 +91,7 @@ class SelectChannels(Pass):
     requires = ("analysis",)
     provides = ("plan",)
     uses = ("calib", "components", "criterion", "factors", "graph", "metric", "scores",
-            "select_info",
-        "source_path")
+            "select_info", "source_path")
 
     options = (
         Option("strategy", "uniform", "how many channels each group loses: uniform (the ratio "
