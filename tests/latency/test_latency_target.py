@@ -245,6 +245,20 @@ def test_a_fast_cut_far_under_the_target_is_approached_from_below():
     assert _next([(0.0, 1.0), (0.2, 0.8)], 0.7) > 0.2  # nothing fast yet: a step past
 
 
+def _measured_exactly(analysis, ratio):
+    """A LatencyTarget whose cuts measure (and the latency model predicts) ``ratio(removed)``
+    of a 10 ms original, without noise."""
+    from types import SimpleNamespace
+
+    from onnxprune.latency.target import LatencyTarget
+
+    lt = LatencyTarget.__new__(LatencyTarget)
+    lt.analysis, lt.tried, lt.run = analysis, [], SimpleNamespace(attempts=[])
+    lt.model = SimpleNamespace(ms=lambda r: 10 * ratio(r), reduction=lambda r: 1 - ratio(r))
+    lt.measure = lambda r: {"ms": 10 * ratio(r), "ratio": ratio(r), "spread": 0.0}
+    return lt
+
+
 def test_cuts_between_two_that_jump_over_the_band_are_measured():
     """Two cuts the selection gives next to each other measure on either side of the band
     (every layer steps at once: MobileNetV2 at batch 32 measured 0.57 and 0.43 for 0.5): the
@@ -252,7 +266,7 @@ def test_cuts_between_two_that_jump_over_the_band_are_measured():
     bisected on how many, until one is within the band."""
     from types import SimpleNamespace
 
-    from onnxprune.latency.target import LatencyTarget, differing, mixed
+    from onnxprune.latency.target import differing, mixed
 
     groups = np.repeat(np.arange(8), 4)  # 8 groups of 4 channels
     analysis = SimpleNamespace(unit_group=groups, num_units=32,
@@ -267,11 +281,7 @@ def test_cuts_between_two_that_jump_over_the_band_are_measured():
     def ratio(removed):  # linear in the channels removed: slow 0.72, fast 0.44
         return 1 - 0.035 * removed.sum()
 
-    lt = LatencyTarget.__new__(LatencyTarget)
-    lt.analysis = analysis
-    lt.model = SimpleNamespace(ms=lambda r: 10 * ratio(r), reduction=lambda r: 1 - ratio(r))
-    lt.run, lt.tried = SimpleNamespace(attempts=[]), []
-    lt.measure = lambda r: {"ms": 10 * ratio(r), "ratio": ratio(r), "spread": 0.0}
+    lt = _measured_exactly(analysis, ratio)
     measured = [(slow, lt.measure(slow)), (fast, lt.measure(fast))]
     removed, got = lt._between(measured, measured[1], 0.5)
     assert abs(got["ratio"] - 0.5) <= TOLERANCE * 0.5, got
@@ -284,8 +294,6 @@ def test_two_cuts_a_block_apart_are_bridged_from_the_original():
     the fast cut's block is kept with fewer of its channels, bisected from the original."""
     from types import SimpleNamespace
 
-    from onnxprune.latency.target import LatencyTarget
-
     groups = np.append(np.repeat(np.arange(8), 4), -1)  # 8 groups of 4 channels, a block
     analysis = SimpleNamespace(unit_group=groups, num_units=33,
                                enforce_links=lambda r: np.array(r, bool))
@@ -297,11 +305,7 @@ def test_two_cuts_a_block_apart_are_bridged_from_the_original():
     fast[::4] = fast[1::4] = True  # two channels of each group, and the block (unit 32)
     slow = fast.copy()
     slow[32] = False
-    lt = LatencyTarget.__new__(LatencyTarget)
-    lt.analysis = analysis
-    lt.model = SimpleNamespace(ms=lambda r: 10 * ratio(r), reduction=lambda r: 1 - ratio(r))
-    lt.run, lt.tried = SimpleNamespace(attempts=[]), []
-    lt.measure = lambda r: {"ms": 10 * ratio(r), "ratio": ratio(r), "spread": 0.0}
+    lt = _measured_exactly(analysis, ratio)
     measured = [(slow, lt.measure(slow)), (fast, lt.measure(fast))]
     assert measured[0][1]["ratio"] > 0.525 and measured[1][1]["ratio"] < 0.475
     removed, got = lt._between(measured, measured[1], 0.5)
