@@ -308,14 +308,15 @@ class SelectChannels(Pass):
 
     def _meet(self, ctx, analysis, scores, cost, info, blocks, lt) -> np.ndarray:
         cost.latency = lt.model
-        quality = None
-        if ctx.calib is not None or getattr(ctx.metric, "on_model", False):
+        def quality(removed: np.ndarray) -> float:  # asked only when no cut is in the band
             ev = evaluator(ctx, "the latency target")
-            quality = lambda removed: ev.metric.utility(ev.evaluate(~removed))  # noqa: E731
+            return ev.metric.utility(ev.evaluate(~removed))
+
+        scored = ctx.calib is not None or getattr(ctx.metric, "on_model", False)
         try:
             return lt.meet(lambda fraction: self._search(
                 ctx, analysis, scores, cost, info, [u for u, _ in blocks],
-                Target("latency", fraction)), quality)
+                Target("latency", fraction)), quality if scored else None)
         finally:
             info["latency"] = lt.run.json(getattr(lt.run, "chosen", None))
 
