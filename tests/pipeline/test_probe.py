@@ -139,24 +139,29 @@ def test_without_the_probe_the_same_refit_is_kept():
     assert r.stages["stages"][-1]["kept"] is True
 
 
-def test_a_refit_fitted_also_on_random_token_copies_generalizes():
-    """With the probe, a token model's refit also fits 8 random-token copies of the calibration
-    data (other seeds than the probe's): the probe reads better after it, not worse, and it is
-    kept, where the refit on the calibration data alone is undone."""
-    plain, _ = _run(compensate_augment=0)
-    r, said = _run()
+def test_a_refit_fitted_also_on_random_token_copies_reads_better_on_the_probe():
+    """Asked to (compensate_augment=8), a token model's refit also fits 8 random-token copies
+    of the calibration data (other seeds than the probe's): the probe, of the same
+    construction, then reads better after it and it is kept, with a warning that the probe no
+    longer judges it on text it did not fit. By default the refit fits the calibration data
+    alone, and the probe undoes one that learns its style."""
+    plain, _ = _run()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        r = prune(token_model(), calib=templated(), ratio=0.5, compensate=True, criterion="l2",
+                  compensate_augment=8)
+    said = [str(w.message) for w in seen if "worse" in str(w.message)]
     rows = {row["stage"]: row for row in r.stages["stages"]}
     assert r.recovery["compensate_data"] == {"samples": 32 * 9, "copies": 8,
                                              "style": "random tokens"}
     assert rows["compensate"]["kept"] is True and not said
+    assert any("no longer judges" in str(w.message) for w in seen)
     assert rows["compensate"]["probe"] > rows["pruned"]["probe"] + 0.05
     assert rows["compensate"]["heldout"] > rows["pruned"]["heldout"]
     undone = {row["stage"]: row for row in plain.stages["stages"]}["compensate"]
     assert undone["kept"] is False and undone["worse"] == ["probe"]
     assert rows["compensate"]["probe"] > undone["probe"] + 0.05
     assert "compensate_data" not in plain.recovery
-    off, _ = _run(probe="off")  # no probe asks for it: the calibration data alone
-    assert "compensate_data" not in off.recovery
 
 
 def test_metrics_that_do_not_compare_with_the_original_get_no_probe(tmp_path):
