@@ -108,3 +108,24 @@ def test_the_cli_prints_one_line_per_data_set(tmp_path, capsys):
     assert code == 0
     assert "cosine on 30 calibration samples: 1 (unpruned) -> " in text
     assert "cosine on 10 held-out samples: 1 (unpruned) -> " in text
+
+
+def test_distillation_of_a_graph_its_interpreter_cannot_run_is_skipped_with_a_warning(tmp_path):
+    """An op the training interpreter lacks (LpNormalization here; silero-vad's inner If) ends
+    distillation before it starts: a warning, the model as compensation left it, written and
+    verified (it was an internal error, exit 1, nothing written)."""
+    import warnings
+
+    b = GraphBuilder(seed=1)
+    x = b.op("LpNormalization", [b.input("x", ["batch", 12])], axis=-1, p=2)
+    h = b.op("Relu", [b.gemm(x, 12, 32, name="fc1")])
+    model = b.build([b.gemm(h, 32, 6, name="fc2")])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        r = prune(model, tmp_path / "m.onnx", ratio=0.5, calib=_data(40), metric="cosine",
+                  recover="distill")
+    said = [str(w.message) for w in seen if "distill: not run" in str(w.message)]
+    assert said and "LpNormalization" in said[0]
+    assert set(r.recovery["distill"]) == {"skipped"}
+    assert r.verification.passed and (tmp_path / "m.onnx").is_file()
+    assert r.params_after < r.params_before
