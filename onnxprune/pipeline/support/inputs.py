@@ -22,9 +22,11 @@ def verification_feeds(ctx: Context,
     """Random inputs at each chosen set of shapes (the first ``count`` of them), pinned inputs
     at their values. Shapes are chosen on ``model`` (any model with the run's inputs; given
     several, the first one that runs at some shapes) the first time and kept in the context;
-    calibration data that arrived since takes the first set."""
+    calibration data that arrived since takes the first set, unless a model's If was opened
+    (its shapes were chosen where each branch runs, which the calibration's need not be)."""
     models = [model] if isinstance(model, (onnx.ModelProto, Skeleton)) else [m for m in model if m]
-    if ctx.input_sets is None or (ctx.calib is not None and not ctx.input_sets_from_calib):
+    if ctx.input_sets is None or (ctx.calib is not None and not ctx.input_sets_from_calib
+                                  and not ctx.branches):
         for i, candidate in enumerate(models):
             try:
                 ctx.input_sets = choose_shapes(candidate, given=ctx.config.input_shapes,
