@@ -19,6 +19,12 @@ MASK = ("attention_mask", "mask")
 TYPES = ("token_type_ids", "segment_ids")
 
 
+def is_mask(name: str) -> bool:
+    """An attention-mask input, by its name (``attention_mask``, ``mask``, ``*attention_mask``)."""
+    low = name.lower()
+    return low in MASK or low.endswith("attention_mask")
+
+
 @dataclass(frozen=True)
 class Encoded:
     arrays: dict[str, np.ndarray]
@@ -81,9 +87,8 @@ def encode(texts: list[str], tok, inputs: dict[str, np.dtype], max_length: int) 
     out = {}
     for name, dtype in inputs.items():
         low = name.lower()
-        src = (ids if low in IDS or low.endswith("input_ids") else mask if low in MASK or
-               low.endswith("attention_mask") else types if low in TYPES or
-               low.endswith("token_type_ids") else None)
+        src = (ids if low in IDS or low.endswith("input_ids") else mask if is_mask(name)
+               else types if low in TYPES or low.endswith("token_type_ids") else None)
         if src is None:
             raise UsageError(f"input {name!r} is not a text input (input_ids, attention_mask, "
                              "token_type_ids); give its values with --input-value or an .npz")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...calib.text import is_mask
 from ...ir.arrays import Calibration
 from ...ir.runtime import session
 from ...ir.shapes import input_specs
@@ -45,8 +46,7 @@ class Trimmed:
 def _mask_input(data: Calibration, specs: dict) -> tuple[str, object] | None:
     """(name, sequence symbol) of a 2-D 0/1 attention mask with a named dynamic sequence axis."""
     for name, spec in specs.items():
-        low = name.lower()
-        if not (low.endswith("attention_mask") or low == "mask") or name not in data:
+        if not is_mask(name) or name not in data:
             continue
         arr = np.asarray(data[name])
         if arr.ndim != 2 or data.axes.get(name) != 0 or len(spec.dims) != 2 \

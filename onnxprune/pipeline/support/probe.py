@@ -17,11 +17,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ...calib.text import is_mask
 from ...ir.arrays import Calibration
 
 MIN_ROWS = 64  # rows of an embedding table (smaller tables: segment or type ids)
 MIN_DISTINCT = 16  # distinct content ids the data must use to say what the vocabulary is
-MASK_NAMES = ("attention_mask", "mask")
 
 
 def token_inputs(graph: gs.Graph) -> dict[str, int]:
@@ -50,8 +50,8 @@ def _integer(dtype) -> bool:
 
 
 def _mask(data: Calibration, ids: np.ndarray) -> np.ndarray:
-    for name in MASK_NAMES:
-        if name in data and np.shape(data[name]) == ids.shape:
+    for name in data:
+        if is_mask(name) and np.shape(data[name]) == ids.shape:
             return np.asarray(data[name]) > 0
     return np.ones(ids.shape, bool)
 
