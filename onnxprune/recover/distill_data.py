@@ -18,6 +18,7 @@ from ..errors import UsageError
 from ..ir.arrays import axes_of
 from ..ir.runtime import session
 from ..search.memory import cap, rows_for, search_budget
+from ..search.quality import TINY, is_distribution
 from ..verify.checks import cut_outputs
 from .torch_bridge import TorchGraph
 
@@ -65,6 +66,7 @@ class Targets:
             raise UsageError("the model has no floating-point output to distill")
         self.output_names = [graph.output_names[i] for i in floats]
         self.outputs = [torch.from_numpy(self.outputs_all[i]) for i in floats]
+        self.probs = [is_distribution(self.outputs_all[i]) for i in floats]  # for loss kl
         self.acts = [torch.from_numpy(arrays[len(outs) + i]) for i in keep]
         self.scales = [variance(t[train_idx]) for t in self.outputs + self.acts]
 
@@ -98,7 +100,7 @@ class Data:
                              self.names)
         want = [t[idx] for t in self.t.outputs + self.t.acts]
         n_out = len(self.t.outputs)
-        terms = [kl(g[:valid], w[:valid]) if self.kind == "kl" and i < n_out
+        terms = [kl(g[:valid], w[:valid], self.t.probs[i]) if self.kind == "kl" and i < n_out
                  else ((g[:valid] - w[:valid]) ** 2).mean() / s
                  for i, (g, w, s) in enumerate(zip(got, want, self.t.scales, strict=True))]
         loss = torch.stack(terms[:n_out]).mean()
@@ -124,10 +126,19 @@ class Data:
         return total / len(idx)
 
 
-def kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Mean KL(teacher || student) of the softmax over the last axis."""
-    lq = torch.log_softmax(student, -1)
-    lp = torch.log_softmax(teacher.to(lq.dtype), -1)
+def log_dist(t: torch.Tensor, probs: bool) -> torch.Tensor:
+    """The log of a distribution over the last axis: ``t``'s softmax (logits), or ``t`` itself
+    when it holds probabilities already (``search.quality.is_distribution``)."""
+    if probs:
+        return torch.log(t.clamp_min(TINY))
+    return torch.log_softmax(t, -1)
+
+
+def kl(student: torch.Tensor, teacher: torch.Tensor, probs: bool = False) -> torch.Tensor:
+    """Mean KL(teacher || student) over the last axis: of the softmax of logits, or with
+    ``probs`` of the outputs themselves (the teacher's are probabilities: it ends in Softmax)."""
+    lq = log_dist(student, probs)
+    lp = log_dist(teacher.to(lq.dtype), probs)
     return (lp.exp() * (lp - lq)).sum(-1).mean()
 
 

@@ -29,6 +29,9 @@ class NotDifferentiable(Exception):
 def _torch_metric(name: str):
     import torch
 
+    from ..search.quality import is_distribution
+    from .distill_data import log_dist
+
     def image(batch):
         for key, value in batch.items():
             if key not in LABEL_KEYS and value.is_floating_point():
@@ -53,8 +56,8 @@ def _torch_metric(name: str):
         return torch.cat(sims).mean()
 
     def kl(outs, batch, ref, peak):
-        lp = torch.log_softmax(ref[0], dim=-1)
-        lq = torch.log_softmax(outs[0], dim=-1)
+        probs = is_distribution(ref[0].detach().numpy())  # as search.quality.kl decides
+        lp, lq = log_dist(ref[0], probs), log_dist(outs[0], probs)
         return -(lp.exp() * (lp - lq)).sum(-1).mean()  # as a utility
 
     def accuracy(outs, batch, ref, peak):

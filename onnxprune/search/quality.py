@@ -120,9 +120,31 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
+PROB_SUM_TOL = 1e-3  # float32 softmax rows sum to 1 within ~1e-6; logits almost never do
+TINY = 1e-12  # the floor of a probability before its log (an exact 0 from a Softmax)
+
+
+def is_distribution(x) -> bool:
+    """``x`` already holds probabilities over its last axis (a model ending in Softmax): no
+    negative entry and every row summing to 1. Such outputs are compared as they are; a
+    softmax over them would flatten every row towards uniform (PP-OCR's recognizer)."""
+    x = np.asarray(x)
+    if not x.size or not np.issubdtype(x.dtype, np.floating) or x.min() < 0:
+        return False
+    return bool(np.abs(x.sum(axis=-1, dtype=np.float64) - 1.0).max() <= PROB_SUM_TOL)
+
+
+def _log_dist(x: np.ndarray, probs: bool) -> np.ndarray:
+    if probs:
+        return np.log(np.clip(x.astype(np.float64), TINY, None))
+    return _log_softmax(x)
+
+
 def kl(outputs: Outputs, batch: Batch, reference: Outputs) -> float:
-    """KL(original || pruned) of the softmax over the last axis of the first output."""
-    lp, lq = _log_softmax(reference[0]), _log_softmax(outputs[0])
+    """KL(original || pruned) over the last axis of the first output: of its softmax (logits),
+    or of the values themselves when the original's are probabilities already."""
+    probs = is_distribution(reference[0])
+    lp, lq = _log_dist(reference[0], probs), _log_dist(outputs[0], probs)
     return float(np.mean((np.exp(lp) * (lp - lq)).sum(axis=-1)))
 
 

@@ -262,6 +262,39 @@ def test_kl_loss_matches_distributions_not_logits():
         distill(student, teacher, {"x": x}, loss="l1")
 
 
+def test_kl_loss_of_a_model_ending_in_softmax_is_that_of_its_probabilities():
+    """A teacher whose outputs are probabilities (it ends in Softmax): loss="kl" is the KL of
+    those probabilities, the value the kl metric reads, and training brings it down."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.recover.distill_data import kl as _kl
+
+    rng = np.random.default_rng(1)
+    p = torch.softmax(torch.from_numpy(rng.normal(0, 3, size=(3, 5, 16))), -1)
+    q = p.flip(-1)
+    want = get_metric("kl")([q.numpy()], {}, [p.numpy()])
+    assert float(_kl(q, p, probs=True)) == pytest.approx(want, rel=1e-9) and want > 1.0
+
+    def model(w):
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)], "cls",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8])],
+            [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", 4, 16])],
+            [numpy_helper.from_array(w.astype(np.float32), "w")])
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        return m
+
+    w = rng.normal(size=(8, 16)) * 2
+    teacher, student = model(w), model(w + rng.normal(size=w.shape))
+    x = rng.normal(size=(64, 4, 8)).astype(np.float32)
+    _, info = distill(student, teacher, {"x": x}, metric=get_metric("kl"), loss="kl",
+                      steps=40, lr=3e-2, eval_every=10)
+    assert info["history"][0][1] > 0.1  # the softmax of probabilities would read ~0.01
+    assert info["val_after"] < 0.5 * info["val_before"]
+
+
 def _token_model(vocab=50, width=6, seed=0):
     """ids -> embedding table (Gather) -> MatMul -> Relu -> MatMul: a table and two weights."""
     from onnx import TensorProto, helper, numpy_helper

@@ -46,6 +46,11 @@ def test_torch_metrics_equal_the_numpy_ones(name, sign):
     t = {k: torch.as_tensor(v) for k, v in batch.items()}
     got = _torch_metric(name)([torch.as_tensor(outs[0])], t, [torch.as_tensor(ref[0])], 1.0)
     assert sign * float(got) == pytest.approx(want, rel=1e-5)
+    if name == "kl":  # outputs that are probabilities already (a model ending in Softmax)
+        outs, ref = ([a / a.sum(-1, keepdims=True)] for a in (outs[0], ref[0]))
+        want = get_metric(name)(outs, batch, ref)
+        got = _torch_metric(name)([torch.as_tensor(outs[0])], t, [torch.as_tensor(ref[0])], 1.0)
+        assert sign * float(got) == pytest.approx(want, rel=1e-5)
 
 
 def test_the_autograd_gradient_matches_finite_differences_on_the_oracle():

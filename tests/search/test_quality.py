@@ -6,6 +6,7 @@ import pytest
 from onnxprune.analysis.channels import analyze_channels
 from onnxprune.errors import UsageError
 from onnxprune.ir.graph import import_model
+from onnxprune.search import quality
 from onnxprune.search.evaluate import Evaluator
 from onnxprune.search.quality import get_metric
 from onnxprune.testing import normalized
@@ -150,3 +151,24 @@ def test_model_metrics_judge_the_gated_model_itself(tmp_path):
     a, b = by_run.evaluate_many(masks), by_model.evaluate_many(masks)
     assert np.allclose(a, b, rtol=1e-5) and len(set(np.round(a, 4))) == 3
     assert by_run.base == pytest.approx(by_model.base, rel=1e-6)
+
+
+def test_kl_compares_probabilities_as_they_are():
+    """A model ending in Softmax: kl is the KL of its outputs, not of their softmax (which
+    flattens every row towards uniform and hides a changed answer)."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 4, (8, 5, 30))
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p = (p / p.sum(-1, keepdims=True)).astype(np.float32)
+    q = p[..., ::-1].copy()
+    want = float(np.mean((p.astype(np.float64) * (np.log(p.astype(np.float64)) -
+                                                  np.log(q.astype(np.float64)))).sum(-1)))
+    got = get_metric("kl")([q], {}, [p])
+    assert got == pytest.approx(want, rel=1e-9)
+    # a softmax over the probabilities reads them almost equal (the reading before)
+    lp, lq = (x - np.log(np.exp(x).sum(-1, keepdims=True)) for x in (p.astype(np.float64),
+                                                                     q.astype(np.float64)))
+    assert got > 100 * float(np.mean((np.exp(lp) * (lp - lq)).sum(-1)))
+    assert get_metric("kl")([p], {}, [p]) == pytest.approx(0.0, abs=1e-12)
+    assert quality.is_distribution(p) and not quality.is_distribution(logits)
+    assert not quality.is_distribution(np.abs(logits))  # non-negative, rows not summing to 1

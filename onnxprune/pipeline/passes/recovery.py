@@ -147,7 +147,8 @@ class Distill(Pass):
         Option("seed", 0, "seed of the split and the mini-batches", parse=number(0, integer=True),
                type_name="int"),
         Option("loss", "auto", "what the student matches: mse (outputs, normalized by their "
-               "variance), kl (the softmax over the last axis of the outputs: logits), or auto "
+               "variance), kl (the distribution over the last axis of the outputs: their "
+               "softmax, or the outputs themselves when they are probabilities), or auto "
                "(kl for the perplexity and kl metrics, else mse)", choices=("auto", "mse", "kl"),
                public="distill_loss", type_name="str"),
     )
