@@ -4,7 +4,8 @@ the prune pipeline built from options and a recipe's run (``build``), the recipe
 (``recipes``) and the result a run returns (``result``). The passes themselves, grouped by
 stage, and the catalogue recipes name them from: ``passes/`` (frontend, branches, classes,
 tokens, factors, structure, data, pruning, depth, recovery, output, quantization). What passes
-share that is not a pass: ``support/`` (inputs, stages, probe, augment, soft_criteria)."""
+share that is not a pass: ``support/`` (inputs, stages, probe, augment, padding, coverage,
+soft_criteria)."""
 
 from .base import RUN_OPTIONS, Context, Pass, PassResult, Resources, RunConfig
 from .core import Fixpoint, Pipeline, peak_memory, total_time

@@ -146,6 +146,9 @@ class Resources:
     def __init__(self) -> None:
         self.evaluator: Evaluator | None = None
         self.references: dict[str, list[np.ndarray]] = {}  # unpruned outputs per data set
+        # classes the original answers on the calibration data (support/coverage.py; None:
+        # not yet looked at)
+        self.classes_answered: list[dict] | None = None
 
     def close(self) -> None:
         if self.evaluator is not None:

@@ -19,7 +19,7 @@ from ...search.executors import make_pool
 from ...search.memory import search_budget
 from ...search.quality import get_metric
 from ..base import Context, Pass, PassResult
-from ..support import stages
+from ..support import coverage, stages
 from ..support.inputs import verification_feeds
 from ..support.padding import trim_padding
 from ..support.probe import token_probe
@@ -302,8 +302,12 @@ def evaluator(ctx: Context, by: str) -> Evaluator:
         if ctx.calib is None and not metric.on_model:
             raise UsageError(f"{by} needs calibration data (pass 'calibrate')")
         res.close()
-        res.evaluator = Evaluator(ctx.skeleton(), ctx.analysis, ctx.calib, metric,
-                                  memory=search_budget(), reads=stages.reads(ctx))
+        res.evaluator = ev = Evaluator(ctx.skeleton(), ctx.analysis, ctx.calib, metric,
+                                       memory=search_budget(), reads=stages.reads(ctx))
+        if ev.reference:  # the original's outputs (the gates all open)
+            names = ev.oracle.output_names
+            read = range(len(names)) if ev.read is None else ev.read
+            coverage.check(ctx, [ev.reference[i] for i in read], [names[i] for i in read])
         cfg = ctx.config
         if cfg.executor != "local":
             res.evaluator.attach(make_pool(cfg.executor, res.evaluator, cfg.workers,

@@ -25,6 +25,7 @@ from ...search.memory import rows_for, search_budget
 from ...search.quality import Metric, get_metric
 from ...verify.checks import cut_arrays, cut_outputs
 from ..base import Context
+from . import coverage
 
 # the data sets a stage is measured on, in report order, with their names in reports
 SETS = {"calib": "calibration", "heldout": "held-out", "probe": "random-token probe"}
@@ -126,6 +127,9 @@ def measure(ctx: Context, stage: str, graph=None, optimized: bool = False
     metric, refs = _metric(ctx), _references(ctx)
     of, read = [o.name for o in _original(ctx).outputs], reads(ctx)
     if not ctx.stages:
+        if "calib" in refs:
+            coverage.check(ctx, reading(refs["calib"], of, read),
+                           [n for n in of if read is None or n in set(read)])
         ctx.stages.append({"stage": "unpruned", **{
             name: metric(reading(refs[name], of, read), data, reading(refs[name], of, read))
             for name, data in _data(ctx).items()}})
@@ -191,4 +195,6 @@ def summary(ctx: Context) -> dict[str, Any] | None:
     return {"metric": _metric(ctx).name,
             "samples": {name: d.samples for name, d in data.items()},
             "sets": {name: SETS[name] for name in data},
-            "stages": [dict(s) for s in ctx.stages]}
+            "stages": [dict(s) for s in ctx.stages],
+            **({"classes_answered": answered} if (answered := ctx.resources.classes_answered)
+               else {})}
