@@ -48,6 +48,27 @@ def held_line(rng) -> str:
     return f"({rng.integers(10, 99)}) {w}-{rng.integers(1, 9)}"
 
 
+def cover_line(rng) -> str:
+    """A calibration line that reads the kinds of characters the held-out lines hold
+    (capitals, digits, currency, dates, codes, punctuation) with the calibration words, so
+    that no held-out word or line template is seen; a third are plain calibration lines."""
+    w = str(rng.choice(CALIB_WORDS))
+    kind = int(rng.integers(0, 9))
+    if kind == 0:
+        return f"{w.upper()} {int(rng.integers(0, 9999))}"
+    if kind == 1:
+        return f"{w.capitalize()}: ${rng.integers(1, 999)}.{rng.integers(0, 99):02d}"
+    if kind == 2:
+        return f"{rng.integers(1, 31):02d}.{rng.integers(1, 12):02d}.{rng.integers(1950, 2050)} {w}"
+    if kind == 3:
+        return f"#{rng.integers(10, 999)}/{chr(65 + int(rng.integers(0, 26)))}{w[:2].upper()}"
+    if kind == 4:
+        return f"{w.capitalize()} {rng.choice(CALIB_WORDS)}?"
+    if kind == 5:
+        return f"[{rng.integers(0, 99)}] {w}-{rng.integers(0, 9)}%"
+    return calib_line(rng)
+
+
 def held_fonts() -> list[str]:
     paths = []
     with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -102,12 +123,16 @@ def render_page(lines: list[str], held: bool, rng, fonts: list[str]):
     return np.ascontiguousarray(arr[:, :, ::-1]), boxes
 
 
-def make_pages(n: int, held: bool, seed: int, fonts: list[str]) -> list[dict]:
-    """Pages of two lines; every fourth upside down (boxes moved accordingly)."""
+def make_pages(n: int, held: bool, seed: int, fonts: list[str], cover: bool = False
+               ) -> list[dict]:
+    """Pages of two lines; every fourth upside down (boxes moved accordingly). ``cover``:
+    calibration pages whose lines read the held-out lines' kinds of characters
+    (``cover_line``), in the calibration style."""
     rng = np.random.default_rng(seed)
+    line = held_line if held else cover_line if cover else calib_line
     pages = []
     for i in range(n):
-        lines = [(held_line if held else calib_line)(rng) for _ in range(2)]
+        lines = [line(rng) for _ in range(2)]
         img, boxes = render_page(lines, held, rng, fonts)
         flipped = i % 4 == 3
         if flipped:

@@ -15,7 +15,9 @@ unlike the calibration data (issue 17, "What to show").
 Configurations (target_params=0.3 each): uniform l2, sensitivity with a task metric, + compensate,
 + compensate + distill (these two reuse the sensitivity cut through a plan file), and a
 sensitivity search whose candidates are measured after compensation's refit, + compensate.
-The recognizer also keeps only the 96 classes of English text (--keep-classes; at 30% and,
+The recognizer is also calibrated on lines in the calibration style that read the kinds of
+characters the held-out lines hold (capitals, digits, punctuation; the calibration words;
+"rec-classes"), and keeps only the 96 classes of English text (--keep-classes; at 30% and,
 with the search + compensate for the rest, 50%), and the whole pipeline is read with det and
 cls at 30% and rec keeping them; MiniLM also runs the refit search at 10% and 15%, and keeps
 only the tokens English text reads most (--keep-tokens, benchmarks/vocabulary.py, needs
@@ -73,6 +75,11 @@ CONFIGS = ("uniform", "sensitivity", "sens+compensate", "sens+comp+distill",
            "refit sens+compensate", "latin classes", "latin classes 50%",
            "refit sens+compensate 10%", "refit sens+compensate 15%", "english tokens",
            "english tokens 40%", "english tokens [UNK]", "english tokens + refit 40%")
+# the recognizer calibrated on lines in the calibration style that read the kinds of
+# characters held-out lines hold (capitals, digits, punctuation; ocr_pages.cover_line), with
+# the configurations of the recipe: --ocr-models rec-classes
+COVERED = "rec-classes"
+COVERED_CONFIGS = {"sensitivity", "sens+compensate", "sens+comp+distill", "refit sens+compensate"}
 # the recognizer's own configurations: only the classes an English page needs (--keep-classes)
 LATIN = {"latin classes": TARGET, "latin classes 50%": 0.5}
 # the sentence encoder's: smaller cuts, to see where its held-out cosine stands
@@ -195,25 +202,37 @@ def run_ocr(args, work: Path) -> dict:
     picks = {kind: np.sort(rng.choice(len(arrays[kind]["x"]), min(len(arrays[kind]["x"]),
                                                                     limits[kind]), replace=False))
              for kind in ("cls", "rec", "det")}
-    for kind in args.ocr_models.split(","):
-        a = arrays[kind]
+    kinds = args.ocr_models.split(",")
+    if COVERED in kinds:  # the recognizer again, calibrated on lines that read the classes
+        cover_pages = make_pages(args.pages, False, 3, fonts, cover=True)
+        arrays[COVERED] = ocr_data(original, cover_pages)["rec"]
+        n = len(arrays[COVERED]["x"])
+        picks[COVERED] = np.sort(np.random.default_rng(1).choice(
+            n, min(n, limits["rec"]), replace=False))
+        out["cover_pages"] = len(cover_pages)
+    for kind in kinds:
+        base = "rec" if kind == COVERED else kind
+        a = arrays[kind] if kind == COVERED else arrays[base]
         pick = picks[kind]
-        calib = with_references(kind, models[kind], {k: v[pick] for k, v in a.items()})
-        metric = f"{METRICS}:{metric_of[kind]}"
-        classes = latin_classes(models[kind], work) if kind == "rec" else None
-        rows = run_prunes(f"ppocr-{kind}", models[kind], calib, metric, {"x": shapes[kind]},
-                          work, args.distill_steps, args.distill_batch, args.configs, classes)
-        out["models"][kind] = {"file": models[kind].name, "samples": len(pick),
-                               "input": shapes[kind], "metric": metric_of[kind], "rows": rows}
+        calib = with_references(base, models[base], {k: v[pick] for k, v in a.items()})
+        metric = f"{METRICS}:{metric_of[base]}"
+        classes = latin_classes(models[base], work) if kind == "rec" else None
+        only = args.configs or (COVERED_CONFIGS if kind == COVERED else None)
+        rows = run_prunes(f"ppocr-{kind}", models[base], calib, metric, {"x": shapes[base]},
+                          work, args.distill_steps, args.distill_batch, only, classes)
+        out["models"][kind] = {"file": models[base].name, "samples": len(pick),
+                               "input": shapes[base], "metric": metric_of[base], "rows": rows,
+                               "classes_answered": len(np.unique(calib["ref_ids"]))
+                               if base == "rec" else None}
         pruned[kind] = {c: Path(r["path"]) for c, r in rows.items() if "path" in r}
     print("[ocr] reading the pages through rapidocr ...", flush=True)
     start = time.perf_counter()
     pipeline = {"original": {"calib": read_pages(original, calib_pages),
                              "heldout": read_pages(original, held_pages)}}
     for config in CONFIGS:
-        for kind in ("det", "rec", "cls"):
+        for kind in ("det", "rec", "cls", COVERED):
             if config in pruned.get(kind, {}):
-                eng = ocr_engine(**{kind: pruned[kind][config]})
+                eng = ocr_engine(**{"rec" if kind == COVERED else kind: pruned[kind][config]})
                 pipeline[f"{kind} {config}"] = {"heldout": read_pages(eng, held_pages)}
         if all(config in pruned.get(k, {}) for k in ("det", "rec", "cls")):
             eng = ocr_engine(**{k: pruned[k][config] for k in ("det", "rec", "cls")})
@@ -397,7 +416,9 @@ def merged(old, new, path: tuple = ()):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=("ocr", "minilm"), default=None)
-    ap.add_argument("--ocr-models", default="cls,rec,det", help="which OCR models to prune")
+    ap.add_argument("--ocr-models", default="cls,rec,det,rec-classes",
+                    help="which OCR models to prune (rec-classes: the recognizer calibrated on "
+                         "lines that read capitals, digits and punctuation)")
     ap.add_argument("--configs", type=lambda s: set(s.split(",")), default=None,
                     help="run only these configurations (comma-separated; default all; "
                     f"{', '.join(CONFIGS).replace('%', '%%')}); the results file keeps the other "
