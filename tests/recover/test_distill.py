@@ -86,13 +86,16 @@ def test_too_high_learning_rate_stops_early_with_the_student(models, images):
 
 
 def test_returns_the_best_validation_weights(models, images):
-    """A model metric sees every candidate: the returned weights are the best one's."""
+    """A model metric sees every candidate: the returned weights are the best one's. The
+    metric prefers a held-out PSNR of 18 dB, which training passes on its way up (from about
+    11 to 22), so the best evaluation is neither the first nor the last whatever rounding
+    does to the trajectory."""
     teacher, pruned = models
     x_val = images[1][:200]
     seen = []
 
     def score(model):
-        seen.append((held_out_psnr(model, x_val), initializer_bytes(model)))
+        seen.append((-abs(held_out_psnr(model, x_val) - 18.0), initializer_bytes(model)))
         return seen[-1][0]
 
     metric = Metric("held-out psnr", True, score, on_model="model")
@@ -464,3 +467,4 @@ def test_gains_below_min_gain_keep_their_weights_but_let_patience_stop(monkeypat
                      eval_every=2)
     assert full["steps"] > 40 and cut["stopped"] == "patience" and cut["steps"] == 20
     assert cut["best_step"] == 20 and cut["val_after"] > cut["val_before"]  # weights kept
+
