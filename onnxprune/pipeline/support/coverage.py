@@ -7,7 +7,8 @@ every search, and compensation refits the output layer to the answers it sees. P
 recognizer calibrated on lower-case words (33 of its classes answered) and cut by 30% read
 held-out lines with capitals, digits and punctuation at 0.706 character accuracy through the
 whole pipeline; calibrated on lines in the same style that hold those characters (62
-answered, other words than the held-out lines'), the same recipe read 0.972 (original 0.997).
+answered, other words than the held-out lines'), the same recipe read 0.963 (original 0.997;
+benchmarks/README.md).
 The run says so once, on the original's outputs it computes anyway (the search's reference,
 the stages' unpruned row), and reports it (``--json`` "stages" "classes_answered").
 """

@@ -128,8 +128,7 @@ def measure(ctx: Context, stage: str, graph=None, optimized: bool = False
     of, read = [o.name for o in _original(ctx).outputs], reads(ctx)
     if not ctx.stages:
         if "calib" in refs:
-            coverage.check(ctx, reading(refs["calib"], of, read),
-                           [n for n in of if read is None or n in set(read)])
+            coverage.check(ctx, reading(refs["calib"], of, read), reading(of, of, read))
         ctx.stages.append({"stage": "unpruned", **{
             name: metric(reading(refs[name], of, read), data, reading(refs[name], of, read))
             for name, data in _data(ctx).items()}})
