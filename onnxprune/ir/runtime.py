@@ -3,7 +3,7 @@ chunks the model accepts, random feeds, element-type tables and the default opse
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -109,7 +109,7 @@ def computing(model: onnx.ModelProto | Skeleton, names: Sequence[str]
         if any(o in need for o in node.output):
             keep.append(node)
             need.update(i for i in node.input if i)
-            need.update(_subgraph_reads(node))
+            need.update(subgraph_reads(node))
     out = onnx.ModelProto()
     out.CopyFrom(base)
     graph = out.graph
@@ -129,7 +129,7 @@ def computing(model: onnx.ModelProto | Skeleton, names: Sequence[str]
     return out
 
 
-def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+def subgraph_reads(node: onnx.NodeProto) -> set[str]:
     """Every tensor name the node's subgraphs (If/Loop/Scan bodies) read, outer ones among
     them."""
     out: set[str] = set()
@@ -137,7 +137,7 @@ def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
         for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
             for inner in g.node:
                 out.update(i for i in inner.input if i)
-                out.update(_subgraph_reads(inner))
+                out.update(subgraph_reads(inner))
     return out
 
 
@@ -237,27 +237,44 @@ def run_batched(run, feeds: dict[str, np.ndarray], names: Sequence[str] | None =
     chunk padded by repeating its last sample, the padding dropped from the outputs), else of
     ``max_rows`` samples (None: all at once). ``axes``: each input's sample axis (default 0;
     None: fed whole to every chunk). Outputs are concatenated along their leading axis."""
-    axes = {k: (axes or {}).get(k, 0 if np.ndim(v) else None) for k, v in feeds.items()}
     if isinstance(run, ort.InferenceSession):
         sess = run
-        fixed = fixed or static_batch(sess, feeds, axes)
+        fixed = fixed or static_batch(sess, feeds, sample_axes(feeds, axes))
         out_names = list(names) if names is not None else [o.name for o in sess.get_outputs()]
         run = lambda f: sess.run(out_names, f, interrupts.run_options())  # noqa: E731
+    parts = [run(chunk) if valid is None else [o[:valid] for o in run(chunk)]
+             for chunk, valid in chunks(feeds, max_rows, axes, fixed)]
+    if len(parts) == 1:
+        return parts[0]
+    return [np.concatenate(p) for p in zip(*parts, strict=True)]
+
+
+def sample_axes(feeds: dict[str, np.ndarray], axes: dict[str, int | None] | None
+                ) -> dict[str, int | None]:
+    """Each feed's sample axis: as given, else 0 (None for a scalar: fed whole)."""
+    return {k: (axes or {}).get(k, 0 if np.ndim(v) else None) for k, v in feeds.items()}
+
+
+def chunks(feeds: dict[str, np.ndarray], max_rows: int | None = None,
+           axes: dict[str, int | None] | None = None, fixed: int | None = None
+           ) -> Iterator[tuple[dict[str, np.ndarray], int | None]]:
+    """``(chunk, valid)``: the feeds in the chunks ``run_batched`` runs, each with how many of
+    its leading output rows are real samples (the rest pad a fixed batch); ``valid`` is None
+    when the feeds go whole (outputs as they come)."""
+    axes = sample_axes(feeds, axes)
     sizes = {np.shape(v)[axes[k]] for k, v in feeds.items() if axes[k] is not None}
     n = sizes.pop() if sizes else 1
     step = fixed or (max_rows if max_rows and max_rows < n else None)
     if step is None or (fixed is not None and n == fixed):
-        return run(feeds)
-    parts = []
+        yield feeds, None
+        return
     for lo in range(0, n, step):
         idx = np.arange(lo, min(lo + step, n))
         valid = len(idx)
         if fixed is not None and valid < fixed:
             idx = np.concatenate([idx, np.full(fixed - valid, idx[-1])])
-        chunk = {k: v if axes[k] is None else np.take(v, idx, axis=axes[k])
-                 for k, v in feeds.items()}
-        parts.append([o[:valid] for o in run(chunk)])
-    return [np.concatenate(p) for p in zip(*parts, strict=True)]
+        yield {k: v if axes[k] is None else np.take(v, idx, axis=axes[k])
+               for k, v in feeds.items()}, valid
 
 
 def random_feeds(

@@ -30,13 +30,15 @@ import scipy.linalg
 from onnx import helper
 
 from ..analysis.model import ChannelAnalysis
-from ..ir.runtime import run_batched, session
+from ..analysis.size import node_macs
+from ..ir.runtime import session
 from ..ir.weights import Skeleton, proto
 from ..progress import task
 from ..rules.layers import Layer
 from ..search.activations import layer_gates, layer_inputs
 from ..search.evaluate import Evaluator
 from ..search.memory import default_budget
+from ..search.prefix import Prefixes
 from ..verify.oracle import GATES
 from .compensate import (
     RIDGE,
@@ -115,15 +117,22 @@ class RefitEvaluator:
         else:
             self.layers, self.skipped = self._grams(graph, reference, analysis, calib, seed,
                                                     memory or default_budget())
-        self.session = session(self._fed_model(), arena=False, feed_weights=False)
-        self.names = [o.name for o in self.session.get_outputs()]
+        fed = self._fed_model()
+        self.names = [o.name for o in proto(fed).graph.output]
+        # candidates that begin late in the graph run from its kept prefix
+        self.prefixes = Prefixes(fed, analysis, self.names, self._feeds, ev.inputs, ev.axes,
+                                 ev.static_batch, None if ev.static_batch else ev.max_rows,
+                                 {n.name: node_macs(n) for n in graph.nodes})
+        self.session = session(self.prefixes.model, arena=False, feed_weights=False)
         self._cache: OrderedDict = OrderedDict()
         self._cached = 0  # bytes in the cache
         self.seconds = time.perf_counter() - start
 
     def summary(self) -> dict:
+        stats = self.prefixes.stats
         return {"layers": len(self.layers), "skipped": self.skipped, "ridge": self.ridge,
-                "seconds": round(self.seconds, 2)}
+                "seconds": round(self.seconds, 2),
+                "prefix": {**stats, "session_seconds": round(stats["session_seconds"], 2)}}
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -207,6 +216,10 @@ class RefitEvaluator:
 
     # -- candidates ---------------------------------------------------------------------------
 
+    def _feeds(self, keep: np.ndarray) -> dict[str, np.ndarray]:
+        """The gates and the weights (refit where a layer lost inputs) of a candidate."""
+        return {GATES: keep.reshape(1, -1), **self._weights(keep < 0.5)}
+
     def _weights(self, removed: np.ndarray) -> dict[str, np.ndarray]:
         feeds: dict[str, np.ndarray] = {}
         for i, layer in enumerate(self.layers):
@@ -235,15 +248,7 @@ class RefitEvaluator:
 
     def outputs(self, keep: np.ndarray) -> list[np.ndarray]:
         """The model's outputs on the calibration data with ``keep``'s cut, refit."""
-        keep = np.asarray(keep, np.float32).reshape(1, -1)
-        weights = self._weights(keep[0] < 0.5)
-
-        def run(feeds):
-            return self.session.run(self.names, {**feeds, GATES: keep, **weights})
-
-        ev = self.ev
-        return run_batched(run, ev.inputs, axes=ev.axes, fixed=ev.static_batch,
-                           max_rows=None if ev.static_batch else ev.max_rows)
+        return self.prefixes.run(self.session, np.asarray(keep, np.float32).ravel())
 
     def evaluate(self, keep: np.ndarray) -> float:
         return float(self.evaluate_many(np.asarray(keep)[None])[0])
@@ -256,6 +261,7 @@ class RefitEvaluator:
     def close(self) -> None:
         self._cache.clear()
         self._cached = 0
+        self.prefixes.close()
 
 
 def _nbytes(weights: tuple[np.ndarray, np.ndarray | None]) -> int:

@@ -114,6 +114,13 @@ def activation_bytes(model: onnx.ModelProto, sample: dict[str, np.ndarray]) -> i
     """Peak bytes of computed tensors alive at once for ``sample`` (one sample per input, at
     its shape; other inputs' symbolic dimensions at 1), by shape inference; None when no
     tensor's size can be inferred."""
+    sizes = tensor_bytes(model, sample)
+    return None if not sizes else _peak_live(proto(model).graph, sizes)
+
+
+def tensor_bytes(model: onnx.ModelProto, sample: dict[str, np.ndarray]) -> dict[str, int]:
+    """The bytes of each computed tensor whose shape inference finds for ``sample`` (as
+    ``activation_bytes`` takes it); empty when inference fails."""
     bare = weightless(model)
     for vi in bare.graph.input:
         shape = vi.type.tensor_type.shape
@@ -129,7 +136,7 @@ def activation_bytes(model: onnx.ModelProto, sample: dict[str, np.ndarray]) -> i
     try:
         inferred = onnx.shape_inference.infer_shapes(bare, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is best effort
-        return None
+        return {}
     sizes: dict[str, int] = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
         tt = vi.type.tensor_type
@@ -143,9 +150,7 @@ def activation_bytes(model: onnx.ModelProto, sample: dict[str, np.ndarray]) -> i
         except (KeyError, TypeError, ValueError):
             size = 4
         sizes[vi.name] = int(np.prod(dims, dtype=np.int64)) * size
-    if not sizes:
-        return None
-    return _peak_live(inferred.graph, sizes)
+    return sizes
 
 
 def _peak_live(graph: onnx.GraphProto, sizes: dict[str, int]) -> int:

@@ -355,10 +355,11 @@ class SelectChannels(Pass):
                     scev = None if cev is None else RefitEvaluator(cev, ctx.graph, None,
                                                                    analysis, None, ridge,
                                                                    grams_of=sev)
-                    info["refit"] = sev.summary()
                 removed, extra = select_sensitivity(space, sev or ev, target, self.constraint,
                                                     scev or cev,
                                                     target.kind if target else "params")
+                if sev is not None:
+                    info["refit"] = sev.summary()
             finally:
                 for e in (cev, sev, scev, aev):
                     if e is not None:

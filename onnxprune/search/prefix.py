@@ -1,0 +1,302 @@
+"""Candidates run from where they differ from a candidate already run.
+
+Two candidates that agree on every unit gated before some node compute the same tensors up
+to it (a refit too changes only layers behind the gates of the units it lost). A search
+asks for such pairs all the time: a sensitivity curve point differs from the unpruned model
+in one group, a path step from the state the path has reached in one group. So every run
+keeps the tensors live across a few points of the graph (``points``: gate positions spread
+by the work before them); a candidate then starts at the latest point before its first
+difference from a kept run (a *base*), fed that base's tensors there, in a session of the
+nodes after the point (made once per point). Those runs keep their own tensors at the later
+points, and become bases too. The unpruned model is the first base: curve points of
+PP-OCR rec's neck run a fifth of the recognizer.
+
+A point with less than ``MIN_SHARE`` of the model's work before it is not one (a session
+there saves too little). What bases keep is bounded by ``BUDGET`` bytes (least recently
+used out; the unpruned base is kept)."""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .. import interrupts
+from ..analysis.model import ChannelAnalysis
+from ..ir.runtime import chunks, session, subgraph_reads
+from ..ir.weights import Skeleton, proto
+from .memory import room, tensor_bytes
+
+MIN_SHARE = 0.2  # of the model's work (MACs) before the first point
+SPACING = 0.02  # of the model's work between consecutive points
+# a point may come this much of the model's work before the gate it serves, where fewer
+# bytes are live (PP-OCR rec: its blocks' starts hold a third of what their hidden layers do)
+SLACK = 0.08
+BUDGET = 256 << 20  # bytes of tensors the bases keep, the unpruned one's among them
+BASE_SHARE = 1 / 2  # of the budget, what one base's tensors may take (the points kept)
+
+
+@dataclass
+class _Base:
+    keep: np.ndarray  # the candidate's gates
+    kept: dict[int, list[list[np.ndarray]]]  # point -> its live tensors, chunk by chunk
+
+
+@dataclass
+class _Suffix:
+    session: object
+    inputs: set[str]  # what it reads as graph inputs
+    outputs: list[str]  # what it computes: the model's outputs, then later points' tensors
+
+
+class Prefixes:
+    """``run(keep)``: the outputs ``names`` of ``model`` (the gated reference as fed) on
+    ``inputs`` (chunked as ``run_batched`` chunks them) with the feeds ``feeds(keep)`` (gates,
+    weights) added, computed from the latest point where a kept base agrees."""
+
+    def __init__(self, model: onnx.ModelProto | Skeleton, analysis: ChannelAnalysis,
+                 names: list[str], feeds: Callable[[np.ndarray], dict[str, np.ndarray]],
+                 inputs: Mapping[str, np.ndarray], axes: Mapping, fixed: int | None,
+                 max_rows: int | None, costs: Mapping[str, float] | None = None,
+                 budget: int = BUDGET):
+        """``costs``: work per node (by name; MACs), to place points; nodes not named cost
+        nothing (gates, elementwise ops)."""
+        self._model, self.names, self.feeds = model, list(names), feeds
+        self.inputs, self.axes, self.fixed, self.max_rows = inputs, dict(axes), fixed, max_rows
+        self.budget = room(budget, 0.1)
+        graph = proto(model).graph
+        nodes = list(graph.node)
+        position = {n.name: i for i, n in enumerate(nodes)}
+        work = np.array([float((costs or {}).get(n.name, 0.0)) for n in nodes])
+        total = work.sum()
+        share = (np.concatenate([[0.0], np.cumsum(work)[:-1]]) / total if total > 0
+                 else np.arange(len(nodes)) / max(len(nodes), 1))
+        self.end = len(nodes)
+        self.first = np.full(analysis.num_units, self.end, np.int64)  # each unit's first gate
+        for i, gate in enumerate(analysis.gates):
+            at = position.get(f"{gate.node}/onnxprune_gate{i}_gather", 0)
+            self.first[gate.units] = np.minimum(self.first[gate.units], at)
+        produced, last = _uses(graph, nodes)
+        sizes = tensor_bytes(model, {k: v if self.axes.get(k) is None else
+                                     np.take(v, [0], axis=self.axes[k])
+                                     for k, v in inputs.items()})
+        held = _live_bytes(produced, last, sizes, self.end)
+        self.points: list[int] = []
+        for g in sorted({int(b) for b in self.first if b < self.end}):
+            if share[g] < MIN_SHARE:
+                continue
+            # the point that holds the least within SLACK of the work before the gate
+            lo = int(np.searchsorted(share, share[g] - SLACK))
+            p = max(range(max(lo, 1), g + 1), key=lambda q: (-held[q], q))
+            if not self.points or share[p] >= share[self.points[-1]] + SPACING:
+                self.points.append(p)
+        self.live = {p: [t for t, at in produced.items() if at < p <= last.get(t, -1)]
+                     for p in self.points}
+        self.unpruned: _Base | None = None
+        self.bases: OrderedDict[bytes, _Base] = OrderedDict()
+        self.suffixes: dict[int, _Suffix] = {}
+        self.kept = 0  # bytes the bases hold
+        self.stats = {"whole": 0, "suffix": 0, "sessions": 0, "session_seconds": 0.0}
+
+    @property
+    def model(self) -> onnx.ModelProto | Skeleton:
+        """The model that also outputs every point's live tensors (for the session ``run``
+        is given: a whole run keeps them at no extra work)."""
+        extra = self._later(-1)
+        if not extra:
+            return self._model
+        m = onnx.ModelProto()
+        m.CopyFrom(proto(self._model))
+        m.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in extra)
+        return Skeleton(m, self._model.arrays) if isinstance(self._model, Skeleton) else m
+
+    def _later(self, p: int) -> list[str]:
+        """The live tensors of the points after ``p`` that are not outputs already."""
+        seen = set(self.names)
+        return [t for q in self.points if q > p for t in self.live[q]
+                if not (t in seen or seen.add(t))]
+
+    def run(self, sess, keep: np.ndarray) -> list[np.ndarray]:
+        """The outputs with ``keep``'s gates; ``sess`` runs the whole of ``model``."""
+        keep = np.asarray(keep, np.float32).ravel()
+        if not self.points:
+            self.stats["whole"] += 1
+            return self._run(sess, keep, None, None)[0]
+        if self.unpruned is None:
+            self.unpruned = self._trimmed(self._run(sess, np.ones_like(keep), None, None)[1])
+            if not self.points:
+                return self.run(sess, keep)
+        best, start = None, -1
+        for base in [self.unpruned, *reversed(self.bases.values())]:
+            differ = self.first[base.keep != keep].min(initial=self.end)
+            at = bisect.bisect_right(self.points, differ) - 1  # the last point at or before
+            if at >= 0 and self.points[at] > start:
+                best, start = base, self.points[at]
+        if best is None:
+            self.stats["whole"] += 1
+            outputs, base = self._run(sess, keep, None, None)
+        else:
+            self.stats["suffix"] += 1
+            outputs, base = self._run(self._suffix(start), keep, start, best)
+        self._remember(base)
+        return outputs
+
+    def _run(self, sess, keep: np.ndarray, start: int | None, base: _Base | None
+             ) -> tuple[list[np.ndarray], _Base]:
+        """Run ``sess`` (the whole model, or the suffix from point ``start`` fed ``base``'s
+        tensors there) chunk by chunk; the outputs and, as a new base, the tensors at the
+        later points."""
+        later = [q for q in self.points if q > (start if start is not None else -1)]
+        extra = self._later(start if start is not None else -1)
+        names = self.names + extra
+        outputs = sess.outputs if isinstance(sess, _Suffix) else names
+        fed = self.feeds(keep)
+        rows, parts = [], []
+        for i, (chunk, valid) in enumerate(self._chunks()):
+            values = {**chunk, **fed}
+            if base is not None:
+                values.update(zip(self.live[start], base.kept[start][i], strict=True))
+            if isinstance(sess, _Suffix):
+                feeds = {k: v for k, v in values.items() if k in sess.inputs}
+                got = dict(zip(outputs, sess.session.run(outputs, feeds,
+                                                         interrupts.run_options()), strict=True))
+            else:
+                got = dict(zip(names, sess.run(names, values, interrupts.run_options()),
+                               strict=True))
+            got = {**values, **got}  # outputs made before the point: the base's
+            row = [got[n] for n in self.names]
+            rows.append(row if valid is None else [o[:valid] for o in row])
+            parts.append({q: [got[t] for t in self.live[q]] for q in later})
+        kept = {q: [part[q] for part in parts] for q in later}
+        if base is not None:
+            kept.update({q: base.kept[q] for q in self.points if q <= start})
+        return _joined(rows), _Base(keep.copy(), kept)
+
+    def _trimmed(self, base: _Base) -> _Base:
+        """The unpruned base with the points it keeps within ``BASE_SHARE`` of the budget,
+        the latest first (they save the most work per run, and hold the least: a network
+        narrows its activations as it goes); the other points dropped."""
+        room_left, points = self.budget * BASE_SHARE, []
+        for q in reversed(self.points):
+            size = sum(a.nbytes for chunk in base.kept[q] for a in chunk)
+            if size > room_left:
+                break
+            room_left -= size
+            points.append(q)
+        self.points = sorted(points)
+        return _Base(base.keep, {q: base.kept[q] for q in self.points})
+
+    def _remember(self, base: _Base) -> None:
+        """Keep ``base``, the oldest others out while the bases hold more than the budget (a
+        base shares the tensors before its start with the one it ran from: counted once)."""
+        key = base.keep.tobytes()
+        self.bases.pop(key, None)
+        self.bases[key] = base
+        self.kept = self._held()
+        while self.kept > self.budget and self.bases:
+            self.bases.popitem(last=False)
+            self.kept = self._held()
+
+    def _held(self) -> int:
+        arrays = {id(a): a.nbytes for b in [self.unpruned, *self.bases.values()] if b
+                  for parts in b.kept.values() for chunk in parts for a in chunk}
+        return sum(arrays.values())
+
+    def _suffix(self, p: int) -> _Suffix:
+        got = self.suffixes.get(p)
+        if got is None:
+            start = time.perf_counter()
+            types = {t: a.dtype for t, a in zip(self.live[p], self.unpruned.kept[p][0],
+                                                strict=True)}
+            model = suffix(self._model, p, types, self.names + self._later(p))
+            sess = session(model, arena=False, feed_weights=False, quiet=True)
+            got = self.suffixes[p] = _Suffix(sess, {i.name for i in sess.get_inputs()},
+                                             [o.name for o in sess.get_outputs()])
+            self.stats["sessions"] += 1
+            self.stats["session_seconds"] += time.perf_counter() - start
+        return got
+
+    def _chunks(self):
+        return chunks(dict(self.inputs), self.max_rows, self.axes, self.fixed)
+
+    def close(self) -> None:
+        self.unpruned = None
+        self.bases.clear()
+        self.suffixes.clear()
+        self.kept = 0
+
+
+def suffix(model: onnx.ModelProto | Skeleton, p: int, live: Mapping[str, np.dtype],
+           outputs: list[str]) -> onnx.ModelProto | Skeleton:
+    """The nodes of ``model`` from node ``p`` on, reading the tensors ``live`` (name: element
+    type) as graph inputs of any shape, outputting those of ``outputs`` they compute."""
+    base = proto(model)
+    nodes = list(base.graph.node)[p:]
+    reads = {i for n in nodes for i in n.input if i} | {
+        t for n in nodes for t in subgraph_reads(n)}
+    made = {o for n in nodes for o in n.output}
+    m = onnx.ModelProto()
+    m.CopyFrom(base)
+    g = m.graph
+    del g.node[:]
+    g.node.extend(nodes)
+    inputs = [i for i in base.graph.input if i.name in reads]
+    inputs += [helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(dtype), None)
+               for t, dtype in live.items() if t in reads]
+    del g.input[:]
+    g.input.extend(inputs)
+    declared = {o.name: o for o in base.graph.output}
+    del g.output[:]
+    g.output.extend(declared.get(t) or helper.make_empty_tensor_value_info(t)
+                    for t in outputs if t in made)
+    kept = [t for t in g.initializer if t.name in reads]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    vis = [vi for vi in g.value_info if vi.name not in live]
+    del g.value_info[:]
+    g.value_info.extend(vis)
+    if isinstance(model, Skeleton):
+        return Skeleton(m, {k: v for k, v in model.arrays.items() if k in reads})
+    return m
+
+
+def _uses(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]
+          ) -> tuple[dict[str, int], dict[str, int]]:
+    """Where each computed tensor is made (node index) and last read (the graph's outputs:
+    after the last node)."""
+    produced, last = {}, {}
+    for i, n in enumerate(nodes):
+        for t in [*n.input, *subgraph_reads(n)]:
+            if t:
+                last[t] = i
+        for o in n.output:
+            if o:
+                produced[o] = i
+    for o in graph.output:
+        last[o.name] = len(nodes)
+    return produced, last
+
+
+def _live_bytes(produced: dict[str, int], last: dict[str, int], sizes: dict[str, int],
+                end: int) -> np.ndarray:
+    """The bytes live across each node position (made before it, read at or after it) for
+    one sample; a tensor of unknown size counts as the largest known."""
+    unknown = max(sizes.values(), default=1)
+    delta = np.zeros(end + 2, np.int64)
+    for t, at in produced.items():
+        if last.get(t, -1) > at:
+            delta[at + 1] += sizes.get(t, unknown)
+            delta[last[t] + 1] -= sizes.get(t, unknown)
+    return np.cumsum(delta)[:end + 1]
+
+
+def _joined(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
+    return [np.concatenate(p) for p in zip(*parts, strict=True)]

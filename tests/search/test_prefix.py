@@ -1,0 +1,112 @@
+"""Candidates run from a kept prefix: the same outputs as the whole gated graph."""
+
+import numpy as np
+import pytest
+
+from onnxprune.analysis.channels import analyze_channels
+from onnxprune.ir.graph import import_model
+from onnxprune.recover.refit import RefitEvaluator
+from onnxprune.search import prefix
+from onnxprune.search.evaluate import Evaluator
+from onnxprune.search.quality import get_metric
+from onnxprune.testing import normalized
+from onnxprune.zoo.builder import GraphBuilder
+
+
+def _net(batch="batch"):
+    """Six convolutions with a residual connection over the middle two (live tensors at a
+    point: the skip and the main path) and a second output made early."""
+    b = GraphBuilder(seed=7)
+    x = b.input("x", [batch, 3, 10, 10])
+    h = b.relu(b.conv(x, 3, 8, name="c1"))
+    h = b.relu(b.conv(h, 8, 8, name="c2"))
+    early = b.conv(h, 8, 2, k=1, name="early")
+    skip = h
+    h = b.relu(b.conv(h, 8, 12, name="c3"))
+    h = b.conv(h, 12, 8, name="c4")
+    h = b.relu(b.op("Add", [h, skip]))
+    h = b.relu(b.conv(h, 8, 10, name="c5"))
+    y = b.conv(h, 10, 4, name="c6")
+    return b.build([y, early])
+
+
+def _evaluators(model, n, monkeypatch, budget=prefix.BUDGET):
+    ref = normalized(model)
+    analysis = analyze_channels(import_model(ref))
+    calib = {"x": np.random.default_rng(0).standard_normal((n, 3, 10, 10)).astype(np.float32)}
+    ev = Evaluator(ref, analysis, calib, get_metric("cosine"))
+    monkeypatch.setattr(prefix, "MIN_SHARE", 2.0)  # no point: every candidate run whole
+    whole = RefitEvaluator(ev, import_model(ref), ref, analysis, calib)
+    monkeypatch.setattr(prefix, "MIN_SHARE", 0.05)
+    monkeypatch.setattr(prefix, "BUDGET", budget)
+    fast = RefitEvaluator(ev, import_model(ref), ref, analysis, calib, grams_of=whole)
+    assert not whole.prefixes.points and fast.prefixes.points
+    return analysis, whole, fast
+
+
+def _candidates(analysis, rng, count=40):
+    """Curve points (one group cut), path steps (a state deepened by one group) and repeats,
+    with gates between 0 and 1 among them."""
+    groups = [g for g in analysis.groups if not analysis.unit_frozen[g.units].any()]
+    masks, state = [], np.ones(analysis.num_units, np.float32)
+    for i in range(count):
+        g = groups[i % len(groups)]
+        cut = rng.choice(g.units, size=max(1, g.units.size // 3), replace=False)
+        if i % 3 == 0:  # a curve point
+            keep = np.ones(analysis.num_units, np.float32)
+            keep[cut] = 0.0
+        else:  # a path step from the state
+            keep = state.copy()
+            keep[cut] = 0.0 if i % 5 else 0.5
+            if i % 2:
+                state = keep
+        masks.append(keep)
+        if i % 7 == 0:
+            masks.append(keep.copy())  # asked again
+    return masks
+
+
+@pytest.mark.parametrize("budget", [prefix.BUDGET, 4096])
+def test_every_candidate_gets_the_whole_graphs_outputs(monkeypatch, budget):
+    """Outputs (both, the early one included) of the graph run from kept tensors equal the
+    whole graph's for every candidate: exactly, as the same kernels compute the same nodes on
+    the same values; with a budget too small to keep most bases, too."""
+    analysis, whole, fast = _evaluators(_net(), 9, monkeypatch, budget)
+    for keep in _candidates(analysis, np.random.default_rng(1)):
+        want, got = whole.outputs(keep), fast.outputs(keep)
+        assert len(want) == len(got) == 2
+        for w, g in zip(want, got, strict=True):
+            np.testing.assert_array_equal(g, w)
+    stats = fast.prefixes.stats
+    assert stats["suffix"] > 10 and stats["sessions"] >= 2
+    assert fast.prefixes.kept <= fast.prefixes.budget
+
+
+def test_a_fixed_batch_is_chunked_and_padded_alike(monkeypatch):
+    """A model exported for batches of 4, on 10 samples: three chunks, the last padded; the
+    kept tensors follow the chunks."""
+    analysis, whole, fast = _evaluators(_net(batch=4), 10, monkeypatch)
+    assert fast.ev.static_batch == 4
+    for keep in _candidates(analysis, np.random.default_rng(2), 20):
+        for w, g in zip(whole.outputs(keep), fast.outputs(keep), strict=True):
+            assert g.shape[0] == 10
+            np.testing.assert_array_equal(g, w)
+    assert fast.prefixes.stats["suffix"] > 5
+
+
+def test_a_point_stands_where_few_bytes_are_live(monkeypatch):
+    """The point serving c4's input gate (c3's 12 channels and the residual's 8 live there)
+    stands before c3 (and before the early output's convolution), where only c2's 8 channels
+    are: a third of the bytes, for a little more work each run (SLACK lets it go back that
+    far here)."""
+    monkeypatch.setattr(prefix, "SLACK", 0.3)
+    n = 4
+    analysis, _, fast = _evaluators(_net(), n, monkeypatch)
+    p = fast.prefixes
+    gate = next(i for i, g in enumerate(analysis.gates) if g.node.startswith("c4"))
+    at = [i for i, node in enumerate(p._model.graph.node)
+          if node.name == f"{analysis.gates[gate].node}/onnxprune_gate{gate}_gather"][0]
+    q = max(pt for pt in p.points if pt <= at)
+    fast.outputs(np.ones(analysis.num_units, np.float32))  # the unpruned base: every point
+    held = sum(a.nbytes for a in p.unpruned.kept[q][0])
+    assert held == 8 * 100 * 4 * n < (12 + 8 + 2) * 100 * 4 * n
