@@ -132,8 +132,8 @@ def distill(
     Returns the best model (same nodes and initializer names/shapes as ``student``) and
     ``{"steps", "best_step", "val_before", "val_after", "history": [(step, train_loss,
     val_value)], "seconds", "stopped" ("budget" | "patience" | "diverged" | "matched": the
-    student already scores the teacher's own metric on the validation split, to ``MATCHED``
-    of its size), "metric",
+    student scores the teacher's own metric on the validation split, to ``MATCHED`` of its
+    size, before training or at an evaluation, where training stops), "metric",
     "boundaries", "trained"}``; ``train_loss`` is the mean mini-batch loss since the previous
     evaluation (at step 0: the loss on the first ``batch_size`` training samples).
     Deterministic for a ``seed`` (torch runs on a thread count the model alone decides:
@@ -207,9 +207,11 @@ def distill(
         best_state = {k: p.detach().clone() for k, p in graph.params.items()}
         bad, last, window, batches = 0, 0, [], minibatches(train_idx, size, rng)
         refused = 0  # gains on the validation split the guard refused, in a row
-        if metric is not None and not metric.on_model and _matched(
-                utility(val_before), utility(metric(val_teacher, val_batch, val_teacher))):
-            steps, stopped = 0, "matched"  # the student scores as the teacher: nothing to gain
+        # the teacher's own validation utility: a student that scores it has nothing to gain
+        ceiling = utility(metric(val_teacher, val_batch, val_teacher)) if \
+            metric is not None and not metric.on_model else np.inf
+        if _matched(utility(val_before), ceiling):
+            steps, stopped = 0, "matched"
         fit = None if static or not steps else _fitting(data, train_idx,
                                                         list(graph.params.values()))
         if fit == 0:
@@ -242,6 +244,9 @@ def distill(
                 else:
                     bad, refused = bad + 1, refused + 1 if better else refused
                 advance(1, f"loss {history[-1][1]:.4g}  val {value:.4g}")
+                if _matched(best_util, ceiling):
+                    stopped = "matched"  # reached the teacher's own score: nothing left to gain
+                    break
                 if refused >= GUARD_PATIENCE:
                     stopped = "guard"  # its gains are the calibration style's alone
                     break
@@ -327,6 +332,8 @@ def _structural(model: onnx.ModelProto) -> set[str]:
 def _matched(student: float, teacher: float) -> bool:
     """The student's utility is the teacher's own to ``MATCHED`` of its size (PP-OCR rec
     after compensation: CTC agreement 1.00992 against 1.01000, every line read alike)."""
+    if not np.isfinite(teacher):  # (PSNR of the teacher against itself: nothing to reach)
+        return False
     return student >= teacher - MATCHED * max(abs(teacher), 1e-12)
 
 

@@ -1,0 +1,55 @@
+"""Distillation stops when the student reaches the teacher's own validation metric: nothing
+is left to gain on it (PP-OCR rec: the teacher's CTC agreement at step 2, then 30 more steps
+of 3.5 s each before patience ended them)."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from onnxprune.recover.distill import MATCHED, distill  # noqa: E402
+from onnxprune.search.quality import get_metric  # noqa: E402
+
+
+def _linear(w):
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "m",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [numpy_helper.from_array(w.astype(np.float32), "w")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.fixture
+def pair():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 4))
+    x = {"x": rng.standard_normal((200, 8)).astype(np.float32)}
+    return _linear(w), _linear(w + 0.3 * rng.standard_normal((8, 4))), x
+
+
+def test_training_stops_at_the_teachers_metric(pair):
+    """The student starts below the teacher's cosine (1.0) by more than MATCHED, reaches it
+    within MATCHED after some steps, and the run stops there, far before its budget."""
+    teacher, student, x = pair
+    _, info = distill(student, teacher, x, metric=get_metric("cosine"), steps=400, lr=5e-2,
+                      eval_every=2, patience=None, loss="mse")
+    assert info["val_before"] < 1.0 - MATCHED
+    assert info["stopped"] == "matched", info["history"]
+    assert 0 < info["steps"] < 400 and info["val_after"] >= 1.0 - MATCHED
+    # one evaluation before, it had not reached it
+    assert info["history"][-2][2] < 1.0 - MATCHED
+
+
+def test_a_teacher_scoring_infinity_is_never_matched():
+    """A metric whose teacher scores infinity against itself (a PSNR against the teacher's
+    outputs) has no ceiling: never matched, and no invalid arithmetic on the way."""
+    from onnxprune.recover.distill import _matched
+
+    with np.errstate(all="raise"):
+        assert not _matched(np.float64(80.0), np.float64(np.inf))
+        assert _matched(np.float64(1.0), np.float64(1.0))
