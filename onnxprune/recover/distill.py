@@ -62,6 +62,10 @@ GUARD_ROWS = 16
 # gains the guard refuses in a row before the run stops: this learning rate fits the calibration
 # data's style (MiniLM at 1e-4: every gain refused, 30 steps to patience, 12 s)
 GUARD_PATIENCE = 3
+# what a training step may add to the resident memory without --memory (PP-OCR rec's steps
+# of 32 crops took it from 1.7 to 4.8 GB)
+STEP_BYTES = 512 << 20
+PROBE_SAMPLES = 8  # the step that measures a sample's memory
 MATCHED = 1e-3  # a student this close to the teacher's own validation metric is not trained
 
 ModelLike = onnx.ModelProto | str | os.PathLike
@@ -263,7 +267,7 @@ def distill(
         "history": history, "seconds": time.perf_counter() - start, "stopped": stopped,
         "metric": metric.name if metric is not None else "-distill_loss",
         "boundaries": list(targets.boundaries), "trained": len(trained), "loss": loss,
-        "guard": int(guard_idx.size),
+        "guard": int(guard_idx.size), "batch_size": int(size),
     }
     return graph.write_back(student), info
 
@@ -284,25 +288,30 @@ def _load(model: ModelLike) -> onnx.ModelProto:
 
 
 def _fitting(data: Data, idx: np.ndarray, params) -> int | None:
-    """Samples per training step under a memory cap (``--memory``), measured: the resident
-    memory one sample's forward and backward pass adds (the first, with its one-off
-    allocations: an overestimate), against half the room the cap leaves. None: no cap; 0:
-    not even one sample fits."""
+    """Samples per training step, measured: the resident memory a step adds per sample (a
+    step of ``PROBE_SAMPLES`` after a warm-up of one: one sample's step alone made a 13-token
+    MiniLM sentence look over 40 MB; under a cap, of one sample, which a larger probe could
+    cross),
+    against half the room a memory cap (``--memory``) leaves, or ``STEP_BYTES`` without one.
+    0: not even one sample fits under the cap."""
     from ..ir.memory import current_rss, peak_window, release
     from ..search.memory import cap, room
 
+    probe = 1 if cap() is not None else max(1, min(len(idx), PROBE_SAMPLES))
+    for k in (1, probe):
+        release()
+        before = current_rss() or 0
+        with peak_window() as window:
+            loss = data.loss(idx[:k])
+            if loss.requires_grad:
+                loss.backward()
+        for p in params:
+            p.grad = None
+        del loss
+    release()
+    per = max(((window.peak or before) - before) // probe, 1 << 20)
     if cap() is None:
-        return None
-    release()
-    before = current_rss() or 0
-    with peak_window() as window:
-        loss = data.loss(idx[:1])
-        if loss.requires_grad:
-            loss.backward()
-    for p in params:
-        p.grad = None
-    release()
-    per = max((window.peak or before) - before, 1 << 20)
+        return max(1, int(STEP_BYTES // per))
     if before + per > cap():
         return 0
     return max(1, int(room(1 << 50, 0.5) // per))

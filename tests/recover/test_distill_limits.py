@@ -1,6 +1,7 @@
-"""Distillation stops when the student reaches the teacher's own validation metric: nothing
-is left to gain on it (PP-OCR rec: the teacher's CTC agreement at step 2, then 30 more steps
-of 3.5 s each before patience ended them)."""
+"""Distillation's limits: it stops when the student reaches the teacher's own validation
+metric, where nothing is left to gain on it (PP-OCR rec: the teacher's CTC agreement at step
+2, then 30 more steps of 3.5 s each before patience ended them); its steps take as many
+samples as fit its memory share."""
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ pytest.importorskip("torch")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from onnxprune.recover import distill as distill_module  # noqa: E402
 from onnxprune.recover.distill import MATCHED, distill  # noqa: E402
 from onnxprune.search.quality import get_metric  # noqa: E402
 
@@ -53,3 +55,13 @@ def test_a_teacher_scoring_infinity_is_never_matched():
     with np.errstate(all="raise"):
         assert not _matched(np.float64(80.0), np.float64(np.inf))
         assert _matched(np.float64(1.0), np.float64(1.0))
+
+
+@pytest.mark.parametrize("step_bytes,want", [(1, 1), (1 << 40, 32)])
+def test_a_step_takes_the_samples_its_memory_share_holds(pair, monkeypatch, step_bytes, want):
+    """Without --memory, a step takes as many samples as STEP_BYTES holds at one sample's
+    measured cost (at least one, at most the batch asked for)."""
+    teacher, student, x = pair
+    monkeypatch.setattr(distill_module, "STEP_BYTES", step_bytes)
+    _, info = distill(student, teacher, x, steps=4, lr=1e-3, patience=None, loss="mse")
+    assert info["batch_size"] == want and info["steps"] == 4
