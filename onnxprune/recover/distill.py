@@ -34,6 +34,7 @@ from .distill_data import (
     calibration,
     input_names,
     minibatches,
+    native,
     split,
     static_batch,
     typed,
@@ -184,7 +185,8 @@ def distill(
         if metric.on_model:  # the metric runs the deployed model itself
             return _model_metric(metric, graph.write_back(student))
         outs = data.outputs(idx)
-        return metric([outs[i] for i in read], on, want)
+        axes = [targets.axes[i] for i in read]  # the metric reads outputs as the model gives them
+        return metric(native([outs[i] for i in read], axes), on, native(want, axes))
 
     guard_batch = {k: v[guard_idx] for k, v in batch.items()}
     guard_teacher = [targets.outputs_all[i][guard_idx] for i in read]

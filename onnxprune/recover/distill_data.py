@@ -46,13 +46,19 @@ class Targets:
             raise UsageError(f"calibration data lacks teacher input(s) {', '.join(missing)}")
         run = with_outputs(teacher, wanted)
         fed = {k: theirs[k] for k in input_names(teacher)}
+        # each output's sample axis (a sequence-first CTC output: 1); every array here holds
+        # its samples first, the metric sees them as the model gives them (``native``)
+        self.axes = sample_axes(teacher, outs)
         arrays = run_ort(session(run, arena=cap() is None), fed, outs + wanted, static,
-                         _rows(run, fed))
-        self.outputs_all = cut_outputs(arrays[: len(outs)], outs, cuts or {})
+                         _rows(run, fed), self.axes + [0] * len(wanted))
+        self.outputs_all = [np.moveaxis(a, ax, 0) for a, ax in zip(cut_outputs(
+            [np.moveaxis(a, 0, ax) for a, ax in zip(arrays, self.axes, strict=False)],
+            outs, cuts or {}), self.axes, strict=True)]
         # the student's shapes on one sample decide which boundaries are comparable
         probe = {k: v[np.resize(train_idx[:1], static or 1)] for k, v in feeds.items()}
         with torch.no_grad():
-            mine_out = graph.run(probe, graph.output_names + wanted)
+            mine_out = first(graph.run(probe, graph.output_names + wanted),
+                             self.axes + [0] * len(wanted))
         for name, t, s in zip(graph.output_names, self.outputs_all, mine_out, strict=False):
             if t.shape[1:] != tuple(s.shape[1:]):
                 raise UsageError(f"output {name!r}: teacher shape {t.shape[1:]}, student "
@@ -65,6 +71,7 @@ class Targets:
         if not floats:
             raise UsageError("the model has no floating-point output to distill")
         self.output_names = [graph.output_names[i] for i in floats]
+        self.loss_axes = [self.axes[i] for i in floats] + [0] * len(keep)
         self.outputs = [torch.from_numpy(self.outputs_all[i]) for i in floats]
         self.probs = [is_distribution(self.outputs_all[i]) for i in floats]  # for loss kl
         self.acts = [torch.from_numpy(arrays[len(outs) + i]) for i in keep]
@@ -96,8 +103,8 @@ class Data:
     def loss(self, idx: np.ndarray, valid: int | None = None) -> torch.Tensor:
         """The loss on samples ``idx`` (only the first ``valid`` count): per output the
         normalized MSE or the KL divergence, per boundary the normalized MSE."""
-        got = self.graph.run({k: torch.from_numpy(v[idx]) for k, v in self.feeds.items()},
-                             self.names)
+        got = first(self.graph.run({k: torch.from_numpy(v[idx]) for k, v in self.feeds.items()},
+                                   self.names), self.t.loss_axes)
         want = [t[idx] for t in self.t.outputs + self.t.acts]
         n_out = len(self.t.outputs)
         terms = [kl(g[:valid], w[:valid], self.t.probs[i]) if self.kind == "kl" and i < n_out
@@ -113,7 +120,8 @@ class Data:
         parts = []
         with torch.no_grad():
             for part, valid in chunks(idx, self.static, self.rows):
-                got = self.graph.run({k: torch.from_numpy(v[part]) for k, v in self.feeds.items()})
+                got = first(self.graph.run({k: torch.from_numpy(v[part])
+                                            for k, v in self.feeds.items()}), self.t.axes)
                 parts.append([g[:valid].numpy() for g in got])
         return [np.concatenate(p) for p in zip(*parts, strict=True)]
 
@@ -248,10 +256,36 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
 
 
 def run_ort(sess, feeds: dict[str, np.ndarray], names: Sequence[str],
-            static: int | None, rows: int = CHUNK) -> list[np.ndarray]:
+            static: int | None, rows: int = CHUNK, axes: Sequence[int] | None = None
+            ) -> list[np.ndarray]:
+    """The outputs ``names`` on every sample, in chunks, each with its samples first (from
+    its sample axis in ``axes``; default 0)."""
     n = len(next(iter(feeds.values())))
+    axes = list(axes or [0] * len(names))
     parts = []
     for part, valid in chunks(np.arange(n), static, rows):
         outs = sess.run(list(names), {k: v[part] for k, v in feeds.items()})
-        parts.append([o[:valid] for o in outs])
+        parts.append([np.moveaxis(o, ax, 0)[:valid] for o, ax in zip(outs, axes, strict=True)])
     return [np.concatenate(p) for p in zip(*parts, strict=True)]
+
+
+def sample_axes(model: onnx.ModelProto, names: Sequence[str]) -> list[int]:
+    """Each output's sample axis: where its declared shape names the inputs' first (batch)
+    dimension (a sequence-first output, ``[time, batch, classes]``: 1), else 0."""
+    batch = {vi.type.tensor_type.shape.dim[0].dim_param for vi in model.graph.input
+             if vi.type.tensor_type.shape.dim} - {""}
+    declared = {vi.name: [d.dim_param for d in vi.type.tensor_type.shape.dim]
+                for vi in model.graph.output}
+    return [next((i for i, d in enumerate(declared.get(n, [])) if d and d in batch), 0)
+            for n in names]
+
+
+def first(tensors: Sequence[torch.Tensor], axes: Sequence[int]) -> list[torch.Tensor]:
+    """The student's ``tensors`` with their samples first (``axes``: each one's sample axis)."""
+    return [t if ax == 0 else torch.movedim(t, ax, 0)
+            for t, ax in zip(tensors, axes, strict=True)]
+
+
+def native(arrays: Sequence[np.ndarray], axes: Sequence[int]) -> list[np.ndarray]:
+    """Arrays held samples-first as the model gives them (``axes``: each one's sample axis)."""
+    return [np.moveaxis(a, 0, ax) for a, ax in zip(arrays, axes, strict=True)]

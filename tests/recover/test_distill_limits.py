@@ -65,3 +65,44 @@ def test_a_step_takes_the_samples_its_memory_share_holds(pair, monkeypatch, step
     monkeypatch.setattr(distill_module, "STEP_BYTES", step_bytes)
     _, info = distill(student, teacher, x, steps=4, lr=1e-3, patience=None, loss="mse")
     assert info["batch_size"] == want and info["steps"] == 4
+
+
+def _sequence_first(w):
+    """x [n, 3, 5] -> Transpose -> [3, n, 5] @ w: y [3, n, 4], its samples on axis 1 (a CTC
+    recognizer's layout: time, batch, classes)."""
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]),
+         helper.make_node("MatMul", ["t", "w"], ["y"])], "m",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, "n", 4])],
+        [numpy_helper.from_array(w.astype(np.float32), "w")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_an_output_with_its_samples_second_is_distilled(monkeypatch):
+    """A sequence-first output: the teacher's outputs are gathered along its sample axis (in
+    chunks of 16 here), the student's compared sample by sample, and the run brings the
+    student closer to the teacher (it once stopped with 'teacher shape (26, 37), student (1,
+    37)': the samples taken from the time axis)."""
+    from onnxprune.ir.runtime import session
+    from onnxprune.recover import distill_data
+
+    monkeypatch.setattr(distill_data, "CHUNK", 16)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((5, 4))
+    teacher, student = _sequence_first(w), _sequence_first(w + 0.5 * rng.standard_normal((5, 4)))
+    x = {"x": rng.standard_normal((40, 3, 5)).astype(np.float32)}
+    assert distill_data.sample_axes(teacher, ["y"]) == [1]
+    got = distill_data.run_ort(session(teacher), x, ["y"], None, 16, [1])[0]
+    np.testing.assert_array_equal(got, np.moveaxis(session(teacher).run(None, x)[0], 1, 0))
+
+    def error(model):
+        return float(np.abs(session(model).run(None, x)[0] - session(teacher).run(None, x)[0]
+                            ).mean())
+
+    model, info = distill(student, teacher, x, metric=get_metric("cosine"), steps=60,
+                          lr=5e-2, patience=None, loss="mse")
+    assert info["steps"] > 0 and info["val_after"] > info["val_before"]
+    assert error(model) < 0.5 * error(student)

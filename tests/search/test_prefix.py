@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from onnxprune.analysis.channels import analyze_channels
+from onnxprune.ir import weights
 from onnxprune.ir.graph import import_model
+from onnxprune.ir.weights import to_skeleton
 from onnxprune.recover.refit import RefitEvaluator
 from onnxprune.search import prefix
 from onnxprune.search.evaluate import Evaluator
@@ -30,8 +32,12 @@ def _net(batch="batch"):
     return b.build([y, early])
 
 
-def _evaluators(model, n, monkeypatch, budget=prefix.BUDGET):
+def _evaluators(model, n, monkeypatch, budget=prefix.BUDGET, skeleton=False):
     ref = normalized(model)
+    if skeleton:  # the weights outside the proto, as a pipeline holds a large model's
+        monkeypatch.setattr(weights, "EXTERNAL_BYTES", 64)
+        ref = to_skeleton(ref)
+        assert ref.arrays
     analysis = analyze_channels(import_model(ref))
     calib = {"x": np.random.default_rng(0).standard_normal((n, 3, 10, 10)).astype(np.float32)}
     ev = Evaluator(ref, analysis, calib, get_metric("cosine"))
@@ -66,12 +72,14 @@ def _candidates(analysis, rng, count=40):
     return masks
 
 
-@pytest.mark.parametrize("budget", [prefix.BUDGET, 4096])
-def test_every_candidate_gets_the_whole_graphs_outputs(monkeypatch, budget):
+@pytest.mark.parametrize("budget,skeleton", [(prefix.BUDGET, False), (4096, False),
+                                             (prefix.BUDGET, True)])
+def test_every_candidate_gets_the_whole_graphs_outputs(monkeypatch, budget, skeleton):
     """Outputs (both, the early one included) of the graph run from kept tensors equal the
     whole graph's for every candidate: exactly, as the same kernels compute the same nodes on
-    the same values; with a budget too small to keep most bases, too."""
-    analysis, whole, fast = _evaluators(_net(), 9, monkeypatch, budget)
+    the same values; with a budget too small to keep most bases, and with the weights held
+    outside the model (a skeleton), too."""
+    analysis, whole, fast = _evaluators(_net(), 9, monkeypatch, budget, skeleton)
     for keep in _candidates(analysis, np.random.default_rng(1)):
         want, got = whole.outputs(keep), fast.outputs(keep)
         assert len(want) == len(got) == 2
