@@ -26,6 +26,7 @@ import torch
 from ..errors import UsageError
 from ..ir.runtime import session
 from ..progress import task
+from ..search.memory import cap
 from ..search.quality import Metric
 from ..verify.checks import cut_arrays
 from .distill_data import (
@@ -223,7 +224,9 @@ def distill(
         if fit == 0:
             steps, stopped = 0, "memory"  # one sample's step does not fit under --memory
         elif fit is not None:
-            size, data.rows = min(size, fit), min(data.rows, fit)
+            size = min(size, fit)
+            if cap() is not None:  # inference in chunks of as many (without a cap: CHUNK)
+                data.rows = min(data.rows, fit)
             batches = minibatches(train_idx, size, rng)
         for step in range(1, steps + 1):
             step_loss = data.loss(next(batches))
@@ -297,7 +300,7 @@ def _fitting(data: Data, idx: np.ndarray, params) -> int | None:
     against half the room a memory cap (``--memory``) leaves, or ``STEP_BYTES`` without one.
     0: not even one sample fits under the cap."""
     from ..ir.memory import current_rss, peak_window, release
-    from ..search.memory import cap, room
+    from ..search.memory import room
 
     probe = 1 if cap() is not None else max(1, min(len(idx), PROBE_SAMPLES))
     for k in (1, probe):
