@@ -149,27 +149,25 @@ class Prefixes:
 
     def _run(self, sess, keep: np.ndarray, start: int | None, base: _Base | None
              ) -> tuple[list[np.ndarray], _Base]:
-        """Run ``sess`` (the whole model, or the suffix from point ``start`` fed ``base``'s
-        tensors there) chunk by chunk; the outputs and, as a new base, the tensors at the
-        later points."""
-        later = [q for q in self.points if q > (start if start is not None else -1)]
-        extra = self._later(start if start is not None else -1)
-        names = self.names + extra
-        outputs = sess.outputs if isinstance(sess, _Suffix) else names
+        """Run the whole model (``sess``, no ``base``) or the suffix from point ``start`` (a
+        ``_Suffix``, fed ``base``'s tensors there) chunk by chunk; the outputs and, as a new
+        base, the tensors at the later points."""
+        after = -1 if start is None else start
+        later = [q for q in self.points if q > after]
+        if base is None:
+            run, outputs, reads = sess, self.names + self._later(after), None
+        else:
+            run, outputs, reads = sess.session, sess.outputs, sess.inputs
         fed = self.feeds(keep)
         rows, parts = [], []
         for i, (chunk, valid) in enumerate(self._chunks()):
             values = {**chunk, **fed}
             if base is not None:
                 values.update(zip(self.live[start], base.kept[start][i], strict=True))
-            if isinstance(sess, _Suffix):
-                feeds = {k: v for k, v in values.items() if k in sess.inputs}
-                got = dict(zip(outputs, sess.session.run(outputs, feeds,
-                                                         interrupts.run_options()), strict=True))
-            else:
-                got = dict(zip(names, sess.run(names, values, interrupts.run_options()),
-                               strict=True))
-            got = {**values, **got}  # outputs made before the point: the base's
+            feeds = values if reads is None else {k: v for k, v in values.items() if k in reads}
+            # outputs made before the point are the base's, among the values fed
+            got = {**values, **dict(zip(outputs, run.run(outputs, feeds,
+                                                         interrupts.run_options()), strict=True))}
             row = [got[n] for n in self.names]
             rows.append(row if valid is None else [o[:valid] for o in row])
             parts.append({q: [got[t] for t in self.live[q]] for q in later})
