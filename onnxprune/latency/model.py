@@ -46,6 +46,14 @@ class _Layer:
         return float(np.interp(kin, self.grid[0], rows))
 
 
+def envelope(ms: np.ndarray) -> np.ndarray:
+    """A layer's times at kept (input, output) widths, each no slower than any wider one's:
+    a narrower layer could run as the wider one padded, so a time measured above a wider
+    width's is noise (small layers time within a few microseconds of each other)."""
+    out = np.minimum.accumulate(ms[::-1], axis=0)[::-1]
+    return np.minimum.accumulate(out[:, ::-1], axis=1)[:, ::-1]
+
+
 class LatencyModel:
     """``ms(removed)``: the predicted latency (ms) of the model with those units removed, at
     the batch and shapes of ``graph`` (a copy shaped for them); ``whole_ms``: the model's
@@ -78,7 +86,8 @@ class LatencyModel:
         times = table.ms([p for *_, probes in pending for p in probes])
         at = 0
         for name, units, sizes, grid, probes in pending:
-            ms = np.array(times[at:at + len(probes)]).reshape(len(grid[0]), len(grid[1]))
+            ms = envelope(np.array(times[at:at + len(probes)]).reshape(len(grid[0]),
+                                                                     len(grid[1])))
             at += len(probes)
             self.layers.append(_Layer(name, units, sizes, (list(grid[0]), list(grid[1])), ms,
                                       block_of.get(name)))

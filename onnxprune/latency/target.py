@@ -68,7 +68,9 @@ class LatencyRun:
         return {"asked": self.asked, "target": self.target, "batch": self.batch,
                 "provider": self.provider, "device": self.device.get("processor"),
                 "threads": self.device.get("threads") or None,
-                "original_ms": self.original_ms, "original_spread": self.original_spread,
+                # the original as timed beside the chosen cut (the ratio's denominator)
+                "original_ms": chosen["original_ms"] if chosen else self.original_ms,
+                "original_spread": chosen["original_spread"] if chosen else self.original_spread,
                 "pruned_ms": chosen and chosen["ms"], "pruned_spread": chosen and chosen["spread"],
                 "achieved": chosen and chosen["ratio"], "attempts": self.attempts,
                 "table": self.table, "host": self.host, "chosen_by": self.chosen_by}
@@ -113,7 +115,7 @@ class LatencyTarget:
         orig, cut = self.timer.time([self.original, export_skeleton(g)],
                                     [self.feeds, self.feeds], self.seconds / 2, keep=[0])
         return {"ms": cut["ms"], "spread": cut["spread"], "original_ms": orig["ms"],
-                "ratio": cut["ms"] / orig["ms"]}
+                "original_spread": orig["spread"], "ratio": cut["ms"] / orig["ms"]}
 
     def meet(self, select: Callable[[float], np.ndarray],
              quality: Callable[[np.ndarray], float] | None = None) -> np.ndarray:
