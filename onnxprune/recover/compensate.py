@@ -26,6 +26,7 @@ from ..search.activations import activations, as_calibration, fetched, fitting_s
 from ..search.memory import cap, cells
 from ..verify.checks import cut_arrays
 from .normal_equations import NormalEquations
+from .sweep import Sweep, planned
 
 RIDGE = 1e-3  # of the mean input energy (the diagonal of the normal equations)
 MAX_ROWS = 40_000  # rows of the least-squares problem per layer (sampled)
@@ -139,12 +140,15 @@ def compensate(graph: gs.Graph, reference: onnx.ModelProto, analysis: ChannelAna
                         seed, interface)
     fed = cut_arrays(calib, interface or {})
     original = fetched(reference, [t.node.outputs[0].name for t in targets], calib)
+    plan = planned(graph, fed, [t.node for t in targets])
+    sweep = None if plan is None else Sweep(graph, fed, plan)
     rng = np.random.default_rng(seed)
     fits = []
     with task("compensate", len(targets)) as advance:
         for layer in targets:
             name = layer.node.inputs[0].name
-            x = activations(export_skeleton(graph), [name], fed)[name]
+            x = (sweep.input_of(layer.node) if sweep is not None else
+                 activations(export_skeleton(graph), [name], fed)[name])
             _, y = next(original)
             p, (y,) = design_rows(layer, x, [_kept(layer, y, analysis, removed)], rng)
             eq = NormalEquations(layer.intercept)  # errors from its sums: no product again

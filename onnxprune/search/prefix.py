@@ -82,11 +82,11 @@ class Prefixes:
         for i, gate in enumerate(analysis.gates):
             at = position.get(f"{gate.node}/onnxprune_gate{i}_gather", 0)
             self.first[gate.units] = np.minimum(self.first[gate.units], at)
-        produced, last = _uses(graph, nodes)
+        produced, last = uses(graph, nodes)
         sizes = tensor_bytes(model, {k: v if self.axes.get(k) is None else
                                      np.take(v, [0], axis=self.axes[k])
                                      for k, v in inputs.items()})
-        held = _live_bytes(produced, last, sizes, self.end)
+        held = live_bytes(produced, last, sizes, self.end)
         self.points: list[int] = []
         for g in sorted({int(b) for b in self.first if b < self.end}):
             if share[g] < MIN_SHARE:
@@ -231,11 +231,12 @@ class Prefixes:
 
 
 def suffix(model: onnx.ModelProto | Skeleton, p: int, live: Mapping[str, np.dtype],
-           outputs: list[str]) -> onnx.ModelProto | Skeleton:
-    """The nodes of ``model`` from node ``p`` on, reading the tensors ``live`` (name: element
-    type) as graph inputs of any shape, outputting those of ``outputs`` they compute."""
+           outputs: list[str], end: int | None = None) -> onnx.ModelProto | Skeleton:
+    """The nodes of ``model`` from node ``p`` on (to node ``end``, excluded; None: the last),
+    reading the tensors ``live`` (name: element type) as graph inputs of any shape,
+    outputting those of ``outputs`` they compute."""
     base = proto(model)
-    nodes = list(base.graph.node)[p:]
+    nodes = list(base.graph.node)[p:end]
     reads = {i for n in nodes for i in n.input if i} | {
         t for n in nodes for t in subgraph_reads(n)}
     made = {o for n in nodes for o in n.output}
@@ -264,7 +265,7 @@ def suffix(model: onnx.ModelProto | Skeleton, p: int, live: Mapping[str, np.dtyp
     return m
 
 
-def _uses(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]
+def uses(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]
           ) -> tuple[dict[str, int], dict[str, int]]:
     """Where each computed tensor is made (node index) and last read (the graph's outputs:
     after the last node)."""
@@ -281,7 +282,7 @@ def _uses(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]
     return produced, last
 
 
-def _live_bytes(produced: dict[str, int], last: dict[str, int], sizes: dict[str, int],
+def live_bytes(produced: dict[str, int], last: dict[str, int], sizes: dict[str, int],
                 end: int) -> np.ndarray:
     """The bytes live across each node position (made before it, read at or after it) for
     one sample; a tensor of unknown size counts as the largest known."""
