@@ -82,7 +82,7 @@ def distill(
     *,
     metric: Metric | None = None,
     steps: int = 300,
-    lr: float = 1e-3,
+    lr: float | Sequence[float] = 1e-3,
     batch_size: int = 32,
     val_fraction: float = 0.2,
     patience: int | None = 10,
@@ -107,7 +107,11 @@ def distill(
     softmax over the last axis (logits: a language model's or a classifier's), plus
     ``boundary_weight`` times the normalized MSE over ``boundaries``: intermediate tensors
     (by name) present in both graphs with the same shape (others are ignored and not listed in
-    ``info["boundaries"]``). Adam, ``steps`` mini-batches of ``batch_size``.
+    ``info["boundaries"]``). Adam, ``steps`` mini-batches of ``batch_size``, at the learning
+    rate ``lr``, or at each of several in turn: the next (from the student's own weights, on
+    the same mini-batches) only when the last gained nothing or diverged, the best try kept
+    (``info["lr"]``, ``info["tries"]``); the set-up (the teacher's outputs, the student's
+    first scores, the step's memory) is made once for all.
 
     Every ``eval_every`` steps (default: once an epoch of the training split, at most every
     ``EVAL_EVERY``) the current weights are scored on the validation split: ``metric`` (an
@@ -201,80 +205,108 @@ def distill(
         u = value if metric is None else metric.utility(value)
         return u if np.isfinite(u) else -np.inf
 
-    history: list[tuple[int, float, float]] = []
-    stopped, done = "budget", 0
-    with torch_threads(_threads(student, feeds, size)), _flush_denormals(), \
-            task("distill", steps, at_most=True) as advance:  # stops early
-        opt = torch.optim.Adam([graph.param(name) for name in trained], lr=lr)
+    rates = [float(lr)] if np.isscalar(lr) else [float(r) for r in lr]
+    with torch_threads(_threads(student, feeds, size)), _flush_denormals():
         val_before = evaluate()
         guard_floor = utility(evaluate(guard_idx, guard_batch, guard_teacher)) if \
             guard_idx.size else -np.inf
-        history.append((0, data.mean_loss(train_idx[:size]), val_before))
-        best_util, best_step, best_val = utility(val_before), 0, val_before
-        best_state = {k: p.detach().clone() for k, p in graph.params.items()}
-        bad, last, window, batches = 0, 0, [], minibatches(train_idx, size, rng)
-        refused = 0  # gains on the validation split the guard refused, in a row
+        first = (0, data.mean_loss(train_idx[:size]), val_before)
+        initial = {k: p.detach().clone() for k, p in graph.params.items()}
         # the teacher's own validation utility: a student that scores it has nothing to gain
         ceiling = utility(metric(val_teacher, val_batch, val_teacher)) if \
             metric is not None and not metric.on_model else np.inf
-        if _matched(utility(val_before), ceiling):
-            steps, stopped = 0, "matched"
-        fit = None if static or not steps else _fitting(data, train_idx,
-                                                        list(graph.params.values()))
+        stopped = "matched" if _matched(utility(val_before), ceiling) else None
+        fit = None if static or stopped or not steps else _fitting(data, train_idx,
+                                                      list(graph.params.values()))
         if fit == 0:
-            steps, stopped = 0, "memory"  # one sample's step does not fit under --memory
+            stopped = "memory"  # one sample's step does not fit under --memory
         elif fit is not None:
             size = min(size, fit)
             if cap() is not None:  # inference in chunks of as many (without a cap: CHUNK)
                 data.rows = min(data.rows, fit)
-            batches = minibatches(train_idx, size, rng)
-        for step in range(1, steps + 1):
-            step_loss = data.loss(next(batches))
-            if not torch.isfinite(step_loss):
-                stopped = "diverged"
+        drawn = rng.bit_generator.state  # each rate's mini-batches are the same draws
+        tries: list[dict] = []
+        for rate in rates:  # the next only when this one gained nothing
+            if tries:
+                with torch.no_grad():
+                    for k, p in graph.params.items():
+                        p.copy_(initial[k])
+                rng.bit_generator.state = drawn
+            run = {"lr": rate, "stopped": stopped or "budget", "done": 0, "history": [first],
+                   "best": (utility(val_before), 0, val_before, initial)}
+            if stopped is None:
+                opt = torch.optim.Adam([graph.param(name) for name in trained], lr=rate)
+                with task("distill", steps, at_most=True) as advance:  # stops early
+                    _train(run, opt, data, minibatches(train_idx, size, rng), steps,
+                           eval_every, patience, evaluate, utility, guarded, ceiling, advance)
+            tries.append(run)
+            gain = run["best"][0] - utility(val_before)
+            if (gain > 0 and run["stopped"] != "diverged") or run["stopped"] in (
+                    "matched", "memory"):
                 break
-            opt.zero_grad(set_to_none=True)
-            step_loss.backward()
-            opt.step()
-            done, window = step, window + [step_loss.item()]
-            if step % eval_every == 0 or step == steps:
-                value = evaluate()
-                history.append((step, float(np.mean(window)), value))
-                window = []
-                if history[-1][1] > DIVERGED * max(history[0][1], 1e-12):
-                    stopped = "diverged"  # a dead student (constant outputs), not a dip
-                    break
-                better = utility(value) > best_util
-                if better and guarded():
-                    gained = utility(value) - best_util > MIN_GAIN * abs(best_util)
-                    best_util, best_step, best_val = utility(value), step, value
-                    best_state = {k: p.detach().clone() for k, p in graph.params.items()}
-                    bad, last, refused = (0, step, 0) if gained else (bad + 1, last, 0)
-                else:
-                    bad, refused = bad + 1, refused + 1 if better else refused
-                advance(1, f"loss {history[-1][1]:.4g}  val {value:.4g}")
-                if _matched(best_util, ceiling):
-                    stopped = "matched"  # reached the teacher's own score: nothing left to gain
-                    break
-                if refused >= GUARD_PATIENCE:
-                    stopped = "guard"  # its gains are the calibration style's alone
-                    break
-                if patience is not None and bad >= patience and step - last >= steps // 10:
-                    stopped = "patience"
-                    break
-            else:
-                advance(1)
+    chosen = max(tries, key=lambda t: t["best"][0] - utility(val_before))
+    _, best_step, best_val, best_state = chosen["best"]
     with torch.no_grad():  # the best weights (the student's own if nothing beat them)
         for k, p in graph.params.items():
             p.copy_(best_state[k])
     info = {
-        "steps": done, "best_step": best_step, "val_before": val_before, "val_after": best_val,
-        "history": history, "seconds": time.perf_counter() - start, "stopped": stopped,
+        "steps": chosen["done"], "best_step": best_step, "val_before": val_before,
+        "val_after": best_val, "history": chosen["history"],
+        "seconds": time.perf_counter() - start, "stopped": chosen["stopped"],
         "metric": metric.name if metric is not None else "-distill_loss",
         "boundaries": list(targets.boundaries), "trained": len(trained), "loss": loss,
-        "guard": int(guard_idx.size), "batch_size": int(size),
+        "guard": int(guard_idx.size), "batch_size": int(size), "lr": chosen["lr"],
+        "tries": len(tries),
     }
     return graph.write_back(student), info
+
+
+def _train(run: dict, opt, data: Data, batches, steps: int, eval_every: int,
+           patience: int | None, evaluate, utility, guarded, ceiling: float, advance) -> None:
+    """Train at one learning rate from the weights as they are; ``run`` records the steps
+    done, why it stopped, the history and the best (utility, step, value, weights)."""
+    history = run["history"]
+    best_util, best_step, best_val, best_state = run["best"]
+    bad, last, window = 0, 0, []
+    refused = 0  # gains on the validation split the guard refused, in a row
+    owner = data.graph.params
+    for step in range(1, steps + 1):
+        step_loss = data.loss(next(batches))
+        if not torch.isfinite(step_loss):
+            run["stopped"] = "diverged"
+            break
+        opt.zero_grad(set_to_none=True)
+        step_loss.backward()
+        opt.step()
+        run["done"], window = step, window + [step_loss.item()]
+        if step % eval_every == 0 or step == steps:
+            value = evaluate()
+            history.append((step, float(np.mean(window)), value))
+            window = []
+            if history[-1][1] > DIVERGED * max(history[0][1], 1e-12):
+                run["stopped"] = "diverged"  # a dead student (constant outputs), not a dip
+                break
+            better = utility(value) > best_util
+            if better and guarded():
+                gained = utility(value) - best_util > MIN_GAIN * abs(best_util)
+                best_util, best_step, best_val = utility(value), step, value
+                best_state = {k: p.detach().clone() for k, p in owner.items()}
+                bad, last, refused = (0, step, 0) if gained else (bad + 1, last, 0)
+            else:
+                bad, refused = bad + 1, refused + 1 if better else refused
+            run["best"] = (best_util, best_step, best_val, best_state)
+            advance(1, f"loss {history[-1][1]:.4g}  val {value:.4g}")
+            if _matched(best_util, ceiling):
+                run["stopped"] = "matched"  # reached the teacher's own score: nothing to gain
+                break
+            if refused >= GUARD_PATIENCE:
+                run["stopped"] = "guard"  # its gains are the calibration style's alone
+                break
+            if patience is not None and bad >= patience and step - last >= steps // 10:
+                run["stopped"] = "patience"
+                break
+        else:
+            advance(1)
 
 
 def _model_metric(metric: Metric, model: onnx.ModelProto) -> float:
@@ -323,7 +355,9 @@ def _fitting(data: Data, idx: np.ndarray, params) -> int | None:
 
 
 def _check_args(steps, lr, batch_size, val_fraction, eval_every, patience) -> None:
-    if steps < 0 or batch_size < 1 or (eval_every is not None and eval_every < 1) or lr <= 0:
+    rates = np.atleast_1d(np.asarray(lr, dtype=float))
+    if steps < 0 or batch_size < 1 or (eval_every is not None and eval_every < 1) or \
+            not rates.size or (rates <= 0).any():
         raise UsageError("distill: steps >= 0, batch_size >= 1, eval_every >= 1 and lr > 0")
     if not 0.0 <= val_fraction < 1.0:
         raise UsageError(f"distill: val_fraction must be in [0, 1), not {val_fraction}")

@@ -106,3 +106,29 @@ def test_an_output_with_its_samples_second_is_distilled(monkeypatch):
                           lr=5e-2, patience=None, loss="mse")
     assert info["steps"] > 0 and info["val_after"] > info["val_before"]
     assert error(model) < 0.5 * error(student)
+
+
+def test_learning_rates_in_turn_are_each_the_run_alone(pair, monkeypatch):
+    """Rates tried in turn share the set-up: a rate that diverges gives way to the next, which
+    starts from the student's own weights on the same mini-batches, and ends exactly where a
+    run at that rate alone ends; a rate that gains stops the back-off. The teacher's outputs
+    are computed once for all tries."""
+    from onnxprune.recover import distill_data
+
+    teacher, student, x = pair
+    made = []
+    real = distill_data.Targets.__init__
+    monkeypatch.setattr(distill_module.Targets, "__init__",
+                        lambda self, *a, **k: made.append(1) or real(self, *a, **k))
+    cosine = get_metric("cosine")
+    kw = {"metric": cosine, "steps": 30, "batch_size": 16, "patience": None}
+    alone, info_alone = distill(student, teacher, x, lr=1e-2, **kw)
+    made.clear()
+    both, info = distill(student, teacher, x, lr=[1e4, 1e-2], **kw)
+    assert len(made) == 1 and info["tries"] == 2 and info["lr"] == 1e-2
+    assert info_alone["val_after"] > info_alone["val_before"]  # the second rate gains
+    assert info["history"] == info_alone["history"] and info["steps"] == info_alone["steps"]
+    assert [i.SerializeToString() for i in both.graph.initializer] == \
+        [i.SerializeToString() for i in alone.graph.initializer]
+    _, info = distill(student, teacher, x, lr=[1e-2, 1e-3], **kw)
+    assert info["tries"] == 1 and info["lr"] == 1e-2  # it gained: no lower rate tried

@@ -174,28 +174,18 @@ class Distill(Pass):
         bounds = [f.tensor for f in (ctx.flows or [])] if self.boundaries else []
         student = ctx.export(graph)
         before, snapshot = stages.current(ctx), graph.copy()
-        sign = 1.0 if ctx.metric is None or ctx.metric.higher_is_better else -1.0
-        tries = []
-        for lr in (self.lr, self.lr / 10, self.lr / 100):  # back off when nothing improves
-            try:
-                model, info = distill(student, teacher, calib, metric=ctx.metric,
-                                      steps=self.steps, lr=lr, batch_size=self.batch_size,
-                                      val_fraction=self.val_fraction, patience=self.patience,
-                                      boundaries=bounds, seed=self.seed,
-                                      loss=self.loss_for(ctx.metric), interface=ctx.interface,
-                                      reads=stages.reads(ctx), guard=stages.probe(ctx))
-            except NotImplementedError as err:  # an op the training interpreter lacks
-                warn(f"distill: not run ({err}; the training interpreter lacks it); the model "
-                     "stays as the earlier stages left it")
-                ctx.recovery["distill"] = {"skipped": str(err)}
-                return PassResult(False, {"skipped": str(err)})
-            info["lr"] = lr
-            tries.append((sign * (info["val_after"] - info["val_before"]), model, info))
-            if (tries[-1][0] > 0 and info["stopped"] != "diverged") or info["stopped"] in (
-                    "matched", "memory"):
-                break
-        _, model, info = max(tries, key=lambda t: t[0])
-        info["tries"] = len(tries)
+        try:  # back off when nothing improves
+            model, info = distill(student, teacher, calib, metric=ctx.metric, steps=self.steps,
+                                  lr=(self.lr, self.lr / 10, self.lr / 100),
+                                  batch_size=self.batch_size, val_fraction=self.val_fraction,
+                                  patience=self.patience, boundaries=bounds, seed=self.seed,
+                                  loss=self.loss_for(ctx.metric), interface=ctx.interface,
+                                  reads=stages.reads(ctx), guard=stages.probe(ctx))
+        except NotImplementedError as err:  # an op the training interpreter lacks
+            warn(f"distill: not run ({err}; the training interpreter lacks it); the model "
+                 "stays as the earlier stages left it")
+            ctx.recovery["distill"] = {"skipped": str(err)}
+            return PassResult(False, {"skipped": str(err)})
         if info["stopped"] == "memory":
             warn(f"distill: one training sample needs more memory than --memory "
                  f"{ctx.config.memory / 2**20:.0f}M leaves; not trained")
