@@ -17,6 +17,10 @@ student and teacher) is printed for both trees: equal losses, faster steps. A th
 sample's attention mask zeroes trailing positions (MiniLM's sentences padded to 32 tokens) they
 are trimmed (``pipeline/support/padding.py``, proven on the original's outputs), so the same
 samples cost less; its first-batch loss is printed beside the others.
+Beside them, the ceiling: a step's arithmetic (3 x 2 x its weighted layers' MACs at the batch's
+shapes: forward, and backward's two products) over the float32 matrix-multiply throughput
+torch reaches on this machine (a 1024-square product, every core): no implementation steps
+faster, so no speedup over the baseline exceeds ``speedup_at_most``.
 Results: benchmarks/results/distill_throughput.json. Needs the real extra (MiniLM, rapidocr).
 """
 
@@ -106,6 +110,39 @@ def timed(src: Path, files: tuple[Path, Path, Path], steps: int, more: int, batc
             "loss0": a["loss0"]}
 
 
+def matmul_flops(repeats: int = 20, n: int = 1024) -> float:
+    """The float32 matrix-multiply throughput (FLOP/s) torch reaches here: the best of
+    ``repeats`` products of two n x n matrices, every core."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n**3 / best
+
+
+def step_flops(student: Path, data: Path, batch: int) -> float:
+    """A training step's arithmetic at ``batch`` samples of ``data``'s shapes: forward and
+    backward (two products per forward one) of the weighted layers."""
+    import numpy as np
+    import onnx
+
+    from onnxprune.analysis.size import macs_at
+    from onnxprune.ir.graph import import_model, infer_shapes
+
+    arrays = np.load(data)
+    names = {i.name for i in onnx.load(student, load_external_data=False).graph.input}
+    shapes = {k: [1, *arrays[k].shape[1:]] for k in arrays.files if k in names}
+    return 3 * 2 * float(macs_at(infer_shapes(import_model(onnx.load(student))), shapes)) * batch
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--baseline", type=Path, required=True,
@@ -137,11 +174,29 @@ def main() -> int:
                 if tree in row:
                     row[f"speedup_{tree}" if tree != "current" else "speedup"] = \
                         row[tree]["samples_per_second"] / row["baseline"]["samples_per_second"]
+            peak = matmul_flops()
+            for tree, (_, given) in variants.items():
+                flops = step_flops(given[0], given[2], args.batch)
+                row[tree]["step_gflop"] = flops / 1e9
+                row[tree]["floor_step_seconds"] = flops / peak
+            row["matmul_gflops"] = peak / 1e9
+            # the most any step on the baseline's data could gain over the baseline
+            row["speedup_at_most"] = row["baseline"]["step_seconds"] / \
+                row["baseline"]["floor_step_seconds"]
+            if "recipe" in row:  # ... and on the data as the recipe trims it
+                row["speedup_at_most_recipe"] = row["baseline"]["step_seconds"] / \
+                    row["recipe"]["floor_step_seconds"]
             rows[name] = row
             print(f"[{name}] {row['baseline']['samples_per_second']:.2f} -> "
                   f"{row['current']['samples_per_second']:.2f} samples/s "
                   f"({row['speedup']:.1f}x); first-batch loss "
                   f"{row['baseline']['loss0']:.6g} / {row['current']['loss0']:.6g}", flush=True)
+            print(f"[{name}] ceiling: a step {row['current']['step_gflop']:.2f} GFLOP at "
+                  f"{row['matmul_gflops']:.0f} GFLOP/s matmul peak: "
+                  f"{row['current']['floor_step_seconds']:.4f} s at least, "
+                  f"{row['speedup_at_most']:.1f}x the baseline at most"
+                  + (f" ({row['speedup_at_most_recipe']:.1f}x on trimmed data)"
+                     if "recipe" in row else ""), flush=True)
             if "recipe" in row:
                 print(f"[{name}] as the recipe feeds it: "
                       f"{row['recipe']['samples_per_second']:.2f} samples/s "
