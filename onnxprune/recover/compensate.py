@@ -26,7 +26,7 @@ from ..search.activations import activations, as_calibration, fetched, fitting_s
 from ..search.memory import cap, cells
 from ..verify.checks import cut_arrays
 from .normal_equations import NormalEquations
-from .sweep import Sweep, planned
+from .sweep import planned
 
 RIDGE = 1e-3  # of the mean input energy (the diagonal of the normal equations)
 MAX_ROWS = 40_000  # rows of the least-squares problem per layer (sampled)
@@ -140,8 +140,7 @@ def compensate(graph: gs.Graph, reference: onnx.ModelProto, analysis: ChannelAna
                         seed, interface)
     fed = cut_arrays(calib, interface or {})
     original = fetched(reference, [t.node.outputs[0].name for t in targets], calib)
-    plan = planned(graph, fed, [t.node for t in targets])
-    sweep = None if plan is None else Sweep(graph, fed, plan)
+    sweep = planned(graph, fed, [t.node for t in targets])
     rng = np.random.default_rng(seed)
     fits = []
     with task("compensate", len(targets)) as advance:

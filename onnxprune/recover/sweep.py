@@ -10,6 +10,7 @@ node is an error); the graph's weights are read as they are at each call."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from .. import interrupts
@@ -26,14 +27,14 @@ HELD_BYTES = 1 << 30  # what the live tensors may hold for every sample (else: n
 class Sweep:
     """Layer inputs of ``graph`` on ``feeds``, computed forward (see the module)."""
 
-    def __init__(self, graph: gs.Graph, feeds: dict[str, np.ndarray],
+    def __init__(self, graph: gs.Graph, feeds: dict[str, np.ndarray], model: onnx.ModelProto,
                  plan: tuple[dict, dict, dict]):
-        """``plan``: ``planned``'s (positions, produced, last) of the graph's nodes."""
+        """``model``: the graph exported; ``plan``: its nodes' (positions, produced, last)
+        (``planned`` makes both)."""
         self.graph = graph
         self.position, self.produced, self.last = plan
         self.axes = axes_of(feeds)
         self.feeds = dict(feeds)
-        model = proto(export_skeleton(graph))
         rows = rows_for(model, self.feeds, self.axes, search_budget(0.25))
         parts = list(chunks(self.feeds, rows, self.axes, _fixed(model, self.feeds, self.axes)))
         self.chunks = [chunk for chunk, _ in parts]
@@ -80,11 +81,10 @@ class Sweep:
 
 
 def planned(graph: gs.Graph, feeds: dict[str, np.ndarray], nodes: list[gs.Node]
-            ) -> tuple[dict, dict, dict] | None:
-    """(positions, produced, last) for a ``Sweep`` of ``graph`` on ``feeds`` up to the
-    ``nodes``, or None when the tensors live at those nodes would hold more than
-    ``HELD_BYTES`` for every sample (or their sizes cannot be inferred): then each layer's
-    input is computed on its own."""
+            ) -> Sweep | None:
+    """A ``Sweep`` of ``graph`` on ``feeds`` to the ``nodes``, or None when the tensors live
+    at those nodes would hold more than ``HELD_BYTES`` for every sample (or their sizes
+    cannot be inferred): then each layer's input is computed on its own."""
     model = export_skeleton(graph)
     g = proto(model).graph
     order = list(g.node)
@@ -106,7 +106,7 @@ def planned(graph: gs.Graph, feeds: dict[str, np.ndarray], nodes: list[gs.Node]
     most = max(int(held[position[n.name]]) for n in nodes) if nodes else 0
     if most * samples > room(HELD_BYTES, 0.25):
         return None
-    return position, produced, last
+    return Sweep(graph, feeds, proto(model), (position, produced, last))
 
 
 def _fixed(model, feeds: dict[str, np.ndarray], axes: dict) -> int | None:
