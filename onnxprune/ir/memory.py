@@ -63,47 +63,6 @@ def release() -> None:
 
 
 _LIBC = None
-# glibc's mallopt parameters, and their defaults (restored after ``heap_reuse``)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_TRIM_DEFAULT, _MMAP_MAX_DEFAULT = 128 * 1024, 65536
-_REUSE = {"depth": 0, "mallopt": None}
-
-
-@contextlib.contextmanager
-def heap_reuse() -> Iterator[None]:
-    """Inside, memory freed stays in the heap for the next allocation (glibc: no block mapped
-    on its own, none trimmed), and is given back after (``release``). A search runs the same
-    graph a hundred times without an onnxruntime arena (arenas of many sessions would add up):
-    every run's tensors mapped afresh and faulted in cost PP-OCR rec's search a tenth of its
-    time (its neck and head: 0.21 s a run, 0.08 s from an arena). A no-op where glibc's
-    ``mallopt`` is missing, and under a memory cap (``--memory``: the cap reads resident
-    memory, which the heap's free blocks would hold)."""
-    from ..search.memory import cap
-
-    fn = _mallopt() if cap() is None else None
-    if fn and _REUSE["depth"] == 0:
-        fn(_M_MMAP_MAX, 0)
-        fn(_M_TRIM_THRESHOLD, 2**31 - 1)  # (a C int: freed memory is never trimmed)
-    _REUSE["depth"] += 1
-    try:
-        yield
-    finally:
-        _REUSE["depth"] -= 1
-        if fn and _REUSE["depth"] == 0:
-            fn(_M_MMAP_MAX, _MMAP_MAX_DEFAULT)
-            fn(_M_TRIM_THRESHOLD, _TRIM_DEFAULT)
-            release()
-
-
-def _mallopt():
-    if _REUSE["mallopt"] is None:
-        try:
-            import ctypes
-
-            _REUSE["mallopt"] = ctypes.CDLL("libc.so.6").mallopt
-        except (OSError, AttributeError):
-            _REUSE["mallopt"] = False
-    return _REUSE["mallopt"]
 
 
 class Window:

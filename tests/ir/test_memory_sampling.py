@@ -1,6 +1,5 @@
 """Resident memory of a run: sampled per pass, the kernel's high-water mark left alone."""
 
-import os
 import sys
 import time
 
@@ -40,44 +39,3 @@ def test_a_run_leaves_the_kernel_high_water_mark_alone():
     per_pass = r.memory["per_pass"]
     assert all(v is not None and v > 0 for v in per_pass.values())
     assert r.memory["peak_rss"] < before  # the run's own peak, not the process's lifetime one
-
-
-def _faults_of_allocations(n: int = 6, mb: int = 64) -> int:
-    """Minor page faults of allocating (glibc's malloc, as onnxruntime's allocator without an
-    arena calls it), touching and freeing ``mb`` MB ``n`` times."""
-    import ctypes
-    import resource
-
-    libc = ctypes.CDLL("libc.so.6")
-    libc.malloc.restype = ctypes.c_void_p
-    libc.free.argtypes = [ctypes.c_void_p]
-    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(n):
-        ptr = libc.malloc(mb << 20)
-        ctypes.memset(ptr, 1, mb << 20)  # every page faulted in once
-        libc.free(ptr)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_heap_reuse_keeps_freed_blocks_for_the_next_run_and_then_gives_them_back(monkeypatch):
-    """Inside ``heap_reuse`` a freed 64 MB block serves the next allocation (its pages stay
-    mapped: faulted in once, not six times); after it, blocks are mapped and unmapped as
-    before; under a memory cap it does nothing."""
-    from onnxprune.ir import memory
-    from onnxprune.search.memory import capped
-
-    pages = (64 << 20) // os.sysconf("SC_PAGE_SIZE")
-    before = _faults_of_allocations()
-    with memory.heap_reuse():
-        with memory.heap_reuse():  # nested: one scope
-            inside = _faults_of_allocations()
-        assert memory._REUSE["depth"] == 1
-    after = _faults_of_allocations()
-    assert before > 4 * pages and after > 4 * pages  # each allocation faults its pages in
-    assert inside < 2 * pages, (before, inside, after)
-    released = []
-    monkeypatch.setattr(memory, "release", lambda: released.append(1))
-    with capped(1 << 40), memory.heap_reuse():
-        capped_faults = _faults_of_allocations()
-    assert capped_faults > 4 * pages and not released

@@ -12,7 +12,6 @@ from ...analysis.size import graph_params, macs_at
 from ...bench.remote import Host
 from ...errors import ConstraintError, warn
 from ...ir import io
-from ...ir.memory import heap_reuse
 from ...latency.target import LatencyTarget, parse_latency
 from ...latency.timer import timer
 from ...options import Option, OptionError, auto_or_count, number
@@ -322,10 +321,6 @@ class SelectChannels(Pass):
             info["latency"] = lt.run.json(getattr(lt.run, "chosen", None))
 
     def _search(self, ctx, analysis, scores, cost, info, blocks=(), target=None) -> np.ndarray:
-        with heap_reuse():  # candidates run the same graph again and again
-            return self._searched(ctx, analysis, scores, cost, info, blocks, target)
-
-    def _searched(self, ctx, analysis, scores, cost, info, blocks, target) -> np.ndarray:
         # named components keep their ratio as a cap; every other group may lose max_ratio
         caps = {**self.ratio, "*": self.max_ratio}
         space = Space(analysis, scores, cost, caps, self._round_to, self.min_width, blocks)
