@@ -72,6 +72,23 @@ def read_only_dir(tmp_path):
             ro.chmod(0o700)
 
 
+def residual_convnet(batch="batch", seed=7):
+    """Six convolutions with a residual connection over the middle two (live tensors there:
+    the skip and the main path) and a second output made early: the prefix and sweep tests'."""
+    b = GraphBuilder(seed=seed)
+    x = b.input("x", [batch, 3, 10, 10])
+    h = b.relu(b.conv(x, 3, 8, name="c1"))
+    h = b.relu(b.conv(h, 8, 8, name="c2"))
+    early = b.conv(h, 8, 2, k=1, name="early")
+    skip = h
+    h = b.relu(b.conv(h, 8, 12, name="c3"))
+    h = b.conv(h, 12, 8, name="c4")
+    h = b.relu(b.op("Add", [h, skip]))
+    h = b.relu(b.conv(h, 8, 10, name="c5"))
+    y = b.conv(h, 10, 4, name="c6")
+    return b.build([y, early])
+
+
 def convnet(path):
     """A few milliseconds of convolutions (dynamic batch): the latency tests' model."""
     import onnx

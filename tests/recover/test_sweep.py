@@ -3,6 +3,7 @@ every layer before it has at that moment, and the refit is the one each layer's 
 
 import numpy as np
 import pytest
+from conftest import residual_convnet
 
 from onnxprune.api import prune
 from onnxprune.ir.graph import export_skeleton, import_model
@@ -11,24 +12,12 @@ from onnxprune.recover import sweep as sweep_mod
 from onnxprune.recover.sweep import Sweep, planned
 from onnxprune.search.activations import activations
 from onnxprune.testing import normalized
-from onnxprune.zoo.builder import GraphBuilder
 
 
 def _net(batch="batch"):
-    """Convolutions with a residual connection over the middle two (the skip is live across
-    them), a second output made early, and a layer reading the graph input directly."""
-    b = GraphBuilder(seed=5)
-    x = b.input("x", [batch, 3, 10, 10])
-    h = b.relu(b.conv(x, 3, 8, name="c1"))
-    h = b.relu(b.conv(h, 8, 8, name="c2"))
-    early = b.conv(h, 8, 2, k=1, name="early")
-    skip = h
-    h = b.relu(b.conv(h, 8, 12, name="c3"))
-    h = b.conv(h, 12, 8, name="c4")
-    h = b.relu(b.op("Add", [h, skip]))
-    h = b.relu(b.conv(h, 8, 10, name="c5"))
-    y = b.conv(h, 10, 4, name="c6")
-    return b.build([y, early])
+    """The residual net (the skip live across c3 and c4, an early output held to the end, c1
+    reading the graph's input)."""
+    return residual_convnet(batch, seed=5)
 
 
 def _feeds(n):

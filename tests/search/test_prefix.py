@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import residual_convnet
 
 from onnxprune.analysis.channels import analyze_channels
 from onnxprune.ir import weights
@@ -12,24 +13,10 @@ from onnxprune.search import prefix
 from onnxprune.search.evaluate import Evaluator
 from onnxprune.search.quality import get_metric
 from onnxprune.testing import normalized
-from onnxprune.zoo.builder import GraphBuilder
 
 
 def _net(batch="batch"):
-    """Six convolutions with a residual connection over the middle two (live tensors at a
-    point: the skip and the main path) and a second output made early."""
-    b = GraphBuilder(seed=7)
-    x = b.input("x", [batch, 3, 10, 10])
-    h = b.relu(b.conv(x, 3, 8, name="c1"))
-    h = b.relu(b.conv(h, 8, 8, name="c2"))
-    early = b.conv(h, 8, 2, k=1, name="early")
-    skip = h
-    h = b.relu(b.conv(h, 8, 12, name="c3"))
-    h = b.conv(h, 12, 8, name="c4")
-    h = b.relu(b.op("Add", [h, skip]))
-    h = b.relu(b.conv(h, 8, 10, name="c5"))
-    y = b.conv(h, 10, 4, name="c6")
-    return b.build([y, early])
+    return residual_convnet(batch, seed=7)
 
 
 def _evaluators(model, n, monkeypatch, budget=prefix.BUDGET, skeleton=False):
