@@ -202,8 +202,10 @@ def main() -> int:
                       f"{row['recipe']['samples_per_second']:.2f} samples/s "
                       f"({row['speedup_recipe']:.1f}x); first-batch loss "
                       f"{row['recipe']['loss0']:.6g}", flush=True)
+    # rows of models not asked this time stay (each model has its own --more/--repeats)
+    kept = json.loads(RESULTS.read_text()).get("rows", {}) if RESULTS.exists() else {}
     out = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "batch": args.batch,
-           "baseline": str(args.baseline), "rows": rows}
+           "baseline": str(args.baseline), "rows": {**kept, **rows}}
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {RESULTS}")
     return 0
