@@ -216,17 +216,30 @@ def graph_inputs(model: onnx.ModelProto | Skeleton) -> list[onnx.ValueInfoProto]
     return [i for i in model.graph.input if i.name not in inits]
 
 
-def static_batch(sess: ort.InferenceSession, feeds: dict[str, np.ndarray],
+def static_batch(sess: ort.InferenceSession | onnx.ModelProto, feeds: dict[str, np.ndarray],
                  axes: dict[str, int | None] | None = None) -> int | None:
     """The fixed size of the fed inputs' sample axes, if an input has one (a model exported
-    for one sample runs one sample at a time)."""
+    for one sample runs one sample at a time); of a session's inputs or a model's declared
+    ones."""
     axes = axes or {}
-    for i in sess.get_inputs():
-        ax = axes.get(i.name, 0)
-        if (i.name in feeds and ax is not None and i.shape and len(i.shape) > ax
-                and isinstance(i.shape[ax], int) and i.shape[ax] > 0):
-            return int(i.shape[ax])
+    if isinstance(sess, onnx.ModelProto):
+        inputs = [(i.name, [d.dim_value if d.HasField("dim_value") else None
+                            for d in i.type.tensor_type.shape.dim]) for i in sess.graph.input]
+    else:
+        inputs = [(i.name, i.shape) for i in sess.get_inputs()]
+    for name, shape in inputs:
+        ax = axes.get(name, 0)
+        if (name in feeds and ax is not None and shape and len(shape) > ax
+                and isinstance(shape[ax], int) and shape[ax] > 0):
+            return int(shape[ax])
     return None
+
+
+def one_sample(feeds: dict[str, np.ndarray], axes: dict[str, int | None]
+               ) -> dict[str, np.ndarray]:
+    """The first sample of every feed along its sample axis (feeds without one stay whole)."""
+    return {k: v if axes.get(k) is None else np.take(v, [0], axis=axes[k])
+            for k, v in feeds.items()}
 
 
 def run_batched(run, feeds: dict[str, np.ndarray], names: Sequence[str] | None = None,

@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 from .. import interrupts
 from ..ir.arrays import axes_of
 from ..ir.graph import export_skeleton
-from ..ir.runtime import chunks, session
+from ..ir.runtime import chunks, one_sample, session, static_batch
 from ..ir.weights import proto
 from ..search.memory import room, rows_for, search_budget, tensor_bytes
 from ..search.prefix import live_bytes, suffix, uses
@@ -36,7 +36,7 @@ class Sweep:
         self.axes = axes_of(feeds)
         self.feeds = dict(feeds)
         rows = rows_for(model, self.feeds, self.axes, search_budget(0.25))
-        parts = list(chunks(self.feeds, rows, self.axes, _fixed(model, self.feeds, self.axes)))
+        parts = list(chunks(self.feeds, rows, self.axes, static_batch(model, self.feeds, self.axes)))
         self.chunks = [chunk for chunk, _ in parts]
         self.valid = [valid for _, valid in parts]
         self.at = 0
@@ -95,9 +95,7 @@ def planned(graph: gs.Graph, feeds: dict[str, np.ndarray], nodes: list[gs.Node]
     if any(produced.get(t, -1) >= i for i, n in enumerate(order) for t in n.input if t):
         return None  # not in graph order
     axes = axes_of(feeds)
-    one = {k: v if axes.get(k) is None else np.take(v, [0], axis=axes[k])
-           for k, v in feeds.items()}
-    sizes = tensor_bytes(model, one)
+    sizes = tensor_bytes(model, one_sample(feeds, axes))
     if not sizes:
         return None
     samples = max((np.shape(v)[a] for k, v in feeds.items()
@@ -108,14 +106,3 @@ def planned(graph: gs.Graph, feeds: dict[str, np.ndarray], nodes: list[gs.Node]
         return None
     return Sweep(graph, feeds, proto(model), (position, produced, last))
 
-
-def _fixed(model, feeds: dict[str, np.ndarray], axes: dict) -> int | None:
-    """The fixed size of a fed input's sample axis, if one has it (``static_batch`` of the
-    model's declared inputs)."""
-    for i in model.graph.input:
-        ax = axes.get(i.name, 0)
-        dims = i.type.tensor_type.shape.dim
-        if i.name in feeds and ax is not None and len(dims) > ax and \
-                dims[ax].HasField("dim_value") and dims[ax].dim_value > 0:
-            return int(dims[ax].dim_value)
-    return None

@@ -12,7 +12,7 @@ import onnx
 from ..analysis.model import ChannelAnalysis
 from ..errors import UsageError
 from ..ir.arrays import axes_of
-from ..ir.runtime import run_batched, static_batch
+from ..ir.runtime import one_sample, run_batched, static_batch
 from ..ir.weights import Skeleton, embed
 from ..verify.oracle import GATES, Oracle
 from .memory import activation_bytes, default_budget, rows_per_call
@@ -66,7 +66,7 @@ class Evaluator:
         self.n = sizes.pop()
         self.static_batch = static_batch(self.oracle.session, self.inputs, self.axes)
         self.budget = memory if memory is not None else default_budget()
-        self.per_sample = activation_bytes(self.oracle.model, _one_sample(self.inputs,
+        self.per_sample = activation_bytes(self.oracle.model, one_sample(self.inputs,
                                                                           self.axes))
         rows = rows_per_call(self.budget, self.per_sample, self.static_batch or 1,
                              "candidate evaluation")
@@ -161,10 +161,3 @@ class Evaluator:
                 part = [o[i * self.n:(i + 1) * self.n] for o in outs]
                 values.append(self.score(part))
         return np.array(values)
-
-
-def _one_sample(inputs: dict[str, np.ndarray], axes: dict[str, int | None]
-                ) -> dict[str, np.ndarray]:
-    """The first sample of every input (arrays fed whole stay whole)."""
-    return {k: v if axes.get(k) is None else np.take(v, [0], axis=axes[k])
-            for k, v in inputs.items()}

@@ -29,7 +29,7 @@ from onnx import helper
 
 from .. import interrupts
 from ..analysis.model import ChannelAnalysis
-from ..ir.runtime import chunks, session, subgraph_reads
+from ..ir.runtime import chunks, one_sample, session, subgraph_reads
 from ..ir.weights import Skeleton, proto
 from .memory import room, tensor_bytes
 
@@ -83,9 +83,7 @@ class Prefixes:
             at = position.get(f"{gate.node}/onnxprune_gate{i}_gather", 0)
             self.first[gate.units] = np.minimum(self.first[gate.units], at)
         produced, last = uses(graph, nodes)
-        sizes = tensor_bytes(model, {k: v if self.axes.get(k) is None else
-                                     np.take(v, [0], axis=self.axes[k])
-                                     for k, v in inputs.items()})
+        sizes = tensor_bytes(model, one_sample(inputs, self.axes))
         held = live_bytes(produced, last, sizes, self.end)
         self.points: list[int] = []
         for g in sorted({int(b) for b in self.first if b < self.end}):
