@@ -7,7 +7,8 @@ in one group, a path step from the state the path has reached in one group. So e
 keeps the tensors live across a few points of the graph (``points``: gate positions spread
 by the work before them); a candidate then starts at the latest point before its first
 difference from a kept run (a *base*), fed that base's tensors there, in a session of the
-nodes after the point (made once per point). Those runs keep their own tensors at the later
+nodes after the point (made once per point; it reads the model's weights where they are, as
+inputs: onnxruntime copies initializers into each session, a copy of the weights per point). Those runs keep their own tensors at the later
 points, and become bases too. The unpruned model is the first base: curve points of
 PP-OCR rec's neck run a fifth of the recognizer.
 
@@ -211,7 +212,7 @@ class Prefixes:
             types = {t: a.dtype for t, a in zip(self.live[p], self.unpruned.kept[p][0],
                                                 strict=True)}
             model = suffix(self._model, p, types, self.names + self._later(p))
-            sess = session(model, arena=False, feed_weights=False, quiet=True)
+            sess = session(model, arena=False, quiet=True)
             got = self.suffixes[p] = _Suffix(sess, {i.name for i in sess.get_inputs()},
                                              [o.name for o in sess.get_outputs()])
             self.stats["sessions"] += 1
