@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 
 from .. import interrupts
+from . import arena as shared_arena
 from ..errors import UnsupportedModelError, UsageError
 from .weights import NP_TYPES, Skeleton, proto, to_skeleton
 
@@ -141,19 +142,27 @@ def subgraph_reads(node: onnx.NodeProto) -> set[str]:
     return out
 
 
-class WeightsFed(ort.InferenceSession):
-    """A session whose large weights are graph inputs, fed on every run from arrays over the
-    model's own bytes: onnxruntime copies external initializers into buffers of its own (a
-    second copy of the weights per session); inputs it reads where they are. For reference
-    arithmetic on the CPU only (no optimizations: nothing would fold or prepack them)."""
+class Session(ort.InferenceSession):
+    """onnxruntime's session over ``bare``, feeding ``weights`` (large weights held as graph
+    inputs) on every run: onnxruntime copies external initializers into buffers of its own (a
+    second copy of the weights per session); inputs it reads where they are (reference
+    arithmetic on the CPU only: no optimizations, nothing would fold or prepack them).
+    ``copies``: the outputs are returned as arrays of their own (a session of the shared arena,
+    whose outputs would otherwise hold the arena region they lie in for as long as they are
+    kept)."""
 
-    def __init__(self, bare: onnx.ModelProto, weights: dict[str, np.ndarray],
-                 opts: ort.SessionOptions, providers: Sequence[str]):
+    def __init__(self, bare: onnx.ModelProto, opts: ort.SessionOptions,
+                 providers: Sequence[str], weights: dict[str, np.ndarray] | None = None,
+                 copies: bool = False):
         super().__init__(bare.SerializeToString(), opts, providers=list(providers))
-        self._weights = weights
+        self._weights, self._copies = weights or {}, copies
 
     def run(self, output_names, input_feed, run_options=None):
-        return super().run(output_names, {**input_feed, **self._weights}, run_options)
+        feeds = {**input_feed, **self._weights} if self._weights else input_feed
+        out = super().run(output_names, feeds, run_options)
+        if self._copies:
+            out = [np.array(o) if isinstance(o, np.ndarray) else o for o in out]
+        return out
 
     def get_inputs(self):
         return [i for i in super().get_inputs() if i.name not in self._weights]
@@ -161,15 +170,16 @@ class WeightsFed(ort.InferenceSession):
 
 def session(model: onnx.ModelProto | Skeleton, providers: Sequence[str] | None = None,
             threads: int | None = None, quiet: bool = False,
-            optimized: bool = False, arena: bool = True,
+            optimized: bool = False, arena: bool | str = True,
             feed_weights: bool = True, spinning: bool = True) -> ort.InferenceSession:
     """An onnxruntime session with graph optimizations off (exact reference arithmetic);
     ``threads``: intra-op threads (None: onnxruntime's choice); ``quiet``: not even errors
     logged (trial runs that are expected to fail); ``optimized``: onnxruntime's optimizations
     on, as a deployed model runs (quantized models: Q/DQ pairs fused into integer kernels);
     ``arena=False``: no memory arena (buffers freed after each run; for calls of many
-    different sizes, whose arena chunks would otherwise add up).
-    Large weights are fed as inputs on the CPU in reference arithmetic (``WeightsFed``: held
+    different sizes, whose arena chunks would otherwise add up); ``"shared"``: the arena the
+    process's search sessions share (``ir.arena``; given back by ``ir.memory.release``).
+    Large weights are fed as inputs on the CPU in reference arithmetic (``Session``: held
     once), else go in as external initializers (``skeleton``). ``feed_weights=False``: always
     initializers, whose prepacked kernels give the same bits at any thread count (a search's
     candidates scored in this process and in pool workers must agree). ``spinning=False``:
@@ -178,7 +188,8 @@ def session(model: onnx.ModelProto | Skeleton, providers: Sequence[str] | None =
     opts = ort.SessionOptions()
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    if not arena:
+    shared = arena == "shared" and shared_arena.use(opts)
+    if not arena or arena == "shared" and not shared:
         opts.enable_cpu_mem_arena = False
         opts.enable_mem_pattern = False
     opts.log_severity_level = 4 if quiet else 3
@@ -190,12 +201,13 @@ def session(model: onnx.ModelProto | Skeleton, providers: Sequence[str] | None =
     if feed_weights and not optimized and providers == ["CPUExecutionProvider"]:
         bare, weights = weights_as_inputs(model)
         if weights:
-            return WeightsFed(bare, weights, opts, providers)
+            return Session(bare, opts, providers, weights, copies=shared)
     bare, arrays = skeleton(model)
     values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()]
     if arrays:
         opts.add_external_initializers(list(arrays), values)
-    sess = ort.InferenceSession(bare.SerializeToString(), opts, providers=providers)
+    sess = (Session(bare, opts, providers, copies=True) if shared else
+            ort.InferenceSession(bare.SerializeToString(), opts, providers=providers))
     sess._onnxprune_weights = (arrays, values)  # noqa: SLF001 - they must outlive the session
     return sess
 

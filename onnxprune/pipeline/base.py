@@ -14,7 +14,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..ir.graph import export_model, export_skeleton
-from ..ir.memory import current_rss, peak_window
+from ..ir.memory import current_rss, peak_window, release
 from ..ir.runtime import providers_option
 from ..ir.weights import Skeleton
 from ..options import Option, number, resolve, shapes, text, texts
@@ -292,6 +292,7 @@ class Pass:
         start = time.perf_counter()
         with peak_window() as memory, capped(ctx.config.memory):
             result = self.run(ctx)
+        release()  # what the pass freed (glibc's heap, the search sessions' arena) goes back
         missing = sorted(a for a in self.gives() - {"eval_data"} if getattr(ctx, a, None) is None)
         if missing:  # a pass that does not do what it declares is a bug, named here
             raise RuntimeError(f"pass {self.name!r} did not provide {', '.join(missing)}")

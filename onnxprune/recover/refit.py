@@ -123,7 +123,7 @@ class RefitEvaluator:
         self.prefixes = Prefixes(fed, analysis, self.names, self._feeds, ev.inputs, ev.axes,
                                  ev.static_batch, None if ev.static_batch else ev.max_rows,
                                  {n.name: node_macs(n) for n in graph.nodes})
-        self.session = session(self.prefixes.model, arena=False)
+        self.session = session(self.prefixes.model, arena="shared")
         self._cache: OrderedDict = OrderedDict()
         self._cached = 0  # bytes in the cache
         self.seconds = time.perf_counter() - start

@@ -212,7 +212,7 @@ class Prefixes:
             types = {t: a.dtype for t, a in zip(self.live[p], self.unpruned.kept[p][0],
                                                 strict=True)}
             model = suffix(self._model, p, types, self.names + self._later(p))
-            sess = session(model, arena=False, quiet=True)
+            sess = session(model, arena="shared", quiet=True)
             got = self.suffixes[p] = _Suffix(sess, {i.name for i in sess.get_inputs()},
                                              [o.name for o in sess.get_outputs()])
             self.stats["sessions"] += 1

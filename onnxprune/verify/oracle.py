@@ -105,12 +105,13 @@ class Oracle:
 
     def __init__(self, reference: onnx.ModelProto | Skeleton, analysis: ChannelAnalysis,
                  inplace: bool = False, threads: int | None = None, search: bool = False):
-        """``search``: candidates run at many batch sizes (no arena: it would keep a chunk of
-        memory per size) in this process and in pool workers at other thread counts (weights
-        as initializers: the same bits at any count)."""
+        """``search``: candidates run at many batch sizes (from the arena the search's
+        sessions share, ``ir.arena``: a session's own would keep a chunk of memory per size)
+        in this process and in pool workers at other thread counts (weights as initializers:
+        the same bits at any count)."""
         self.analysis = analysis
         self.model = build_gated_model(reference, analysis, inplace)
-        self.session = session(self.model, threads=threads, arena=not search,
+        self.session = session(self.model, threads=threads, arena="shared" if search else True,
                                feed_weights=not search, quiet=search)  # (errors still raise)
         self.output_names = [o.name for o in self.session.get_outputs()]
 

@@ -100,8 +100,8 @@ def test_every_candidate_gets_the_whole_graphs_outputs(monkeypatch, net, budget,
                     *(s.session for s in fast.prefixes.suffixes.values())]
         fed = set()
         for sess in sessions:  # (noqa: what each session feeds, or copied in)
-            held = getattr(sess, "_weights", None)
-            if held is None:  # a suffix without a large weight: nothing to copy
+            held = sess._weights  # noqa: SLF001
+            if not held:  # a suffix without a large weight: nothing to copy
                 assert not sess._onnxprune_weights[0]  # noqa: SLF001
                 continue
             assert all(held[k] is arrays[k] for k in held if k in arrays)

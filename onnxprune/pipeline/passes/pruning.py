@@ -12,7 +12,6 @@ from ...analysis.size import graph_params, macs_at
 from ...bench.remote import Host
 from ...errors import ConstraintError, warn
 from ...ir import io
-from ...ir.memory import release
 from ...latency.target import LatencyTarget, parse_latency
 from ...latency.timer import timer
 from ...options import Option, OptionError, auto_or_count, number
@@ -365,7 +364,6 @@ class SelectChannels(Pass):
                 for e in (cev, sev, scev, aev):
                     if e is not None:
                         e.close()
-                release()  # the candidates' many small arrays leave glibc's heap fragmented
             if extra.get("satisfied") is False:
                 c = self.constraint
                 raise ConstraintError(
