@@ -48,9 +48,10 @@ def current_rss() -> int | None:
 
 def release() -> None:
     """Give the heap's freed memory back to the system (glibc's ``malloc_trim``; a no-op
-    elsewhere), and the free regions of the search sessions' shared arena (``ir.arena``). glibc keeps what numpy and onnxruntime free in its heap, so resident memory
-    overstates what is held (measured: 120 MB on reconstruction scores of a 0.1M-parameter
-    Conv3d model) until this runs."""
+    elsewhere), and the free regions of the search sessions' shared arena (``ir.arena``).
+    glibc keeps what numpy and onnxruntime free in its heap, so resident memory overstates
+    what is held (measured: 120 MB on reconstruction scores of a 0.1M-parameter Conv3d
+    model) until this runs."""
     global _LIBC
     if _LIBC is None:
         try:

@@ -10,8 +10,8 @@ import onnx
 import onnxruntime as ort
 
 from .. import interrupts
-from . import arena as shared_arena
 from ..errors import UnsupportedModelError, UsageError
+from . import arena as shared_arena
 from .weights import NP_TYPES, Skeleton, proto, to_skeleton
 
 # Short provider names (CLI, recipes) -> onnxruntime's, and what makes each one available.

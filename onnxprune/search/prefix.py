@@ -8,9 +8,9 @@ keeps the tensors live across a few points of the graph (``points``: gate positi
 by the work before them); a candidate then starts at the latest point before its first
 difference from a kept run (a *base*), fed that base's tensors there, in a session of the
 nodes after the point (made once per point; it reads the model's weights where they are, as
-inputs: onnxruntime copies initializers into each session, a copy of the weights per point). Those runs keep their own tensors at the later
-points, and become bases too. The unpruned model is the first base: curve points of
-PP-OCR rec's neck run a fifth of the recognizer.
+inputs: onnxruntime copies initializers into each session, a copy of the weights per point).
+Those runs keep their own tensors at the later points, and become bases too. The unpruned
+model is the first base: curve points of PP-OCR rec's neck run a fifth of the recognizer.
 
 A point with less than ``MIN_SHARE`` of the model's work before it is not one (a session
 there saves too little). What bases keep is bounded by ``BUDGET`` bytes (least recently
