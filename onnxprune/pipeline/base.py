@@ -257,6 +257,10 @@ class Pass:
     provides: ClassVar[tuple[str, ...]] = ()
     uses: ClassVar[tuple[str, ...]] = ()
     options: ClassVar[tuple[Option, ...]] = ()
+    # runs candidates on the run's mask-oracle evaluator (``passes.data.evaluator``): it stays
+    # open while a later pass does, and is closed (its sessions, reference outputs and caches
+    # given back) after the last
+    evaluates: ClassVar[bool] = False
 
     def __init__(self, *args: Any, **kwargs: Any):
         """Option values by position (declaration order) or name, checked by the schema;
@@ -292,6 +296,8 @@ class Pass:
         start = time.perf_counter()
         with peak_window() as memory, capped(ctx.config.memory):
             result = self.run(ctx)
+        if not self._evaluated_later(ctx):
+            ctx.resources.close()
         release()  # what the pass freed (glibc's heap, the search sessions' arena) goes back
         missing = sorted(a for a in self.gives() - {"eval_data"} if getattr(ctx, a, None) is None)
         if missing:  # a pass that does not do what it declares is a bug, named here
@@ -302,6 +308,11 @@ class Pass:
         ctx.memory.append((self.name, memory.peak))
         ctx.log.append((self.name, result))
         return result
+
+    def _evaluated_later(self, ctx: Context) -> bool:
+        """Whether a pass after this one in the run may use the evaluator (unknown: yes)."""
+        at = next((i for i, p in enumerate(ctx.planned) if p is self), None)
+        return at is None or any(p.evaluates for p in ctx.planned[at + 1:])
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in getattr(self, "values", {}).items())

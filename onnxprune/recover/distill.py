@@ -95,6 +95,7 @@ def distill(
     interface: Mapping | None = None,
     reads: Sequence[str] | None = None,
     guard: Mapping[str, np.ndarray] | None = None,
+    teacher_outputs: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
     """Fine-tune ``student``'s float initializers to reproduce ``teacher``'s outputs.
 
@@ -139,6 +140,10 @@ def distill(
     (``"stopped": "guard"``): it learns the calibration data's style only (MiniLM on templated
     sentences: 300 steps whose every gain the probe then undid).
 
+    ``teacher_outputs``: the teacher's outputs on ``calib`` by name, when the caller holds
+    them already (the run's reference outputs; used where they serve as the teacher's own
+    would, else the teacher runs).
+
     Returns the best model (same nodes and initializer names/shapes as ``student``) and
     ``{"steps", "best_step", "val_before", "val_after", "history": [(step, train_loss,
     val_value)], "seconds", "stopped" ("budget" | "patience" | "diverged" | "matched": the
@@ -178,7 +183,7 @@ def distill(
 
     feeds = {k: batch[k] for k in graph.input_names}
     targets = Targets(teacher, feeds, graph, boundaries, train_idx, static, teacher_feeds,
-                      dict(interface or {}))
+                      dict(interface or {}), None if guard_idx.size else teacher_outputs)
     data = Data(graph, feeds, targets, boundary_weight, static, loss)
     val_batch = {k: v[val_idx] for k, v in batch.items()}
     read = [i for i, n in enumerate(graph.output_names) if reads is None or n in set(reads)]
@@ -210,7 +215,6 @@ def distill(
         val_before = evaluate()
         guard_floor = utility(evaluate(guard_idx, guard_batch, guard_teacher)) if \
             guard_idx.size else -np.inf
-        first = (0, data.mean_loss(train_idx[:size]), val_before)
         initial = {k: p.detach().clone() for k, p in graph.params.items()}
         # the teacher's own validation utility: a student that scores it has nothing to gain
         ceiling = utility(metric(val_teacher, val_batch, val_teacher)) if \
@@ -222,8 +226,8 @@ def distill(
             stopped = "memory"  # one sample's step does not fit under --memory
         elif fit is not None:
             size = min(size, fit)
-            if cap() is not None:  # inference in chunks of as many (without a cap: CHUNK)
-                data.rows = min(data.rows, fit)
+            data.rows = min(data.rows, fit)  # inference in chunks of as many at most
+        first = (0, data.mean_loss(train_idx[:size]), val_before)
         drawn = rng.bit_generator.state  # each rate's mini-batches are the same draws
         tries: list[dict] = []
         for rate in rates:  # the next only when this one gained nothing
@@ -327,15 +331,14 @@ def _load(model: ModelLike) -> onnx.ModelProto:
 def _fitting(data: Data, idx: np.ndarray, params) -> int | None:
     """Samples per training step, measured: the resident memory a step adds per sample (a
     step of ``PROBE_SAMPLES`` after a warm-up of one: one sample's step alone made a 13-token
-    MiniLM sentence look over 40 MB; under a cap, of one sample, which a larger probe could
-    cross),
+    MiniLM sentence look over 40 MB; fewer where the warm-up says they would pass
+    ``STEP_BYTES``; under a cap, of one sample, which a larger probe could cross),
     against half the room a memory cap (``--memory``) leaves, or ``STEP_BYTES`` without one.
     0: not even one sample fits under the cap."""
     from ..ir.memory import current_rss, peak_window, release
     from ..search.memory import room
 
-    probe = 1 if cap() is not None else max(1, min(len(idx), PROBE_SAMPLES))
-    for k in (1, probe):
+    def added(k: int) -> tuple[int, int]:  # (bytes a step of k samples adds, the rss before)
         release()
         before = current_rss() or 0
         with peak_window() as window:
@@ -345,8 +348,16 @@ def _fitting(data: Data, idx: np.ndarray, params) -> int | None:
         for p in params:
             p.grad = None
         del loss
-    release()
-    per = max(((window.peak or before) - before) // probe, 1 << 20)
+        release()
+        return max((window.peak or before) - before, 0), before
+
+    warm, _ = added(1)
+    # a probe within the step's bytes by the warm-up's measure (PP-OCR rec's 8 long text
+    # lines added 0.7 GB, more than the steps they size)
+    probe = 1 if cap() is not None else max(1, min(len(idx), PROBE_SAMPLES,
+                                                   STEP_BYTES // max(warm, 1)))
+    grown, before = added(probe)
+    per = max(grown // probe, 1 << 20)
     if cap() is None:
         return max(1, int(STEP_BYTES // per))
     if before + per > cap():

@@ -129,3 +129,48 @@ def test_distillation_of_a_graph_its_interpreter_cannot_run_is_skipped_with_a_wa
     assert set(r.recovery["distill"]) == {"skipped"}
     assert r.verification.passed and (tmp_path / "m.onnx").is_file()
     assert r.params_after < r.params_before
+
+
+def test_the_evaluator_closes_after_the_last_pass_that_runs_candidates(tmp_path, monkeypatch):
+    """The search's evaluator (its sessions, the reference outputs) is open while a later pass
+    may run candidates on it and closed after the last (verify), before recovery; the stages'
+    reference outputs serve as distillation's targets there (not a second copy)."""
+    import onnxprune.recover.distill_data as distill_data
+    from onnxprune.pipeline.base import Context, Pass, PassResult
+    from onnxprune.pipeline.build import prune_pipeline
+    from onnxprune.pipeline.core import Pipeline
+
+    seen: list[tuple[str, bool]] = []
+
+    class Look(Pass):
+        name = "look"
+
+        def __init__(self, after: str):
+            super().__init__()
+            self.after = after
+
+        def run(self, ctx):
+            seen.append((self.after, ctx.resources.evaluator is not None))
+            return PassResult(False)
+
+    onnx.save(_mlp(), tmp_path / "m.onnx")
+    passes, config = prune_pipeline(tmp_path / "m.onnx", tmp_path / "o.onnx", {
+        "calib": _data(60), "holdout": 0.2, "strategy": "sensitivity", "target_params": 0.4,
+        "compensate": True, "recover": "distill", "distill_steps": 4})
+    for after in ("verify", "select"):
+        passes.insert([p.name for p in passes].index(after) + 1, Look(after))
+    given = []
+    real = distill_data.Targets.__init__
+
+    def spying(self, *a, **k):
+        given.append(a[8])  # the teacher's outputs given
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(distill_data.Targets, "__init__", spying)
+    ctx = Context(config)
+    Pipeline(passes)(ctx)
+    assert seen == [("select", True), ("verify", False)]
+    assert ctx.resources.evaluator is None and (tmp_path / "o.onnx").is_file()
+    name = _mlp().graph.output[0].name
+    assert len(given) == 1 and list(given[0]) == [name]
+    assert given[0][name] is ctx.resources.references["calib"][0]

@@ -132,3 +132,81 @@ def test_learning_rates_in_turn_are_each_the_run_alone(pair, monkeypatch):
         [i.SerializeToString() for i in alone.graph.initializer]
     _, info = distill(student, teacher, x, lr=[1e-2, 1e-3], **kw)
     assert info["tries"] == 1 and info["lr"] == 1e-2  # it gained: no lower rate tried
+
+
+@pytest.mark.parametrize("step_bytes,probe", [(1, 1), (1 << 40, 8)])
+def test_the_memory_probe_stays_within_the_steps_bytes(pair, monkeypatch, step_bytes, probe):
+    """The probe that sizes a step runs one sample, then PROBE_SAMPLES, or fewer where the
+    first says they would pass STEP_BYTES (8 long text lines added 0.7 GB); every inference
+    after it runs in chunks of as many samples as a step's bytes hold at most."""
+    teacher, student, x = pair
+    seen = []
+    loss = distill_module.Data.loss
+
+    def recording(self, idx, valid=None):
+        seen.append(len(idx))
+        return loss(self, idx, valid)
+
+    rows = []
+    run = distill_module.TorchGraph.run
+
+    def running(self, feeds, names=None):
+        rows.append(len(next(iter(feeds.values()))))
+        return run(self, feeds, names)
+
+    monkeypatch.setattr(distill_module.Data, "loss", recording)
+    monkeypatch.setattr(distill_module.TorchGraph, "run", running)
+    monkeypatch.setattr(distill_module, "STEP_BYTES", step_bytes)
+    _, info = distill(student, teacher, x, metric=get_metric("cosine"), steps=2, lr=1e-3,
+                      patience=None, loss="mse", eval_every=1)
+    assert seen[:2] == [1, probe]
+    at = rows.index(40)  # the validation split at once, before the probe
+    assert rows[at + 1:at + 3] == [1, probe]
+    after = rows[at + 3:]  # every run after the probe
+    # one sample a step: inference one at a time too; otherwise as many as fit (all 40)
+    assert info["batch_size"] == (1 if step_bytes == 1 else 32)
+    assert after and max(after) == (1 if step_bytes == 1 else 40)
+
+
+def test_the_teachers_outputs_given_are_its_targets(pair, monkeypatch):
+    """Outputs the caller holds (the run's reference outputs) are the targets, the teacher
+    not run: the same run as with the teacher's own; outputs of other rows are not used."""
+    teacher, student, x = pair
+    from onnxprune.ir.runtime import session
+
+    held = {"y": session(teacher).run(None, x)[0]}
+    runs = []
+    real = distill_module.Targets.__init__.__globals__["run_ort"]
+
+    def counting(*a, **k):
+        runs.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setitem(distill_module.Targets.__init__.__globals__, "run_ort", counting)
+    common = dict(metric=get_metric("cosine"), steps=6, lr=1e-2, patience=None, loss="mse",
+                  eval_every=2)
+    _, own = distill(student, teacher, x, **common)
+    assert len(runs) == 1
+    _, given = distill(student, teacher, x, teacher_outputs=held, **common)
+    assert len(runs) == 1  # not run again
+    assert given["history"] == own["history"] and given["val_after"] == own["val_after"]
+    _, other = distill(student, teacher, x, teacher_outputs={"y": held["y"][:10]}, **common)
+    assert len(runs) == 2 and other["history"] == own["history"]
+    # a wrong array given is what it trains on: the outputs given are truly the targets
+    _, wrong = distill(student, teacher, x, teacher_outputs={"y": -held["y"]}, **common)
+    assert wrong["history"][0][1] > 10 * own["history"][0][1]
+
+
+def test_variance_taken_in_pieces_is_the_whole_arrays(monkeypatch):
+    """The loss's scale is the targets' variance on the training samples, in float64 a few
+    samples at a time: the same as over the copy of them all to 1e-12."""
+    import torch
+
+    from onnxprune.recover import distill_data
+
+    t = torch.from_numpy(np.random.default_rng(1).standard_normal((37, 5, 9)) * 3 + 2)
+    idx = np.random.default_rng(2).permutation(37)[:29]
+    whole = float(t[idx].double().var(unbiased=False))
+    monkeypatch.setattr(distill_data, "VARIANCE_ROWS_BYTES", 8 * 45 * 4)  # 4 samples a piece
+    assert distill_data.variance(t, idx) == pytest.approx(whole, rel=1e-12)
+    assert distill_data.variance(torch.ones(6, 2)) == 1.0  # constant: plain MSE

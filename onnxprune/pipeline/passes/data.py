@@ -333,6 +333,7 @@ def augmented_evaluator(ctx: Context, copies: int) -> Evaluator | None:
 class MeasureQuality(Pass):
     name = "quality"
     description = "The application metric before and after the selected cut (on the oracle)."
+    evaluates = True
     requires = ("analysis", "plan", "eval_data")
     provides = ("quality",)
 

@@ -25,6 +25,7 @@ from .frontend import blame_normalization
 class Verify(Pass):
     name = "verify"
     description = "Checker, onnxruntime on each provider, and the mask oracle; fail loudly."
+    evaluates = True
     requires = ("analysis", "plan", "reference")
     provides = ("verification",)
     uses = (

@@ -44,6 +44,7 @@ SOFT_METHODS = ("gradient", "finite", "grid")
 class ScoreChannels(Pass):
     name = "score"
     description = "Importance per channel: " + ", ".join(CRITERIA) + "."
+    evaluates = True
     requires = ("analysis",)
     provides = ("scores",)
     uses = ("bn_scales", "calib", "criterion", "graph")
@@ -88,6 +89,7 @@ class ScoreChannels(Pass):
 class SelectChannels(Pass):
     name = "select"
     description = "How many channels each group loses: " + ", ".join(STRATEGIES) + "."
+    evaluates = True
     requires = ("analysis",)
     provides = ("plan",)
     uses = ("calib", "components", "criterion", "factors", "graph", "metric", "scores",

@@ -180,7 +180,8 @@ class Distill(Pass):
                                   batch_size=self.batch_size, val_fraction=self.val_fraction,
                                   patience=self.patience, boundaries=bounds, seed=self.seed,
                                   loss=self.loss_for(ctx.metric), interface=ctx.interface,
-                                  reads=stages.reads(ctx), guard=stages.probe(ctx))
+                                  reads=stages.reads(ctx), guard=stages.probe(ctx),
+                                  teacher_outputs=stages.held_outputs(ctx, ctx.reference))
         except NotImplementedError as err:  # an op the training interpreter lacks
             warn(f"distill: not run ({err}; the training interpreter lacks it); the model "
                  "stays as the earlier stages left it")

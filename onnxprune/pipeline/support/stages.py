@@ -116,6 +116,17 @@ def _references(ctx: Context) -> dict[str, list[np.ndarray]]:
     return refs
 
 
+def held_outputs(ctx: Context, graph) -> dict[str, np.ndarray] | None:
+    """``graph``'s outputs on the calibration data by name, when the run holds them already:
+    ``graph`` is the model stages compare against and its outputs were measured on the CPU,
+    as a teacher's are (None otherwise)."""
+    ref = ctx.resources.references.get("calib")
+    if ref is None or graph is not _original(ctx) or \
+            ctx.config.providers[0] != "CPUExecutionProvider":
+        return None
+    return dict(zip((o.name for o in graph.outputs), ref, strict=True))
+
+
 def measure(ctx: Context, stage: str, graph=None, optimized: bool = False
             ) -> dict[str, Any] | None:
     """Record the metric of ``graph`` (default: the working graph) after ``stage``, on every
