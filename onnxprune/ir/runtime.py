@@ -3,7 +3,7 @@ chunks the model accepts, random feeds, element-type tables and the default opse
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -256,22 +256,63 @@ def one_sample(feeds: dict[str, np.ndarray], axes: dict[str, int | None]
 
 def run_batched(run, feeds: dict[str, np.ndarray], names: Sequence[str] | None = None,
                 max_rows: int | None = None, axes: dict[str, int | None] | None = None,
-                fixed: int | None = None) -> list[np.ndarray]:
+                fixed: int | None = None, out_axes: Sequence[int] | None = None
+                ) -> list[np.ndarray]:
     """Run ``run`` (a session, or ``feeds -> outputs``) over the samples of ``feeds`` in chunks:
     of the model's fixed batch when it has one (``fixed``, or read from the session; the last
     chunk padded by repeating its last sample, the padding dropped from the outputs), else of
     ``max_rows`` samples (None: all at once). ``axes``: each input's sample axis (default 0;
-    None: fed whole to every chunk). Outputs are concatenated along their leading axis."""
+    None: fed whole to every chunk). Outputs are joined along their sample axes: ``out_axes``,
+    or a session's declared ones (``output_axes``; a sequence-first ``[time, batch, ...]``
+    output: 1), else 0."""
     if isinstance(run, ort.InferenceSession):
         sess = run
         fixed = fixed or static_batch(sess, feeds, sample_axes(feeds, axes))
         out_names = list(names) if names is not None else [o.name for o in sess.get_outputs()]
+        out_axes = out_axes if out_axes is not None else output_axes(sess, out_names, axes)
         run = lambda f: sess.run(out_names, f, interrupts.run_options())  # noqa: E731
-    parts = [run(chunk) if valid is None else [o[:valid] for o in run(chunk)]
-             for chunk, valid in chunks(feeds, max_rows, axes, fixed)]
+    parts = []
+    for chunk, valid in chunks(feeds, max_rows, axes, fixed):
+        outs = run(chunk)
+        at = list(out_axes) if out_axes is not None else [0] * len(outs)
+        parts.append(outs if valid is None else [head(o, valid, ax) for o, ax in zip(
+            outs, at, strict=True)])
+    return joined(parts, out_axes)
+
+
+def output_axes(model, names: Sequence[str] | None = None,
+                axes: Mapping[str, int | None] | None = None) -> list[int]:
+    """Each output's sample axis, of a session or a model: where its declared shape names the
+    dimension the inputs hold their samples on (``axes``: each input's sample axis, default
+    0; a ``[time, batch, classes]`` output of batch-first inputs: 1), else 0."""
+    if isinstance(model, ort.InferenceSession):
+        inputs = {i.name: i.shape or [] for i in model.get_inputs()}
+        declared = {o.name: o.shape or [] for o in model.get_outputs()}
+    else:
+        def dims(vi):
+            return [d.dim_param or None for d in vi.type.tensor_type.shape.dim]
+        inputs = {i.name: dims(i) for i in proto(model).graph.input}
+        declared = {o.name: dims(o) for o in proto(model).graph.output}
+    at = {k: (axes or {}).get(k, 0) for k in inputs}
+    batch = {shape[at[k]] for k, shape in inputs.items() if at[k] is not None
+             and len(shape) > at[k] and isinstance(shape[at[k]], str)} - {""}
+    return [next((i for i, d in enumerate(declared.get(n, [])) if isinstance(d, str)
+                  and d in batch), 0) for n in (list(declared) if names is None else names)]
+
+
+def head(a: np.ndarray, rows: int, axis: int = 0) -> np.ndarray:
+    """The first ``rows`` samples of ``a`` along its sample ``axis`` (a view)."""
+    return a[(slice(None),) * axis + (slice(0, rows),)]
+
+
+def joined(parts: Sequence[Sequence[np.ndarray]], axes: Sequence[int] | None = None
+           ) -> list[np.ndarray]:
+    """Chunks' outputs (``parts[chunk][output]``) joined along each output's sample axis."""
     if len(parts) == 1:
-        return parts[0]
-    return [np.concatenate(p) for p in zip(*parts, strict=True)]
+        return list(parts[0])
+    axes = list(axes) if axes is not None else [0] * len(parts[0])
+    return [np.concatenate(p, axis=ax) for p, ax in zip(zip(*parts, strict=True), axes,
+                                                         strict=True)]
 
 
 def sample_axes(feeds: dict[str, np.ndarray], axes: dict[str, int | None] | None

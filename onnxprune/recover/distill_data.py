@@ -16,7 +16,7 @@ from onnx import helper
 
 from ..errors import UsageError
 from ..ir.arrays import axes_of
-from ..ir.runtime import session
+from ..ir.runtime import output_axes, session
 from ..search.memory import cap, rows_for, search_budget
 from ..search.quality import TINY, is_distribution
 from ..verify.checks import cut_outputs
@@ -290,14 +290,8 @@ def run_ort(sess, feeds: dict[str, np.ndarray], names: Sequence[str],
 
 
 def sample_axes(model: onnx.ModelProto, names: Sequence[str]) -> list[int]:
-    """Each output's sample axis: where its declared shape names the inputs' first (batch)
-    dimension (a sequence-first output, ``[time, batch, classes]``: 1), else 0."""
-    batch = {vi.type.tensor_type.shape.dim[0].dim_param for vi in model.graph.input
-             if vi.type.tensor_type.shape.dim} - {""}
-    declared = {vi.name: [d.dim_param for d in vi.type.tensor_type.shape.dim]
-                for vi in model.graph.output}
-    return [next((i for i, d in enumerate(declared.get(n, [])) if d and d in batch), 0)
-            for n in names]
+    """Each output's sample axis (``ir.runtime.output_axes``)."""
+    return output_axes(model, names)
 
 
 def first(tensors: Sequence[torch.Tensor], axes: Sequence[int]) -> list[torch.Tensor]:

@@ -12,7 +12,7 @@ import onnx
 from ..analysis.model import ChannelAnalysis
 from ..errors import UsageError
 from ..ir.arrays import axes_of
-from ..ir.runtime import one_sample, run_batched, static_batch
+from ..ir.runtime import one_sample, output_axes, run_batched, static_batch
 from ..ir.weights import Skeleton, embed
 from ..verify.oracle import GATES, Oracle
 from .memory import activation_bytes, default_budget, rows_per_call
@@ -65,6 +65,8 @@ class Evaluator:
             raise UsageError(f"calibration arrays differ in length: {sorted(sizes)}")
         self.n = sizes.pop()
         self.static_batch = static_batch(self.oracle.session, self.inputs, self.axes)
+        # each output's sample axis (a sequence-first [time, batch, classes] output: 1)
+        self.out_axes = output_axes(self.oracle.model, self.oracle.output_names, self.axes)
         self.budget = memory if memory is not None else default_budget()
         self.per_sample = activation_bytes(self.oracle.model, one_sample(self.inputs,
                                                                           self.axes))
@@ -98,7 +100,8 @@ class Evaluator:
         """Run the gated model, in chunks of the model's static batch size if it has one."""
         return run_batched(lambda feeds: self.oracle.run(feeds, gates), inputs,
                            axes=self.axes, fixed=self.static_batch,
-                           max_rows=None if self.static_batch else self.max_rows)
+                           max_rows=None if self.static_batch else self.max_rows,
+                           out_axes=self.out_axes)
 
     def _of_model(self, keep: np.ndarray) -> float:
         if self.metric.on_model == "model":
@@ -158,6 +161,7 @@ class Evaluator:
                 self.batched = False
                 return np.array([*values, *self.evaluate_local(masks[lo:])])
             for i in range(k):
-                part = [o[i * self.n:(i + 1) * self.n] for o in outs]
+                part = [o[(slice(None),) * ax + (slice(i * self.n, (i + 1) * self.n),)]
+                        for o, ax in zip(outs, self.out_axes, strict=True)]
                 values.append(self.score(part))
         return np.array(values)

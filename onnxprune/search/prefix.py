@@ -30,7 +30,7 @@ from onnx import helper
 
 from .. import interrupts
 from ..analysis.model import ChannelAnalysis
-from ..ir.runtime import chunks, one_sample, session, subgraph_reads
+from ..ir.runtime import chunks, head, joined, one_sample, output_axes, session, subgraph_reads
 from ..ir.weights import Skeleton, proto
 from .memory import room, tensor_bytes
 
@@ -78,6 +78,7 @@ class Prefixes:
         total = work.sum()
         share = (np.concatenate([[0.0], np.cumsum(work)[:-1]]) / total if total > 0
                  else np.arange(len(nodes)) / max(len(nodes), 1))
+        self.out_axes = output_axes(model, self.names, self.axes)  # where each output's samples are
         self.end = len(nodes)
         self.first = np.full(analysis.num_units, self.end, np.int64)  # each unit's first gate
         for i, gate in enumerate(analysis.gates):
@@ -168,12 +169,13 @@ class Prefixes:
             got = {**values, **dict(zip(outputs, run.run(outputs, feeds,
                                                          interrupts.run_options()), strict=True))}
             row = [got[n] for n in self.names]
-            rows.append(row if valid is None else [o[:valid] for o in row])
+            rows.append(row if valid is None else [head(o, valid, ax) for o, ax in zip(
+                row, self.out_axes, strict=True)])
             parts.append({q: [got[t] for t in self.live[q]] for q in later})
         kept = {q: [part[q] for part in parts] for q in later}
         if base is not None:
             kept.update({q: base.kept[q] for q in self.points if q <= start})
-        return _joined(rows), _Base(keep.copy(), kept)
+        return joined(rows, self.out_axes), _Base(keep.copy(), kept)
 
     def _trimmed(self, base: _Base) -> _Base:
         """The unpruned base with the points it keeps within ``BASE_SHARE`` of the budget,
@@ -292,9 +294,3 @@ def live_bytes(produced: dict[str, int], last: dict[str, int], sizes: dict[str, 
             delta[at + 1] += sizes.get(t, unknown)
             delta[last[t] + 1] -= sizes.get(t, unknown)
     return np.cumsum(delta)[:end + 1]
-
-
-def _joined(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
-    if len(parts) == 1:
-        return parts[0]
-    return [np.concatenate(p) for p in zip(*parts, strict=True)]
