@@ -249,7 +249,9 @@ class Pass:
     ``provides`` those it sets; ``needs()``/``gives()`` may refine them from the options.
     A pipeline checks the whole list before its first pass runs, and each pass that it set
     what it provides. ``uses``: artifacts it reads when present, or sets only sometimes (not
-    checked at run time; a test checks that every artifact ``run`` touches is declared)."""
+    checked at run time; a test checks that every artifact ``run`` touches is declared).
+    ``evaluates``: it runs candidates on the run's evaluator, which stays open until the last
+    such pass of the run has run."""
 
     name: ClassVar[str] = "pass"
     description: ClassVar[str] = ""
