@@ -140,9 +140,8 @@ def distill(
     (``"stopped": "guard"``): it learns the calibration data's style only (MiniLM on templated
     sentences: 300 steps whose every gain the probe then undid).
 
-    ``teacher_outputs``: the teacher's outputs on ``calib`` by name, when the caller holds
-    them already (the run's reference outputs; used where they serve as the teacher's own
-    would, else the teacher runs).
+    ``teacher_outputs``: the teacher's outputs on ``calib`` by name, held by the caller (the
+    run's reference outputs; used where they serve as the teacher's own, else it runs).
 
     Returns the best model (same nodes and initializer names/shapes as ``student``) and
     ``{"steps", "best_step", "val_before", "val_after", "history": [(step, train_loss,
@@ -329,12 +328,11 @@ def _load(model: ModelLike) -> onnx.ModelProto:
 
 
 def _fitting(data: Data, idx: np.ndarray, params) -> int | None:
-    """Samples per training step, measured: the resident memory a step adds per sample (a
-    step of ``PROBE_SAMPLES`` after a warm-up of one: one sample's step alone made a 13-token
-    MiniLM sentence look over 40 MB; fewer where the warm-up says they would pass
-    ``STEP_BYTES``; under a cap, of one sample, which a larger probe could cross),
-    against half the room a memory cap (``--memory``) leaves, or ``STEP_BYTES`` without one.
-    0: not even one sample fits under the cap."""
+    """Samples per training step, measured: the resident memory a step adds per sample (a step
+    of ``PROBE_SAMPLES`` after a warm-up of one, fewer where the warm-up says they would pass
+    ``STEP_BYTES``: one sample alone made a 13-token MiniLM sentence look over 40 MB; under a
+    cap, of one sample), against half the room a memory cap (``--memory``) leaves, or
+    ``STEP_BYTES`` without one. 0: not even one sample fits under the cap."""
     from ..ir.memory import current_rss, peak_window, release
     from ..search.memory import room
 
@@ -347,13 +345,11 @@ def _fitting(data: Data, idx: np.ndarray, params) -> int | None:
                 loss.backward()
         for p in params:
             p.grad = None
-        del loss
-        release()
+        release()  # (backward freed what the step saved)
         return max((window.peak or before) - before, 0), before
 
     warm, _ = added(1)
-    # a probe within the step's bytes by the warm-up's measure (PP-OCR rec's 8 long text
-    # lines added 0.7 GB, more than the steps they size)
+    # within a step's bytes by the warm-up's measure (8 long text lines added 0.7 GB)
     probe = 1 if cap() is not None else max(1, min(len(idx), PROBE_SAMPLES,
                                                    STEP_BYTES // max(warm, 1)))
     grown, before = added(probe)

@@ -38,7 +38,7 @@ class Targets:
         ``cuts``: the channels the student's outputs lost (``verify.checks.cut_arrays``);
         ``given``: the teacher's outputs on ``feeds`` by name, computed already (the run's
         reference outputs): the teacher runs only when they do not serve (boundaries asked,
-        another interface, an output missing, sequence-first or of other rows)."""
+        another interface, an output missing or of other rows)."""
         produced = {o for node in teacher.graph.node for o in node.output}
         mine = set(graph.node_outputs())
         wanted = [b for b in dict.fromkeys(boundaries) if b in produced and b in mine]
@@ -51,11 +51,13 @@ class Targets:
         fed = {k: theirs[k] for k in input_names(teacher)}
         # each output's sample axis (a sequence-first CTC output: 1); every array here holds
         # its samples first, the metric sees them as the model gives them (``native``)
-        self.axes = sample_axes(teacher, outs)
+        self.axes = output_axes(teacher, outs)
         rows = len(next(iter(fed.values())))
-        if given is not None and not wanted and teacher_feeds is None and not any(self.axes) \
-                and all(k in given and len(given[k]) == rows for k in outs):
-            arrays = [given[k] for k in outs]  # held already: not a second copy
+        pairs = list(zip(outs, self.axes, strict=True))
+        if given is not None and not wanted and teacher_feeds is None and all(
+                k in given and given[k].shape[ax] == rows for k, ax in pairs):
+            # held already (not a second copy), each with its samples first
+            arrays = [np.moveaxis(given[k], ax, 0) for k, ax in pairs]
         else:
             arrays = run_ort(session(run, arena=cap() is None), fed, outs + wanted, static,
                              _rows(run, fed), self.axes + [0] * len(wanted))
@@ -287,11 +289,6 @@ def run_ort(sess, feeds: dict[str, np.ndarray], names: Sequence[str],
         outs = sess.run(list(names), {k: v[part] for k, v in feeds.items()})
         parts.append([np.moveaxis(o, ax, 0)[:valid] for o, ax in zip(outs, axes, strict=True)])
     return [np.concatenate(p) for p in zip(*parts, strict=True)]
-
-
-def sample_axes(model: onnx.ModelProto, names: Sequence[str]) -> list[int]:
-    """Each output's sample axis (``ir.runtime.output_axes``)."""
-    return output_axes(model, names)
 
 
 def first(tensors: Sequence[torch.Tensor], axes: Sequence[int]) -> list[torch.Tensor]:

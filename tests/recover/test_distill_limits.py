@@ -86,7 +86,7 @@ def test_an_output_with_its_samples_second_is_distilled(monkeypatch):
     chunks of 16 here), the student's compared sample by sample, and the run brings the
     student closer to the teacher (it once stopped with 'teacher shape (26, 37), student (1,
     37)': the samples taken from the time axis)."""
-    from onnxprune.ir.runtime import session
+    from onnxprune.ir.runtime import output_axes, session
     from onnxprune.recover import distill_data
 
     monkeypatch.setattr(distill_data, "CHUNK", 16)
@@ -94,7 +94,7 @@ def test_an_output_with_its_samples_second_is_distilled(monkeypatch):
     w = rng.standard_normal((5, 4))
     teacher, student = _sequence_first(w), _sequence_first(w + 0.5 * rng.standard_normal((5, 4)))
     x = {"x": rng.standard_normal((40, 3, 5)).astype(np.float32)}
-    assert distill_data.sample_axes(teacher, ["y"]) == [1]
+    assert output_axes(teacher, ["y"]) == [1]
     got = distill_data.run_ort(session(teacher), x, ["y"], None, 16, [1])[0]
     np.testing.assert_array_equal(got, np.moveaxis(session(teacher).run(None, x)[0], 1, 0))
 
@@ -106,6 +106,14 @@ def test_an_output_with_its_samples_second_is_distilled(monkeypatch):
                           lr=5e-2, patience=None, loss="mse")
     assert info["steps"] > 0 and info["val_after"] > info["val_before"]
     assert error(model) < 0.5 * error(student)
+    # the teacher's outputs given as the model gives them ([time, batch, classes]): the same run
+    held = {"y": session(teacher).run(None, x)[0]}
+    _, again = distill(student, teacher, x, metric=get_metric("cosine"), steps=60, lr=5e-2,
+                       patience=None, loss="mse", teacher_outputs=held)
+    assert again["history"] == info["history"]
+    _, off = distill(student, teacher, x, metric=get_metric("cosine"), steps=2, lr=5e-2,
+                     patience=None, loss="mse", teacher_outputs={"y": -held["y"]})
+    assert off["history"][0][1] > 2 * info["history"][0][1]  # what it was given: its targets
 
 
 def test_learning_rates_in_turn_are_each_the_run_alone(pair, monkeypatch):
