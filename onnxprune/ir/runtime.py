@@ -274,9 +274,9 @@ def run_batched(run, feeds: dict[str, np.ndarray], names: Sequence[str] | None =
     parts = []
     for chunk, valid in chunks(feeds, max_rows, axes, fixed):
         outs = run(chunk)
-        at = list(out_axes) if out_axes is not None else [0] * len(outs)
-        parts.append(outs if valid is None else [head(o, valid, ax) for o, ax in zip(
-            outs, at, strict=True)])
+        at = out_axes if out_axes is not None else [0] * len(outs)
+        parts.append(outs if valid is None else [
+            sample_slice(o, 0, valid, ax) for o, ax in zip(outs, at, strict=True)])
     return joined(parts, out_axes)
 
 
@@ -300,9 +300,9 @@ def output_axes(model, names: Sequence[str] | None = None,
                   and d in batch), 0) for n in (list(declared) if names is None else names)]
 
 
-def head(a: np.ndarray, rows: int, axis: int = 0) -> np.ndarray:
-    """The first ``rows`` samples of ``a`` along its sample ``axis`` (a view)."""
-    return a[(slice(None),) * axis + (slice(0, rows),)]
+def sample_slice(a: np.ndarray, start: int, stop: int, axis: int = 0) -> np.ndarray:
+    """Samples ``start:stop`` of ``a`` along its sample ``axis`` (a view)."""
+    return a[(slice(None),) * axis + (slice(start, stop),)]
 
 
 def joined(parts: Sequence[Sequence[np.ndarray]], axes: Sequence[int] | None = None

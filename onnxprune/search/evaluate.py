@@ -12,7 +12,7 @@ import onnx
 from ..analysis.model import ChannelAnalysis
 from ..errors import UsageError
 from ..ir.arrays import axes_of
-from ..ir.runtime import one_sample, output_axes, run_batched, static_batch
+from ..ir.runtime import one_sample, output_axes, run_batched, sample_slice, static_batch
 from ..ir.weights import Skeleton, embed
 from ..verify.oracle import GATES, Oracle
 from .memory import activation_bytes, default_budget, rows_per_call
@@ -161,7 +161,7 @@ class Evaluator:
                 self.batched = False
                 return np.array([*values, *self.evaluate_local(masks[lo:])])
             for i in range(k):
-                part = [o[(slice(None),) * ax + (slice(i * self.n, (i + 1) * self.n),)]
+                part = [sample_slice(o, i * self.n, (i + 1) * self.n, ax)
                         for o, ax in zip(outs, self.out_axes, strict=True)]
                 values.append(self.score(part))
         return np.array(values)

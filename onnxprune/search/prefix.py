@@ -30,7 +30,15 @@ from onnx import helper
 
 from .. import interrupts
 from ..analysis.model import ChannelAnalysis
-from ..ir.runtime import chunks, head, joined, one_sample, output_axes, session, subgraph_reads
+from ..ir.runtime import (
+    chunks,
+    joined,
+    one_sample,
+    output_axes,
+    sample_slice,
+    session,
+    subgraph_reads,
+)
 from ..ir.weights import Skeleton, proto
 from .memory import room, tensor_bytes
 
@@ -169,8 +177,8 @@ class Prefixes:
             got = {**values, **dict(zip(outputs, run.run(outputs, feeds,
                                                          interrupts.run_options()), strict=True))}
             row = [got[n] for n in self.names]
-            rows.append(row if valid is None else [head(o, valid, ax) for o, ax in zip(
-                row, self.out_axes, strict=True)])
+            rows.append(row if valid is None else [sample_slice(o, 0, valid, ax) for o, ax
+                                                   in zip(row, self.out_axes, strict=True)])
             parts.append({q: [got[t] for t in self.live[q]] for q in later})
         kept = {q: [part[q] for part in parts] for q in later}
         if base is not None:
