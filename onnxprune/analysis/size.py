@@ -22,6 +22,11 @@ def node_macs(node: gs.Node) -> int:
     return _REGISTRY[0].lookup(node.op, node.domain or "").macs(node)
 
 
+def node_costs(graph: gs.Graph) -> dict[str, int]:
+    """Each node's MACs per sample, by node name: where a search's kept points go."""
+    return {n.name: node_macs(n) for n in graph.nodes}
+
+
 def macs_at(graph: gs.Graph, shapes: dict[str, list[int]] | None) -> int:
     """Per-sample MACs with the inputs at ``shapes`` (batch 1): symbolic spatial or sequence
     sizes counted at the sizes the model actually runs at, not as 1."""

@@ -30,7 +30,7 @@ import scipy.linalg
 from onnx import helper
 
 from ..analysis.model import ChannelAnalysis
-from ..analysis.size import node_macs
+from ..analysis.size import node_costs
 from ..ir.runtime import session
 from ..ir.weights import Skeleton, proto
 from ..progress import task
@@ -122,7 +122,7 @@ class RefitEvaluator:
         # candidates that begin late in the graph run from its kept prefix
         self.prefixes = Prefixes(fed, analysis, self.names, self._feeds, ev.inputs, ev.axes,
                                  ev.static_batch, None if ev.static_batch else ev.max_rows,
-                                 {n.name: node_macs(n) for n in graph.nodes})
+                                 node_costs(graph))
         self.session = session(self.prefixes.model, arena="shared")
         self._cache: OrderedDict = OrderedDict()
         self._cached = 0  # bytes in the cache

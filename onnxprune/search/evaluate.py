@@ -1,10 +1,12 @@
 """Fast candidate evaluation: the gated reference (mask oracle) in one onnxruntime session,
-scored with an application metric on calibration data. K candidate masks run as one batch of
-K x N samples when the model has a dynamic batch and every gated tensor is batch-first."""
+scored with an application metric on calibration data. A candidate runs from the latest kept
+point of the graph before its first cut (``prefix.Prefixes``: a curve point of a late group
+runs only the layers after it); where no point saves work, K candidate masks run as one batch
+of K x N samples when the model has a dynamic batch and every gated tensor is batch-first."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -12,10 +14,11 @@ import onnx
 from ..analysis.model import ChannelAnalysis
 from ..errors import UsageError
 from ..ir.arrays import axes_of
-from ..ir.runtime import one_sample, output_axes, run_batched, sample_slice, static_batch
+from ..ir.runtime import one_sample, output_axes, run_batched, sample_slice, session, static_batch
 from ..ir.weights import Skeleton, embed
 from ..verify.oracle import GATES, Oracle
 from .memory import activation_bytes, default_budget, rows_per_call
+from .prefix import Prefixes
 from .quality import Metric
 
 # samples per onnxruntime call when candidates are batched: smaller calls ran faster on both
@@ -24,19 +27,40 @@ from .quality import Metric
 # search peaked at 2.4 GB with 4096, 1.4 GB with 256: the activation estimate misses shapes a
 # computed reshape hides, so the budget alone did not bound it)
 MAX_ROWS = 256
+# candidates an evaluator scores whole before it keeps prefixes: fewer do not repay the session
+# that also outputs the points' tensors and the unpruned run that fills them (a search's
+# evaluator wrapped by the refit's scores the chosen cut alone)
+PREFIX_AFTER = 8
+# a candidate's work (MACs over the calibration samples, symbolic sizes as 1) from which it
+# runs from kept prefixes rather than K at a time: below, a run is mostly call overhead, and
+# batching repays more (a soft search's finite differences on a small convnet: 3 s batched,
+# 34 s from prefixes); all-MiniLM-L6-v2 on 51 sentences, 1.1e9: its search 11.9 -> 8.4 s
+PREFIX_MACS = 2e8
+# what the prefixes may hold: tensors of kept runs, and the weights their sessions copy (those
+# after each point; MiniLM: 183 MB for 9 points, the search 11.9 -> 8.4 s; with 64 MB, 4 late
+# points: no gain)
+PREFIX_TENSORS = 64 << 20
+PREFIX_WEIGHTS = 256 << 20
 
 
 class Evaluator:
     def __init__(self, reference: onnx.ModelProto | Skeleton, analysis: ChannelAnalysis,
                  calib: dict[str, np.ndarray] | None, metric: Metric, max_rows: int = MAX_ROWS,
                  threads: int | None = None, memory: int | None = None,
-                 reads: Sequence[str] | None = None):
+                 reads: Sequence[str] | None = None, costs: Mapping[str, float] | None = None,
+                 prefixes: bool = True):
         """``memory``: the budget (bytes) the activations of one call must fit (None: the
         default budget, ``search.memory``); it bounds ``max_rows``. ``reads``: the outputs the
         metric reads, by name (None: all; a decoder's key/value cache outputs may leave with
-        their blocks, and the metric then reads the others)."""
+        their blocks, and the metric then reads the others). ``costs``: work per node by name
+        (MACs), where the kept points go (None: spread by node count). ``prefixes``: False
+        runs every candidate whole."""
         self.analysis, self.metric, self.max_rows = analysis, metric, max_rows
         self._reference, self.calib = reference, calib
+        self.costs, self.threads = costs, threads
+        # candidates from kept prefixes: built at the first candidate (False: not used)
+        self.prefixes: Prefixes | bool | None = None if prefixes else False
+        self.scored = 0  # candidates scored in this process (a pool worker's: its own)
         self.oracle = Oracle(reference, analysis, threads=threads, search=True)
         self.reads = None if reads is None else list(reads)
         # the indices of the outputs the metric reads (None: all)
@@ -79,6 +103,8 @@ class Evaluator:
         self.batched = (self.static_batch is None and self.oracle.per_sample
                         and self.n <= self.max_rows
                         and all(self.axes.get(k) in (0, None) for k in self.inputs))
+        # a candidate's work (0: unknown)
+        self.work = sum(costs.values()) * self.n if costs else 0
         self.reference = self._forward(self.inputs, np.ones((1, analysis.num_units), np.float32))
         self.base = self.score(self.reference)
         self._check_base()
@@ -112,6 +138,28 @@ class Evaluator:
     def outputs(self, keep: np.ndarray) -> list[np.ndarray]:
         return self._forward(self.inputs, np.asarray(keep, np.float32).reshape(1, -1))
 
+    def _prefixed(self) -> Prefixes | None:
+        """The kept prefixes candidates run from (None: no point of the graph saves work).
+        Their sessions hold the weights as the oracle's does (initializers: the same bits at
+        any thread count, in pool workers too), each its own copy of those after its point:
+        the points are those whose copies fit the prefixes' budget."""
+        if self.prefixes is None:
+            pre = Prefixes(self.oracle.model, self.analysis, self.oracle.output_names,
+                           lambda keep: {GATES: keep.reshape(1, -1)}, self.inputs, self.axes,
+                           self.static_batch, None if self.static_batch else self.max_rows,
+                           self.costs, PREFIX_TENSORS, self.threads, PREFIX_WEIGHTS)
+            self.prefixes = pre if pre.points else False
+            if pre.points:  # the oracle's session also outputs the points' tensors
+                self.oracle.session = None
+                self.oracle.session = session(pre.model, threads=self.threads,
+                                              arena="shared", feed_weights=False, quiet=True)
+        if self.prefixes and self.prefixes.unpruned is None:
+            self.prefixes.fill(self.oracle.session, self.analysis.num_units)
+        if self.prefixes and not self.prefixes.points:  # the unpruned run's tensors too large
+            self.prefixes.close()
+            self.prefixes = False
+        return self.prefixes or None
+
     def evaluate(self, keep: np.ndarray) -> float:
         """The metric with units gated by ``keep`` (1 open, 0 closed; values between allowed)."""
         return float(self.evaluate_many(np.asarray(keep)[None])[0])
@@ -131,6 +179,8 @@ class Evaluator:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+        if self.prefixes:
+            self.prefixes.close()
 
     def evaluate_many(self, masks: np.ndarray) -> np.ndarray:
         masks = np.asarray(masks, dtype=np.float32).reshape(len(masks), self.analysis.num_units)
@@ -144,6 +194,26 @@ class Evaluator:
         masks = np.asarray(masks, dtype=np.float32).reshape(-1, self.analysis.num_units)
         if self.metric.on_model:
             return np.array([self._of_model(m) for m in masks])
+        self.scored += len(masks)
+        pre = self._prefixed() if self.scored > PREFIX_AFTER and (
+            not self.batched or self.work >= PREFIX_MACS) else None
+        if pre is None:
+            return self._whole(masks)
+        # candidates that differ from a kept run only late run from its point; those that
+        # would run whole run K at a time where they can (a tiny model's runs are mostly
+        # call overhead), else through the prefixes too, to be kept as bases (a path's state)
+        late = np.array([pre.starts_late(m) for m in masks])
+        if not self.batched or (~late).sum() < 2:
+            late[:] = True
+        values = np.empty(len(masks))
+        for i in np.flatnonzero(late):
+            values[i] = self.score(pre.run(self.oracle.session, masks[i]))
+        if not late.all():
+            values[~late] = self._whole(masks[~late])
+        return values
+
+    def _whole(self, masks: np.ndarray) -> np.ndarray:
+        """Score the masks, each running the whole gated graph."""
         if not self.batched:
             return np.array([self.score(self.outputs(m)) for m in masks])
         per_call = max(1, self.max_rows // max(self.n, 1))
@@ -159,7 +229,7 @@ class Evaluator:
                 # a gated tensor whose first axis is not the batch (a Gemm on [batch x
                 # tokens, width], as GPT-2's Conv1D layers read it): one candidate a run
                 self.batched = False
-                return np.array([*values, *self.evaluate_local(masks[lo:])])
+                return np.array([*values, *self._whole(masks[lo:])])
             for i in range(k):
                 part = [sample_slice(o, i * self.n, (i + 1) * self.n, ax)
                         for o, ax in zip(outs, self.out_axes, strict=True)]

@@ -14,7 +14,7 @@ model is the first base: curve points of PP-OCR rec's neck run a fifth of the re
 
 A point with less than ``MIN_SHARE`` of the model's work before it is not one (a session
 there saves too little). What bases keep is bounded by ``BUDGET`` bytes (least recently
-used out; the unpruned base is kept)."""
+used out, and at most ``MAX_BASES`` of them; the unpruned base is kept)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,9 @@ SPACING = 0.02  # of the model's work between consecutive points
 SLACK = 0.08
 BUDGET = 256 << 20  # bytes of tensors the bases keep, the unpruned one's among them
 BASE_SHARE = 1 / 2  # of the budget, what one base's tensors may take (the points kept)
+# bases kept at most, however small: each candidate is compared with every one, and a small
+# model's thousands of bases made a soft search's finite differences 10x slower
+MAX_BASES = 32
 
 
 @dataclass
@@ -73,10 +76,16 @@ class Prefixes:
                  names: list[str], feeds: Callable[[np.ndarray], dict[str, np.ndarray]],
                  inputs: Mapping[str, np.ndarray], axes: Mapping, fixed: int | None,
                  max_rows: int | None, costs: Mapping[str, float] | None = None,
-                 budget: int = BUDGET):
+                 budget: int = BUDGET, threads: int | None = None, weights: int | None = None):
         """``costs``: work per node (by name; MACs), to place points; nodes not named cost
-        nothing (gates, elementwise ops)."""
+        nothing (gates, elementwise ops). ``budget``: bytes of tensors the bases keep.
+        ``threads``: the suffix sessions' intra-op threads (None: onnxruntime's choice).
+        ``weights``: None, the suffix sessions read the weights where they are (as inputs);
+        else each holds its own copy of those it reads (initializers: the same bits at any
+        thread count), and the points, the latest first, are those whose copies fit these
+        many bytes together."""
         self._model, self.names, self.feeds = model, list(names), feeds
+        self.session_kw = {"threads": threads, "feed_weights": weights is None}
         self.inputs, self.axes, self.fixed, self.max_rows = inputs, dict(axes), fixed, max_rows
         self.budget = room(budget, 0.1)
         graph = proto(model).graph
@@ -104,6 +113,9 @@ class Prefixes:
             p = max(range(max(lo, 1), g + 1), key=lambda q: (-held[q], q))
             if not self.points or share[p] >= share[self.points[-1]] + SPACING:
                 self.points.append(p)
+        if weights is not None:  # the suffixes' own copies of the weights within their budget
+            self.points = _within(self.points, suffix_weights(model, nodes, self.points),
+                                  room(weights, 0.1))
         self.live = {p: [t for t, at in produced.items() if at < p <= last.get(t, -1)]
                      for p in self.points}
         self.unpruned: _Base | None = None
@@ -137,15 +149,10 @@ class Prefixes:
             self.stats["whole"] += 1
             return self._run(sess, keep, None, None)[0]
         if self.unpruned is None:
-            self.unpruned = self._trimmed(self._run(sess, np.ones_like(keep), None, None)[1])
+            self.fill(sess, len(keep))
             if not self.points:
                 return self.run(sess, keep)
-        best, start = None, -1
-        for base in [self.unpruned, *reversed(self.bases.values())]:
-            differ = self.first[base.keep != keep].min(initial=self.end)
-            at = bisect.bisect_right(self.points, differ) - 1  # the last point at or before
-            if at >= 0 and self.points[at] > start:
-                best, start = base, self.points[at]
+        best, start = self._start(keep)
         if best is None:
             self.stats["whole"] += 1
             outputs, base = self._run(sess, keep, None, None)
@@ -154,6 +161,26 @@ class Prefixes:
             outputs, base = self._run(self._suffix(start), keep, start, best)
         self._remember(base)
         return outputs
+
+    def fill(self, sess, units: int) -> None:
+        """Run the unpruned model (``units`` gates open), the first base: its points kept
+        within the budget (none, where its tensors are too large)."""
+        keep = np.ones(units, np.float32)
+        self.unpruned = self._trimmed(self._run(sess, keep, None, None)[1])
+
+    def starts_late(self, keep: np.ndarray) -> bool:
+        """``keep`` would run from a kept point (after ``fill``), not whole."""
+        return self._start(np.asarray(keep, np.float32).ravel())[0] is not None
+
+    def _start(self, keep: np.ndarray) -> tuple[_Base | None, int]:
+        """The base to run ``keep`` from and the point there (None, -1: run it whole)."""
+        best, start = None, -1
+        for base in [self.unpruned, *reversed(self.bases.values())]:
+            differ = self.first[base.keep != keep].min(initial=self.end)
+            at = bisect.bisect_right(self.points, differ) - 1  # the last point at or before
+            if at >= 0 and self.points[at] > start:
+                best, start = base, self.points[at]
+        return best, start
 
     def _run(self, sess, keep: np.ndarray, start: int | None, base: _Base | None
              ) -> tuple[list[np.ndarray], _Base]:
@@ -205,6 +232,8 @@ class Prefixes:
         key = base.keep.tobytes()
         self.bases.pop(key, None)
         self.bases[key] = base
+        while len(self.bases) > MAX_BASES:
+            self.bases.popitem(last=False)
         self.kept = self._held()
         while self.kept > self.budget and self.bases:
             self.bases.popitem(last=False)
@@ -222,7 +251,7 @@ class Prefixes:
             types = {t: a.dtype for t, a in zip(self.live[p], self.unpruned.kept[p][0],
                                                 strict=True)}
             model = suffix(self._model, p, types, self.names + self._later(p))
-            sess = session(model, arena="shared", quiet=True)
+            sess = session(model, arena="shared", quiet=True, **self.session_kw)
             got = self.suffixes[p] = _Suffix(sess, {i.name for i in sess.get_inputs()},
                                              [o.name for o in sess.get_outputs()])
             self.stats["sessions"] += 1
@@ -272,6 +301,37 @@ def suffix(model: onnx.ModelProto | Skeleton, p: int, live: Mapping[str, np.dtyp
     if isinstance(model, Skeleton):
         return Skeleton(m, {k: v for k, v in model.arrays.items() if k in reads})
     return m
+
+
+def suffix_weights(model: onnx.ModelProto | Skeleton, nodes: list[onnx.NodeProto],
+                   points: list[int]) -> list[int]:
+    """The bytes of the weights the nodes from each point on read (a suffix's session's)."""
+    arrays = model.arrays if isinstance(model, Skeleton) else {}
+    size = {t.name: arrays[t.name].nbytes if t.name in arrays else _nbytes(t)
+            for t in proto(model).graph.initializer}
+    out = []
+    for p in points:
+        reads = {i for n in nodes[p:] for i in [*n.input, *subgraph_reads(n)] if i in size}
+        out.append(sum(size[t] for t in reads))
+    return out
+
+
+def _nbytes(t: onnx.TensorProto) -> int:
+    if t.raw_data:
+        return len(t.raw_data)
+    count = int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
+    return count * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+
+
+def _within(points: list[int], weights: list[int], budget: int) -> list[int]:
+    """The latest points whose weights fit ``budget`` together."""
+    kept = []
+    for p, w in zip(reversed(points), reversed(weights), strict=True):
+        if w > budget:
+            break
+        budget -= w
+        kept.append(p)
+    return sorted(kept)
 
 
 def uses(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]

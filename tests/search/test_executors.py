@@ -7,6 +7,7 @@ from onnxprune.analysis.channels import analyze_channels
 from onnxprune.api import prune
 from onnxprune.errors import UsageError
 from onnxprune.ir.graph import import_model
+from onnxprune.search import evaluate
 from onnxprune.search.evaluate import Evaluator
 from onnxprune.search.executors import make_pool
 from onnxprune.search.quality import get_metric
@@ -39,6 +40,31 @@ def test_pools_match_local(kind):
         ev.close()
     assert np.array_equal(local, remote)
     assert ev.evals == 2 * len(masks)
+
+
+@pytest.mark.parametrize("kind", ["process", "ray"])
+def test_pools_match_local_from_kept_prefixes(kind, monkeypatch):
+    """Curve points, enough for each worker to run them from kept prefixes as this process
+    does (a process pool's workers, forked, see this small net as worth it; Ray's run them K
+    at a time), at one thread where this process runs at its own count: the same bits."""
+    if kind == "ray":
+        pytest.importorskip("ray")
+    monkeypatch.setattr(evaluate, "PREFIX_MACS", 0)
+    ev, analysis = _evaluator()
+    masks = []
+    for g in analysis.groups * 4:
+        keep = np.ones(analysis.num_units, np.float32)
+        keep[g.units[: max(1, g.units.size // 2)]] = 0.0
+        masks.append(keep)
+    masks = np.array(masks[:24])
+    local = ev.evaluate_many(masks)
+    assert ev.prefixes and ev.prefixes.stats["suffix"] > 0
+    ev.attach(make_pool(kind, ev, workers=2))
+    try:
+        remote = ev.evaluate_many(masks)
+    finally:
+        ev.close()
+    assert np.array_equal(local, remote)
 
 
 @pytest.mark.parametrize("kind", ["process", "ray"])

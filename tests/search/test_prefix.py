@@ -9,7 +9,7 @@ from onnxprune.ir import weights
 from onnxprune.ir.graph import import_model
 from onnxprune.ir.weights import to_skeleton
 from onnxprune.recover.refit import RefitEvaluator
-from onnxprune.search import prefix
+from onnxprune.search import evaluate, prefix
 from onnxprune.search.evaluate import Evaluator
 from onnxprune.search.quality import get_metric
 from onnxprune.testing import normalized
@@ -137,3 +137,89 @@ def test_a_point_stands_where_few_bytes_are_live(monkeypatch):
     fast.outputs(np.ones(analysis.num_units, np.float32))  # the unpruned base: every point
     held = sum(a.nbytes for a in p.unpruned.kept[q][0])
     assert held == 8 * 100 * 4 * n < (12 + 8 + 2) * 100 * 4 * n
+
+
+def _plain(model, n, monkeypatch, skeleton=False, **kw):
+    """The plain evaluator with prefixes from its first candidate, and one without."""
+    ref = normalized(model)
+    if skeleton:
+        monkeypatch.setattr(weights, "EXTERNAL_BYTES", 64)
+        ref = to_skeleton(ref)
+    analysis = analyze_channels(import_model(ref))
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
+    calib = {"x": np.random.default_rng(0).standard_normal((n, *dims)).astype(np.float32)}
+    monkeypatch.setattr(prefix, "MIN_SHARE", 0.05)
+    monkeypatch.setattr(evaluate, "PREFIX_AFTER", 0)
+    monkeypatch.setattr(evaluate, "PREFIX_MACS", 0)  # these nets' runs are all overhead
+    fast = Evaluator(ref, analysis, calib, get_metric("cosine"), **kw)
+    whole = Evaluator(ref, analysis, calib, get_metric("cosine"), prefixes=False)
+    whole.batched = False  # one candidate a run, whole
+    return analysis, whole, fast
+
+
+@pytest.mark.parametrize("net,skeleton", [(_net, False), (_mlp, True)])
+def test_the_plain_evaluator_scores_candidates_from_kept_prefixes(monkeypatch, net, skeleton):
+    """The search's evaluator without a refit runs candidates from kept points too: every
+    score and output bit-equal to the whole gated graph's, one candidate a run (its sessions
+    hold the weights as initializers, as the oracle's: the same bits at any thread count)."""
+    analysis, whole, fast = _plain(net(), 9, monkeypatch, skeleton)
+    monkeypatch.setattr(prefix, "MAX_BASES", 6)  # each candidate is compared with every base
+    masks = np.array(_candidates(analysis, np.random.default_rng(4)))
+    want = np.array([whole.score(whole.outputs(m)) for m in masks])
+    np.testing.assert_array_equal(fast.evaluate_many(masks), want)
+    stats = fast.prefixes.stats
+    assert stats["suffix"] > 10 and stats["whole"] < len(masks) // 2
+    assert len(fast.prefixes.bases) == 6
+    for keep in masks[:6]:
+        got = fast.prefixes.run(fast.oracle.session, keep)
+        for w, g in zip(whole.outputs(keep), got, strict=True):
+            np.testing.assert_array_equal(g, w)
+    fast.close()  # the kept tensors given back; the next candidate fills them again
+    assert fast.prefixes.kept == 0 and fast.prefixes.unpruned is None
+    assert fast.evaluate(masks[3]) == want[3]
+
+
+def test_few_candidates_or_small_ones_run_whole(monkeypatch):
+    """An evaluator that scores a handful of candidates (the chosen cut, after a refit's
+    search) does not build the prefixes' session and unpruned run for them; one whose
+    candidates are small runs them K at a time (a run there is mostly call overhead)."""
+    analysis, _, fast = _plain(_net(), 5, monkeypatch, costs={"c1": 10**6})
+    monkeypatch.setattr(evaluate, "PREFIX_AFTER", 8)
+    masks = np.array(_candidates(analysis, np.random.default_rng(5), 12))
+    for m in masks[:8]:
+        fast.evaluate(m)
+    assert fast.prefixes is None
+    fast.evaluate_many(masks[8:])
+    assert fast.prefixes and fast.prefixes.stats["suffix"] > 0
+    assert fast.work == 5 * 10**6
+    monkeypatch.setattr(evaluate, "PREFIX_MACS", 5 * 10**6 + 1)
+    small = Evaluator(fast._reference, analysis, fast.calib, fast.metric, costs={"c1": 10**6})
+    small.evaluate_many(masks)
+    assert small.batched and small.prefixes is None
+
+
+def test_the_suffixes_own_weights_fit_the_budget(monkeypatch):
+    """Sessions holding their weights as initializers each copy those after their point: the
+    points kept, the latest first, are those whose copies fit the budget together (a 258M
+    Llama's 20+ points each copying the weights after it reached 11 GB)."""
+    model = _mlp()
+    ref = normalized(model)
+    analysis = analyze_channels(import_model(ref))
+    calib = {"x": np.random.default_rng(0).standard_normal((4, 6, 16)).astype(np.float32)}
+    monkeypatch.setattr(prefix, "MIN_SHARE", 0.05)
+    monkeypatch.setattr(prefix, "SPACING", 0.0)
+    ev = Evaluator(ref, analysis, calib, get_metric("cosine"))
+
+    def points(budget, feed):
+        return prefix.Prefixes(ev.oracle.model, analysis, ev.oracle.output_names,
+                               lambda k: {}, ev.inputs, ev.axes, None, None,
+                               weights=None if feed else budget).points
+
+    every = points(1 << 30, True)
+    nodes = list(ev.oracle.model.graph.node)  # the gated graph's, where points stand
+    sizes = prefix.suffix_weights(ev.oracle.model, nodes, every)
+    assert len(every) >= 3 and sizes == sorted(sizes, reverse=True) and sizes[-1] > 0
+    budget = sizes[-1] + sizes[-2] + 4  # room for the last two points' copies alone
+    assert points(budget, False) == every[-2:]
+    assert points(budget, True) == every  # read where they are: no copy to fit
+    assert points(sizes[-1] - 1, False) == []

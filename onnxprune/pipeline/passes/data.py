@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...analysis.size import node_costs
 from ...calib import DEFAULT_MAX_LENGTH, Settings
 from ...calib import read as read_calibration
 from ...calib.images import RESAMPLERS, RESIZE
@@ -303,7 +304,8 @@ def evaluator(ctx: Context, by: str) -> Evaluator:
             raise UsageError(f"{by} needs calibration data (pass 'calibrate')")
         res.close()
         res.evaluator = ev = Evaluator(ctx.skeleton(), ctx.analysis, ctx.calib, metric,
-                                       memory=search_budget(), reads=stages.reads(ctx))
+                                       memory=search_budget(), reads=stages.reads(ctx),
+                                       costs=node_costs(ctx.graph))
         if ev.reference:  # the original's outputs (the gates all open)
             names = ev.oracle.output_names
             read = range(len(names)) if ev.read is None else ev.read
@@ -327,7 +329,7 @@ def augmented_evaluator(ctx: Context, copies: int) -> Evaluator | None:
     if more is None:
         return None
     return Evaluator(ctx.skeleton(), ctx.analysis, more[0], ctx.metric or get_metric("cosine"),
-                     memory=search_budget(), reads=stages.reads(ctx))
+                     memory=search_budget(), reads=stages.reads(ctx), costs=node_costs(ctx.graph))
 
 
 class MeasureQuality(Pass):

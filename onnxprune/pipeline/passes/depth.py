@@ -127,6 +127,7 @@ def _add_output(graph, block: Block) -> str:
 
 def _evaluator(ctx: Context, model, removable: list[Block]):
     """The mask-oracle evaluator with a gate per block (the channel gates as the analysis's)."""
+    from ...analysis.size import node_costs
     from ...search.evaluate import Evaluator
     from ...search.memory import search_budget
     from ...search.quality import get_metric
@@ -137,7 +138,7 @@ def _evaluator(ctx: Context, model, removable: list[Block]):
                          "(--calib)")
     analysis, _ = with_blocks(ctx.analysis, ctx.plan.removed, removable, [])
     return Evaluator(model, analysis, ctx.calib, metric, memory=search_budget(),
-                     reads=stages.reads(ctx))
+                     reads=stages.reads(ctx), costs=node_costs(ctx.graph))
 
 
 def _keep(ctx: Context, blocks: int, closed: list[int]) -> np.ndarray:

@@ -8,7 +8,7 @@ import json
 import numpy as np
 
 from ...analysis.blocks import with_blocks
-from ...analysis.size import graph_params, macs_at
+from ...analysis.size import graph_params, macs_at, node_costs
 from ...bench.remote import Host
 from ...errors import ConstraintError, warn
 from ...ir import io
@@ -346,7 +346,8 @@ class SelectChannels(Pass):
             ev, info["search_samples"] = aev or ev, (aev or ev).n
             if self.constraint is not None and self.constraint.metric != ev.metric.name:
                 cev = Evaluator(ctx.skeleton(), analysis, ctx.calib,
-                                get_metric(self.constraint.metric), memory=search_budget())
+                                get_metric(self.constraint.metric), memory=search_budget(),
+                                costs=node_costs(ctx.graph))
             try:
                 refit = self._refit(ctx, ev)
                 if refit is not None:
