@@ -27,18 +27,19 @@ from .quality import Metric
 # search peaked at 2.4 GB with 4096, 1.4 GB with 256: the activation estimate misses shapes a
 # computed reshape hides, so the budget alone did not bound it)
 MAX_ROWS = 256
-# candidates an evaluator scores whole before it keeps prefixes: fewer do not repay the session
-# that also outputs the points' tensors and the unpruned run that fills them (a search's
-# evaluator wrapped by the refit's scores the chosen cut alone)
+# an evaluator keeps prefixes once it has been asked for more candidates than this (the call
+# at hand counted): fewer do not repay the session that also outputs the points' tensors and
+# the unpruned run that fills them (a search's evaluator wrapped by the refit's scores the
+# chosen cut alone)
 PREFIX_AFTER = 8
-# a candidate's work (MACs over the calibration samples, symbolic sizes as 1) from which it
-# runs from kept prefixes rather than K at a time: below, a run is mostly call overhead, and
-# batching repays more (a soft search's finite differences on a small convnet: 3 s batched,
-# 34 s from prefixes); all-MiniLM-L6-v2 on 51 sentences, 1.1e9: its search 11.9 -> 8.4 s
+# a candidate's work (MACs over the calibration samples, symbolic sizes as 1) from which a
+# model that runs K candidates at a time runs them from kept prefixes instead: below, a run is
+# mostly call overhead, and prefixes gain nothing (the digits autoencoder, 1.2e8: its search
+# 0.31 s K at a time, 0.33-0.36 s from prefixes); all-MiniLM-L6-v2 on 51 sentences, 1.1e9:
+# 11.9 -> 8.4-10 s
 PREFIX_MACS = 2e8
 # what the prefixes may hold: tensors of kept runs, and the weights their sessions copy (those
-# after each point; MiniLM: 183 MB for 9 points, the search 11.9 -> 8.4 s; with 64 MB, 4 late
-# points: no gain)
+# after each point; MiniLM: 183 MB for 9 points; with 64 MB, 4 late points: no gain)
 PREFIX_TENSORS = 64 << 20
 PREFIX_WEIGHTS = 256 << 20
 
@@ -53,12 +54,14 @@ class Evaluator:
         default budget, ``search.memory``); it bounds ``max_rows``. ``reads``: the outputs the
         metric reads, by name (None: all; a decoder's key/value cache outputs may leave with
         their blocks, and the metric then reads the others). ``costs``: work per node by name
-        (MACs), where the kept points go (None: spread by node count). ``prefixes``: False
-        runs every candidate whole."""
+        (MACs), where the kept points go and what a candidate costs (None: points spread by
+        node count, and a model that runs K candidates at a time keeps doing so).
+        ``prefixes``: False runs every candidate whole."""
         self.analysis, self.metric, self.max_rows = analysis, metric, max_rows
         self._reference, self.calib = reference, calib
         self.costs, self.threads = costs, threads
-        # candidates from kept prefixes: built at the first candidate (False: not used)
+        # candidates from kept prefixes: built once it has scored more than PREFIX_AFTER
+        # (counting the candidates asked for), where worth it (False: not used)
         self.prefixes: Prefixes | bool | None = None if prefixes else False
         self.scored = 0  # candidates scored in this process (a pool worker's: its own)
         self.oracle = Oracle(reference, analysis, threads=threads, search=True)
@@ -142,23 +145,32 @@ class Evaluator:
         """The kept prefixes candidates run from (None: no point of the graph saves work).
         Their sessions hold the weights as the oracle's does (initializers: the same bits at
         any thread count, in pool workers too), each its own copy of those after its point:
-        the points are those whose copies fit the prefixes' budget."""
+        the points are those whose copies fit the prefixes' budget. The oracle's session is
+        replaced by one that also outputs the points' tensors (whole runs fill bases)."""
         if self.prefixes is None:
             pre = Prefixes(self.oracle.model, self.analysis, self.oracle.output_names,
                            lambda keep: {GATES: keep.reshape(1, -1)}, self.inputs, self.axes,
                            self.static_batch, None if self.static_batch else self.max_rows,
                            self.costs, PREFIX_TENSORS, self.threads, PREFIX_WEIGHTS)
             self.prefixes = pre if pre.points else False
-            if pre.points:  # the oracle's session also outputs the points' tensors
-                self.oracle.session = None
-                self.oracle.session = session(pre.model, threads=self.threads,
-                                              arena="shared", feed_weights=False, quiet=True)
-        if self.prefixes and self.prefixes.unpruned is None:
+            if pre.points:
+                self._outputs_also(pre.model)
+                points = list(pre.points)
+                pre.fill(self.oracle.session, self.analysis.num_units)
+                if pre.points != points:  # its tensors too large there: not output any more
+                    self._outputs_also(pre.model if pre.points else self.oracle.model)
+        if self.prefixes and self.prefixes.unpruned is None:  # given back by close()
             self.prefixes.fill(self.oracle.session, self.analysis.num_units)
-        if self.prefixes and not self.prefixes.points:  # the unpruned run's tensors too large
+        if self.prefixes and not self.prefixes.points:
             self.prefixes.close()
             self.prefixes = False
         return self.prefixes or None
+
+    def _outputs_also(self, model) -> None:
+        """The oracle's session over ``model`` (the gated model, its outputs first)."""
+        new = session(model, threads=self.threads, arena="shared", feed_weights=False,
+                      quiet=True)
+        self.oracle.session = new
 
     def evaluate(self, keep: np.ndarray) -> float:
         """The metric with units gated by ``keep`` (1 open, 0 closed; values between allowed)."""

@@ -21,7 +21,7 @@ _WORKER = None  # the evaluator of a process-pool worker
 def _payload(ev) -> tuple:
     """What a worker needs to rebuild the evaluator (the metric travels by name)."""
     return (ev.reference_bytes, ev.analysis, ev.calib, ev.metric.name, ev.max_rows, ev.reads,
-            ev.costs)
+            ev.costs, ev.prefixes is not False)
 
 
 def _build(payload):
@@ -30,10 +30,10 @@ def _build(payload):
     from .evaluate import Evaluator
     from .quality import get_metric
 
-    model_bytes, analysis, calib, metric, max_rows, reads, costs = payload
+    model_bytes, analysis, calib, metric, max_rows, reads, costs, prefixes = payload
     # one core per worker: workers run side by side
     return Evaluator(onnx.load_from_string(model_bytes), analysis, calib, get_metric(metric),
-                     max_rows=max_rows, threads=1, reads=reads, costs=costs)
+                     max_rows=max_rows, threads=1, reads=reads, costs=costs, prefixes=prefixes)
 
 
 def _init_worker(payload) -> None:

@@ -7,8 +7,9 @@ in one group, a path step from the state the path has reached in one group. So e
 keeps the tensors live across a few points of the graph (``points``: gate positions spread
 by the work before them); a candidate then starts at the latest point before its first
 difference from a kept run (a *base*), fed that base's tensors there, in a session of the
-nodes after the point (made once per point; it reads the model's weights where they are, as
-inputs: onnxruntime copies initializers into each session, a copy of the weights per point).
+nodes after the point (made once per point; by default it reads the model's weights where they
+are, as inputs: onnxruntime copies initializers into each session, a copy of the weights per
+point; with ``weights`` given, sessions hold them as initializers, within that many bytes).
 Those runs keep their own tensors at the later points, and become bases too. The unpruned
 model is the first base: curve points of PP-OCR rec's neck run a fifth of the recognizer.
 
@@ -217,8 +218,9 @@ class Prefixes:
         the latest first (they save the most work per run, and hold the least: a network
         narrows its activations as it goes); the other points dropped."""
         room_left, points = self.budget * BASE_SHARE, []
-        for q in reversed(self.points):
-            size = sum(a.nbytes for chunk in base.kept[q] for a in chunk)
+        for q in reversed(self.points):  # (a sequence or optional value: not kept)
+            size = sum(a.nbytes if isinstance(a, np.ndarray) else np.inf
+                       for chunk in base.kept[q] for a in chunk)
             if size > room_left:
                 break
             room_left -= size
@@ -305,7 +307,8 @@ def suffix(model: onnx.ModelProto | Skeleton, p: int, live: Mapping[str, np.dtyp
 
 def suffix_weights(model: onnx.ModelProto | Skeleton, nodes: list[onnx.NodeProto],
                    points: list[int]) -> list[int]:
-    """The bytes of the weights the nodes from each point on read (a suffix's session's)."""
+    """The bytes of the top-level weights the nodes from each point on read (what a suffix's
+    session copies; an estimate: initializers inside subgraphs not counted)."""
     arrays = model.arrays if isinstance(model, Skeleton) else {}
     size = {t.name: arrays[t.name].nbytes if t.name in arrays else _nbytes(t)
             for t in proto(model).graph.initializer}

@@ -7,7 +7,7 @@ from onnxprune.analysis.channels import analyze_channels
 from onnxprune.api import prune
 from onnxprune.errors import UsageError
 from onnxprune.ir.graph import import_model
-from onnxprune.search import evaluate
+from onnxprune.search import evaluate, executors
 from onnxprune.search.evaluate import Evaluator
 from onnxprune.search.executors import make_pool
 from onnxprune.search.quality import get_metric
@@ -59,6 +59,9 @@ def test_pools_match_local_from_kept_prefixes(kind, monkeypatch):
     masks = np.array(masks[:24])
     local = ev.evaluate_many(masks)
     assert ev.prefixes and ev.prefixes.stats["suffix"] > 0
+    worker = executors._build(executors._payload(ev))  # as a worker builds it: one thread
+    assert np.array_equal(worker.evaluate_local(masks[:12]), local[:12])
+    assert worker.prefixes and worker.prefixes.stats["suffix"] > 0
     ev.attach(make_pool(kind, ev, workers=2))
     try:
         remote = ev.evaluate_many(masks)

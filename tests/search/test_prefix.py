@@ -223,3 +223,23 @@ def test_the_suffixes_own_weights_fit_the_budget(monkeypatch):
     assert points(budget, False) == every[-2:]
     assert points(budget, True) == every  # read where they are: no copy to fit
     assert points(sizes[-1] - 1, False) == []
+
+
+def test_points_the_unpruned_run_drops_are_not_output(monkeypatch):
+    """Points whose tensors do not fit the budget (found by the unpruned run) leave the
+    oracle's session too: it no longer outputs them (onnxruntime keeps a graph output's memory
+    to the end of every run, those K at a time included)."""
+    analysis, whole, fast = _plain(_net(), 9, monkeypatch)
+    masks = np.array(_candidates(analysis, np.random.default_rng(6), 12))
+    fast.evaluate_many(masks)
+    every = list(fast.prefixes.points)
+    sizes = [sum(a.nbytes for a in fast.prefixes.unpruned.kept[q][0]) for q in every]
+    assert len(every) >= 2
+    monkeypatch.setattr(evaluate, "PREFIX_TENSORS", int(2 * sizes[-1]) + 1)  # the last alone
+    analysis, whole, small = _plain(_net(), 9, monkeypatch)
+    want = np.array([whole.score(whole.outputs(m)) for m in masks])
+    np.testing.assert_array_equal(small.evaluate_many(masks), want)
+    pre = small.prefixes
+    assert pre.points == every[-1:]
+    outputs = {o.name for o in small.oracle.session.get_outputs()}
+    assert outputs == set(small.oracle.output_names) | set(pre.live[every[-1]])
