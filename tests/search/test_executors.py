@@ -26,6 +26,15 @@ def _masks(analysis, n=6):
     return (np.random.default_rng(3).random((n, analysis.num_units)) > 0.3).astype(np.float32)
 
 
+def _on_pool(ev, kind, masks):
+    """The masks' scores from a pool of two workers (then closed)."""
+    ev.attach(make_pool(kind, ev, workers=2))
+    try:
+        return ev.evaluate_many(masks)
+    finally:
+        ev.close()
+
+
 @pytest.mark.parametrize("kind", ["process", "ray"])
 def test_pools_match_local(kind):
     if kind == "ray":
@@ -33,11 +42,7 @@ def test_pools_match_local(kind):
     ev, analysis = _evaluator()
     masks = _masks(analysis)
     local = ev.evaluate_many(masks)
-    ev.attach(make_pool(kind, ev, workers=2))
-    try:
-        remote = ev.evaluate_many(masks)
-    finally:
-        ev.close()
+    remote = _on_pool(ev, kind, masks)
     assert np.array_equal(local, remote)
     assert ev.evals == 2 * len(masks)
 
@@ -62,11 +67,7 @@ def test_pools_match_local_from_kept_prefixes(kind, monkeypatch):
     worker = executors._build(executors._payload(ev))  # as a worker builds it: one thread
     assert np.array_equal(worker.evaluate_local(masks[:12]), local[:12])
     assert worker.prefixes and worker.prefixes.stats["suffix"] > 0
-    ev.attach(make_pool(kind, ev, workers=2))
-    try:
-        remote = ev.evaluate_many(masks)
-    finally:
-        ev.close()
+    remote = _on_pool(ev, kind, masks)
     assert np.array_equal(local, remote)
 
 
