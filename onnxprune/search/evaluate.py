@@ -17,7 +17,7 @@ from ..ir.arrays import axes_of
 from ..ir.runtime import one_sample, output_axes, run_batched, sample_slice, session, static_batch
 from ..ir.weights import Skeleton, embed
 from ..verify.oracle import GATES, Oracle
-from .memory import activation_bytes, default_budget, rows_per_call
+from .memory import RUNTIME_FACTOR, activation_bytes, default_budget, rows_per_call
 from .prefix import Prefixes
 from .quality import Metric
 
@@ -157,6 +157,8 @@ class Evaluator:
                 self._outputs_also(pre.model)
                 points = list(pre.points)
                 pre.fill(self.oracle.session, self.analysis.num_units)
+                if pre.points and not self._room_for(pre):
+                    pre.points = []
                 if pre.points != points:  # its tensors too large there: not output any more
                     self._outputs_also(pre.model if pre.points else self.oracle.model)
         if self.prefixes and self.prefixes.unpruned is None:  # given back by close()
@@ -165,6 +167,24 @@ class Evaluator:
             self.prefixes.close()
             self.prefixes = False
         return self.prefixes or None
+
+    def _room_for(self, pre: Prefixes) -> bool:
+        """Whether a call fits the budget with the points' tensors output too (onnxruntime
+        keeps a graph output's memory to the end of the run); the samples a call takes are
+        bounded again with them."""
+        if not self.per_sample:
+            return True
+        per = self.per_sample + pre.held_per_sample(self.n)
+        rows = int(self.budget // max(int(per * RUNTIME_FACTOR), 1))
+        if rows < (self.static_batch or 1):
+            return False
+        self.max_rows = min(self.max_rows, rows)
+        self.batched = self.batched and self.n <= self.max_rows
+        if not self.static_batch and rows < (pre.max_rows or rows + 1):
+            pre.max_rows = rows  # kept tensors are per chunk: filled again in these chunks
+            pre.close()
+            pre.fill(self.oracle.session, self.analysis.num_units)
+        return True
 
     def _outputs_also(self, model) -> None:
         """The oracle's session over ``model`` (the gated model, its outputs first)."""

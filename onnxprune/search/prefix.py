@@ -169,6 +169,13 @@ class Prefixes:
         keep = np.ones(units, np.float32)
         self.unpruned = self._trimmed(self._run(sess, keep, None, None)[1])
 
+    def held_per_sample(self, samples: int) -> float:
+        """Bytes a run outputs besides the model's outputs, per sample (the points' tensors,
+        as the unpruned run of ``samples`` samples left them)."""
+        kept = self.unpruned.kept if self.unpruned is not None else {}
+        return sum(a.nbytes for q in self.points for chunk in kept.get(q, ()) for a in chunk
+                   ) / max(samples, 1)
+
     def starts_late(self, keep: np.ndarray) -> bool:
         """``keep`` would run from a kept point (after ``fill``), not whole."""
         return self._start(np.asarray(keep, np.float32).ravel())[0] is not None

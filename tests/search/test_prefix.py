@@ -9,7 +9,7 @@ from onnxprune.ir import weights
 from onnxprune.ir.graph import import_model
 from onnxprune.ir.weights import to_skeleton
 from onnxprune.recover.refit import RefitEvaluator
-from onnxprune.search import evaluate, prefix
+from onnxprune.search import evaluate, memory, prefix
 from onnxprune.search.evaluate import Evaluator
 from onnxprune.search.quality import get_metric
 from onnxprune.testing import normalized
@@ -243,3 +243,23 @@ def test_points_the_unpruned_run_drops_are_not_output(monkeypatch):
     assert pre.points == every[-1:]
     outputs = {o.name for o in small.oracle.session.get_outputs()}
     assert outputs == set(small.oracle.output_names) | set(pre.live[every[-1]])
+
+
+def test_the_points_tensors_count_in_a_calls_memory(monkeypatch):
+    """The points' tensors are outputs of every run (held to its end): under a budget that
+    holds exactly the 9 samples of a whole run, a run with them takes fewer samples a call,
+    the candidates no longer run K at a time, and the kept tensors follow the new chunks."""
+    per = _plain(_net(), 9, monkeypatch)[2].per_sample
+    budget = int(per * memory.RUNTIME_FACTOR) * 9
+    analysis, whole, fast = _plain(_net(), 9, monkeypatch, memory=budget)
+    assert fast.max_rows == 9 and fast.batched
+    masks = np.array(_candidates(analysis, np.random.default_rng(7), 16))
+    want = np.array([whole.score(whole.outputs(m)) for m in masks])
+    np.testing.assert_allclose(fast.evaluate_many(masks), want, rtol=1e-6)
+    pre = fast.prefixes
+    assert pre and pre.stats["suffix"] > 0
+    assert fast.max_rows < 9 and not fast.batched and pre.max_rows == fast.max_rows
+    held = per + pre.held_per_sample(9)
+    assert fast.max_rows == budget // int(held * memory.RUNTIME_FACTOR)
+    chunks = -(-9 // fast.max_rows)  # the unpruned run filled again in the smaller chunks
+    assert chunks > 1 and len(pre.unpruned.kept[pre.points[0]]) == chunks
