@@ -49,15 +49,20 @@ import numpy as np
 from onnxprune.recover import distill as module
 from onnxprune.recover.distill import distill
 # the batch asked for, whatever a step's default memory share would take (the throughput of
-# the same steps in both trees)
+# the same steps in both trees; the share lives in train_device since the GPU path)
+try:
+    from onnxprune.recover import train_device as module
+except ImportError:
+    pass
 module.STEP_BYTES = 1 << 62
-student, teacher, data, steps, batch = sys.argv[1:6]
+student, teacher, data, steps, batch, more = sys.argv[1:7]
+where = {"device": sys.argv[7]} if len(sys.argv) > 7 else {}  # (an older tree: the CPU)
 calib = dict(np.load(data))
 out = {}
-for n in (1, int(steps), int(steps) + int(sys.argv[6])):  # the first: imports and warm-up
+for n in (1, int(steps), int(steps) + int(more)):  # the first: imports and warm-up
     t = time.perf_counter()
     _, info = distill(student, teacher, calib, steps=n, lr=1e-5, batch_size=int(batch),
-                      val_fraction=0.2, patience=None, eval_every=10**6)
+                      val_fraction=0.2, patience=None, eval_every=10**6, **where)
     out[n] = {"seconds": time.perf_counter() - t, "steps": info["steps"],
               "loss0": info["history"][0][1]}
 print("RESULT " + json.dumps(out))
@@ -92,12 +97,15 @@ def prepared(name: str, work: Path) -> tuple[tuple[Path, Path, Path], Path | Non
     return (student, teacher, data), work / f"{name}.recipe.npz"
 
 
-def timed(src: Path, files: tuple[Path, Path, Path], steps: int, more: int, batch: int
-          ) -> dict:
+def timed(src: Path, files: tuple[Path, Path, Path], steps: int, more: int, batch: int,
+          device: str | None = None) -> dict:
+    """One step's time and samples/s of ``src``'s distill on ``files`` (``device``: where it
+    trains; None: the tree's default, an older tree's only one)."""
     env = {**os.environ, "PYTHONPATH": str(src)}
+    where = [device] if device else []
     proc = subprocess.run([sys.executable, "-c", CHILD, *map(str, files), str(steps),
-                           str(batch), str(more)], capture_output=True, text=True, env=env,
-                          cwd=tempfile.gettempdir(), check=False)
+                           str(batch), str(more), *where], capture_output=True, text=True,
+                          env=env, cwd=tempfile.gettempdir(), check=False)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"{src}: {proc.stderr.strip().splitlines()[-1:]}")

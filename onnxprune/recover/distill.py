@@ -13,7 +13,6 @@ The graph structure never changes.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import os
 import time
@@ -26,7 +25,6 @@ import torch
 from ..errors import UsageError
 from ..ir.runtime import session
 from ..progress import task
-from ..search.memory import cap
 from ..search.quality import Metric
 from ..verify.checks import cut_arrays
 from .distill_data import (
@@ -42,13 +40,10 @@ from .distill_data import (
 )
 from .torch_bridge import TorchGraph
 from .torch_threads import torch_threads
+from .train_device import fitting, flush_denormals, resolve, threads
 
 __all__ = ["distill"]
 
-# torch intra-op threads while training: one for small steps (fastest there), every core the
-# process may use once a step's forward pass is this many MACs (MiniLM at 32 sentences of 32
-# tokens, ~4e9: 1.6x faster on 2 cores)
-PARALLEL_MACS = 1e9
 EVAL_EVERY = 20  # steps between validations at most
 # a training loss this many times the student's first stops the run as diverged: Adam at 1e-3
 # killed PP-OCR det and rec students (constant outputs, loss 10-50x the first) and the rest of
@@ -64,10 +59,6 @@ GUARD_ROWS = 16
 # gains the guard refuses in a row before the run stops: this learning rate fits the calibration
 # data's style (MiniLM at 1e-4: every gain refused, 30 steps to patience, 12 s)
 GUARD_PATIENCE = 3
-# what a training step may add to the resident memory without --memory (PP-OCR rec's steps
-# of 32 crops took it from 1.7 to 4.8 GB)
-STEP_BYTES = 512 << 20
-PROBE_SAMPLES = 8  # the step that measures a sample's memory
 MATCHED = 1e-3  # a student this close to the teacher's own validation metric is not trained
 
 ModelLike = onnx.ModelProto | str | os.PathLike
@@ -96,6 +87,7 @@ def distill(
     reads: Sequence[str] | None = None,
     guard: Mapping[str, np.ndarray] | None = None,
     teacher_outputs: Mapping[str, np.ndarray] | None = None,
+    device: str | torch.device = "auto",
 ) -> tuple[onnx.ModelProto, dict]:
     """Fine-tune ``student``'s float initializers to reproduce ``teacher``'s outputs.
 
@@ -150,16 +142,21 @@ def distill(
     size, before training or at an evaluation, where training stops), "metric",
     "boundaries", "trained"}``; ``train_loss`` is the mean mini-batch loss since the previous
     evaluation (at step 0: the loss on the first ``batch_size`` training samples).
-    Deterministic for a ``seed`` (torch runs on a thread count the model alone decides:
-    ``PARALLEL_MACS``).
+    ``device``: where the student trains (``train_device.resolve``: auto is a CUDA GPU when
+    torch sees one); the teacher runs on onnxruntime as the run's other inference does, and
+    the data and targets move to the device a mini-batch at a time (``info["device"]``).
+    Deterministic for a ``seed`` on the CPU (torch runs on a thread count the model alone
+    decides: ``train_device.PARALLEL_MACS``); a GPU's kernels may differ in the last bits.
     """
     start = time.perf_counter()
     _check_args(steps, lr, batch_size, val_fraction, eval_every, patience)
     if loss not in LOSSES:
         raise UsageError(f"distill: loss must be one of {', '.join(LOSSES)}, not {loss!r}")
+    dev = resolve(device)
     student, teacher = _load(student), _load(teacher)
     graph = TorchGraph(student)
     trained = _select_trainable(graph, train, student)
+    graph.to(dev)
     teacher_feeds = None
     if interface is not None or not set(input_names(teacher)) <= set(graph.input_names):
         teacher_feeds = typed(calib, teacher)
@@ -210,7 +207,7 @@ def distill(
         return u if np.isfinite(u) else -np.inf
 
     rates = [float(lr)] if np.isscalar(lr) else [float(r) for r in lr]
-    with torch_threads(_threads(student, feeds, size)), _flush_denormals():
+    with torch_threads(threads(student, feeds, size)), flush_denormals():
         val_before = evaluate()
         guard_floor = utility(evaluate(guard_idx, guard_batch, guard_teacher)) if \
             guard_idx.size else -np.inf
@@ -219,8 +216,8 @@ def distill(
         ceiling = utility(metric(val_teacher, val_batch, val_teacher)) if \
             metric is not None and not metric.on_model else np.inf
         stopped = "matched" if _matched(utility(val_before), ceiling) else None
-        fit = None if static or stopped or not steps else _fitting(data, train_idx,
-                                                      list(graph.params.values()))
+        fit = None if static or stopped or not steps else fitting(
+            data.loss, train_idx, list(graph.params.values()), dev)
         if fit == 0:
             stopped = "memory"  # one sample's step does not fit under --memory
         elif fit is not None:
@@ -259,7 +256,7 @@ def distill(
         "metric": metric.name if metric is not None else "-distill_loss",
         "boundaries": list(targets.boundaries), "trained": len(trained), "loss": loss,
         "guard": int(guard_idx.size), "batch_size": int(size), "lr": chosen["lr"],
-        "tries": len(tries),
+        "tries": len(tries), "device": str(dev),
     }
     return graph.write_back(student), info
 
@@ -327,40 +324,6 @@ def _load(model: ModelLike) -> onnx.ModelProto:
     return model if isinstance(model, onnx.ModelProto) else onnx.load(os.fspath(model))
 
 
-def _fitting(data: Data, idx: np.ndarray, params) -> int | None:
-    """Samples per training step, measured: the resident memory a step adds per sample (a step
-    of ``PROBE_SAMPLES`` after a warm-up of one, fewer where the warm-up says they would pass
-    ``STEP_BYTES``: one sample alone made a 13-token MiniLM sentence look over 40 MB; under a
-    cap, of one sample), against half the room a memory cap (``--memory``) leaves, or
-    ``STEP_BYTES`` without one. 0: not even one sample fits under the cap."""
-    from ..ir.memory import current_rss, peak_window, release
-    from ..search.memory import room
-
-    def added(k: int) -> tuple[int, int]:  # (bytes a step of k samples adds, the rss before)
-        release()
-        before = current_rss() or 0
-        with peak_window() as window:
-            loss = data.loss(idx[:k])
-            if loss.requires_grad:
-                loss.backward()
-        for p in params:
-            p.grad = None
-        release()  # (backward freed what the step saved)
-        return max((window.peak or before) - before, 0), before
-
-    warm, _ = added(1)
-    # within a step's bytes by the warm-up's measure (8 long text lines added 0.7 GB)
-    probe = 1 if cap() is not None else max(1, min(len(idx), PROBE_SAMPLES,
-                                                   STEP_BYTES // max(warm, 1)))
-    grown, before = added(probe)
-    per = max(grown // probe, 1 << 20)
-    if cap() is None:
-        return max(1, int(STEP_BYTES // per))
-    if before + per > cap():
-        return 0
-    return max(1, int(room(1 << 50, 0.5) // per))
-
-
 def _check_args(steps, lr, batch_size, val_fraction, eval_every, patience) -> None:
     rates = np.atleast_1d(np.asarray(lr, dtype=float))
     if steps < 0 or batch_size < 1 or (eval_every is not None and eval_every < 1) or \
@@ -392,38 +355,11 @@ def _matched(student: float, teacher: float) -> bool:
     return student >= teacher - MATCHED * max(abs(teacher), 1e-12)
 
 
-@contextlib.contextmanager
-def _flush_denormals():
-    """Denormal floats flushed to zero while training (a dying student's tiny values made
-    each CPU step 5x slower), restored after."""
-    was = torch.set_flush_denormal(True)  # False where the CPU cannot
-    try:
-        yield
-    finally:
-        if was:
-            torch.set_flush_denormal(False)
-
-
 def _tables(model: onnx.ModelProto) -> set[str]:
     """Float initializers that ``Gather`` nodes read rows of (embedding tables)."""
     inits = {i.name for i in model.graph.initializer}
     return {n.input[0] for n in model.graph.node
             if n.op_type == "Gather" and n.input and n.input[0] in inits}
-
-
-def _threads(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], size: int) -> int:
-    """Intra-op threads for training: see ``PARALLEL_MACS``."""
-    from ..analysis.size import macs_at
-    from ..ir.graph import import_model, infer_shapes
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if (cores or 1) < 2:
-        return 1
-    try:
-        macs = macs_at(infer_shapes(import_model(model)), {k: list(np.shape(v)) for k, v in feeds.items()})
-    except Exception:  # noqa: BLE001 - a model the counter cannot size trains on one thread
-        return 1
-    return int(cores) if macs * size >= PARALLEL_MACS else 1
 
 
 def _select_trainable(graph: TorchGraph, train: TrainSpec,

@@ -2,7 +2,9 @@
 training and validation split, mini-batches, and the losses (normalized MSE, KL of logits).
 
 The teacher runs once with onnxruntime (no graph optimizations); the student is a
-``TorchGraph`` whose outputs the losses compare with the teacher's.
+``TorchGraph`` whose outputs the losses compare with the teacher's. The data and the
+teacher's outputs stay in host memory; a mini-batch moves to the student's device (a GPU)
+when it is drawn.
 """
 
 from __future__ import annotations
@@ -115,7 +117,8 @@ class Data:
         normalized MSE or the KL divergence, per boundary the normalized MSE."""
         got = first(self.graph.run({k: torch.from_numpy(v[idx]) for k, v in self.feeds.items()},
                                    self.names), self.t.loss_axes)
-        want = [t[idx] for t in self.t.outputs + self.t.acts]
+        device = got[0].device  # the graph's: the targets follow a batch at a time
+        want = [t[idx].to(device, non_blocking=True) for t in self.t.outputs + self.t.acts]
         n_out = len(self.t.outputs)
         terms = [kl(g[:valid], w[:valid], self.t.probs[i]) if self.kind == "kl" and i < n_out
                  else ((g[:valid] - w[:valid]) ** 2).mean() / s
@@ -132,7 +135,7 @@ class Data:
             for part, valid in chunks(idx, self.static, self.rows):
                 got = first(self.graph.run({k: torch.from_numpy(v[part])
                                             for k, v in self.feeds.items()}), self.t.axes)
-                parts.append([g[:valid].numpy() for g in got])
+                parts.append([g[:valid].cpu().numpy() for g in got])
         return [np.concatenate(p) for p in zip(*parts, strict=True)]
 
     def mean_loss(self, idx: np.ndarray) -> float:

@@ -3,7 +3,7 @@
 ``TorchGraph(model)`` turns every floating-point initializer into a ``torch.nn.Parameter``
 and executes the nodes in topological order with the torch ops of ``recover.ops``.
 ``write_back(model)`` puts the (trained) parameter values back into a copy of the model; the
-graph itself is never touched.
+graph itself is never touched. The module runs where its tensors are (``g.to("cuda")``).
 
 >>> g = TorchGraph(model)                                   # doctest: +SKIP
 >>> (y,) = g(torch.from_numpy(x))                           # doctest: +SKIP
@@ -170,6 +170,16 @@ class TorchGraph(torch.nn.Module):
         return steps
 
     # -- running ------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the graph runs: its tensors' device (``graph.to("cuda")`` moves them); feeds
+        are moved there, and every op makes its tensors on its inputs' device."""
+        for t in self.params.values():
+            return t.device
+        for t in self._consts.buffers():
+            return t.device
+        return torch.device("cpu")
+
     def param(self, name: str) -> torch.nn.Parameter:
         """The parameter of initializer ``name``."""
         return self.params[self._key_of[name]]
@@ -193,7 +203,8 @@ class TorchGraph(torch.nn.Module):
         env: dict[str, torch.Tensor] = {n: getattr(self._consts, k)
                                         for n, k in self._const_keys.items()}
         env.update((self.param_names[k], p) for k, p in self.params.items())
-        env.update((n, _as_torch(v)) for n, v in feeds.items())
+        device = self.device
+        env.update((n, _as_torch(v).to(device)) for n, v in feeds.items())
         keep = set(names)
         for step in self._steps:
             args = [env[n] if n else None for n in step.inputs]

@@ -42,14 +42,15 @@ ARCHS = {
 }
 
 
-def build(arch: str, head: bool = False, seed: int = 0):
+def build(arch: str, head: bool = False, seed: int = 0, config: dict | None = None):
     """The torch model of ``arch`` (random weights, eval mode): the base model, or with
-    ``head`` its LM head (decoders) / masked-LM head (encoders)."""
+    ``head`` its LM head (decoders) / masked-LM head (encoders); ``config`` overrides the
+    small default sizes (all-MiniLM-L6-v2's: hidden_size=384, num_hidden_layers=6, ...)."""
     import torch
     import transformers
 
     spec = ARCHS[arch]
-    config = getattr(transformers, spec.config)(**spec.kwargs)
+    config = getattr(transformers, spec.config)(**{**spec.kwargs, **(config or {})})
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     cls = (transformers.AutoModelForCausalLM if spec.causal else transformers.AutoModelForMaskedLM
@@ -59,14 +60,15 @@ def build(arch: str, head: bool = False, seed: int = 0):
 
 def export(arch: str, path: str | Path, *, head: bool = False, dynamic: bool = True,
            batch: int = 2, seq: int = 12, opset: int = 17, seed: int = 0,
-           dynamo: bool = False) -> Path:
-    """``arch`` as an ONNX file: TorchScript export (``dynamo``: torch.export's, opset 18)."""
+           dynamo: bool = False, config: dict | None = None) -> Path:
+    """``arch`` as an ONNX file: TorchScript export (``dynamo``: torch.export's, opset 18);
+    ``config``: as ``build``'s."""
     import contextlib
     import io
 
     import torch
 
-    model = build(arch, head=head, seed=seed)
+    model = build(arch, head=head, seed=seed, config=config)
 
     class Wrapped(torch.nn.Module):
         def __init__(self):

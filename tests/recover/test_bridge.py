@@ -6,6 +6,7 @@ import onnx
 import pytest
 from bridge_builders import group_norm, ints, randn, recurrent, recurrent_inputs, shape_chain
 from bridge_cases import CASES, GN, GN3
+from device_check import cuda, exact_cuda, on_inputs_device
 from onnx import TensorProto, helper
 
 from onnxprune.ir.runtime import session
@@ -20,10 +21,23 @@ TOL = 1e-5  # max |torch - onnxruntime| relative to the output's largest magnitu
 
 def rel_diffs(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
               graph: TorchGraph | None = None) -> list[float]:
-    """Per output: max abs difference / output scale (integer outputs must be equal)."""
-    want = session(model).run(None, feeds)
-    with torch.no_grad():
-        got = [t.numpy() for t in (graph or TorchGraph(model)).run(feeds)]
+    """Per output: max abs difference / output scale (integer outputs must be equal); every
+    tensor made on its inputs' device (``device_check``), and on a GPU where torch sees one
+    (TF32 off) the worse of the two runs."""
+    graph = graph or TorchGraph(model)
+    with torch.no_grad(), on_inputs_device():
+        got = graph.run(feeds)
+    diffs = _diffs([t.numpy() for t in got], session(model).run(None, feeds))
+    if cuda is None:
+        return diffs
+    with torch.no_grad(), exact_cuda():
+        on_gpu = [t.cpu().numpy() for t in graph.to(cuda).run(feeds)]
+    graph.to("cpu")
+    return [max(a, b) for a, b in zip(diffs, _diffs(on_gpu, session(model).run(None, feeds)),
+                                      strict=True)]
+
+
+def _diffs(got: list[np.ndarray], want: list[np.ndarray]) -> list[float]:
     diffs = []
     for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape and g.dtype == w.dtype, (g.shape, w.shape, g.dtype, w.dtype)
@@ -81,6 +95,32 @@ def test_dynamic_batch_shape_chain():
     for n in (1, 2, 5):
         assert_matches(model, {"x": randn(n, 3, 4)}, g)
         assert g(torch.zeros(n, 3, 4))[0].shape == (n, 12)
+
+
+def test_the_device_check_finds_a_tensor_made_on_the_cpu(monkeypatch):
+    """A Shape that makes its tensor without a device (on a GPU run: on the CPU, beside the
+    GPU's tensors) fails every comparison's device check, naming the line."""
+    from onnxprune.recover.ops import OPS
+
+    monkeypatch.setitem(OPS, "Shape", lambda n, x: torch.tensor(list(x.shape)))
+    b = GraphBuilder(seed=0, opset=17)
+    model = b.build(shape_chain(b, b.input("x", ["batch", 3, 4])))
+    with pytest.raises(AssertionError, match="tensor without a device at .*test_bridge"):
+        assert_matches(model, {"x": randn(2, 3, 4)})
+
+
+def test_the_graph_runs_where_its_tensors_are():
+    """Feeds (numpy or torch) move to the graph's device; the device follows ``to``."""
+    model = demo_cnn()
+    g = TorchGraph(model)
+    assert g.device == torch.device("cpu")
+    g.to(torch.float64)  # (a move that keeps the device)
+    assert g.device == torch.device("cpu") and next(iter(g.params.values())).dtype == \
+        torch.float64
+    if cuda is not None:
+        g.to(torch.float32).to(cuda)
+        (y,) = g.run({"image": randn(2, 3, 32, 32)})
+        assert y.device.type == "cuda"
 
 
 def test_unknown_op_names_op_and_node():

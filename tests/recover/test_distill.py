@@ -266,17 +266,17 @@ def test_lookup_tables_stay_as_they_are_by_default():
 
 
 def test_training_threads_follow_the_work_of_a_step(monkeypatch):
-    from onnxprune.recover import distill as module
+    from onnxprune.recover import train_device as module
 
     model = _token_model()
     feeds = {"ids": np.zeros((40, 4), np.int64)}
     macs = 4 * (6 * 8 + 8 * 3)  # per sample: the two MatMuls over 4 tokens
     monkeypatch.setattr(module.os, "sched_getaffinity", lambda _: {0, 1, 2}, raising=False)
     monkeypatch.setattr(module, "PARALLEL_MACS", macs * 32)
-    assert module._threads(model, feeds, 32) == 3
-    assert module._threads(model, feeds, 31) == 1
+    assert module.threads(model, feeds, 32) == 3
+    assert module.threads(model, feeds, 31) == 1
     monkeypatch.setattr(module.os, "sched_getaffinity", lambda _: {0}, raising=False)
-    assert module._threads(model, feeds, 32) == 1
+    assert module.threads(model, feeds, 32) == 1
 
 
 def test_validation_on_torch_outputs_is_the_deployed_models_metric(models, images):

@@ -11,6 +11,7 @@ pytest.importorskip("torch")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from onnxprune.recover import distill as distill_module  # noqa: E402
+from onnxprune.recover import train_device  # noqa: E402
 from onnxprune.recover.distill import MATCHED, distill  # noqa: E402
 from onnxprune.search.quality import get_metric  # noqa: E402
 
@@ -62,7 +63,7 @@ def test_a_step_takes_the_samples_its_memory_share_holds(pair, monkeypatch, step
     """Without --memory, a step takes as many samples as STEP_BYTES holds at one sample's
     measured cost (at least one, at most the batch asked for)."""
     teacher, student, x = pair
-    monkeypatch.setattr(distill_module, "STEP_BYTES", step_bytes)
+    monkeypatch.setattr(train_device, "STEP_BYTES", step_bytes)
     _, info = distill(student, teacher, x, steps=4, lr=1e-3, patience=None, loss="mse")
     assert info["batch_size"] == want and info["steps"] == 4
 
@@ -164,7 +165,7 @@ def test_the_memory_probe_stays_within_the_steps_bytes(pair, monkeypatch, step_b
 
     monkeypatch.setattr(distill_module.Data, "loss", recording)
     monkeypatch.setattr(distill_module.TorchGraph, "run", running)
-    monkeypatch.setattr(distill_module, "STEP_BYTES", step_bytes)
+    monkeypatch.setattr(train_device, "STEP_BYTES", step_bytes)
     _, info = distill(student, teacher, x, metric=get_metric("cosine"), steps=2, lr=1e-3,
                       patience=None, loss="mse", eval_every=1)
     assert seen[:2] == [1, probe]

@@ -32,6 +32,16 @@ from ..support.inputs import verification_feeds
 AUTO_COPIES = 0
 
 
+def _device(value) -> str:
+    """A training device: auto, cpu, cuda or cuda:N (whether it exists is known at run time,
+    where torch is imported)."""
+    text = str(value).strip().lower()
+    head, _, index = text.partition(":")
+    if text in ("auto", "cpu", "cuda") or (head == "cuda" and index.isdigit()):
+        return text
+    raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+
+
 def _float_only(ctx: Context, by: str) -> None:
     """Refits write float weights: a quantized model (integer weights) is not refit."""
     if ctx.graph is not None and is_quantized(ctx.graph):
@@ -151,6 +161,10 @@ class Distill(Pass):
                "softmax, or the outputs themselves when they are probabilities), or auto "
                "(kl for the perplexity and kl metrics, else mse)", choices=("auto", "mse", "kl"),
                public="distill_loss", type_name="str"),
+        Option("device", "auto", "where the student trains: auto (a CUDA GPU when torch sees "
+               "one, else the CPU), cpu or cuda (cuda:N for another GPU); the teacher's outputs "
+               "come from onnxruntime as before", parse=_device, public="distill_device",
+               metavar="auto|cpu|cuda", type_name="str"),
     )
 
     def loss_for(self, metric) -> str:
@@ -160,6 +174,16 @@ class Distill(Pass):
 
     def needs(self) -> set[str]:
         return set(self.requires) | ({"flows"} if self.boundaries else set())
+
+    def preflight(self, ctx: Context) -> None:
+        """A GPU named where torch sees none fails before any work."""
+        if self.device in ("auto", "cpu"):
+            return
+        try:
+            from ...recover.train_device import resolve
+        except ImportError:  # the run says what to install
+            return
+        resolve(self.device)
 
     def run(self, ctx: Context) -> PassResult:
         try:
@@ -181,15 +205,17 @@ class Distill(Pass):
                                   patience=self.patience, boundaries=bounds, seed=self.seed,
                                   loss=self.loss_for(ctx.metric), interface=ctx.interface,
                                   reads=stages.reads(ctx), guard=stages.probe(ctx),
-                                  teacher_outputs=stages.held_outputs(ctx, ctx.reference))
+                                  teacher_outputs=stages.held_outputs(ctx, ctx.reference),
+                                  device=self.device)
         except NotImplementedError as err:  # an op the training interpreter lacks
             warn(f"distill: not run ({err}; the training interpreter lacks it); the model "
                  "stays as the earlier stages left it")
             ctx.recovery["distill"] = {"skipped": str(err)}
             return PassResult(False, {"skipped": str(err)})
         if info["stopped"] == "memory":
-            warn(f"distill: one training sample needs more memory than --memory "
-                 f"{ctx.config.memory / 2**20:.0f}M leaves; not trained")
+            room = f"the {info['device']} GPU has free" if info["device"].startswith("cuda") \
+                else f"--memory {ctx.config.memory / 2**20:.0f}M leaves"
+            warn(f"distill: one training sample needs more memory than {room}; not trained")
         tensors = graph.tensors()
         for init in model.graph.initializer:
             t = tensors.get(init.name)

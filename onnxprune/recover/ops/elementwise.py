@@ -173,9 +173,9 @@ def clip(n: Node, x: torch.Tensor, lo: torch.Tensor | None = None,
     if n.opset < 11:  # bounds were attributes
         lo, hi = n.get("min"), n.get("max")
     if lo is not None:
-        x = torch.maximum(x, torch.as_tensor(lo, dtype=x.dtype))
+        x = torch.maximum(x, torch.as_tensor(lo, dtype=x.dtype, device=x.device))
     if hi is not None:
-        x = torch.minimum(x, torch.as_tensor(hi, dtype=x.dtype))
+        x = torch.minimum(x, torch.as_tensor(hi, dtype=x.dtype, device=x.device))
     return x
 
 

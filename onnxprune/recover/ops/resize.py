@@ -14,9 +14,10 @@ from .base import Node, axis_of, ints, register
 _MODES = ("nearest", "linear", "bilinear", "trilinear")
 
 
-def _source_coords(out_len: int, in_len: int, scale: np.float32, mode: str) -> torch.Tensor:
-    x = torch.arange(out_len, dtype=torch.float32)
-    s = torch.tensor(scale, dtype=torch.float32)
+def _source_coords(out_len: int, in_len: int, scale: np.float32, mode: str,
+                   device: torch.device) -> torch.Tensor:
+    x = torch.arange(out_len, dtype=torch.float32, device=device)
+    s = torch.tensor(scale, dtype=torch.float32, device=device)
     if mode == "half_pixel":
         return (x + 0.5) / s - 0.5
     if mode == "pytorch_half_pixel":
@@ -55,15 +56,15 @@ def _nearest(x: torch.Tensor, mode: str, downsample: bool) -> torch.Tensor:
 def _resize_axis(x: torch.Tensor, axis: int, out_len: int, scale: np.float32, mode: str,
                  coord: str, nearest: str) -> torch.Tensor:
     in_len = x.shape[axis]
-    src = _source_coords(out_len, in_len, scale, coord)
+    src = _source_coords(out_len, in_len, scale, coord, x.device)
     if mode == "nearest":
         idx = _nearest(src, nearest, bool(scale < 1)).long().clamp(0, in_len - 1)
-        return x.index_select(axis, idx.to(x.device))
+        return x.index_select(axis, idx)
     src = src.clamp(0, in_len - 1)
     lo = src.floor().long().clamp(max=in_len - 1)
     hi = (lo + 1).clamp(max=in_len - 1)
-    w = (src - lo.float()).to(x.dtype).reshape([-1] + [1] * (x.dim() - axis - 1)).to(x.device)
-    a, b = x.index_select(axis, lo.to(x.device)), x.index_select(axis, hi.to(x.device))
+    w = (src - lo.float()).to(x.dtype).reshape([-1] + [1] * (x.dim() - axis - 1))
+    a, b = x.index_select(axis, lo), x.index_select(axis, hi)
     return a * (1 - w) + b * w
 
 

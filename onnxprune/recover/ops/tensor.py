@@ -45,7 +45,7 @@ def constant(n: Node) -> torch.Tensor:
 
 @register("ConstantOfShape")
 def constant_of_shape(n: Node, shape: torch.Tensor) -> torch.Tensor:
-    value = as_tensor(n.get("value", np.zeros(1, np.float32))).reshape(-1)
+    value = as_tensor(n.get("value", np.zeros(1, np.float32))).reshape(-1).to(shape.device)
     return value.expand(ints(shape)).clone() if shape.numel() else value.reshape(())
 
 
@@ -66,18 +66,18 @@ def cast_like(n: Node, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def shape_(n: Node, x: torch.Tensor) -> torch.Tensor:
     dims = list(x.shape)
     start, end = n.get("start", 0), n.get("end", len(dims))
-    return torch.tensor(dims[slice(start, end)], dtype=torch.int64)
+    return torch.tensor(dims[slice(start, end)], dtype=torch.int64, device=x.device)
 
 
 @register("Size")
 def size(n: Node, x: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(x.numel(), dtype=torch.int64)
+    return torch.tensor(x.numel(), dtype=torch.int64, device=x.device)
 
 
 @register("Range")
 def range_(n: Node, start: torch.Tensor, limit: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     count = max(0, math.ceil((limit.item() - start.item()) / delta.item()))
-    return start + torch.arange(count, dtype=start.dtype) * delta
+    return start + torch.arange(count, dtype=start.dtype, device=start.device) * delta
 
 
 @register("Flatten")
@@ -178,9 +178,10 @@ def gather_elements(n: Node, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor
     return torch.gather(x, axis, torch.where(idx < 0, idx + x.shape[axis], idx).long())
 
 
-def _pad_index(size: int, before: int, after: int, mode: str) -> torch.Tensor:
+def _pad_index(size: int, before: int, after: int, mode: str,
+               device: torch.device) -> torch.Tensor:
     """Source positions of an axis padded by ``before``/``after`` in a non-constant mode."""
-    pos = torch.arange(-before, size + after)
+    pos = torch.arange(-before, size + after, device=device)
     if mode == "edge":
         return pos.clamp(0, size - 1)
     if mode == "wrap":
@@ -215,7 +216,7 @@ def pad(n: Node, x: torch.Tensor, pads=None, value=None, axes=None) -> torch.Ten
             x = x.narrow(a, max(0, -b), x.shape[a] - max(0, -b) - max(0, -e))
             b, e = max(0, b), max(0, e)
         if b or e:
-            x = x.index_select(a, _pad_index(x.shape[a], b, e, mode).to(x.device))
+            x = x.index_select(a, _pad_index(x.shape[a], b, e, mode, x.device))
     return x
 
 
