@@ -172,7 +172,8 @@ def main() -> int:
             runs: dict[str, list] = {k: [] for k in variants}
             for _ in range(args.repeats):
                 for tree, (src, given) in variants.items():
-                    runs[tree].append(timed(src, given, args.steps, args.more, args.batch))
+                    runs[tree].append(timed(src, given, args.steps, args.more, args.batch,
+                                            "cpu" if src == ROOT else None))  # (CPU to CPU)
                     print(f"[{name}] {tree}: {runs[tree][-1]}", flush=True)
             row = {tree: {"step_seconds": statistics.median(r["step_seconds"] for r in rs),
                           "loss0": rs[0]["loss0"], "runs": rs} for tree, rs in runs.items()}

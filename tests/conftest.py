@@ -1,3 +1,5 @@
+import functools
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -6,6 +8,26 @@ import numpy as np
 import pytest
 
 from onnxprune.zoo.builder import GraphBuilder
+
+
+@functools.cache
+def _torch_sees_a_gpu() -> bool:
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.fixture(autouse=True)
+def _distillation_on_the_cpu(request, monkeypatch):
+    """Where torch sees a GPU, distillation's default (auto) trains there; the tests assert the
+    CPU's behaviour (its memory probe, bit-identical reruns), so auto is the CPU in every test
+    but those marked gpu."""
+    if request.node.get_closest_marker("gpu") is None and _torch_sees_a_gpu():
+        from onnxprune.recover import train_device
+
+        monkeypatch.setattr(train_device, "AUTO", "cpu")
 
 
 @pytest.fixture

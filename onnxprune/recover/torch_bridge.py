@@ -210,8 +210,8 @@ class TorchGraph(torch.nn.Module):
             args = [env[n] if n else None for n in step.inputs]
             try:
                 result = step.fn(step.node, *args)
-            except NotImplementedError:
-                raise
+            except (NotImplementedError, torch.cuda.OutOfMemoryError):
+                raise  # (what callers catch by type)
             except Exception as err:  # name the node that failed
                 raise RuntimeError(f"{step.node.op_type} node {step.node.name!r}: {err}") from err
             outs = result if isinstance(result, tuple) else (result,)

@@ -29,7 +29,8 @@ PARALLEL_MACS = 1e9
 # of 32 crops took it from 1.7 to 4.8 GB)
 STEP_BYTES = 512 << 20
 PROBE_SAMPLES = 8  # the step that measures a sample's memory
-GPU_SHARE = 0.5  # of the GPU memory free before training, what a step may take
+AUTO: str | None = None  # what auto means (the test suite's CPU runs); None: by what torch sees
+GPU_SHARE = 0.5  # of the GPU memory torch may still take before training, what training may
 
 
 def resolve(device: str | torch.device | None) -> torch.device:
@@ -37,7 +38,7 @@ def resolve(device: str | torch.device | None) -> torch.device:
     ``cuda:N``) without one is a usage error."""
     name = "auto" if device is None else str(device)
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(AUTO or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         chosen = torch.device(name)
     except RuntimeError:
@@ -49,6 +50,9 @@ def resolve(device: str | torch.device | None) -> torch.device:
         build = torch.__version__
         raise UsageError(f"distill: device {name} asked for, but torch {build} sees no CUDA GPU "
                          "(a CPU-only build, or no driver); use device cpu or auto")
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"distill: device {name} asked for, but torch sees "
+                         f"{torch.cuda.device_count()} CUDA GPU(s) (cuda:0 is the first)")
     return chosen
 
 
@@ -87,8 +91,8 @@ def fitting(loss_of, idx: np.ndarray, params, device: torch.device) -> int | Non
     ``STEP_BYTES``: one sample alone made a 13-token MiniLM sentence look over 40 MB; under a
     cap, of one sample), against half the room a memory cap (``--memory``) leaves, or
     ``STEP_BYTES`` without one. On a GPU: the bytes a step allocates there per sample against
-    ``GPU_SHARE`` of its free memory. 0: not even one sample fits under the cap (on a GPU:
-    in its memory)."""
+    ``GPU_SHARE`` of what torch may still take there (``_gpu_fitting``). 0: not even one
+    sample fits under the cap (on a GPU: in its memory)."""
     if device.type == "cuda":
         return _gpu_fitting(loss_of, idx, params, device)
     from ..ir.memory import current_rss, peak_window, release
@@ -125,22 +129,45 @@ def _step(loss_of, idx: np.ndarray, params) -> None:
 
 
 def _gpu_fitting(loss_of, idx: np.ndarray, params, device: torch.device) -> int:
-    """``fitting`` on a GPU: the allocator's peak over a step of ``PROBE_SAMPLES`` (after a
-    warm-up of one) per sample, against ``GPU_SHARE`` of the free memory."""
-    probe = max(1, min(len(idx), PROBE_SAMPLES))
+    """``fitting`` on a GPU: the allocator's peak over a step per sample (one sample's step
+    first, which also chooses the kernels; then ``PROBE_SAMPLES``, fewer where one sample's
+    says they would not fit, halved while the GPU runs out of memory), against ``GPU_SHARE``
+    of what torch may still take there less what training holds beside a step later: Adam's
+    two moments of the trained weights and two copies of the best weights."""
+    weights = list(params)
+    held = sum(p.numel() * p.element_size() * (4 if p.requires_grad else 2) for p in weights)
+    free, _ = torch.cuda.mem_get_info(device)
+    room = GPU_SHARE * (free + torch.cuda.memory_reserved(device)
+                        - torch.cuda.memory_allocated(device)) - held
+    one = _gpu_peak(loss_of, idx[:1], weights, device)
+    if one is None or room <= 0:
+        return 0
+    probe = max(1, min(len(idx), PROBE_SAMPLES, int(room // max(one, 1))))
+    grown = _gpu_peak(loss_of, idx[:probe], weights, device)
+    while grown is None and probe > 1:
+        probe //= 2
+        grown = _gpu_peak(loss_of, idx[:probe], weights, device)
+    if grown is None:
+        return 0
+    per = max(grown // probe, 1 << 20)
+    return int(room // per)
+
+
+def _gpu_peak(loss_of, idx: np.ndarray, params, device: torch.device) -> int | None:
+    """The bytes a step on ``idx`` allocates on the GPU at its peak (torch's own counter, not
+    the process's); None: the GPU ran out of memory."""
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    failed = False
     try:
-        _step(loss_of, idx[:1], params)  # the warm-up: kernels chosen, workspaces made
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)  # torch's own counter (not the process's)
-        _step(loss_of, idx[:probe], params)
+        _step(loss_of, idx, params)
         torch.cuda.synchronize(device)
     except torch.cuda.OutOfMemoryError:
-        for p in params:
-            p.grad = None
+        failed = True
+    for p in params:
+        p.grad = None
+    if failed:  # (outside the handler: the failed step's tensors are free by now)
         torch.cuda.empty_cache()
-        return 0
-    per = max((torch.cuda.max_memory_allocated(device) - before) // probe, 1 << 20)
-    free, _ = torch.cuda.mem_get_info(device)
-    return max(1, int(GPU_SHARE * (free + torch.cuda.memory_reserved(device)
-                                   - torch.cuda.memory_allocated(device)) // per))
+        return None
+    return max(torch.cuda.max_memory_allocated(device) - before, 0)

@@ -2,6 +2,8 @@
 error for a GPU asked for where there is none; on a GPU (where torch sees one) the same losses
 as on the CPU and a trained student."""
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -19,7 +21,14 @@ from onnxprune.search.quality import get_metric  # noqa: E402
 from onnxprune.zoo.builder import demo_cnn  # noqa: E402
 
 no_gpu = pytest.mark.skipif(cuda is not None, reason="torch sees a GPU here")
-gpu = pytest.mark.skipif(cuda is None, reason="needs a CUDA GPU (torch sees none)")
+
+
+def gpu(test):
+    """A test that runs on the GPU (``auto`` too: the suite's CPU default is off for it)."""
+    return pytest.mark.gpu(pytest.mark.skipif(cuda is None, reason="needs a CUDA GPU (torch "
+                                              "sees none)")(test))
+
+
 COSINE = get_metric("cosine")
 
 
@@ -97,7 +106,9 @@ def test_on_a_gpu_the_losses_are_the_cpus_and_the_student_trains(pair):
     assert first["device"].startswith("cuda")
     assert first["history"][0][1] == pytest.approx(on_cpu["history"][0][1], rel=1e-5)
     assert first["val_before"] == pytest.approx(on_cpu["val_before"], abs=1e-6)
-    model, info = distill(student, teacher, x, steps=40, device="cuda", val_fraction=0.0, **kw)
+    with exact_cuda():
+        model, info = distill(student, teacher, x, steps=40, device="cuda", val_fraction=0.0,
+                              **kw)
     assert info["val_after"] > info["val_before"] and info["best_step"] > 0
     y = session(model).run(None, x)
     want = session(teacher).run(None, x)
@@ -105,16 +116,67 @@ def test_on_a_gpu_the_losses_are_the_cpus_and_the_student_trains(pair):
 
 
 @gpu
-def test_a_gpu_step_takes_what_half_the_free_gpu_memory_holds(pair):
+def test_the_pipeline_trains_on_the_gpu_by_default(tmp_path, capsys):
+    model = tmp_path / "m.onnx"
+    onnx.save(demo_cnn(), model)
+    out = tmp_path / "out.onnx"
+    code = main(["prune", str(model), "-o", str(out), "--ratio", "0.3", "--calib-random", "32",
+                 "--recover", "distill", "--distill-steps", "4", "--distill-lr", "1e-4",
+                 "--json", "-q"])
+    assert code == 0 and out.exists()
+    assert json.loads(capsys.readouterr().out)["recovery"]["distill"]["device"] == "cuda"
+
+
+class _FakeGpu:
+    """torch.cuda's memory counters for a GPU whose steps allocate ``fixed`` bytes and ``per``
+    bytes a sample, ``limit`` samples at most before it runs out of memory."""
+
+    def __init__(self, monkeypatch, free, reserved, allocated, fixed, per, limit=1 << 30):
+        self.free, self.reserved, self.allocated = free, reserved, allocated
+        self.fixed, self.per, self.limit, self.steps, self.peak = fixed, per, limit, [], 0
+        for name in ("synchronize", "reset_peak_memory_stats", "empty_cache"):
+            monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (self.free, 80 << 30))
+        monkeypatch.setattr(torch.cuda, "memory_reserved", lambda *a: self.reserved)
+        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: self.allocated)
+        monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: self.peak)
+
+    def loss_of(self, idx):
+        self.steps.append(len(idx))
+        if len(idx) > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        self.peak = self.allocated + self.fixed + self.per * len(idx)
+        return torch.zeros((), requires_grad=True)
+
+
+def test_a_gpu_step_takes_what_half_of_the_gpus_room_holds(monkeypatch):
+    """Half of what torch may still take there (free + its cache - in use), less Adam's moments
+    and two copies of the best weights, over a sample's bytes measured at the peak of a step of
+    8 (after one sample's): the sizes worked out by hand, on the GPU's counters (faked here)."""
+    w = torch.nn.Parameter(torch.zeros(1 << 18))  # 1 MiB trained: 4 MiB held beside a step
+    gpu_ = _FakeGpu(monkeypatch, free=10 << 30, reserved=2 << 30, allocated=1 << 30,
+                    fixed=64 << 20, per=32 << 20)
+    room = 0.5 * ((10 << 30) + (2 << 30) - (1 << 30)) - (4 << 20)
+    per = ((64 << 20) + 8 * (32 << 20)) // 8  # the fixed bytes shared by the probe's samples
+    assert train_device._gpu_fitting(gpu_.loss_of, np.arange(40), [w], torch.device("cuda")) == \
+        int(room // per)
+    assert gpu_.steps == [1, 8]
+    # the GPU runs out of memory above 3 samples: the probe halves to 2
+    gpu_ = _FakeGpu(monkeypatch, free=10 << 30, reserved=0, allocated=0, fixed=0,
+                    per=32 << 20, limit=3)
+    assert train_device._gpu_fitting(gpu_.loss_of, np.arange(40), [w], torch.device("cuda")) == \
+        int((0.5 * (10 << 30) - (4 << 20)) // (32 << 20))
+    assert gpu_.steps == [1, 8, 4, 2]
+    # ... or at one sample: nothing fits, the student is not trained
+    gpu_ = _FakeGpu(monkeypatch, free=10 << 30, reserved=0, allocated=0, fixed=0,
+                    per=32 << 20, limit=0)
+    assert train_device._gpu_fitting(gpu_.loss_of, np.arange(40), [w], torch.device("cuda")) == 0
+
+
+@gpu
+def test_a_gpu_step_is_sized_on_the_gpu(pair):
+    """On a real GPU the probe measures a step there: a small model takes the batch asked."""
     teacher, student, x = pair
     _, info = distill(student, teacher, x, steps=2, lr=1e-4, patience=None, device="cuda",
                       batch_size=16)
-    assert info["batch_size"] == 16 and info["steps"] == 2
-    calls = []
-
-    def loss_of(idx):
-        calls.append(len(idx))
-        return torch.zeros((), device=cuda, requires_grad=True)
-
-    assert train_device.fitting(loss_of, np.arange(40), [], cuda) >= 1
-    assert calls == [1, train_device.PROBE_SAMPLES]
+    assert info["batch_size"] == 16 and info["steps"] == 2 and info["device"] == "cuda"

@@ -42,6 +42,12 @@ def _device(value) -> str:
     raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
 
 
+def _not_distilled(ctx: Context, why: str) -> PassResult:
+    warn(f"distill: not run ({why}); the model stays as the earlier stages left it")
+    ctx.recovery["distill"] = {"skipped": why}
+    return PassResult(False, {"skipped": why})
+
+
 def _float_only(ctx: Context, by: str) -> None:
     """Refits write float weights: a quantized model (integer weights) is not refit."""
     if ctx.graph is not None and is_quantized(ctx.graph):
@@ -187,6 +193,8 @@ class Distill(Pass):
 
     def run(self, ctx: Context) -> PassResult:
         try:
+            import torch
+
             from ...recover.distill import distill
         except ImportError as err:
             raise UsageError(f"distillation needs torch (pip install 'onnxprune[torch]'): "
@@ -208,10 +216,9 @@ class Distill(Pass):
                                   teacher_outputs=stages.held_outputs(ctx, ctx.reference),
                                   device=self.device)
         except NotImplementedError as err:  # an op the training interpreter lacks
-            warn(f"distill: not run ({err}; the training interpreter lacks it); the model "
-                 "stays as the earlier stages left it")
-            ctx.recovery["distill"] = {"skipped": str(err)}
-            return PassResult(False, {"skipped": str(err)})
+            return _not_distilled(ctx, f"{err}; the training interpreter lacks it")
+        except torch.cuda.OutOfMemoryError as err:  # training on a GPU too small for it
+            return _not_distilled(ctx, f"the GPU ran out of memory: {str(err).splitlines()[0]}")
         if info["stopped"] == "memory":
             room = f"the {info['device']} GPU has free" if info["device"].startswith("cuda") \
                 else f"--memory {ctx.config.memory / 2**20:.0f}M leaves"

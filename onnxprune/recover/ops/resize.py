@@ -25,7 +25,9 @@ def _source_coords(out_len: int, in_len: int, scale: np.float32, mode: str,
     if mode == "align_corners":
         if out_len == 1:
             return torch.zeros_like(x)
-        return x * float(in_len - 1) / float(out_len - 1)
+        # divided by a tensor: a GPU divides by a scalar as a product with its reciprocal, 1
+        # ulp off (nearest then picks another pixel in 2x upsamples such as 31 -> 62)
+        return x * float(in_len - 1) / torch.tensor(float(out_len - 1), device=device)
     if mode == "asymmetric":
         return x / s
     if mode == "half_pixel_symmetric":
