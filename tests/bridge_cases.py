@@ -164,6 +164,12 @@ CASES = [
     ("gather-scalar", 13, X4, node("Gather", np.int64(1), axis=1)),
     ("gather-elements", 13, X4, node("GatherElements", np.random.default_rng(0).integers(
         -3, 3, (2, 3, 5, 2)).astype(np.int64), axis=3)),
+    ("gather-nd", 13, X4, node("GatherND", ints(1, -1, 0, 2, 1, 0).reshape(3, 2))),
+    ("gather-nd-full", 13, X4, node("GatherND", ints(1, 2, 4, 5, 0, 0, -1, 3).reshape(2, 4))),
+    ("gather-nd-batch", 13, X4, node("GatherND", ints(2, 0, -1, 1, 0, 0).reshape(2, 3, 1),
+                                     batch_dims=1)),
+    ("gather-nd-batch-2", 13, X4, node("GatherND", np.random.default_rng(0).integers(
+        -5, 5, (2, 3, 4, 2)).astype(np.int64), batch_dims=2)),
     ("pad-constant", 13, X4, node("Pad", ints(0, 1, 2, 0, 0, 0, 1, 3), np.float32(1.5))),
     ("pad-negative", 13, X4, node("Pad", ints(0, 0, -1, 2, 0, 0, 2, -3))),
     ("pad-reflect", 13, X4, node("Pad", ints(0, 0, 2, 3, 0, 0, 4, 1), mode="reflect")),

@@ -105,6 +105,22 @@ def test_the_dynamo_exporter_reaches_the_same_widths(exported, arch):
     assert open_ == want and tz.HIDDEN in open_ and tz.FFN in open_
     r = prune(model, ratio=0.5)
     assert r.verification.passed and r.params_after < r.params_before
+    # distillation's torch interpreter runs them (their GatherND too), as onnxruntime does
+    import torch
+
+    from onnxprune.ir.runtime import session
+    from onnxprune.recover.distill import distill
+    from onnxprune.recover.torch_bridge import TorchGraph
+
+    data = feeds(10, batch=4)
+    for m in (model, r.model):
+        with torch.no_grad():
+            got = TorchGraph(m).run(data)[0].numpy()
+        want = session(m).run(None, data)[0]
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    assert "GatherND" in {n.op_type for n in model.graph.node}
+    _, info = distill(r.model, model, data, steps=2, lr=1e-4, patience=None, loss="kl")
+    assert info["steps"] == 2 and np.isfinite(info["history"][-1][1])
 
 
 @pytest.mark.parametrize("arch", sorted(HEAD_UNITS))

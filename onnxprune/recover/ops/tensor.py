@@ -1,5 +1,5 @@
 """Shape, indexing and data movement: Reshape/Flatten/Transpose/Squeeze/Unsqueeze, Concat/
-Split/Slice/Gather, Pad, Tile/Expand/Where, Shape/ConstantOfShape/Range, Cast, Constant,
+Split/Slice/Gather(ND), Pad, Tile/Expand/Where, Shape/ConstantOfShape/Range, Cast, Constant,
 Einsum and CumSum."""
 
 from __future__ import annotations
@@ -176,6 +176,21 @@ def gather(n: Node, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 def gather_elements(n: Node, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     axis = axis_of(n.get("axis", 0), x.dim())
     return torch.gather(x, axis, torch.where(idx < 0, idx + x.shape[axis], idx).long())
+
+
+@register("GatherND")
+def gather_nd(n: Node, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``idx[..., k]`` indexes the k axes after the first ``batch_dims`` (shared by both)."""
+    b = n.get("batch_dims", 0)
+    k = idx.shape[-1]
+    lead = idx.shape[:-1]  # (the batch axes, then the index's own)
+    xs = x.reshape(-1, *x.shape[b:])  # the batch axes as one
+    ix = idx.long().reshape(xs.shape[0], -1, k)
+    sizes = torch.tensor(x.shape[b:b + k], dtype=torch.long, device=idx.device)
+    ix = torch.where(ix < 0, ix + sizes, ix)
+    rows = torch.arange(xs.shape[0], device=x.device).unsqueeze(1).expand(ix.shape[:2])
+    out = xs[(rows, *ix.unbind(-1))]  # [batch, picks, the axes not indexed]
+    return out.reshape(*lead, *x.shape[b + k:])
 
 
 def _pad_index(size: int, before: int, after: int, mode: str,
