@@ -124,6 +124,12 @@ class RefitEvaluator:
                                  ev.static_batch, None if ev.static_batch else ev.max_rows,
                                  node_costs(graph))
         self.session = session(self.prefixes.model, arena="shared")
+        if ev.per_sample and self.prefixes.points:  # their tensors count in a call's memory
+            self.prefixes.fill(self.session, analysis.num_units)
+            if self.prefixes.bound_rows(self.session, ev.per_sample, ev.n, ev.budget) is None:
+                self.prefixes.points = []  # not even one call fits with them: runs whole
+                self.prefixes.close()
+                self.session = session(fed, arena="shared")
         self._cache: OrderedDict = OrderedDict()
         self._cached = 0  # bytes in the cache
         self.seconds = time.perf_counter() - start

@@ -17,7 +17,7 @@ from ..ir.arrays import axes_of
 from ..ir.runtime import one_sample, output_axes, run_batched, sample_slice, session, static_batch
 from ..ir.weights import Skeleton, embed
 from ..verify.oracle import GATES, Oracle
-from .memory import RUNTIME_FACTOR, activation_bytes, default_budget, rows_per_call
+from .memory import activation_bytes, default_budget, rows_per_call
 from .prefix import Prefixes
 from .quality import Metric
 
@@ -174,16 +174,11 @@ class Evaluator:
         bounded again with them."""
         if not self.per_sample:
             return True
-        per = self.per_sample + pre.held_per_sample(self.n)
-        rows = int(self.budget // max(int(per * RUNTIME_FACTOR), 1))
-        if rows < (self.static_batch or 1):
+        rows = pre.bound_rows(self.oracle.session, self.per_sample, self.n, self.budget)
+        if rows is None:
             return False
         self.max_rows = min(self.max_rows, rows)
         self.batched = self.batched and self.n <= self.max_rows
-        if not self.static_batch and rows < (pre.max_rows or rows + 1):
-            pre.max_rows = rows  # kept tensors are per chunk: filled again in these chunks
-            pre.close()
-            pre.fill(self.oracle.session, self.analysis.num_units)
         return True
 
     def _outputs_also(self, model) -> None:

@@ -41,7 +41,7 @@ from ..ir.runtime import (
     subgraph_reads,
 )
 from ..ir.weights import Skeleton, proto
-from .memory import room, tensor_bytes
+from .memory import RUNTIME_FACTOR, room, tensor_bytes
 
 MIN_SHARE = 0.2  # of the model's work (MACs) before the first point
 SPACING = 0.02  # of the model's work between consecutive points
@@ -175,6 +175,22 @@ class Prefixes:
         kept = self.unpruned.kept if self.unpruned is not None else {}
         return sum(a.nbytes for q in self.points for chunk in kept.get(q, ()) for a in chunk
                    ) / max(samples, 1)
+
+    def bound_rows(self, sess, per_sample: float, samples: int, budget: int) -> int | None:
+        """The samples a call of ``sess`` (over ``model``, after ``fill``) may take within
+        ``budget`` with the points' tensors output too (onnxruntime keeps a graph output's
+        memory to the end of the run; ``per_sample``: the model's own activations), the kept
+        tensors filled again in chunks of as many where that is fewer than before; None: not
+        even one call fits (a fixed batch's) with them."""
+        per = per_sample + self.held_per_sample(samples)
+        rows = int(budget // max(int(per * RUNTIME_FACTOR), 1))
+        if rows < (self.fixed or 1):
+            return None
+        if not self.fixed and rows < (self.max_rows or rows + 1):
+            self.max_rows = rows  # kept tensors are per chunk: filled again in these chunks
+            self.close()
+            self.fill(sess, len(self.first))
+        return rows
 
     def starts_late(self, keep: np.ndarray) -> bool:
         """``keep`` would run from a kept point (after ``fill``), not whole."""

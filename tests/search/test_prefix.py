@@ -109,6 +109,33 @@ def test_every_candidate_gets_the_whole_graphs_outputs(monkeypatch, net, budget,
         assert set(arrays) <= fed
 
 
+def test_the_refit_searchs_calls_count_the_points_tensors(monkeypatch):
+    """As the plain search's: under a budget that holds exactly the 9 samples of a whole run,
+    the refit evaluator's calls take fewer with its points' tensors (outputs of every run),
+    its kept tensors follow the new chunks, and the outputs are the whole graph's."""
+    ref = normalized(_net())
+    analysis = analyze_channels(import_model(ref))
+    calib = {"x": np.random.default_rng(0).standard_normal((9, 3, 10, 10)).astype(np.float32)}
+    cosine = get_metric("cosine")
+    per = Evaluator(ref, analysis, calib, cosine).per_sample
+    budget = int(per * memory.RUNTIME_FACTOR) * 9
+    ev = Evaluator(ref, analysis, calib, cosine, memory=budget)
+    assert ev.max_rows == 9
+    monkeypatch.setattr(prefix, "MIN_SHARE", 2.0)
+    whole = RefitEvaluator(ev, import_model(ref), ref, analysis, calib)
+    monkeypatch.setattr(prefix, "MIN_SHARE", 0.05)
+    fast = RefitEvaluator(ev, import_model(ref), ref, analysis, calib, grams_of=whole)
+    pre = fast.prefixes
+    assert pre.points and not whole.prefixes.points
+    rows = budget // int((per + pre.held_per_sample(9)) * memory.RUNTIME_FACTOR)
+    assert pre.max_rows == rows < 9
+    assert len(pre.unpruned.kept[pre.points[0]]) == -(-9 // rows)
+    for keep in _candidates(analysis, np.random.default_rng(3), 16):
+        for w, g in zip(whole.outputs(keep), fast.outputs(keep), strict=True):
+            np.testing.assert_array_equal(g, w)
+    assert pre.stats["suffix"] > 0
+
+
 def test_a_fixed_batch_is_chunked_and_padded_alike(monkeypatch):
     """A model exported for batches of 4, on 10 samples: three chunks, the last padded; the
     kept tensors follow the chunks."""
