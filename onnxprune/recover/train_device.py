@@ -21,6 +21,7 @@ from ..errors import UsageError
 from ..search.memory import cap
 
 DEVICES = ("auto", "cpu", "cuda")
+OutOfMemory = torch.cuda.OutOfMemoryError  # what a GPU too small for a step raises
 # torch intra-op threads while training on the CPU: one for small steps (fastest there), every
 # core the process may use once a step's forward pass is this many MACs (MiniLM at 32
 # sentences of 32 tokens, ~4e9: 1.6x faster on 2 cores)

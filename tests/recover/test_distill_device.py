@@ -94,6 +94,27 @@ def test_the_command_line_refuses_a_device_in_one_line(tmp_path, capsys):
         assert len(lines) == 1 and "sees no CUDA GPU" in lines[0] and "Traceback" not in err
 
 
+def test_a_gpu_out_of_memory_leaves_the_model_as_the_earlier_stages_did(tmp_path, capsys,
+                                                                          monkeypatch):
+    """Training that does not fit the GPU: a warning, the model written untrained."""
+    from onnxprune.recover import distill as module
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\n...")
+
+    monkeypatch.setattr(module, "distill", out_of_memory)
+    model = tmp_path / "m.onnx"
+    onnx.save(demo_cnn(), model)
+    out = tmp_path / "out.onnx"
+    code = main(["prune", str(model), "-o", str(out), "--ratio", "0.3", "--calib-random", "8",
+                 "--recover", "distill", "--json", "-q"])
+    captured = capsys.readouterr()
+    assert code == 0 and out.exists()
+    assert json.loads(captured.out)["recovery"]["distill"] == {
+        "skipped": "the GPU ran out of memory: CUDA out of memory. Tried to allocate 2.00 GiB"}
+    assert "distill: not run (the GPU ran out of memory" in captured.err
+
+
 @gpu
 def test_on_a_gpu_the_losses_are_the_cpus_and_the_student_trains(pair):
     """The first batch's loss on the GPU (TF32 off) is the CPU's to float rounding; trained

@@ -193,9 +193,8 @@ class Distill(Pass):
 
     def run(self, ctx: Context) -> PassResult:
         try:
-            import torch
-
             from ...recover.distill import distill
+            from ...recover.train_device import OutOfMemory
         except ImportError as err:
             raise UsageError(f"distillation needs torch (pip install 'onnxprune[torch]'): "
                              f"{err}") from None
@@ -217,7 +216,7 @@ class Distill(Pass):
                                   device=self.device)
         except NotImplementedError as err:  # an op the training interpreter lacks
             return _not_distilled(ctx, f"{err}; the training interpreter lacks it")
-        except torch.cuda.OutOfMemoryError as err:  # training on a GPU too small for it
+        except OutOfMemory as err:  # training on a GPU too small for it
             return _not_distilled(ctx, f"the GPU ran out of memory: {str(err).splitlines()[0]}")
         if info["stopped"] == "memory":
             room = f"the {info['device']} GPU has free" if info["device"].startswith("cuda") \
