@@ -40,7 +40,7 @@ from .distill_data import (
 )
 from .torch_bridge import TorchGraph
 from .torch_threads import torch_threads
-from .train_device import fitting, flush_denormals, resolve, threads
+from .train_device import adam, fitting, flush_denormals, resolve, threads
 
 __all__ = ["distill"]
 
@@ -235,7 +235,7 @@ def distill(
             run = {"lr": rate, "stopped": stopped or "budget", "done": 0, "history": [first],
                    "best": (utility(val_before), 0, val_before, initial)}
             if stopped is None:
-                opt = torch.optim.Adam([graph.param(name) for name in trained], lr=rate)
+                opt = adam([graph.param(name) for name in trained], rate)
                 with task("distill", steps, at_most=True) as advance:  # stops early
                     _train(run, opt, data, minibatches(train_idx, size, rng), steps,
                            eval_every, patience, evaluate, utility, guarded, ceiling, advance)

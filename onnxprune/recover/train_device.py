@@ -57,6 +57,16 @@ def resolve(device: str | torch.device | None) -> torch.device:
     return chosen
 
 
+def adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
+    """Adam over ``params``, its update one fused kernel for all of them where torch has one
+    for their device (the CPU's and CUDA's: MiniLM's per-tensor update took 15 ms of a
+    210 ms step, fused 6; the same update to float rounding)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except RuntimeError:  # no fused kernel for this device or type
+        return torch.optim.Adam(params, lr=lr)
+
+
 def threads(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], size: int) -> int:
     """Intra-op threads for training on the CPU: see ``PARALLEL_MACS``."""
     from ..analysis.size import macs_at

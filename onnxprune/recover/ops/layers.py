@@ -150,6 +150,11 @@ def instance_norm(n: Node, x: torch.Tensor, scale: torch.Tensor,
 def layer_norm(n: Node, x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None):
     axis = axis_of(n.get("axis", -1), x.dim())
     dims = list(range(axis, x.dim()))
+    shape = tuple(x.shape[axis:])
+    if n.n_outputs == 1 and x.dtype == torch.float32 and scale.dtype == x.dtype and all(
+            t is None or tuple(t.shape) == shape for t in (scale, bias)):
+        # torch's kernel (one pass forward and backward, where the steps below are eight)
+        return F.layer_norm(x, shape, scale, bias, n.get("epsilon", 1e-5))
     xs = x.float() if n.get("stash_type", 1) == 1 and x.dtype in (torch.float16,
                                                                  torch.bfloat16) else x
     mean = xs.mean(dims, keepdim=True)
