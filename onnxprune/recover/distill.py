@@ -23,6 +23,7 @@ import onnx
 import torch
 
 from ..errors import UsageError
+from ..ir.memory import heap_reuse
 from ..ir.runtime import session
 from ..progress import task
 from ..search.quality import Metric
@@ -226,24 +227,25 @@ def distill(
         first = (0, data.mean_loss(train_idx[:size]), val_before)
         drawn = rng.bit_generator.state  # each rate's mini-batches are the same draws
         tries: list[dict] = []
-        for rate in rates:  # the next only when this one gained nothing
-            if tries:
-                with torch.no_grad():
-                    for k, p in graph.params.items():
-                        p.copy_(initial[k])
-                rng.bit_generator.state = drawn
-            run = {"lr": rate, "stopped": stopped or "budget", "done": 0, "history": [first],
-                   "best": (utility(val_before), 0, val_before, initial)}
-            if stopped is None:
-                opt = adam([graph.param(name) for name in trained], rate)
-                with task("distill", steps, at_most=True) as advance:  # stops early
-                    _train(run, opt, data, minibatches(train_idx, size, rng), steps,
-                           eval_every, patience, evaluate, utility, guarded, ceiling, advance)
-            tries.append(run)
-            gain = run["best"][0] - utility(val_before)
-            if (gain > 0 and run["stopped"] != "diverged") or run["stopped"] in (
-                    "matched", "memory"):
-                break
+        with heap_reuse():  # (after the fitting: its resident-memory probe sees fresh pages)
+            for rate in rates:  # the next only when this one gained nothing
+                if tries:
+                    with torch.no_grad():
+                        for k, p in graph.params.items():
+                            p.copy_(initial[k])
+                    rng.bit_generator.state = drawn
+                run = {"lr": rate, "stopped": stopped or "budget", "done": 0, "history": [first],
+                       "best": (utility(val_before), 0, val_before, initial)}
+                if stopped is None:
+                    opt = adam([graph.param(name) for name in trained], rate)
+                    with task("distill", steps, at_most=True) as advance:  # stops early
+                        _train(run, opt, data, minibatches(train_idx, size, rng), steps,
+                               eval_every, patience, evaluate, utility, guarded, ceiling, advance)
+                tries.append(run)
+                gain = run["best"][0] - utility(val_before)
+                if (gain > 0 and run["stopped"] != "diverged") or run["stopped"] in (
+                        "matched", "memory"):
+                    break
     chosen = max(tries, key=lambda t: t["best"][0] - utility(val_before))
     _, best_step, best_val, best_state = chosen["best"]
     with torch.no_grad():  # the best weights (the student's own if nothing beat them)

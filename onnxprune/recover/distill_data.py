@@ -123,8 +123,10 @@ class Data:
         want = [t.index_select(0, rows).to(device, non_blocking=True)  # (a copy of whole rows:
                 for t in self.t.outputs + self.t.acts]  # PP-OCR rec's 48 MB took 38 ms indexed)
         n_out = len(self.t.outputs)
-        terms = [kl(g[:valid], w[:valid], self.t.probs[i]) if self.kind == "kl" and i < n_out
-                 else F.mse_loss(g[:valid], w[:valid]) / s  # (one kernel each way)
+        if valid is not None:  # (a slice of all rows still zero-filled its gradient)
+            got, want = [g[:valid] for g in got], [w[:valid] for w in want]
+        terms = [kl(g, w, self.t.probs[i]) if self.kind == "kl" and i < n_out
+                 else F.mse_loss(g, w) / s  # (one kernel each way)
                  for i, (g, w, s) in enumerate(zip(got, want, self.t.scales, strict=True))]
         loss = torch.stack(terms[:n_out]).mean()
         if n_out < len(terms):

@@ -39,3 +39,44 @@ def test_a_run_leaves_the_kernel_high_water_mark_alone():
     per_pass = r.memory["per_pass"]
     assert all(v is not None and v > 0 for v in per_pass.values())
     assert r.memory["peak_rss"] < before  # the run's own peak, not the process's lifetime one
+
+
+def _mapped_bytes():
+    """Bytes glibc holds in separately mapped blocks now (mallinfo2's hblkhd), or None."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        info = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+
+    class Info(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in (
+            "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+            ).split()]
+
+    info.restype = Info
+    return info().hblkhd
+
+
+@pytest.mark.skipif(_mapped_bytes() is None, reason="glibc's allocator (mallinfo2) only")
+def test_heap_reuse_serves_large_blocks_from_the_heap_and_restores_after():
+    """A training step's tensors over 32 MB were mapped afresh and unmapped every step (page
+    faults on each); inside heap_reuse they come from the heap, after it glibc maps them
+    again as it does by default."""
+    from onnxprune.ir.memory import heap_reuse
+
+    size = 64 << 20
+    with heap_reuse() as active:
+        base = _mapped_bytes()
+        a = np.ones(size // 8)
+        inside = _mapped_bytes() - base
+        del a
+    assert active
+    base = _mapped_bytes()
+    b = np.ones(size // 8)
+    after = _mapped_bytes() - base
+    del b
+    assert inside < size
+    assert after >= size

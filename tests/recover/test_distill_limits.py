@@ -219,3 +219,32 @@ def test_variance_taken_in_pieces_is_the_whole_arrays(monkeypatch):
     monkeypatch.setattr(distill_data, "VARIANCE_ROWS_BYTES", 8 * 45 * 4)  # 4 samples a piece
     assert distill_data.variance(t, idx) == pytest.approx(whole, rel=1e-12)
     assert distill_data.variance(torch.ones(6, 2)) == 1.0  # constant: plain MSE
+
+
+def test_a_step_on_all_its_rows_slices_nothing(pair):
+    """A slice of all rows (``g[:None]``) made backward zero-fill a gradient of the output's
+    size and copy it (PP-OCR rec: 48 MB each step); the loss of the first rows is a slice."""
+    import torch
+
+    from onnxprune.recover.distill_data import Data, Targets
+    from onnxprune.recover.torch_bridge import TorchGraph
+
+    student, teacher, x = pair
+    graph = TorchGraph(student)
+    idx = np.arange(len(x["x"]))
+    data = Data(graph, x, Targets(teacher, x, graph, (), idx, None), 0.1, None, "mse")
+
+    def nodes(loss):
+        seen, todo = set(), [loss.grad_fn]
+        while todo:
+            fn = todo.pop()
+            if fn is not None and fn not in seen:
+                seen.add(fn)
+                todo += [f for f, _ in fn.next_functions]
+        return {type(fn).__name__ for fn in seen}
+
+    whole = data.loss(idx[:8])
+    assert "SliceBackward0" not in nodes(whole)
+    first = data.loss(idx[:8], valid=5)
+    assert "SliceBackward0" in nodes(first)
+    assert torch.isclose(first, data.loss(idx[:5]), rtol=1e-6)
