@@ -115,6 +115,45 @@ def test_a_gpu_out_of_memory_leaves_the_model_as_the_earlier_stages_did(tmp_path
     assert "distill: not run (the GPU ran out of memory" in captured.err
 
 
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_a_gpu_failure_other_than_memory_trains_on_the_cpu_only_under_auto(
+        tmp_path, capsys, monkeypatch, device):
+    """auto chose the GPU and it cannot train the model (an op without a CUDA kernel): a
+    warning and the CPU trains it. A GPU the user named fails as it failed (one line). (The GPU is
+    faked: auto resolves to cuda, and training anywhere but the CPU raises.)"""
+    from onnxprune.pipeline.passes import recovery
+    from onnxprune.recover import distill as module
+
+    real, devices = module.distill, []
+
+    def distill_on(*args, device, **kwargs):
+        devices.append(device)
+        if device != "cpu":
+            raise RuntimeError('"addmm_cuda" not implemented for \'Long\'\nmore lines')
+        return real(*args, device=device, **kwargs)
+
+    monkeypatch.setattr(module, "distill", distill_on)
+    monkeypatch.setattr(train_device, "AUTO", "cuda")
+    monkeypatch.setattr(recovery.Distill, "preflight", lambda self, ctx: None)  # (no GPU here)
+    model = tmp_path / "m.onnx"
+    onnx.save(demo_cnn(), model)
+    out = tmp_path / "out.onnx"
+    argv = ["prune", str(model), "-o", str(out), "--ratio", "0.3", "--calib-random", "16",
+            "--recover", "distill", "--distill-steps", "2", "--json", "-q",
+            "--distill-device", device]
+    code = main(argv)
+    captured = capsys.readouterr()
+    if device == "cuda":  # one line, no file, the internal error's code
+        assert code != 0 and devices == ["cuda"] and not out.exists()
+        assert "in pass distill: RuntimeError: \"addmm_cuda\" not implemented" in captured.err
+        assert "Traceback" not in captured.err
+        return
+    assert code == 0 and out.exists() and devices == ["auto", "cpu"]
+    assert json.loads(captured.out)["recovery"]["distill"]["device"] == "cpu"
+    assert "training on the GPU failed (\"addmm_cuda\" not implemented for 'Long'); " \
+        "training on the CPU instead" in captured.err
+
+
 @gpu
 def test_on_a_gpu_the_losses_are_the_cpus_and_the_student_trains(pair):
     """The first batch's loss on the GPU (TF32 off) is the CPU's to float rounding; trained

@@ -42,6 +42,18 @@ def _device(value) -> str:
     raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
 
 
+def _gpu_by_default(device: str) -> bool:
+    """``auto`` chose a GPU (torch sees one): a failure there other than memory may train on
+    the CPU instead. A device named by the user is where it trains or fails."""
+    from ...recover.train_device import resolve
+
+    return device == "auto" and resolve(device).type == "cuda"
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def _not_distilled(ctx: Context, why: str) -> PassResult:
     warn(f"distill: not run ({why}); the model stays as the earlier stages left it")
     ctx.recovery["distill"] = {"skipped": why}
@@ -205,19 +217,27 @@ class Distill(Pass):
         bounds = [f.tensor for f in (ctx.flows or [])] if self.boundaries else []
         student = ctx.export(graph)
         before, snapshot = stages.current(ctx), graph.copy()
-        try:  # back off when nothing improves
-            model, info = distill(student, teacher, calib, metric=ctx.metric, steps=self.steps,
-                                  lr=(self.lr, self.lr / 10, self.lr / 100),
-                                  batch_size=self.batch_size, val_fraction=self.val_fraction,
-                                  patience=self.patience, boundaries=bounds, seed=self.seed,
-                                  loss=self.loss_for(ctx.metric), interface=ctx.interface,
-                                  reads=stages.reads(ctx), guard=stages.probe(ctx),
-                                  teacher_outputs=stages.held_outputs(ctx, ctx.reference),
-                                  device=self.device)
+        args = dict(metric=ctx.metric, steps=self.steps,
+                    lr=(self.lr, self.lr / 10, self.lr / 100),  # back off when nothing improves
+                    batch_size=self.batch_size, val_fraction=self.val_fraction,
+                    patience=self.patience, boundaries=bounds, seed=self.seed,
+                    loss=self.loss_for(ctx.metric), interface=ctx.interface,
+                    reads=stages.reads(ctx), guard=stages.probe(ctx),
+                    teacher_outputs=stages.held_outputs(ctx, ctx.reference))
+        try:
+            try:
+                model, info = distill(student, teacher, calib, device=self.device, **args)
+            except RuntimeError as err:  # a GPU chosen by default that cannot train this model
+                if isinstance(err, (NotImplementedError, OutOfMemory)) or \
+                        not _gpu_by_default(self.device):
+                    raise
+                warn(f"distill: training on the GPU failed ({_first_line(err)}); training on "
+                     "the CPU instead (--distill-device cpu chooses it from the start)")
+                model, info = distill(student, teacher, calib, device="cpu", **args)
         except NotImplementedError as err:  # an op the training interpreter lacks
             return _not_distilled(ctx, f"{err}; the training interpreter lacks it")
         except OutOfMemory as err:  # training on a GPU too small for it
-            return _not_distilled(ctx, f"the GPU ran out of memory: {str(err).splitlines()[0]}")
+            return _not_distilled(ctx, f"the GPU ran out of memory: {_first_line(err)}")
         if info["stopped"] == "memory":
             room = f"the {info['device']} GPU has free" if info["device"].startswith("cuda") \
                 else f"--memory {ctx.config.memory / 2**20:.0f}M leaves"
