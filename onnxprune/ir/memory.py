@@ -75,9 +75,12 @@ def heap_reuse() -> Iterator[bool]:
     pays the kernel's page faults on each of them every step (PP-OCR rec's 48 MB outputs:
     its loss, gradient and targets took 0.91 s steps to 0.76). After the block the
     thresholds are those glibc's own dynamic ones reach (32 MB, trimming above 64 MB) and
-    the heap's free memory goes back (``release``)."""
+    the heap's free memory goes back (``release``). A threshold the user set for the process
+    (``MALLOC_MMAP_THRESHOLD_``, or glibc's tunables) is left as it is."""
     libc = _libc()
-    if libc is None or not libc.mallopt(_M_MMAP_THRESHOLD, HEAP_REUSE):
+    chosen = "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get(
+        "GLIBC_TUNABLES", "")
+    if libc is None or chosen or not libc.mallopt(_M_MMAP_THRESHOLD, HEAP_REUSE):
         yield False
         return
     libc.mallopt(_M_TRIM_THRESHOLD, 2 * HEAP_REUSE)

@@ -80,3 +80,14 @@ def test_heap_reuse_serves_large_blocks_from_the_heap_and_restores_after():
     del b
     assert inside < size
     assert after >= size
+
+
+@pytest.mark.parametrize("env", [{"MALLOC_MMAP_THRESHOLD_": "65536"},
+                                 {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}])
+def test_heap_reuse_leaves_a_threshold_the_user_set(monkeypatch, env):
+    from onnxprune.ir.memory import heap_reuse
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with heap_reuse() as active:
+        assert not active
