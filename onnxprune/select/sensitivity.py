@@ -185,12 +185,17 @@ def measured_path(space: Space, ev: Evaluator, curves: LazyCurves, unit_cost: np
                 if shortlist is not None:
                     ranked = ranked[:shortlist]
                 masks, saved = [], []
+                now = reduction(path[-1])
                 for i in ranked:
                     counts = [int(c.counts[j]) for c, j in zip(cs, level, strict=True)]
                     counts[i] = int(cs[i].counts[level[i] + 1])
                     masks.append(space.mask(counts))
                     order = space.groups[i].order
-                    saved.append(unit_cost[order[cs[i].counts[level[i]]:counts[i]]].sum())
+                    first = int(cs[i].counts[level[i]])
+                    cut = unit_cost[order[first:counts[i]]].sum()
+                    whole = not any(first < k < counts[i] for k in space.groups[i].counts)
+                    saved.append(cut * _within(target.fraction - now, space.reduction(
+                        masks[-1], target) - now) if whole else cut)
                 utils = np.array([ev.metric.utility(v)
                                   for v in ev.evaluate_many(~np.array(masks))])
                 loss = np.maximum(current - utils, 0.0) / np.maximum(np.array(saved), 1e-12)
@@ -201,6 +206,18 @@ def measured_path(space: Space, ev: Evaluator, curves: LazyCurves, unit_cost: np
             advance()
             if reduction(path[-1]) >= target.fraction:
                 return path
+
+
+def _within(need: float, step: float) -> float:
+    """The share of a step's saving that counts toward the target when the step cannot be
+    taken in part (the last step of a path is refined to the channels the target needs, but a
+    residual block goes whole): all of it up to what the target still needs, past it none. A
+    block that saved more than the rest of the target looked cheap per parameter and
+    overshot it (the digits classifier at 31%: 42% removed, accuracy 0.72 before recovery
+    where channels alone kept 0.91)."""
+    if step <= need or step <= 0:
+        return 1.0
+    return max(need, 0.0) / step
 
 
 def _expected(steps: int, share: float) -> int:
@@ -245,7 +262,9 @@ def select_sensitivity(space: Space, ev: Evaluator, target: Target | None = None
             2, min(SHORTLIST, max_evals // max(steps, 1)))
         path = measured_path(space, ev, lazy, unit_cost, target, shortlist, GREEDY_SHARE)
         lo = _steps_to(path, reached)  # the shortest prefix reaching the target
-        return space.mask(_refine_last_step(space, path, lo, target)), {
+        counts = _given_back(space, path, lo, target, ev,
+                             _refine_last_step(space, path, lo, target))
+        return space.mask(counts), {
             "curves": lazy.curves, "steps": lo, "curve_points": lazy.measured}
     curves = sensitivity_curves(space, ev)
     path = greedy_path(space, curves, unit_cost)
@@ -285,3 +304,35 @@ def _refine_last_step(space: Space, path: list[list[int]], step: int, target: Ta
         if space.reduction(space.mask(counts), target) >= target.fraction:
             return counts
     return after
+
+
+def _given_back(space: Space, path: list[list[int]], step: int, target: Target, ev: Evaluator,
+                counts: list[int]) -> list[int]:
+    """A last step that went past the target whole (a residual block) leaves room: the
+    channels of earlier steps go back, the latest first (as many of each as the target
+    allows), and the metric keeps the cut that scores better. Without it the digits
+    classifier's search at 31% removed a block of 20% of its parameters last: 42% removed."""
+    if step == 0:
+        return counts
+    last = next(j for j, (a, b) in enumerate(zip(path[step - 1], path[step], strict=True))
+                if a != b)
+    if any(path[step - 1][last] < k < path[step][last] for k in space.groups[last].counts):
+        return counts  # refined to the channels the target needs
+    back = list(counts)
+    for s in range(step - 1, 0, -1):
+        i = next(j for j, (a, b) in enumerate(zip(path[s - 1], path[s], strict=True)) if a != b)
+        if back[i] != path[s][i]:  # a later step of this group stayed
+            continue
+        for k in space.groups[i].counts:  # the fewest of the step's units that still reach
+            if path[s - 1][i] <= k <= path[s][i]:
+                trial = list(back)
+                trial[i] = int(k)
+                if space.reduction(space.mask(trial), target) >= target.fraction:
+                    back = trial
+                    break
+    if back == counts:
+        return counts
+    utility = [ev.metric.utility(v) for v in ev.evaluate_many(
+        ~np.array([space.mask(back), space.mask(counts)]))]
+    return back if utility[0] >= utility[1] else counts
+
