@@ -193,9 +193,8 @@ def measured_path(space: Space, ev: Evaluator, curves: LazyCurves, unit_cost: np
                     order = space.groups[i].order
                     first = int(cs[i].counts[level[i]])
                     cut = unit_cost[order[first:counts[i]]].sum()
-                    whole = not any(first < k < counts[i] for k in space.groups[i].counts)
                     saved.append(cut * _within(target.fraction - now, space.reduction(
-                        masks[-1], target) - now) if whole else cut)
+                        masks[-1], target) - now) if _whole(space, i, first, counts[i]) else cut)
                 utils = np.array([ev.metric.utility(v)
                                   for v in ev.evaluate_many(~np.array(masks))])
                 loss = np.maximum(current - utils, 0.0) / np.maximum(np.array(saved), 1e-12)
@@ -206,6 +205,17 @@ def measured_path(space: Space, ev: Evaluator, curves: LazyCurves, unit_cost: np
             advance()
             if reduction(path[-1]) >= target.fraction:
                 return path
+
+
+def _moved(before: list[int], after: list[int]) -> int:
+    """The group a step of a path deepened."""
+    return next(j for j, (a, b) in enumerate(zip(before, after, strict=True)) if a != b)
+
+
+def _whole(space: Space, i: int, first: int, last: int) -> bool:
+    """Whether group ``i``'s step from ``first`` to ``last`` units cannot be taken in part
+    (no legal count between: a residual block's one unit)."""
+    return not any(first < k < last for k in space.groups[i].counts)
 
 
 def _within(need: float, step: float) -> float:
@@ -296,7 +306,7 @@ def _refine_last_step(space: Space, path: list[list[int]], step: int, target: Ta
     if step == 0:
         return path[0]
     before, after = path[step - 1], path[step]
-    i = next(j for j, (a, b) in enumerate(zip(before, after, strict=True)) if a != b)
+    i = _moved(before, after)
     ks = [k for k in space.groups[i].counts if before[i] < k <= after[i]]
     for k in ks:
         counts = list(before)
@@ -314,13 +324,12 @@ def _given_back(space: Space, path: list[list[int]], step: int, target: Target, 
     classifier's search at 31% removed a block of 20% of its parameters last: 42% removed."""
     if step == 0:
         return counts
-    last = next(j for j, (a, b) in enumerate(zip(path[step - 1], path[step], strict=True))
-                if a != b)
-    if any(path[step - 1][last] < k < path[step][last] for k in space.groups[last].counts):
+    last = _moved(path[step - 1], path[step])
+    if not _whole(space, last, path[step - 1][last], path[step][last]):
         return counts  # refined to the channels the target needs
     back = list(counts)
     for s in range(step - 1, 0, -1):
-        i = next(j for j, (a, b) in enumerate(zip(path[s - 1], path[s], strict=True)) if a != b)
+        i = _moved(path[s - 1], path[s])
         if back[i] != path[s][i]:  # a later step of this group stayed
             continue
         for k in space.groups[i].counts:  # the fewest of the step's units that still reach
