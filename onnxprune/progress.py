@@ -40,7 +40,8 @@ def set_pass(name: str | None) -> None:
         _state["pass"] = name
 
 
-def _fmt(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """H:MM:SS."""
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
@@ -50,7 +51,7 @@ def status_line(now: float | None = None) -> str:
     now = time.perf_counter() if now is None else now
     with _lock:
         st = dict(_state)
-    parts = [f"onnxprune: {_fmt(now - st['run_start'])}"]
+    parts = [f"onnxprune: {clock(now - st['run_start'])}"]
     if st["pass"]:
         parts.append(f"pass {st['pass']}")
     if st["task"]:
@@ -60,7 +61,7 @@ def status_line(now: float | None = None) -> str:
         count = f"{done}/{bound}{total}" if total else f"{done}"
         text = f"{st['task']} {count} ({rate:.3g}/s"
         if total and done and rate > 0 and done < total:  # an estimate passed: no ETA
-            text += f", ETA {bound}{_fmt((total - done) / rate)}"
+            text += f", ETA {bound}{clock((total - done) / rate)}"
         parts.append(text + ")")
         if st["status"]:
             parts.append(st["status"])

@@ -124,12 +124,15 @@ class RefitEvaluator:
                                  ev.static_batch, None if ev.static_batch else ev.max_rows,
                                  node_costs(graph))
         self.session = session(self.prefixes.model, arena="shared")
-        if ev.per_sample and self.prefixes.points:  # their tensors count in a call's memory
+        points = list(self.prefixes.points)
+        if points:  # the unpruned run keeps the points whose tensors fit its budget
             self.prefixes.fill(self.session, analysis.num_units)
-            if self.prefixes.bound_rows(self.session, ev.per_sample, ev.n, ev.budget) is None:
-                self.prefixes.points = []  # not even one call fits with them: runs whole
-                self.prefixes.close()
-                self.session = session(fed, arena="shared")
+        if ev.per_sample and self.prefixes.points and self.prefixes.bound_rows(
+                self.session, ev.per_sample, ev.n, ev.budget) is None:
+            self.prefixes.points = []  # not even one call fits with them: runs whole
+            self.prefixes.close()
+        if self.prefixes.points != points:  # a whole run outputs the kept points' tensors only
+            self.session = session(self.prefixes.model, arena="shared")
         self._cache: OrderedDict = OrderedDict()
         self._cached = 0  # bytes in the cache
         self.seconds = time.perf_counter() - start

@@ -77,9 +77,11 @@ class Prefixes:
                  names: list[str], feeds: Callable[[np.ndarray], dict[str, np.ndarray]],
                  inputs: Mapping[str, np.ndarray], axes: Mapping, fixed: int | None,
                  max_rows: int | None, costs: Mapping[str, float] | None = None,
-                 budget: int = BUDGET, threads: int | None = None, weights: int | None = None):
+                 budget: int | None = None, threads: int | None = None,
+                 weights: int | None = None):
         """``costs``: work per node (by name; MACs), to place points; nodes not named cost
-        nothing (gates, elementwise ops). ``budget``: bytes of tensors the bases keep.
+        nothing (gates, elementwise ops). ``budget``: bytes of tensors the bases keep (None:
+        ``BUDGET``).
         ``threads``: the suffix sessions' intra-op threads (None: onnxruntime's choice).
         ``weights``: None, the suffix sessions read the weights where they are (as inputs);
         else each holds its own copy of those it reads (initializers: the same bits at any
@@ -88,7 +90,7 @@ class Prefixes:
         self._model, self.names, self.feeds = model, list(names), feeds
         self.session_kw = {"threads": threads, "feed_weights": weights is None}
         self.inputs, self.axes, self.fixed, self.max_rows = inputs, dict(axes), fixed, max_rows
-        self.budget = room(budget, 0.1)
+        self.budget = room(BUDGET if budget is None else budget, 0.1)
         graph = proto(model).graph
         nodes = list(graph.node)
         position = {n.name: i for i, n in enumerate(nodes)}
@@ -238,14 +240,16 @@ class Prefixes:
 
     def _trimmed(self, base: _Base) -> _Base:
         """The unpruned base with the points it keeps within ``BASE_SHARE`` of the budget,
-        the latest first (they save the most work per run, and hold the least: a network
-        narrows its activations as it goes); the other points dropped."""
+        the latest first (they save the most work per run, and a network mostly narrows its
+        activations as it goes), each that does not fit passed over for earlier ones that
+        may (a detector's neck widens again: ddddocr's kept only its last quarter, and its
+        backbone's candidates ran whole); the other points dropped."""
         room_left, points = self.budget * BASE_SHARE, []
         for q in reversed(self.points):  # (a sequence or optional value: not kept)
             size = sum(a.nbytes if isinstance(a, np.ndarray) else np.inf
                        for chunk in base.kept[q] for a in chunk)
             if size > room_left:
-                break
+                continue
             room_left -= size
             points.append(q)
         self.points = sorted(points)

@@ -12,11 +12,13 @@ constraint ("psnr>=20"): whole curves, the greedy path, and the longest prefix w
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..progress import task
+from ..progress import clock, task
 from ..search.evaluate import Evaluator
 from .common import Space, Target
 
@@ -27,6 +29,8 @@ SHORTLIST = 2
 # the share of a target's reduction taken greedily from the groups' own curves before every
 # step is measured on the combined mask (the first, cheapest cuts barely interact)
 GREEDY_SHARE = 0.5
+# a batch of curve points is measured in this many parts, each said when done
+CHUNKS = 8
 
 
 @dataclass(frozen=True)
@@ -122,18 +126,23 @@ class LazyCurves:
         """How many of the points (group, level) are not measured yet."""
         return sum(1 for i, j in points if np.isnan(self.curves[i].utility[j]))
 
-    def need(self, points: list[tuple[int, int]]) -> None:
-        """Measure the points (group, level) not measured yet, in one batch."""
+    def need(self, points: list[tuple[int, int]],
+             said: Callable[[int, int], None] | None = None) -> None:
+        """Measure the points (group, level) not measured yet, in batches of a
+        ``CHUNKS``-th of them; ``said(done, total)`` after each."""
         todo = [(i, j) for i, j in points if np.isnan(self.curves[i].utility[j])]
-        if not todo:
-            return
-        masks = []
-        for i, j in todo:
-            counts = [0] * len(self.curves)
-            counts[i] = int(self.curves[i].counts[j])
-            masks.append(self.space.mask(counts))
-        for (i, j), v in zip(todo, self.ev.evaluate_many(~np.array(masks)), strict=True):
-            self.curves[i].utility[j] = self.ev.metric.utility(v)
+        size = max(1, -(-len(todo) // CHUNKS))
+        for at in range(0, len(todo), size):
+            part = todo[at:at + size]
+            masks = []
+            for i, j in part:
+                counts = [0] * len(self.curves)
+                counts[i] = int(self.curves[i].counts[j])
+                masks.append(self.space.mask(counts))
+            for (i, j), v in zip(part, self.ev.evaluate_many(~np.array(masks)), strict=True):
+                self.curves[i].utility[j] = self.ev.metric.utility(v)
+            if said is not None:
+                said(at + len(part), len(todo))
 
     @property
     def measured(self) -> int:
@@ -169,7 +178,7 @@ def measured_path(space: Space, ev: Evaluator, curves: LazyCurves, unit_cost: np
             todo = curves.pending(wanted)
             if todo > 1:  # the first batch is every group's first level: say so while it runs
                 advance(0, status=f"measuring {todo} curve points")
-            curves.need(wanted)
+            curves.need(wanted, _curve_points(advance) if todo > 1 else None)
             if todo > 1:
                 advance(0, status="")
             ranked = sorted(options, key=lambda i: _predicted(space, cs[i], level[i], i,
@@ -205,6 +214,18 @@ def measured_path(space: Space, ev: Evaluator, curves: LazyCurves, unit_cost: np
             advance()
             if reduction(path[-1]) >= target.fraction:
                 return path
+
+
+def _curve_points(advance) -> Callable[[int, int], None]:
+    """Says how far a batch of curve points has gone, with the time it has left (the first
+    batch, every group's first level, is minutes on a large model: ddddocr's detector 80 s)."""
+    start = time.perf_counter()
+
+    def said(done: int, total: int) -> None:
+        if done < total:
+            left = (time.perf_counter() - start) / done * (total - done)
+            advance(0, status=f"curve points {done}/{total}, ETA {clock(left)}")
+    return said
 
 
 def _moved(before: list[int], after: list[int]) -> int:

@@ -76,7 +76,8 @@ def _candidates(analysis, rng, count=40):
 
 
 @pytest.mark.parametrize("net,budget,skeleton", [
-    (_net, prefix.BUDGET, False), (_net, 4096, False), (_net, prefix.BUDGET, True),
+    # 144,001 bytes: the unpruned base keeps 2 of its 4 points, few other bases fit
+    (_net, prefix.BUDGET, False), (_net, 144_001, False), (_net, prefix.BUDGET, True),
     (_mlp, prefix.BUDGET, True)])
 def test_every_candidate_gets_the_whole_graphs_outputs(monkeypatch, net, budget, skeleton):
     """Outputs (both, the early one included) of the graph run from kept tensors equal the
@@ -290,3 +291,42 @@ def test_the_points_tensors_count_in_a_calls_memory(monkeypatch):
     assert fast.max_rows == budget // int(held * memory.RUNTIME_FACTOR)
     chunks = -(-9 // fast.max_rows)  # the unpruned run filled again in the smaller chunks
     assert chunks > 1 and len(pre.unpruned.kept[pre.points[0]]) == chunks
+
+
+def test_a_point_too_large_is_passed_over_for_an_earlier_smaller_one(monkeypatch):
+    """The unpruned base keeps its points latest first within its share of the budget; one
+    too large there is passed over, not the end of them: an earlier point that holds less is
+    still kept (a detector's neck widens again after its backbone narrowed: ddddocr's
+    YOLOX-style detector kept only the last quarter of its work, and candidates in the
+    backbone ran whole)."""
+    analysis, _, fast = _evaluators(_net(), 9, monkeypatch)
+    pre = fast.prefixes
+    every = list(pre.points)
+    assert len(every) >= 3
+    share = pre.budget * prefix.BASE_SHARE
+    sizes = {q: share / 4 for q in every}
+    sizes[every[-2]] = share  # with the last one kept, no longer room for it
+    base = prefix._Base(np.ones(analysis.num_units, np.float32),
+                        {q: [[np.zeros(int(sizes[q]) // 4, np.float32)]] for q in every})
+    kept = pre._trimmed(base)
+    want = sorted([every[-1], *every[:-2][-2:]])  # the last, then earlier ones while room
+    assert pre.points == want and set(kept.kept) == set(want)
+
+
+def test_the_refit_search_outputs_the_kept_points_tensors_only(monkeypatch):
+    """Points the unpruned refit run drops (their tensors beyond the budget) leave the refit
+    evaluator's whole-graph session: it outputs the model's outputs and the kept points'
+    tensors, and every candidate still gets the whole graph's outputs."""
+    analysis, whole, fast = _evaluators(_net(), 9, monkeypatch)
+    every = list(fast.prefixes.points)
+    sizes = [sum(a.nbytes for a in fast.prefixes.unpruned.kept[q][0]) for q in every]
+    assert len(every) >= 2
+    budget = int(max(sizes) / prefix.BASE_SHARE) - 1  # no room for the largest
+    _, whole, small = _evaluators(_net(), 9, monkeypatch, budget=budget)
+    kept = small.prefixes.points
+    assert kept and set(kept) < set(every)
+    outputs = {o.name for o in small.session.get_outputs()}
+    assert outputs == set(small.names) | {t for q in kept for t in small.prefixes.live[q]}
+    for keep in _candidates(analysis, np.random.default_rng(8), 12):
+        for w, g in zip(whole.outputs(keep), small.outputs(keep), strict=True):
+            np.testing.assert_array_equal(g, w)

@@ -1,5 +1,7 @@
 """Importance criteria and selection strategies, asserted by their effect."""
 
+import re
+
 import numpy as np
 import pytest
 from conftest import group_of_tensor, group_with_layer
@@ -258,9 +260,16 @@ def test_the_sensitivity_progress_total_is_an_estimate_of_its_steps(monkeypatch)
     assert len(row["totals"]) == 1 and row["done"] > 0
     assert abs(row["totals"][0] - row["done"]) <= max(2, row["done"] // 2), row
     assert r.selection["curve_points"] == levels - len(r.selection["curves"])  # + the bases
-    # the first batch (every group's first level) is named while it runs, then cleared
+    # the first batch (every group's first level) is named while it runs, says how far it
+    # has gone with the time it has left after each of its parts, then is cleared
     groups = len(r.selection["curves"])
-    assert row["status"][:2] == [(0, f"measuring {groups} curve points"), (0, "")], row
+    size = -(-groups // sensitivity.CHUNKS)  # points a part
+    end = [text for _, text in row["status"]].index("")
+    first, parts = row["status"][0], [text for _, text in row["status"][1:end]]
+    assert first == (0, f"measuring {groups} curve points"), row
+    done = [int(re.fullmatch(rf"curve points (\d+)/{groups}, ETA \d:\d\d:\d\d", t)[1])
+            for t in parts]
+    assert done == list(range(size, groups, size)) and done, row
 
 
 def deceptive(seed: int = 0):
