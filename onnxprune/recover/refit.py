@@ -124,14 +124,9 @@ class RefitEvaluator:
                                  ev.static_batch, None if ev.static_batch else ev.max_rows,
                                  node_costs(graph))
         self.session = session(self.prefixes.model, arena="shared")
-        points = list(self.prefixes.points)
-        if points:  # the unpruned run keeps the points whose tensors fit its budget
-            self.prefixes.fill(self.session, analysis.num_units)
-        if ev.per_sample and self.prefixes.points and self.prefixes.bound_rows(
-                self.session, ev.per_sample, ev.n, ev.budget) is None:
-            self.prefixes.points = []  # not even one call fits with them: runs whole
-            self.prefixes.close()
-        if self.prefixes.points != points:  # a whole run outputs the kept points' tensors only
+        if self.prefixes.settle(self.session, analysis.num_units, lambda: (  # their tensors
+                not ev.per_sample or self.prefixes.bound_rows(  # count in a call's memory
+                    self.session, ev.per_sample, ev.n, ev.budget) is not None)):
             self.session = session(self.prefixes.model, arena="shared")
         self._cache: OrderedDict = OrderedDict()
         self._cached = 0  # bytes in the cache

@@ -155,12 +155,9 @@ class Evaluator:
             self.prefixes = pre if pre.points else False
             if pre.points:
                 self._outputs_also(pre.model)
-                points = list(pre.points)
-                pre.fill(self.oracle.session, self.analysis.num_units)
-                if pre.points and not self._room_for(pre):
-                    pre.points = []
-                if pre.points != points:  # its tensors too large there: not output any more
-                    self._outputs_also(pre.model if pre.points else self.oracle.model)
+                if pre.settle(self.oracle.session, self.analysis.num_units,
+                              lambda: self._room_for(pre)):  # the dropped: not output any more
+                    self._outputs_also(pre.model)
         if self.prefixes and self.prefixes.unpruned is None:  # given back by close()
             self.prefixes.fill(self.oracle.session, self.analysis.num_units)
         if self.prefixes and not self.prefixes.points:

@@ -171,6 +171,20 @@ class Prefixes:
         keep = np.ones(units, np.float32)
         self.unpruned = self._trimmed(self._run(sess, keep, None, None)[1])
 
+    def settle(self, sess, units: int, fits: Callable[[], bool]) -> bool:
+        """The first fill (``sess`` runs ``model`` with every point): the points the
+        unpruned run keeps, none where ``fits()`` says a call no longer fits with their
+        tensors. Whether the points changed: ``model`` then outputs fewer tensors, and the
+        caller's session should be made again over it (onnxruntime keeps a graph output's
+        memory to the end of every run)."""
+        points = list(self.points)
+        if points:
+            self.fill(sess, units)
+            if self.points and not fits():
+                self.points = []
+                self.close()
+        return self.points != points
+
     def held_per_sample(self, samples: int) -> float:
         """Bytes a run outputs besides the model's outputs, per sample (the points' tensors,
         as the unpruned run of ``samples`` samples left them)."""
