@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 RESULTS = ROOT / "benchmarks" / "results" / "recipe_time.json"
 METRICS = ROOT / "benchmarks" / "task_metrics.py"
 TARGET = 0.3
-STAGES = {"search": ("calibrate", "analyze", "metric", "score", "select"),
+STAGES = {"search": ("calibrate", "rotate", "analyze", "metric", "score", "select"),
           "compensate": ("compensate",), "distill": ("distill",),
           "verify": ("quality", "verify", "verify-recovered"), "write": ("write",)}
 OCR = {"ppocr-v6-det": ("det", "det_agreement"), "ppocr-v6-rec": ("rec", "rec_agreement"),

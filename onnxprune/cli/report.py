@@ -357,6 +357,11 @@ def print_prune(console: Console, r: PruneResult, model: str, verbose: bool = Fa
         console.print(f"factorized: {f['matrix']} {'x'.join(map(str, f['shape']))} keeps rank "
                       f"{f['rank']} of {f['full_rank']} ({how})", markup=False,
                       highlight=False, soft_wrap=True)
+    if r.rotated:
+        console.print(f"rotated: {len(r.rotated)} linear bottleneck(s) to the principal basis of "
+                      "their channels on the calibration data: " + ", ".join(
+                          f"{b['tensor']} ({b['width']})" for b in r.rotated), markup=False,
+                      highlight=False, soft_wrap=True)
     if verbose:
         _print_widths(console, r)
     else:

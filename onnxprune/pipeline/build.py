@@ -37,6 +37,7 @@ from .passes.pruning import ScoreChannels, SelectChannels
 from .passes.quantization import Quantize
 from .passes.recovery import Compensate, Distill, VerifyRecovered
 from .passes.removal import RemoveChannels
+from .passes.rotation import Rotate
 from .passes.structure import AnalyzeChannels, DropAdapters, FindComponents, InsertFlowAdapters
 from .passes.tokens import KeepTokens
 
@@ -107,7 +108,7 @@ SWITCHES = (
 
 # The passes whose public options prune() takes, in pipeline order.
 PRUNE_PASSES: tuple[type[Pass], ...] = (
-    KeepClasses, KeepTokens, Factorize, FindComponents, AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels,
+    KeepClasses, KeepTokens, Factorize, Rotate, FindComponents, AnalyzeChannels, Calibrate, UseMetric, ScoreChannels, SelectChannels,
     RemoveBlocks, Compensate, Distill, Quantize, WriteModel, Report,
 )
 
@@ -202,6 +203,11 @@ def prune_pipeline(model: str | Path | onnx.ModelProto, output: str | Path | Non
             select.get("plan") is not None and plan_factorized(select["plan"]))))
     if factorized:
         passes.append(factorize)
+    rotation = make(Rotate)
+    if calib and rotation.mode != "off":
+        passes.append(rotation)
+    elif per_pass.get(Rotate.name, {}).get("mode") == "on":
+        warn("rotate on: no effect without calibration data (--calib or --calib-random)")
     if sw["components"] != "none":
         passes += [make(FindComponents, spec=sw["components"]), InsertFlowAdapters()]
     elif per_pass.get("components"):

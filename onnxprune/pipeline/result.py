@@ -52,6 +52,7 @@ class PruneResult:
     classes: dict | None = None  # what keep_classes did: output, classes kept, params removed
     tokens: dict | None = None  # what keep_tokens did: input, tokens kept, params removed
     factors: list | None = None  # factorize: per matrix its shape, rank kept, left factorized
+    rotated: list | None = None  # rotate: per linear bottleneck its tensor and width
     calibration: str | None = None  # what --calib read, when not an .npz (images, text, ...)
     depth: dict | None = None  # the residual blocks removed (remove_blocks), with their scores
     _graphs: tuple = field(default=(None, None, None, None), repr=False, compare=False)
@@ -92,6 +93,9 @@ def result_of(ctx: Context, params_before: int | None = None,
         params_by_type_before=params_by_type(before),
         params_by_type_after=params_by_type(ctx.graph), quantization=ctx.quantization,
         classes=ctx.classes, tokens=ctx.tokens, factors=ctx.factorization, depth=depth_summary(ctx),
+        rotated=next(([{"tensor": t, "width": w} for t, w in zip(
+            res.info["tensors"], res.info["widths"], strict=True)] for name, res in ctx.log
+            if name == "rotate" and res.info.get("rotated")), None),
         calibration=next((res.info.get("source") for name, res in ctx.log
                           if name == "calibrate" and res.info.get("source")), None),
     )
@@ -183,6 +187,7 @@ def prune_json(r: PruneResult, model: str | None) -> dict[str, Any]:
         "classes": r.classes,
         "tokens": r.tokens,
         "factors": r.factors,
+        "rotated": r.rotated,
         "calibration": r.calibration,
         "depth": r.depth,
         "latency": (r.selection or {}).get("latency"),

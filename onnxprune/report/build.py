@@ -152,6 +152,10 @@ def _selection(d: dict[str, Any], images: dict) -> str:
         facts.append(["factorized", f"{esc(f['matrix'])} {'x'.join(map(str, f['shape']))}: "
                       f"rank {num(f['rank'])} of {num(f['full_rank'])} kept, "
                       + ("stored as two factors" if f["factorized"] else "multiplied back")])
+    rotated = d.get("rotated")
+    if rotated:
+        facts.append(["rotated", "linear bottlenecks to the principal basis of their channels: "
+                      + ", ".join(f"{esc(b['tensor'])} ({num(b['width'])})" for b in rotated)])
     lat = d.get("latency")
     if lat and lat.get("achieved") is not None:
         facts.append(["latency", f"{num(lat['achieved'], '.3g')} of the original's "

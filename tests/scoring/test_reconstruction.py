@@ -87,7 +87,7 @@ def test_reconstruction_removes_what_a_refit_restores(tmp_path):
     for criterion in ("l2", "reconstruction"):
         out = tmp_path / f"{criterion}.onnx"
         r = prune(model, out, calib=data, ratio=0.5, criterion=criterion, compensate=True,
-                  ridge=1e-9)
+                  ridge=1e-9, rotate="off")  # the channels as they are (rotated, both cut well)
         assert r.selection["criterion"] == criterion
         got = session(onnx.load(out)).run(None, {"x": test})[0]
         errors[criterion] = float(np.abs(got - want).max() / np.abs(want).max())

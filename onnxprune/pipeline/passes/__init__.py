@@ -35,6 +35,7 @@ from .pruning import STRATEGIES, ScoreChannels, SelectChannels
 from .quantization import Quantize
 from .recovery import Compensate, Distill, VerifyRecovered
 from .removal import RemoveChannels
+from .rotation import Rotate
 from .structure import AnalyzeChannels, DropAdapters, FindComponents, InsertFlowAdapters
 from .tokens import KeepTokens
 
@@ -45,7 +46,7 @@ CATALOGUE: dict[str, type[Pass]] = {
         Normalize, NameNodes, PinInputs, ShapeRanges, InferShapes, DropIdentity, FoldConstants,
         InlineConstantIfs, ConstantReshapeTargets, FoldBatchNorm, DropZeroStates,
         ShuffleToGather, Cleanup, OpenBranches, UnshareFilledVectors, ExplicitSqueezeAxes,
-        CheckNormalization, KeepClasses, KeepTokens, Factorize, FindComponents,
+        CheckNormalization, KeepClasses, KeepTokens, Factorize, Rotate, FindComponents,
         InsertFlowAdapters, AnalyzeChannels, Calibrate, UseMetric, ScoreChannels,
         SelectChannels, MeasureQuality, RemoveChannels, RemoveBlocks, DropAdapters, Unfactorize,
         Verify, Compensate, Distill, VerifyRecovered, CloseBranches, Quantize, WriteModel,
@@ -62,7 +63,7 @@ __all__ = [
     "DropZeroStates", "ExplicitSqueezeAxes", "Factorize", "FindComponents", "FoldBatchNorm",
     "FoldConstants", "InferShapes", "InlineConstantIfs", "InsertFlowAdapters", "KeepClasses",
     "KeepTokens", "LoadModel", "MeasureQuality", "NameNodes", "Normalize", "OpenBranches",
-    "PinInputs", "Quantize", "RemoveBlocks", "RemoveChannels", "Report", "STRATEGIES",
+    "PinInputs", "Quantize", "RemoveBlocks", "RemoveChannels", "Report", "Rotate", "STRATEGIES",
     "ScoreChannels", "SelectChannels", "ShapeRanges", "ShuffleToGather", "Unfactorize",
     "UnshareFilledVectors", "UseMetric", "UseModel", "Verify", "VerifyRecovered", "WriteModel",
 ]

@@ -68,3 +68,20 @@ def _runner(model: onnx.ModelProto | Skeleton):
             return False
 
     return runs
+
+
+def changed_output(ctx: Context, before, rtol: float, atol: float) -> str | None:
+    """The first float output the working graph computes other than ``before`` did (beyond
+    ``rtol`` and ``atol`` times the output's largest magnitude, at least 1), at every set of
+    verification shapes; None when none does. For rewrites that keep the function."""
+    want_model, got_model = ctx.skeleton(before), ctx.skeleton()
+    a_sess, b_sess = session(want_model), session(got_model)
+    for feeds in verification_feeds(ctx, want_model):
+        for out, w, g in zip(before.outputs, a_sess.run(None, feeds), b_sess.run(None, feeds),
+                             strict=True):
+            if not np.issubdtype(np.asarray(w).dtype, np.floating):
+                continue
+            if w.shape != g.shape or not np.allclose(g, w, rtol=rtol, atol=atol * max(
+                    float(np.abs(w).max(initial=0.0)), 1.0)):
+                return out.name
+    return None

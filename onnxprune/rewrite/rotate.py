@@ -1,0 +1,140 @@
+"""Linear bottlenecks turned to their principal basis, so that a cut of their weakest channels
+is the best cut of that width.
+
+Where a layer's output channels ``z`` are read only by layers linear in them (nothing between:
+an autoencoder's code, two Linear layers in a row, a convolution's output read by the next
+convolution before any activation), any invertible ``T`` between the two leaves the function
+unchanged: the producer computes ``z' = T^-1 z``, its readers read ``W T``. In the original
+basis each channel carries a share of everything, and a cut of ``k`` of them loses what those
+carried; chosen on calibration data, ``T`` makes the new channels uncorrelated, of unit
+second moment, and each one's contribution to the readers' outputs a separate term: the
+eigenvectors of ``C^1/2 M C^1/2`` (``C``: the channels' second moment, ``M``: the readers'
+weights' Gram), ``T = C^1/2 Q``. Dropping channel ``j`` then costs the readers' outputs its
+eigenvalue, and the criteria and searches rank channels that are each worth what they carry
+(a principal component analysis of the code, weighted by what reads it).
+
+Only layers the rules view as matrix products (``rules/layers.py``) are rotated, each weight
+and bias its own (no other node reads them), in float32; the pass checks the rotated graph
+computes what the graph before did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..rules import layer_of
+from ..rules.layers import Layer
+
+FLOOR = 1e-4  # of the mean second moment, added to its diagonal: T's condition <= ~1/sqrt
+CHUNK = 1 << 16  # rows per product when the second moment is summed
+
+
+@dataclass(frozen=True)
+class Bottleneck:
+    """``tensor``: the producer's output, read by ``readers`` only."""
+
+    tensor: str
+    producer: Layer
+    readers: tuple[Layer, ...]
+
+    @property
+    def width(self) -> int:
+        return int(self.producer.matrix()[0].shape[1])
+
+
+def _own(layer: Layer) -> bool:
+    w = layer.node.inputs[1]
+    return (isinstance(w, gs.Constant) and len(w.outputs) == 1 and layer.own_bias()
+            and np.asarray(w.values).dtype == np.float32)
+
+
+def _producer(node: gs.Node) -> Layer | None:
+    """``node`` as a layer whose output channels can be mixed: its own float32 weight, and
+    a bias (if any) of one value per output channel."""
+    layer = layer_of(node)
+    if layer is None or not _own(layer):
+        return None
+    w, b = layer.matrix()
+    return layer if b is None or b.size == w.shape[1] else None
+
+
+def bottlenecks(graph: gs.Graph, skip: frozenset[str] = frozenset()) -> list[Bottleneck]:
+    """The producers whose output only linear layers read on its channel axis (their data
+    input), none of them in ``skip`` (by node name), nor the output a graph output."""
+    outputs = {t.name for t in graph.outputs}
+    found = []
+    for node in graph.nodes:
+        if node.name in skip or len(node.outputs) != 1:
+            continue
+        t = node.outputs[0]
+        producer = _producer(node)
+        if producer is None or t.name in outputs or not t.outputs:
+            continue
+        readers = []
+        for reader in t.outputs:
+            view = layer_of(reader)
+            if view is None or reader.name in skip or reader.inputs[0] is not t or \
+                    not _own(view) or view.channels_last != producer.channels_last or \
+                    any(i is t for i in reader.inputs[1:]):
+                break
+            readers.append(view)
+        else:
+            if len({r.node.name for r in readers}) == len(readers) and \
+                    producer.matrix()[0].shape[1] >= 2:
+                found.append(Bottleneck(t.name, producer, tuple(readers)))
+    return found
+
+
+def second_moment(producer: Layer, z: np.ndarray) -> np.ndarray:
+    """``E[z z^T]`` over every position of the producer's output ``z`` (float64)."""
+    rows = producer.out_rows(np.asarray(z))
+    c = np.zeros((rows.shape[1], rows.shape[1]))
+    for lo in range(0, len(rows), CHUNK):
+        part = rows[lo:lo + CHUNK].astype(np.float64)
+        c += part.T @ part
+    return c / max(len(rows), 1)
+
+
+def _reader_rows(reader: Layer, width: int) -> np.ndarray:
+    """The reader's weight as [width, kernel x outputs] (channel-major rows)."""
+    w, _ = reader.matrix()
+    return w.reshape(width, -1)
+
+
+def basis(moment: np.ndarray, readers: tuple[Layer, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``(T, T^-1)`` for channels of second moment ``moment`` read by ``readers``: the new
+    channels uncorrelated, of unit second moment, ordered by what they carry."""
+    n = len(moment)
+    c = moment + FLOOR * max(float(np.trace(moment)) / n, 1e-30) * np.eye(n)
+    vals, vecs = np.linalg.eigh(c)
+    vals = np.maximum(vals, vals.max() * 1e-12)
+    half, inv_half = (vecs * np.sqrt(vals)) @ vecs.T, (vecs / np.sqrt(vals)) @ vecs.T
+    m = sum(r @ r.T for r in (_reader_rows(v, n) for v in readers))
+    energy, q = np.linalg.eigh(half @ m @ half)
+    q = q[:, np.argsort(energy)[::-1]]
+    return half @ q, q.T @ inv_half
+
+
+def rotate(b: Bottleneck, t: np.ndarray, t_inv: np.ndarray) -> None:
+    """Rewrite the producer to compute ``T^-1 z`` and its readers to read ``W T`` (in place;
+    the readers' biases are unchanged)."""
+    w, bias = b.producer.matrix()  # [inputs, width], the bias times Gemm's beta
+    _weight(b.producer, w @ t_inv.T)
+    if bias is not None:
+        node = b.producer.node
+        old = node.inputs[2]
+        beta = float(node.attrs.get("beta", 1.0)) if node.op == "Gemm" else 1.0
+        new = (t_inv @ bias / beta).reshape(np.shape(old.values))
+        node.inputs[2] = gs.Constant(old.name, np.ascontiguousarray(new.astype(np.float32)))
+    n = len(t)
+    for reader in b.readers:
+        rows, _ = reader.matrix()
+        _weight(reader, (t.T @ rows.reshape(n, -1)).reshape(rows.shape))
+
+
+def _weight(layer: Layer, mat: np.ndarray) -> None:
+    old = layer.node.inputs[1]
+    layer.node.inputs[1] = gs.Constant(old.name, layer.weight(mat))
