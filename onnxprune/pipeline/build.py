@@ -204,9 +204,9 @@ def prune_pipeline(model: str | Path | onnx.ModelProto, output: str | Path | Non
     if factorized:
         passes.append(factorize)
     rotation = make(Rotate)
-    if calib and rotation.mode != "off":
+    if calib and rotation.applies(per_pass.get(ScoreChannels.name, {}).get("criterion")):
         passes.append(rotation)
-    elif per_pass.get(Rotate.name, {}).get("mode") == "on":
+    elif not calib and rotation.mode == "on":
         warn("rotate on: no effect without calibration data (--calib or --calib-random)")
     if sw["components"] != "none":
         passes += [make(FindComponents, spec=sw["components"]), InsertFlowAdapters()]

@@ -6,12 +6,14 @@ an autoencoder's code, two Linear layers in a row, a convolution's output read b
 convolution before any activation), any invertible ``T`` between the two leaves the function
 unchanged: the producer computes ``z' = T^-1 z``, its readers read ``W T``. In the original
 basis each channel carries a share of everything, and a cut of ``k`` of them loses what those
-carried; chosen on calibration data, ``T`` makes the new channels uncorrelated, of unit
-second moment, and each one's contribution to the readers' outputs a separate term: the
-eigenvectors of ``C^1/2 M C^1/2`` (``C``: the channels' second moment, ``M``: the readers'
-weights' Gram), ``T = C^1/2 Q``. Dropping channel ``j`` then costs the readers' outputs its
-eigenvalue, and the criteria and searches rank channels that are each worth what they carry
-(a principal component analysis of the code, weighted by what reads it).
+carried; chosen on calibration data, ``T`` makes the new channels uncorrelated and each
+one's contribution to the readers' outputs a separate term: with ``C`` the channels' second
+moment and ``M`` the readers' weights' Gram, ``T = C^1/2 Q S`` where ``Q`` holds the
+eigenvectors of ``C^1/2 M C^1/2`` (eigenvalues ``e_j``, largest first) and ``S`` scales channel
+``j`` so that both its second moment and its readers' weight energy read ``sqrt(e_j)``.
+Dropping channel ``j`` then costs the readers' outputs ``e_j``, and every criterion, by
+activations or by weight magnitudes, ranks channels that are each worth what they carry (a
+principal component analysis of the code, weighted by what reads it).
 
 Only layers the rules view as matrix products (``rules/layers.py``) are rotated, each weight
 and bias its own (no other node reads them), in float32; the pass checks the rotated graph
@@ -28,7 +30,8 @@ import onnx_graphsurgeon as gs
 from ..rules import layer_of
 from ..rules.layers import Layer
 
-FLOOR = 1e-4  # of the mean second moment, added to its diagonal: T's condition <= ~1/sqrt
+FLOOR = 1e-4  # of the mean second moment, added to its diagonal (C^1/2's condition <= 100)
+ENERGY_FLOOR = 1e-4  # of the largest, what a channel's scale reads at least (condition 10x)
 CHUNK = 1 << 16  # rows per product when the second moment is summed
 
 
@@ -106,7 +109,8 @@ def _reader_rows(reader: Layer, width: int) -> np.ndarray:
 
 def basis(moment: np.ndarray, readers: tuple[Layer, ...]) -> tuple[np.ndarray, np.ndarray]:
     """``(T, T^-1)`` for channels of second moment ``moment`` read by ``readers``: the new
-    channels uncorrelated, of unit second moment, ordered by what they carry."""
+    channels uncorrelated and ordered by what they carry, ``e_j``, each one's second moment
+    and its readers' weight energy both ``sqrt(e_j)``."""
     n = len(moment)
     c = moment + FLOOR * max(float(np.trace(moment)) / n, 1e-30) * np.eye(n)
     vals, vecs = np.linalg.eigh(c)
@@ -114,8 +118,12 @@ def basis(moment: np.ndarray, readers: tuple[Layer, ...]) -> tuple[np.ndarray, n
     half, inv_half = (vecs * np.sqrt(vals)) @ vecs.T, (vecs / np.sqrt(vals)) @ vecs.T
     m = sum(r @ r.T for r in (_reader_rows(v, n) for v in readers))
     energy, q = np.linalg.eigh(half @ m @ half)
-    q = q[:, np.argsort(energy)[::-1]]
-    return half @ q, q.T @ inv_half
+    order = np.argsort(energy)[::-1]
+    q, energy = q[:, order], energy[order]
+    # balanced: channel j's second moment and its readers' weight energy both sqrt(energy_j)
+    # (floored), so that weight magnitudes rank the channels as activations do
+    scale = np.maximum(energy, max(float(energy[0]), 1e-30) * ENERGY_FLOOR) ** 0.25
+    return (half @ q) / scale, (q.T @ inv_half) * scale[:, None]
 
 
 def rotate(b: Bottleneck, t: np.ndarray, t_inv: np.ndarray) -> None:

@@ -66,17 +66,20 @@ def test_the_basis_makes_channels_uncorrelated_unit_and_ordered_by_what_they_car
     view = layer_of(graph.nodes[0])
     t, t_inv = rot.basis(moment, (view,))
     np.testing.assert_allclose(t @ t_inv, np.eye(6), atol=1e-9)
-    # with the floor on the diagonal (full rank): unit second moment, uncorrelated
+    # with the floor on the diagonal (full rank): uncorrelated, and each channel's second
+    # moment and its share of the reader's output both the square root of what it carries
     floored = moment + rot.FLOOR * np.trace(moment) / 6 * np.eye(6)
-    np.testing.assert_allclose(t_inv @ floored @ t_inv.T, np.eye(6), atol=1e-9)
-    # each new channel's share of the reader's output is a term of its own, largest first
+    second = t_inv @ floored @ t_inv.T
     w, _ = view.matrix()
     carried = t.T @ (w @ w.T) @ t
-    np.testing.assert_allclose(carried - np.diag(np.diag(carried)), 0,
-                               atol=1e-9 * np.abs(carried).max())
-    assert np.all(np.diff(np.diag(carried)) <= 1e-12 * np.abs(carried).max())
+    for m in (second, carried):
+        np.testing.assert_allclose(m - np.diag(np.diag(m)), 0, atol=1e-9 * np.abs(m).max())
+    energy = np.diag(second) * np.diag(carried)
+    assert np.all(np.diff(energy) <= 1e-12 * energy[0])  # largest first
+    lifted = np.maximum(energy, energy[0] * rot.ENERGY_FLOOR)
+    np.testing.assert_allclose(np.diag(second), np.sqrt(lifted), rtol=1e-6)
     # the three reached directions carry all but the floor's share
-    assert np.diag(carried)[3:].sum() < 1e-3 * np.trace(carried)
+    assert energy[3:].sum() < 1e-3 * energy.sum()
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -153,3 +156,15 @@ def test_a_rotation_that_changes_the_function_is_left_out(monkeypatch):
 def test_rotate_on_without_calibration_data_says_it_does_nothing():
     with pytest.warns(UserWarning, match="rotate on: no effect without calibration data"):
         prune(_chain("gemm"), ratio=0.5, rotate="on")
+
+
+@pytest.mark.parametrize("criterion, rotated", [(None, True), ("activation", True),
+                                                ("reconstruction", True), ("l2", False),
+                                                ("fpgm", False)])
+def test_auto_rotates_where_channels_rank_on_data(criterion, rotated):
+    """A weight criterion ranks a rotated layer by the rotation's choice of scale: auto leaves
+    those runs as they are, on rotates them all the same."""
+    model = _chain("conv")
+    kw = {"ratio": "*=0.5", "calib": _calib(model), "holdout": 0, "criterion": criterion}
+    assert (prune(model, **kw).rotated is not None) == rotated
+    assert prune(model, rotate="on", **kw).rotated is not None

@@ -7,6 +7,7 @@ from ...errors import warn
 from ...options import Option
 from ...progress import task
 from ...rewrite.rotate import basis, bottlenecks, rotate, second_moment
+from ...scoring import NEEDS_DATA
 from ...search.activations import fetched, within_cap
 from ..base import Context, Pass, PassResult
 from ..support.inputs import changed_output
@@ -28,11 +29,19 @@ class Rotate(Pass):
         Option("mode", "auto", "with calibration data, rewrite each layer read only by layers "
                "linear in it (an autoencoder's code, two Linear layers in a row) so that its "
                "channels are uncorrelated and ordered by what they carry to their readers (the "
-               "same function; a cut of the weakest is then the best of its width); auto: "
-               "factorized matrices' ranks, already in their best order, left alone; on: those "
-               "too; off: none", choices=("auto", "on", "off"),
+               "same function; a cut of the weakest is then the best of its width); auto: where "
+               "channels are ranked on data (not by a weight criterion such as l2: a rotated "
+               "layer's weight magnitudes are the rotation's choice), factorized matrices' "
+               "ranks, already in their best order, left alone; on: those too; off: none",
+               choices=("auto", "on", "off"),
                public="rotate", metavar="auto|on|off", type_name="str"),
     )
+
+    def applies(self, criterion: str | None) -> bool:
+        """Whether a run whose channels rank by ``criterion`` (None: its default, on data)
+        rotates."""
+        return self.mode == "on" or (self.mode == "auto" and (
+            criterion is None or criterion in NEEDS_DATA))
 
     def run(self, ctx: Context) -> PassResult:
         graph = ctx.require("graph", self.name)
