@@ -90,9 +90,7 @@ def refittable(node: gs.Node) -> Layer | None:
     Conv/ConvTranspose of one group, Gemm or MatMul with a constant 2-D or conv weight) whose
     weight and bias no other node reads; else None."""
     layer = layer_of(node)
-    if layer is None or len(node.inputs[1].outputs) != 1 or not layer.own_bias():
-        return None
-    return layer
+    return layer if layer is not None and layer.own_weights() else None
 
 
 def _targets(graph: gs.Graph, analysis: ChannelAnalysis, removed: np.ndarray,

@@ -49,9 +49,8 @@ class Bottleneck:
 
 
 def _own(layer: Layer) -> bool:
-    w = layer.node.inputs[1]
-    return (isinstance(w, gs.Constant) and len(w.outputs) == 1 and layer.own_bias()
-            and np.asarray(w.values).dtype == np.float32)
+    """Its weight and bias its own, in float32 (the rotation's products are float64)."""
+    return layer.own_weights() and layer.w.dtype == np.float32
 
 
 def _producer(node: gs.Node) -> Layer | None:

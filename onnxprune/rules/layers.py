@@ -64,6 +64,11 @@ class Layer:
         """Its output ``y`` as [positions, outputs], in ``rows``' order."""
         return y.reshape(-1, y.shape[-1])
 
+    def own_weights(self) -> bool:
+        """Whether its weight and bias (if any) are its own: constants no other node reads."""
+        w = self.node.inputs[1]
+        return isinstance(w, gs.Constant) and len(w.outputs) == 1 and self.own_bias()
+
     def own_bias(self) -> bool:
         """Whether its bias (if any) is its own: a constant no other node reads."""
         b = input_or_none(self.node, 2)
