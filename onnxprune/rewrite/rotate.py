@@ -15,8 +15,9 @@ Dropping channel ``j`` then costs the readers' outputs ``e_j``, and every criter
 activations or by weight magnitudes, ranks channels that are each worth what they carry (a
 principal component analysis of the code, weighted by what reads it).
 
-Only layers the rules view as matrix products (``rules/layers.py``) are rotated, each weight
-and bias its own (no other node reads them), in float32; the pass checks the rotated graph
+Only layers the rules view as matrix products (``rules/layers.py``; a MatMul with the Add of
+its bias after it, as exporters write a Linear layer) are rotated, each weight and bias its
+own (no other node reads them), in float32; the pass checks the rotated graph
 computes what the graph before did.
 """
 
@@ -37,11 +38,13 @@ CHUNK = 1 << 16  # rows per product when the second moment is summed
 
 @dataclass(frozen=True)
 class Bottleneck:
-    """``tensor``: the producer's output, read by ``readers`` only."""
+    """``tensor``: the producer's output (after ``bias``, the Add of a MatMul's bias, where
+    there is one), read by ``readers`` only."""
 
     tensor: str
     producer: Layer
     readers: tuple[Layer, ...]
+    bias: gs.Node | None = None
 
     @property
     def width(self) -> int:
@@ -63,6 +66,21 @@ def _producer(node: gs.Node) -> Layer | None:
     return layer if b is None or b.size == w.shape[1] else None
 
 
+def _bias_add(layer: Layer) -> gs.Node | None:
+    """The Add that alone reads a MatMul's output and adds it a bias of its own: a float32
+    vector of one value per output channel (how exporters write a Linear layer)."""
+    out = layer.node.outputs[0]
+    if layer.intercept or len(out.outputs) != 1 or out.outputs[0].op != "Add":
+        return None
+    add = out.outputs[0]
+    other = [i for i in add.inputs if i is not out]
+    if len(add.inputs) != 2 or len(other) != 1 or not isinstance(other[0], gs.Constant) or \
+            len(other[0].outputs) != 1:
+        return None
+    c = np.asarray(other[0].values)
+    return add if c.dtype == np.float32 and c.ndim == 1 and c.size == layer.w.shape[1] else None
+
+
 def bottlenecks(graph: gs.Graph, skip: frozenset[str] = frozenset()) -> list[Bottleneck]:
     """The producers whose output only linear layers read on its channel axis (their data
     input), none of them in ``skip`` (by node name), nor the output a graph output."""
@@ -71,9 +89,12 @@ def bottlenecks(graph: gs.Graph, skip: frozenset[str] = frozenset()) -> list[Bot
     for node in graph.nodes:
         if node.name in skip or len(node.outputs) != 1:
             continue
-        t = node.outputs[0]
         producer = _producer(node)
-        if producer is None or t.name in outputs or not t.outputs:
+        if producer is None:
+            continue
+        bias = _bias_add(producer)
+        t = (bias or node).outputs[0]
+        if t.name in outputs or not t.outputs or (node.outputs[0].name in outputs):
             continue
         readers = []
         for reader in t.outputs:
@@ -86,7 +107,7 @@ def bottlenecks(graph: gs.Graph, skip: frozenset[str] = frozenset()) -> list[Bot
         else:
             if len({r.node.name for r in readers}) == len(readers) and \
                     producer.matrix()[0].shape[1] >= 2:
-                found.append(Bottleneck(t.name, producer, tuple(readers)))
+                found.append(Bottleneck(t.name, producer, tuple(readers), bias))
     return found
 
 
@@ -136,6 +157,11 @@ def rotate(b: Bottleneck, t: np.ndarray, t_inv: np.ndarray) -> None:
         beta = float(node.attrs.get("beta", 1.0)) if node.op == "Gemm" else 1.0
         new = (t_inv @ bias / beta).reshape(np.shape(old.values))
         node.inputs[2] = gs.Constant(old.name, np.ascontiguousarray(new.astype(np.float32)))
+    if b.bias is not None:  # a MatMul's: the Add's constant
+        i = next(k for k, v in enumerate(b.bias.inputs) if isinstance(v, gs.Constant))
+        old = b.bias.inputs[i]
+        new = t_inv @ np.asarray(old.values, np.float64)
+        b.bias.inputs[i] = gs.Constant(old.name, np.ascontiguousarray(new.astype(np.float32)))
     n = len(t)
     for reader in b.readers:
         rows, _ = reader.matrix()

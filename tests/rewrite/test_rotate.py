@@ -20,7 +20,7 @@ def _chain(kind: str, seed: int = 0, between: str | None = None):
     b = GraphBuilder(seed=seed)
     rng = np.random.default_rng(seed)
     mix = rng.standard_normal((4, 4)).astype(np.float32) * 0.1  # small: lowest norms
-    if kind in ("gemm", "matmul"):
+    if kind in ("gemm", "matmul", "matmul_bias"):
         x = b.input("x", ["batch", 6] if kind == "gemm" else ["batch", 5, 6])
         w1 = rng.standard_normal((4, 6)).astype(np.float32)
         w1 = np.concatenate([w1, mix @ w1])
@@ -29,6 +29,8 @@ def _chain(kind: str, seed: int = 0, between: str | None = None):
                      transB=1, name="first")
         else:
             h = b.op("MatMul", [x, b.const(np.ascontiguousarray(w1.T))], name="first")
+            if kind == "matmul_bias":  # a Linear layer as exporters write it
+                h = b.op("Add", [h, b.const(np.linspace(-1, 1, 8, dtype=np.float32))])
         h = b.op(between, [h]) if between else h
         y = b.gemm(h, 8, 5, name="second") if kind == "gemm" else b.matmul(h, 8, 5, "second")
     else:
@@ -53,7 +55,7 @@ def _error(model, pruned, calib):
     return float(np.abs(got - want).max() / np.abs(want).max())
 
 
-KINDS = ["gemm", "matmul", "conv", "convtranspose"]
+KINDS = ["gemm", "matmul", "matmul_bias", "conv", "convtranspose"]
 
 
 def test_the_basis_makes_channels_uncorrelated_unit_and_ordered_by_what_they_carry():
@@ -169,3 +171,16 @@ def test_auto_rotates_where_channels_rank_on_data(criterion, rotated):
     kw = {"ratio": "*=0.5", "calib": _calib(model), "holdout": 0, "criterion": criterion}
     assert (prune(model, **kw).rotated is not None) == rotated
     assert prune(model, rotate="on", **kw).rotated is not None
+
+
+def test_a_matmul_added_to_a_stream_is_no_bottleneck():
+    """Only the Add of a bias vector of its own belongs to a MatMul: a residual Add joins a
+    stream whose channels other layers write too."""
+    for residual in (True, False):
+        b = GraphBuilder(seed=0)
+        x = b.input("x", ["batch", 5, 8])
+        h = b.matmul(x, 8, 8, "first")
+        other = x if residual else b.const(np.ones(8, np.float32))
+        y = b.matmul(b.op("Add", [h, other]), 8, 3, "second")
+        found = rot.bottlenecks(gs.import_onnx(b.build([y])))
+        assert [f.bias is not None for f in found] == ([] if residual else [True])
