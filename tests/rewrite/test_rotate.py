@@ -184,3 +184,22 @@ def test_a_matmul_added_to_a_stream_is_no_bottleneck():
         y = b.matmul(b.op("Add", [h, other]), 8, 3, "second")
         found = rot.bottlenecks(gs.import_onnx(b.build([y])))
         assert [f.bias is not None for f in found] == ([] if residual else [True])
+
+
+def test_the_cli_says_what_it_rotated(tmp_path, capsys):
+    import json
+
+    from onnxprune.cli.main import main
+
+    model = _chain("conv")
+    path, npz = tmp_path / "m.onnx", tmp_path / "c.npz"
+    onnx.save(model, str(path))
+    np.savez(npz, **_calib(model))
+    args = ["prune", str(path), "--ratio", "0.5", "--calib", str(npz), "--holdout", "0"]
+    assert main([*args, "-o", str(tmp_path / "a.onnx"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rotated"] == [{"tensor": "first_out0",
+                                                               "width": 8}]
+    assert main([*args, "-o", str(tmp_path / "b.onnx")]) == 0
+    assert "rotated: 1 linear bottleneck(s)" in capsys.readouterr().out
+    assert main([*args, "-o", str(tmp_path / "c.onnx"), "--rotate", "off", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rotated"] is None
