@@ -48,7 +48,7 @@ class Bottleneck:
 
     @property
     def width(self) -> int:
-        return int(self.producer.matrix()[0].shape[1])
+        return int(self.producer.w.shape[self.producer.weight_out_axis()])
 
 
 def _own(layer: Layer) -> bool:
@@ -94,7 +94,7 @@ def bottlenecks(graph: gs.Graph, skip: frozenset[str] = frozenset()) -> list[Bot
             continue
         bias = _bias_add(producer)
         t = (bias or node).outputs[0]
-        if t.name in outputs or not t.outputs or (node.outputs[0].name in outputs):
+        if {t.name, node.outputs[0].name} & outputs or not t.outputs:
             continue
         readers = []
         for reader in t.outputs:
@@ -105,9 +105,9 @@ def bottlenecks(graph: gs.Graph, skip: frozenset[str] = frozenset()) -> list[Bot
                 break
             readers.append(view)
         else:
-            if len({r.node.name for r in readers}) == len(readers) and \
-                    producer.matrix()[0].shape[1] >= 2:
-                found.append(Bottleneck(t.name, producer, tuple(readers), bias))
+            b = Bottleneck(t.name, producer, tuple(readers), bias)
+            if len({r.node.name for r in readers}) == len(readers) and b.width >= 2:
+                found.append(b)
     return found
 
 
