@@ -14,5 +14,5 @@ else
 fi
 python3 -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA GPU'"
 python3 -m pytest -q -p no:cacheprovider tests/recover/test_distill_device.py \
-    tests/recover/test_bridge.py
+    tests/recover/test_distill_precision.py tests/recover/test_bridge.py
 exec python3 benchmarks/distill_device.py "$@"

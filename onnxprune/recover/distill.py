@@ -41,7 +41,14 @@ from .distill_data import (
 )
 from .torch_bridge import TorchGraph
 from .torch_threads import torch_threads
-from .train_device import adam, fitting, flush_denormals, resolve, threads
+from .train_device import (
+    adam,
+    fitting,
+    flush_denormals,
+    resolve,
+    resolve_precision,
+    threads,
+)
 
 __all__ = ["distill"]
 
@@ -89,6 +96,7 @@ def distill(
     guard: Mapping[str, np.ndarray] | None = None,
     teacher_outputs: Mapping[str, np.ndarray] | None = None,
     device: str | torch.device = "auto",
+    precision: str = "fp32",
 ) -> tuple[onnx.ModelProto, dict]:
     """Fine-tune ``student``'s float initializers to reproduce ``teacher``'s outputs.
 
@@ -148,12 +156,17 @@ def distill(
     the data and targets move to the device a mini-batch at a time (``info["device"]``).
     Deterministic for a ``seed`` on the CPU (torch runs on a thread count the model alone
     decides: ``train_device.PARALLEL_MACS``); a GPU's kernels may differ in the last bits.
+    ``precision``: ``fp32``, or ``bf16``: each training step's forward pass under torch's
+    autocast to bfloat16 (products in bfloat16, the weights, gradients, Adam, losses,
+    validation and the written model float32), where the device computes bfloat16 natively
+    (else fp32, with a warning; ``info["precision"]``): MiniLM's CPU step 1.4x faster.
     """
     start = time.perf_counter()
     _check_args(steps, lr, batch_size, val_fraction, eval_every, patience)
     if loss not in LOSSES:
         raise UsageError(f"distill: loss must be one of {', '.join(LOSSES)}, not {loss!r}")
     dev = resolve(device)
+    precision = resolve_precision(precision, dev)
     student, teacher = _load(student), _load(teacher)
     graph = TorchGraph(student)
     trained = _select_trainable(graph, train, student)
@@ -182,6 +195,7 @@ def distill(
     targets = Targets(teacher, feeds, graph, boundaries, train_idx, static, teacher_feeds,
                       dict(interface or {}), None if guard_idx.size else teacher_outputs)
     data = Data(graph, feeds, targets, boundary_weight, static, loss)
+    data.precision = precision
     val_batch = {k: v[val_idx] for k, v in batch.items()}
     read = [i for i, n in enumerate(graph.output_names) if reads is None or n in set(reads)]
     val_teacher = [targets.outputs_all[i][val_idx] for i in read]
@@ -258,7 +272,7 @@ def distill(
         "metric": metric.name if metric is not None else "-distill_loss",
         "boundaries": list(targets.boundaries), "trained": len(trained), "loss": loss,
         "guard": int(guard_idx.size), "batch_size": int(size), "lr": chosen["lr"],
-        "tries": len(tries), "device": str(dev),
+        "tries": len(tries), "device": str(dev), "precision": precision,
     }
     return graph.write_back(student), info
 
@@ -273,7 +287,7 @@ def _train(run: dict, opt, data: Data, batches, steps: int, eval_every: int,
     refused = 0  # gains on the validation split the guard refused, in a row
     owner = data.graph.params
     for step in range(1, steps + 1):
-        step_loss = data.loss(next(batches))
+        step_loss = data.step(next(batches))
         if not torch.isfinite(step_loss):
             run["stopped"] = "diverged"
             break

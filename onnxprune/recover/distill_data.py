@@ -24,6 +24,7 @@ from ..search.memory import cap, rows_for, search_budget
 from ..search.quality import TINY, is_distribution
 from ..verify.checks import cut_outputs
 from .torch_bridge import TorchGraph
+from .train_device import autocast
 
 CHUNK = 256  # samples per inference call (onnxruntime or torch) outside training
 
@@ -112,6 +113,13 @@ class Data:
         self.names = targets.output_names + targets.boundaries
         self.boundary_weight, self.static, self.kind = boundary_weight, static, kind
         self.rows = CHUNK  # samples per inference call
+        self.precision = "fp32"  # a training step's (``train_device.PRECISIONS``)
+
+    def step(self, idx: np.ndarray) -> torch.Tensor:
+        """A training step's loss on samples ``idx``: ``loss``, its forward pass in the step's
+        precision (validation and inference stay float32)."""
+        with autocast(self.precision, self.graph.device):
+            return self.loss(idx)
 
     def loss(self, idx: np.ndarray, valid: int | None = None) -> torch.Tensor:
         """The loss on samples ``idx`` (only the first ``valid`` count): per output the
@@ -123,6 +131,8 @@ class Data:
         want = [t.index_select(0, rows).to(device, non_blocking=True)  # (a copy of whole rows:
                 for t in self.t.outputs + self.t.acts]  # PP-OCR rec's 48 MB took 38 ms indexed)
         n_out = len(self.t.outputs)
+        # the losses in the targets' type (a bfloat16 step's outputs are bfloat16)
+        got = [g if g.dtype == w.dtype else g.to(w.dtype) for g, w in zip(got, want, strict=True)]
         if valid is not None:  # (a slice of all rows still zero-filled its gradient)
             got, want = [g[:valid] for g in got], [w[:valid] for w in want]
         terms = [kl(g, w, self.t.probs[i]) if self.kind == "kl" and i < n_out

@@ -5,6 +5,10 @@ one thread or on every core (``threads``: by the step's arithmetic), with denorm
 flushed, and takes as many samples as its share of the resident memory holds (``fitting``:
 measured, under ``--memory`` when given). On a GPU the step's samples are sized by the GPU's
 own memory instead: half of what is free, measured by torch's allocator.
+
+``precision``: a step's arithmetic in float32 (the default) or with its products in bfloat16
+(``autocast``: torch's mixed precision; the weights, their gradients and Adam stay float32),
+where the device computes bfloat16 natively.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ import numpy as np
 import onnx
 import torch
 
-from ..errors import UsageError
+from ..errors import UsageError, warn
 from ..search.memory import cap
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
 OutOfMemory = torch.cuda.OutOfMemoryError  # what a GPU too small for a step raises
 # torch intra-op threads while training on the CPU: one for small steps (fastest there), every
 # core the process may use once a step's forward pass is this many MACs (MiniLM at 32
@@ -55,6 +60,39 @@ def resolve(device: str | torch.device | None) -> torch.device:
         raise UsageError(f"distill: device {name} asked for, but torch sees "
                          f"{torch.cuda.device_count()} CUDA GPU(s) (cuda:0 is the first)")
     return chosen
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 products natively: a CUDA GPU that supports them
+    (compute capability 8 and later), a CPU with AVX512-BF16 or AMX instructions (elsewhere
+    torch emulates them, slower than float32)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    checks = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported",
+                                                          "_is_amx_tile_supported"))
+    return any(check() for check in checks if check is not None)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """The step's precision: ``name``, or fp32 (said once) where ``device`` would emulate
+    bfloat16."""
+    if name not in PRECISIONS:
+        raise UsageError(f"distill: precision must be one of {', '.join(PRECISIONS)}, "
+                         f"not {name!r}")
+    if name == "bf16" and not native_bf16(device):
+        where = "this CPU has no AVX512-BF16 or AMX" if device.type == "cpu" else \
+            f"{device} has no bfloat16 arithmetic"
+        warn(f"distill: precision bf16 asked for, but {where}: training in fp32")
+        return "fp32"
+    return name
+
+
+def autocast(name: str, device: torch.device):
+    """The context a training step's forward pass runs in: torch's autocast to bfloat16 for
+    ``bf16`` (products in bfloat16, reductions and losses in float32), nothing for fp32."""
+    if name != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:

@@ -183,6 +183,11 @@ class Distill(Pass):
                "one, else the CPU), cpu or cuda (cuda:N for another GPU); the teacher's outputs "
                "come from onnxruntime as before", parse=_device, public="distill_device",
                metavar="auto|cpu|cuda", type_name="str"),
+        Option("precision", "fp32", "a training step's arithmetic: fp32, or bf16 (torch's "
+               "autocast: products in bfloat16, weights, gradients and losses in float32; where "
+               "the device has bfloat16 arithmetic: a GPU of compute capability 8 or more, a CPU "
+               "with AVX512-BF16 or AMX, else fp32 with a warning)", choices=("fp32", "bf16"),
+               public="distill_precision", type_name="str"),
     )
 
     def loss_for(self, metric) -> str:
@@ -223,7 +228,8 @@ class Distill(Pass):
                     patience=self.patience, boundaries=bounds, seed=self.seed,
                     loss=self.loss_for(ctx.metric), interface=ctx.interface,
                     reads=stages.reads(ctx), guard=stages.probe(ctx),
-                    teacher_outputs=stages.held_outputs(ctx, ctx.reference))
+                    teacher_outputs=stages.held_outputs(ctx, ctx.reference),
+                    precision=self.precision)
         try:
             try:
                 model, info = distill(student, teacher, calib, device=self.device, **args)
