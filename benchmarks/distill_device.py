@@ -12,8 +12,9 @@ One step's time is the difference of a ``--steps`` and a ``--steps + --more`` st
 one-step warm-up (``distill_throughput.timed``: validation and early stopping off, a child
 process per run); ``--repeats`` rounds, medians. ``--baseline TREE`` (an earlier onnxprune,
 e.g. ``git worktree add /tmp/onnxprune-base b83fbdb^``, the code issue 34 measured) adds that
-tree on the CPU: the issue's "10x today's" is the GPU's samples/s over it. Without a GPU only
-the CPU rows are measured. Results: benchmarks/results/distill_device.json.
+tree on the CPU: the issue's "10x today's" is the GPU's samples/s over it. Where the GPU has
+bfloat16 arithmetic, "cuda-bf16" times the same steps with ``--set distill.precision=bf16``.
+Without a GPU only the CPU rows are measured. Results: benchmarks/results/distill_device.json.
 """
 
 from __future__ import annotations
@@ -72,28 +73,32 @@ def main() -> int:
     ap.add_argument("--more", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
-    runs_on = {"cpu": (ROOT, "cpu")}
+    runs_on = {"cpu": (ROOT, "cpu", None)}
     if torch.cuda.is_available():
-        runs_on["cuda"] = (ROOT, "cuda")
+        runs_on["cuda"] = (ROOT, "cuda", None)
+        if torch.cuda.is_bf16_supported():  # --set distill.precision=bf16 (autocast)
+            runs_on["cuda-bf16"] = (ROOT, "cuda", "bf16")
     else:
         print("torch sees no CUDA GPU: the CPU rows alone", flush=True)
     if args.baseline is not None:
-        runs_on["baseline-cpu"] = (args.baseline.resolve(), None)
+        runs_on["baseline-cpu"] = (args.baseline.resolve(), None, None)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             files = prepared(name, Path(tmp))
             runs: dict[str, list] = {k: [] for k in runs_on}
             for _ in range(args.repeats):
-                for key, (src, device) in runs_on.items():
-                    runs[key].append(timed(src, files, args.steps, args.more, args.batch, device))
+                for key, (src, device, precision) in runs_on.items():
+                    runs[key].append(timed(src, files, args.steps, args.more, args.batch, device,
+                                           precision))
                     print(f"[{name}] {key}: {runs[key][-1]}", flush=True)
             row = {key: {"step_seconds": statistics.median(r["step_seconds"] for r in rs),
                          "loss0": rs[0]["loss0"], "runs": rs} for key, rs in runs.items()}
             for r in row.values():
                 r["samples_per_second"] = args.batch / r["step_seconds"]
             sps = {k: v["samples_per_second"] for k, v in row.items()}
-            ratios = [("cuda", "cpu"), ("cpu", "baseline-cpu"), ("cuda", "baseline-cpu")]
+            ratios = [("cuda", "cpu"), ("cpu", "baseline-cpu"), ("cuda", "baseline-cpu"),
+                      ("cuda-bf16", "cuda"), ("cuda-bf16", "baseline-cpu")]
             row.update({f"{a}_over_{b}": sps[a] / sps[b] for a, b in ratios
                         if a in sps and b in sps})
             rows[name] = row

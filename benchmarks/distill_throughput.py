@@ -16,11 +16,14 @@ student and teacher) is printed for both trees: equal losses, faster steps. A th
 "recipe", times this tree on the data as the recipe's calibrate pass leaves it: where every
 sample's attention mask zeroes trailing positions (MiniLM's sentences padded to 32 tokens) they
 are trimmed (``pipeline/support/padding.py``, proven on the original's outputs), so the same
-samples cost less; its first-batch loss is printed beside the others.
+samples cost less; its first-batch loss is printed beside the others. Where the CPU has
+bfloat16 arithmetic (AVX512-BF16, AMX), "bf16" and "recipe_bf16" time this tree with
+``--set distill.precision=bf16`` (torch's autocast) on the same data (``--no-bf16``: not).
 Beside them, the ceiling: a step's arithmetic (3 x 2 x its weighted layers' MACs at the batch's
 shapes: forward, and backward's two products) over the float32 matrix-multiply throughput
 torch reaches on this machine (a 1024-square product, every core): no implementation steps
-faster, so no speedup over the baseline exceeds ``speedup_at_most``.
+faster, so no speedup over the baseline exceeds ``speedup_at_most`` (in bfloat16, whose products
+torch computes faster: ``speedup_at_most_bf16``).
 Results: benchmarks/results/distill_throughput.json. Needs the real extra (MiniLM, rapidocr).
 """
 
@@ -57,6 +60,8 @@ except ImportError:
 module.STEP_BYTES = 1 << 62
 student, teacher, data, steps, batch, more = sys.argv[1:7]
 where = {"device": sys.argv[7]} if len(sys.argv) > 7 else {}  # (an older tree: the CPU)
+if len(sys.argv) > 8:  # a precision (this tree's bf16 runs)
+    where["precision"] = sys.argv[8]
 calib = dict(np.load(data))
 out = {}
 for n in (1, int(steps), int(steps) + int(more)):  # the first: imports and warm-up
@@ -98,11 +103,14 @@ def prepared(name: str, work: Path) -> tuple[tuple[Path, Path, Path], Path | Non
 
 
 def timed(src: Path, files: tuple[Path, Path, Path], steps: int, more: int, batch: int,
-          device: str | None = None) -> dict:
+          device: str | None = None, precision: str | None = None) -> dict:
     """One step's time and samples/s of ``src``'s distill on ``files`` (``device``: where it
-    trains; None: the tree's default, an older tree's only one)."""
+    trains; None: the tree's default, an older tree's only one; ``precision``: the step's,
+    None: the tree's default)."""
     env = {**os.environ, "PYTHONPATH": str(src)}
     where = [device] if device else []
+    if precision:
+        where.append(precision)
     proc = subprocess.run([sys.executable, "-c", CHILD, *map(str, files), str(steps),
                            str(batch), str(more), *where], capture_output=True, text=True,
                           env=env, cwd=tempfile.gettempdir(), check=False)
@@ -118,14 +126,14 @@ def timed(src: Path, files: tuple[Path, Path, Path], steps: int, more: int, batc
             "loss0": a["loss0"]}
 
 
-def matmul_flops(repeats: int = 20, n: int = 1024) -> float:
-    """The float32 matrix-multiply throughput (FLOP/s) torch reaches here: the best of
+def matmul_flops(repeats: int = 20, n: int = 1024, dtype: str = "float32") -> float:
+    """The matrix-multiply throughput (FLOP/s) torch reaches here in ``dtype``: the best of
     ``repeats`` products of two n x n matrices, every core."""
     import time
 
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = (torch.randn(n, n).to(getattr(torch, dtype)) for _ in range(2))
     for _ in range(3):
         a @ b
     best = float("inf")
@@ -151,6 +159,14 @@ def step_flops(student: Path, data: Path, batch: int) -> float:
     return 3 * 2 * float(macs_at(infer_shapes(import_model(onnx.load(student))), shapes)) * batch
 
 
+def native_bf16() -> bool:
+    import torch
+
+    from onnxprune.recover.train_device import native_bf16 as native
+
+    return native(torch.device("cpu"))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--baseline", type=Path, required=True,
@@ -160,35 +176,49 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--more", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                    help="also this tree with --set distill.precision=bf16, where the CPU has "
+                         "bfloat16 arithmetic (default: on)")
     args = ap.parse_args()
     trees = {"baseline": args.baseline.resolve(), "current": ROOT}
     rows = {}
+    bf16 = args.bf16 and native_bf16()
+    if args.bf16 and not bf16:
+        print("this CPU has no bfloat16 arithmetic (AVX512-BF16, AMX): no bf16 runs", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             files, recipe = prepared(name, Path(tmp))
-            variants = {tree: (src, files) for tree, src in trees.items()}
+            variants = {tree: (src, files, None) for tree, src in trees.items()}
             if recipe is not None:
-                variants["recipe"] = (ROOT, (*files[:2], recipe))
+                variants["recipe"] = (ROOT, (*files[:2], recipe), None)
+            if bf16:  # this tree, its steps' products in bfloat16 (--set distill.precision=bf16)
+                variants["bf16"] = (ROOT, files, "bf16")
+                if recipe is not None:
+                    variants["recipe_bf16"] = (ROOT, (*files[:2], recipe), "bf16")
             runs: dict[str, list] = {k: [] for k in variants}
             for _ in range(args.repeats):
-                for tree, (src, given) in variants.items():
+                for tree, (src, given, precision) in variants.items():
                     runs[tree].append(timed(src, given, args.steps, args.more, args.batch,
-                                            "cpu" if src == ROOT else None))  # (CPU to CPU)
+                                            "cpu" if src == ROOT else None,  # (CPU to CPU)
+                                            precision))
                     print(f"[{name}] {tree}: {runs[tree][-1]}", flush=True)
             row = {tree: {"step_seconds": statistics.median(r["step_seconds"] for r in rs),
                           "loss0": rs[0]["loss0"], "runs": rs} for tree, rs in runs.items()}
             for r in row.values():
                 r["samples_per_second"] = args.batch / r["step_seconds"]
-            for tree in ("current", "recipe"):
+            for tree in ("current", "recipe", "bf16", "recipe_bf16"):
                 if tree in row:
                     row[f"speedup_{tree}" if tree != "current" else "speedup"] = \
                         row[tree]["samples_per_second"] / row["baseline"]["samples_per_second"]
             peak = matmul_flops()
-            for tree, (_, given) in variants.items():
+            peaks = {None: peak, "bf16": matmul_flops(dtype="bfloat16") if bf16 else None}
+            for tree, (_, given, precision) in variants.items():
                 flops = step_flops(given[0], given[2], args.batch)
                 row[tree]["step_gflop"] = flops / 1e9
-                row[tree]["floor_step_seconds"] = flops / peak
+                row[tree]["floor_step_seconds"] = flops / peaks[precision]
             row["matmul_gflops"] = peak / 1e9
+            if bf16:
+                row["matmul_gflops_bf16"] = peaks["bf16"] / 1e9
             # the most any step on the baseline's data could gain over the baseline
             row["speedup_at_most"] = row["baseline"]["step_seconds"] / \
                 row["baseline"]["floor_step_seconds"]
@@ -211,6 +241,15 @@ def main() -> int:
                       f"{row['recipe']['samples_per_second']:.2f} samples/s "
                       f"({row['speedup_recipe']:.1f}x); first-batch loss "
                       f"{row['recipe']['loss0']:.6g}", flush=True)
+            for tree in ("bf16", "recipe_bf16"):
+                if tree in row:
+                    print(f"[{name}] {tree}: {row[tree]['samples_per_second']:.2f} samples/s "
+                          f"({row[f'speedup_{tree}']:.1f}x); first-batch loss "
+                          f"{row[tree]['loss0']:.6g} (float32: the step's loss is measured "
+                          "before training)", flush=True)
+            if bf16:  # the most a bfloat16 step on the baseline's data could gain
+                row["speedup_at_most_bf16"] = row["baseline"]["step_seconds"] / \
+                    row["bf16"]["floor_step_seconds"]
     # rows of models not asked this time stay (each model has its own --more/--repeats)
     kept = json.loads(RESULTS.read_text()).get("rows", {}) if RESULTS.exists() else {}
     out = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "batch": args.batch,

@@ -14,7 +14,9 @@ The plain prune is ``--ratio 0.3`` without data. Each run is a child process who
 memory (with its children) the parent samples every 50 ms.
 
     HF_HUB_OFFLINE=1 python benchmarks/recipe_time.py [--models minilm,minilm-text,ppocr-cls]
-        [--skip-plain] [--distill-steps N]
+        [--skip-plain] [--distill-steps N] [--distill-precision bf16]
+
+With ``--distill-precision bf16`` the rows are named "MODEL (bf16)", beside the float32 ones.
 
 Results: benchmarks/results/recipe_time.json (other models' rows are kept) and a Markdown
 table. Stages: load (normalization), search (calibrate, analyze, score, select), compensate,
@@ -180,6 +182,8 @@ def run_model(model, args, work: Path, name: str | None = None) -> dict:
         options["calib"] = calib
     if args.distill_steps:
         options["distill_steps"] = args.distill_steps
+    if args.distill_precision != "fp32":
+        options["distill_precision"] = args.distill_precision
     if args.memory:
         options["memory"] = args.memory
         row_note = f"--memory {args.memory}"
@@ -255,7 +259,10 @@ def main() -> int:
     ap.add_argument("--skip-plain", action="store_true", help="only the recipe")
     ap.add_argument("--distill-steps", type=int, default=None)
     ap.add_argument("--memory", default=None, help="the run's --memory (e.g. 1G)")
+    ap.add_argument("--distill-precision", default="fp32", choices=("fp32", "bf16"),
+                    help="distillation's precision (bf16 rows: 'MODEL (bf16)')")
     args = ap.parse_args()
+    suffix = "" if args.distill_precision == "fp32" else f" ({args.distill_precision})"
     names = set(args.models.split(",")) if args.models else None
     old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"rows": {}}
     rows = dict(old.get("rows", {}))
@@ -264,7 +271,7 @@ def main() -> int:
             if not available(model):
                 print(f"{name}: {model.package} not installed, skipped", flush=True)
                 continue
-            rows[name] = run_model(model, args, Path(tmp), name)
+            rows[name + suffix] = run_model(model, args, Path(tmp), name)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"machine": f"{platform.processor() or platform.machine()}, "
                                               f"{os.cpu_count()} CPUs",
