@@ -5,9 +5,10 @@ import shutil
 import subprocess
 
 import numpy as np
+import onnx
 import pytest
 
-from onnxprune.zoo.builder import GraphBuilder
+from onnxprune.zoo.builder import GraphBuilder, demo_cnn
 
 
 @functools.cache
@@ -121,3 +122,20 @@ def convnet(path):
         x = b.relu(b.conv(x, cin, cout))
     onnx.save(b.build([b.op("ReduceMean", [x], axes=[2, 3], keepdims=0)]), str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def perturbed_cnn():
+    """(teacher, student, data) for distillation: demo_cnn and a copy whose weights are
+    perturbed by 30% of their spread, with 48 random images."""
+    teacher = demo_cnn(seed=0)
+    student = onnx.ModelProto()
+    student.CopyFrom(teacher)
+    rng = np.random.default_rng(1)
+    for init in student.graph.initializer:
+        w = onnx.numpy_helper.to_array(init)
+        if w.dtype == np.float32 and w.ndim > 1:
+            noisy = w + 0.3 * w.std() * rng.standard_normal(w.shape).astype(np.float32)
+            init.CopyFrom(onnx.numpy_helper.from_array(noisy, init.name))
+    x = rng.standard_normal((48, 3, 32, 32)).astype(np.float32)
+    return teacher, student, {"image": x}

@@ -32,29 +32,13 @@ def gpu(test):
 COSINE = get_metric("cosine")
 
 
-@pytest.fixture(scope="module")
-def pair():
-    """(teacher, student, data): demo_cnn and a copy whose weights are perturbed by 30% of their spread."""
-    teacher = demo_cnn(seed=0)
-    student = onnx.ModelProto()
-    student.CopyFrom(teacher)
-    rng = np.random.default_rng(1)
-    for init in student.graph.initializer:
-        w = onnx.numpy_helper.to_array(init)
-        if w.dtype == np.float32 and w.ndim > 1:
-            noisy = w + 0.3 * w.std() * rng.standard_normal(w.shape).astype(np.float32)
-            init.CopyFrom(onnx.numpy_helper.from_array(noisy, init.name))
-    x = rng.standard_normal((48, 3, 32, 32)).astype(np.float32)
-    return teacher, student, {"image": x}
-
-
 def _weights(model):
     return {i.name: i.SerializeToString() for i in model.graph.initializer}
 
 
 @no_gpu
-def test_without_a_gpu_auto_trains_on_the_cpu(pair):
-    teacher, student, x = pair
+def test_without_a_gpu_auto_trains_on_the_cpu(perturbed_cnn):
+    teacher, student, x = perturbed_cnn
     kw = dict(metric=COSINE, steps=6, lr=1e-4, patience=None, eval_every=3)
     auto, info = distill(student, teacher, x, **kw)
     cpu, info_cpu = distill(student, teacher, x, device="cpu", **kw)
@@ -63,14 +47,14 @@ def test_without_a_gpu_auto_trains_on_the_cpu(pair):
 
 
 @no_gpu
-def test_a_gpu_asked_for_without_one_is_a_usage_error(pair):
-    teacher, student, x = pair
+def test_a_gpu_asked_for_without_one_is_a_usage_error(perturbed_cnn):
+    teacher, student, x = perturbed_cnn
     with pytest.raises(UsageError, match="sees no CUDA GPU"):
         distill(student, teacher, x, steps=1, device="cuda")
 
 
-def test_an_unknown_device_is_a_usage_error(pair):
-    teacher, student, x = pair
+def test_an_unknown_device_is_a_usage_error(perturbed_cnn):
+    teacher, student, x = perturbed_cnn
     for bad in ("tpu", "mps", "gpu0"):
         with pytest.raises(UsageError, match="device must be one of auto, cpu, cuda"):
             distill(student, teacher, x, steps=1, device=bad)
@@ -155,10 +139,10 @@ def test_a_gpu_failure_other_than_memory_trains_on_the_cpu_only_under_auto(
 
 
 @gpu
-def test_on_a_gpu_the_losses_are_the_cpus_and_the_student_trains(pair):
+def test_on_a_gpu_the_losses_are_the_cpus_and_the_student_trains(perturbed_cnn):
     """The first batch's loss on the GPU (TF32 off) is the CPU's to float rounding; trained
     there, the student's written weights score on onnxruntime what its validation read."""
-    teacher, student, x = pair
+    teacher, student, x = perturbed_cnn
     kw = dict(metric=COSINE, lr=1e-4, patience=None, eval_every=5)
     _, on_cpu = distill(student, teacher, x, steps=0, device="cpu", **kw)
     with exact_cuda():
@@ -234,9 +218,9 @@ def test_a_gpu_step_takes_what_half_of_the_gpus_room_holds(monkeypatch):
 
 
 @gpu
-def test_a_gpu_step_is_sized_on_the_gpu(pair):
+def test_a_gpu_step_is_sized_on_the_gpu(perturbed_cnn):
     """On a real GPU the probe measures a step there: a small model takes the batch asked."""
-    teacher, student, x = pair
+    teacher, student, x = perturbed_cnn
     _, info = distill(student, teacher, x, steps=2, lr=1e-4, patience=None, device="cuda",
                       batch_size=16)
     assert info["batch_size"] == 16 and info["steps"] == 2 and info["device"] == "cuda"

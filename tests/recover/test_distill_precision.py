@@ -25,26 +25,9 @@ from onnxprune.zoo.builder import demo_cnn  # noqa: E402
 # bfloat16 keeps 8 bits of a product's inputs (a relative rounding of 2^-9 each); summed in
 # float32 over a layer's inputs the outputs move by well under 1% of their size, and the
 # loss, a mean of squared output differences, by a few times that: 3% bounds it with room
-# (measured on this pair: 0.5%), where a step that lost its autocast or computed its loss
+# (measured on this perturbed_cnn: 0.5%), where a step that lost its autocast or computed its loss
 # on bfloat16 targets would still pass but a wrong loss (another batch, another scale) not
 LOSS_TOLERANCE = 0.03
-
-
-@pytest.fixture(scope="module")
-def pair():
-    """(teacher, student, data): demo_cnn and a copy whose weights are perturbed by 30% of
-    their spread."""
-    teacher = demo_cnn(seed=0)
-    student = onnx.ModelProto()
-    student.CopyFrom(teacher)
-    rng = np.random.default_rng(1)
-    for init in student.graph.initializer:
-        w = onnx.numpy_helper.to_array(init)
-        if w.dtype == np.float32 and w.ndim > 1:
-            noisy = w + 0.3 * w.std() * rng.standard_normal(w.shape).astype(np.float32)
-            init.CopyFrom(onnx.numpy_helper.from_array(noisy, init.name))
-    x = rng.standard_normal((48, 3, 32, 32)).astype(np.float32)
-    return teacher, student, {"image": x}
 
 
 @pytest.fixture
@@ -60,8 +43,8 @@ def _weights(model):
 KW = dict(steps=8, lr=1e-4, patience=None, eval_every=1, device="cpu")
 
 
-def test_bf16_steps_lose_what_float32_steps_do_to_rounding_and_train(pair, bf16_cpu):
-    teacher, student, x = pair
+def test_bf16_steps_lose_what_float32_steps_do_to_rounding_and_train(perturbed_cnn, bf16_cpu):
+    teacher, student, x = perturbed_cnn
     with warnings.catch_warnings():
         warnings.simplefilter("error", OnnxPruneWarning)  # (nothing to say: it has bfloat16)
         full, info32 = distill(student, teacher, x, **KW)
@@ -90,9 +73,9 @@ def test_bf16_steps_lose_what_float32_steps_do_to_rounding_and_train(pair, bf16_
         assert cos > 0.9, n
 
 
-def test_bf16_on_a_cpu_without_it_trains_in_float32_and_says_so(pair, monkeypatch):
+def test_bf16_on_a_cpu_without_it_trains_in_float32_and_says_so(perturbed_cnn, monkeypatch):
     monkeypatch.setattr(train_device, "native_bf16", lambda device: False)
-    teacher, student, x = pair
+    teacher, student, x = perturbed_cnn
     full, info32 = distill(student, teacher, x, **KW)
     with pytest.warns(OnnxPruneWarning, match="precision bf16 asked for, but this CPU has no "
                                              "AVX512-BF16 or AMX: training in fp32"):
@@ -102,8 +85,8 @@ def test_bf16_on_a_cpu_without_it_trains_in_float32_and_says_so(pair, monkeypatc
     assert all(np.array_equal(got[n], want[n]) for n in want)  # the float32 run, bit for bit
 
 
-def test_an_unknown_precision_is_a_usage_error(pair):
-    teacher, student, x = pair
+def test_an_unknown_precision_is_a_usage_error(perturbed_cnn):
+    teacher, student, x = perturbed_cnn
     for bad in ("fp16", "bfloat16", "half"):
         with pytest.raises(UsageError, match="precision must be one of fp32, bf16"):
             distill(student, teacher, x, steps=1, precision=bad)
@@ -133,8 +116,8 @@ def test_the_pipeline_and_the_command_line_take_the_precision(tmp_path, capsys, 
 @pytest.mark.gpu
 @pytest.mark.skipif(cuda is None or not torch.cuda.is_bf16_supported(),
                     reason="needs a CUDA GPU with bfloat16 (torch sees none)")
-def test_bf16_on_a_gpu_trains(pair):
-    teacher, student, x = pair
+def test_bf16_on_a_gpu_trains(perturbed_cnn):
+    teacher, student, x = perturbed_cnn
     kw = {**KW, "device": "cuda"}
     _, info32 = distill(student, teacher, x, **kw)
     _, info16 = distill(student, teacher, x, precision="bf16", **kw)
