@@ -76,7 +76,7 @@ def main() -> int:
     runs_on = {"cpu": (ROOT, "cpu", None)}
     if torch.cuda.is_available():
         runs_on["cuda"] = (ROOT, "cuda", None)
-        if torch.cuda.is_bf16_supported():  # --set distill.precision=bf16 (autocast)
+        if torch.cuda.is_bf16_supported(including_emulation=False):  # distill.precision=bf16
             runs_on["cuda-bf16"] = (ROOT, "cuda", "bf16")
     else:
         print("torch sees no CUDA GPU: the CPU rows alone", flush=True)

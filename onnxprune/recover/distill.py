@@ -194,8 +194,7 @@ def distill(
     feeds = {k: batch[k] for k in graph.input_names}
     targets = Targets(teacher, feeds, graph, boundaries, train_idx, static, teacher_feeds,
                       dict(interface or {}), None if guard_idx.size else teacher_outputs)
-    data = Data(graph, feeds, targets, boundary_weight, static, loss)
-    data.precision = precision
+    data = Data(graph, feeds, targets, boundary_weight, static, loss, precision)
     val_batch = {k: v[val_idx] for k, v in batch.items()}
     read = [i for i, n in enumerate(graph.output_names) if reads is None or n in set(reads)]
     val_teacher = [targets.outputs_all[i][val_idx] for i in read]
@@ -231,8 +230,8 @@ def distill(
         ceiling = utility(metric(val_teacher, val_batch, val_teacher)) if \
             metric is not None and not metric.on_model else np.inf
         stopped = "matched" if _matched(utility(val_before), ceiling) else None
-        fit = None if static or stopped or not steps else fitting(
-            data.loss, train_idx, list(graph.params.values()), dev)
+        fit = None if static or stopped or not steps else fitting(  # (a step as it will run)
+            data.step, train_idx, list(graph.params.values()), dev)
         if fit == 0:
             stopped = "memory"  # one sample's step does not fit under --memory
         elif fit is not None:

@@ -108,12 +108,14 @@ class Data:
     """Mini-batch losses of the student against the teacher's targets."""
 
     def __init__(self, graph: TorchGraph, feeds: dict[str, np.ndarray], targets: Targets,
-                 boundary_weight: float, static: int | None, kind: str = "mse"):
+                 boundary_weight: float, static: int | None, kind: str = "mse",
+                 precision: str = "fp32"):
+        """``precision``: a training step's (``train_device.PRECISIONS``)."""
         self.graph, self.feeds, self.t = graph, feeds, targets
         self.names = targets.output_names + targets.boundaries
         self.boundary_weight, self.static, self.kind = boundary_weight, static, kind
         self.rows = CHUNK  # samples per inference call
-        self.precision = "fp32"  # a training step's (``train_device.PRECISIONS``)
+        self.precision = precision
 
     def step(self, idx: np.ndarray) -> torch.Tensor:
         """A training step's loss on samples ``idx``: ``loss``, its forward pass in the step's

@@ -66,8 +66,8 @@ def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 products natively: a CUDA GPU that supports them
     (compute capability 8 and later), a CPU with AVX512-BF16 or AMX instructions (elsewhere
     torch emulates them, slower than float32)."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cuda":  # (by default torch also counts a GPU that emulates them)
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
     checks = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported",
                                                           "_is_amx_tile_supported"))
     return any(check() for check in checks if check is not None)

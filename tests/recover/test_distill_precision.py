@@ -114,7 +114,7 @@ def test_the_pipeline_and_the_command_line_take_the_precision(tmp_path, capsys, 
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(cuda is None or not torch.cuda.is_bf16_supported(),
+@pytest.mark.skipif(cuda is None or not train_device.native_bf16(cuda),
                     reason="needs a CUDA GPU with bfloat16 (torch sees none)")
 def test_bf16_on_a_gpu_trains(perturbed_cnn):
     teacher, student, x = perturbed_cnn
