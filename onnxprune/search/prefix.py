@@ -32,6 +32,7 @@ from onnx import helper
 from .. import interrupts
 from ..analysis.model import ChannelAnalysis
 from ..ir.runtime import (
+    Session,
     chunks,
     joined,
     one_sample,
@@ -295,6 +296,8 @@ class Prefixes:
                                                 strict=True)}
             model = suffix(self._model, p, types, self.names + self._later(p))
             sess = session(model, arena="shared", quiet=True, **self.session_kw)
+            if isinstance(sess, Session):  # only what the bases keep outlives the run
+                sess.held = frozenset(t for q in self.points if q > p for t in self.live[q])
             got = self.suffixes[p] = _Suffix(sess, {i.name for i in sess.get_inputs()},
                                              [o.name for o in sess.get_outputs()])
             self.stats["sessions"] += 1

@@ -53,6 +53,13 @@ def _evaluators(model, n, monkeypatch, budget=prefix.BUDGET, skeleton=False):
     return analysis, whole, fast
 
 
+def _own_memory(a: np.ndarray) -> bool:
+    """``a``'s memory is numpy's (its own or another array's), not onnxruntime's."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a.base is None and a.flags.owndata
+
+
 def _candidates(analysis, rng, count=40):
     """Curve points (one group cut), path steps (a state deepened by one group) and repeats,
     with gates between 0 and 1 among them."""
@@ -95,6 +102,11 @@ def test_every_candidate_gets_the_whole_graphs_outputs(monkeypatch, net, budget,
     stats = fast.prefixes.stats
     assert stats["suffix"] > 10 and stats["sessions"] >= 2
     assert fast.prefixes.kept <= fast.prefixes.budget
+    # what the bases keep past a run owns its memory (a view of the shared arena would hold
+    # its region); the candidates' outputs, scored and dropped, need not
+    bases = [fast.prefixes.unpruned, *fast.prefixes.bases.values()]
+    kept = [a for b in bases for parts in b.kept.values() for chunk in parts for a in chunk]
+    assert kept and all(_own_memory(a) for a in kept)
     if skeleton:
         arrays = fast.prefixes.model.arrays  # the weights not refit (those are fed per candidate)
         sessions = [whole.session, fast.session,
