@@ -160,6 +160,7 @@ def step_flops(student: Path, data: Path, batch: int) -> float:
 
 
 def native_bf16() -> bool:
+    """Whether this CPU has bfloat16 arithmetic (this tree's test, ``train_device``)."""
     import torch
 
     from onnxprune.recover.train_device import native_bf16 as native
