@@ -7,7 +7,8 @@ each pruned to 60% fewer parameters, judged on the 450 test images no run sees (
 Configurations: uniform L2; soft coefficients (autograd) with channels ranked by L2, and as
 by default (each of L2, activation and reconstruction ranks them, the metric on the
 calibration data keeps the best); sensitivity + compensate (the
-search measured after the refit); the full recipe, sensitivity + compensate + distill
+search measured after the refit), and the same cut (its plan file) with the refit fitted on every
+training image; the full recipe, sensitivity + compensate + distill
 (1500 steps), on 256, 512 and 1024 training images; and the full recipe on every training
 image with 8000 distillation steps. Calibration: the first 256 training images (512, 1024 and
 all 1347 where named), of which each run holds out 20%. Goals: the
@@ -50,7 +51,12 @@ CONFIGS = {
     "soft, l2 ranking": {"strategy": "soft", "criterion": "l2"},
     # the default: each of l2, activation and reconstruction ranks, the metric keeps the best
     "soft (autograd)": {"strategy": "soft"},
-    "sensitivity + compensate": {"strategy": "sensitivity", "compensate": True},
+    "sensitivity + compensate": {"strategy": "sensitivity", "compensate": True,
+                                 "save_plan": "cut"},
+    # the same cut (its plan file), its refit fitted on every training image: what the 256
+    # images cost is the search's or the refit's
+    "the same cut, refit on all images": {"plan": "cut", "compensate": True,
+                                          "calibration": "all"},
     "full recipe": {"strategy": "sensitivity", "compensate": True, "recover": "distill",
                     "distill_steps": 1500},
     # how the recipe grows with its data: the first 512 and 1024 training images
@@ -92,7 +98,11 @@ def run_model(name: str, train_kw: dict, tmp: Path) -> dict:
             warnings.simplefilter("ignore")
             kw = dict(kw)
             calib = calibs[kw.pop("calibration", "256")]
-            r = prune(path, out, calib=calib, metric="psnr", target_params=TARGET, **kw)
+            for key in ("plan", "save_plan"):  # a plan file of this model's
+                if key in kw:
+                    kw[key] = tmp / f"{name}.{kw[key]}.json"
+            target = {} if "plan" in kw else {"target_params": TARGET}  # (a plan is the cut)
+            r = prune(path, out, calib=calib, metric="psnr", **target, **kw)
         row["configs"][config] = {"test": test_psnr(out),
                                   "params_kept": r.params_after / r.params_before,
                                   "seconds": round(time.perf_counter() - start, 2),
