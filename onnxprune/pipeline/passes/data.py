@@ -310,21 +310,49 @@ def evaluator(ctx: Context, by: str) -> Evaluator:
             names = ev.oracle.output_names
             read = range(len(names)) if ev.read is None else ev.read
             coverage.check(ctx, [ev.reference[i] for i in read], [names[i] for i in read])
-        cfg = ctx.config
-        if cfg.executor != "local":
-            res.evaluator.attach(make_pool(cfg.executor, res.evaluator, cfg.workers,
-                                           cfg.ray_address))
+        _attach_pool(ctx, ev)
     return res.evaluator
 
 
-def augmented_evaluator(ctx: Context, copies: int) -> Evaluator | None:
-    """An evaluator of the current graph on the calibration data followed by ``copies``
-    copies of it in other styles (``pipeline/support/augment.py``; None: the model reads neither
-    token ids nor images). The caller closes it."""
+def _attach_pool(ctx: Context, ev: Evaluator) -> None:
+    """Candidates scored by the run's executor (``--executor``) where it is not this process."""
+    cfg = ctx.config
+    if cfg.executor != "local":
+        ev.attach(make_pool(cfg.executor, ev, cfg.workers, cfg.ray_address))
+
+
+def _calibration_of(ctx: Context) -> Calibration:
+    return ctx.calib if isinstance(ctx.calib, Calibration) else Calibration(
+        ctx.calib, axes_of(ctx.calib))
+
+
+def sampled(ctx: Context, samples: int, seed: int = 0) -> Calibration | None:
+    """A seeded draw of ``samples`` of the calibration samples, in their order (None: there
+    are no more than that)."""
+    data = _calibration_of(ctx)
+    if data.samples <= samples:
+        return None
+    pick = np.random.default_rng(seed).choice(data.samples, size=samples, replace=False)
+    return data.take(np.sort(pick))
+
+
+def sampled_evaluator(ctx: Context, data: Calibration) -> Evaluator:
+    """An evaluator of the current graph, as ``evaluator``'s, on ``data`` (``sampled``'s draw;
+    its own pool). The caller closes it."""
+    ev = Evaluator(ctx.skeleton(), ctx.analysis, data, ctx.metric or get_metric("cosine"),
+                   memory=search_budget(), reads=stages.reads(ctx), costs=node_costs(ctx.graph))
+    _attach_pool(ctx, ev)
+    return ev
+
+
+def augmented_evaluator(ctx: Context, copies: int, data: Calibration | None = None
+                        ) -> Evaluator | None:
+    """An evaluator of the current graph on the calibration data (or ``data``, a draw of it)
+    followed by ``copies`` copies of it in other styles (``pipeline/support/augment.py``; None:
+    the model reads neither token ids nor images). The caller closes it."""
     from ..support.augment import augmented
 
-    data = ctx.calib if isinstance(ctx.calib, Calibration) else Calibration(
-        ctx.calib, axes_of(ctx.calib))
+    data = _calibration_of(ctx) if data is None else data
     more = augmented(ctx.graph, data, copies) if copies > 0 else None
     if more is None:
         return None

@@ -34,7 +34,7 @@ from ..base import Context, Pass, PassResult
 from ..support.inputs import verification_feeds
 from ..support.soft_criteria import criterion_auto, soft, soft_by_criteria
 from ..support.stages import probe
-from .data import augmented_evaluator, evaluator
+from .data import augmented_evaluator, evaluator, sampled, sampled_evaluator
 
 STRATEGIES = ("uniform", "global", "sensitivity", "soft")
 LATENCY_ROUND_TO = 8
@@ -170,6 +170,11 @@ class SelectChannels(Pass):
         Option("save_plan", None, "write the chosen cut to this JSON file right after the "
                "selection (it stays if a later stage fails: rerun with plan)",
                parse=path_option, public="save_plan", metavar="FILE.json", type_name="path"),
+        Option("samples", None, "the sensitivity search measures its candidates on at most N "
+               "of the calibration samples (a seeded draw) where there are more; scoring, "
+               "compensation and distillation still use them all (default: every sample)",
+               parse=number(1, integer=True), public="search_samples", metavar="N",
+               type_name="int"),
     )
 
     def setup(self) -> None:
@@ -190,9 +195,10 @@ class SelectChannels(Pass):
             raise OptionError(self.name, given[1], f"give one target ({' or '.join(given)})")
         if self.target_latency is not None and self.plan is not None:
             raise OptionError(self.name, "target_latency", "the plan gives the cut")
-        if self.constraint is not None and self.strategy != "sensitivity":
-            raise OptionError(self.name, "constraint", "works with strategy sensitivity "
-                              f"(the strategy is {self.strategy})")
+        for option in ("constraint", "samples"):
+            if getattr(self, option) is not None and self.strategy != "sensitivity":
+                raise OptionError(self.name, option, "works with strategy sensitivity "
+                                  f"(the strategy is {self.strategy})")
         if self.depth == "auto" and (self.strategy not in ("sensitivity", "soft")
                                      or self.plan is not None):
             raise OptionError(self.name, "depth", "auto works with strategy sensitivity or "
@@ -342,10 +348,13 @@ class SelectChannels(Pass):
         ev = evaluator(ctx, f"strategy {self.strategy}")
         if self.strategy == "sensitivity":
             cev = sev = scev = None
-            aev = augmented_evaluator(ctx, self._copies(ctx))
-            ev, info["search_samples"] = aev or ev, (aev or ev).n
+            few = sampled(ctx, self.samples) if self.samples and ctx.calib is not None else None
+            own = None if few is None else sampled_evaluator(ctx, few)
+            aev = augmented_evaluator(ctx, self._copies(ctx), few)
+            ev = aev or own or ev
+            info["search_samples"] = ev.n
             if self.constraint is not None and self.constraint.metric != ev.metric.name:
-                cev = Evaluator(ctx.skeleton(), analysis, ctx.calib,
+                cev = Evaluator(ctx.skeleton(), analysis, ctx.calib if few is None else few,
                                 get_metric(self.constraint.metric), memory=search_budget(),
                                 costs=node_costs(ctx.graph))
             try:
@@ -364,7 +373,7 @@ class SelectChannels(Pass):
                 if sev is not None:
                     info["refit"] = sev.summary()
             finally:
-                for e in (cev, sev, scev, aev):
+                for e in (cev, sev, scev, aev, own):
                     if e is not None:
                         e.close()
             if extra.get("satisfied") is False:
