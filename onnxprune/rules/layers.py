@@ -169,9 +169,72 @@ class MatMulLayer(Layer):
 
 
 def patch_matrix(node: gs.Node, x: np.ndarray) -> np.ndarray:
-    """The patch matrix [rows, Cin * k] of a Conv/ConvTranspose on input ``x``, taken from
-    onnxruntime itself: a probe with the layer's attributes whose one-hot weights copy every
-    (input channel, kernel position) to an output channel."""
+    """The patch matrix [rows, Cin * k] of a Conv/ConvTranspose on input ``x``: rows in the
+    output's order (sample, then positions), columns input channel-major, then the kernel
+    taps. A Conv's patches are gathered from the zero-padded input (``conv_patches``), a
+    ConvTranspose's taken from onnxruntime (``probe_patches``)."""
+    if node.op == "Conv":
+        patches = conv_patches(node, x)
+        if patches is not None:
+            return patches
+    return probe_patches(node, x)
+
+
+def _conv_pads(node: gs.Node, size: tuple[int, ...], kernel: tuple[int, ...],
+               strides: list[int], dilations: list[int]) -> list[tuple[int, int]] | None:
+    """Each spatial axis's (begin, end) zero padding, as ONNX's Conv pads (None: an
+    ``auto_pad`` this does not know)."""
+    auto = node.attrs.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+    if auto in ("NOTSET", ""):
+        pads = list(node.attrs.get("pads", [0] * 2 * len(size)))
+        return list(zip(pads[:len(size)], pads[len(size):], strict=True))
+    if auto == "VALID":
+        return [(0, 0)] * len(size)
+    if auto in ("SAME_UPPER", "SAME_LOWER") and max(dilations) == 1:  # (onnxruntime's too)
+        out = []
+        for n, s, extent in zip(size, strides, span, strict=True):
+            total = max((-(-n // s) - 1) * s + extent - n, 0)
+            small = total // 2
+            out.append((small, total - small) if auto == "SAME_UPPER" else (total - small, small))
+        return out
+    return None
+
+
+def conv_patches(node: gs.Node, x: np.ndarray) -> np.ndarray | None:
+    """A Conv's patch matrix gathered from its zero-padded input (the values, not products:
+    bit for bit what the onnxruntime probe copies, a small part of its work), or None when
+    its attributes are not the plain ones this reads."""
+    kernel = tuple(int(k) for k in np.asarray(node.inputs[1].values).shape[2:])
+    dims = len(kernel)
+    if x.ndim != dims + 2 or int(node.attrs.get("group", 1)) != 1:
+        return None
+    strides = list(node.attrs.get("strides", [1] * dims))
+    dilations = list(node.attrs.get("dilations", [1] * dims))
+    pads = _conv_pads(node, x.shape[2:], kernel, strides, dilations)
+    if pads is None or min(strides + dilations) < 1 or min(min(p) for p in pads) < 0:
+        return None
+    padded = np.pad(x.astype(np.float32, copy=False), [(0, 0), (0, 0), *pads])
+    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+    if any(n < e for n, e in zip(padded.shape[2:], span, strict=True)):
+        return None
+    windows = np.lib.stride_tricks.sliding_window_view(padded, span, axis=tuple(
+        range(2, 2 + dims)))  # [N, C, positions..., span...]
+    pick = (slice(None), slice(None), *(slice(None, None, s) for s in strides),
+            *(slice(None, None, d) for d in dilations))
+    windows = windows[pick]  # [N, C, out..., kernel...]
+    n, c = x.shape[:2]
+    out = windows.shape[2:2 + dims]
+    # rows (sample, positions), columns (channel, taps)
+    order = (0, *range(2, 2 + dims), 1, *range(2 + dims, 2 + 2 * dims))
+    return np.ascontiguousarray(windows.transpose(order)).reshape(
+        n * int(np.prod(out)), c * int(np.prod(kernel)))
+
+
+def probe_patches(node: gs.Node, x: np.ndarray) -> np.ndarray:
+    """The patch matrix taken from onnxruntime itself: a probe with the layer's attributes
+    whose one-hot weights copy every (input channel, kernel position) to an output channel."""
     w = np.asarray(node.inputs[1].values)
     cin = x.shape[1]
     kernel = w.shape[2:]

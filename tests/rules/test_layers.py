@@ -101,3 +101,55 @@ def test_scaled_outputs_scale_each_output_channel(case):
     scaled = session(model).run(None, {"x": xs})[0]
     expected = y * scale.reshape((-1,) + (1,) * (y.ndim - 2))
     np.testing.assert_allclose(scaled, expected, rtol=1e-4, atol=1e-5)
+
+
+CONV_ATTRS = {
+    "1-d, asymmetric pads, stride, dilation": ((2, 3, 17), (4, 3, 5),
+                                               {"pads": [3, 1], "strides": [2], "dilations": [2]}),
+    "2-d defaults": ((2, 3, 7, 6), (4, 3, 3, 3), {}),
+    "2-d kernel along one axis (CREPE's)": ((2, 4, 33, 1), (3, 4, 8, 1),
+                                            {"pads": [3, 0, 4, 0]}),
+    "2-d same-upper, stride": ((1, 2, 9, 8), (3, 2, 4, 3),
+                               {"auto_pad": "SAME_UPPER", "strides": [2, 3]}),
+    "2-d same-lower, even kernel": ((1, 2, 9, 8), (3, 2, 2, 4),
+                                    {"auto_pad": "SAME_LOWER", "strides": [1, 2]}),
+    "2-d dilation": ((1, 2, 9, 8), (3, 2, 2, 3), {"dilations": [3, 1], "pads": [2, 1, 0, 1]}),
+    "2-d valid": ((2, 2, 6, 5), (3, 2, 3, 2), {"auto_pad": "VALID", "strides": [1, 2]}),
+    "3-d": ((1, 2, 5, 6, 4), (2, 2, 3, 2, 3), {"pads": [1, 0, 1, 0, 1, 1],
+                                               "strides": [1, 2, 1]}),
+    "1x1": ((2, 5, 4, 4), (3, 5, 1, 1), {}),
+    "stride past the end": ((1, 1, 10, 10), (1, 1, 3, 3), {"strides": [4, 4],
+                                                          "pads": [0, 0, 2, 2]}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONV_ATTRS))
+def test_conv_patches_are_the_onnxruntime_probes(case):
+    """The patches gathered from the padded input are the values the one-hot probe copies
+    out of onnxruntime's own convolution: the same rows, columns and numbers."""
+    from onnxprune.rules.layers import conv_patches, probe_patches
+
+    x_shape, w_shape, attrs = CONV_ATTRS[case]
+    node = gs.Node("Conv", "c", attrs=dict(attrs), inputs=[
+        gs.Variable("x"), gs.Constant("w", _w(*w_shape))], outputs=[gs.Variable("y")])
+    x = RNG.standard_normal(x_shape).astype(np.float32)
+    x[x < -1.0] = 0.0  # zeros in the data too
+    got, want = conv_patches(node, x), probe_patches(node, x)
+    assert got is not None and got.dtype == np.float32
+    assert got.shape == want.shape and np.array_equal(got, want)
+
+
+def test_conv_patches_decline_what_they_do_not_read():
+    """Grouped convolutions, unknown auto_pad values and SAME padding with a dilation (which
+    onnxruntime refuses) go to the probe (None here)."""
+    from onnxprune.rules.layers import conv_patches
+
+    x = RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    grouped = gs.Node("Conv", "g", attrs={"group": 2}, inputs=[
+        gs.Variable("x"), gs.Constant("w", _w(2, 2, 3, 3))], outputs=[gs.Variable("y")])
+    odd = gs.Node("Conv", "o", attrs={"auto_pad": "SOMETHING"}, inputs=[
+        gs.Variable("x"), gs.Constant("w", _w(2, 4, 3, 3))], outputs=[gs.Variable("y")])
+    same = gs.Node("Conv", "s", attrs={"auto_pad": "SAME_UPPER", "dilations": [2, 2]}, inputs=[
+        gs.Variable("x"), gs.Constant("w", _w(2, 4, 3, 3))], outputs=[gs.Variable("y")])
+    assert conv_patches(grouped, x) is None and conv_patches(odd, x) is None
+    assert conv_patches(same, x) is None
