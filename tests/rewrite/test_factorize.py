@@ -209,6 +209,9 @@ def test_a_token_model_searches_on_a_random_token_copy_and_without_the_refit(tmp
     assert r.selection["search_samples"] == 64 and r.selection["refit"]["layers"] >= 1
     r = prune(path, tmp_path / "c.onnx", search_augment=2, **common)
     assert r.selection["search_samples"] == 192
+    # a draw of 16 (search_samples) and its 2 copies
+    r = prune(path, tmp_path / "d.onnx", search_augment=2, search_samples=16, **common)
+    assert r.selection["search_samples"] == 48 and r.verification.passed
 
 
 def test_the_rank_of_the_demo_text_encoders_table_prunes(tmp_path):

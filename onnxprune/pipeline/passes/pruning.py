@@ -349,8 +349,8 @@ class SelectChannels(Pass):
         if self.strategy == "sensitivity":
             cev = sev = scev = None
             few = sampled(ctx, self.samples) if self.samples and ctx.calib is not None else None
-            own = None if few is None else sampled_evaluator(ctx, few)
             aev = augmented_evaluator(ctx, self._copies(ctx), few)
+            own = sampled_evaluator(ctx, few) if few is not None and aev is None else None
             ev = aev or own or ev
             info["search_samples"] = ev.n
             if self.constraint is not None and self.constraint.metric != ev.metric.name:
