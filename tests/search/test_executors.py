@@ -82,6 +82,13 @@ def test_search_is_identical_on_a_pool(kind):
                   executor=k, workers=2) for k in ("local", kind)]
     assert np.array_equal(runs[0].plan.removed, runs[1].plan.removed)
     assert runs[0].quality == runs[1].quality
+    # a draw of the samples (search_samples) is scored on the pool too
+    drawn = prune(demo_cnn(), strategy="sensitivity", target_params=0.5, calib=calib,
+                  executor=kind, workers=2, search_samples=3, holdout=0)
+    local = prune(demo_cnn(), strategy="sensitivity", target_params=0.5, calib=calib,
+                  search_samples=3, holdout=0)
+    assert drawn.selection["search_samples"] == 3
+    assert np.array_equal(drawn.plan.removed, local.plan.removed)
 
 
 def test_unknown_executor():

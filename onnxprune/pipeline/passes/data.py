@@ -337,8 +337,12 @@ def sampled(ctx: Context, samples: int, seed: int = 0) -> Calibration | None:
 
 
 def sampled_evaluator(ctx: Context, data: Calibration) -> Evaluator:
-    """An evaluator of the current graph, as ``evaluator``'s, on ``data`` (``sampled``'s draw;
-    its own pool). The caller closes it."""
+    """An evaluator of the current graph, as ``evaluator``'s, on ``data`` (``sampled``'s draw).
+    Its pool takes the place of the run's evaluator's (whose workers would hold the CPUs
+    the new ones wait for; that one scores here from then on). The caller closes it."""
+    shared = ctx.resources.evaluator
+    if shared is not None and shared.pool is not None:
+        shared.attach(None)
     ev = Evaluator(ctx.skeleton(), ctx.analysis, data, ctx.metric or get_metric("cosine"),
                    memory=search_budget(), reads=stages.reads(ctx), costs=node_costs(ctx.graph))
     _attach_pool(ctx, ev)
