@@ -180,26 +180,25 @@ def patch_matrix(node: gs.Node, x: np.ndarray) -> np.ndarray:
     return probe_patches(node, x)
 
 
-def _conv_pads(node: gs.Node, size: tuple[int, ...], kernel: tuple[int, ...],
-               strides: list[int], dilations: list[int]) -> list[tuple[int, int]] | None:
-    """Each spatial axis's (begin, end) zero padding, as ONNX's Conv pads (None: an
-    ``auto_pad`` this does not know)."""
-    auto = node.attrs.get("auto_pad", "NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+def conv_pads(auto: str, pads, sizes, kernel, strides, dilations
+              ) -> tuple[list[int], list[int]] | None:
+    """Each spatial axis's begin and end zero padding of a Conv (and of the pools): explicit
+    ``pads`` or ``auto_pad`` (None: an ``auto_pad`` ONNX does not define)."""
+    nd = len(sizes)
     if auto in ("NOTSET", ""):
-        pads = list(node.attrs.get("pads", [0] * 2 * len(size)))
-        return list(zip(pads[:len(size)], pads[len(size):], strict=True))
+        given = [int(p) for p in (pads or [0] * 2 * nd)]
+        return given[:nd], given[nd:]
     if auto == "VALID":
-        return [(0, 0)] * len(size)
-    if auto in ("SAME_UPPER", "SAME_LOWER") and max(dilations) == 1:  # (onnxruntime's too)
-        out = []
-        for n, s, extent in zip(size, strides, span, strict=True):
-            total = max((-(-n // s) - 1) * s + extent - n, 0)
-            small = total // 2
-            out.append((small, total - small) if auto == "SAME_UPPER" else (total - small, small))
-        return out
-    return None
+        return [0] * nd, [0] * nd
+    if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        return None
+    begin, end = [], []
+    for size, k, s, d in zip(sizes, kernel, strides, dilations, strict=True):
+        total = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
+        small, large = total // 2, total - total // 2
+        begin.append(small if auto == "SAME_UPPER" else large)
+        end.append(large if auto == "SAME_UPPER" else small)
+    return begin, end
 
 
 def conv_patches(node: gs.Node, x: np.ndarray) -> np.ndarray | None:
@@ -212,8 +211,13 @@ def conv_patches(node: gs.Node, x: np.ndarray) -> np.ndarray | None:
         return None
     strides = list(node.attrs.get("strides", [1] * dims))
     dilations = list(node.attrs.get("dilations", [1] * dims))
-    pads = _conv_pads(node, x.shape[2:], kernel, strides, dilations)
-    if pads is None or min(strides + dilations) < 1 or min(min(p) for p in pads) < 0:
+    auto = node.attrs.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    got = conv_pads(auto, node.attrs.get("pads"), x.shape[2:], kernel, strides, dilations)
+    if got is None or (auto.startswith("SAME") and max(dilations) > 1):  # (onnxruntime too)
+        return None
+    pads = list(zip(*got, strict=True))
+    if min(strides + dilations) < 1 or min(min(p) for p in pads) < 0:
         return None
     padded = np.pad(x.astype(np.float32, copy=False), [(0, 0), (0, 0), *pads])
     span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...rules.layers import conv_pads
 from .base import DTYPES, Node, axis_of, register, torch_pads
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -25,20 +26,11 @@ def _spatial(n: Node, nd: int, kernel: Sequence[int]) -> tuple[list[int], list[i
 def _pads(n: Node, sizes: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
           dilations: Sequence[int]) -> tuple[list[int], list[int]]:
     """Begin and end pads of Conv and the pools: explicit ``pads`` or ``auto_pad``."""
-    nd = len(sizes)
     auto = n.get("auto_pad", "NOTSET")
-    if auto in ("NOTSET", ""):
-        pads = list(n.get("pads") or [0] * 2 * nd)
-        return pads[:nd], pads[nd:]
-    if auto == "VALID":
-        return [0] * nd, [0] * nd
-    begin, end = [], []
-    for size, k, s, d in zip(sizes, kernel, strides, dilations, strict=True):
-        total = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
-        small, large = total // 2, total - total // 2
-        begin.append(small if auto == "SAME_UPPER" else large)
-        end.append(large if auto == "SAME_UPPER" else small)
-    return begin, end
+    got = conv_pads(auto, n.get("pads"), sizes, kernel, strides, dilations)
+    if got is None:
+        raise NotImplementedError(f"{n.op_type} node {n.name!r}: auto_pad {auto!r}")
+    return got
 
 
 def _crop(x: torch.Tensor, starts: Sequence[int], lengths: Sequence[int]) -> torch.Tensor:
